@@ -1,0 +1,90 @@
+"""The `esnet` command: one entry point, one subcommand per verb (DESIGN.md section 6).
+
+Each subcommand lives in its own module exposing `configure_parser(parser)` and
+`run(args) -> int`; modules are imported lazily so `esnet --help` stays fast.
+Errors a user can fix (bad input files, missing datasets) end as one line on stderr and a
+non-zero exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "featurize": ("esnet_tf.featurize", "DFT outputs -> IS-DOS arrays (.npz)"),
+    "train": ("esnet_tf.train", "train ESNet on an IS-DOS dataset"),
+    "evaluate": ("esnet_tf.evaluate", "metrics (eV/atom) and parity plot on a split"),
+    "predict": ("esnet_tf.predict", "predict formation energies (eV/atom) for DFT files or .npz"),
+    "export": ("esnet_tf.export", "export a .keras model as a TF Serving SavedModel"),
+    "tune": ("tuning.search", "KerasTuner architecture search"),
+    "screen": ("esnet_tf.screen", "stability screening and DFT-cost analysis"),
+    "demo": ("esnet_tf.demo", "the whole pipeline on the embedded demo dataset"),
+    "dft": ("esnet_tf.dft.cli", "GPAW single points / relaxations that write IS-DOS"),
+}
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line, exit code 2."""
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="esnet", description="ESNet: relaxed formation energy and stability from the "
+        "DOS of unrelaxed structures (IS-DOS). Energies in eV, per atom where stated.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in (argv or []) if not a.startswith("-")), None)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.set_defaults(_module=module)
+        if name == chosen:  # only the chosen command's module is imported
+            _configure(module, p)
+    return parser
+
+
+def _configure(module: str, parser: argparse.ArgumentParser) -> None:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        parser.set_defaults(_import_error=f"{exc} (is the optional extra installed? see README)")
+        return
+    mod.configure_parser(parser)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("esnet-tf")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    if getattr(args, "_import_error", None):
+        print(f"esnet {args.command}: {args._import_error}", file=sys.stderr)
+        return 2
+    mod = importlib.import_module(args._module)
+    from esnet_tf.isdos import DOSInputError
+
+    try:
+        return int(mod.run(args) or 0)
+    except (UserError, DOSInputError, FileNotFoundError) as exc:
+        print(f"esnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"esnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

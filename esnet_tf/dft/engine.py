@@ -1,0 +1,257 @@
+"""GPAW single points, DOS output and relaxations for one structure (runs in a worker).
+
+Everything here runs inside one single-threaded process per structure (see `runner.py`).
+Energies are GPAW total energies (eV, relative to GPAW's atomic references; only
+differences at identical settings are meaningful).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from esnet_tf.dft.settings import DFTSettings
+from esnet_tf.dft.tasks import Task
+from esnet_tf.isdos import ORBITALS
+
+#: File suffix of the engine's DOS output, read by `esnet_tf.readers.gpaw`.
+GPAW_DOS_SUFFIX = ".gpawdos.npz"
+
+
+class DFTError(RuntimeError):
+    """A DFT calculation could not be done (no PAW setup, SCF failure, ...)."""
+
+
+def check_setups(task: Task) -> None:
+    """Raise DFTError if an element of the structure has no PAW setup installed."""
+    from gpaw.setup_data import search_for_file
+
+    for el in sorted({sp.symbol for sp in task.structure.species}):
+        try:
+            search_for_file(f"{el}.{task.settings.xc}")
+        except (RuntimeError, FileNotFoundError) as exc:
+            raise DFTError(
+                f"task {task.id}: no GPAW PAW setup for element {el} ({task.settings.xc}); "
+                "install one (gpaw install-data) or leave the element out") from exc
+
+
+def _atoms(task: Task, scale: float = 1.0):
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(task.structure)
+    atoms.set_cell(atoms.cell * scale, scale_atoms=True)
+    moms = [task.settings.magnetic_moments.get(s, 0.0) for s in atoms.get_chemical_symbols()]
+    if task.kind == "molecule":
+        moms = [1.0 if s == "O" else m for s, m in zip(atoms.get_chemical_symbols(), moms)]
+    atoms.set_initial_magnetic_moments(moms)
+    return atoms
+
+
+def is_spin_polarized(task: Task) -> bool:
+    """Spin-polarised when the structure holds a magnetic 3d element, or for molecular O2."""
+    syms = {sp.symbol for sp in task.structure.species}
+    return bool(syms & set(task.settings.magnetic_moments)) or (task.kind == "molecule" and "O" in syms)
+
+
+def _calculator(task: Task, natoms: int, log: Path):
+    from gpaw import GPAW, PW, FermiDirac
+    from gpaw.setup import create_setup
+
+    st = task.settings
+    valence = {el.symbol: create_setup(el.symbol, st.xc).Z - create_setup(el.symbol, st.xc).Nc
+               for el in task.structure.composition.elements}
+    nval = sum(valence[sp.symbol] for sp in task.structure.species)
+    nbands = int(np.ceil(nval / 2 * 1.5)) + 4 * natoms
+    kpts = (1, 1, 1) if task.kind == "molecule" else {"density": st.kpt_density, "gamma": True}
+    return GPAW(mode=PW(st.ecut), xc=st.xc, kpts=kpts, occupations=FermiDirac(st.smearing),
+                spinpol=is_spin_polarized(task), nbands=nbands, txt=str(log))
+
+
+def single_point(task: Task, scale: float, log: Path, dos_path: Path | None) -> dict:
+    """SCF at `scale` times the task's lattice; write the DOS if `dos_path` is given."""
+    atoms = _atoms(task, scale)
+    t0 = time.perf_counter()
+    calc = _calculator(task, len(atoms), log)
+    atoms.calc = calc
+    try:
+        energy = float(atoms.get_potential_energy())
+    except Exception as exc:  # GPAW raises KohnShamConvergenceError and others
+        raise DFTError(f"task {task.id}: SCF failed at lattice scale {scale:.4f}: "
+                       f"{type(exc).__name__}: {exc}") from exc
+    out = {"scale": scale, "energy": energy, "wall_time": time.perf_counter() - t0,
+           "efermi": float(calc.get_fermi_level()),
+           "magmom": float(calc.get_magnetic_moment()) if is_spin_polarized(task) else 0.0}
+    if dos_path is not None:
+        write_dos(task, atoms, calc, dos_path, energy)
+        out["wall_time"] = time.perf_counter() - t0
+    return out
+
+
+def write_dos(task: Task, atoms, calc, path: Path, energy: float) -> None:
+    """Write the orbital-projected DOS summed over sites (states/eV per cell) as npz."""
+    from gpaw import __version__ as gpaw_version
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    st = task.settings
+    rel = np.arange(st.dos_window[0], st.dos_window[1] + 1e-9, st.dos_step)
+    pdos = symmetrized_pdos(calc, rel, st.dos_width)
+    efermi = float(calc.get_fermi_level())
+    structure = AseAtomsAdaptor.get_structure(atoms)
+    np.savez_compressed(
+        path, energies=(rel + efermi).astype(np.float64), efermi=np.float64(efermi),
+        pdos=_truncate_mantissa(pdos), structure_json=np.str_(json.dumps(structure.as_dict())),
+        code=np.str_(f"GPAW {gpaw_version}"), settings_json=np.str_(st.key()),
+        energy=np.float64(energy), id=np.str_(task.id))
+
+
+def symmetrized_pdos(calc, rel_energies: np.ndarray, width: float) -> np.ndarray:
+    """m-resolved PDOS (s, p, d; VASP m order) summed over atoms, states/eV per cell.
+
+    Returns (n_spin, 9, n_E) on `rel_energies` (eV relative to E_F). Projections exist only
+    on the irreducible k-points, where m-components are not symmetric (bcc Fe gives p_y != p_x);
+    the 9x9 projection matrices of each atom are therefore symmetrised with the crystal's
+    rotations, rho_a = 1/N_s sum_s R_s rho_{s(a)} R_s^T (as GPAW does for density matrices),
+    which reproduces a full-Brillouin-zone calculation. Non-spin-polarised runs give the
+    total over both spins (n_spin = 1), as VASP's ISPIN=1 output does.
+    """
+    from gpaw.dos import DOSCalculator, get_projector_numbers
+    from gpaw.new.symmetry import SymmetrizationPlan
+
+    dc = DOSCalculator.from_calculator(calc)  # eigenvalues relative to E_F
+    natoms = len(calc.atoms)
+    nspins = dc.nspins
+    symmetries = calc.dft.ibzwfs.ibz.symmetries
+    rot = SymmetrizationPlan(symmetries, [[0, 1, 2]] * natoms).rotations([0, 1, 2])
+    atommap = symmetries.atommap_sa
+    blocks = []  # (channel offset, projector indices) per atom
+    for a in range(natoms):
+        per_atom = []
+        ch = 0
+        for ell in range(3):
+            idx = get_projector_numbers(calc.setups[a], ell)
+            for p in range(len(idx) // (2 * ell + 1)):
+                per_atom.append((ch, idx[p * (2 * ell + 1):(p + 1) * (2 * ell + 1)]))
+            ch += 2 * ell + 1
+        blocks.append(per_atom)
+    mat = np.zeros((nspins, natoms, len(rel_energies), 9, 9), complex)
+    for wf in calc.wfs.kpt_u:
+        eps = dc.eig_skn[wf.s][wf.k]
+        gauss = np.exp(-((rel_energies[None, :] - eps[:, None]) / width) ** 2) / (np.pi ** 0.5 * width)
+        gauss *= dc.weight_k[wf.k]
+        for a in range(natoms):
+            proj = wf.projections[a]
+            for ch, idx in blocks[a]:
+                amp = proj[:, idx]
+                n = len(idx)
+                mat[wf.s, a, :, ch:ch + n, ch:ch + n] += np.einsum("ne,ni,nj->eij", gauss, amp.conj(), amp)
+    sym = np.zeros_like(mat)
+    for a1 in range(natoms):
+        for s, a2 in enumerate(atommap[:, a1]):
+            sym[:, a1] += np.einsum("ij,sejk,lk->seil", rot[s], mat[:, a2], rot[s])
+    sym /= len(rot)
+    pdos = np.real(np.einsum("saeii->sie", sym))  # sum over atoms, diagonal
+    return pdos * dc.degeneracy
+
+
+def _truncate_mantissa(x: np.ndarray, keep_bits: int = 11) -> np.ndarray:
+    """float32 copy with only `keep_bits` mantissa bits (relative precision 2**-keep_bits).
+
+    Keeps the committed demo data small (zlib compresses the zeroed bits) at a precision
+    far below the DOS's own numerical noise.
+    """
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32)
+    mask = np.uint32((0xFFFFFFFF << (23 - keep_bits)) & 0xFFFFFFFF)
+    return (bits & mask).view(np.float32)
+
+
+def _parabola_min(points: list[dict]) -> float:
+    """Vertex (scale) of the parabola through the lowest point and its two neighbours."""
+    pts = sorted(points, key=lambda p: p["scale"])
+    i = int(np.argmin([p["energy"] for p in pts]))
+    i = min(max(i, 1), len(pts) - 2)
+    x = np.array([p["scale"] for p in pts[i - 1:i + 2]])
+    y = np.array([p["energy"] for p in pts[i - 1:i + 2]])
+    c2, c1, _ = np.polyfit(x, y, 2)
+    if c2 <= 0:
+        return float(x[np.argmin(y)])
+    return float(-c1 / (2 * c2))
+
+
+def relax_eos(task: Task, is_point: dict, workdir: Path) -> dict:
+    """Isotropic EOS relaxation: scan the lattice constant and refine at the fitted minimum.
+
+    Points at 1 +- eos_step around the IS, extended outward while the lowest point is at the
+    edge; the relaxed structure is the vertex of a parabola through the lowest three points
+    (energy vs lattice scale), and a single point there (with DOS) gives the RS energy.
+    """
+    st = task.settings
+    points = [is_point]
+    for s in (1 - st.eos_step, 1 + st.eos_step):
+        points.append(single_point(task, s, workdir / "gpaw.txt", None))
+    for _ in range(st.eos_max_extra):
+        scales = sorted(p["scale"] for p in points)
+        best = min(points, key=lambda p: p["energy"])["scale"]
+        if scales[0] < best < scales[-1]:
+            break
+        nxt = best - st.eos_step if best == scales[0] else best + st.eos_step
+        points.append(single_point(task, nxt, workdir / "gpaw.txt", None))
+    s0 = _parabola_min(points)
+    rs = single_point(task, s0, workdir / "gpaw.txt", workdir / f"rs{GPAW_DOS_SUFFIX}")
+    return {"scale": s0, "energy": rs["energy"], "rs_point": rs, "eos_points": points,
+            "structure": _scaled(task, s0)}
+
+
+def relax_optimizer(task: Task, workdir: Path, fmax: float = 0.05, steps: int = 100) -> dict:
+    """General relaxation: BFGS on positions and cell (FrechetCellFilter), then a DOS single point."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = _atoms(task)
+    atoms.calc = _calculator(task, len(atoms), workdir / "gpaw.txt")
+    opt = BFGS(FrechetCellFilter(atoms), logfile=str(workdir / "relax.log"))
+    try:
+        converged = bool(opt.run(fmax=fmax, steps=steps))
+    except Exception as exc:
+        raise DFTError(f"task {task.id}: relaxation failed: {type(exc).__name__}: {exc}") from exc
+    relaxed = AseAtomsAdaptor.get_structure(atoms)
+    rs_task = Task(id=task.id, structure=relaxed, settings=task.settings, kind=task.kind)
+    rs = single_point(rs_task, 1.0, workdir / "gpaw.txt", workdir / f"rs{GPAW_DOS_SUFFIX}")
+    return {"scale": None, "energy": rs["energy"], "rs_point": rs, "converged": converged,
+            "n_steps": opt.nsteps, "structure": relaxed.as_dict()}
+
+
+def _scaled(task: Task, scale: float) -> dict:
+    s = task.structure.copy()
+    s.scale_lattice(s.volume * scale ** 3)
+    return s.as_dict()
+
+
+def compute(task: Task, workdir: Path) -> dict:
+    """Run the task in `workdir`: IS single point with DOS, then the requested relaxation."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    check_setups(task)
+    t0 = time.perf_counter()
+    is_point = single_point(task, 1.0, workdir / "gpaw.txt", workdir / f"is{GPAW_DOS_SUFFIX}")
+    result = {
+        "id": task.id, "prototype": task.prototype, "kind": task.kind,
+        "formula": task.structure.composition.reduced_formula, "n_atoms": len(task.structure),
+        "composition": {el.symbol: float(n) for el, n in task.structure.composition.items()},
+        "spin_polarized": is_spin_polarized(task),
+        "is_energy": is_point["energy"], "is_wall_time": is_point["wall_time"],
+        "is_dos": f"is{GPAW_DOS_SUFFIX}", "is_magmom": is_point["magmom"],
+    }
+    if task.relax != "none":
+        t1 = time.perf_counter()
+        rel = relax_eos(task, is_point, workdir) if task.relax == "eos" else relax_optimizer(task, workdir)
+        result.update({
+            "rs_energy": rel["energy"], "rs_structure": rel["structure"],
+            "relax_wall_time": time.perf_counter() - t1, "rs_dos": f"rs{GPAW_DOS_SUFFIX}",
+            "rs_scale": rel["scale"], "rs_magmom": rel["rs_point"]["magmom"],
+            "eos_points": [{k: p[k] for k in ("scale", "energy", "wall_time")}
+                           for p in rel.get("eos_points", [])],
+        })
+    result["wall_time"] = time.perf_counter() - t0
+    return result

@@ -1,0 +1,108 @@
+"""Parallel, resumable execution of DFT tasks: one single-threaded process per structure.
+
+Results are cached in `cache_dir/<task_hash>/` (result.json + DOS files); a rerun skips
+tasks whose result exists. Failures and timeouts are written to `failure.json` and
+reported, and are retried only when asked.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from esnet_tf.dft.tasks import Task, task_hash
+
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@dataclass
+class Outcome:
+    """What happened to one task: status is 'done', 'cached' or 'failed'."""
+
+    task_id: str
+    key: str
+    status: str
+    workdir: Path
+    result: dict | None = None
+    reason: str = ""
+
+
+def _read_cached(task: Task, workdir: Path, retry_failed: bool) -> Outcome | None:
+    key = workdir.name
+    if (workdir / "result.json").exists():
+        return Outcome(task.id, key, "cached", workdir, json.loads((workdir / "result.json").read_text()))
+    if (workdir / "failure.json").exists() and not retry_failed:
+        reason = json.loads((workdir / "failure.json").read_text())["reason"]
+        return Outcome(task.id, key, "failed", workdir, reason=f"(cached) {reason}")
+    return None
+
+
+def run_task(task: Task, cache_dir: Path, retry_failed: bool = False, nice: int = 0) -> Outcome:
+    """Run one task in its own process (or return the cached outcome). Never raises on DFT failure."""
+    key = task_hash(task)
+    workdir = Path(cache_dir) / key
+    cached = _read_cached(task, workdir, retry_failed)
+    if cached is not None:
+        return cached
+    if workdir.exists():
+        shutil.rmtree(workdir)  # partial output of an interrupted run
+    workdir.mkdir(parents=True)
+    (workdir / "task.json").write_text(json.dumps(task.to_dict()))
+    cmd = [sys.executable, "-m", "esnet_tf.dft.worker", str(workdir / "task.json"), str(workdir)]
+    if nice:
+        cmd = ["nice", "-n", str(nice)] + cmd
+    env = {**os.environ, **SINGLE_THREAD_ENV}
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=task.timeout)
+    except subprocess.TimeoutExpired:
+        reason = f"timeout after {task.timeout:.0f} s"
+        (workdir / "failure.json").write_text(json.dumps({"id": task.id, "reason": reason}))
+        return Outcome(task.id, key, "failed", workdir, reason=reason)
+    if (workdir / "result.json").exists():
+        return Outcome(task.id, key, "done", workdir, json.loads((workdir / "result.json").read_text()))
+    if (workdir / "failure.json").exists():
+        reason = json.loads((workdir / "failure.json").read_text())["reason"]
+    else:
+        tail = (proc.stderr or "").strip().splitlines()[-3:]
+        reason = f"worker exited with code {proc.returncode}: {' | '.join(tail)}"
+        (workdir / "failure.json").write_text(json.dumps({"id": task.id, "reason": reason}))
+    return Outcome(task.id, key, "failed", workdir, reason=reason)
+
+
+def run_tasks(tasks: list[Task], cache_dir: Path, workers: int = 2, retry_failed: bool = False,
+              nice: int = 0, progress: bool = True, on_result=None) -> list[Outcome]:
+    """Run tasks with `workers` parallel single-threaded processes; progress bar with ETA.
+
+    Returns one Outcome per task, in the order of `tasks`.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    keys = [task_hash(t) for t in tasks]
+    if len(set(keys)) != len(keys):
+        dup = [t.id for t, k in zip(tasks, keys) if keys.count(k) > 1]
+        raise ValueError(f"tasks with identical structure and settings: {dup[:5]}")
+    outcomes: dict[str, Outcome] = {}
+    bar = tqdm(total=len(tasks), desc="DFT", unit="structure", disable=not progress)
+    n_failed = 0
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(run_task, t, cache_dir, retry_failed, nice): t for t in tasks}
+        for fut in as_completed(futures):
+            out = fut.result()
+            outcomes[out.task_id] = out
+            if out.status == "failed":
+                n_failed += 1
+                tqdm.write(f"FAILED {out.task_id}: {out.reason}")
+            if on_result is not None:
+                on_result(out)
+            bar.set_postfix(failed=n_failed, refresh=False)
+            bar.update(1)
+    bar.close()
+    return [outcomes[t.id] for t in tasks]

@@ -1,0 +1,199 @@
+"""Featurizer: any reader's `ProjectedDOS` -> the IS-DOS example of DESIGN.md section 1.
+
+- energies aligned to E_F (E - E_F), resampled by linear interpolation onto the grid, zero
+  outside the computed range;
+- channels s, py, pz, px, dxy, dyz, dz2, dxz, dx2-y2 mapped by name; f channels dropped and
+  recorded in metadata;
+- non-spin-polarised input: up = down = total / 2;
+- divided by the number of atoms: states / eV / atom;
+- composition: atomic fraction of Z = 1..118.
+
+CLI: `esnet featurize PATH... --out features.npz` (see `configure_parser`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from esnet_tf.isdos import N_ELEMENTS, PAPER_GRID, DOSInputError, EnergyGrid, ISDOSExample, ProjectedDOS
+from esnet_tf.readers import read_dos, source_kind
+
+_STRIP = (".gpawdos.npz", ".gz", ".xml", ".json")
+_GENERIC = {"vasprun", "doscar"}
+
+
+def default_id(path: Path, root: Path | None = None) -> str:
+    """Example id from a path: relative to `root` when walked, suffixes stripped."""
+    path = Path(path)
+    rel = path.relative_to(root) if root is not None and path != root else Path(path.name)
+    name = rel.as_posix()
+    for suf in _STRIP:
+        if name.lower().endswith(suf):
+            name = name[: -len(suf)]
+    if root is None and Path(name).name.lower() in _GENERIC:  # e.g. run1/vasprun.xml.gz -> run1/vasprun
+        name = f"{path.parent.name}/{Path(name).name}" if path.parent.name else name
+    return name
+
+
+def composition_vector(structure) -> np.ndarray:
+    """Atomic fractions of Z = 1..118 (float32, sums to 1)."""
+    vec = np.zeros(N_ELEMENTS, dtype=np.float64)
+    comp = structure.composition
+    for el, amt in comp.element_composition.items():
+        vec[el.Z - 1] += amt
+    return (vec / vec.sum()).astype(np.float32)
+
+
+def featurize_dos(dos: ProjectedDOS, grid: EnergyGrid = PAPER_GRID, id: str | None = None) -> ISDOSExample:
+    """Turn one `ProjectedDOS` into an `ISDOSExample` on `grid`."""
+    rel = np.asarray(dos.energies, dtype=np.float64) - dos.efermi
+    if rel.ndim != 1 or len(rel) < 2 or np.any(np.diff(rel) <= 0):
+        raise DOSInputError(dos.source, "energy axis is not strictly increasing", "the file looks corrupt")
+    if not np.all(np.isfinite(dos.pdos)):
+        raise DOSInputError(dos.source, "DOS holds NaN or inf values", "the file looks corrupt")
+    x = grid.energies()
+    resampled = np.stack([[np.interp(x, rel, ch, left=0.0, right=0.0) for ch in spin] for spin in dos.pdos])
+    n_atoms = len(dos.structure)
+    resampled = resampled.transpose(0, 2, 1) / n_atoms  # (n_spin, n_points, 9), states/eV/atom
+    if resampled.shape[0] == 2:
+        up, down = resampled
+    else:
+        up = down = resampled[0] / 2.0
+    comp = dos.structure.composition
+    return ISDOSExample(
+        dos_up=up.astype(np.float32), dos_down=down.astype(np.float32),
+        composition=composition_vector(dos.structure), id=id or dos.doc_id or Path(dos.source).name,
+        formula=comp.reduced_formula, chemsys=comp.chemical_system, n_atoms=n_atoms,
+        efermi=float(dos.efermi), spin_polarized=dos.spin_polarized, source=dos.source, code=dos.code,
+        f_channels=dos.f_channels, warnings=dos.warnings, grid=grid)
+
+
+def featurize_all(path: str | Path, grid: EnergyGrid = PAPER_GRID, id: str | None = None) -> list[ISDOSExample]:
+    """All IS-DOS examples in one file (MP files may hold several documents)."""
+    doses = read_dos(path)
+    base = id or default_id(Path(path))
+    if len(doses) == 1:
+        return [featurize_dos(doses[0], grid, id or doses[0].doc_id or base)]
+    return [featurize_dos(d, grid, d.doc_id or f"{base}#{i}") for i, d in enumerate(doses)]
+
+
+def featurize(path: str | Path, grid: EnergyGrid = PAPER_GRID, id: str | None = None) -> ISDOSExample:
+    """The IS-DOS example of one calculation (DESIGN.md section 1).
+
+    `path`: vasprun.xml[.gz], DOSCAR (+POSCAR) file or directory, MP CompleteDos .json[.gz]
+    holding one document, or *.gpawdos.npz. Raises `DOSInputError` naming the file and the fix.
+    """
+    examples = featurize_all(path, grid, id)
+    if len(examples) != 1:
+        raise DOSInputError(path, f"holds {len(examples)} DOS documents", "use featurize_all() for multi-document files")
+    return examples[0]
+
+
+# ---------------------------------------------------------------- npz I/O (no pickle)
+
+def save_examples(examples: list[ISDOSExample], out: str | Path) -> Path:
+    """Write examples to an .npz readable with `np.load(..., allow_pickle=False)`.
+
+    Arrays: dos_up, dos_down (N, n_points, 9) float32 states/eV/atom; composition (N, 118);
+    id, formula, chemsys, source, code (N,) unicode; n_atoms (N,) int32; efermi (N,) eV;
+    spin_polarized (N,) bool; energies (n_points,) E - E_F in eV; metadata_json (N,) unicode.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid = examples[0].grid if examples else PAPER_GRID
+    n = grid.n_points
+    np.savez_compressed(
+        out,
+        dos_up=np.stack([e.dos_up for e in examples]) if examples else np.zeros((0, n, 9), np.float32),
+        dos_down=np.stack([e.dos_down for e in examples]) if examples else np.zeros((0, n, 9), np.float32),
+        composition=np.stack([e.composition for e in examples]) if examples else np.zeros((0, N_ELEMENTS), np.float32),
+        id=np.array([e.id for e in examples], dtype=str), formula=np.array([e.formula for e in examples], dtype=str),
+        chemsys=np.array([e.chemsys for e in examples], dtype=str),
+        source=np.array([e.source for e in examples], dtype=str), code=np.array([e.code for e in examples], dtype=str),
+        n_atoms=np.array([e.n_atoms for e in examples], dtype=np.int32),
+        efermi=np.array([e.efermi for e in examples], dtype=np.float64),
+        spin_polarized=np.array([e.spin_polarized for e in examples], dtype=bool),
+        energies=grid.energies().astype(np.float32),
+        metadata_json=np.array([json.dumps(e.metadata()) for e in examples], dtype=str),
+    )
+    return out
+
+
+def load_examples(path: str | Path) -> dict[str, np.ndarray]:
+    """Read an .npz written by `save_examples` (or `esnet featurize`) without pickle."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise DOSInputError(path, f"cannot read features npz ({type(exc).__name__}: {exc})",
+                            "write it with `esnet featurize --out`") from None
+    for key in ("dos_up", "dos_down", "composition", "id"):
+        if key not in arrays:
+            raise DOSInputError(path, f"missing array '{key}'", "write it with `esnet featurize --out`")
+    return arrays
+
+
+# ---------------------------------------------------------------- CLI
+
+def collect_inputs(paths: list[str]) -> list[tuple[Path, Path | None]]:
+    """Expand directories (walked recursively) into (file, root) pairs; files pass through."""
+    out: list[tuple[Path, Path | None]] = []
+    for p in map(Path, paths):
+        if p.is_dir() and source_kind(p) is None or p.is_dir() and any(x.is_dir() for x in p.iterdir()):
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames.sort()
+                for f in sorted(filenames):
+                    fp = Path(dirpath) / f
+                    if source_kind(fp) is not None:
+                        out.append((fp, p))
+        else:
+            out.append((p, None))
+    return out
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Read DFT outputs and write IS-DOS: spin-resolved, orbital-projected DOS summed over "
+        "sites per atom (states/eV/atom) on E - E_F in eV, plus composition fractions. "
+        "Inputs: vasprun.xml[.gz], DOSCAR (+POSCAR) files or directories, Materials Project "
+        "CompleteDos .json[.gz], *.gpawdos.npz; directories are walked.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or directories")
+    p.add_argument("--out", default="features.npz", help="output .npz (numpy, no pickle)")
+    p.add_argument("--e-min", type=float, default=PAPER_GRID.e_min, help="grid start, E - E_F in eV")
+    p.add_argument("--e-max", type=float, default=PAPER_GRID.e_max, help="grid end, E - E_F in eV")
+    p.add_argument("--n-points", type=int, default=PAPER_GRID.n_points, help="grid points")
+    p.add_argument("--quiet", action="store_true", help="no per-file lines or progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    grid = EnergyGrid(args.e_min, args.e_max, args.n_points)
+    inputs = collect_inputs(args.paths)
+    examples: list[ISDOSExample] = []
+    failures: list[str] = []
+    for path, root in tqdm(inputs, desc="featurize", unit="file", disable=True if args.quiet or len(inputs) < 2 else None):
+        try:
+            exs = featurize_all(path, grid, id=default_id(path, root) if root else None)
+        except DOSInputError as exc:
+            failures.append(str(exc))
+            tqdm.write(f"FAIL {exc}", file=sys.stderr)
+            continue
+        for e in exs:
+            examples.append(e)
+            if not args.quiet:
+                warn = f"  WARNING: {'; '.join(e.warnings)}" if e.warnings else ""
+                fch = f"  f channels dropped: {','.join(e.f_channels)}" if e.f_channels else ""
+                tqdm.write(f"ok   {e.id}  {e.formula}  {e.n_atoms} atoms  E_F={e.efermi:.3f} eV  "
+                           f"{'spin' if e.spin_polarized else 'non-spin'}  {e.code}{fch}{warn}")
+    if examples:
+        save_examples(examples, args.out)
+    print(f"{len(examples)} example(s) from {len(inputs) - len(failures)} file(s) -> "
+          f"{args.out if examples else '(nothing written)'}; {len(failures)} failed")
+    return 1 if failures or not inputs else 0

@@ -1,0 +1,110 @@
+"""The IS-DOS contract (DESIGN.md section 1): energy grid, orbital channels, example record.
+
+This module is the one place where the grid, the orbital order and the example layout live.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Orbital channels of the model input, in order (VASP's lm order for l <= 2).
+ORBITALS: tuple[str, ...] = ("s", "py", "pz", "px", "dxy", "dyz", "dz2", "dxz", "dx2-y2")
+N_ORBITALS = len(ORBITALS)
+#: Elements Z = 1..118 in the composition vector.
+N_ELEMENTS = 118
+#: Names of the f channels (dropped from the 9 channels, recorded in metadata).
+F_ORBITALS: tuple[str, ...] = ("f_3", "f_2", "f_1", "f0", "f1", "f2", "f3")
+
+
+class DOSInputError(ValueError):
+    """A DFT output cannot become IS-DOS. The message names the file and the fix."""
+
+    def __init__(self, path: object, problem: str, fix: str = "") -> None:
+        self.path = str(path)
+        self.problem = problem
+        self.fix = fix
+        msg = f"{self.path}: {problem}"
+        if fix:
+            msg += f" ({fix})"
+        super().__init__(msg)
+
+
+@dataclass(frozen=True)
+class EnergyGrid:
+    """Energy axis of IS-DOS: E - E_Fermi from `e_min` to `e_max` eV, `n_points` points."""
+
+    e_min: float = -20.0
+    e_max: float = 10.0
+    n_points: int = 1500
+
+    def __post_init__(self) -> None:
+        if not self.e_max > self.e_min or self.n_points < 2:
+            raise ValueError(f"invalid energy grid {self}")
+
+    def energies(self) -> np.ndarray:
+        """Grid energies relative to E_F (eV), float64, shape (n_points,)."""
+        return np.linspace(self.e_min, self.e_max, self.n_points)
+
+    @property
+    def step(self) -> float:
+        """Grid spacing (eV)."""
+        return (self.e_max - self.e_min) / (self.n_points - 1)
+
+    def to_dict(self) -> dict:
+        return {"e_min": self.e_min, "e_max": self.e_max, "n_points": self.n_points}
+
+
+#: The paper's window, linspace(-20, 10, 1500) eV around E_F.
+PAPER_GRID = EnergyGrid()
+
+
+@dataclass
+class ProjectedDOS:
+    """What every reader returns and the featurizer consumes.
+
+    `pdos` is the orbital-projected DOS summed over all sites of the cell, in states/eV per
+    cell, shape (n_spin, 9, n_energies), channels in `ORBITALS` order; `energies` are absolute
+    (eV) and `efermi` is E_F (eV).
+    """
+
+    energies: np.ndarray
+    pdos: np.ndarray
+    efermi: float
+    structure: "object"  # pymatgen Structure
+    spin_polarized: bool
+    source: str
+    code: str
+    f_channels: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    doc_id: str | None = None  # id stored in the file itself (MP task_id, GPAW task id)
+
+
+@dataclass
+class ISDOSExample:
+    """One IS-DOS example (DESIGN.md section 1) with its metadata."""
+
+    dos_up: np.ndarray  # float32 (n_points, 9), states/eV/atom
+    dos_down: np.ndarray  # float32 (n_points, 9), states/eV/atom
+    composition: np.ndarray  # float32 (118,), atomic fractions
+    id: str
+    formula: str
+    chemsys: str
+    n_atoms: int
+    efermi: float  # eV
+    spin_polarized: bool
+    source: str
+    code: str
+    f_channels: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    grid: EnergyGrid = field(default=PAPER_GRID)
+
+    def metadata(self) -> dict:
+        """JSON-serialisable metadata (everything but the arrays)."""
+        return {
+            "id": self.id, "formula": self.formula, "chemsys": self.chemsys,
+            "n_atoms": self.n_atoms, "efermi": self.efermi,
+            "spin_polarized": self.spin_polarized, "source": self.source, "code": self.code,
+            "f_channels": list(self.f_channels), "warnings": list(self.warnings),
+            "grid": self.grid.to_dict(),
+        }

@@ -1,0 +1,58 @@
+"""pymatgen `CompleteDos` -> `ProjectedDOS`: shared by the VASP, DOSCAR and MP readers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from esnet_tf.isdos import F_ORBITALS, ORBITALS, DOSInputError, ProjectedDOS
+
+_CHANNEL = {name: i for i, name in enumerate(ORBITALS)}
+
+
+def orbital_channel(name: str) -> int | None:
+    """Channel index of an orbital label in any spelling ('dx2', 'x2-y2', 'dx2_y2' -> 8).
+
+    Returns None for f orbitals. Raises KeyError for labels that are not m-resolved.
+    """
+    key = name.lower().replace("_", "").replace("-", "")
+    aliases = {"dx2": "dx2-y2", "x2y2": "dx2-y2", "dx2y2": "dx2-y2", "x2": "dx2-y2",
+               "xy": "dxy", "yz": "dyz", "z2": "dz2", "xz": "dxz", "dz2r2": "dz2", "z2r2": "dz2"}
+    key = aliases.get(key, key)
+    if key in _CHANNEL:
+        return _CHANNEL[key]
+    if key.startswith("f") and len(key) > 1:
+        return None
+    raise KeyError(name)
+
+
+def from_complete_dos(cd, path: Path, code: str, warnings: tuple[str, ...] = ()) -> ProjectedDOS:
+    """Sum a pymatgen CompleteDos over sites into the 9 m-resolved channels (states/eV per cell)."""
+    from pymatgen.electronic_structure.core import Spin
+
+    if not cd.pdos:
+        raise DOSInputError(path, "no projected DOS in the file (total DOS only)",
+                            "rerun VASP with LORBIT=11 to write m-resolved projections")
+    spins = [Spin.up, Spin.down] if Spin.down in cd.densities else [Spin.up]
+    energies = np.asarray(cd.energies, dtype=np.float64)
+    pdos = np.zeros((len(spins), len(ORBITALS), len(energies)))
+    f_seen: set[str] = set()
+    for site_pdos in cd.pdos.values():
+        for orb, dens in site_pdos.items():
+            label = getattr(orb, "name", str(orb))
+            try:
+                ch = orbital_channel(label)
+            except KeyError:
+                raise DOSInputError(path, f"projections are not m-resolved (orbital '{label}')",
+                                    "rerun VASP with LORBIT=11 (LORBIT=10 writes s, p, d only)") from None
+            if ch is None:
+                f_seen.add(label)
+                continue
+            for i, spin in enumerate(spins):
+                if spin not in dens:
+                    raise DOSInputError(path, f"orbital {label} lacks spin {spin.name} data", "the file looks truncated")
+                pdos[i, ch] += np.asarray(dens[spin])
+    f_channels = tuple(sorted(f_seen, key=lambda s: F_ORBITALS.index(s) if s in F_ORBITALS else 99))
+    return ProjectedDOS(energies=energies, pdos=pdos, efermi=float(cd.efermi), structure=cd.structure,
+                        spin_polarized=len(spins) == 2, source=str(path), code=code,
+                        f_channels=f_channels, warnings=tuple(warnings))

@@ -1,0 +1,46 @@
+"""Materials Project `CompleteDos` JSON documents (absolute energies with `efermi`).
+
+Accepts a CompleteDos dict, or a list of task documents `{"task_id": ..., "data": CompleteDos}`
+as the MP API returns them; `.json` or `.json.gz`. Parsed with json (never pickle) and
+pymatgen's `CompleteDos.from_dict`.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+from esnet_tf.isdos import DOSInputError, ProjectedDOS
+from esnet_tf.readers.common import from_complete_dos
+
+
+def read_complete_dos_json(path: str | Path) -> list[ProjectedDOS]:
+    """Read every CompleteDos in the file; ids are the documents' task_id where given."""
+    from pymatgen.electronic_structure.dos import CompleteDos
+
+    path = Path(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DOSInputError(path, f"not valid JSON ({type(exc).__name__}: {str(exc)[:100]})",
+                            "pass a Materials Project CompleteDos document") from None
+    docs = doc if isinstance(doc, list) else [doc]
+    out = []
+    for i, d in enumerate(docs):
+        task_id = None
+        if isinstance(d, dict) and "data" in d and isinstance(d["data"], dict):
+            task_id, d = d.get("task_id"), d["data"]
+        if not isinstance(d, dict) or not {"energies", "densities", "efermi", "structure"} <= set(d):
+            raise DOSInputError(path, f"document {i} is not a CompleteDos (needs energies, densities, "
+                                "efermi, structure, pdos)", "download the DOS with MPRester.get_dos_by_material_id")
+        try:
+            cd = CompleteDos.from_dict(d)
+        except Exception as exc:
+            raise DOSInputError(path, f"document {i}: cannot build CompleteDos ({type(exc).__name__}: "
+                                f"{str(exc)[:100]})", "the document is incomplete") from None
+        dos = from_complete_dos(cd, path, code="VASP (Materials Project)")
+        dos.doc_id = str(task_id) if task_id is not None else None
+        out.append(dos)
+    return out
