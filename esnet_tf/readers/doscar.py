@@ -38,9 +38,9 @@ def _structure(directory: Path, doscar: Path):
                         "copy the run's POSCAR into the same directory")
 
 
-#: m-resolved column order of VASP's DOSCAR (LORBIT=11), per spin
-_LM = ("s", "py", "pz", "px", "dxy", "dyz", "dz2", "dxz", "dx2")
-_F = ("f_3", "f_2", "f_1", "f0", "f1", "f2", "f3")
+#: number of lm columns per spin in VASP's DOSCAR (LORBIT=11): s, p, d (9) or s, p, d, f (16),
+#: in pymatgen's `Orbital` order (s, py, pz, px, dxy, dyz, dz2, dxz, dx2-y2, f-3 .. f3)
+_LM_COUNTS = (9, 16)
 
 
 def _read_lines(doscar: Path) -> list[str]:
@@ -63,12 +63,12 @@ def _block(lines: list[str], start: int, nedos: int, doscar: Path) -> np.ndarray
     return arr
 
 
-def _columns(ncol: int, spin_polarized: bool, doscar: Path) -> list[tuple[str, int]]:
-    """(orbital, spin index) of each projected column of an atom block."""
-    if not spin_polarized and ncol in (9, 16):
-        return [(o, 0) for o in (_LM + _F)[:ncol]]
-    if spin_polarized and ncol in (18, 32):
-        return [(o, s) for o in (_LM + _F)[: ncol // 2] for s in (0, 1)]
+def _columns(ncol: int, spin_polarized: bool, doscar: Path) -> list[tuple[int, int]]:
+    """(pymatgen Orbital value, spin index) of each projected column of an atom block."""
+    if not spin_polarized and ncol in _LM_COUNTS:
+        return [(o, 0) for o in range(ncol)]
+    if spin_polarized and ncol // 2 in _LM_COUNTS and ncol % 2 == 0:
+        return [(o, s) for o in range(ncol // 2) for s in (0, 1)]
     if ncol in (3, 4, 6, 8):
         raise DOSInputError(doscar, "projections are not m-resolved (LORBIT=10)", "rerun VASP with LORBIT=11")
     raise DOSInputError(doscar, f"{ncol} projected columns per atom: noncollinear or unknown layout",
@@ -110,16 +110,13 @@ def read_doscar(path: str | Path) -> ProjectedDOS:
     energies = total[:, 0]
     spins = [Spin.up, Spin.down] if spin_polarized else [Spin.up]
     pdos = {}
-    orbital = {o.name: o for o in Orbital}
     for a in range(natoms):
         start = 6 + nedos + 1 + a * (nedos + 1)
         block = _block(lines, start, nedos, doscar)
         cols = _columns(block.shape[1] - 1, spin_polarized, doscar)
         site_pdos: dict = {}
         for j, (orb, s) in enumerate(cols):
-            if orb not in orbital:  # f channels are kept by name only via Orbital enum
-                continue
-            site_pdos.setdefault(orbital[orb], {})[spins[s]] = block[:, j + 1]
+            site_pdos.setdefault(Orbital(orb), {})[spins[s]] = block[:, j + 1]
         pdos[structure[a]] = site_pdos
     tdos = Dos(efermi, energies, {sp: total[:, 1 + i] for i, sp in enumerate(spins)})
     cd = CompleteDos(structure, tdos, pdos)
