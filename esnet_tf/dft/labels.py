@@ -1,0 +1,98 @@
+"""Labels from finished DFT tasks: formation energies, energies above the hull, provenance.
+
+Used by `esnet dft run` and by the demo dataset (`esnet dft demo`).
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import platform
+from pathlib import Path
+
+from esnet_tf.dft.runner import Outcome
+from esnet_tf.dft.settings import DFTSettings
+
+
+def assemble(outcomes: list[Outcome], data_dir: Path, settings: DFTSettings) -> dict:
+    """Write labels.csv, failures.csv and provenance.json for the finished tasks.
+
+    Formation energy per atom (eV/atom) of the relaxed structure against the lowest-energy
+    computed phase of each element; `e_above_hull` (eV/atom) from pymatgen's PhaseDiagram
+    over all relaxed entries of the dataset (unrelaxed tasks enter with their IS energy,
+    flagged `relaxed=False`). Paths in labels.csv are relative to `data_dir`, whose `calcs/`
+    folder is the task cache. Compounds whose elements lack a finished
+    reference are listed in failures.csv with that reason.
+    """
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
+
+    data_dir = Path(data_dir)
+    done = [o for o in outcomes if o.result is not None]
+    failures = [(o.task_id, o.reason) for o in outcomes if o.status == "failed"]
+    final_energy = {o.task_id: o.result.get("rs_energy", o.result["is_energy"]) for o in done}
+    mu: dict[str, tuple[float, str]] = {}
+    for o in done:
+        comp = o.result["composition"]
+        if len(comp) == 1:
+            el, n = next(iter(comp.items()))
+            e = final_energy[o.task_id] / n
+            if el not in mu or e < mu[el][0]:
+                mu[el] = (e, o.task_id)
+    rows, entries = [], []
+    for o in done:
+        r = o.result
+        comp = r["composition"]
+        missing = sorted(set(comp) - set(mu))
+        if missing:
+            failures.append((o.task_id, f"no finished elemental reference for {missing}"))
+            continue
+        n_atoms = sum(comp.values())
+        ef = (final_energy[o.task_id] - sum(n * mu[el][0] for el, n in comp.items())) / n_atoms
+        entries.append(PDEntry(Composition(comp), final_energy[o.task_id], name=o.task_id))
+        if r["kind"] == "molecule":
+            continue
+        relaxed = "rs_energy" in r
+        rows.append({
+            "id": o.task_id, "path": f"calcs/{o.key}/{r['is_dos']}",
+            "formation_energy_per_atom": ef, "prototype": r["prototype"], "formula": r["formula"],
+            "rs_path": (f"calcs/{o.key}/{r['rs_dos']}" if relaxed else ""), "n_atoms": r["n_atoms"],
+            "relaxed": relaxed,
+            "is_energy_per_atom": r["is_energy"] / n_atoms, "rs_energy_per_atom": final_energy[o.task_id] / n_atoms,
+            "is_formation_energy_per_atom": (r["is_energy"] - sum(n * mu[el][0] for el, n in comp.items())) / n_atoms,
+            "rs_scale": r.get("rs_scale"), "spin_polarized": r["spin_polarized"],
+            "is_wall_time_s": r["is_wall_time"], "relax_wall_time_s": r.get("relax_wall_time", 0.0),
+        })
+    pd = PhaseDiagram(entries)
+    ehull = {e.name: pd.get_e_above_hull(e, allow_negative=True) for e in entries}
+    for row in rows:
+        row["e_above_hull"] = max(0.0, ehull[row["id"]]) if abs(ehull[row["id"]]) < 1e-9 else ehull[row["id"]]
+    rows.sort(key=lambda r: r["id"])
+    cols = ["id", "path", "formation_energy_per_atom", "e_above_hull", "prototype", "formula", "rs_path",
+            "n_atoms", "is_energy_per_atom", "rs_energy_per_atom", "is_formation_energy_per_atom",
+            "rs_scale", "spin_polarized", "is_wall_time_s", "relax_wall_time_s", "relaxed"]
+    with open(data_dir / "labels.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    with open(data_dir / "failures.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "reason"])
+        w.writerows(sorted(failures))
+    import gpaw
+    import gpaw_data
+
+    prov = {
+        "description": "IS-DOS and energies computed by esnet-tf's GPAW engine (esnet dft)",
+        "settings": settings.to_dict(), "code": f"GPAW {gpaw.__version__}",
+        "paw_setups": f"gpaw-data {getattr(gpaw_data, '__version__', '?')} ({settings.xc})",
+        "elemental_references": {el: {"energy_per_atom": e, "id": tid} for el, (e, tid) in sorted(mu.items())},
+        "n_examples": len(rows), "n_failed": len(failures),
+        "assembled": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "initial_structure_rule": "closest pair at the sum of Slater atomic radii (see esnet_tf/dft/prototypes.py)",
+        "relaxation": "isotropic EOS scan (steps of eos_step), parabola vertex, single point there",
+    }
+    (data_dir / "provenance.json").write_text(json.dumps(prov, indent=1))
+    return prov

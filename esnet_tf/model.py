@@ -1,0 +1,189 @@
+"""ESNet (Mok et al., J. Mater. Chem. A 2023) with the Keras 3 functional API (DESIGN.md section 4).
+
+    dos_up (None, 1500, 9) -> InputNormalization -> SpinFeaturizer --+
+    dos_down (None, 1500, 9) -> InputNormalization -> SpinFeaturizer -+-> concat (channels)
+        -> Conv1D(512, 3)-BN-ReLU -> GlobalAveragePooling1D ------------+
+    composition (None, 118) -> Dense(64, relu) --------------------------+-> concat
+        -> Dense(128, relu) -> Dense(64, relu) -> Dense(1) = formation_energy_per_atom (eV/atom)
+
+SpinFeaturizer = stem Conv1D(64, 20, stride 2)-BN-ReLU-AvgPool(2), then 4 stages of 2 residual
+CBAM blocks of widths 64, 128, 256, 512 with AvgPool(2) between stages. The two spins have
+their own weights. `ESNetConfig.paper()` has ~9.75 M parameters; `ESNetConfig.small()` is the
+same topology, narrower, for CPU runs.
+
+    from esnet_tf import ESNetConfig, build_esnet
+    model = build_esnet(ESNetConfig.small())
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID
+
+#: model input names (DESIGN.md section 5) and output name
+INPUT_NAMES: tuple[str, ...] = ("dos_up", "dos_down", "composition")
+OUTPUT_NAME = "formation_energy_per_atom"
+
+
+@dataclass(frozen=True)
+class ESNetConfig:
+    """Architecture hyper-parameters of ESNet (data, not code). Lengths in energy-grid points."""
+
+    n_points: int = PAPER_GRID.n_points
+    n_orbitals: int = N_ORBITALS
+    n_elements: int = N_ELEMENTS
+    stem_filters: int = 64
+    stem_kernel: int = 20
+    stem_stride: int = 2
+    pool_size: int = 2
+    stage_widths: tuple[int, ...] = (64, 128, 256, 512)
+    blocks_per_stage: int = 2
+    kernel_size: int = 3
+    attention_ratio: int = 8
+    spatial_kernel: int = 7
+    merge_filters: int = 512
+    merge_kernel: int = 3
+    composition_units: int = 64
+    head_units: tuple[int, ...] = (128, 64)
+    dropout: float = 0.0
+    name: str = field(default="paper", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stage_widths", tuple(int(w) for w in self.stage_widths))
+        object.__setattr__(self, "head_units", tuple(int(u) for u in self.head_units))
+        if not self.stage_widths or min(self.stage_widths) < 1 or self.blocks_per_stage < 1:
+            raise ValueError(f"invalid ESNetConfig: stage_widths={self.stage_widths}, "
+                             f"blocks_per_stage={self.blocks_per_stage}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def paper(cls) -> "ESNetConfig":
+        """The paper's ESNet: widths 64-128-256-512, ~9.75 M parameters."""
+        return cls(name="paper")
+
+    @classmethod
+    def small(cls) -> "ESNetConfig":
+        """Same topology, narrower (~0.1 M parameters): trains on 2 CPU cores in minutes."""
+        return cls(stem_filters=16, stage_widths=(16, 24, 32, 48), merge_filters=48,
+                   composition_units=32, head_units=(64, 32), attention_ratio=4, name="small")
+
+    @classmethod
+    def named(cls, name: str) -> "ESNetConfig":
+        """'paper', 'small' or the path of a JSON file written by `to_dict`."""
+        if name in ("paper", "small"):
+            return getattr(cls, name)()
+        path = Path(name)
+        if path.is_file():
+            return cls.from_dict(json.loads(path.read_text()))
+        raise ValueError(f"unknown config {name!r}: use 'paper', 'small' or a JSON file of ESNetConfig fields")
+
+    def replace(self, **changes: Any) -> "ESNetConfig":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["stage_widths"] = list(self.stage_widths)
+        d["head_units"] = list(self.head_units)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ESNetConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ESNetConfig fields {unknown}")
+        return cls(**d)
+
+
+def build_esnet(config: ESNetConfig | None = None, *, normalization: dict | None = None,
+                name: str | None = None):
+    """Uncompiled ESNet `keras.Model`.
+
+    Inputs (dict): dos_up, dos_down float32 (None, n_points, 9) states/eV/atom; composition
+    float32 (None, 118) atomic fractions. Output (dict): formation_energy_per_atom (None, 1)
+    in eV/atom. `normalization`: optional statistics from `dos_statistics` to store in the
+    model's InputNormalization layers (else identity until `set_normalization`).
+    """
+    import keras
+    from keras import layers
+
+    from esnet_tf.layers import InputNormalization, SpinFeaturizer
+
+    c = config or ESNetConfig.paper()
+    inputs = {
+        "dos_up": keras.Input((c.n_points, c.n_orbitals), name="dos_up", dtype="float32"),
+        "dos_down": keras.Input((c.n_points, c.n_orbitals), name="dos_down", dtype="float32"),
+        "composition": keras.Input((c.n_elements,), name="composition", dtype="float32"),
+    }
+    spins = []
+    for spin in ("up", "down"):
+        x = InputNormalization(name=f"normalize_{spin}")(inputs[f"dos_{spin}"])
+        x = SpinFeaturizer(c.stem_filters, c.stem_kernel, c.stem_stride, c.pool_size, c.stage_widths,
+                           c.blocks_per_stage, c.kernel_size, c.attention_ratio, c.spatial_kernel,
+                           name=f"spin_{spin}")(x)
+        spins.append(x)
+    x = layers.Concatenate(axis=-1, name="spin_concat")(spins)
+    x = layers.Conv1D(c.merge_filters, c.merge_kernel, padding="same", name="merge_conv")(x)
+    x = layers.BatchNormalization(name="merge_bn")(x)
+    x = layers.ReLU(name="merge_relu")(x)
+    x = layers.GlobalAveragePooling1D(name="global_pool")(x)
+    comp = layers.Dense(c.composition_units, activation="relu", name="composition_dense")(inputs["composition"])
+    x = layers.Concatenate(name="features")([x, comp])
+    for i, units in enumerate(c.head_units):
+        x = layers.Dense(units, activation="relu", name=f"head_dense{i + 1}")(x)
+        if c.dropout:
+            x = layers.Dropout(c.dropout, name=f"head_dropout{i + 1}")(x)
+    out = layers.Dense(1, name=OUTPUT_NAME)(x)
+    model = keras.Model(inputs=inputs, outputs={OUTPUT_NAME: out}, name=name or f"esnet_{c.name}")
+    if normalization is not None:
+        set_normalization(model, normalization)
+    return model
+
+
+def dos_statistics(batches) -> dict:
+    """Per-channel mean and std (states/eV/atom) of dos_up and dos_down over examples and energies.
+
+    `batches`: iterable of dicts holding at least 'dos_up' and 'dos_down' arrays (B, n_points, 9)
+    (numpy or tensors). Streams (float64 sums), so it works on datasets larger than memory.
+    """
+    sums: dict[str, list] = {}
+    for batch in batches:
+        for key in ("dos_up", "dos_down"):
+            a = np.asarray(batch[key], dtype=np.float64)
+            a = a.reshape(-1, a.shape[-1])
+            s = sums.setdefault(key, [0, np.zeros(a.shape[-1]), np.zeros(a.shape[-1])])
+            s[0] += a.shape[0]
+            s[1] += a.sum(axis=0)
+            s[2] += (a * a).sum(axis=0)
+    if not sums or sums["dos_up"][0] == 0:
+        raise ValueError("no training examples to fit the input normalisation on")
+    out = {}
+    for key, (n, s1, s2) in sums.items():
+        mean = s1 / n
+        var = np.maximum(s2 / n - mean * mean, 0.0)
+        out[key] = {"mean": mean.tolist(), "std": np.sqrt(var).tolist()}
+    return out
+
+
+def set_normalization(model, stats: dict) -> None:
+    """Store `dos_statistics` output in the model's `normalize_up` / `normalize_down` layers."""
+    for spin in ("up", "down"):
+        s = stats[f"dos_{spin}"]
+        model.get_layer(f"normalize_{spin}").set_statistics(s["mean"], s["std"])
+
+
+def load_model(path: str | Path):
+    """Load a `.keras` ESNet (registers the custom layers first)."""
+    import keras
+
+    import esnet_tf.layers  # noqa: F401  (registers the serializable layers)
+
+    return keras.saving.load_model(str(path), compile=False)

@@ -1,0 +1,113 @@
+"""GPAW engine with tiny settings: IS-DOS output, spin, cache, failures, EOS, Beam."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gpaw", reason="GPAW (extra `dft`) is not installed")
+
+from esnet_tf.cli import main as cli_main  # noqa: E402
+from esnet_tf.dft.prototypes import prototype_structure  # noqa: E402
+from esnet_tf.dft.runner import run_tasks  # noqa: E402
+from esnet_tf.dft.settings import DFTSettings  # noqa: E402
+from esnet_tf.dft.tasks import Task  # noqa: E402
+from esnet_tf.featurize import featurize  # noqa: E402
+
+TINY = DFTSettings.tiny()
+
+
+def _tasks(relax: str = "none") -> list[Task]:
+    return [Task("Cu_fcc", prototype_structure("fcc", ["Cu"], 3.63), TINY, relax=relax),
+            Task("Fe_bcc", prototype_structure("bcc", ["Fe"], 2.85), TINY, relax=relax)]
+
+
+@pytest.fixture(scope="module")
+def single_points(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("dft") / "calcs"
+    return cache, run_tasks(_tasks(), cache, workers=2, progress=False)
+
+
+def test_single_points_write_is_dos_the_featurizer_reads(single_points):
+    _, outcomes = single_points
+    assert [o.status for o in outcomes] == ["done", "done"]
+    cu = featurize(outcomes[0].workdir / outcomes[0].result["is_dos"])
+    fe = featurize(outcomes[1].workdir / outcomes[1].result["is_dos"])
+    assert cu.dos_up.shape == (1500, 9) and cu.code.startswith("GPAW")
+    assert not cu.spin_polarized and np.array_equal(cu.dos_up, cu.dos_down)
+    assert fe.spin_polarized and not np.allclose(fe.dos_up, fe.dos_down, atol=1e-3)
+    with np.load(outcomes[1].workdir / "is.gpawdos.npz") as d:  # E_F at 0 on the stored axis
+        assert fe.efermi == pytest.approx(float(d["efermi"]))
+        rel = d["energies"] - d["efermi"]
+        assert rel[0] == pytest.approx(TINY.dos_window[0]) and rel.min() < 0 < rel.max()
+    # Fe is magnetic: majority spin holds more occupied states than minority
+    x = fe.grid.energies()
+    occ = x <= 0
+    assert np.trapezoid(fe.dos_up.sum(1)[occ], x[occ]) > np.trapezoid(fe.dos_down.sum(1)[occ], x[occ]) + 1
+    # cubic symmetry: the three p channels and the three t2g channels are equal (symmetrised PDOS)
+    np.testing.assert_allclose(fe.dos_up[:, 1], fe.dos_up[:, 3], atol=1e-4)
+    np.testing.assert_allclose(fe.dos_up[:, 4], fe.dos_up[:, 5], atol=1e-4)
+    assert outcomes[0].result["is_wall_time"] > 0
+
+
+def test_cache_makes_second_run_do_no_scf(single_points):
+    cache, first = single_points
+    stamps = {o.task_id: (o.workdir / "result.json").stat().st_mtime_ns for o in first}
+    again = run_tasks(_tasks(), cache, workers=2, progress=False)
+    assert [o.status for o in again] == ["cached", "cached"]
+    assert {o.task_id: (o.workdir / "result.json").stat().st_mtime_ns for o in again} == stamps
+    assert [o.result["is_energy"] for o in again] == [o.result["is_energy"] for o in first]
+
+
+def test_element_without_paw_setup_is_a_clear_recorded_error(tmp_path):
+    t = Task("Tc_fcc", prototype_structure("fcc", ["Tc"], 3.9), TINY)
+    (out,) = run_tasks([t], tmp_path, progress=False)
+    assert out.status == "failed" and "no GPAW PAW setup for element Tc" in out.reason
+    assert json.loads((out.workdir / "failure.json").read_text())["reason"] == out.reason
+
+
+def test_timeout_is_recorded(tmp_path):
+    t = Task("Cu_slow", prototype_structure("fcc", ["Cu"], 3.7), TINY, timeout=0.5)
+    (out,) = run_tasks([t], tmp_path, progress=False)
+    assert out.status == "failed" and "timeout" in out.reason
+    (again,) = run_tasks([t], tmp_path, progress=False)  # failures are cached, not silently retried
+    assert again.status == "failed" and "(cached)" in again.reason
+
+
+def test_eos_relaxation_and_cli_labels(tmp_path, capsys):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"structures": [{"prototype": "fcc", "species": ["Cu"]}]}))
+    rc = cli_main(["dft", "run", str(spec), "--out", str(tmp_path / "out"), "--tiny", "--relax", "eos"])
+    assert rc == 0
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "out" / "labels.csv")))
+    assert len(rows) == 1 and rows[0]["relaxed"] == "True"
+    r = rows[0]
+    assert float(r["rs_energy_per_atom"]) <= float(r["is_energy_per_atom"]) + 1e-6
+    assert float(r["relax_wall_time_s"]) > 0 and (tmp_path / "out" / r["rs_path"]).exists()
+    # the radii rule overestimates Cu (3.82 vs ~3.6 Å): the EOS shrinks the cell
+    assert 0.85 < float(r["rs_scale"]) < 0.99
+    assert featurize(tmp_path / "out" / r["rs_path"]).n_atoms == 1
+
+
+def test_cli_bad_structure_file(tmp_path, capsys):
+    bad = tmp_path / "x.cif"
+    bad.write_text("not a cif")
+    rc = cli_main(["dft", "run", str(bad), "--out", str(tmp_path / "o"), "--tiny"])
+    assert rc == 2 and "x.cif" in capsys.readouterr().err
+
+
+def test_beam_direct_runner_matches_plain_run(single_points, tmp_path):
+    pytest.importorskip("apache_beam", reason="Apache Beam (extra `beam`) is not installed")
+    from esnet_tf.dft.beam import run_tasks_beam
+
+    _, plain = single_points
+    tasks = _tasks() + [Task("Al_fcc", prototype_structure("fcc", ["Al"], 4.05), TINY)]
+    outs = run_tasks_beam(tasks, tmp_path / "calcs", "runner=DirectRunner")
+    assert [o.status for o in outs] == ["done"] * 3
+    for o, p in zip(outs, plain):
+        assert o.key == p.key
+        assert o.result["is_energy"] == pytest.approx(p.result["is_energy"], abs=1e-6)
