@@ -108,8 +108,9 @@ class ResidualCBAMBlock(layers.Layer):
     """Conv(k)-BN-ReLU-Conv(k)-BN-CBAM + shortcut, then ReLU; 1x1 conv shortcut if width changes."""
 
     def __init__(self, filters: int, kernel_size: int = 3, attention_ratio: int = 8,
-                 spatial_kernel: int = 7, **kwargs) -> None:
+                 spatial_kernel: int = 7, bn_momentum: float = 0.99, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.bn_momentum = float(bn_momentum)
         self.filters = int(filters)
         self.kernel_size = int(kernel_size)
         self.attention_ratio = int(attention_ratio)
@@ -119,9 +120,9 @@ class ResidualCBAMBlock(layers.Layer):
         shape = tuple(input_shape)
         out_shape = shape[:-1] + (self.filters,)
         self.conv1 = layers.Conv1D(self.filters, self.kernel_size, padding="same", name="conv1")
-        self.bn1 = layers.BatchNormalization(name="bn1")
+        self.bn1 = layers.BatchNormalization(momentum=self.bn_momentum, name="bn1")
         self.conv2 = layers.Conv1D(self.filters, self.kernel_size, padding="same", name="conv2")
-        self.bn2 = layers.BatchNormalization(name="bn2")
+        self.bn2 = layers.BatchNormalization(momentum=self.bn_momentum, name="bn2")
         self.channel_attention = ChannelAttention(self.attention_ratio, name="channel_attention")
         self.spatial_attention = SpatialAttention(self.spatial_kernel, name="spatial_attention")
         self.conv1.build(shape)
@@ -145,7 +146,8 @@ class ResidualCBAMBlock(layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
-                "attention_ratio": self.attention_ratio, "spatial_kernel": self.spatial_kernel}
+                "attention_ratio": self.attention_ratio, "spatial_kernel": self.spatial_kernel,
+                "bn_momentum": self.bn_momentum}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -159,8 +161,9 @@ class SpinFeaturizer(layers.Layer):
     def __init__(self, stem_filters: int = 64, stem_kernel: int = 20, stem_stride: int = 2,
                  pool_size: int = 2, stage_widths: Sequence[int] = (64, 128, 256, 512),
                  blocks_per_stage: int = 2, kernel_size: int = 3, attention_ratio: int = 8,
-                 spatial_kernel: int = 7, **kwargs) -> None:
+                 spatial_kernel: int = 7, bn_momentum: float = 0.99, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.bn_momentum = float(bn_momentum)
         self.stem_filters = int(stem_filters)
         self.stem_kernel = int(stem_kernel)
         self.stem_stride = int(stem_stride)
@@ -175,7 +178,7 @@ class SpinFeaturizer(layers.Layer):
         shape = tuple(input_shape)
         self.stem_conv = layers.Conv1D(self.stem_filters, self.stem_kernel, strides=self.stem_stride,
                                        padding="same", name="stem_conv")
-        self.stem_bn = layers.BatchNormalization(name="stem_bn")
+        self.stem_bn = layers.BatchNormalization(momentum=self.bn_momentum, name="stem_bn")
         self.pool = layers.AveragePooling1D(self.pool_size, name="pool")
         self.stem_conv.build(shape)
         shape = self.stem_conv.compute_output_shape(shape)
@@ -187,7 +190,7 @@ class SpinFeaturizer(layers.Layer):
                 shape = self.pool.compute_output_shape(shape)
             for b in range(self.blocks_per_stage):
                 block = ResidualCBAMBlock(width, self.kernel_size, self.attention_ratio, self.spatial_kernel,
-                                          name=f"stage{s + 1}_block{b + 1}")
+                                          self.bn_momentum, name=f"stage{s + 1}_block{b + 1}")
                 block.build(shape)
                 shape = block.compute_output_shape(shape)
                 blocks.append(block)
@@ -226,4 +229,4 @@ class SpinFeaturizer(layers.Layer):
                 "stem_stride": self.stem_stride, "pool_size": self.pool_size,
                 "stage_widths": list(self.stage_widths), "blocks_per_stage": self.blocks_per_stage,
                 "kernel_size": self.kernel_size, "attention_ratio": self.attention_ratio,
-                "spatial_kernel": self.spatial_kernel}
+                "spatial_kernel": self.spatial_kernel, "bn_momentum": self.bn_momentum}

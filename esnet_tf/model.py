@@ -52,6 +52,7 @@ class ESNetConfig:
     composition_units: int = 64
     head_units: tuple[int, ...] = (128, 64)
     dropout: float = 0.0
+    bn_momentum: float = 0.99  # BatchNormalization moving-average momentum
     name: str = field(default="paper", compare=False)
 
     def __post_init__(self) -> None:
@@ -128,11 +129,11 @@ def build_esnet(config: ESNetConfig | None = None, *, normalization: dict | None
         x = InputNormalization(name=f"normalize_{spin}")(inputs[f"dos_{spin}"])
         x = SpinFeaturizer(c.stem_filters, c.stem_kernel, c.stem_stride, c.pool_size, c.stage_widths,
                            c.blocks_per_stage, c.kernel_size, c.attention_ratio, c.spatial_kernel,
-                           name=f"spin_{spin}")(x)
+                           c.bn_momentum, name=f"spin_{spin}")(x)
         spins.append(x)
     x = layers.Concatenate(axis=-1, name="spin_concat")(spins)
     x = layers.Conv1D(c.merge_filters, c.merge_kernel, padding="same", name="merge_conv")(x)
-    x = layers.BatchNormalization(name="merge_bn")(x)
+    x = layers.BatchNormalization(momentum=c.bn_momentum, name="merge_bn")(x)
     x = layers.ReLU(name="merge_relu")(x)
     x = layers.GlobalAveragePooling1D(name="global_pool")(x)
     comp = layers.Dense(c.composition_units, activation="relu", name="composition_dense")(inputs["composition"])

@@ -135,7 +135,8 @@ def symmetrized_pdos(calc, rel_energies: np.ndarray, width: float) -> np.ndarray
                 per_atom.append((ch, idx[p * (2 * ell + 1):(p + 1) * (2 * ell + 1)]))
             ch += 2 * ell + 1
         blocks.append(per_atom)
-    mat = np.zeros((nspins, natoms, len(rel_energies), 9, 9), complex)
+    n_e = len(rel_energies)
+    mat = np.zeros((nspins, natoms, n_e, 81))  # real part of the 9x9 matrices, flattened
     for wf in calc.wfs.kpt_u:
         eps = dc.eig_skn[wf.s][wf.k]
         gauss = np.exp(-((rel_energies[None, :] - eps[:, None]) / width) ** 2) / (np.pi ** 0.5 * width)
@@ -143,15 +144,18 @@ def symmetrized_pdos(calc, rel_energies: np.ndarray, width: float) -> np.ndarray
         for a in range(natoms):
             proj = wf.projections[a]
             for ch, idx in blocks[a]:
+                outer = np.zeros((proj.shape[0], 9, 9), complex)
                 amp = proj[:, idx]
                 n = len(idx)
-                mat[wf.s, a, :, ch:ch + n, ch:ch + n] += np.einsum("ne,ni,nj->eij", gauss, amp.conj(), amp)
-    sym = np.zeros_like(mat)
+                outer[:, ch:ch + n, ch:ch + n] = amp.conj()[:, :, None] * amp[:, None, :]
+                mat[wf.s, a] += gauss.T @ outer.reshape(len(eps), 81).real
+    # diag(R M R^T)_i = sum_jk R_ij R_ik M_jk: only the diagonal is needed
+    kdiag = np.einsum("sij,sik->sijk", rot, rot).reshape(len(rot), 9, 81)
+    pdos = np.zeros((nspins, 9, n_e))
     for a1 in range(natoms):
         for s, a2 in enumerate(atommap[:, a1]):
-            sym[:, a1] += np.einsum("ij,sejk,lk->seil", rot[s], mat[:, a2], rot[s])
-    sym /= len(rot)
-    pdos = np.real(np.einsum("saeii->sie", sym))  # sum over atoms, diagonal
+            pdos += np.einsum("sef,if->sie", mat[:, a2], kdiag[s], optimize=True)
+    pdos /= len(rot)
     return pdos * dc.degeneracy
 
 

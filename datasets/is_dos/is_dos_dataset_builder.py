@@ -1,0 +1,161 @@
+"""is_dos dataset: IS-DOS (DOS of unrelaxed structures) with relaxed formation energies.
+
+Configs (`IsDosConfig`, data not code): `demo` (the embedded GPAW demo set of this
+repository, no network), `demo_rs` (the same labels with the relaxed-structure DOS, for
+IS-vs-RS comparisons), `manual` (your labels.csv and calculation files).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from esnet_tf import dataset as isdos_data
+from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID, EnergyGrid
+from esnet_tf.splits import DEFAULT_FRACTIONS, SPLITS
+
+_DEMO_DIR = Path(__file__).resolve().parent / "demo"
+
+
+@dataclasses.dataclass(eq=False)
+class IsDosConfig(tfds.core.BuilderConfig):
+    """A variant of is_dos: where the inputs come from and how they become IS-DOS.
+
+    grid: the IS-DOS energy axis (E - E_F, eV); fractions: train/validation/test fractions of
+    chemical systems (not of examples); source: 'demo' (datasets/is_dos/demo) or 'manual';
+    path_column: labels.csv column holding the calculation path.
+    """
+
+    grid: EnergyGrid = PAPER_GRID
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    source: str = "manual"
+    path_column: str = "path"
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """DatasetBuilder for is_dos (works as a plain generator and on Apache Beam)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release: IS-DOS on E - E_F in [-20, 10] eV (1500 points, 9 orbitals), "
+                 "splits grouped by chemical system, prototype feature.",
+    }
+    BUILDER_CONFIGS = [
+        IsDosConfig(name="demo", source="demo",
+                    description="Embedded demo: GPAW calculations of unrelaxed prototype structures "
+                                "from datasets/is_dos/demo (builds offline)."),
+        IsDosConfig(name="demo_rs", source="demo", path_column="rs_path",
+                    description="Demo labels with the DOS of the relaxed structures (RS-DOS), for "
+                                "IS-DOS vs RS-DOS comparisons."),
+        IsDosConfig(name="manual", source="manual",
+                    description="Your calculations: a manual directory with labels.csv and VASP / "
+                                "Materials Project / GPAW DOS files."),
+    ]
+    DEFAULT_CONFIG_NAME = "demo"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+    Only the `manual` config needs a manual directory (`--manual_dir DIR`). Layout:
+
+      DIR/labels.csv           one row per calculation, header required:
+                               id,path,formation_energy_per_atom[,e_above_hull][,prototype][,formula]
+                                 id: unique string; path: calculation, relative to DIR (or absolute);
+                                 formation_energy_per_atom, e_above_hull: eV/atom (e_above_hull may be
+                                 empty = unknown); prototype: free text; formula: optional, checked
+                                 against the file. Other columns are ignored.
+      DIR/<path>               vasprun.xml[.gz] | DOSCAR[.gz] (+POSCAR) file or directory |
+                               Materials Project CompleteDos .json[.gz] (one document) | *.gpawdos.npz
+
+    Files that fail to featurize stop the build with a message naming the file; set
+    {isdos_data.SKIP_ENV}=1 (or pass skip_bad_inputs=True to the builder) to skip them instead:
+    they are listed with the reason in {isdos_data.REJECTED_FILE} in the prepared dataset directory.
+    """
+
+    def __init__(self, *, skip_bad_inputs: bool | None = None, **kwargs):
+        """skip_bad_inputs: skip files that fail to featurize (default: env ESNET_SKIP_BAD_INPUTS)."""
+        self._skip_bad_inputs = skip_bad_inputs
+        self._use_beam = False
+        self._rejected: list[isdos_data.Rejection] = []
+        super().__init__(**kwargs)
+
+    @property
+    def skip_bad_inputs(self) -> bool:
+        if self._skip_bad_inputs is None:
+            return isdos_data.skip_bad_inputs_default()
+        return bool(self._skip_bad_inputs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        n = self.builder_config.grid.n_points
+        dos = tfds.features.Tensor(shape=(n, N_ORBITALS), dtype=np.float32,
+                                   doc="states/eV/atom on E - E_F grid x orbitals s..dx2-y2")
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({
+                "dos_up": dos,
+                "dos_down": dos,
+                "composition": tfds.features.Tensor(shape=(N_ELEMENTS,), dtype=np.float32,
+                                                    doc="atomic fraction of Z = 1..118"),
+                "formation_energy_per_atom": tfds.features.Scalar(np.float32, doc="eV/atom"),
+                "e_above_hull": tfds.features.Scalar(np.float32, doc="eV/atom, NaN when unknown"),
+                "id": tfds.features.Text(),
+                "formula": tfds.features.Text(doc="reduced formula read from the calculation"),
+                "chemsys": tfds.features.Text(doc="chemical system, e.g. Fe-O (split key)"),
+                "prototype": tfds.features.Text(doc="structure prototype, '' when unknown"),
+            }),
+            supervised_keys=None,
+            homepage="https://doi.org/10.1039/D3TA02390D",
+        )
+
+    def labels_path(self, manual_dir: str | os.PathLike | None = None) -> Path:
+        """The labels.csv this config reads (the demo's, or the one in `manual_dir`)."""
+        if self.builder_config.source == "demo":
+            return _DEMO_DIR / isdos_data.LABELS_FILE
+        if manual_dir is None:
+            raise isdos_data.DatasetError("is_dos/manual needs --manual_dir (see MANUAL_DOWNLOAD_INSTRUCTIONS)")
+        return Path(os.fspath(manual_dir)).expanduser() / isdos_data.LABELS_FILE
+
+    def _download_and_prepare(self, dl_manager, download_config):
+        # Beam is used when the caller asked for a pipeline (tfds build --beam_pipeline_options).
+        self._use_beam = download_config.beam_runner is not None or download_config.beam_options is not None
+        self._rejected = []
+        super()._download_and_prepare(dl_manager, download_config)
+        if self._use_beam:
+            self._rejected += isdos_data.merge_rejected(self._rejected_parts_dir())
+        if self.skip_bad_inputs:
+            isdos_data.write_rejected(self._rejected, self.data_dir)
+        self._write_source()
+
+    def _rejected_parts_dir(self) -> str:
+        return os.path.join(self.data_dir, "rejected-parts")
+
+    def _write_source(self) -> None:
+        import json
+
+        from etils import epath
+
+        labels = self._labels
+        record = {"labels_csv": str(Path(labels).resolve()), "labels_sha256": isdos_data.labels_digest(labels),
+                  "n_rows": len(self._rows), "n_rejected": len(set(self._rejected)),
+                  "beam": self._use_beam, "grid": self.builder_config.grid.to_dict(),
+                  "fractions": list(self.builder_config.fractions)}
+        (epath.Path(self.data_dir) / isdos_data.SOURCE_FILE).write_text(json.dumps(record, indent=1))
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        """Splits train / validation / test by chemical system (esnet_tf.splits.split_of)."""
+        cfg = self.builder_config
+        self._labels = self.labels_path(dl_manager.manual_dir if cfg.source == "manual" else None)
+        self._rows = isdos_data.read_labels(self._labels, cfg.path_column)
+        if self._use_beam:  # each split featurizes on the workers; routing by formula when given
+            return {s: self._generate_examples(self._rows, s) for s in SPLITS}
+        plan, self._rejected = isdos_data.plan_splits(self._rows, cfg.grid, cfg.fractions, self.skip_bad_inputs)
+        if not plan:
+            raise isdos_data.DatasetError(f"{self._labels}: no input could be featurized (see {isdos_data.REJECTED_FILE})")
+        return {s: self._generate_examples(rows, s) for s, rows in plan.items()}
+
+    def _generate_examples(self, rows, split):
+        """(id, example) pairs of one split: a generator, or a `beam.PTransform` in Beam builds."""
+        cfg = self.builder_config
+        if self._use_beam:
+            return isdos_data.beam_split_transform(rows, split, cfg.grid, cfg.fractions, self.skip_bad_inputs,
+                                                   os.path.join(self._rejected_parts_dir(), split))
+        return isdos_data.generate_split(rows, split, cfg.grid, cfg.fractions, self.skip_bad_inputs)

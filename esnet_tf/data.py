@@ -1,0 +1,292 @@
+"""tf.data input pipelines for ESNet.
+
+A dataset spec (`--dataset`) is one of:
+- `features.npz` written by `esnet featurize` (several may be joined with commas), plus a labels
+  CSV (`--labels`, default `labels.csv` next to the first .npz) with columns `id`,
+  `formation_energy_per_atom` (eV/atom) and optionally `e_above_hull` (eV/atom);
+- a directory holding `labels.csv` (`id`, `path` of the calculation relative to the directory,
+  `formation_energy_per_atom`, ...) and the calculation files: featurized on the fly;
+- anything else: a TFDS dataset name or directory, read with `esnet_tf.dataset.load_tfds_split`.
+
+For the first two, splits come from `esnet_tf.splits.split_of(chemsys)`, the same rule as the
+TFDS builder, so no chemical system appears in two splits. Every source yields the same
+unbatched example dicts: dos_up, dos_down (n_points, 9) float32 states/eV/atom, composition
+(118,) float32, formation_energy_per_atom and e_above_hull float32 eV/atom (NaN where unknown),
+id, formula, chemsys (strings).
+"""
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID, EnergyGrid
+from esnet_tf.model import INPUT_NAMES, OUTPUT_NAME
+from esnet_tf.splits import SPLITS, split_of
+
+LABEL_KEYS = ("formation_energy_per_atom", "e_above_hull")
+STRING_KEYS = ("id", "formula", "chemsys")
+
+
+def _user_error(msg: str) -> Exception:
+    from esnet_tf.cli import UserError
+
+    return UserError(msg)
+
+
+# ---------------------------------------------------------------- labels and raw sources
+
+def _float(value: str | None) -> float:
+    try:
+        return float(value) if value not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def read_labels(path: str | Path) -> dict[str, dict]:
+    """Rows of a labels CSV keyed by id; energies parsed to float (eV/atom, NaN if blank)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: labels CSV not found")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "id" not in reader.fieldnames:
+            raise _user_error(f"{path}: labels CSV needs an 'id' column (found {reader.fieldnames})")
+        rows = {}
+        for row in reader:
+            if not row.get("id"):
+                continue  # a partly written trailing line of a growing file
+            for key in LABEL_KEYS:
+                row[key] = _float(row.get(key))
+            rows[row["id"]] = row
+    return rows
+
+
+def is_labels_dir(spec: str | Path) -> bool:
+    """True for a directory holding labels.csv and calculation files."""
+    return Path(spec).is_dir() and (Path(spec) / "labels.csv").is_file()
+
+
+def is_npz_spec(spec: str) -> bool:
+    """True for `a.npz[,b.npz...]`."""
+    return all(p.strip().endswith(".npz") for p in str(spec).split(","))
+
+
+def _empty(n_points: int) -> dict[str, np.ndarray]:
+    return {"dos_up": np.zeros((0, n_points, N_ORBITALS), np.float32),
+            "dos_down": np.zeros((0, n_points, N_ORBITALS), np.float32),
+            "composition": np.zeros((0, N_ELEMENTS), np.float32),
+            **{k: np.zeros(0, np.float32) for k in LABEL_KEYS}, **{k: np.zeros(0, str) for k in STRING_KEYS}}
+
+
+def load_npz_arrays(spec: str, labels: str | Path | None = None, require_labels: bool = True) -> dict[str, np.ndarray]:
+    """All examples of `a.npz[,b.npz]` joined with their labels (by id), as numpy arrays.
+
+    Ids without a label row are left out (and counted in the message) when `require_labels`;
+    otherwise their energies are NaN.
+    """
+    from esnet_tf.featurize import load_examples
+
+    paths = [Path(p.strip()) for p in str(spec).split(",") if p.strip()]
+    parts = [load_examples(p) for p in paths]
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in ("dos_up", "dos_down", "composition", "id")}
+    n = len(arrays["id"])
+    for key in ("formula", "chemsys"):
+        arrays[key] = np.concatenate([p[key] if key in p else np.full(len(p["id"]), "", dtype=object)
+                                      for p in parts]).astype(str)
+    if labels is None and (paths[0].parent / "labels.csv").is_file():
+        labels = paths[0].parent / "labels.csv"
+    rows = read_labels(labels) if labels is not None else {}
+    if require_labels and not rows:
+        raise _user_error(f"{spec}: no labels; pass --labels CSV with columns id, formation_energy_per_atom (eV/atom)")
+    for key in LABEL_KEYS:
+        arrays[key] = np.array([rows.get(i, {}).get(key, math.nan) for i in arrays["id"]], dtype=np.float32)
+    arrays["id"] = arrays["id"].astype(str)
+    if require_labels:
+        keep = np.array([i in rows for i in arrays["id"]], dtype=bool)
+        if not keep.any():
+            raise _user_error(f"{spec}: none of the {n} ids appear in {labels}")
+        if not keep.all():
+            print(f"note: {n - int(keep.sum())} of {n} examples in {spec} have no row in {labels}; left out")
+        arrays = {k: v[keep] for k, v in arrays.items()}
+    return arrays
+
+
+@lru_cache(maxsize=4)
+def _load_dir_cached(directory: str, mtime: float, grid: EnergyGrid) -> dict[str, np.ndarray]:
+    from tqdm.auto import tqdm
+
+    from esnet_tf.featurize import featurize
+
+    root = Path(directory)
+    rows = read_labels(root / "labels.csv")
+    if any("path" not in r for r in rows.values()):
+        raise _user_error(f"{root / 'labels.csv'}: needs a 'path' column (calculation file relative to {root})")
+    examples, ids = [], []
+    for rid, row in tqdm(rows.items(), desc=f"featurize {root.name}", unit="file", disable=None):
+        examples.append(featurize(root / row["path"], grid, id=rid))
+        ids.append(rid)
+    if not examples:
+        return _empty(grid.n_points)
+    return {
+        "dos_up": np.stack([e.dos_up for e in examples]), "dos_down": np.stack([e.dos_down for e in examples]),
+        "composition": np.stack([e.composition for e in examples]),
+        **{k: np.array([rows[i][k] for i in ids], np.float32) for k in LABEL_KEYS},
+        "id": np.array(ids, dtype=str), "formula": np.array([e.formula for e in examples], dtype=str),
+        "chemsys": np.array([e.chemsys for e in examples], dtype=str),
+    }
+
+
+def load_dir_arrays(directory: str | Path, grid: EnergyGrid = PAPER_GRID) -> dict[str, np.ndarray]:
+    """Featurize every row of `directory/labels.csv` (cached per process while the CSV is unchanged)."""
+    labels = Path(directory) / "labels.csv"
+    return _load_dir_cached(str(Path(directory).resolve()), labels.stat().st_mtime, grid)
+
+
+def select_split(arrays: dict[str, np.ndarray], split: str) -> dict[str, np.ndarray]:
+    """The examples of one split ('train', 'validation', 'test' or 'all') by `split_of(chemsys)`."""
+    if split == "all":
+        return arrays
+    if split not in SPLITS:
+        raise _user_error(f"unknown split {split!r}; use one of {', '.join(SPLITS)} or all")
+    keep = np.array([split_of(c) == split for c in arrays["chemsys"]], dtype=bool)
+    return {k: v[keep] for k, v in arrays.items()}
+
+
+def check_finite(arrays: dict, source: str = "") -> None:
+    """Refuse NaN/inf in the model inputs, naming the first offending id and input."""
+    for key in INPUT_NAMES:
+        a = np.asarray(arrays[key])
+        bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+        if bad.any():
+            idx = np.flatnonzero(bad)
+            ids = [_str(arrays["id"][i]) for i in idx[:3]] if "id" in arrays else [str(i) for i in idx[:3]]
+            more = f" and {len(idx) - 3} more" if len(idx) > 3 else ""
+            where = f"{source}: " if source else ""
+            raise _user_error(f"{where}input '{key}' holds NaN or inf for id {', '.join(ids)}{more}; "
+                              "re-featurize those calculations")
+
+
+def _str(x) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def check_shapes(arrays: dict, n_points: int = PAPER_GRID.n_points, source: str = "") -> None:
+    """Refuse missing inputs or wrong shapes with a message listing the expected ones."""
+    expected = {"dos_up": (n_points, N_ORBITALS), "dos_down": (n_points, N_ORBITALS), "composition": (N_ELEMENTS,)}
+    want = ", ".join(f"{k} (N, {', '.join(map(str, s))})" for k, s in expected.items())
+    where = f"{source}: " if source else ""
+    for key, shape in expected.items():
+        if key not in arrays:
+            raise _user_error(f"{where}missing input '{key}'; ESNet needs {want}")
+        got = tuple(np.shape(arrays[key]))
+        if got[1:] != shape:
+            raise _user_error(f"{where}input '{key}' has shape {got}, expected (N, {', '.join(map(str, shape))}); "
+                              f"ESNet needs {want}")
+    n = {len(arrays[k]) for k in expected}
+    if len(n) != 1:
+        raise _user_error(f"{where}inputs have different numbers of examples: "
+                          + ", ".join(f"{k} {len(arrays[k])}" for k in expected))
+
+
+# ---------------------------------------------------------------- tf.data
+
+def load_split(spec: str, split: str, *, labels: str | None = None, data_dir: str | None = None):
+    """Unbatched `tf.data.Dataset` of example dicts for one split of a dataset spec (see module doc)."""
+    import tensorflow as tf
+
+    if is_npz_spec(spec) or is_labels_dir(spec):
+        arrays = load_arrays(spec, labels=labels)
+        return tf.data.Dataset.from_tensor_slices(select_split(arrays, split))
+    if Path(spec).is_dir() and any(Path(spec).glob("*.gpawdos.npz")):
+        raise _user_error(f"{spec}: holds calculation files but no labels.csv (columns id, path, "
+                          "formation_energy_per_atom)")
+    try:
+        from esnet_tf.dataset import load_tfds_split
+    except ImportError as exc:
+        raise _user_error(f"{spec}: not an .npz or a labels directory, and the TFDS loader is unavailable ({exc})")
+    return load_tfds_split(spec, split, data_dir=data_dir)
+
+
+def load_arrays(spec: str, *, labels: str | None = None, require_labels: bool = True) -> dict[str, np.ndarray]:
+    """All examples of an .npz or labels-directory spec as numpy arrays (checked for shape)."""
+    if is_labels_dir(spec):
+        arrays = load_dir_arrays(spec)
+    elif is_npz_spec(spec):
+        arrays = load_npz_arrays(spec, labels, require_labels=require_labels)
+    else:
+        raise _user_error(f"{spec}: expected an .npz of `esnet featurize` or a directory with labels.csv")
+    check_shapes(arrays, source=str(spec))
+    return arrays
+
+
+def to_model_io(example: dict):
+    """(inputs dict, targets dict) from an example dict (a `tf.data` map function)."""
+    import tensorflow as tf
+
+    inputs = {k: tf.cast(example[k], tf.float32) for k in INPUT_NAMES}
+    target = tf.reshape(tf.cast(example[OUTPUT_NAME], tf.float32), (-1, 1))
+    return inputs, {OUTPUT_NAME: target}
+
+
+def training_pipeline(ds, batch_size: int = 64, *, shuffle: bool = True, seed: int = 0,
+                      cache: str = "memory", shuffle_buffer: int = 10_000):
+    """examples -> cached, shuffled (each epoch), batched, prefetched (inputs, targets) pairs.
+
+    `cache`: 'memory', 'none', or a file prefix for `Dataset.cache(filename)`.
+    """
+    import tensorflow as tf
+
+    keys = (*INPUT_NAMES, OUTPUT_NAME)
+    ds = ds.map(lambda e: {k: e[k] for k in keys}, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache == "memory":
+        ds = ds.cache()
+    elif cache and cache != "none":
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        ds = ds.cache(str(cache))
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(to_model_io, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def iterate_numpy(ds, batch_size: int = 256) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of an example dataset as numpy dicts (strings decoded)."""
+    for batch in ds.batch(batch_size).as_numpy_iterator():
+        for k in STRING_KEYS:
+            if k in batch:
+                batch[k] = np.array([_str(x) for x in batch[k]], dtype=str)
+        yield batch
+
+
+def scan(ds, source: str = "", *, statistics: bool = False, batch_size: int = 256) -> tuple[int, dict | None]:
+    """One streaming pass over a split: count examples, refuse NaN/inf inputs or missing targets
+    (naming the id), and with `statistics` fit the input normalisation (`model.dos_statistics`)."""
+    from esnet_tf.model import dos_statistics
+
+    count = [0]
+
+    def checked():
+        for batch in iterate_numpy(ds, batch_size):
+            check_finite(batch, source)
+            missing = ~np.isfinite(batch[OUTPUT_NAME])
+            if missing.any():
+                bad = [batch["id"][i] for i in np.flatnonzero(missing)[:3]]
+                raise _user_error(f"{source}: formation_energy_per_atom is missing or not finite for id "
+                                  f"{', '.join(bad)}")
+            count[0] += len(batch["id"])
+            yield batch
+
+    if statistics:
+        try:
+            stats = dos_statistics(checked())
+        except ValueError:
+            raise _user_error(f"{source}: the training split is empty") from None
+        return count[0], stats
+    for _ in checked():
+        pass
+    return count[0], None
