@@ -1,0 +1,70 @@
+"""Physics sanity of the embedded demo dataset computed by the GPAW engine."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DEMO = Path(__file__).resolve().parents[1] / "datasets" / "is_dos" / "demo"
+
+
+@pytest.fixture(scope="module")
+def labels() -> dict[str, dict]:
+    with open(DEMO / "labels.csv") as fh:
+        return {r["id"]: r for r in csv.DictReader(fh)}
+
+
+def ef(labels, key: str) -> float:
+    assert key in labels, f"{key} missing from the demo dataset"
+    return float(labels[key]["formation_energy_per_atom"])
+
+
+@pytest.mark.parametrize("key", ["NaCl_rocksalt", "MgO_rocksalt", "GaAs_zincblende", "Cu3Au_l12", "AlNi_cscl"])
+def test_known_stable_compounds_have_negative_formation_energy(labels, key):
+    assert ef(labels, key) < 0
+
+
+@pytest.mark.parametrize("low,high", [
+    ("NaCl_rocksalt", "NaCl_cscl"),  # B1 < B2 at zero pressure
+    ("GaAs_zincblende", "GaAs_rocksalt"),
+    ("AlNi_cscl", "AlNi_rocksalt"),  # B2 NiAl
+    ("AlNi_cscl", "AlNi_zincblende"),
+    ("MgO_rocksalt", "MgO_cscl"),
+    ("MgO_rocksalt", "MgO_zincblende"),
+])
+def test_known_polymorph_orderings(labels, low, high):
+    assert ef(labels, low) < ef(labels, high)
+
+
+def test_hull_and_labels_are_consistent(labels):
+    ehull = np.array([float(r["e_above_hull"]) for r in labels.values()])
+    assert np.all(ehull >= -1e-6)
+    assert (ehull <= 1e-6).sum() >= 10  # stable entries exist
+    for r in labels.values():
+        assert float(r["rs_energy_per_atom"]) <= float(r["is_energy_per_atom"]) + 1e-4, r["id"]
+        assert float(r["is_wall_time_s"]) > 0 and float(r["relax_wall_time_s"]) > 0
+    for el in ("Cu", "Al", "Ni", "Fe"):
+        assert min(ef(labels, f"{el}_fcc"), ef(labels, f"{el}_bcc")) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_files_exist_featurize_and_respect_spin(labels):
+    from esnet_tf.featurize import featurize
+
+    rows = sorted(labels.values(), key=lambda r: r["id"])
+    for r in rows:
+        assert (DEMO / r["path"]).exists() and (DEMO / r["rs_path"]).exists(), r["id"]
+    for r in rows[:: max(1, len(rows) // 12)]:
+        ex = featurize(DEMO / r["path"])
+        assert ex.formula.replace(" ", "") and ex.spin_polarized == (r["spin_polarized"] == "True")
+        x = ex.grid.energies()
+        assert np.trapezoid((ex.dos_up + ex.dos_down).sum(1)[x <= 0], x[x <= 0]) > 0.5
+
+
+def test_provenance_and_size():
+    prov = json.loads((DEMO / "provenance.json").read_text())
+    assert prov["code"].startswith("GPAW") and prov["settings"]["ecut"] >= 500
+    total = sum(f.stat().st_size for f in DEMO.rglob("*") if f.is_file() and f.name != "gpaw.txt")
+    assert total < 25e6
