@@ -14,12 +14,13 @@ CORE = [
     "matplotlib",
     "tqdm",
     "scikit-learn",  # composition-only baseline of the accuracy benchmark
+    "lxml",  # streaming vasprun.xml reader
 ]
 EXTRAS = {
     "dft": ["gpaw>=26.7", "gpaw-data>=1.2", "ase>=3.29"],
     "beam": ["apache-beam>=2.77"],
     "serving": ["tensorflow-serving-api>=2.21,<2.22"],
-    "test": ["pytest>=8"],
+    "test": ["pytest>=8", "dill"],  # tfds.testing imports dill
 }
 EXTRAS["all"] = sorted({d for deps in EXTRAS.values() for d in deps})
 

@@ -29,8 +29,9 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from esnet_tf.cli import UserError
 from esnet_tf.isdos import DOSInputError, EnergyGrid
-from esnet_tf.splits import DEFAULT_FRACTIONS, SPLITS, split_of
+from esnet_tf.splits import SPLITS, split_of
 
 #: Name of the labels file in a manual / demo directory.
 LABELS_FILE = "labels.csv"
@@ -47,8 +48,9 @@ DATASETS_DIR = Path(__file__).resolve().parents[1] / "datasets"
 BUILDER_MODULE = "is_dos.is_dos_dataset_builder"  # the name `tfds build datasets/is_dos` uses
 
 
-class DatasetError(ValueError):
-    """A dataset problem the user can fix; the message names the file and the fix."""
+class DatasetError(UserError, ValueError):
+    """A dataset problem the user can fix; the message names the file and the fix (the
+    `esnet` CLI prints it as one line)."""
 
 
 @dataclass(frozen=True)
@@ -206,23 +208,32 @@ def plan_splits(rows: list[LabelRow], grid: EnergyGrid, fractions: tuple[float, 
     return {s: r for s, r in plan.items() if r}, rejected
 
 
-def route_rows(rows: list[LabelRow], split: str, fractions: tuple[float, float, float]) -> list[LabelRow]:
-    """Rows a Beam split must featurize: those whose formula routes there, and every row
-    without a formula (filtered after featurization)."""
-    out = []
+def route_rows(rows: list[LabelRow], grid: EnergyGrid, fractions: tuple[float, float, float],
+               skip: bool, progress: bool = True) -> tuple[dict[str, list[LabelRow]], list[Rejection]]:
+    """Split routing for Beam builds without featurizing on the launcher where possible.
+
+    Rows with a `formula` are routed by its chemical system (checked against the file on the
+    workers); rows without one are featurized here once (`plan_splits`). Empty splits are
+    left out. Returns rows per split and the rows rejected here.
+    """
+    plan: dict[str, list[LabelRow]] = {s: [] for s in SPLITS}
+    unknown: list[LabelRow] = []
     for row in rows:
-        if not row.formula:
-            out.append(row)
-            continue
         try:
-            cs = formula_chemsys(row.formula)
-        except Exception:  # bad formula: let featurize_row report it in the first split
-            if split == SPLITS[0]:
-                out.append(row)
-            continue
-        if split_of(cs, fractions) == split:
-            out.append(row)
-    return out
+            cs = formula_chemsys(row.formula) if row.formula else None
+        except Exception:  # not a formula: featurize_row reports it (or skips it) below
+            cs = None
+        if cs is None:
+            unknown.append(row)
+        else:
+            plan[split_of(cs, fractions)].append(row)
+    rejected: list[Rejection] = []
+    if unknown:
+        local, rejected = plan_splits(unknown, grid, fractions, skip, progress)
+        for split, extra in local.items():
+            plan[split] += extra
+    order = {row.id: i for i, row in enumerate(rows)}
+    return {s: sorted(r, key=lambda row: order[row.id]) for s, r in plan.items() if r}, rejected
 
 
 def _reason(exc: Exception) -> str:
@@ -230,8 +241,9 @@ def _reason(exc: Exception) -> str:
 
 
 def generate_split(rows: Iterable[LabelRow], split: str, grid: EnergyGrid,
-                   fractions: tuple[float, float, float], skip: bool) -> Iterator[tuple[str, dict]]:
-    """Examples of one split (plain, non-Beam generation); rows come from `plan_splits`."""
+                   fractions: tuple[float, float, float]) -> Iterator[tuple[str, dict]]:
+    """Examples of one split (plain, non-Beam generation); rows come from `plan_splits`, so a
+    failure here means the file changed during the build and always fails it."""
     for row in rows:
         try:
             key, ex = featurize_row(row, grid)
@@ -254,24 +266,24 @@ def _beam_featurize(row: LabelRow, grid: EnergyGrid, split: str, fractions: tupl
             raise bad_input_error(row, exc) from None
         yield beam.pvalue.TaggedOutput("rejected", json.dumps([row.id, row.path, _reason(exc)]))
         return
-    if split_of(ex["chemsys"], fractions) == split:
-        yield key, ex
+    if split_of(ex["chemsys"], fractions) != split:  # routed by a formula that matched: cannot happen
+        raise DOSInputError(row.file, f"belongs to split {split_of(ex['chemsys'], fractions)}, not {split}")
+    yield key, ex
 
 
 def beam_split_transform(rows: list[LabelRow], split: str, grid: EnergyGrid,
                          fractions: tuple[float, float, float], skip: bool, rejected_prefix: str):
-    """A `beam.PTransform` (PBegin -> (key, example)) generating one split on Beam workers.
+    """A `beam.PTransform` (PBegin -> (key, example)) featurizing one split's rows (from
+    `route_rows`) on Beam workers.
 
     Rejections (with `skip`) are written as JSON lines to files `rejected_prefix*`, merged into
     rejected.csv by `merge_rejected` after the pipeline ran.
     """
     import apache_beam as beam
 
-    routed = route_rows(rows, split, fractions)
-
     @beam.ptransform_fn
     def _split(begin):
-        outs = (begin | "Rows" >> beam.Create(routed, reshuffle=True)
+        outs = (begin | "Rows" >> beam.Create(list(rows), reshuffle=True)
                 | "Featurize" >> beam.FlatMap(_beam_featurize, grid, split, fractions, skip)
                 .with_outputs("rejected", main="examples"))
         if skip:
@@ -392,6 +404,7 @@ def build_dataset(name: str = "is_dos/demo", data_dir: str | Path | None = None,
         dl_kwargs["beam_options"] = beam.options.pipeline_options.PipelineOptions(
             flags=[f"--{opt}" for opt in beam_pipeline_options.split(",")])
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(**dl_kwargs))
+    builder.built_now = True  # read by `main` (throughput report)
     if verbose:
         counts = ", ".join(f"{k}={v.num_examples}" for k, v in builder.info.splits.items())
         print(f"is_dos: built {builder.data_dir} ({counts})", file=sys.stderr)
@@ -429,3 +442,54 @@ def load_tfds_split(name_or_dir: str, split: str, data_dir: str | None = None, *
         raise DatasetError(f"{builder.data_dir}: no split {split!r} (available: {', '.join(available)}; "
                            "a split is absent when no chemical system fell into it)")
     return builder.as_dataset(split=split, shuffle_files=False)
+
+
+def dataset_bytes(builder) -> int:
+    """Bytes of the example shards of a prepared dataset."""
+    return sum(Path(os.fspath(f)).stat().st_size
+               for info in builder.info.splits.values() for f in info.filepaths)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m esnet_tf.dataset [NAME]`: build (or reuse) a dataset and print its cost."""
+    import argparse
+    import time
+
+    p = argparse.ArgumentParser(prog="python -m esnet_tf.dataset", description=(
+        "Build the is_dos TFDS dataset (or reuse it) and report examples/s and bytes/example on disk."))
+    p.add_argument("name", nargs="?", default="is_dos/demo", help="is_dos/demo, is_dos/demo_rs or is_dos/manual")
+    p.add_argument("--data-dir", help="TFDS data_dir (default: TFDS's, ~/tensorflow_datasets)")
+    p.add_argument("--manual-dir", help="directory with labels.csv (is_dos/manual)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild even when prepared and up to date")
+    p.add_argument("--skip-bad-inputs", action="store_true", help=f"skip bad files into {REJECTED_FILE}")
+    p.add_argument("--beam-pipeline-options", help="e.g. runner=DirectRunner (runs the build on Apache Beam)")
+    p.add_argument("--warmup", action="store_true",
+                   help="build once into a throw-away directory first, so the timing excludes TF/TFDS lazy imports")
+    args = p.parse_args(argv)
+    import tempfile
+
+    import tensorflow_datasets  # noqa: F401  (import cost kept out of the timing)
+
+    register_builder()
+    if args.warmup:
+        with tempfile.TemporaryDirectory() as tmp:
+            build_dataset(args.name, tmp, args.manual_dir, skip_bad_inputs=args.skip_bad_inputs or None,
+                          beam_pipeline_options=args.beam_pipeline_options, verbose=False)
+    t0 = time.perf_counter()
+    try:
+        builder = build_dataset(args.name, args.data_dir, args.manual_dir, rebuild=args.rebuild,
+                                skip_bad_inputs=args.skip_bad_inputs or None,
+                                beam_pipeline_options=args.beam_pipeline_options)
+    except (UserError, DOSInputError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    dt = time.perf_counter() - t0
+    n = builder.info.splits.total_num_examples
+    size = dataset_bytes(builder)
+    how = f"built in {dt:.2f} s = {n / dt:.1f} examples/s" if getattr(builder, "built_now", False) else "reused"
+    print(f"{builder.data_dir}: {n} examples, {how}; {size} bytes on disk = {size / max(n, 1):.0f} bytes/example")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

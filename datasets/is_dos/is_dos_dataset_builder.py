@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 
 from esnet_tf import dataset as isdos_data
 from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID, EnergyGrid
-from esnet_tf.splits import DEFAULT_FRACTIONS, SPLITS
+from esnet_tf.splits import DEFAULT_FRACTIONS
 
 _DEMO_DIR = Path(__file__).resolve().parent / "demo"
 
@@ -77,6 +77,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._skip_bad_inputs = skip_bad_inputs
         self._use_beam = False
         self._rejected: list[isdos_data.Rejection] = []
+        if kwargs.get("file_format") is None:  # ArrayRecord shards cannot be read by as_dataset() here
+            kwargs["file_format"] = "tfrecord"
         super().__init__(**kwargs)
 
     @property
@@ -103,7 +105,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "prototype": tfds.features.Text(doc="structure prototype, '' when unknown"),
             }),
             supervised_keys=None,
-            homepage="https://doi.org/10.1039/D3TA02390D",
+            homepage="https://github.com/ekdms-S/ESNet",
         )
 
     def labels_path(self, manual_dir: str | os.PathLike | None = None) -> Path:
@@ -133,8 +135,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
         from etils import epath
 
-        labels = self._labels
-        record = {"labels_csv": str(Path(labels).resolve()), "labels_sha256": isdos_data.labels_digest(labels),
+        record = {"labels_csv": str(Path(self._labels).resolve()), "labels_sha256": self._labels_sha256,
                   "n_rows": len(self._rows), "n_rejected": len(set(self._rejected)),
                   "beam": self._use_beam, "grid": self.builder_config.grid.to_dict(),
                   "fractions": list(self.builder_config.fractions)}
@@ -144,12 +145,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         """Splits train / validation / test by chemical system (esnet_tf.splits.split_of)."""
         cfg = self.builder_config
         self._labels = self.labels_path(dl_manager.manual_dir if cfg.source == "manual" else None)
+        # digest before reading, so an edit made during the build makes the next build_dataset() rebuild
+        self._labels_sha256 = isdos_data.labels_digest(self._labels) if self._labels.is_file() else ""
         self._rows = isdos_data.read_labels(self._labels, cfg.path_column)
-        if self._use_beam:  # each split featurizes on the workers; routing by formula when given
-            return {s: self._generate_examples(self._rows, s) for s in SPLITS}
-        plan, self._rejected = isdos_data.plan_splits(self._rows, cfg.grid, cfg.fractions, self.skip_bad_inputs)
+        if self._use_beam:  # featurize on the workers; rows routed by their formula column
+            plan, self._rejected = isdos_data.route_rows(self._rows, cfg.grid, cfg.fractions, self.skip_bad_inputs)
+        else:  # featurize once here to find each row's chemical system
+            plan, self._rejected = isdos_data.plan_splits(self._rows, cfg.grid, cfg.fractions, self.skip_bad_inputs)
         if not plan:
-            raise isdos_data.DatasetError(f"{self._labels}: no input could be featurized (see {isdos_data.REJECTED_FILE})")
+            first = self._rejected[0].reason if self._rejected else "no rows"
+            raise isdos_data.DatasetError(f"{self._labels}: none of {len(self._rows)} inputs could be featurized "
+                                          f"(first: {first})")
         return {s: self._generate_examples(rows, s) for s, rows in plan.items()}
 
     def _generate_examples(self, rows, split):
@@ -158,4 +164,4 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if self._use_beam:
             return isdos_data.beam_split_transform(rows, split, cfg.grid, cfg.fractions, self.skip_bad_inputs,
                                                    os.path.join(self._rejected_parts_dir(), split))
-        return isdos_data.generate_split(rows, split, cfg.grid, cfg.fractions, self.skip_bad_inputs)
+        return isdos_data.generate_split(rows, split, cfg.grid, cfg.fractions)

@@ -1,0 +1,318 @@
+"""The is_dos TFDS dataset: builds from dummy data and real fixtures, splits, determinism,
+bad inputs, Apache Beam, and the conventional ways users load it (tfds CLI, tfds.load)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from esnet_tf import dataset as isd
+from esnet_tf.featurize import featurize
+from esnet_tf.isdos import DOSInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+DUMMY = ROOT / "datasets" / "is_dos" / "dummy_data"
+TFDS_CLI = str(Path(sys.executable).with_name("tfds"))
+KEYS = {"dos_up", "dos_down", "composition", "formation_energy_per_atom", "e_above_hull",
+        "id", "formula", "chemsys", "prototype"}
+
+# (id, fixture path, formation energy eV/atom (made-up labels: the files carry none), formula or '')
+GOOD = [
+    ("vasp_Fe", "vasp/Fe_monomer_spin.vasprun.xml.gz", 0.0, "Fe"),
+    ("vasp_LiF", "vasp/LiF.vasprun.xml.gz", -3.1, ""),
+    ("vasp_Si", "vasp/indirect.vasprun.xml.gz", 0.0, "Si"),
+    ("vasp_Al", "vasp/Al.vasprun.xml.gz", 0.0, ""),
+    ("vasp_CsCl", "vasp/vdw.vasprun.xml.gz", -2.2, "CsCl"),
+    ("mp_Si", "mp/Si_complete_dos.json", 0.0, ""),
+    ("mp_Nb3Sn", "mp/Nb3Sn_complete_dos.json", -0.2, "Nb3Sn"),
+    ("mp_Co2TaZn", "mp/mp-865805_Co2TaZn_complete_dos.json", -0.3, ""),
+    ("mp_Fe", "mp/Fe_bcc_complete_dos.json.gz", 0.0, ""),
+    ("doscar_hea", "doscar/hea_spin_polarized", -0.4, ""),
+]
+BAD = [  # a truncated file (no formula: found bad locally) and a total-DOS-only run (routed by formula)
+    ("vasp_bad", "vasp/bad.vasprun.xml.gz", 0.0, ""),
+    ("vasp_Li_total_only", "vasp/Li_no_projected.vasprun.xml.gz", 0.0, "Li"),
+]
+
+
+def _write_labels(dirpath: Path, fixtures: Path, rows) -> Path:
+    """labels.csv with absolute paths, except every other row relative to `dirpath`."""
+    dirpath.mkdir(parents=True, exist_ok=True)
+    with (dirpath / "labels.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "path", "formation_energy_per_atom", "e_above_hull", "prototype", "formula", "extra"])
+        for id_, rel, ef, formula in rows:
+            i = [r[0] for r in GOOD + BAD].index(id_)  # labels depend on the row, not on its position
+            target = (fixtures / rel).resolve()
+            path = os.path.relpath(target, dirpath) if i % 2 else str(target)
+            w.writerow([id_, path, ef, "" if i % 3 == 0 else 0.01 * i, f"proto{i}" if i % 2 else "", formula, "x"])
+    return dirpath
+
+
+def _records(builder) -> dict[str, list[bytes]]:
+    """Serialized examples per split, in stored order."""
+    out = {}
+    for split, info in builder.info.splits.items():
+        files = [os.fspath(f) for f in info.filepaths]
+        out[split] = [r.numpy() for r in tf.data.TFRecordDataset(files)]
+    return out
+
+
+def _examples(builder) -> dict[str, list[dict]]:
+    return {s: list(tfds.as_numpy(builder.as_dataset(split=s, shuffle_files=False)))
+            for s in builder.info.splits.keys()}
+
+
+def _assert_same_examples(a, b) -> None:
+    """Same splits, same example order, bit-identical values (NaN == NaN)."""
+    ea, eb = _examples(a), _examples(b)
+    assert list(ea) == list(eb)
+    for split in ea:
+        assert [x["id"] for x in ea[split]] == [x["id"] for x in eb[split]]
+        for x, y in zip(ea[split], eb[split]):
+            assert x.keys() == y.keys() == KEYS
+            for key in KEYS:
+                if isinstance(x[key], bytes):
+                    assert x[key] == y[key], (split, x["id"], key)
+                else:
+                    assert np.array_equal(x[key], y[key], equal_nan=True), (split, x["id"], key)
+
+
+def _assert_contract(builder) -> None:
+    features = builder.info.features
+    assert set(features.keys()) == KEYS
+    for split, exs in _examples(builder).items():
+        for ex in exs:
+            assert ex["dos_up"].shape == (1500, 9) and ex["dos_up"].dtype == np.float32
+            assert ex["dos_down"].shape == (1500, 9) and ex["dos_down"].dtype == np.float32
+            assert ex["composition"].shape == (118,) and ex["composition"].dtype == np.float32
+            assert np.isclose(ex["composition"].sum(), 1.0, atol=1e-5)
+            assert ex["formation_energy_per_atom"].dtype == np.float32 and ex["formation_energy_per_atom"].shape == ()
+            assert ex["e_above_hull"].dtype == np.float32
+            for key in ("id", "formula", "chemsys", "prototype"):
+                assert isinstance(ex[key], bytes)
+
+
+def _chemsys_by_split(builder) -> dict[str, set[str]]:
+    return {s: {ex["chemsys"].decode() for ex in exs} for s, exs in _examples(builder).items()}
+
+
+@pytest.fixture(scope="session")
+def dummy_plain(tmp_path_factory):
+    return isd.build_dataset("is_dos/manual", tmp_path_factory.mktemp("dummy"), DUMMY, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def fx_dirs(tmp_path_factory, fixtures_dir):
+    base = tmp_path_factory.mktemp("fx")
+    return {"good": _write_labels(base / "good", fixtures_dir, GOOD),
+            "bad": _write_labels(base / "bad", fixtures_dir, GOOD[:4] + BAD + GOOD[4:]),
+            "beam_bad": _write_labels(base / "beam_bad", fixtures_dir, GOOD[:3] + BAD[1:]),
+            "base": base}
+
+
+@pytest.fixture(scope="session")
+def fx_plain(fx_dirs):
+    return [isd.build_dataset("is_dos/manual", fx_dirs["base"] / f"data_{k}", fx_dirs["good"], verbose=False)
+            for k in ("a", "b")]
+
+
+@pytest.fixture(scope="session")
+def fx_skip_env(fx_dirs):
+    """Plain build of labels with bad files, skip turned on by the environment variable."""
+    old = os.environ.get(isd.SKIP_ENV)
+    os.environ[isd.SKIP_ENV] = "1"
+    try:
+        return isd.build_dataset("is_dos/manual", fx_dirs["base"] / "data_skip", fx_dirs["bad"], verbose=False)
+    finally:
+        if old is None:
+            del os.environ[isd.SKIP_ENV]
+        else:
+            os.environ[isd.SKIP_ENV] = old
+
+
+@pytest.fixture(scope="session")
+def fx_beam_skip(fx_dirs):
+    """The same labels on Apache Beam (DirectRunner), skip turned on by the builder kwarg."""
+    return isd.build_dataset("is_dos/manual", fx_dirs["base"] / "data_beam", fx_dirs["bad"], skip_bad_inputs=True,
+                             beam_pipeline_options="runner=DirectRunner", verbose=False)
+
+
+# ------------------------------------------------------------------------------ dummy data
+
+def test_dummy_build_matches_featurizer_and_labels(dummy_plain):
+    _assert_contract(dummy_plain)
+    exs = {ex["id"].decode(): ex for split in _examples(dummy_plain).values() for ex in split}
+    rows = {r.id: r for r in isd.read_labels(DUMMY / "labels.csv")}
+    assert set(exs) == set(rows) and len(rows) == 5
+    for id_, row in rows.items():
+        ref = featurize(row.file, id=id_)
+        np.testing.assert_array_equal(exs[id_]["dos_up"], ref.dos_up)
+        np.testing.assert_array_equal(exs[id_]["dos_down"], ref.dos_down)
+        np.testing.assert_array_equal(exs[id_]["composition"], ref.composition)
+        assert exs[id_]["formation_energy_per_atom"] == np.float32(row.formation_energy_per_atom)
+        assert exs[id_]["chemsys"].decode() == ref.chemsys and exs[id_]["formula"].decode() == ref.formula
+    assert np.isnan(exs["Mg_fcc"]["e_above_hull"]) and exs["Li_bcc"]["prototype"] == b""
+    assert exs["Al_fcc"]["prototype"] == b"fcc" and exs["Si_diamond"]["e_above_hull"] == 0.0
+
+
+def test_reuse_when_prepared_and_rebuild_when_labels_change(tmp_path):
+    manual = tmp_path / "m"
+    manual.mkdir()
+    lines = (DUMMY / "labels.csv").read_text().splitlines()
+    for f in (DUMMY / "calcs").iterdir():
+        (manual / "calcs").mkdir(exist_ok=True)
+        (manual / "calcs" / f.name).write_bytes(f.read_bytes())
+    (manual / "labels.csv").write_text("\n".join(lines[:4]) + "\n")
+    b1 = isd.build_dataset("is_dos/manual", tmp_path / "d", manual, verbose=False)
+    assert b1.info.splits.total_num_examples == 3
+    stamp = (Path(b1.data_dir) / "dataset_info.json").stat().st_mtime_ns
+    b2 = isd.build_dataset("is_dos/manual", tmp_path / "d", manual, verbose=False)  # reused
+    assert (Path(b2.data_dir) / "dataset_info.json").stat().st_mtime_ns == stamp
+    (manual / "labels.csv").write_text("\n".join(lines) + "\n")  # two more rows
+    b3 = isd.build_dataset("is_dos/manual", tmp_path / "d", manual, verbose=False)
+    assert b3.info.splits.total_num_examples == 5
+    ds = isd.load_tfds_split(str(manual), "train", data_dir=str(tmp_path / "d"))  # a manual dir by path
+    assert len(list(ds)) == b3.info.splits["train"].num_examples
+
+
+# ------------------------------------------------------------------------------ real fixtures
+
+def test_fixture_build_shapes_splits_grouped(fx_plain):
+    builder = fx_plain[0]
+    _assert_contract(builder)
+    assert builder.info.splits.total_num_examples == len(GOOD)
+    by_split = _chemsys_by_split(builder)
+    splits = list(by_split)
+    for i, a in enumerate(splits):
+        for b in splits[i + 1:]:
+            assert not by_split[a] & by_split[b], f"chemical system in {a} and {b}"
+    # Si (VASP + MP) and Fe (VASP + MP): different sources, one chemical system, one split
+    ids = {s: {ex["id"].decode() for ex in exs} for s, exs in _examples(builder).items()}
+    for pair in (("vasp_Si", "mp_Si"), ("vasp_Fe", "mp_Fe")):
+        assert sum(set(pair) <= v for v in ids.values()) == 1
+    exs = {ex["id"].decode(): ex for v in _examples(builder).values() for ex in v}
+    assert np.isnan(exs["vasp_Fe"]["e_above_hull"]) and exs["vasp_LiF"]["e_above_hull"] == np.float32(0.01)
+    assert exs["doscar_hea"]["chemsys"] == b"Fe-H-N-O-Pd"
+
+
+def test_two_builds_identical_order_and_values(fx_plain):
+    a, b = (_records(x) for x in fx_plain)
+    assert a == b and sum(map(len, a.values())) == len(GOOD)
+
+
+def test_bad_file_fails_naming_it(fx_dirs, tmp_path, monkeypatch):
+    monkeypatch.delenv(isd.SKIP_ENV, raising=False)
+    with pytest.raises(DOSInputError) as err:
+        isd.build_dataset("is_dos/manual", tmp_path, fx_dirs["bad"], verbose=False)
+    msg = str(err.value)
+    assert "bad.vasprun.xml.gz" in msg and "vasp_bad" in msg and isd.SKIP_ENV in msg
+    assert not (tmp_path / "is_dos" / "manual" / "1.0.0").exists()
+
+
+def test_skip_writes_rejected_list(fx_skip_env, fx_plain):
+    rejected = Path(fx_skip_env.data_dir) / isd.REJECTED_FILE
+    rows = list(csv.DictReader(rejected.open()))
+    assert [r["id"] for r in rows] == ["vasp_Li_total_only", "vasp_bad"]
+    reasons = {r["id"]: r["reason"] for r in rows}
+    assert "truncated" in reasons["vasp_bad"] or "parse" in reasons["vasp_bad"]
+    assert "LORBIT=11" in reasons["vasp_Li_total_only"]
+    assert all(r["path"] for r in rows)
+    assert _records(fx_skip_env) == _records(fx_plain[0])  # the good rows, exactly
+
+
+def test_beam_build_equals_plain_build(fx_beam_skip, fx_skip_env):
+    assert json.loads((Path(fx_beam_skip.data_dir) / isd.SOURCE_FILE).read_text())["beam"] is True
+    assert _records(fx_beam_skip) == _records(fx_skip_env)
+    _assert_same_examples(fx_beam_skip, fx_skip_env)
+    assert (Path(fx_beam_skip.data_dir) / isd.REJECTED_FILE).read_text() == \
+        (Path(fx_skip_env.data_dir) / isd.REJECTED_FILE).read_text()
+    assert not (Path(fx_beam_skip.data_dir) / "rejected-parts").exists()
+
+
+def test_beam_bad_file_fails_naming_it(fx_dirs, tmp_path, monkeypatch):
+    monkeypatch.delenv(isd.SKIP_ENV, raising=False)
+    with pytest.raises(Exception) as err:  # raised on a Beam worker, re-raised by the runner
+        isd.build_dataset("is_dos/manual", tmp_path, fx_dirs["beam_bad"], verbose=False,
+                          beam_pipeline_options="runner=DirectRunner")
+    assert "Li_no_projected.vasprun.xml.gz" in str(err.value)
+
+
+# ------------------------------------------------------------------------------ labels and API errors
+
+def test_labels_errors_name_the_file(tmp_path):
+    (tmp_path / "labels.csv").write_text("id,path\na,x.npz\n")
+    with pytest.raises(isd.DatasetError, match="labels.csv: missing column.*formation_energy_per_atom"):
+        isd.read_labels(tmp_path / "labels.csv")
+    (tmp_path / "labels.csv").write_text("id,path,formation_energy_per_atom\na,x,0\na,y,1\n")
+    with pytest.raises(isd.DatasetError, match="labels.csv:3: duplicate id 'a'"):
+        isd.read_labels(tmp_path / "labels.csv")
+    (tmp_path / "labels.csv").write_text("id,path,formation_energy_per_atom\na,x,abc\n")
+    with pytest.raises(isd.DatasetError, match="labels.csv:2: 'formation_energy_per_atom' is 'abc'"):
+        isd.read_labels(tmp_path / "labels.csv")
+    with pytest.raises(FileNotFoundError, match="nowhere/labels.csv"):
+        isd.read_labels(tmp_path / "nowhere" / "labels.csv")
+
+
+def test_load_errors(tmp_path, dummy_plain):
+    with pytest.raises(isd.DatasetError, match="needs manual_dir"):
+        isd.build_dataset("is_dos/manual", tmp_path, verbose=False)
+    with pytest.raises(isd.DatasetError, match="unknown config"):
+        isd.build_dataset("is_dos/nope", tmp_path, verbose=False)
+    with pytest.raises(isd.DatasetError, match="no split 'validation'"):
+        isd.load_tfds_split(dummy_plain.data_dir, "validation")
+    with pytest.raises(isd.DatasetError, match="neither a prepared TFDS dataset"):
+        isd.load_tfds_split(str(tmp_path), "train")
+
+
+# ------------------------------------------------------------------------------ the tfds CLI and tfds.load
+
+def _tfds_build(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop(isd.SKIP_ENV, None)
+    proc = subprocess.run([TFDS_CLI, "build", str(ROOT / "datasets" / "is_dos"), *args],
+                          capture_output=True, text=True, env=env, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_tfds_cli_build_demo_then_tfds_load_and_builder(tmp_path):
+    _tfds_build("--config", "demo", "--data_dir", str(tmp_path))
+    version_dir = tmp_path / "is_dos" / "demo" / "1.0.0"
+    source = json.loads((version_dir / isd.SOURCE_FILE).read_text())
+    assert source["labels_csv"].endswith("datasets/is_dos/demo/labels.csv") and source["beam"] is False
+    builder = tfds.builder("is_dos/demo", data_dir=str(tmp_path))
+    assert builder.is_prepared()
+    assert builder.info.splits.total_num_examples == source["n_rows"] - source["n_rejected"] > 0
+    ds = tfds.load("is_dos/demo", data_dir=str(tmp_path), split="train")
+    ex = next(iter(ds))
+    assert ex["dos_up"].shape == (1500, 9) and ex["dos_up"].dtype == tf.float32
+    assert ex["composition"].shape == (118,) and ex["id"].dtype == tf.string
+    by_split = _chemsys_by_split(builder)
+    assert sum(len(v) for v in by_split.values()) == len(set().union(*by_split.values()))
+    ds2 = isd.load_tfds_split(str(version_dir), "train")  # a prepared dataset directory
+    assert len(list(ds2)) == builder.info.splits["train"].num_examples
+
+
+def test_tfds_cli_beam_build_equals_plain(tmp_path, dummy_plain):
+    _tfds_build("--config", "manual", "--manual_dir", str(DUMMY), "--data_dir", str(tmp_path),
+                "--beam_pipeline_options=runner=DirectRunner")
+    beam = tfds.builder_from_directory(str(tmp_path / "is_dos" / "manual" / "1.0.0"))
+    _assert_same_examples(beam, dummy_plain)  # (protobuf map order may differ between processes)
+
+
+def test_tfds_load_builds_after_register_builder(tmp_path, dummy_plain):
+    isd.register_builder()  # the checkout's datasets/ is not an installed package
+    ds = tfds.load("is_dos/manual", data_dir=str(tmp_path), split="test", download_and_prepare_kwargs={
+        "download_config": tfds.download.DownloadConfig(manual_dir=str(DUMMY))})
+    assert [ex["id"].numpy() for ex in ds] == \
+        [ex["id"] for ex in tfds.as_numpy(dummy_plain.as_dataset(split="test", shuffle_files=False))]
+    _assert_same_examples(tfds.builder("is_dos/manual", data_dir=str(tmp_path)), dummy_plain)
