@@ -26,7 +26,7 @@ import numpy as np
 
 from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID, EnergyGrid
 from esnet_tf.model import INPUT_NAMES, OUTPUT_NAME
-from esnet_tf.splits import SPLITS, split_of
+from esnet_tf.splits import DEFAULT_FRACTIONS, SPLITS, split_of
 
 LABEL_KEYS = ("formation_energy_per_atom", "e_above_hull")
 STRING_KEYS = ("id", "formula", "chemsys")
@@ -147,13 +147,21 @@ def load_dir_arrays(directory: str | Path, grid: EnergyGrid = PAPER_GRID) -> dic
     return _load_dir_cached(str(Path(directory).resolve()), labels.stat().st_mtime, grid)
 
 
-def select_split(arrays: dict[str, np.ndarray], split: str) -> dict[str, np.ndarray]:
-    """The examples of one split ('train', 'validation', 'test' or 'all') by `split_of(chemsys)`."""
+def select_split(arrays: dict[str, np.ndarray], split: str, fractions: tuple[float, float, float] | None = None,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+    """The examples of one split ('train', 'validation', 'test' or 'all') by `split_of(chemsys)`.
+
+    `fractions` (of chemical systems) and `seed` are passed to `split_of` (default 0.8/0.1/0.1, 0).
+    """
     if split == "all":
         return arrays
     if split not in SPLITS:
         raise _user_error(f"unknown split {split!r}; use one of {', '.join(SPLITS)} or all")
-    keep = np.array([split_of(c) == split for c in arrays["chemsys"]], dtype=bool)
+    fractions = tuple(fractions) if fractions else DEFAULT_FRACTIONS
+    try:
+        keep = np.array([split_of(c, fractions, seed) == split for c in arrays["chemsys"]], dtype=bool)
+    except ValueError as exc:
+        raise _user_error(str(exc)) from None
     return {k: v[keep] for k, v in arrays.items()}
 
 
@@ -195,13 +203,18 @@ def check_shapes(arrays: dict, n_points: int = PAPER_GRID.n_points, source: str 
 
 # ---------------------------------------------------------------- tf.data
 
-def load_split(spec: str, split: str, *, labels: str | None = None, data_dir: str | None = None):
-    """Unbatched `tf.data.Dataset` of example dicts for one split of a dataset spec (see module doc)."""
+def load_split(spec: str, split: str, *, labels: str | None = None, data_dir: str | None = None,
+               split_fractions: tuple[float, float, float] | None = None, split_seed: int = 0):
+    """Unbatched `tf.data.Dataset` of example dicts for one split of a dataset spec (see module doc).
+
+    `split_fractions` / `split_seed` apply to .npz and labels-directory sources (TFDS datasets
+    carry their own splits).
+    """
     import tensorflow as tf
 
     if is_npz_spec(spec) or is_labels_dir(spec):
         arrays = load_arrays(spec, labels=labels)
-        return tf.data.Dataset.from_tensor_slices(select_split(arrays, split))
+        return tf.data.Dataset.from_tensor_slices(select_split(arrays, split, split_fractions, split_seed))
     if Path(spec).is_dir() and any(Path(spec).glob("*.gpawdos.npz")):
         raise _user_error(f"{spec}: holds calculation files but no labels.csv (columns id, path, "
                           "formation_energy_per_atom)")

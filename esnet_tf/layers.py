@@ -1,5 +1,6 @@
 """ESNet building blocks as registered, serializable Keras 3 layers (no Lambda, no closures).
 
+- `ShapeCheck`: run-time check of an input's shape (a clear error in every saved form).
 - `InputNormalization`: per-channel (x - mean) / std, statistics fitted on the training split
   and stored as (non-trainable) weights, so every saved form takes raw IS-DOS.
 - `ChannelAttention`, `SpatialAttention`: the two halves of CBAM (Woo et al. 2018) in 1D.
@@ -16,6 +17,37 @@ import keras
 from keras import layers, ops
 
 PACKAGE = "esnet_tf"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ShapeCheck(layers.Layer):
+    """Identity that fails at run time, naming the input, when the non-batch shape is wrong.
+
+    Keeps a SavedModel from silently accepting, e.g., a DOS on another energy grid (the network
+    is otherwise length-agnostic through its global pooling).
+    """
+
+    def __init__(self, input_name: str = "input", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.input_name = input_name
+
+    def build(self, input_shape) -> None:
+        self.expected = tuple(int(d) for d in input_shape[1:])
+
+    def call(self, x):
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            want = ", ".join(map(str, self.expected))
+            tf.debugging.assert_equal(tf.shape(x)[1:], tf.constant(self.expected, dtype=tf.int32),
+                                      message=f"input '{self.input_name}' must have shape (batch, {want})")
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "input_name": self.input_name}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -105,11 +137,16 @@ class SpatialAttention(layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ResidualCBAMBlock(layers.Layer):
-    """Conv(k)-BN-ReLU-Conv(k)-BN-CBAM + shortcut, then ReLU; 1x1 conv shortcut if width changes."""
+    """Conv(k)-BN-ReLU-Conv(k)-BN-CBAM + shortcut, then ReLU; 1x1 conv shortcut if width changes.
+
+    `use_attention=False` drops the CBAM (channel + spatial attention): the ablation of the paper.
+    """
 
     def __init__(self, filters: int, kernel_size: int = 3, attention_ratio: int = 8,
-                 spatial_kernel: int = 7, bn_momentum: float = 0.99, **kwargs) -> None:
+                 spatial_kernel: int = 7, bn_momentum: float = 0.99, use_attention: bool = True,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
+        self.use_attention = bool(use_attention)
         self.bn_momentum = float(bn_momentum)
         self.filters = int(filters)
         self.kernel_size = int(kernel_size)
@@ -123,11 +160,14 @@ class ResidualCBAMBlock(layers.Layer):
         self.bn1 = layers.BatchNormalization(momentum=self.bn_momentum, name="bn1")
         self.conv2 = layers.Conv1D(self.filters, self.kernel_size, padding="same", name="conv2")
         self.bn2 = layers.BatchNormalization(momentum=self.bn_momentum, name="bn2")
-        self.channel_attention = ChannelAttention(self.attention_ratio, name="channel_attention")
-        self.spatial_attention = SpatialAttention(self.spatial_kernel, name="spatial_attention")
         self.conv1.build(shape)
-        for layer in (self.bn1, self.conv2, self.bn2, self.channel_attention, self.spatial_attention):
+        for layer in (self.bn1, self.conv2, self.bn2):
             layer.build(out_shape)
+        if self.use_attention:
+            self.channel_attention = ChannelAttention(self.attention_ratio, name="channel_attention")
+            self.spatial_attention = SpatialAttention(self.spatial_kernel, name="spatial_attention")
+            self.channel_attention.build(out_shape)
+            self.spatial_attention.build(out_shape)
         if int(shape[-1]) != self.filters:
             self.shortcut = layers.Conv1D(self.filters, 1, name="shortcut")
             self.shortcut.build(shape)
@@ -137,7 +177,8 @@ class ResidualCBAMBlock(layers.Layer):
     def call(self, x, training=None):
         y = ops.relu(self.bn1(self.conv1(x), training=training))
         y = self.bn2(self.conv2(y), training=training)
-        y = self.spatial_attention(self.channel_attention(y))
+        if self.use_attention:
+            y = self.spatial_attention(self.channel_attention(y))
         skip = self.shortcut(x) if self.shortcut is not None else x
         return ops.relu(y + skip)
 
@@ -147,7 +188,7 @@ class ResidualCBAMBlock(layers.Layer):
     def get_config(self) -> dict:
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
                 "attention_ratio": self.attention_ratio, "spatial_kernel": self.spatial_kernel,
-                "bn_momentum": self.bn_momentum}
+                "bn_momentum": self.bn_momentum, "use_attention": self.use_attention}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -161,8 +202,10 @@ class SpinFeaturizer(layers.Layer):
     def __init__(self, stem_filters: int = 64, stem_kernel: int = 20, stem_stride: int = 2,
                  pool_size: int = 2, stage_widths: Sequence[int] = (64, 128, 256, 512),
                  blocks_per_stage: int = 2, kernel_size: int = 3, attention_ratio: int = 8,
-                 spatial_kernel: int = 7, bn_momentum: float = 0.99, **kwargs) -> None:
+                 spatial_kernel: int = 7, bn_momentum: float = 0.99, use_attention: bool = True,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
+        self.use_attention = bool(use_attention)
         self.bn_momentum = float(bn_momentum)
         self.stem_filters = int(stem_filters)
         self.stem_kernel = int(stem_kernel)
@@ -190,7 +233,8 @@ class SpinFeaturizer(layers.Layer):
                 shape = self.pool.compute_output_shape(shape)
             for b in range(self.blocks_per_stage):
                 block = ResidualCBAMBlock(width, self.kernel_size, self.attention_ratio, self.spatial_kernel,
-                                          self.bn_momentum, name=f"stage{s + 1}_block{b + 1}")
+                                          self.bn_momentum, self.use_attention,
+                                          name=f"stage{s + 1}_block{b + 1}")
                 block.build(shape)
                 shape = block.compute_output_shape(shape)
                 blocks.append(block)
@@ -229,4 +273,5 @@ class SpinFeaturizer(layers.Layer):
                 "stem_stride": self.stem_stride, "pool_size": self.pool_size,
                 "stage_widths": list(self.stage_widths), "blocks_per_stage": self.blocks_per_stage,
                 "kernel_size": self.kernel_size, "attention_ratio": self.attention_ratio,
-                "spatial_kernel": self.spatial_kernel, "bn_momentum": self.bn_momentum}
+                "spatial_kernel": self.spatial_kernel, "bn_momentum": self.bn_momentum,
+                "use_attention": self.use_attention}

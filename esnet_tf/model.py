@@ -6,6 +6,8 @@
     composition (None, 118) -> Dense(64, relu) --------------------------+-> concat
         -> Dense(128, relu) -> Dense(64, relu) -> Dense(1) = formation_energy_per_atom (eV/atom)
 
+Each input first passes a ShapeCheck (wrong shapes fail loudly in every saved form).
+
 SpinFeaturizer = stem Conv1D(64, 20, stride 2)-BN-ReLU-AvgPool(2), then 4 stages of 2 residual
 CBAM blocks of widths 64, 128, 256, 512 with AvgPool(2) between stages. The two spins have
 their own weights. `ESNetConfig.paper()` has ~9.75 M parameters; `ESNetConfig.small()` is the
@@ -53,6 +55,7 @@ class ESNetConfig:
     head_units: tuple[int, ...] = (128, 64)
     dropout: float = 0.0
     bn_momentum: float = 0.99  # BatchNormalization moving-average momentum
+    use_attention: bool = True  # CBAM in every residual block; False is the no-attention ablation
     name: str = field(default="paper", compare=False)
 
     def __post_init__(self) -> None:
@@ -116,7 +119,7 @@ def build_esnet(config: ESNetConfig | None = None, *, normalization: dict | None
     import keras
     from keras import layers
 
-    from esnet_tf.layers import InputNormalization, SpinFeaturizer
+    from esnet_tf.layers import InputNormalization, ShapeCheck, SpinFeaturizer
 
     c = config or ESNetConfig.paper()
     inputs = {
@@ -124,19 +127,20 @@ def build_esnet(config: ESNetConfig | None = None, *, normalization: dict | None
         "dos_down": keras.Input((c.n_points, c.n_orbitals), name="dos_down", dtype="float32"),
         "composition": keras.Input((c.n_elements,), name="composition", dtype="float32"),
     }
+    checked = {k: ShapeCheck(k, name=f"check_{k}")(v) for k, v in inputs.items()}
     spins = []
     for spin in ("up", "down"):
-        x = InputNormalization(name=f"normalize_{spin}")(inputs[f"dos_{spin}"])
+        x = InputNormalization(name=f"normalize_{spin}")(checked[f"dos_{spin}"])
         x = SpinFeaturizer(c.stem_filters, c.stem_kernel, c.stem_stride, c.pool_size, c.stage_widths,
                            c.blocks_per_stage, c.kernel_size, c.attention_ratio, c.spatial_kernel,
-                           c.bn_momentum, name=f"spin_{spin}")(x)
+                           c.bn_momentum, c.use_attention, name=f"spin_{spin}")(x)
         spins.append(x)
     x = layers.Concatenate(axis=-1, name="spin_concat")(spins)
     x = layers.Conv1D(c.merge_filters, c.merge_kernel, padding="same", name="merge_conv")(x)
     x = layers.BatchNormalization(momentum=c.bn_momentum, name="merge_bn")(x)
     x = layers.ReLU(name="merge_relu")(x)
     x = layers.GlobalAveragePooling1D(name="global_pool")(x)
-    comp = layers.Dense(c.composition_units, activation="relu", name="composition_dense")(inputs["composition"])
+    comp = layers.Dense(c.composition_units, activation="relu", name="composition_dense")(checked["composition"])
     x = layers.Concatenate(name="features")([x, comp])
     for i, units in enumerate(c.head_units):
         x = layers.Dense(units, activation="relu", name=f"head_dense{i + 1}")(x)

@@ -1,0 +1,184 @@
+"""`esnet predict MODEL INPUT... --out preds.csv`: formation energies (eV/atom) from a saved ESNet.
+
+MODEL: a `.keras` file, a SavedModel directory, or a TF Serving model directory
+(`saved_models/<name>/`, the highest version is used). INPUT: raw DFT files or directories (any
+format `esnet featurize` reads), `.npz` features, or a directory with labels.csv + calculations.
+CSV columns: id, formula, predicted_formation_energy_per_atom, and where known the truths
+formation_energy_per_atom, e_above_hull (all eV/atom).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from esnet_tf.model import INPUT_NAMES, OUTPUT_NAME
+
+PRED_COLUMN = "predicted_formation_energy_per_atom"
+
+
+def _user_error(msg: str) -> Exception:
+    from esnet_tf.cli import UserError
+
+    return UserError(msg)
+
+
+def resolve_saved_model_dir(path: Path) -> Path | None:
+    """The SavedModel directory of `path` (itself, or its highest numeric version), else None."""
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = [p for p in path.iterdir() if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()] \
+        if path.is_dir() else []
+    return max(versions, key=lambda p: int(p.name)) if versions else None
+
+
+class Predictor:
+    """A loaded ESNet (`.keras` or SavedModel) mapping raw IS-DOS arrays to eV/atom.
+
+    `predict(inputs)` takes a dict with dos_up, dos_down (N, n_points, 9) and composition (N, 118)
+    and returns float32 (N,) formation energies in eV/atom.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: model not found")
+        self.path = path
+        saved = resolve_saved_model_dir(path) if path.is_dir() else None
+        if path.suffix == ".keras" and path.is_file():
+            from esnet_tf.model import load_model
+
+            self.kind = "keras"
+            self.model = load_model(path)
+            shapes = {t.name: t.shape for t in self.model.inputs}
+        elif saved is not None:
+            import tensorflow as tf
+
+            self.kind = "saved_model"
+            self.path = saved
+            self.model = tf.saved_model.load(str(saved))
+            if "serving_default" not in self.model.signatures:
+                raise _user_error(f"{saved}: SavedModel has no 'serving_default' signature")
+            self.signature = self.model.signatures["serving_default"]
+            specs = self.signature.structured_input_signature[1]
+            shapes = {k: v.shape for k, v in specs.items()}
+        else:
+            raise _user_error(f"{path}: not a .keras file or a SavedModel directory (saved_model.pb)")
+        missing = [k for k in INPUT_NAMES if k not in shapes]
+        if missing:
+            raise _user_error(f"{path}: model lacks inputs {missing}; is it an ESNet model?")
+        self.n_points = int(shapes["dos_up"][1])
+
+    def predict(self, inputs: dict, batch_size: int = 256, source: str = "") -> np.ndarray:
+        """Formation energies (eV/atom), float32 (N,), for raw IS-DOS inputs.
+
+        Missing inputs, wrong shapes and NaN/inf values (naming the id) raise `UserError` first.
+        """
+        from esnet_tf.data import check_finite, check_shapes
+
+        check_shapes(inputs, self.n_points, source=source)
+        check_finite(inputs, source)
+        n = len(inputs["dos_up"])
+        out = []
+        for start in range(0, n, batch_size):
+            batch = {k: np.asarray(inputs[k][start:start + batch_size], dtype=np.float32) for k in INPUT_NAMES}
+            if self.kind == "keras":
+                y = self.model.predict_on_batch(batch)[OUTPUT_NAME]
+            else:
+                import tensorflow as tf
+
+                y = self.signature(**{k: tf.constant(v) for k, v in batch.items()})[OUTPUT_NAME]
+            out.append(np.asarray(y, dtype=np.float32).reshape(-1))
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def load_inputs(paths: list[str], labels: str | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Arrays (inputs, id, formula, truths) of every INPUT, and the failures (one line each)."""
+    from tqdm.auto import tqdm
+
+    from esnet_tf.data import LABEL_KEYS, is_labels_dir, load_dir_arrays, load_npz_arrays, read_labels
+    from esnet_tf.featurize import collect_inputs, default_id, featurize_all
+    from esnet_tf.isdos import DOSInputError
+
+    parts, failures, raw = [], [], []
+    for spec in paths:
+        if spec.endswith(".npz") and not spec.endswith(".gpawdos.npz"):
+            parts.append(load_npz_arrays(spec, labels, require_labels=False))
+        elif is_labels_dir(spec):
+            parts.append(load_dir_arrays(spec))
+        else:
+            raw.append(spec)
+    if raw:
+        inputs = collect_inputs(raw)
+        examples = []
+        for path, root in tqdm(inputs, desc="featurize", unit="file", disable=True if len(inputs) < 2 else None):
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: input not found")
+            try:
+                examples.extend(featurize_all(path, id=default_id(path, root) if root else None))
+            except DOSInputError as exc:
+                failures.append(str(exc))
+        if examples:
+            rows = read_labels(labels) if labels else {}
+            parts.append({
+                "dos_up": np.stack([e.dos_up for e in examples]), "dos_down": np.stack([e.dos_down for e in examples]),
+                "composition": np.stack([e.composition for e in examples]),
+                "id": np.array([e.id for e in examples], dtype=str),
+                "formula": np.array([e.formula for e in examples], dtype=str),
+                **{k: np.array([rows.get(e.id, {}).get(k, np.nan) for e in examples], np.float32) for k in LABEL_KEYS},
+            })
+    if not parts:
+        return {}, failures
+    keys = ("dos_up", "dos_down", "composition", "id", "formula", *LABEL_KEYS)
+    for i, p in enumerate(parts):
+        shapes = {k: np.shape(p[k])[1:] for k in ("dos_up", "dos_down", "composition")}
+        if shapes != {k: np.shape(parts[0][k])[1:] for k in shapes}:
+            raise _user_error(f"{paths[i] if i < len(paths) else 'inputs'}: array shapes {shapes} differ from "
+                              "the other inputs (features on another energy grid?)")
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in keys}, failures
+
+
+def write_predictions(path: str | Path, arrays: dict, predictions: np.ndarray) -> Path:
+    """CSV of id, formula, predicted_formation_energy_per_atom (+ known truths), eV/atom."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    truths = [k for k in ("formation_energy_per_atom", "e_above_hull")
+              if k in arrays and np.isfinite(np.asarray(arrays[k], dtype=float)).any()]
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "formula", PRED_COLUMN, *truths])
+        for i in range(len(predictions)):
+            row = [arrays["id"][i], arrays["formula"][i] if "formula" in arrays else "", f"{predictions[i]:.6f}"]
+            for k in truths:
+                v = float(arrays[k][i])
+                row.append(f"{v:.6f}" if np.isfinite(v) else "")
+            w.writerow(row)
+    return path
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help=".keras file, SavedModel dir, or TF Serving model dir "
+                   "(highest version used)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="DFT files/dirs (vasprun.xml[.gz], DOSCAR, MP JSON, "
+                   "*.gpawdos.npz), .npz features of `esnet featurize`, or a dir with labels.csv")
+    p.add_argument("--out", default="preds.csv", help="output CSV (energies in eV/atom)")
+    p.add_argument("--labels", help="optional labels CSV (id, formation_energy_per_atom, e_above_hull; eV/atom) "
+                   "to add the truths")
+    p.add_argument("--batch-size", type=int, default=256, help="examples per model call")
+
+
+def run(args: argparse.Namespace) -> int:
+    arrays, failures = load_inputs(args.inputs, args.labels)
+    for f in failures:
+        print(f"FAIL {f}", file=sys.stderr)
+    if not arrays:
+        raise _user_error("no input could be featurized" if failures else "no inputs")
+    predictor = Predictor(args.model)
+    preds = predictor.predict(arrays, args.batch_size)
+    out = write_predictions(args.out, arrays, preds)
+    print(f"{len(preds)} prediction(s) (eV/atom) with {predictor.kind} model {predictor.path} -> {out}; "
+          f"{len(failures)} input(s) failed")
+    return 1 if failures else 0

@@ -1,0 +1,150 @@
+"""ESNet architecture (DESIGN.md section 4): topology of the paper config, layers, serialization."""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+from test_train import real_data, trained_run
+
+
+def reference_parameter_count() -> int:
+    """Parameters of ESNet counted by hand from DESIGN.md section 4 (both spins with own weights).
+
+    Conv1D: k*c_in*c_out + c_out; BatchNorm: 4*c (gamma, beta, moving mean, moving variance);
+    Dense: n_in*n_out + n_out; CBAM: shared MLP c -> c/8 -> c, spatial Conv1D(1, 7) on 2 maps.
+    """
+    def conv(k, cin, cout):
+        return k * cin * cout + cout
+
+    def bn(c):
+        return 4 * c
+
+    def dense(nin, nout):
+        return nin * nout + nout
+
+    def block(cin, c):
+        p = conv(3, cin, c) + bn(c) + conv(3, c, c) + bn(c)
+        p += dense(c, c // 8) + dense(c // 8, c) + conv(7, 2, 1)  # CBAM
+        if cin != c:
+            p += conv(1, cin, c)  # 1x1 shortcut
+        return p
+
+    spin = conv(20, 9, 64) + bn(64)
+    cin = 64
+    for width in (64, 128, 256, 512):
+        spin += block(cin, width) + block(width, width)
+        cin = width
+    head = conv(3, 2 * 512, 512) + bn(512) + dense(118, 64) + dense(512 + 64, 128) + dense(128, 64) + dense(64, 1)
+    return 2 * spin + head
+
+
+@lru_cache(maxsize=1)
+def paper_model():
+    from esnet_tf import ESNetConfig, build_esnet
+
+    return build_esnet(ESNetConfig.paper())
+
+
+def test_paper_parameter_count_within_one_percent():
+    ref = reference_parameter_count()
+    assert 9.6e6 < ref < 9.8e6  # "about 9.7 M parameters"
+    n = paper_model().count_params()
+    assert abs(n - ref) / ref < 0.01, (n, ref)
+
+
+def test_paper_stage_widths_and_sequence_lengths():
+    import keras
+
+    model = paper_model()
+    assert [t.name for t in model.inputs] and {t.name: tuple(t.shape) for t in model.inputs} == {
+        "dos_up": (None, 1500, 9), "dos_down": (None, 1500, 9), "composition": (None, 118)}
+    spin = model.get_layer("spin_up")
+    # stem: 'same' conv stride 2 -> 750, AvgPool(2) -> 375; AvgPool(2) between stages
+    expected = [(375, 64), (187, 128), (93, 256), (46, 512)]
+    assert spin.stage_lengths(1500) == [e[0] for e in expected]
+    _, stages = spin(np.zeros((1, 1500, 9), np.float32), return_stages=True)
+    assert [tuple(s.shape[1:]) for s in stages] == expected
+    assert sum(isinstance(layer, keras.layers.Layer) and type(layer).__name__ == "ResidualCBAMBlock"
+               for layer in spin.blocks) == 8
+    assert model.get_layer("spin_down") is not spin and model.get_layer("merge_conv").filters == 512
+    assert tuple(model.get_layer("spin_concat").output.shape) == (None, 46, 1024)
+    assert model.get_layer("formation_energy_per_atom").units == 1
+
+
+def test_config_round_trip_and_named(tmp_path):
+    from esnet_tf import ESNetConfig
+
+    small = ESNetConfig.small()
+    assert ESNetConfig.from_dict(json.loads(json.dumps(small.to_dict()))) == small
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(small.replace(dropout=0.1).to_dict()))
+    assert ESNetConfig.named(str(path)).dropout == 0.1
+    assert ESNetConfig.named("paper") == ESNetConfig.paper()
+    with pytest.raises(ValueError, match="unknown ESNetConfig fields"):
+        ESNetConfig.from_dict({"stage_width": [1]})
+    with pytest.raises(ValueError):
+        ESNetConfig.named("huge")
+
+
+def test_custom_layers_serialize():
+    import keras
+
+    from esnet_tf.layers import ChannelAttention, ResidualCBAMBlock, SpatialAttention, SpinFeaturizer
+
+    x = np.random.default_rng(0).random((2, 40, 16)).astype("float32")
+    for layer in (ChannelAttention(4), SpatialAttention(5), ResidualCBAMBlock(8, 3, 4, 7),
+                  SpinFeaturizer(8, 5, 2, 2, (8, 12), 1, 3, 4, 7)):
+        y = layer(x)
+        clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+        if not clone.built:
+            clone.build(x.shape)
+        clone.set_weights(layer.get_weights())
+        np.testing.assert_allclose(clone(x), y, atol=1e-6)
+        assert clone.get_config() == layer.get_config()
+
+
+def test_normalization_fitted_and_saved(tmp_path):
+    from esnet_tf import ESNetConfig, build_esnet
+    from esnet_tf.model import dos_statistics, load_model
+
+    a = real_data()["arrays"]
+    stats = dos_statistics([{"dos_up": a["dos_up"][:10], "dos_down": a["dos_down"][:10]},
+                            {"dos_up": a["dos_up"][10:], "dos_down": a["dos_down"][10:]}])
+    np.testing.assert_allclose(stats["dos_up"]["mean"], a["dos_up"].reshape(-1, 9).astype(float).mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(stats["dos_down"]["std"], a["dos_down"].reshape(-1, 9).astype(float).std(0), rtol=1e-5, atol=1e-7)
+    model = build_esnet(ESNetConfig.small(), normalization=stats)
+    norm = model.get_layer("normalize_up")
+    z = norm(a["dos_up"]).numpy().reshape(-1, 9)
+    live = a["dos_up"].reshape(-1, 9).std(0) > 0
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(z.std(0)[live], 1, rtol=1e-3)
+    inputs = {k: a[k][:6] for k in ("dos_up", "dos_down", "composition")}
+    before = model.predict_on_batch(inputs)["formation_energy_per_atom"]
+    model.save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(loaded.get_layer("normalize_down").std.numpy(),
+                                  model.get_layer("normalize_down").std.numpy())
+    after = loaded.predict_on_batch(inputs)["formation_energy_per_atom"]
+    assert np.max(np.abs(np.asarray(before) - np.asarray(after))) < 1e-5
+    assert not any(type(layer).__name__ == "Lambda" for layer in model._flatten_layers())
+
+
+def test_predictor_rejects_bad_inputs():
+    from esnet_tf.cli import UserError
+    from esnet_tf.predict import Predictor
+
+    a = real_data()["arrays"]
+    p = Predictor(trained_run()["run_dir"] / "best.keras")
+    good = {k: a[k][:3] for k in ("dos_up", "dos_down", "composition", "id")}
+    assert p.predict(good).shape == (3,)
+    with pytest.raises(UserError, match="missing input 'composition'"):
+        p.predict({k: v for k, v in good.items() if k != "composition"})
+    with pytest.raises(UserError, match=r"'dos_up' has shape \(3, 1000, 9\), expected \(N, 1500, 9\)"):
+        p.predict({**good, "dos_up": good["dos_up"][:, :1000]})
+    bad = {**good, "composition": good["composition"].copy()}
+    bad["composition"][2, 0] = np.inf
+    with pytest.raises(UserError, match=f"'composition' holds NaN or inf for id {good['id'][2]}"):
+        p.predict(bad)
