@@ -1,0 +1,65 @@
+"""`esnet demo` end to end with a tiny budget: every artefact exists and loads."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from esnet_tf.cli import main as cli_main
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    assert cli_main(["demo", "--out", str(out), "--epochs", "2"]) == 0
+    return out
+
+
+def test_every_artefact_exists_and_loads(demo_out):
+    import keras
+    import matplotlib.image as mpimg
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from esnet_tf.model import load_model
+
+    builder = tfds.builder_from_directory(str(next((demo_out / "tfds" / "is_dos" / "demo").iterdir())))
+    assert set(builder.info.splits) >= {"train", "test"}
+    ds = builder.as_dataset(split="test")
+    ex = next(iter(ds))
+    assert ex["dos_up"].shape == (1500, 9) and ex["composition"].shape == (118,)
+
+    model = load_model(demo_out / "run" / "best.keras")
+    assert isinstance(model, keras.Model)
+    sig = tf.saved_model.load(str(demo_out / "saved_models" / "esnet_demo" / "1")).signatures["serving_default"]
+    batch = {k: tf.expand_dims(ex[k], 0) for k in ("dos_up", "dos_down", "composition")}
+    served = sig(**batch)["formation_energy_per_atom"].numpy()
+    ours = model.predict_on_batch({k: v.numpy() for k, v in batch.items()})["formation_energy_per_atom"]
+    assert np.allclose(served, ours, atol=1e-5)
+    assert (demo_out / "saved_models" / "esnet_demo" / "1" / "assets.extra" / "tf_serving_warmup_requests").is_file()
+
+    metrics = json.loads((demo_out / "eval" / "metrics.json").read_text())
+    assert metrics["n"] > 0 and metrics["mae"] >= 0
+    screen = json.loads((demo_out / "screen" / "metrics.json").read_text())
+    assert screen["n_candidates"] == metrics["n"]
+    for png in ("eval/parity.png", "screen/recall_vs_cost.png", "screen/predicted_vs_true.png"):
+        img = mpimg.imread(demo_out / png)
+        assert img.ndim == 3 and img.shape[0] > 100
+    summary = json.loads((demo_out / "summary.json").read_text())
+    assert summary["test_metrics"]["mae"] == metrics["mae"]
+    assert (demo_out / "run" / "history.csv").is_file() and any((demo_out / "run" / "logs").iterdir())
+
+
+def test_rerun_reuses_what_is_built(demo_out, capsys):
+    mtime = (demo_out / "run" / "best.keras").stat().st_mtime_ns
+    assert cli_main(["demo", "--out", str(demo_out), "--epochs", "2"]) == 0
+    out = capsys.readouterr()
+    assert "reusing the trained model" in out.out
+    assert (demo_out / "run" / "best.keras").stat().st_mtime_ns == mtime
+
+
+def test_demo_help_says_how_to_use_own_data(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["demo", "--help"])
+    assert "--manual-dir" in capsys.readouterr().out
