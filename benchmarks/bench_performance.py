@@ -1,0 +1,409 @@
+"""ESNet training and inference speed: ours against the authors' setup, and against the machine's limit.
+
+    .venv/bin/python benchmarks/bench_performance.py                      # full run (~10 min on 2 cores)
+    .venv/bin/python benchmarks/bench_performance.py --repeats 1 --skip-memory --skip-accuracy
+
+Side by side in one run, each measurement in a fresh process, alternating (reference, ours,
+reference, ours, ...) so that the noise of a shared machine hits both alike:
+- reference: benchmarks/reference_esnet.py (plain Keras, float32, model.fit on numpy, batch 64,
+  model.predict batch 64, default threading, no XLA);
+- ours: the package's model (`build_esnet`) and `esnet train` input pipeline
+  (`data.training_pipeline`: cache, shuffle, batch, parallel map, prefetch) under
+  `--precision auto` (bf16 on a CPU with AVX512_BF16/AMX), compiled as `esnet train` compiles it;
+  inference through `precision.inference_function` (bf16 weights, one tf.function, batch 64);
+- optional variants (--variants): 'ours-float32' (our pipeline, float32), 'ours-xla' (bf16 + XLA).
+Each child also measures the attainable matmul GFLOP/s (float32 and bf16, 2048^3) right before its
+own timings. The FLOPs per example are counted analytically (`esnet_tf.flops.forward_macs`) and
+cross-checked against TF's op statistics of the traced graph. Peak RSS of `esnet train --config paper
+--batch-size 64` (one epoch) is read in a fresh process tree. The accuracy check trains the small config
+briefly with float32 and with --precision auto (same seed) and compares validation MAE, and the
+predictions of the float32-trained model with its bf16 inference copy.
+
+Inputs are real featurized demo data (datasets/is_dos/demo), repeated to fill the batches.
+Prints a JSON summary (and writes it with --json).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "datasets" / "is_dos" / "demo"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+# ---------------------------------------------------------------- data
+
+def prepare_data(out_dir: Path, n_examples: int, demo: Path = DEMO, max_rows: int = 200) -> tuple[Path, Path]:
+    """Featurize up to `max_rows` labelled demo rows into out_dir/features.npz + labels.csv, tiled to
+    at least `n_examples` examples (copies get ids 'ID#k' and keep their chemical system)."""
+    from esnet_tf.featurize import featurize, save_examples
+
+    with (demo / "labels.csv").open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("id") and r.get("formation_energy_per_atom")][:max_rows]
+    if not rows:
+        raise SystemExit(f"{demo / 'labels.csv'}: no labelled rows to benchmark on")
+    examples = [featurize(demo / r["path"], id=r["id"]) for r in rows]
+    reps = -(-n_examples // len(examples))
+    tiled, labels = [], []
+    for k in range(max(1, reps)):
+        for ex, row in zip(examples, rows):
+            rid = row["id"] if k == 0 else f"{row['id']}#{k}"
+            tiled.append(dataclasses.replace(ex, id=rid))
+            labels.append((rid, row["formation_energy_per_atom"], row.get("e_above_hull", "")))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    npz = save_examples(tiled, out_dir / "features.npz")
+    with (out_dir / "labels.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "formation_energy_per_atom", "e_above_hull"])
+        w.writerows(labels)
+    return Path(npz), out_dir / "labels.csv"
+
+
+def load_xy(npz: Path, labels: Path, n: int):
+    """First `n` examples: (inputs dict float32, targets (n, 1) eV/atom, full arrays dict)."""
+    import numpy as np
+
+    from esnet_tf.data import load_npz_arrays
+
+    a = load_npz_arrays(str(npz), labels)
+    a = {k: v[:n] for k, v in a.items()}
+    x = {k: a[k].astype(np.float32) for k in ("dos_up", "dos_down", "composition")}
+    return x, a["formation_energy_per_atom"].reshape(-1, 1).astype(np.float32), a
+
+
+# ---------------------------------------------------------------- the machine's limit
+
+def matmul_gflops(dtype: str, n: int = 2048, repeats: int = 5) -> float:
+    """Best attainable GFLOP/s of an n x n x n matmul in `dtype` ('float32' or 'bfloat16'), all threads."""
+    import tensorflow as tf
+
+    a = tf.cast(tf.random.normal((n, n)), dtype)
+    b = tf.cast(tf.random.normal((n, n)), dtype)
+    f = tf.function(lambda a, b: tf.matmul(a, b))
+    f(a, b).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        c = f(a, b)
+        c = f(c, b)
+        c.numpy()
+        best = min(best, (time.perf_counter() - t) / 2)
+    return 2 * n ** 3 / best / 1e9
+
+
+# ---------------------------------------------------------------- children
+
+def child(args: argparse.Namespace) -> dict:
+    """One measurement in this (fresh) process: roofline, then training and inference throughput."""
+    import numpy as np
+    import tensorflow as tf
+
+    role = args.child
+    n = args.batch_size * args.train_steps
+    x, y, arrays = load_xy(Path(args.features), Path(args.labels), n)
+    limit = {"float32": matmul_gflops("float32"), "bfloat16": matmul_gflops("bfloat16")}
+    out = {"role": role, "n_examples": n, "batch_size": args.batch_size, "matmul_gflops": limit,
+           "load_avg": os.getloadavg()[0]}
+    bs = args.batch_size
+    n_infer = bs * args.infer_batches
+    xi = {k: np.concatenate([v] * (-(-n_infer // n)))[:n_infer] for k, v in x.items()}
+    if role == "reference":
+        import reference_esnet as ref
+
+        model = ref.build_reference()
+        ref.compile_reference(model)
+        xs, xis = ref.standardize(x, xi)
+        t = time.perf_counter()
+        ref.fit_reference(model, {k: v[:bs] for k, v in xs.items()}, y[:bs], epochs=1, batch_size=bs)
+        out["first_step_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ref.fit_reference(model, xs, y, epochs=1, batch_size=bs)
+        out["train_samples_per_s"] = n / (time.perf_counter() - t)
+        ref.predict_reference(model, {k: v[:bs] for k, v in xis.items()}, bs)
+        t = time.perf_counter()
+        ref.predict_reference(model, xis, bs)
+        out["infer_samples_per_s"] = n_infer / (time.perf_counter() - t)
+        out["precision"] = "float32"
+        out["params"] = int(model.count_params())
+        return out
+
+    import keras
+
+    from esnet_tf import data
+    from esnet_tf.model import OUTPUT_NAME, ESNetConfig, build_esnet, dos_statistics
+    from esnet_tf.precision import inference_function, resolve_policy, with_policy
+
+    precision = "float32" if role == "ours-float32" else "auto"
+    policy = resolve_policy(precision)
+    model = build_esnet(ESNetConfig.paper(), normalization=dos_statistics([x]))
+    if policy != "float32":
+        model = with_policy(model, policy)
+    model.compile(optimizer=keras.optimizers.Adam(1.5e-3), loss={OUTPUT_NAME: keras.losses.LogCosh()},
+                  metrics={OUTPUT_NAME: [keras.metrics.MeanAbsoluteError(name="mae")]},
+                  jit_compile=role == "ours-xla")
+    ds = tf.data.Dataset.from_tensor_slices({**x, OUTPUT_NAME: y.reshape(-1)})
+    pipe = data.training_pipeline(ds, bs, seed=0, cache="memory")
+    t = time.perf_counter()
+    model.fit(pipe.take(1), epochs=1, verbose=0)
+    out["first_step_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    model.fit(pipe, epochs=1, verbose=0)
+    out["train_samples_per_s"] = n / (time.perf_counter() - t)
+    if role == "ours-xla":
+        infer_policy = policy
+        fast = tf.function(lambda d: model(d, training=False)[OUTPUT_NAME], jit_compile=True)
+
+        def predict(inputs):
+            return fast({k: tf.convert_to_tensor(v) for k, v in inputs.items()}).numpy()
+    else:
+        predict, infer_policy = inference_function(model, precision)
+    predict({k: v[:bs] for k, v in xi.items()})
+    t = time.perf_counter()
+    for start in range(0, n_infer, bs):
+        predict({k: v[start:start + bs] for k, v in xi.items()})
+    out["infer_samples_per_s"] = n_infer / (time.perf_counter() - t)
+    out["precision"] = policy
+    out["inference_precision"] = infer_policy
+    out["params"] = int(model.count_params())
+    return out
+
+
+def profile_child(args: argparse.Namespace) -> dict:
+    """Op-type breakdown (thread time, TF profiler) of ours: 2 inference batches and 2 train steps."""
+    import glob
+    from collections import Counter
+
+    import keras
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    from esnet_tf.model import OUTPUT_NAME, ESNetConfig, build_esnet
+    from esnet_tf.precision import inference_function, resolve_policy, with_policy
+
+    bs = args.batch_size
+    x, y, _ = load_xy(Path(args.features), Path(args.labels), bs)
+    precision = args.profile_precision
+    policy = resolve_policy(precision)
+    model = build_esnet(ESNetConfig.paper())
+    model = model if policy == "float32" else with_policy(model, policy)
+    model.compile(optimizer=keras.optimizers.Adam(1.5e-3), loss={OUTPUT_NAME: keras.losses.LogCosh()})
+    predict, infer_policy = inference_function(model, precision)
+    result = {"precision": policy, "inference_precision": infer_policy}
+    for name, fn in (("inference", lambda: predict(x)), ("train_step", lambda: model.train_on_batch(x, y))):
+        fn()
+        fn()
+        logdir = tempfile.mkdtemp(prefix=f"esnet_prof_{name}_")
+        tf.profiler.experimental.start(logdir)
+        t = time.perf_counter()
+        for _ in range(2):
+            fn()
+        wall = time.perf_counter() - t
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(Path(sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))[-1]).read_bytes())
+        ops: Counter = Counter()
+        for plane in space.planes:
+            if plane.name != "/host:CPU":
+                continue
+            for line in plane.lines:
+                if not line.name.startswith("tf_Compute") and not line.name.startswith("tf_data"):
+                    continue
+                for ev in line.events:
+                    op = plane.event_metadata[ev.metadata_id].name.split(":")[-1]
+                    if op not in ("Process", "ExecutorState::Process"):
+                        ops[op] += ev.duration_ps / 1e12
+        total = sum(ops.values())
+        result[name] = {"wall_s_per_batch": wall / 2, "op_thread_s_per_batch": total / 2,
+                        "top_ops": {k: round(v / total, 3) for k, v in ops.most_common(12)}}
+    return result
+
+
+def accuracy_child(args: argparse.Namespace) -> dict:
+    """Short `esnet train` runs (small config) in float32 and --precision auto; bf16 inference agreement."""
+    import numpy as np
+
+    from esnet_tf.data import load_split
+    from esnet_tf.model import load_model
+    from esnet_tf.precision import inference_function
+    from esnet_tf.train import DEFAULTS, train
+
+    npz, labels = Path(args.features), Path(args.labels)
+    out = {}
+    base = {**DEFAULTS, "dataset": str(npz), "labels": str(labels), "config": "small", "epochs": args.accuracy_epochs,
+            "batch_size": 8, "split_fractions": [0.6, 0.2, 0.2], "split_seed": 0, "early_stopping_patience": 1000}
+    work = Path(tempfile.mkdtemp(prefix="esnet_acc_"))
+    for precision in ("float32", "auto"):
+        t = time.perf_counter()
+        summary = train({**base, "precision": precision}, work / precision, verbose=0)
+        out[precision] = {"best_val_mae": summary["best_val_mae_ev_per_atom"], "best_epoch": summary["best_epoch"],
+                          "wall_s": time.perf_counter() - t}
+    val = next(iter(load_split(str(npz), "validation", labels=str(labels), split_fractions=(0.6, 0.2, 0.2))
+                    .batch(10_000).as_numpy_iterator()))
+    model = load_model(work / "float32" / "best.keras")
+    f32 = np.asarray(model.predict_on_batch({k: val[k] for k in ("dos_up", "dos_down", "composition")})
+                     ["formation_energy_per_atom"]).reshape(-1)
+    predict, policy = inference_function(model, "auto")
+    fast = predict(val)
+    out["inference"] = {"policy": policy, "n": int(len(f32)),
+                        "max_abs_diff_ev_per_atom": float(np.max(np.abs(fast - f32))),
+                        "mean_abs_diff_ev_per_atom": float(np.mean(np.abs(fast - f32)))}
+    return out
+
+
+# ---------------------------------------------------------------- parent
+
+def run_child(kind: str, args: argparse.Namespace, extra: list[str]) -> dict:
+    cmd = [sys.executable, __file__, kind, "--features", str(args.features), "--labels", str(args.labels),
+           "--batch-size", str(args.batch_size), "--train-steps", str(args.train_steps),
+           "--infer-batches", str(args.infer_batches), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"child {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_train(args: argparse.Namespace, precision: str) -> dict:
+    """Peak RSS (MiB) of `esnet train --config paper --batch-size 64 --epochs 1` in a fresh process tree.
+
+    A small wrapper process runs the command and reads RUSAGE_CHILDREN (a child inherits the
+    RSS high-water mark of the process that forks it, so the heavy parent must not fork it directly).
+    """
+    esnet = str(Path(sys.executable).with_name("esnet"))
+    run_dir = tempfile.mkdtemp(prefix="esnet_mem_")
+    cmd = [esnet, "train", "--dataset", str(args.features), "--labels", str(args.labels), "--config", "paper",
+           "--batch-size", str(args.batch_size), "--epochs", "1", "--split-fractions", "0.8,0.1,0.1",
+           "--run-dir", run_dir, "--overwrite", "--verbose", "0", "--precision", precision]
+    wrapper = ("import json, resource, subprocess, sys, time; t = time.time(); "
+               "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "print(json.dumps({'rc': p.returncode, 's': time.time() - t, 'err': p.stderr[-2000:], "
+               "'maxrss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    if res["rc"] != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{res['err']}")
+    return {"command": " ".join(cmd), "peak_rss_mib": res["maxrss_kib"] / 1024, "wall_s": res["s"]}
+
+
+def summarize(rows: list[dict], flops: dict) -> dict:
+    by_role: dict[str, list[dict]] = {}
+    for r in rows:
+        by_role.setdefault(r["role"], []).append(r)
+    summary = {}
+    fwd, train = flops["forward_flops"], flops["training_flops"]
+    for role, rs in by_role.items():
+        med = {k: statistics.median(r[k] for r in rs) for k in ("train_samples_per_s", "infer_samples_per_s")}
+        lim32 = statistics.median(r["matmul_gflops"]["float32"] for r in rs)
+        lim16 = statistics.median(r["matmul_gflops"]["bfloat16"] for r in rs)
+        tr_limit = lim16 if rs[0]["precision"] != "float32" else lim32
+        inf_limit = lim16 if rs[0].get("inference_precision", rs[0]["precision"]) != "float32" else lim32
+        train_gf = med["train_samples_per_s"] * train / 1e9
+        inf_gf = med["infer_samples_per_s"] * fwd / 1e9
+        summary[role] = {**{k: round(v, 2) for k, v in med.items()},
+                         "precision": rs[0]["precision"], "inference_precision": rs[0].get("inference_precision", "float32"),
+                         "train_gflops": round(train_gf, 1), "infer_gflops": round(inf_gf, 1),
+                         "train_fraction_of_limit": round(train_gf / tr_limit, 3),
+                         "infer_fraction_of_limit": round(inf_gf / inf_limit, 3),
+                         "train_fraction_of_float32_limit": round(train_gf / lim32, 3),
+                         "infer_fraction_of_float32_limit": round(inf_gf / lim32, 3),
+                         "matmul_gflops_float32": round(lim32, 1), "matmul_gflops_bfloat16": round(lim16, 1),
+                         "per_repeat": [{k: round(r[k], 2) for k in ("train_samples_per_s", "infer_samples_per_s")}
+                                        for r in rs]}
+    if "reference" in by_role:
+        for role in by_role:
+            if role == "reference":
+                continue
+            pairs = list(zip(by_role["reference"], by_role[role]))
+            summary[role]["speedup_vs_reference"] = {
+                k: {"median": round(statistics.median(o[k] / r[k] for r, o in pairs), 2),
+                    "per_repeat": [round(o[k] / r[k], 2) for r, o in pairs]}
+                for k in ("train_samples_per_s", "infer_samples_per_s")}
+    return summary
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", nargs="?", default="run", choices=("run", "child", "profile", "accuracy"),
+                   help=argparse.SUPPRESS)
+    p.add_argument("--child", default="ours", help=argparse.SUPPRESS)
+    p.add_argument("--repeats", type=int, default=2, help="alternating reference/ours pairs [default 2]")
+    p.add_argument("--batch-size", type=int, default=64, help="examples per batch [default 64, the authors']")
+    p.add_argument("--train-steps", type=int, default=4, help="timed training steps per measurement [default 4]")
+    p.add_argument("--infer-batches", type=int, default=8, help="timed inference batches per measurement [default 8]")
+    p.add_argument("--variants", default="", help="extra roles, comma-separated: ours-float32, ours-xla")
+    p.add_argument("--features", help="features .npz (default: the demo data, featurized into a temp dir)")
+    p.add_argument("--labels", help="labels CSV for --features")
+    p.add_argument("--skip-memory", action="store_true", help="skip the peak-RSS run of `esnet train`")
+    p.add_argument("--skip-accuracy", action="store_true", help="skip the short float32-vs-bf16 training runs")
+    p.add_argument("--skip-profile", action="store_true", help="skip the op-type profile of ours")
+    p.add_argument("--profile-precision", default="auto", help="precision of the profile child [default auto]")
+    p.add_argument("--accuracy-epochs", type=int, default=40, help="epochs of each accuracy run [default 40]")
+    p.add_argument("--json", help="also write the summary to this file")
+    args = p.parse_args()
+
+    if args.kind == "child":
+        print(json.dumps(child(args)))
+        return
+    if args.kind == "profile":
+        print(json.dumps(profile_child(args)))
+        return
+    if args.kind == "accuracy":
+        print(json.dumps(accuracy_child(args)))
+        return
+
+    t0 = time.time()
+    if not args.features:
+        tmp = Path(tempfile.mkdtemp(prefix="esnet_bench_"))
+        args.features, args.labels = prepare_data(tmp, max(args.batch_size * args.train_steps, 3 * args.batch_size))
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": platform.processor() or platform.machine(),
+              "cores": os.cpu_count(), "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    from esnet_tf.flops import forward_macs, graph_flops
+    from esnet_tf.model import ESNetConfig, build_esnet
+    from esnet_tf.precision import cpu_flags, native_bf16_cpu
+
+    result["native_bf16"] = native_bf16_cpu()
+    result["bf16_flags"] = sorted(f for f in cpu_flags() if "bf16" in f)
+    macs = forward_macs(ESNetConfig.paper())
+    graph = graph_flops(build_esnet(ESNetConfig.paper()))
+    flops = {"forward_macs_by_group": macs, "forward_flops": 2 * macs["total"], "training_flops": 6 * macs["total"],
+             "graph_conv_matmul_flops": graph["conv_matmul"], "graph_other_flops": graph["other"]}
+    result["flops_per_example"] = flops
+    if not args.skip_memory:
+        result["memory"] = {prec: peak_rss_train(args, prec) for prec in ("float32", "auto")}
+        print(json.dumps({"memory": result["memory"]}), flush=True)
+    roles = ["reference", "ours", *[v for v in args.variants.split(",") if v]]
+    rows = []
+    for r in range(args.repeats):
+        for role in roles:
+            row = run_child("child", args, ["--child", role])
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    result["throughput"] = summarize(rows, flops)
+    result["raw"] = rows
+    if not args.skip_profile:
+        result["profile"] = run_child("profile", args, ["--profile-precision", args.profile_precision])
+        print(json.dumps({"profile": result["profile"]}), flush=True)
+    if not args.skip_accuracy:
+        result["accuracy"] = run_child("accuracy", args, ["--accuracy-epochs", str(args.accuracy_epochs)])
+        print(json.dumps({"accuracy": result["accuracy"]}), flush=True)
+    result["wall_s"] = round(time.time() - t0, 1)
+    text = json.dumps(result, indent=2, default=str)
+    if args.json:
+        Path(args.json).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Correctness of the performance work (never timing): precision policy, bf16 agreement on real data,
+FLOP counting, and the benchmark's plain-Keras reference computing the same function as the package."""
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_train import _workdir, real_data, settings_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+INPUTS = ("dos_up", "dos_down", "composition")
+TOLERANCE_EV = 0.005  # issue 8: optimised predictions within 5 meV/atom of float32
+
+
+def test_resolve_policy(monkeypatch):
+    from esnet_tf.precision import BF16_CPU_FLAGS, cpu_flags, has_gpu, native_bf16_cpu, resolve_policy
+
+    assert resolve_policy("float32") == "float32"
+    assert resolve_policy("bfloat16") == "mixed_bfloat16"
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_policy("fp8")
+    if has_gpu():
+        pytest.skip("GPU present: auto resolves to mixed_float16")
+    native = any(f in cpu_flags() for f in BF16_CPU_FLAGS)
+    assert native_bf16_cpu() == native
+    assert resolve_policy("auto") == ("mixed_bfloat16" if native else "float32")
+    assert resolve_policy("mixed") == "mixed_bfloat16"
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # no oneDNN: bf16 would be emulated
+    assert not native_bf16_cpu()
+    assert resolve_policy("auto") == "float32"
+
+
+def test_with_policy_keeps_weights_and_float32_ends():
+    import keras
+
+    from esnet_tf.model import ESNetConfig, build_esnet
+    from esnet_tf.precision import compute_dtypes, with_policy
+
+    model = build_esnet(ESNetConfig.small())
+    fast = with_policy(model, "mixed_bfloat16")
+    assert keras.config.dtype_policy().name == "float32"  # global policy restored
+    dtypes = compute_dtypes(fast)
+    for name in ("check_dos_up", "normalize_up", "normalize_down", "formation_energy_per_atom"):
+        assert dtypes[name] == "float32", name
+    assert dtypes["merge_conv"] == dtypes["stem_conv"] == dtypes["conv1"] == "bfloat16"
+    assert [w.dtype for w in fast.weights] == ["float32"] * len(fast.weights)  # mixed: float32 variables
+    for a, b in zip(model.get_weights(), fast.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    pure = with_policy(model, "bfloat16")
+    assert {w.dtype for w in pure.get_layer("merge_conv").weights} == {"bfloat16"}
+    assert {w.dtype for w in pure.get_layer("normalize_up").weights} == {"float32"}
+
+
+@lru_cache(maxsize=1)
+def bf16_run() -> dict:
+    """The small config trained by `esnet_tf.train.train` with --precision bfloat16 (real demo data)."""
+    from esnet_tf.train import train
+
+    run_dir = _workdir() / "bf16_run"
+    summary = train(settings_for("small", 6, precision="bfloat16"), run_dir, verbose=0)
+    return {"run_dir": run_dir, "summary": summary}
+
+
+def _val_inputs() -> dict:
+    from esnet_tf.data import select_split
+
+    d = real_data()
+    arrays = select_split(d["arrays"], "all")
+    return {k: arrays[k] for k in INPUTS}
+
+
+def test_bf16_training_runs_and_predictions_agree_with_float32():
+    from esnet_tf.model import load_model
+    from esnet_tf.precision import compute_dtypes, inference_function, with_policy
+
+    run = bf16_run()
+    assert np.isfinite(run["summary"]["best_val_loss"])
+    model = load_model(run["run_dir"] / "best.keras")
+    assert compute_dtypes(model)["merge_conv"] == "bfloat16"  # trained under the mixed policy
+    x = _val_inputs()
+    reference = with_policy(model, "float32")
+    y32 = np.asarray(reference.predict_on_batch(x)["formation_energy_per_atom"]).reshape(-1)
+    assert np.std(y32) > 1e-3  # a trained model, not a constant
+    y_mixed = np.asarray(model.predict_on_batch(x)["formation_energy_per_atom"]).reshape(-1)
+    predict, policy = inference_function(reference, "bfloat16")
+    assert policy == "bfloat16"
+    y_fast = predict(x)
+    assert y_fast.dtype == np.float32 and y_fast.shape == y32.shape
+    assert np.max(np.abs(y_mixed - y32)) < TOLERANCE_EV
+    assert np.max(np.abs(y_fast - y32)) < TOLERANCE_EV
+    assert np.max(np.abs(y_fast - y32)) > 0  # bf16 really ran (else this test proves nothing)
+
+
+def test_flops_analytic_equals_tensorflow_count():
+    from esnet_tf.flops import forward_macs, graph_flops, training_flops
+    from esnet_tf.model import ESNetConfig, build_esnet
+
+    for config in (ESNetConfig.small(), ESNetConfig.small().replace(use_attention=False, blocks_per_stage=1)):
+        macs = forward_macs(config)
+        graph = graph_flops(build_esnet(config), batch_size=2)
+        assert 2 * macs["total"] == graph["conv_matmul"], config
+        assert graph["other"] < 0.1 * graph["conv_matmul"]  # element-wise work is minor
+        assert training_flops(config) == 6 * macs["total"]
+
+
+def test_reference_is_the_same_function_as_the_package():
+    import reference_esnet as ref
+
+    from esnet_tf.model import ESNetConfig, build_esnet
+
+    paper = build_esnet(ESNetConfig.paper())
+    n_normalization = sum(int(np.prod(w.shape)) for w in paper.weights if w.path.startswith("normalize_"))
+    assert ref.build_reference().count_params() == paper.count_params() - n_normalization
+    c = ESNetConfig.small()
+    ours = build_esnet(c, normalization=None)
+    reference = ref.build_reference(stem_filters=c.stem_filters, widths=c.stage_widths, ratio=c.attention_ratio,
+                                    merge_filters=c.merge_filters, composition_units=c.composition_units,
+                                    head=c.head_units)
+    ref.copy_package_weights(reference, ours)
+    x = _val_inputs()
+    a = np.asarray(ours.predict_on_batch(x)["formation_energy_per_atom"]).reshape(-1)
+    b = np.asarray(reference.predict_on_batch(x)).reshape(-1)
+    np.testing.assert_allclose(a, b, atol=1e-5)
