@@ -33,7 +33,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["esnet_tf", "esnet_tf.*", "tuning", "tuning.*"]),  # datasets/ is read from the checkout
-    package_data={"esnet_tf": ["py.typed"]},
+    package_data={"esnet_tf": ["py.typed"], "tuning": ["search_space.json"]},
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["esnet = esnet_tf.cli:main"]},

@@ -49,7 +49,10 @@ def _configure(module: str, parser: argparse.ArgumentParser) -> None:
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
-        parser.set_defaults(_import_error=f"{exc} (is the optional extra installed? see README)")
+        # accept any arguments so that the import problem, not argparse, is what the user sees
+        parser.add_argument("_args", nargs=argparse.REMAINDER)
+        parser.set_defaults(_import_error=f"cannot import {module}: {exc} (is the optional extra "
+                            "installed, and esnet-tf installed with `pip install -e .`? see README)")
         return
     mod.configure_parser(parser)
 

@@ -1,0 +1,23 @@
+"""KerasTuner architecture search for ESNet (`esnet tune`).
+
+- `tuning.search_space`: the search space as data (`search_space.json`, `SearchSpace`).
+- `tuning.hypermodel`: `ESNetHyperModel`, whose `build(hp)` returns a compiled ESNet.
+- `tuning.search`: the `esnet tune` command (Hyperband / Bayesian / random search, resume,
+  summary table, retraining and SavedModel export of the best trial, chief/worker mode).
+
+Attributes load lazily, so `esnet tune --help` does not import TensorFlow.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {"OBJECTIVE": "tuning.hypermodel", "ESNetHyperModel": "tuning.hypermodel",
+            "compile_model": "tuning.hypermodel", "DEFAULT_PATH": "tuning.search_space",
+            "SearchSpace": "tuning.search_space", "SearchSpaceError": "tuning.search_space"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'tuning' has no attribute {name!r}")
