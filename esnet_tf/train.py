@@ -9,6 +9,9 @@ Run directory (`--run-dir`):
     summary.json       written when training ends (best epoch, epochs run, sizes, wall time)
     backup/            BackupAndRestore state while training; `--resume` continues from it
 
+With `--strategy mirrored|multi-worker` (esnet_tf.distribute, docs/distributed.md) only the chief
+writes this directory; the batch size stays the global batch.
+
 The test split is never read here. Defaults are the authors' (Adam 1.5e-3, batch 64, log-cosh,
 ReduceLROnPlateau 0.5 / 15, EarlyStopping 35 on val_loss, up to 300 epochs).
 """
@@ -31,7 +34,8 @@ DEFAULTS: dict = {
     "batch_size": 64, "learning_rate": 1.5e-3, "loss": "log_cosh", "lr_factor": 0.5,
     "lr_patience": 15, "min_lr": 0.0, "early_stopping_patience": 35, "seed": 0,
     "cache": "memory", "shuffle_buffer": 10_000, "dropout": None, "bn_momentum": None,
-    "split_fractions": None, "split_seed": 0,
+    "split_fractions": None, "split_seed": 0, "strategy": "default", "sync_batchnorm": True,
+    "precision": "float32",
 }
 LOSSES = ("log_cosh", "mae", "mse", "huber")
 BACKUP = "backup"
@@ -73,6 +77,17 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    "systems for .npz / labels-directory datasets [default 0.8,0.1,0.1]")
     p.add_argument("--split-seed", type=int, help="seed of the chemical-system split for .npz / labels-directory "
                    "datasets [default 0]")
+    p.add_argument("--strategy", choices=("default", "mirrored", "multi-worker"),
+                   help="tf.distribute strategy: default (one device), mirrored (all local GPUs, else the CPU), "
+                   "multi-worker (MultiWorkerMirroredStrategy from TF_CONFIG; see docs/distributed.md). "
+                   "--batch-size stays the global batch (per replica: batch / replicas) [default default]")
+    p.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=None,
+                   help="with several replicas, BatchNormalization uses the statistics of the global batch "
+                   "(as one process would) instead of each replica's [default: on]")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16", "mixed"),
+                   help="compute precision (variables and loss stay float32): auto = bfloat16 on a CPU with "
+                   "native bf16 (AVX512_BF16/AMX), float16 mixed precision on a GPU, else float32; see "
+                   "benchmarks/README.md [default float32]")
     p.add_argument("--run-dir", default="runs/esnet", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir from its "
                    "last completed epoch (its stored settings apply unless given again)")
@@ -123,8 +138,23 @@ def model_config(settings: dict):
     return config.replace(**changes) if changes else config
 
 
-def _make_callbacks(run_dir: Path, settings: dict, verbose: int):
+def _with_precision(model, precision: str):
+    """`model` under the dtype policy of `--precision` (esnet_tf.precision); float32 returns it as is."""
+    from esnet_tf.precision import describe, resolve_policy, with_policy
+
+    policy = resolve_policy(precision)
+    if policy == "float32":
+        return model
+    print(describe(policy))
+    return with_policy(model, policy)
+
+
+def _make_callbacks(run_dir: Path, settings: dict, verbose: int, restore_dir: Path | None = None):
+    """Keras callbacks writing into `run_dir`; backups are restored from `restore_dir` (default
+    `run_dir`; a non-chief worker writes to a temporary dir but restores from the chief's)."""
     import keras
+
+    restore_dir = Path(restore_dir or run_dir)
 
     class TrainingStateKeeper(keras.callbacks.Callback):
         """Persist the state of EarlyStopping / ReduceLROnPlateau / ModelCheckpoint with each epoch.
@@ -134,9 +164,10 @@ def _make_callbacks(run_dir: Path, settings: dict, verbose: int):
         Must come after those callbacks (their on_train_begin resets what is restored here).
         """
 
-        def __init__(self, path: Path, tracked: dict) -> None:
+        def __init__(self, path: Path, tracked: dict, restore_path: Path | None = None) -> None:
             super().__init__()
             self.path = path
+            self.restore_path = restore_path or path
             self.tracked = tracked  # name -> (callback, attribute names)
 
         def _snapshot(self) -> dict:
@@ -144,9 +175,9 @@ def _make_callbacks(run_dir: Path, settings: dict, verbose: int):
 
         def on_train_begin(self, logs=None) -> None:
             start = int(getattr(self.model, "_initial_epoch", 0) or 0)
-            if start == 0 or not self.path.is_file():
+            if start == 0 or not self.restore_path.is_file():
                 return
-            saved = json.loads(self.path.read_text())
+            saved = json.loads(self.restore_path.read_text())
             state = saved.get(str(start))
             if state is None:  # killed between the two writes: use the closest earlier epoch
                 earlier = [int(k) for k in saved if int(k) <= start]
@@ -178,14 +209,16 @@ def _make_callbacks(run_dir: Path, settings: dict, verbose: int):
         "checkpoint": (checkpoint, ("best",)),
         "early_stopping": (stopper, ("wait", "best", "best_epoch", "stopped_epoch")),
         "reduce_lr": (reducer, ("wait", "best", "cooldown_counter")),
-    })
+    }, restore_dir / BACKUP / STATE_FILE)
+    backup = _atomic_backup_class()(str(backup_dir), save_freq="epoch", delete_checkpoint=True)
+    backup.restore_dir = str(restore_dir / BACKUP)
     return [
         checkpoint, stopper, reducer,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False, profile_batch=0),
         keeper,
         # last: the weights backup of epoch e is written after everything else of epoch e
-        _atomic_backup_class()(str(backup_dir), save_freq="epoch", delete_checkpoint=True),
+        backup,
     ]
 
 
@@ -213,13 +246,14 @@ def _atomic_backup_class():
                     old.unlink(missing_ok=True)
 
         def _load_model(self) -> None:
-            meta = Path(self.backup_dir) / "training_metadata.json"
+            source = Path(getattr(self, "restore_dir", None) or self.backup_dir)  # the chief's backup
+            meta = source / "training_metadata.json"
             if not meta.is_file():
                 return
             info = json.loads(meta.read_text())
             if self.model.optimizer is not None and not self.model.optimizer.built:
                 self.model.optimizer.build(self.model.trainable_variables)
-            self.model.load_weights(str(Path(self.backup_dir) / info["weights"]))
+            self.model.load_weights(str(source / info["weights"]))
             self.model._initial_epoch = int(info["epoch"])
 
     return AtomicBackupAndRestore
@@ -268,10 +302,32 @@ def train(settings: dict, run_dir: str | Path, *, resume: bool = False, verbose:
     """Train per `settings` (see DEFAULTS) into `run_dir`; returns the summary dict.
 
     With `resume`, continues the interrupted run stored in `run_dir` from its last completed epoch.
+    `settings["strategy"]` picks the tf.distribute strategy (esnet_tf.distribute); under
+    multi-worker only the chief writes `run_dir`, the others a temporary dir removed at the end.
     """
+    from esnet_tf import distribute
+
+    shared_dir = Path(run_dir)
+    strategy = distribute.make_strategy(settings.get("strategy"))  # before any other TF op
+    own_dir = distribute.worker_dir(shared_dir, strategy)
+    if own_dir != shared_dir:
+        print(f"non-chief worker: writing to the temporary {own_dir} (removed at the end); the chief writes {shared_dir}")
+    try:
+        return _train(settings, own_dir, shared_dir, strategy, resume=resume, verbose=verbose)
+    except Exception as exc:
+        lost = distribute.lost_worker_message(exc, strategy, shared_dir)
+        if lost:
+            raise _user_error(lost) from exc
+        raise
+    finally:
+        distribute.remove_worker_dir(own_dir, shared_dir)
+
+
+def _train(settings: dict, run_dir: Path, shared_dir: Path, strategy, *, resume: bool, verbose: int) -> dict:
+    """`train` in the directory this process writes (`run_dir`); backups are read from `shared_dir`."""
     import keras
 
-    from esnet_tf import data
+    from esnet_tf import data, distribute
     from esnet_tf.model import OUTPUT_NAME, build_esnet, set_normalization
 
     run_dir = Path(run_dir)
@@ -289,7 +345,7 @@ def train(settings: dict, run_dir: str | Path, *, resume: bool = False, verbose:
         raise _user_error(f"{spec}: the validation split is empty; model selection needs validation data")
     print(f"train: {n_train} examples, validation: {n_val} examples ({spec}); config {config.name}")
 
-    start = _backup_epoch(run_dir) if resume else None
+    start = _backup_epoch(shared_dir) if resume else None
     if not resume or not (run_dir / "config.json").is_file():
         (run_dir / "config.json").write_text(json.dumps(
             {"model": config.to_dict(), "training": settings, "normalization": stats,
@@ -300,23 +356,45 @@ def train(settings: dict, run_dir: str | Path, *, resume: bool = False, verbose:
         _trim_history(run_dir / "history.csv", start)
         print(f"resuming from epoch {start} (epochs 0..{start - 1} done)")
 
-    model = build_esnet(config, normalization=stats)
-    losses = {"log_cosh": keras.losses.LogCosh(), "mae": keras.losses.MeanAbsoluteError(),
-              "mse": keras.losses.MeanSquaredError(), "huber": keras.losses.Huber()}
-    model.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"]),
-                  loss={OUTPUT_NAME: losses[settings["loss"]]},
-                  metrics={OUTPUT_NAME: [keras.metrics.MeanAbsoluteError(name="mae")]})
+    replicas = int(strategy.num_replicas_in_sync)
+    with strategy.scope():  # variables (model, optimizer, metrics) mirrored over the replicas
+        model = build_esnet(config, normalization=stats)
+        model = _with_precision(model, settings.get("precision") or "float32")
+        if replicas > 1 and settings.get("sync_batchnorm", True):
+            distribute.synchronize_batchnorm(model)
+        losses = {"log_cosh": keras.losses.LogCosh(), "mae": keras.losses.MeanAbsoluteError(),
+                  "mse": keras.losses.MeanSquaredError(), "huber": keras.losses.Huber()}
+        model.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"]),
+                      loss={OUTPUT_NAME: losses[settings["loss"]]},
+                      metrics={OUTPUT_NAME: [keras.metrics.MeanAbsoluteError(name="mae")]})
     seed = int(settings["seed"])
-    pipe_train = data.training_pipeline(train_ds, settings["batch_size"], seed=seed, cache=settings["cache"],
-                                        shuffle_buffer=settings["shuffle_buffer"])
-    pipe_val = data.training_pipeline(val_ds, settings["batch_size"], shuffle=False,
-                                      cache="memory" if settings["cache"] == "memory" else "none")
+    val_cache = "memory" if settings["cache"] == "memory" else "none"
+    workers = distribute.num_workers(strategy)
+    per_worker_input = workers > 1 and not (data.is_npz_spec(spec) or data.is_labels_dir(spec))
+    distribute.check_batches({"train": n_train, "validation": n_val}, int(settings["batch_size"]), strategy,
+                             per_worker_input)
+    if per_worker_input:  # TFDS: each worker reads its own sub-split
+        opts = split_options(settings)
+        pipe_train = distribute.tfds_per_worker(strategy, spec, "train", n_train, settings["batch_size"],
+                                                shuffle=True, seed=seed, cache=settings["cache"],
+                                                shuffle_buffer=settings["shuffle_buffer"], split_options=opts)
+        pipe_val = distribute.tfds_per_worker(strategy, spec, "validation", n_val, settings["batch_size"],
+                                              shuffle=False, seed=seed, cache=val_cache, shuffle_buffer=1,
+                                              split_options=opts)
+    else:
+        pipe_train = data.training_pipeline(train_ds, settings["batch_size"], seed=seed, cache=settings["cache"],
+                                            shuffle_buffer=settings["shuffle_buffer"])
+        pipe_val = data.training_pipeline(val_ds, settings["batch_size"], shuffle=False, cache=val_cache)
+        if workers > 1:  # same seeded global batches on every worker; each keeps its slice
+            pipe_train, pipe_val = distribute.shard_by_data(pipe_train), distribute.shard_by_data(pipe_val)
     if not (run_dir / "warmup_examples.npz").is_file():
         write_warmup_examples(val_ds, run_dir / "warmup_examples.npz")
 
-    callbacks = _make_callbacks(run_dir, settings, verbose)
-    history = model.fit(pipe_train, validation_data=pipe_val, epochs=int(settings["epochs"]),
-                        callbacks=callbacks, verbose=verbose)
+    throughput = distribute.throughput_callback(n_train)
+    callbacks = [throughput] + _make_callbacks(run_dir, settings, verbose, restore_dir=shared_dir)
+    with distribute.fit_scope(model, strategy):
+        history = model.fit(pipe_train, validation_data=pipe_val, epochs=int(settings["epochs"]),
+                            callbacks=callbacks, verbose=verbose)
     rows = _read_history(run_dir / "history.csv")
     val = [r["val_loss"] for r in rows]
     best = int(np.argmin(val)) if val else None
@@ -326,7 +404,9 @@ def train(settings: dict, run_dir: str | Path, *, resume: bool = False, verbose:
         "stopped_early": bool(rows) and len(rows) < int(settings["epochs"]),
         "n_train": n_train, "n_validation": n_val, "config": config.name,
         "params": int(model.count_params()), "wall_time_s_this_session": time.time() - t0,
-        "best_model": str(run_dir / "best.keras"), "history_keys": sorted(history.history),
+        "best_model": str(shared_dir / "best.keras"), "history_keys": sorted(history.history),
+        "strategy": settings.get("strategy") or "default", "replicas": replicas, "workers": workers,
+        "chief": distribute.is_chief(strategy), "train_samples_per_s": throughput.samples_per_s(),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -344,9 +424,17 @@ def _raise_interrupt(signum, frame):  # SIGTERM -> KeyboardInterrupt: the CLI ex
 
 
 def run(args: argparse.Namespace) -> int:
+    from esnet_tf.distribute import env_is_chief
+
     run_dir = Path(args.run_dir)
     stored = None
-    if (run_dir / "config.json").is_file():
+    if not env_is_chief(args.strategy):  # a non-chief worker never writes or clears the (shared) run dir
+        if args.resume and (run_dir / "config.json").is_file():
+            stored = json.loads((run_dir / "config.json").read_text()).get("training")
+            if (run_dir / "summary.json").is_file() and _backup_epoch(run_dir) is None:
+                print(f"{run_dir}: this run already finished (summary.json); nothing to resume")
+                return 0
+    elif (run_dir / "config.json").is_file():
         if args.resume:
             stored = json.loads((run_dir / "config.json").read_text()).get("training")
             if (run_dir / "summary.json").is_file() and _backup_epoch(run_dir) is None:
@@ -366,6 +454,9 @@ def run(args: argparse.Namespace) -> int:
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_interrupt)
     summary = train(settings, run_dir, resume=args.resume, verbose=verbose)
+    if not summary.get("chief", True):
+        print(f"done (non-chief worker; the chief wrote {run_dir})")
+        return 0
     print(f"done: {summary['epochs_run']} epochs, best epoch {summary['best_epoch']} "
           f"(val_loss {summary['best_val_loss']:.4g}, val MAE {summary['best_val_mae_ev_per_atom']:.4g} eV/atom) "
           f"-> {summary['best_model']}")

@@ -62,7 +62,7 @@ def bf16_run() -> dict:
     from esnet_tf.train import train
 
     run_dir = _workdir() / "bf16_run"
-    summary = train(settings_for("small", 6, precision="bfloat16"), run_dir, verbose=0)
+    summary = train(settings_for("small", 3, precision="bfloat16"), run_dir, verbose=0)
     return {"run_dir": run_dir, "summary": summary}
 
 
