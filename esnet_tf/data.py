@@ -27,15 +27,10 @@ import numpy as np
 from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID, EnergyGrid
 from esnet_tf.model import INPUT_NAMES, OUTPUT_NAME
 from esnet_tf.splits import DEFAULT_FRACTIONS, SPLITS, split_of
+from esnet_tf.cli import UserError
 
 LABEL_KEYS = ("formation_energy_per_atom", "e_above_hull")
 STRING_KEYS = ("id", "formula", "chemsys")
-
-
-def _user_error(msg: str) -> Exception:
-    from esnet_tf.cli import UserError
-
-    return UserError(msg)
 
 
 # ---------------------------------------------------------------- labels and raw sources
@@ -55,7 +50,7 @@ def read_labels(path: str | Path) -> dict[str, dict]:
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or "id" not in reader.fieldnames:
-            raise _user_error(f"{path}: labels CSV needs an 'id' column (found {reader.fieldnames})")
+            raise UserError(f"{path}: labels CSV needs an 'id' column (found {reader.fieldnames})")
         rows = {}
         for row in reader:
             if not row.get("id"):
@@ -102,14 +97,14 @@ def load_npz_arrays(spec: str, labels: str | Path | None = None, require_labels:
         labels = paths[0].parent / "labels.csv"
     rows = read_labels(labels) if labels is not None else {}
     if require_labels and not rows:
-        raise _user_error(f"{spec}: no labels; pass --labels CSV with columns id, formation_energy_per_atom (eV/atom)")
+        raise UserError(f"{spec}: no labels; pass --labels CSV with columns id, formation_energy_per_atom (eV/atom)")
     for key in LABEL_KEYS:
         arrays[key] = np.array([rows.get(i, {}).get(key, math.nan) for i in arrays["id"]], dtype=np.float32)
     arrays["id"] = arrays["id"].astype(str)
     if require_labels:
         keep = np.array([i in rows for i in arrays["id"]], dtype=bool)
         if not keep.any():
-            raise _user_error(f"{spec}: none of the {n} ids appear in {labels}")
+            raise UserError(f"{spec}: none of the {n} ids appear in {labels}")
         if not keep.all():
             print(f"note: {n - int(keep.sum())} of {n} examples in {spec} have no row in {labels}; left out")
         arrays = {k: v[keep] for k, v in arrays.items()}
@@ -125,7 +120,7 @@ def _load_dir_cached(directory: str, mtime: float, grid: EnergyGrid) -> dict[str
     root = Path(directory)
     rows = read_labels(root / "labels.csv")
     if any("path" not in r for r in rows.values()):
-        raise _user_error(f"{root / 'labels.csv'}: needs a 'path' column (calculation file relative to {root})")
+        raise UserError(f"{root / 'labels.csv'}: needs a 'path' column (calculation file relative to {root})")
     examples, ids = [], []
     for rid, row in tqdm(rows.items(), desc=f"featurize {root.name}", unit="file", disable=None):
         examples.append(featurize(root / row["path"], grid, id=rid))
@@ -156,12 +151,12 @@ def select_split(arrays: dict[str, np.ndarray], split: str, fractions: tuple[flo
     if split == "all":
         return arrays
     if split not in SPLITS:
-        raise _user_error(f"unknown split {split!r}; use one of {', '.join(SPLITS)} or all")
+        raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLITS)} or all")
     fractions = tuple(fractions) if fractions else DEFAULT_FRACTIONS
     try:
         keep = np.array([split_of(c, fractions, seed) == split for c in arrays["chemsys"]], dtype=bool)
     except ValueError as exc:
-        raise _user_error(str(exc)) from None
+        raise UserError(str(exc)) from None
     return {k: v[keep] for k, v in arrays.items()}
 
 
@@ -175,7 +170,7 @@ def check_finite(arrays: dict, source: str = "") -> None:
             ids = [_str(arrays["id"][i]) for i in idx[:3]] if "id" in arrays else [str(i) for i in idx[:3]]
             more = f" and {len(idx) - 3} more" if len(idx) > 3 else ""
             where = f"{source}: " if source else ""
-            raise _user_error(f"{where}input '{key}' holds NaN or inf for id {', '.join(ids)}{more}; "
+            raise UserError(f"{where}input '{key}' holds NaN or inf for id {', '.join(ids)}{more}; "
                               "re-featurize those calculations")
 
 
@@ -190,14 +185,14 @@ def check_shapes(arrays: dict, n_points: int = PAPER_GRID.n_points, source: str 
     where = f"{source}: " if source else ""
     for key, shape in expected.items():
         if key not in arrays:
-            raise _user_error(f"{where}missing input '{key}'; ESNet needs {want}")
+            raise UserError(f"{where}missing input '{key}'; ESNet needs {want}")
         got = tuple(np.shape(arrays[key]))
         if got[1:] != shape:
-            raise _user_error(f"{where}input '{key}' has shape {got}, expected (N, {', '.join(map(str, shape))}); "
+            raise UserError(f"{where}input '{key}' has shape {got}, expected (N, {', '.join(map(str, shape))}); "
                               f"ESNet needs {want}")
     n = {len(arrays[k]) for k in expected}
     if len(n) != 1:
-        raise _user_error(f"{where}inputs have different numbers of examples: "
+        raise UserError(f"{where}inputs have different numbers of examples: "
                           + ", ".join(f"{k} {len(arrays[k])}" for k in expected))
 
 
@@ -216,12 +211,12 @@ def load_split(spec: str, split: str, *, labels: str | None = None, data_dir: st
         arrays = load_arrays(spec, labels=labels)
         return tf.data.Dataset.from_tensor_slices(select_split(arrays, split, split_fractions, split_seed))
     if Path(spec).is_dir() and any(Path(spec).glob("*.gpawdos.npz")):
-        raise _user_error(f"{spec}: holds calculation files but no labels.csv (columns id, path, "
+        raise UserError(f"{spec}: holds calculation files but no labels.csv (columns id, path, "
                           "formation_energy_per_atom)")
     try:
         from esnet_tf.dataset import load_tfds_split
     except ImportError as exc:
-        raise _user_error(f"{spec}: not an .npz or a labels directory, and the TFDS loader is unavailable ({exc})")
+        raise UserError(f"{spec}: not an .npz or a labels directory, and the TFDS loader is unavailable ({exc})")
     return load_tfds_split(spec, split, data_dir=data_dir)
 
 
@@ -232,7 +227,7 @@ def load_arrays(spec: str, *, labels: str | None = None, require_labels: bool = 
     elif is_npz_spec(spec):
         arrays = load_npz_arrays(spec, labels, require_labels=require_labels)
     else:
-        raise _user_error(f"{spec}: expected an .npz of `esnet featurize` or a directory with labels.csv")
+        raise UserError(f"{spec}: expected an .npz of `esnet featurize` or a directory with labels.csv")
     check_shapes(arrays, source=str(spec))
     return arrays
 
@@ -289,7 +284,7 @@ def scan(ds, source: str = "", *, statistics: bool = False, batch_size: int = 25
             missing = ~np.isfinite(batch[OUTPUT_NAME])
             if missing.any():
                 bad = [batch["id"][i] for i in np.flatnonzero(missing)[:3]]
-                raise _user_error(f"{source}: formation_energy_per_atom is missing or not finite for id "
+                raise UserError(f"{source}: formation_energy_per_atom is missing or not finite for id "
                                   f"{', '.join(bad)}")
             count[0] += len(batch["id"])
             yield batch
@@ -298,7 +293,7 @@ def scan(ds, source: str = "", *, statistics: bool = False, batch_size: int = 25
         try:
             stats = dos_statistics(checked())
         except ValueError:
-            raise _user_error(f"{source}: the training split is empty") from None
+            raise UserError(f"{source}: the training split is empty") from None
         return count[0], stats
     for _ in checked():
         pass

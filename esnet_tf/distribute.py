@@ -31,14 +31,9 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from esnet_tf.cli import UserError
 
 STRATEGIES = ("default", "mirrored", "multi-worker")
-
-
-def _user_error(msg: str) -> Exception:
-    from esnet_tf.cli import UserError
-
-    return UserError(msg)
 
 
 def tf_config() -> dict:
@@ -49,10 +44,10 @@ def tf_config() -> dict:
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise _user_error(f"TF_CONFIG is not valid JSON ({exc}); expected "
+        raise UserError(f"TF_CONFIG is not valid JSON ({exc}); expected "
                           '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}') from None
     if not isinstance(cfg, dict) or "cluster" not in cfg or "task" not in cfg:
-        raise _user_error('TF_CONFIG needs "cluster" and "task" keys, e.g. {"cluster": {"worker": '
+        raise UserError('TF_CONFIG needs "cluster" and "task" keys, e.g. {"cluster": {"worker": '
                           '["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}')
     return cfg
 
@@ -82,7 +77,7 @@ def make_strategy(name: str | None):
 
     name = name or "default"
     if name not in STRATEGIES:
-        raise _user_error(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}")
+        raise UserError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}")
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -90,15 +85,15 @@ def make_strategy(name: str | None):
         return tf.distribute.MirroredStrategy([d.name for d in gpus] or ["/cpu:0"])
     cfg = tf_config()
     if not cfg:
-        raise _user_error("--strategy multi-worker needs the TF_CONFIG environment variable (cluster and task); "
+        raise UserError("--strategy multi-worker needs the TF_CONFIG environment variable (cluster and task); "
                           "see docs/distributed.md")
     n_hosts = sum(len(v) for v in cfg["cluster"].values() if isinstance(v, list))
     if n_hosts < 1:
-        raise _user_error("TF_CONFIG cluster lists no workers")
+        raise UserError("TF_CONFIG cluster lists no workers")
     try:
         return tf.distribute.MultiWorkerMirroredStrategy()
     except RuntimeError as exc:  # "Collective ops must be configured at program startup"
-        raise _user_error(f"cannot start MultiWorkerMirroredStrategy ({exc}); create it before any other "
+        raise UserError(f"cannot start MultiWorkerMirroredStrategy ({exc}); create it before any other "
                           "TensorFlow operation (start a fresh process)") from None
 
 
@@ -180,7 +175,7 @@ def tfds_per_worker(strategy, spec: str, split: str, n_examples: int, global_bat
     """A distributed dataset where each worker reads only its own sub-split of a TFDS split
     (`tfds_worker_pipeline` through `strategy.distribute_datasets_from_function`)."""
     if global_batch % strategy.num_replicas_in_sync:
-        raise _user_error(f"--batch-size {global_batch} is not divisible by the {strategy.num_replicas_in_sync} "
+        raise UserError(f"--batch-size {global_batch} is not divisible by the {strategy.num_replicas_in_sync} "
                           "replicas; the global batch is split evenly over them")
     fn = functools.partial(tfds_worker_pipeline, spec=spec, split=split, n_examples=n_examples,
                            global_batch=global_batch, **kwargs)
@@ -337,6 +332,6 @@ def check_batches(counts: dict[str, int], global_batch: int, strategy, per_worke
             if not any(_empty_replica_step(n, b, workers, replicas, per_worker_input) for n in counts.values())]
     suggest = f"; e.g. --batch-size {min(good, key=lambda b: (abs(b - global_batch), b))}" if good else ""
     sizes = ", ".join(f"{name} {counts[name]}" for name in bad)
-    raise _user_error(f"--batch-size {global_batch} over {replicas} replicas leaves a replica without examples in the "
+    raise UserError(f"--batch-size {global_batch} over {replicas} replicas leaves a replica without examples in the "
                       f"last step of {sizes} examples (Keras cannot train on an empty batch); pick a global batch whose "
                       f"remainder is 0 or at least the number of replicas{suggest}")

@@ -11,12 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-
-def _user_error(msg: str) -> Exception:
-    from esnet_tf.cli import UserError
-
-    return UserError(msg)
+from esnet_tf.cli import UserError
 
 
 def regression_metrics(y_true, y_pred) -> dict:
@@ -91,11 +86,11 @@ def evaluate(model: str | Path, dataset: str, split: str = "test", out: str | Pa
         for k in keys:
             collected[k].append(np.asarray(batch[k]))
     if not collected["pred"]:
-        raise _user_error(f"{dataset}: the {split} split is empty")
+        raise UserError(f"{dataset}: the {split} split is empty")
     arrays = {k: np.concatenate(v) for k, v in collected.items()}
     known = np.isfinite(arrays[OUTPUT_NAME].astype(float))
     if not known.any():
-        raise _user_error(f"{dataset} [{split}]: no formation_energy_per_atom truths to evaluate against")
+        raise UserError(f"{dataset} [{split}]: no formation_energy_per_atom truths to evaluate against")
     y, p = arrays[OUTPUT_NAME][known], arrays["pred"][known]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

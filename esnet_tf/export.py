@@ -16,17 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from esnet_tf.model import INPUT_NAMES, OUTPUT_NAME
+from esnet_tf.cli import UserError
 
 SIGNATURE = "serving_default"
 WARMUP_FILE = "tf_serving_warmup_requests"
 #: max |SavedModel - .keras| accepted by the post-export check (eV/atom)
 TOLERANCE = 1e-5
-
-
-def _user_error(msg: str) -> Exception:
-    from esnet_tf.cli import UserError
-
-    return UserError(msg)
 
 
 def warmup_requests(inputs: dict, model_name: str, n: int | None = None) -> list:
@@ -77,14 +72,14 @@ def warmup_examples(model_path: Path, source: str | None, n: int) -> dict:
     if source is None:
         default = model_path.parent / "warmup_examples.npz"
         if not default.is_file():
-            raise _user_error(f"{model_path}: no warmup_examples.npz beside the model; pass --warmup-data "
+            raise UserError(f"{model_path}: no warmup_examples.npz beside the model; pass --warmup-data "
                               "(features .npz, a labels directory or DFT files) or --no-warmup")
         with np.load(default, allow_pickle=False) as d:
             arrays = {k: d[k] for k in d.files}
     else:
         arrays, failures = load_inputs([str(s) for s in source.split(",")])
         if not arrays:
-            raise _user_error(f"{source}: no usable warmup examples ({'; '.join(failures) or 'empty'})")
+            raise UserError(f"{source}: no usable warmup examples ({'; '.join(failures) or 'empty'})")
     return {k: v[:n] for k, v in arrays.items()}
 
 
@@ -98,18 +93,18 @@ def export(model_path: str | Path, out: str | Path = "saved_models", name: str =
 
     model_path = Path(model_path)
     if not model_path.is_file() or model_path.suffix != ".keras":
-        raise _user_error(f"{model_path}: expected a .keras model file (e.g. runs/<run>/best.keras)")
+        raise UserError(f"{model_path}: expected a .keras model file (e.g. runs/<run>/best.keras)")
     if version < 1:
-        raise _user_error(f"--version must be a positive integer (TF Serving version directory), got {version}")
+        raise UserError(f"--version must be a positive integer (TF Serving version directory), got {version}")
     target = Path(out) / name / str(version)
     if target.exists():
         if not overwrite:
-            raise _user_error(f"{target} exists; choose another --version or pass --overwrite")
+            raise UserError(f"{target} exists; choose another --version or pass --overwrite")
         shutil.rmtree(target)
     model = load_model(model_path)
     names = sorted(t.name for t in model.inputs)
     if names != sorted(INPUT_NAMES):
-        raise _user_error(f"{model_path}: inputs {names} are not the ESNet inputs {list(INPUT_NAMES)}")
+        raise UserError(f"{model_path}: inputs {names} are not the ESNet inputs {list(INPUT_NAMES)}")
     examples = warmup_examples(model_path, warmup_data, n_warmup) if n_warmup > 0 else None
     if examples is not None:
         n_points = int({t.name: t for t in model.inputs}["dos_up"].shape[1])

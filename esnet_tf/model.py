@@ -192,3 +192,19 @@ def load_model(path: str | Path):
     import esnet_tf.layers  # noqa: F401  (registers the serializable layers)
 
     return keras.saving.load_model(str(path), compile=False)
+
+
+#: losses on the formation energy (eV/atom) that `compile_esnet` accepts
+LOSSES = ("log_cosh", "mae", "mse", "huber")
+
+
+def compile_esnet(model, learning_rate: float = 1.5e-3, loss: str = "log_cosh") -> None:
+    """Compile as `esnet train` and `esnet tune` do: Adam(learning_rate), `loss`, metric 'mae' (eV/atom)."""
+    import keras
+
+    losses = {"log_cosh": keras.losses.LogCosh, "mae": keras.losses.MeanAbsoluteError,
+              "mse": keras.losses.MeanSquaredError, "huber": keras.losses.Huber}
+    if loss not in losses:
+        raise ValueError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss={OUTPUT_NAME: losses[loss]()},
+                  metrics={OUTPUT_NAME: [keras.metrics.MeanAbsoluteError(name="mae")]})

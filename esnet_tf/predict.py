@@ -16,14 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from esnet_tf.model import INPUT_NAMES, OUTPUT_NAME
+from esnet_tf.cli import UserError
 
 PRED_COLUMN = "predicted_formation_energy_per_atom"
-
-
-def _user_error(msg: str) -> Exception:
-    from esnet_tf.cli import UserError
-
-    return UserError(msg)
 
 
 def resolve_saved_model_dir(path: Path) -> Path | None:
@@ -61,15 +56,15 @@ class Predictor:
             self.path = saved
             self.model = tf.saved_model.load(str(saved))
             if "serving_default" not in self.model.signatures:
-                raise _user_error(f"{saved}: SavedModel has no 'serving_default' signature")
+                raise UserError(f"{saved}: SavedModel has no 'serving_default' signature")
             self.signature = self.model.signatures["serving_default"]
             specs = self.signature.structured_input_signature[1]
             shapes = {k: v.shape for k, v in specs.items()}
         else:
-            raise _user_error(f"{path}: not a .keras file or a SavedModel directory (saved_model.pb)")
+            raise UserError(f"{path}: not a .keras file or a SavedModel directory (saved_model.pb)")
         missing = [k for k in INPUT_NAMES if k not in shapes]
         if missing:
-            raise _user_error(f"{path}: model lacks inputs {missing}; is it an ESNet model?")
+            raise UserError(f"{path}: model lacks inputs {missing}; is it an ESNet model?")
         self.n_points = int(shapes["dos_up"][1])
 
     def predict(self, inputs: dict, batch_size: int = 256, source: str = "") -> np.ndarray:
@@ -136,7 +131,7 @@ def load_inputs(paths: list[str], labels: str | None = None) -> tuple[dict[str, 
     for i, p in enumerate(parts):
         shapes = {k: np.shape(p[k])[1:] for k in ("dos_up", "dos_down", "composition")}
         if shapes != {k: np.shape(parts[0][k])[1:] for k in shapes}:
-            raise _user_error(f"{paths[i] if i < len(paths) else 'inputs'}: array shapes {shapes} differ from "
+            raise UserError(f"{paths[i] if i < len(paths) else 'inputs'}: array shapes {shapes} differ from "
                               "the other inputs (features on another energy grid?)")
     return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in keys}, failures
 
@@ -175,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     for f in failures:
         print(f"FAIL {f}", file=sys.stderr)
     if not arrays:
-        raise _user_error("no input could be featurized" if failures else "no inputs")
+        raise UserError("no input could be featurized" if failures else "no inputs")
     predictor = Predictor(args.model)
     preds = predictor.predict(arrays, args.batch_size)
     out = write_predictions(args.out, arrays, preds)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from esnet_tf.cli import UserError
 
 #: Numerical tolerance of the hull construction (eV/atom): E_hull <= t + HULL_TOL is stable.
 HULL_TOL = 1e-6
@@ -51,12 +52,6 @@ EF_COL = "formation_energy_per_atom"
 EHULL_COL = "e_above_hull"
 COST_COLS = ("is_wall_time_s", "relax_wall_time_s")
 _ENTRY_CLASSES = ("ComputedEntry", "ComputedStructureEntry", "PDEntry")
-
-
-def _user_error(msg: str) -> Exception:
-    from esnet_tf.cli import UserError
-
-    return UserError(msg)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -75,14 +70,14 @@ def read_csv_rows(path: str | Path, required: Sequence[str] = ("id",)) -> list[d
         cols = reader.fieldnames or []
     missing = [c for c in required if c not in cols]
     if missing:
-        raise _user_error(f"{path}: missing column(s) {missing} (has {cols})")
+        raise UserError(f"{path}: missing column(s) {missing} (has {cols})")
     if "id" in required:
         ids = [r["id"] for r in rows]
         if any(not i for i in ids):
-            raise _user_error(f"{path}: empty id on row {ids.index('') + 2}")
+            raise UserError(f"{path}: empty id on row {ids.index('') + 2}")
         dup = [i for i, n in Counter(ids).items() if n > 1]
         if dup:
-            raise _user_error(f"{path}: duplicate id(s) {dup[:5]}: ids must be unique")
+            raise UserError(f"{path}: duplicate id(s) {dup[:5]}: ids must be unique")
     return rows
 
 
@@ -114,7 +109,7 @@ def _entry_from_dict(d: dict, path: Path):
     classes = {"ComputedEntry": ComputedEntry, "ComputedStructureEntry": ComputedStructureEntry,
                "PDEntry": PDEntry}
     if cls not in classes or "energy" not in d or "composition" not in d:
-        raise _user_error(f"{path}: expected entry dicts of class {_ENTRY_CLASSES} with 'energy' "
+        raise UserError(f"{path}: expected entry dicts of class {_ENTRY_CLASSES} with 'energy' "
                           f"and 'composition', got {cls!r}")
     return classes[cls].from_dict(d)
 
@@ -131,13 +126,13 @@ def load_entries(path: str | Path) -> list:
         with _open_text(path) as fh:
             data = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as exc:
-        raise _user_error(f"{path}: not a readable JSON file ({exc})") from None
+        raise UserError(f"{path}: not a readable JSON file ({exc})") from None
     if isinstance(data, dict) and "entries" in data:
         data = data["entries"]
     if isinstance(data, dict):
         data = list(data.values())
     if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
-        raise _user_error(f"{path}: expected a list of pymatgen entry dicts")
+        raise UserError(f"{path}: expected a list of pymatgen entry dicts")
     return [_entry_from_dict(d, path) for d in data]
 
 
@@ -182,7 +177,7 @@ def references_from_labels(path: str | Path) -> ReferenceSet:
             comp = parse_formula(row["formula"])
             ef = _float(row[EF_COL])
         except Exception as exc:  # pymatgen raises several types on bad formulas
-            raise _user_error(f"{path}: row {i} (id {row['id']!r}): bad formula or energy ({exc})") from None
+            raise UserError(f"{path}: row {i} (id {row['id']!r}): bad formula or energy ({exc})") from None
         if not math.isfinite(ef):
             continue
         entries.append(PDEntry(comp, ef * comp.num_atoms, name=row["id"]))
@@ -198,7 +193,7 @@ def load_references(paths: Sequence[str | Path],
                     elemental_references: str | Path | None = None) -> ReferenceSet:
     """Reference hull from JSON entry files and/or labels.csv files (see module docstring)."""
     if not paths:
-        raise _user_error("no reference entries given (--references FILE)")
+        raise UserError("no reference entries given (--references FILE)")
     entries, ids, mu, sources = [], [], {}, []
     json_given = False
     for p in paths:
@@ -215,13 +210,13 @@ def load_references(paths: Sequence[str | Path],
             ids += [_entry_id(e, f"{p.name}#{i}") for i, e in enumerate(got)]
         sources.append(str(p))
     if json_given and mu:
-        raise _user_error("mixing labels.csv (elements at 0 eV/atom) and computed-entry JSON "
+        raise UserError("mixing labels.csv (elements at 0 eV/atom) and computed-entry JSON "
                           "references is ambiguous: give one kind")
     if elemental_references is not None:
         mu = {}
         for e in load_entries(elemental_references):
             if not e.composition.is_element:
-                raise _user_error(f"{elemental_references}: {e.composition.reduced_formula} is not an element")
+                raise UserError(f"{elemental_references}: {e.composition.reduced_formula} is not an element")
             el = e.composition.elements[0].symbol
             mu[el] = min(mu.get(el, math.inf), e.energy_per_atom)
         sources.append(f"elemental: {elemental_references}")
@@ -393,7 +388,7 @@ def _costs_by_id(rows: list[dict[str, str]], costs_path: str | Path | None,
         crow = {r["id"]: r for r in read_csv_rows(costs_path, ("id", *COST_COLS))}
         unknown = [i for i in wanted if i not in crow]
         if unknown:
-            raise _user_error(f"{costs_path}: no cost row for candidate id(s) {unknown[:5]}"
+            raise UserError(f"{costs_path}: no cost row for candidate id(s) {unknown[:5]}"
                               f"{' ...' if len(unknown) > 5 else ''} ({len(unknown)} of {len(wanted)})")
         src, table = str(costs_path), crow
     elif rows and all(c in rows[0] for c in COST_COLS):
@@ -405,9 +400,9 @@ def _costs_by_id(rows: list[dict[str, str]], costs_path: str | Path | None,
         try:
             c = (_float(table[i]["is_wall_time_s"]), _float(table[i]["relax_wall_time_s"]))
         except ValueError as exc:
-            raise _user_error(f"{src}: id {i!r}: bad wall time ({exc})") from None
+            raise UserError(f"{src}: id {i!r}: bad wall time ({exc})") from None
         if not all(math.isfinite(x) and x >= 0 for x in c):
-            raise _user_error(f"{src}: id {i!r}: wall times must be finite and >= 0 s, got {c}")
+            raise UserError(f"{src}: id {i!r}: wall times must be finite and >= 0 s, got {c}")
         out[i] = c
     return out, f"wall time (s) from {src}"
 
@@ -426,17 +421,17 @@ def screen(rows: list[dict[str, str]], refs: ReferenceSet | None = None, *, mode
     uncertainty_weight: score = prediction - weight x predicted std (optimistic ranking).
     """
     if mode not in MODES:
-        raise _user_error(f"unknown mode {mode!r}: use one of {MODES}")
+        raise UserError(f"unknown mode {mode!r}: use one of {MODES}")
     if mode == "ehull" and refs is None:
-        raise _user_error("mode 'ehull' needs reference entries (--references)")
+        raise UserError("mode 'ehull' needs reference entries (--references)")
     if not rows:
-        raise _user_error("no candidates in the predictions")
+        raise UserError("no candidates in the predictions")
     need = ["id", PRED_COL] + (["formula"] if refs is not None else [])
     missing = [c for c in need if c not in rows[0]]
     if missing:
-        raise _user_error(f"predictions: missing column(s) {missing}")
+        raise UserError(f"predictions: missing column(s) {missing}")
     if uncertainty_weight and STD_COL not in rows[0]:
-        raise _user_error(f"--uncertainty-weight needs a {STD_COL!r} column in the predictions")
+        raise UserError(f"--uncertainty-weight needs a {STD_COL!r} column in the predictions")
 
     out = _parse_rows(rows, refs is not None, mode, uncertainty_weight)
     n_excluded = _place_on_hull(out, refs, mode, candidates_in_hull, keep_overlapping_references,
@@ -750,13 +745,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """`esnet screen`: write candidates.csv, metrics.json and plots to --out."""
     if not 0 < args.target_recall <= 1:
-        raise _user_error(f"--target-recall must be in (0, 1], got {args.target_recall}")
+        raise UserError(f"--target-recall must be in (0, 1], got {args.target_recall}")
     rows = read_csv_rows(args.predictions, ("id", PRED_COL))
     if args.truths:
         rows = merge_truths(rows, args.truths)
     refs = load_references(args.references, args.elemental_references) if args.references else None
     if refs is None and args.elemental_references:
-        raise _user_error("--elemental-references needs --references")
+        raise UserError("--elemental-references needs --references")
     res = screen(rows, refs, mode=args.mode, threshold=args.threshold, margin=args.margin,
                  uncertainty_weight=args.uncertainty_weight, candidates_in_hull=args.candidates_in_hull,
                  keep_overlapping_references=args.keep_overlapping_references, costs=args.costs,
@@ -764,7 +759,7 @@ def run(args: argparse.Namespace) -> int:
     bad = [r for r in res.rows if r["status"] != "ok"]
     if bad and args.strict:
         r = bad[0]
-        raise _user_error(f"{args.predictions}: {len(bad)} candidate(s) not screened, e.g. {r['id']!r}: "
+        raise UserError(f"{args.predictions}: {len(bad)} candidate(s) not screened, e.g. {r['id']!r}: "
                           f"{r['status']} ({r['reason']})")
     files = write_outputs(res, args.out)
     m = res.metrics

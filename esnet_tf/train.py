@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from esnet_tf.model import LOSSES, compile_esnet
+from esnet_tf.cli import UserError
+
 #: training settings and their defaults (the authors'); every one is a CLI flag
 DEFAULTS: dict = {
     "dataset": None, "labels": None, "data_dir": None, "config": "paper", "epochs": 300,
@@ -37,15 +40,8 @@ DEFAULTS: dict = {
     "split_fractions": None, "split_seed": 0, "strategy": "default", "sync_batchnorm": True,
     "precision": "float32",
 }
-LOSSES = ("log_cosh", "mae", "mse", "huber")
 BACKUP = "backup"
 STATE_FILE = "callback_state.json"
-
-
-def _user_error(msg: str) -> Exception:
-    from esnet_tf.cli import UserError
-
-    return UserError(msg)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -119,9 +115,9 @@ def resolve_settings(args: argparse.Namespace, stored: dict | None) -> dict:
         if value is not None:
             settings[key] = value
     if not settings["dataset"]:
-        raise _user_error("--dataset is required (an .npz with --labels, a labels directory, or a TFDS name)")
+        raise UserError("--dataset is required (an .npz with --labels, a labels directory, or a TFDS name)")
     if settings["loss"] not in LOSSES:
-        raise _user_error(f"unknown loss {settings['loss']!r}; use one of {', '.join(LOSSES)}")
+        raise UserError(f"unknown loss {settings['loss']!r}; use one of {', '.join(LOSSES)}")
     return settings
 
 
@@ -133,7 +129,7 @@ def model_config(settings: dict):
         config = ESNetConfig.named(settings["config"]) if isinstance(settings["config"], str) \
             else ESNetConfig.from_dict(settings["config"])
     except ValueError as exc:
-        raise _user_error(str(exc)) from None
+        raise UserError(str(exc)) from None
     changes = {k: settings[k] for k in ("dropout", "bn_momentum") if settings.get(k) is not None}
     return config.replace(**changes) if changes else config
 
@@ -317,7 +313,7 @@ def train(settings: dict, run_dir: str | Path, *, resume: bool = False, verbose:
     except Exception as exc:
         lost = distribute.lost_worker_message(exc, strategy, shared_dir)
         if lost:
-            raise _user_error(lost) from exc
+            raise UserError(lost) from exc
         raise
     finally:
         distribute.remove_worker_dir(own_dir, shared_dir)
@@ -342,7 +338,7 @@ def _train(settings: dict, run_dir: Path, shared_dir: Path, strategy, *, resume:
     n_train, stats = data.scan(train_ds, f"{spec} [train]", statistics=True)
     n_val, _ = data.scan(val_ds, f"{spec} [validation]")
     if n_val == 0:
-        raise _user_error(f"{spec}: the validation split is empty; model selection needs validation data")
+        raise UserError(f"{spec}: the validation split is empty; model selection needs validation data")
     print(f"train: {n_train} examples, validation: {n_val} examples ({spec}); config {config.name}")
 
     start = _backup_epoch(shared_dir) if resume else None
@@ -362,11 +358,7 @@ def _train(settings: dict, run_dir: Path, shared_dir: Path, strategy, *, resume:
         model = _with_precision(model, settings.get("precision") or "float32")
         if replicas > 1 and settings.get("sync_batchnorm", True):
             distribute.synchronize_batchnorm(model)
-        losses = {"log_cosh": keras.losses.LogCosh(), "mae": keras.losses.MeanAbsoluteError(),
-                  "mse": keras.losses.MeanSquaredError(), "huber": keras.losses.Huber()}
-        model.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"]),
-                      loss={OUTPUT_NAME: losses[settings["loss"]]},
-                      metrics={OUTPUT_NAME: [keras.metrics.MeanAbsoluteError(name="mae")]})
+        compile_esnet(model, settings["learning_rate"], settings["loss"])
     seed = int(settings["seed"])
     val_cache = "memory" if settings["cache"] == "memory" else "none"
     workers = distribute.num_workers(strategy)
@@ -441,7 +433,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{run_dir}: this run already finished (summary.json); nothing to resume")
                 return 0
         elif not args.overwrite:
-            raise _user_error(f"{run_dir} already holds a run; use --resume to continue it, --overwrite "
+            raise UserError(f"{run_dir} already holds a run; use --resume to continue it, --overwrite "
                               "to start afresh, or another --run-dir")
         else:
             import shutil

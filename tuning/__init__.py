@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {"OBJECTIVE": "tuning.hypermodel", "ESNetHyperModel": "tuning.hypermodel",
-            "compile_model": "tuning.hypermodel", "DEFAULT_PATH": "tuning.search_space",
+            "DEFAULT_PATH": "tuning.search_space",
             "SearchSpace": "tuning.search_space", "SearchSpaceError": "tuning.search_space"}
 __all__ = sorted(_EXPORTS)
 

@@ -15,22 +15,11 @@ from __future__ import annotations
 
 import keras_tuner
 
-from esnet_tf.model import OUTPUT_NAME, ESNetConfig, build_esnet
+from esnet_tf.model import ESNetConfig, build_esnet, compile_esnet
 from tuning.search_space import SearchSpace
 
 #: the metric the tuner optimises: MAE (eV/atom) of the validation split, as logged by Keras
 OBJECTIVE = "val_mae"
-
-
-def compile_model(model, learning_rate: float, loss: str) -> None:
-    """Compile ESNet as `esnet train` does: Adam(learning_rate), `loss` on eV/atom, metric 'mae'."""
-    import keras
-
-    losses = {"log_cosh": keras.losses.LogCosh, "mae": keras.losses.MeanAbsoluteError,
-              "mse": keras.losses.MeanSquaredError, "huber": keras.losses.Huber}
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss={OUTPUT_NAME: losses[loss]()},
-                  metrics={OUTPUT_NAME: [keras.metrics.MeanAbsoluteError(name="mae")]})
 
 
 class ESNetHyperModel(keras_tuner.HyperModel):
@@ -54,5 +43,5 @@ class ESNetHyperModel(keras_tuner.HyperModel):
         """A compiled ESNet `keras.Model` for `hp` (inputs dos_up, dos_down, composition; eV/atom out)."""
         config, training = self.space.sample(hp)
         model = build_esnet(config, normalization=self.normalization, name="esnet_tuned")
-        compile_model(model, training["learning_rate"], training["loss"])
+        compile_esnet(model, training["learning_rate"], training["loss"])
         return model

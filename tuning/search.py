@@ -31,6 +31,7 @@ import warnings
 from pathlib import Path
 
 from esnet_tf.train import DEFAULTS, _fractions, split_options, write_warmup_examples
+from esnet_tf.cli import UserError
 
 TUNERS = ("hyperband", "bayesian", "random")
 WORKER_FILE = "worker.json"
@@ -43,12 +44,6 @@ IDENTITY_KEYS = ("tuner", "dataset", "labels", "data_dir", "split_fractions", "s
                  "epochs", "hyperband_factor", "seed", "search_space")
 TUNE_DEFAULTS = {"tuner": "hyperband", "max_trials": 20, "epochs": 30, "batch_size": DEFAULTS["batch_size"],
                  "hyperband_factor": 3, "seed": 0, "top": 5}
-
-
-def _user_error(msg: str) -> Exception:
-    from esnet_tf.cli import UserError
-
-    return UserError(msg)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -96,11 +91,11 @@ def check_keras3() -> str:
     """Refuse a Keras 2 / tf_keras environment (KerasTuner would silently use it); returns keras.__version__."""
     legacy = os.environ.get("TF_USE_LEGACY_KERAS", "")
     if legacy.strip().lower() in ("1", "true", "yes"):
-        raise _user_error("esnet tune needs Keras 3: unset TF_USE_LEGACY_KERAS (it selects tf_keras)")
+        raise UserError("esnet tune needs Keras 3: unset TF_USE_LEGACY_KERAS (it selects tf_keras)")
     import keras
 
     if int(keras.__version__.split(".")[0]) < 3:
-        raise _user_error(f"esnet tune needs Keras 3, found keras {keras.__version__}")
+        raise UserError(f"esnet tune needs Keras 3, found keras {keras.__version__}")
     return keras.__version__
 
 
@@ -110,7 +105,7 @@ def role() -> str:
         return "single"
     missing = [v for v in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID") if not os.environ.get(v)]
     if missing:
-        raise _user_error(f"KERASTUNER_ORACLE_IP is set but {', '.join(missing)} is not; distributed tuning needs "
+        raise UserError(f"KERASTUNER_ORACLE_IP is set but {', '.join(missing)} is not; distributed tuning needs "
                           "KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT and KERASTUNER_TUNER_ID")
     return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
 
@@ -187,16 +182,16 @@ def tune(settings: dict, directory: str | Path, project_name: str, *, overwrite:
     check_keras3()
     who = role()
     if overwrite and who == "worker":
-        raise _user_error("--overwrite is for the chief only (a worker would delete the shared project)")
+        raise UserError("--overwrite is for the chief only (a worker would delete the shared project)")
     settings = {**TUNE_DEFAULTS, **settings}
     if settings["tuner"] not in TUNERS:
-        raise _user_error(f"unknown tuner {settings['tuner']!r}; use one of {', '.join(TUNERS)}")
+        raise UserError(f"unknown tuner {settings['tuner']!r}; use one of {', '.join(TUNERS)}")
     if settings["max_trials"] < 1 or settings["epochs"] < 1:
-        raise _user_error("--max-trials and --epochs must be at least 1")
+        raise UserError("--max-trials and --epochs must be at least 1")
     try:
         space = SearchSpace.load(settings.get("search_space"))
     except SearchSpaceError as exc:
-        raise _user_error(str(exc)) from None
+        raise UserError(str(exc)) from None
     project = Path(directory) / project_name
     identity = _identity(settings, space)
     if not overwrite:
@@ -210,7 +205,7 @@ def tune(settings: dict, directory: str | Path, project_name: str, *, overwrite:
     n_train, stats = data.scan(train_ds, f"{spec} [train]", statistics=True)
     n_val, _ = data.scan(val_ds, f"{spec} [validation]")
     if n_val == 0:
-        raise _user_error(f"{spec}: the validation split is empty; the tuning objective needs validation data")
+        raise UserError(f"{spec}: the validation split is empty; the tuning objective needs validation data")
     print(f"train: {n_train} examples, validation: {n_val} examples ({spec}); {who} "
           f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}")
 
@@ -266,7 +261,7 @@ def _check_same_search(project: Path, identity: dict) -> None:
     stored = json.loads(path.read_text())
     differ = [k for k in IDENTITY_KEYS if stored.get(k) != identity.get(k)]
     if differ:
-        raise _user_error(f"{project} holds a search with other settings ({', '.join(differ)}); rerun with the "
+        raise UserError(f"{project} holds a search with other settings ({', '.join(differ)}); rerun with the "
                           "same ones to continue it, or use --overwrite or another --project-name")
 
 
@@ -290,7 +285,7 @@ def summarize(tuner, hypermodel, project: Path, top: int = 5) -> dict:
     best = [t for t in best if t.score is not None]
     if not best:
         failed = [t.trial_id for t in trials if t.status in ("FAILED", "INVALID")]
-        raise _user_error(f"{project}: no trial completed ({len(trials)} trials, failed: {failed or 'none'}); "
+        raise UserError(f"{project}: no trial completed ({len(trials)} trials, failed: {failed or 'none'}); "
                           "see the 'message' of trial_*/trial.json")
     workers = _workers(project)
     rows = []

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from esnet_tf.model import ESNetConfig
-from esnet_tf.train import LOSSES
+from esnet_tf.model import LOSSES
 
 DEFAULT_PATH = Path(__file__).with_name("search_space.json")
 
