@@ -32,6 +32,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         else:
             q.add_argument("--out", default=str(DEMO_DIR), help="dataset directory")
             q.add_argument("--limit", type=int, default=None, help="only the first N structures")
+            q.add_argument("--assemble-only", action="store_true",
+                           help="compute nothing: write labels.csv from the cached results (pending ones listed)")
         q.add_argument("--workers", type=int, default=2, help="parallel single-threaded GPAW processes")
         q.add_argument("--timeout", type=float, default=1800.0, help="wall-time limit per structure, s")
         q.add_argument("--ecut", type=float, default=DFTSettings.ecut, help="plane-wave cutoff, eV")
@@ -65,6 +67,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("GPAW is not installed: install the `dft` extra (see README, scripts/setup.sh)") from None
     st = _settings(args)
     out = Path(args.out)
+    if args.dft_command == "demo" and args.assemble_only:
+        from esnet_tf.dft.demo import assemble_cached
+
+        prov = assemble_cached(out, st)
+        print(f"{prov['n_examples']} examples, {prov['n_failed']} failed, {prov['n_pending']} not computed yet "
+              f"-> {out / 'labels.csv'}")
+        return 0
     if args.dft_command == "demo":
         from esnet_tf.dft.demo import demo_tasks
 

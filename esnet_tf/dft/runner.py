@@ -45,6 +45,11 @@ def _read_cached(task: Task, workdir: Path, retry_failed: bool) -> Outcome | Non
     return None
 
 
+def cached_outcome(task: Task, cache_dir: Path) -> Outcome | None:
+    """The cached outcome of `task` (done or failed), or None when it was never computed."""
+    return _read_cached(task, Path(cache_dir) / task_hash(task), retry_failed=False)
+
+
 def run_task(task: Task, cache_dir: Path, retry_failed: bool = False, nice: int = 0) -> Outcome:
     """Run one task in its own process (or return the cached outcome). Never raises on DFT failure."""
     key = task_hash(task)
