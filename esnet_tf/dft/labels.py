@@ -63,8 +63,15 @@ def assemble(outcomes: list[Outcome], data_dir: Path, settings: DFTSettings) -> 
             "rs_scale": r.get("rs_scale"), "spin_polarized": r["spin_polarized"],
             "is_wall_time_s": r["is_wall_time"], "relax_wall_time_s": r.get("relax_wall_time", 0.0),
         })
-    pd = PhaseDiagram(entries)
-    ehull = {e.name: pd.get_e_above_hull(e, allow_negative=True) for e in entries}
+    # one phase diagram per chemical system (a single diagram over ~35 elements is intractable)
+    diagrams: dict[frozenset, PhaseDiagram] = {}
+    ehull = {}
+    for e in entries:
+        els = frozenset(el.symbol for el in e.composition.elements)
+        if els not in diagrams:
+            diagrams[els] = PhaseDiagram([x for x in entries
+                                          if {el.symbol for el in x.composition.elements} <= els])
+        ehull[e.name] = diagrams[els].get_e_above_hull(e, allow_negative=True)
     for row in rows:
         row["e_above_hull"] = max(0.0, ehull[row["id"]]) if abs(ehull[row["id"]]) < 1e-9 else ehull[row["id"]]
     rows.sort(key=lambda r: r["id"])
