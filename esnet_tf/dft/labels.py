@@ -30,7 +30,11 @@ def assemble(outcomes: list[Outcome], data_dir: Path, settings: DFTSettings) -> 
     data_dir = Path(data_dir)
     done = [o for o in outcomes if o.result is not None]
     failures = [(o.task_id, o.reason) for o in outcomes if o.status == "failed"]
-    final_energy = {o.task_id: o.result.get("rs_energy", o.result["is_energy"]) for o in done}
+    # relaxed energy = the lowest energy the relaxation found: normally the single point at the EOS
+    # vertex; when a scanned point is lower (a magnetic transition across the scan, an SCF that
+    # landed in another state at the vertex) that point is used and `rs_is_lowest` says so
+    final_energy = {o.task_id: min([o.result.get("rs_energy", o.result["is_energy"])]
+                                   + [pt["energy"] for pt in o.result.get("eos_points", [])]) for o in done}
     mu: dict[str, tuple[float, str]] = {}
     for o in done:
         comp = o.result["composition"]
@@ -58,6 +62,7 @@ def assemble(outcomes: list[Outcome], data_dir: Path, settings: DFTSettings) -> 
             "formation_energy_per_atom": ef, "prototype": r["prototype"], "formula": r["formula"],
             "rs_path": (f"calcs/{o.key}/{r['rs_dos']}" if relaxed else ""), "n_atoms": r["n_atoms"],
             "relaxed": relaxed,
+            "rs_is_lowest": (not relaxed) or r["rs_energy"] <= final_energy[o.task_id] + 1e-6,
             "is_energy_per_atom": r["is_energy"] / n_atoms, "rs_energy_per_atom": final_energy[o.task_id] / n_atoms,
             "is_formation_energy_per_atom": (r["is_energy"] - sum(n * mu[el][0] for el, n in comp.items())) / n_atoms,
             "rs_scale": r.get("rs_scale"), "spin_polarized": r["spin_polarized"],
@@ -77,7 +82,7 @@ def assemble(outcomes: list[Outcome], data_dir: Path, settings: DFTSettings) -> 
     rows.sort(key=lambda r: r["id"])
     cols = ["id", "path", "formation_energy_per_atom", "e_above_hull", "prototype", "formula", "rs_path",
             "n_atoms", "is_energy_per_atom", "rs_energy_per_atom", "is_formation_energy_per_atom",
-            "rs_scale", "spin_polarized", "is_wall_time_s", "relax_wall_time_s", "relaxed"]
+            "rs_scale", "spin_polarized", "is_wall_time_s", "relax_wall_time_s", "relaxed", "rs_is_lowest"]
     with open(data_dir / "labels.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
