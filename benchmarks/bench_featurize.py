@@ -47,7 +47,7 @@ def uncompressed_size(path: Path) -> int:
 def featurize_with(reader: str, path: Path):
     """Read `path` with `reader` and featurize on the paper grid."""
     from esnet_tf.featurize import featurize_dos
-    from esnet_tf.readers.vasprun_fast import vasprun_reader
+    from esnet_tf.readers.vasp_stream import vasprun_reader
 
     return featurize_dos(vasprun_reader(reader)(path))
 
@@ -69,7 +69,7 @@ def rss_child(reader: str, path: str) -> None:
 
     import esnet_tf.featurize  # noqa: F401
     import esnet_tf.readers.vasp  # noqa: F401
-    import esnet_tf.readers.vasprun_fast  # noqa: F401
+    import esnet_tf.readers.vasp_stream  # noqa: F401
     from pymatgen.io.vasp import Vasprun  # noqa: F401
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -11,7 +11,7 @@ import pytest
 from esnet_tf.featurize import featurize_dos
 from esnet_tf.isdos import DOSInputError
 from esnet_tf.readers.vasp import read_vasprun
-from esnet_tf.readers.vasprun_fast import _fixed_width, read_vasprun_any, read_vasprun_fast, vasprun_reader
+from esnet_tf.readers.vasp_stream import _fixed_width, read_vasprun_any, read_vasprun_fast, vasprun_reader
 
 FILES = ["vasp/Al.vasprun.xml.gz", "vasp/Fe_monomer_spin.vasprun.xml.gz", "vasp/GaAs_mp-2534.vasprun.xml.gz",
          "vasp/LiF.vasprun.xml.gz", "vasp/Li_no_projected.vasprun.xml.gz", "vasp/bad.vasprun.xml.gz",

@@ -2,7 +2,7 @@
 
     read_dos(path) -> list[ProjectedDOS]
 
-dispatches on the path: `vasprun*.xml[.gz]` (VASP: `vasprun_fast.py`, a streaming reader
+dispatches on the path: `vasprun*.xml[.gz]` (VASP: `vasp_stream.py`, a streaming reader
 checked equal to the pymatgen `Vasprun` path of `vasp.py`, which `ESNET_VASPRUN_READER=pymatgen` selects), `DOSCAR[.gz]` or a directory
 holding one (VASP, `doscar.py`), `*.json[.gz]` (Materials Project CompleteDos documents,
 `materials_project.py`), `*.gpawdos.npz` (this project's GPAW engine, `gpaw.py`).
@@ -45,7 +45,7 @@ def read_dos(path: str | Path) -> list[ProjectedDOS]:
         raise DOSInputError(path, "no such file or directory", "check the path")
     kind = source_kind(path)
     if kind == "vasprun":
-        from esnet_tf.readers.vasprun_fast import vasprun_reader
+        from esnet_tf.readers.vasp_stream import vasprun_reader
 
         if path.is_dir():
             path = next(p for p in (path / "vasprun.xml", path / "vasprun.xml.gz") if p.exists())

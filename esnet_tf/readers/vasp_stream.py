@@ -1,7 +1,7 @@
 """Fast VASP `vasprun.xml[.gz]` reader: only what IS-DOS needs, streamed.
 
 Same result as `esnet_tf.readers.vasp.read_vasprun` (pymatgen `Vasprun`), checked equal on
-every fixture by `tests/test_vasprun_fast.py`, several times faster (`benchmarks/bench_featurize.py`):
+every fixture by `tests/test_vasp_stream.py`, several times faster (`benchmarks/bench_featurize.py`):
 
 - the file is decompressed in chunks and fed to an lxml pull parser (start/end events,
   elements cleared as soon as they are read; no object model of the run);
