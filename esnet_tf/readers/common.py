@@ -56,3 +56,24 @@ def from_complete_dos(cd, path: Path, code: str, warnings: tuple[str, ...] = ())
     return ProjectedDOS(energies=energies, pdos=pdos, efermi=float(cd.efermi), structure=cd.structure,
                         spin_polarized=len(spins) == 2, source=str(path), code=code,
                         f_channels=f_channels, warnings=tuple(warnings))
+
+
+def check_vasprun_run(path: Path, params: dict, has_dos: bool, n_steps: int, converged_electronic: bool,
+                      converged_ionic: bool) -> list[str]:
+    """Run-level checks shared by both vasprun readers; returns the warnings to record.
+
+    Raises DOSInputError for noncollinear runs and files without a DOS.
+    """
+    if params.get("LNONCOLLINEAR") or params.get("LSORBIT"):
+        raise DOSInputError(path, "noncollinear run (4 spin components): IS-DOS is defined for collinear spin",
+                            "rerun with LNONCOLLINEAR=.FALSE. (ISPIN=1 or 2) and LORBIT=11")
+    if not has_dos:
+        raise DOSInputError(path, "no DOS in the file", "rerun with LORBIT=11 (and NEDOS >= 2000)")
+    notes = []
+    if n_steps > 1:
+        notes.append(f"DOS of the final structure of a {n_steps}-step run, not IS-DOS")
+    if not converged_electronic:
+        notes.append("electronic SCF not converged")
+    elif not converged_ionic:
+        notes.append("ionic relaxation not converged")
+    return notes

@@ -13,7 +13,7 @@ import warnings as _warnings
 from pathlib import Path
 
 from esnet_tf.isdos import DOSInputError, ProjectedDOS
-from esnet_tf.readers.common import from_complete_dos
+from esnet_tf.readers.common import check_vasprun_run, from_complete_dos
 
 
 def read_vasprun(path: str | Path) -> ProjectedDOS:
@@ -31,20 +31,9 @@ def read_vasprun(path: str | Path) -> ProjectedDOS:
     except Exception as exc:  # lxml XMLSyntaxError, ParseError, ...
         raise DOSInputError(path, f"cannot parse vasprun.xml ({type(exc).__name__}: {str(exc)[:120]})",
                             "the file is truncated or corrupt: rerun or copy it again") from None
-    params = run.parameters
-    if params.get("LNONCOLLINEAR") or params.get("LSORBIT"):
-        raise DOSInputError(path, "noncollinear run (4 spin components): IS-DOS is defined for collinear spin",
-                            "rerun with LNONCOLLINEAR=.FALSE. (ISPIN=1 or 2) and LORBIT=11")
-    if not getattr(run, "tdos", None) and not run.complete_dos.densities:
-        raise DOSInputError(path, "no DOS in the file", "rerun with LORBIT=11 (and NEDOS >= 2000)")
-    notes = []
     n_steps = len(run.ionic_steps)
-    if n_steps > 1:
-        notes.append(f"DOS of the final structure of a {n_steps}-step run, not IS-DOS")
-    if not run.converged_electronic:
-        notes.append("electronic SCF not converged")
-    elif not run.converged_ionic:
-        notes.append("ionic relaxation not converged")
+    notes = check_vasprun_run(path, run.parameters, bool(getattr(run, "tdos", None)) or bool(run.complete_dos.densities),
+                              n_steps, run.converged_electronic, run.converged_ionic)
     cd = run.complete_dos
     dos = from_complete_dos(cd, path, code=f"VASP {run.vasp_version}", warnings=tuple(notes))
     dos.structure = run.final_structure if n_steps > 1 else run.initial_structure

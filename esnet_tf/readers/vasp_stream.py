@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from esnet_tf.isdos import F_ORBITALS, ORBITALS, DOSInputError, ProjectedDOS
-from esnet_tf.readers.common import orbital_channel
+from esnet_tf.readers.common import check_vasprun_run, orbital_channel
 
 #: Decompressed bytes read per step (bytes).
 CHUNK_BYTES = 1 << 22
@@ -611,20 +611,8 @@ def read_vasprun_fast(path: str | Path) -> ProjectedDOS:
     except Exception as exc:  # lxml XMLSyntaxError, EOFError of a cut .gz, ...
         raise DOSInputError(path, f"cannot parse vasprun.xml ({type(exc).__name__}: {str(exc)[:120]})",
                             "the file is truncated or corrupt: rerun or copy it again") from None
-    params = run.params
-    if params.get("LNONCOLLINEAR") or params.get("LSORBIT"):
-        raise DOSInputError(path, "noncollinear run (4 spin components): IS-DOS is defined for collinear spin",
-                            "rerun with LNONCOLLINEAR=.FALSE. (ISPIN=1 or 2) and LORBIT=11")
-    if run.dos is None:
-        raise DOSInputError(path, "no DOS in the file", "rerun with LORBIT=11 (and NEDOS >= 2000)")
-    notes = []
     n_steps = run.n_calc
-    if n_steps > 1:
-        notes.append(f"DOS of the final structure of a {n_steps}-step run, not IS-DOS")
-    if not conv_e:
-        notes.append("electronic SCF not converged")
-    elif not conv_i:
-        notes.append("ionic relaxation not converged")
+    notes = check_vasprun_run(path, run.params, run.dos is not None, n_steps, conv_e, conv_i)
     dos = run.dos
     structure = run.final if n_steps > 1 else run.initial
     part: _Partial | None = dos["partial"]
