@@ -1,6 +1,7 @@
 """Convergence check of the demo DFT settings: formation energies at a higher cutoff and k-density.
 
     python benchmarks/dft_convergence.py [--workers 1] [--out datasets/is_dos/demo/convergence.json]
+    python benchmarks/dft_convergence.py --kpt-density 3.5 --out benchmarks/results/dft_convergence_k3.5.json
 
 Single points at the initial (radii-rule) geometries of five compounds and their elemental
 references, at the demo settings and at +100 eV cutoff / 1.5x k-point density; reports the change
@@ -50,9 +51,15 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/esnet_dft_convergence")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "datasets/is_dos/demo/convergence.json"))
     ap.add_argument("--nice", type=int, default=10)
+    ap.add_argument("--ecut", type=float, default=DFTSettings.ecut, help="cutoff under test, eV")
+    ap.add_argument("--kpt-density", type=float, default=DFTSettings.kpt_density, help="k-density under test, /Å^-1")
+    ap.add_argument("--high-ecut", type=float, default=None, help="reference cutoff (default +100 eV of the demo's)")
+    ap.add_argument("--high-kpt-density", type=float, default=None, help="reference k-density (default 1.5x the demo's)")
     args = ap.parse_args()
-    base = DFTSettings()
-    high = replace(base, ecut=base.ecut + 100, kpt_density=base.kpt_density * 1.5)
+    demo = DFTSettings()
+    base = replace(demo, ecut=args.ecut, kpt_density=args.kpt_density)
+    high = replace(demo, ecut=args.high_ecut or demo.ecut + 100,
+                   kpt_density=args.high_kpt_density or demo.kpt_density * 1.5)
     res = {}
     for name, st in (("base", base), ("high", high)):
         outs = run_tasks(tasks_for(st), Path(args.cache) / name, workers=args.workers, nice=args.nice)

@@ -46,9 +46,10 @@ def _formula(structure) -> str:
 def demo_tasks(settings: DFTSettings | None = None, timeout: float = 1800.0) -> list[Task]:
     """All demo structures: elemental references first, then compounds.
 
-    Binary families (AB, A3B, AB2) are interleaved round by round, then the costlier ternaries
-    (perovskites, Heuslers), so that a partial run covers the binary prototypes evenly; the
-    compounds of the physics checks (NaCl, MgO, GaAs, NiAl, Cu3Au) come first.
+    Ordered by cost so that a partial run holds as many examples of every kind as it can: the
+    compounds of the physics checks (NaCl, MgO, GaAs, NiAl, Cu3Au) first, then rounds of two
+    AB compositions, one fluorite, one perovskite pair and one Heusler pair, then the 4-atom
+    A3B cells (slow when magnetic), the 6-atom C15 cells last.
     """
     st = settings or DFTSettings()
 
@@ -64,24 +65,29 @@ def demo_tasks(settings: DFTSettings | None = None, timeout: float = 1800.0) -> 
     for el in METALS_AND_SEMIMETALS:
         protos = ["fcc", "bcc"] + (["diamond"] if el in ("Si", "Ge") else []) + (["sc"] if el in ("As", "Sb") else [])
         refs += [task(p, [el]) for p in protos]
-    families: list[list[Task]] = []
+    from pymatgen.core import Composition
+
     ab = []
     for f in AB:
-        from pymatgen.core import Composition
         a, b = [e.symbol for e in Composition(f).elements]
         ab.append([task(p, [a, b]) for p in ("rocksalt", "cscl", "zincblende")])
-    families.append(ab)
-    families.append([[task("l12", [a, b]), task("d03", [a, a, b]), task("l12", [b, a]), task("d03", [b, b, a])]
-                     for a, b in A3B_PAIRS])
-    families.append([[task("fluorite", [a, b]), task("c15", [a, b])] for a, b in AB2])
-    families.append([[task("perovskite", [a, b, "O"]), task("perovskite", [b, a, "O"], "perovskite_swapped")] for a, b in PEROVSKITES])
-    families.append([[task("heusler", [x, y, z]), task("inverse_heusler", [x, x, y, z])] for x, y, z in HEUSLERS])
-    compounds: list[Task] = []
-    for group in (families[:3], families[3:]):
-        for i in range(max(len(f) for f in group)):
-            for fam in group:
-                if i < len(fam):
-                    compounds += fam[i]
+    a3b = [[task("l12", [a, b]), task("d03", [a, a, b]), task("l12", [b, a]), task("d03", [b, b, a])]
+           for a, b in A3B_PAIRS]
+    fluorite = [[task("fluorite", [a, b])] for a, b in AB2]
+    c15 = [[task("c15", [a, b])] for a, b in AB2]
+    perovskite = [[task("perovskite", [a, b, "O"]), task("perovskite", [b, a, "O"], "perovskite_swapped")]
+                  for a, b in PEROVSKITES]
+    heusler = [[task("heusler", [x, y, z]), task("inverse_heusler", [x, x, y, z])] for x, y, z in HEUSLERS]
+    compounds: list[Task] = [t for fam in (ab[:4], a3b[:1], fluorite[:2], c15[:2]) for g in fam for t in g]
+    ab_rest = iter(ab[4:])  # drawn twice per round
+    rounds = [[ab_rest, ab_rest, iter(fluorite[2:]), iter(perovskite), iter(heusler)],
+              [iter(a3b[1:])], [iter(c15[2:])]]
+    for cursors in rounds:
+        while True:
+            groups = [g for g in (next(c, None) for c in cursors) if g is not None]
+            if not groups:
+                break
+            compounds += [t for g in groups for t in g]
     tasks = refs + compounds
     ids = [t.id for t in tasks]
     dup = {i for i in ids if ids.count(i) > 1}
