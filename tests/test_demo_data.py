@@ -70,3 +70,41 @@ def test_provenance_and_size():
     assert prov["code"].startswith("GPAW") and prov["settings"]["ecut"] >= 500
     total = sum(f.stat().st_size for f in DEMO.rglob("*") if f.is_file() and f.name != "gpaw.txt")
     assert total < 25e6
+    with open(DEMO / "labels.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    summary = prov["summary"]
+    assert summary["n_examples"] == len(rows) == prov["n_examples"]
+    assert sum(summary["per_prototype"].values()) == len(rows)
+    assert summary["relaxation_to_is_cost_ratio"] > 1  # a relaxation costs more than its IS single point
+    assert len(prov["computed_utc"]) == 2 and prov["computed_utc"][0] <= prov["computed_utc"][1]
+
+
+def test_coverage_of_elements_prototypes_and_polymorphs(labels):
+    from collections import Counter
+
+    from pymatgen.core import Composition, Element
+
+    rows = list(labels.values())
+    comps = {r["id"]: Composition(r["formula"]) for r in rows}
+    elements = {el for c in comps.values() for el in c.elements}
+    assert len(elements) >= 25
+    assert {el.block for el in elements} >= {"s", "p", "d"}
+    magnetic_3d = {Element(e) for e in ("Cr", "Mn", "Fe", "Co", "Ni")}
+    assert any(r["spin_polarized"] == "True" and set(comps[r["id"]].elements) & magnetic_3d for r in rows)
+    n_elements = Counter(len(c.elements) for c in comps.values())
+    assert n_elements[1] >= 25 and n_elements[2] >= 100 and n_elements[3] >= 10  # refs, binaries, ternaries
+    prototypes = {r["prototype"] for r in rows}
+    assert {"rocksalt", "cscl", "zincblende", "l12", "fluorite", "perovskite", "heusler"} <= prototypes
+    # polymorphs compete: every compound composition comes in at least two prototypes
+    per_formula = Counter(c.reduced_formula for c in comps.values() if len(c.elements) > 1)
+    assert min(per_formula.values()) >= 2, [f for f, n in per_formula.items() if n < 2]
+
+
+def test_settings_passed_the_convergence_check():
+    prov = json.loads((DEMO / "provenance.json").read_text())
+    conv = json.loads((DEMO / "convergence.json").read_text())
+    assert conv["base"]["settings"] == prov["settings"]  # the check is of the settings in use
+    assert conv["high"]["settings"]["ecut"] > prov["settings"]["ecut"]
+    assert conv["high"]["settings"]["kpt_density"] > prov["settings"]["kpt_density"]
+    assert "MgO" in conv["change_eV_per_atom"] and len(conv["change_eV_per_atom"]) >= 5  # an oxide among 5
+    assert conv["max_abs_change_eV_per_atom"] < 0.020

@@ -111,3 +111,21 @@ def test_beam_direct_runner_matches_plain_run(single_points, tmp_path):
     for o, p in zip(outs, plain):
         assert o.key == p.key
         assert o.result["is_energy"] == pytest.approx(p.result["is_energy"], abs=1e-6)
+
+
+def test_eos_scan_chases_an_unbracketed_minimum_by_extrapolation():
+    from esnet_tf.dft.engine import _parabola_min, next_eos_scale
+
+    def scan(minimum: float) -> list[float]:
+        points = [{"scale": s, "energy": (s - minimum) ** 2} for s in (1.0, 0.96, 1.04)]
+        while (nxt := next_eos_scale(points, 0.04)) is not None:
+            points.append({"scale": nxt, "energy": (nxt - minimum) ** 2})
+            assert len(points) < 10
+        return [p["scale"] for p in points]
+
+    assert scan(0.99) == [1.0, 0.96, 1.04]  # bracketed: no extra point
+    far = scan(0.85)  # 11 % compression: one jump to the vertex, one step beyond it
+    assert far[3] == pytest.approx(0.85) and far[4] == pytest.approx(0.81) and len(far) == 5
+    assert scan(1.30)[3] == pytest.approx(1.04 + 3 * 0.04)  # jumps are capped at 3 steps
+    points = [{"scale": s, "energy": (s - 0.85) ** 2} for s in far]
+    assert _parabola_min(points) == pytest.approx(0.85)

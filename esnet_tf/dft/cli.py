@@ -73,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
         prov = assemble_cached(out, st)
         print(f"{prov['n_examples']} examples, {prov['n_failed']} failed, {prov['n_pending']} not computed yet "
               f"-> {out / 'labels.csv'}")
+        sm = prov["summary"]
+        print(f"{sm['n_elements']} elements, {sm['n_stable']} on the hull ({sm['n_stable_compounds']} compounds); "
+              f"per prototype: {sm['per_prototype']}; IS {sm['is_single_points_per_process_hour']} / relaxations "
+              f"{sm['relaxations_per_process_hour']} per process-hour (ratio {sm['relaxation_to_is_cost_ratio']})")
         return 0
     if args.dft_command == "demo":
         from esnet_tf.dft.demo import demo_tasks

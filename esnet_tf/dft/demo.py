@@ -21,7 +21,8 @@ METALS_AND_SEMIMETALS = ("Li Na K Mg Ca Sr Ba Al Ga In Si Ge As Sb Sc Ti V Cr Mn
                          "Cu Zn Y Zr Nb Pd Ag Pt Au").split()
 #: AB compounds, each in rocksalt, CsCl and zincblende
 AB = ("NaCl MgO GaAs NiAl LiF NaF KF LiCl KCl CaO SrO BaO NiO CoO MnO FeO ZnO InAs AlAs GaSb "
-      "InSb AlSb CoAl FeAl CuZn MgAg PdAl NiTi FeTi CoTi ScCu YCu AuZn CuPd").split()
+      "InSb AlSb CoAl FeAl CuZn MgAg PdAl NiTi FeTi CoTi ScCu YCu AuZn CuPd "
+      "CuCl AgCl AgF TiO VO NbO NiGa CoGa FeCo ZrCo YAg ScAg YPd ScPd LiAg PdZn PtZn MgAu").split()
 #: (A, B) pairs, each as A3B and AB3 in L1_2 and D0_3
 A3B_PAIRS = [("Cu", "Au"), ("Ni", "Al"), ("Ni", "Fe"), ("Pt", "Ti"), ("Al", "Sc"), ("Ni", "Ga"),
              ("Co", "Ti"), ("Cu", "Pd"), ("Pt", "Fe"), ("Fe", "Al"), ("Pd", "Ti"), ("Ni", "Mn"),
@@ -48,8 +49,9 @@ def demo_tasks(settings: DFTSettings | None = None, timeout: float = 1800.0) -> 
 
     Ordered by cost so that a partial run holds as many examples of every kind as it can: the
     compounds of the physics checks (NaCl, MgO, GaAs, NiAl, Cu3Au) first, then rounds of two
-    AB compositions, one fluorite, one perovskite pair and one Heusler pair, then the 4-atom
-    A3B cells (slow when magnetic), the 6-atom C15 cells last.
+    AB compositions (2-atom cells), one perovskite pair and one Heusler pair, then the AB2
+    pairs (fluorite + 6-atom C15), the other Heuslers and the 4-atom A3B cells (slow when
+    magnetic) last. Every composition's prototypes stay together.
     """
     st = settings or DFTSettings()
 
@@ -73,15 +75,14 @@ def demo_tasks(settings: DFTSettings | None = None, timeout: float = 1800.0) -> 
         ab.append([task(p, [a, b]) for p in ("rocksalt", "cscl", "zincblende")])
     a3b = [[task("l12", [a, b]), task("d03", [a, a, b]), task("l12", [b, a]), task("d03", [b, b, a])]
            for a, b in A3B_PAIRS]
-    fluorite = [[task("fluorite", [a, b])] for a, b in AB2]
-    c15 = [[task("c15", [a, b])] for a, b in AB2]
     perovskite = [[task("perovskite", [a, b, "O"]), task("perovskite", [b, a, "O"], "perovskite_swapped")]
                   for a, b in PEROVSKITES]
     heusler = [[task("heusler", [x, y, z]), task("inverse_heusler", [x, x, y, z])] for x, y, z in HEUSLERS]
-    compounds: list[Task] = [t for fam in (ab[:4], a3b[:1], fluorite[:2], c15[:2]) for g in fam for t in g]
+    ab2 = [[task("fluorite", [a, b]), task("c15", [a, b])] for a, b in AB2]
+    compounds: list[Task] = [t for fam in (ab[:4], a3b[:1], ab2[:2]) for g in fam for t in g]
     ab_rest = iter(ab[4:])  # drawn twice per round
-    rounds = [[ab_rest, ab_rest, iter(fluorite[2:]), iter(perovskite), iter(heusler)],
-              [iter(a3b[1:])], [iter(c15[2:])]]
+    rounds = [[ab_rest, ab_rest, iter(perovskite), iter(heusler[:5])], [iter(ab2[2:])],
+              [iter(heusler[5:])], [iter(a3b[1:])]]
     for cursors in rounds:
         while True:
             groups = [g for g in (next(c, None) for c in cursors) if g is not None]

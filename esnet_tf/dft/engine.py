@@ -55,6 +55,19 @@ def is_spin_polarized(task: Task) -> bool:
     return bool(syms & set(task.settings.magnetic_moments)) or (task.kind == "molecule" and "O" in syms)
 
 
+def kpoint_mesh(task: Task) -> tuple[int, int, int]:
+    """Gamma-centred mesh of the task's *initial* cell at `kpt_density` (k-points per Å^-1).
+
+    Held fixed for every cell of the EOS scan: a mesh recomputed per scaled cell jumps by one
+    division somewhere in the scan, and in metals that jump (tens of meV/atom at these densities)
+    would shift the fitted minimum.
+    """
+    from ase.calculators.calculator import kpts2sizeandoffsets
+
+    size, _ = kpts2sizeandoffsets(density=task.settings.kpt_density, gamma=True, atoms=_atoms(task, 1.0))
+    return tuple(int(k) for k in size)
+
+
 def _calculator(task: Task, natoms: int, log: Path):
     from gpaw import GPAW, PW, FermiDirac
     from gpaw.setup import create_setup
@@ -64,7 +77,7 @@ def _calculator(task: Task, natoms: int, log: Path):
                for el in task.structure.composition.elements}
     nval = sum(valence[sp.symbol] for sp in task.structure.species)
     nbands = int(np.ceil(nval / 2 * 1.5)) + 4 * natoms
-    kpts = (1, 1, 1) if task.kind == "molecule" else {"density": st.kpt_density, "gamma": True}
+    kpts = (1, 1, 1) if task.kind == "molecule" else {"size": kpoint_mesh(task), "gamma": True}
     return GPAW(mode=PW(st.ecut), xc=st.xc, kpts=kpts, occupations=FermiDirac(st.smearing),
                 spinpol=is_spin_polarized(task), nbands=nbands, txt=str(log))
 
@@ -183,11 +196,27 @@ def _parabola_min(points: list[dict]) -> float:
     return float(-c1 / (2 * c2))
 
 
+def next_eos_scale(points: list[dict], step: float) -> float | None:
+    """Next lattice scale of the EOS scan, or None once the lowest energy is bracketed.
+
+    When the lowest point is at an edge of the scan, step outward towards the vertex of the
+    parabola through the three lowest-edge points, by 1 to 3 `step`s.
+    """
+    scales = sorted(p["scale"] for p in points)
+    best = min(points, key=lambda p: p["energy"])["scale"]
+    if scales[0] < best < scales[-1]:
+        return None
+    sign = -1.0 if best == scales[0] else 1.0
+    jump = sign * (_parabola_min(points) - best) / step
+    return best + sign * step * float(np.clip(jump, 1.0, 3.0))
+
+
 def relax_eos(task: Task, is_point: dict, workdir: Path) -> dict:
     """Isotropic EOS relaxation: scan the lattice constant and refine at the fitted minimum.
 
     Points at 1 +- eos_step around the IS, extended outward while the lowest point is at the
-    edge; the relaxed structure is the vertex of a parabola through the lowest three points
+    edge (towards the extrapolated vertex, 1 to 3 steps at a time); the relaxed structure is
+    the vertex of a parabola through the lowest three points
     (energy vs lattice scale), and a single point there (with DOS) gives the RS energy.
     """
     st = task.settings
@@ -195,11 +224,9 @@ def relax_eos(task: Task, is_point: dict, workdir: Path) -> dict:
     for s in (1 - st.eos_step, 1 + st.eos_step):
         points.append(single_point(task, s, workdir / "gpaw.txt", None))
     for _ in range(st.eos_max_extra):
-        scales = sorted(p["scale"] for p in points)
-        best = min(points, key=lambda p: p["energy"])["scale"]
-        if scales[0] < best < scales[-1]:
+        nxt = next_eos_scale(points, st.eos_step)
+        if nxt is None:
             break
-        nxt = best - st.eos_step if best == scales[0] else best + st.eos_step
         points.append(single_point(task, nxt, workdir / "gpaw.txt", None))
     s0 = _parabola_min(points)
     rs = single_point(task, s0, workdir / "gpaw.txt", workdir / f"rs{GPAW_DOS_SUFFIX}")

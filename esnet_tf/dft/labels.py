@@ -14,6 +14,48 @@ from esnet_tf.dft.runner import Outcome
 from esnet_tf.dft.settings import DFTSettings
 
 
+def _date_range(done: list[Outcome]) -> list[str]:
+    dates = sorted(o.result["finished_utc"] for o in done if "finished_utc" in o.result)
+    return [dates[0], dates[-1]] if dates else []
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Counts per prototype, element and number of elements, stable entries, and DFT cost.
+
+    Cost: structures per process-hour of the IS single points and of the relaxations
+    (single-threaded processes, wall time), and their ratio: the DFT cost screening saves.
+    """
+    from collections import Counter
+
+    from pymatgen.core import Composition
+
+    comps = [Composition(r["formula"]) for r in rows]
+    relaxed = [r for r in rows if str(r["relaxed"]) == "True"]
+    compounds = [r for r, c in zip(relaxed, comps) if len(c.elements) > 1]
+
+    def per_hour(rs: list[dict], col: str) -> float:
+        total = sum(float(r[col]) for r in rs)
+        return round(3600.0 * len(rs) / total, 1) if total > 0 else float("nan")
+
+    is_rate, rs_rate = per_hour(relaxed, "is_wall_time_s"), per_hour(relaxed, "relax_wall_time_s")
+    return {
+        "n_examples": len(rows),
+        "per_prototype": dict(sorted(Counter(r["prototype"] for r in rows).items())),
+        "per_n_elements": {str(k): v for k, v in sorted(Counter(len(c.elements) for c in comps).items())},
+        "per_element": dict(sorted(Counter(el.symbol for c in comps for el in c.elements).items())),
+        "n_elements": len({el.symbol for c in comps for el in c.elements}),
+        "n_stable": sum(abs(float(r.get("e_above_hull", 1.0))) < 1e-9 for r in rows),
+        "n_stable_compounds": sum(abs(float(r.get("e_above_hull", 1.0))) < 1e-9 and len(c.elements) > 1
+                                  for r, c in zip(rows, comps)),
+        "n_spin_polarized": sum(str(r["spin_polarized"]) == "True" for r in rows),
+        "is_single_points_per_process_hour": is_rate,
+        "relaxations_per_process_hour": rs_rate,
+        "relaxation_to_is_cost_ratio": round(is_rate / rs_rate, 2),
+        "relaxation_to_is_cost_ratio_compounds": round(per_hour(compounds, "is_wall_time_s")
+                                                       / per_hour(compounds, "relax_wall_time_s"), 2),
+    }
+
+
 def assemble(outcomes: list[Outcome], data_dir: Path, settings: DFTSettings) -> dict:
     """Write labels.csv, failures.csv and provenance.json for the finished tasks.
 
@@ -105,6 +147,8 @@ def assemble(outcomes: list[Outcome], data_dir: Path, settings: DFTSettings) -> 
         "python": platform.python_version(),
         "initial_structure_rule": "closest pair at the sum of Slater atomic radii (see esnet_tf/dft/prototypes.py)",
         "relaxation": "isotropic EOS scan (steps of eos_step), parabola vertex, single point there",
+        "computed_utc": _date_range(done),
+        "summary": summarize(rows),
     }
     (data_dir / "provenance.json").write_text(json.dumps(prov, indent=1))
     return prov

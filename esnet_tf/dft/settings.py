@@ -13,7 +13,7 @@ class DFTSettings:
     """GPAW settings. Energies in eV, k-point density in points per Å^-1 (ASE convention)."""
 
     ecut: float = 500.0  # plane-wave cutoff, eV
-    kpt_density: float = 3.0  # k-points per Å^-1 (ASE `kpts={'density': ...}`)
+    kpt_density: float = 3.5  # k-points per Å^-1 of the initial cell (ASE convention), Gamma-centred
     smearing: float = 0.1  # Fermi-Dirac width, eV
     xc: str = "PBE"
     dos_width: float = 0.1  # Gaussian broadening of the stored DOS, eV (GPAW convention)

@@ -46,6 +46,12 @@ class Task:
                    timeout=d.get("timeout", 1800.0))
 
 
+#: Bumped when the EOS relaxation changes behaviour, so that cached results of the old one are
+#: not reused. 2: the k-point mesh of the initial cell is held through the scan, and an
+#: unbracketed minimum is chased by extrapolation (1-3 steps) rather than single steps.
+EOS_REVISION = 2
+
+
 def task_hash(task: Task) -> str:
     """Hash of structure + settings + what is computed (the cache key), 16 hex digits."""
     s = task.structure
@@ -55,4 +61,6 @@ def task_hash(task: Task) -> str:
         "frac": [[round(x % 1.0, 6) % 1.0 for x in site.frac_coords] for site in s],
         "settings": task.settings.key(), "relax": task.relax, "kind": task.kind,
     }
+    if task.relax == "eos":
+        payload["eos_revision"] = EOS_REVISION
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -25,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
             "id": task.id, "reason": f"{type(exc).__name__}: {exc}",
             "traceback": traceback.format_exc()}, indent=1))
         return 3
+    import datetime
+
+    import gpaw
+
+    result["finished_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    result["gpaw_version"] = gpaw.__version__
     tmp = workdir / "result.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(workdir / "result.json")
