@@ -39,6 +39,16 @@ def test_known_polymorph_orderings(labels, low, high):
     assert ef(labels, low) < ef(labels, high)
 
 
+@pytest.mark.parametrize("element,ground", [
+    *[(el, "fcc") for el in ("Cu", "Ag", "Au", "Al", "Ni", "Pd", "Pt", "Ca", "Sr")],
+    *[(el, "bcc") for el in ("Fe", "V", "Cr", "Nb", "Ba")],
+])  # Na and K are left out: fcc and bcc are within a few meV in PBE
+def test_elemental_fcc_bcc_orderings(labels, element, ground):
+    other = {"fcc": "bcc", "bcc": "fcc"}[ground]
+    e = {p: float(labels[f"{element}_{p}"]["rs_energy_per_atom"]) for p in ("fcc", "bcc")}
+    assert e[ground] < e[other]
+
+
 def test_hull_and_labels_are_consistent(labels):
     ehull = np.array([float(r["e_above_hull"]) for r in labels.values()])
     assert np.all(ehull >= -1e-6)
@@ -48,6 +58,8 @@ def test_hull_and_labels_are_consistent(labels):
         # initial structure is already at the minimum (e.g. Ge diamond: +0.3 meV/atom)
         assert float(r["rs_energy_per_atom"]) <= float(r["is_energy_per_atom"]) + 1e-3, r["id"]
         assert float(r["is_wall_time_s"]) > 0 and float(r["relax_wall_time_s"]) > 0
+        if float(r["e_above_hull"]) <= 1e-6:  # hull entries are fully relaxed (minimum inside the scan)
+            assert r["eos_bracketed"] == "True", r["id"]
     for el in ("Cu", "Al", "Ni", "Fe"):
         assert min(ef(labels, f"{el}_fcc"), ef(labels, f"{el}_bcc")) == pytest.approx(0.0, abs=1e-6)
 

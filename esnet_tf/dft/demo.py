@@ -12,7 +12,6 @@ from pathlib import Path
 
 from esnet_tf.dft.prototypes import DIMER_BONDS, molecule_in_box, prototype_structure
 from esnet_tf.dft.labels import assemble
-from esnet_tf.dft.runner import Outcome, run_tasks
 from esnet_tf.dft.settings import DFTSettings
 from esnet_tf.dft.tasks import Task
 
@@ -95,28 +94,6 @@ def demo_tasks(settings: DFTSettings | None = None, timeout: float = 1800.0) -> 
     if dup:
         raise RuntimeError(f"duplicate demo ids: {sorted(dup)}")
     return tasks
-
-
-def generate(data_dir: Path, workers: int = 2, settings: DFTSettings | None = None,
-             limit: int | None = None, retry_failed: bool = False, nice: int = 0,
-             assemble_every: int = 10) -> dict:
-    """Compute (or resume) the demo dataset in `data_dir` and assemble its labels."""
-    st = settings or DFTSettings()
-    data_dir = Path(data_dir)
-    tasks = demo_tasks(st)[:limit]
-    outcomes: list[Outcome] = []
-
-    def on_result(out: Outcome) -> None:
-        outcomes.append(out)
-        if len(outcomes) % assemble_every == 0:
-            try:
-                assemble(outcomes, data_dir, st)
-            except Exception as exc:  # partial data may not form a hull yet
-                print(f"(assembly postponed: {exc})")
-
-    final = run_tasks(tasks, data_dir / "calcs", workers=workers, retry_failed=retry_failed,
-                      nice=nice, on_result=on_result)
-    return assemble(final, data_dir, st)
 
 
 def assemble_cached(data_dir: Path, settings: DFTSettings | None = None) -> dict:

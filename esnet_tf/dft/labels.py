@@ -14,6 +14,20 @@ from esnet_tf.dft.runner import Outcome
 from esnet_tf.dft.settings import DFTSettings
 
 
+def eos_bracketed(result: dict) -> bool | str:
+    """Whether the EOS scan's lowest point lies inside the scanned range ('' without a scan).
+
+    False means the scan ran out of points (`eos_max_extra`) while the energy still fell: the
+    label is then an upper bound of the relaxed energy.
+    """
+    pts = result.get("eos_points") or []
+    if not pts:
+        return ""
+    scales = [p["scale"] for p in pts]
+    best = min(pts, key=lambda p: p["energy"])["scale"]
+    return min(scales) < best < max(scales)
+
+
 def _date_range(done: list[Outcome]) -> list[str]:
     dates = sorted(o.result["finished_utc"] for o in done if "finished_utc" in o.result)
     return [dates[0], dates[-1]] if dates else []
@@ -48,6 +62,7 @@ def summarize(rows: list[dict]) -> dict:
         "n_stable_compounds": sum(abs(float(r.get("e_above_hull", 1.0))) < 1e-9 and len(c.elements) > 1
                                   for r, c in zip(rows, comps)),
         "n_spin_polarized": sum(str(r["spin_polarized"]) == "True" for r in rows),
+        "eos_not_bracketed": sorted(r["id"] for r in rows if str(r.get("eos_bracketed")) == "False"),
         "is_single_points_per_process_hour": is_rate,
         "relaxations_per_process_hour": rs_rate,
         "relaxation_to_is_cost_ratio": round(is_rate / rs_rate, 2),
@@ -105,6 +120,7 @@ def assemble(outcomes: list[Outcome], data_dir: Path, settings: DFTSettings) -> 
             "rs_path": (f"calcs/{o.key}/{r['rs_dos']}" if relaxed else ""), "n_atoms": r["n_atoms"],
             "relaxed": relaxed,
             "rs_is_lowest": (not relaxed) or r["rs_energy"] <= final_energy[o.task_id] + 1e-6,
+            "eos_bracketed": eos_bracketed(r),
             "is_energy_per_atom": r["is_energy"] / n_atoms, "rs_energy_per_atom": final_energy[o.task_id] / n_atoms,
             "is_formation_energy_per_atom": (r["is_energy"] - sum(n * mu[el][0] for el, n in comp.items())) / n_atoms,
             "rs_scale": r.get("rs_scale"), "spin_polarized": r["spin_polarized"],
@@ -124,7 +140,8 @@ def assemble(outcomes: list[Outcome], data_dir: Path, settings: DFTSettings) -> 
     rows.sort(key=lambda r: r["id"])
     cols = ["id", "path", "formation_energy_per_atom", "e_above_hull", "prototype", "formula", "rs_path",
             "n_atoms", "is_energy_per_atom", "rs_energy_per_atom", "is_formation_energy_per_atom",
-            "rs_scale", "spin_polarized", "is_wall_time_s", "relax_wall_time_s", "relaxed", "rs_is_lowest"]
+            "rs_scale", "spin_polarized", "is_wall_time_s", "relax_wall_time_s", "relaxed", "rs_is_lowest",
+            "eos_bracketed"]
     with open(data_dir / "labels.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
