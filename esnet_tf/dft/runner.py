@@ -95,10 +95,21 @@ def run_tasks(tasks: list[Task], cache_dir: Path, workers: int = 2, retry_failed
         dup = [t.id for t, k in zip(tasks, keys) if keys.count(k) > 1]
         raise ValueError(f"tasks with identical structure and settings: {dup[:5]}")
     outcomes: dict[str, Outcome] = {}
-    bar = tqdm(total=len(tasks), desc="DFT", unit="structure", disable=not progress)
-    n_failed = 0
+    todo = []
+    for t in tasks:  # cached results first, so that the bar's rate and ETA are of real work
+        cached = _read_cached(t, cache_dir / task_hash(t), retry_failed)
+        if cached is None:
+            todo.append(t)
+        else:
+            outcomes[t.id] = cached
+            if on_result is not None:
+                on_result(cached)
+    if progress and outcomes:
+        print(f"{len(outcomes)} of {len(tasks)} structures already in {cache_dir}")
+    bar = tqdm(total=len(todo), desc="DFT", unit="structure", disable=not progress)
+    n_failed = sum(o.status == "failed" for o in outcomes.values())
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {pool.submit(run_task, t, cache_dir, retry_failed, nice): t for t in tasks}
+        futures = {pool.submit(run_task, t, cache_dir, retry_failed, nice): t for t in todo}
         for fut in as_completed(futures):
             out = fut.result()
             outcomes[out.task_id] = out
