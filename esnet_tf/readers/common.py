@@ -43,8 +43,7 @@ def from_complete_dos(cd, path: Path, code: str, warnings: tuple[str, ...] = ())
             try:
                 ch = orbital_channel(label)
             except KeyError:
-                raise DOSInputError(path, f"projections are not m-resolved (orbital '{label}')",
-                                    "rerun VASP with LORBIT=11 (LORBIT=10 writes s, p, d only)") from None
+                raise not_m_resolved(path, label) from None
             if ch is None:
                 f_seen.add(label)
                 continue
@@ -77,3 +76,9 @@ def check_vasprun_run(path: Path, params: dict, has_dos: bool, n_steps: int, con
     elif not converged_ionic:
         notes.append("ionic relaxation not converged")
     return notes
+
+
+def not_m_resolved(path, orbital: str) -> DOSInputError:
+    """The error for projections without m resolution (LORBIT=10 and the like)."""
+    return DOSInputError(path, f"projections are not m-resolved (orbital '{orbital}')",
+                         "rerun VASP with LORBIT=11 (LORBIT=10 writes s, p, d only)")

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from esnet_tf.isdos import F_ORBITALS, ORBITALS, DOSInputError, ProjectedDOS
-from esnet_tf.readers.common import check_vasprun_run, orbital_channel
+from esnet_tf.readers.common import check_vasprun_run, not_m_resolved, orbital_channel
 
 #: Decompressed bytes read per step (bytes).
 CHUNK_BYTES = 1 << 22
@@ -631,8 +631,7 @@ def read_vasprun_fast(path: str | Path) -> ProjectedDOS:
         try:
             ch, pmg_name = _channel_name(label, name)
         except KeyError:
-            raise DOSInputError(path, f"projections are not m-resolved (orbital '{name}')",
-                                "rerun VASP with LORBIT=11 (LORBIT=10 writes s, p, d only)") from None
+            raise not_m_resolved(path, name) from None
         if ch is None:
             f_seen.add(pmg_name)
             continue
