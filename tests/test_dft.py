@@ -129,3 +129,22 @@ def test_eos_scan_chases_an_unbracketed_minimum_by_extrapolation():
     assert scan(1.30)[3] == pytest.approx(1.04 + 3 * 0.04)  # jumps are capped at 3 steps
     points = [{"scale": s, "energy": (s - 0.85) ** 2} for s in far]
     assert _parabola_min(points) == pytest.approx(0.85)
+
+
+@pytest.mark.parametrize("name,species", [("inverse_heusler", ["Co", "Co", "Mn", "Si"]),
+                                          ("d03", ["Li", "Li", "H"]), ("perovskite", ["Sr", "Ti", "O"]),
+                                          ("c15", ["Mg", "Cu"])])
+def test_memoised_prototype_cell_equals_a_fresh_build(name, species):
+    """The conventional cell is built once per prototype; filling its slots gives the same
+    structure, in the same site order, as building it from the space group with the elements."""
+    from pymatgen.core import Lattice, Structure
+
+    from esnet_tf.dft.prototypes import PROTOTYPES
+
+    sg, coords, _ = PROTOTYPES[name]
+    fresh = Structure.from_spacegroup(sg, Lattice.cubic(10.0), species, coords).get_primitive_structure()
+    fresh.scale_lattice(fresh.volume / 1000.0 * 5.0 ** 3)
+    built = prototype_structure(name, species, 5.0)
+    assert [s.symbol for s in built.species] == [s.symbol for s in fresh.species]
+    np.testing.assert_allclose(built.frac_coords, fresh.frac_coords, atol=1e-9)
+    np.testing.assert_allclose(built.lattice.matrix, fresh.lattice.matrix, atol=1e-9)

@@ -8,6 +8,8 @@ IS stays a realistic unrelaxed guess a few percent from the relaxed cell.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from pymatgen.core import Element, Lattice, Structure
 
@@ -43,10 +45,11 @@ def prototype_structure(name: str, species: list[str], scale: float | None = Non
     """
     if name not in PROTOTYPES:
         raise ValueError(f"unknown prototype {name!r}; known: {sorted(PROTOTYPES)}")
-    sg, coords, _ = PROTOTYPES[name]
+    coords = PROTOTYPES[name][1]
     if len(species) != len(coords):
         raise ValueError(f"prototype {name} takes {len(coords)} species, got {species}")
-    conv = Structure.from_spacegroup(sg, Lattice.cubic(10.0), species, coords)
+    cell = _conventional_cell(name, len(coords))
+    conv = Structure(cell.lattice, [species[k] for k in cell.site_properties["slot"]], cell.frac_coords)
     prim = conv.get_primitive_structure()
     prim.scale_lattice(prim.volume / 1000.0)  # conventional lattice constant 1
     if len(prim) != _N_PRIMITIVE[name]:
@@ -54,6 +57,18 @@ def prototype_structure(name: str, species: list[str], scale: float | None = Non
     a = contact_lattice_constant(prim) if scale is None else scale
     prim.scale_lattice(prim.volume * a ** 3)
     return prim
+
+
+@lru_cache(maxsize=None)
+def _conventional_cell(name: str, n_slots: int) -> Structure:
+    """Conventional cell (a = 10 Å) of prototype `name`; site property `slot` = species slot.
+
+    pymatgen builds a space group's operations in about a second, so each prototype is built
+    once; the sites and their order do not depend on which elements fill the slots.
+    """
+    sg, coords, _ = PROTOTYPES[name]
+    return Structure.from_spacegroup(sg, Lattice.cubic(10.0), ["H"] * n_slots, coords,
+                                     site_properties={"slot": list(range(n_slots))})
 
 
 def contact_lattice_constant(unit: Structure) -> float:
