@@ -35,11 +35,15 @@ STRING_KEYS = ("id", "formula", "chemsys")
 
 # ---------------------------------------------------------------- labels and raw sources
 
-def _float(value: str | None) -> float:
-    try:
-        return float(value) if value not in (None, "") else math.nan
-    except ValueError:
+def _float(value: str | None, path: Path, line: int, column: str) -> float:
+    """A label cell in eV/atom; blank or nan -> NaN; anything else that is not a number is an error."""
+    text = (value or "").strip()
+    if not text or text.lower() in ("nan", "none", "null"):
         return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{path}:{line}: '{column}' is {text!r}, not a number (eV/atom)") from None
 
 
 def read_labels(path: str | Path) -> dict[str, dict]:
@@ -52,11 +56,13 @@ def read_labels(path: str | Path) -> dict[str, dict]:
         if not reader.fieldnames or "id" not in reader.fieldnames:
             raise UserError(f"{path}: labels CSV needs an 'id' column (found {reader.fieldnames})")
         rows = {}
-        for row in reader:
+        for line, row in enumerate(reader, start=2):
             if not row.get("id"):
                 continue  # a partly written trailing line of a growing file
+            if row["id"] in rows:
+                raise UserError(f"{path}:{line}: duplicate id {row['id']!r} (ids must be unique)")
             for key in LABEL_KEYS:
-                row[key] = _float(row.get(key))
+                row[key] = _float(row.get(key), path, line, key)
             rows[row["id"]] = row
     return rows
 

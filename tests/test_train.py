@@ -244,6 +244,24 @@ def test_labels_dir_and_missing_labels(tmp_path):
     assert np.isfinite(arrays["formation_energy_per_atom"]).all()
 
 
+def test_labels_csv_with_bad_number_or_duplicate_id_is_refused(tmp_path):
+    from esnet_tf.cli import UserError
+    from esnet_tf.data import read_labels
+
+    good = tmp_path / "good.csv"
+    good.write_text("id,formation_energy_per_atom,e_above_hull\na,-1.5,\nb,nan,0.1\n,")
+    rows = read_labels(good)  # blank / nan -> NaN; a trailing line without an id is skipped
+    assert rows["a"]["formation_energy_per_atom"] == -1.5 and math.isnan(rows["a"]["e_above_hull"])
+    assert math.isnan(rows["b"]["formation_energy_per_atom"]) and len(rows) == 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,formation_energy_per_atom\na,-1.5\nb,-0.3eV\n")
+    with pytest.raises(UserError, match=r"bad.csv:3: 'formation_energy_per_atom' is '-0.3eV'"):
+        read_labels(bad)
+    bad.write_text("id,formation_energy_per_atom\na,-1.5\na,-0.3\n")
+    with pytest.raises(UserError, match=r"bad.csv:3: duplicate id 'a'"):
+        read_labels(bad)
+
+
 # ---------------------------------------------------------------- evaluate / predict
 
 def test_classification_metrics_by_hand():
