@@ -104,8 +104,10 @@ def test_coverage_of_elements_prototypes_and_polymorphs(labels):
     magnetic_3d = {Element(e) for e in ("Cr", "Mn", "Fe", "Co", "Ni")}
     assert any(r["spin_polarized"] == "True" and set(comps[r["id"]].elements) & magnetic_3d for r in rows)
     n_elements = Counter(len(c.elements) for c in comps.values())
-    # elemental phases, binaries, ternaries of the partial build (190 of 362; the issue asks >= 300)
-    assert n_elements[1] >= 60 and n_elements[2] >= 90 and n_elements[3] >= 30
+    # the issue asks for >= 300 examples of binary and some ternary compounds plus the elemental
+    # references (the committed build: 308 of 362 planned, 66 elemental, 200 binary, 42 ternary)
+    assert len(rows) >= 300
+    assert n_elements[1] >= 60 and n_elements[2] >= 190 and n_elements[3] >= 40
     prototypes = {r["prototype"] for r in rows}
     assert {"rocksalt", "cscl", "zincblende", "l12", "fluorite", "perovskite", "heusler"} <= prototypes
     # polymorphs compete: every compound composition comes in at least two prototypes
