@@ -28,23 +28,13 @@ from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID, EnergyGrid
 from esnet_tf.model import INPUT_NAMES, OUTPUT_NAME
 from esnet_tf.splits import DEFAULT_FRACTIONS, SPLITS, split_of
 from esnet_tf.cli import UserError
+from esnet_tf.dataset import label_float
 
 LABEL_KEYS = ("formation_energy_per_atom", "e_above_hull")
 STRING_KEYS = ("id", "formula", "chemsys")
 
 
 # ---------------------------------------------------------------- labels and raw sources
-
-def _float(value: str | None, path: Path, line: int, column: str) -> float:
-    """A label cell in eV/atom; blank or nan -> NaN; anything else that is not a number is an error."""
-    text = (value or "").strip()
-    if not text or text.lower() in ("nan", "none", "null"):
-        return math.nan
-    try:
-        return float(text)
-    except ValueError:
-        raise UserError(f"{path}:{line}: '{column}' is {text!r}, not a number (eV/atom)") from None
-
 
 def read_labels(path: str | Path) -> dict[str, dict]:
     """Rows of a labels CSV keyed by id; energies parsed to float (eV/atom, NaN if blank)."""
@@ -62,7 +52,7 @@ def read_labels(path: str | Path) -> dict[str, dict]:
             if row["id"] in rows:
                 raise UserError(f"{path}:{line}: duplicate id {row['id']!r} (ids must be unique)")
             for key in LABEL_KEYS:
-                row[key] = _float(row.get(key), path, line, key)
+                row[key] = label_float(row.get(key), path, line, key, required=False)
             rows[row["id"]] = row
     return rows
 

@@ -80,7 +80,8 @@ def skip_bad_inputs_default() -> bool:
     return os.environ.get(SKIP_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _float(value: str | None, labels: Path, line: int, column: str, required: bool) -> float:
+def label_float(value: str | None, labels: Path, line: int, column: str, required: bool) -> float:
+    """A labels-CSV cell in eV/atom: blank/nan -> NaN (an error when `required`), not a number -> error."""
     text = (value or "").strip()
     if not text or text.lower() in ("nan", "none", "null"):
         if required:
@@ -123,9 +124,9 @@ def read_labels(labels_csv: str | Path, path_column: str = "path") -> list[Label
             file = str(Path(rel).expanduser() if Path(rel).expanduser().is_absolute() else root / rel) if rel else ""
             rows.append(LabelRow(
                 id=id_, path=rel, file=file,
-                formation_energy_per_atom=_float(rec.get("formation_energy_per_atom"), labels, line,
+                formation_energy_per_atom=label_float(rec.get("formation_energy_per_atom"), labels, line,
                                                  "formation_energy_per_atom", True),
-                e_above_hull=_float(rec.get("e_above_hull"), labels, line, "e_above_hull", False),
+                e_above_hull=label_float(rec.get("e_above_hull"), labels, line, "e_above_hull", False),
                 prototype=rec.get("prototype", ""), formula=rec.get("formula", "")))
     if not rows:
         raise DatasetError(f"{labels}: no rows (add one line per calculation)")

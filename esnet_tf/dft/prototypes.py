@@ -48,7 +48,7 @@ def prototype_structure(name: str, species: list[str], scale: float | None = Non
     coords = PROTOTYPES[name][1]
     if len(species) != len(coords):
         raise ValueError(f"prototype {name} takes {len(coords)} species, got {species}")
-    cell = _conventional_cell(name, len(coords))
+    cell = _conventional_cell(name)
     conv = Structure(cell.lattice, [species[k] for k in cell.site_properties["slot"]], cell.frac_coords)
     prim = conv.get_primitive_structure()
     prim.scale_lattice(prim.volume / 1000.0)  # conventional lattice constant 1
@@ -60,15 +60,15 @@ def prototype_structure(name: str, species: list[str], scale: float | None = Non
 
 
 @lru_cache(maxsize=None)
-def _conventional_cell(name: str, n_slots: int) -> Structure:
+def _conventional_cell(name: str) -> Structure:
     """Conventional cell (a = 10 Å) of prototype `name`; site property `slot` = species slot.
 
     pymatgen builds a space group's operations in about a second, so each prototype is built
     once; the sites and their order do not depend on which elements fill the slots.
     """
     sg, coords, _ = PROTOTYPES[name]
-    return Structure.from_spacegroup(sg, Lattice.cubic(10.0), ["H"] * n_slots, coords,
-                                     site_properties={"slot": list(range(n_slots))})
+    return Structure.from_spacegroup(sg, Lattice.cubic(10.0), ["H"] * len(coords), coords,
+                                     site_properties={"slot": list(range(len(coords)))})
 
 
 def contact_lattice_constant(unit: Structure) -> float:
