@@ -27,8 +27,8 @@ import numpy as np
 from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID, EnergyGrid
 from esnet_tf.model import INPUT_NAMES, OUTPUT_NAME
 from esnet_tf.splits import DEFAULT_FRACTIONS, SPLITS, split_of
-from esnet_tf.cli import UserError
-from esnet_tf.dataset import label_float
+from esnet_tf.errors import UserError
+from esnet_tf.labels import LabelRow, labels_by_id
 
 LABEL_KEYS = ("formation_energy_per_atom", "e_above_hull")
 STRING_KEYS = ("id", "formula", "chemsys")
@@ -36,25 +36,9 @@ STRING_KEYS = ("id", "formula", "chemsys")
 
 # ---------------------------------------------------------------- labels and raw sources
 
-def read_labels(path: str | Path) -> dict[str, dict]:
-    """Rows of a labels CSV keyed by id; energies parsed to float (eV/atom, NaN if blank)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: labels CSV not found")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "id" not in reader.fieldnames:
-            raise UserError(f"{path}: labels CSV needs an 'id' column (found {reader.fieldnames})")
-        rows = {}
-        for line, row in enumerate(reader, start=2):
-            if not row.get("id"):
-                continue  # a partly written trailing line of a growing file
-            if row["id"] in rows:
-                raise UserError(f"{path}:{line}: duplicate id {row['id']!r} (ids must be unique)")
-            for key in LABEL_KEYS:
-                row[key] = label_float(row.get(key), path, line, key, required=False)
-            rows[row["id"]] = row
-    return rows
+def read_labels(path: str | Path) -> dict[str, LabelRow]:
+    """Rows of a labels CSV keyed by id (`esnet_tf.labels`; energies eV/atom, NaN if blank)."""
+    return labels_by_id(path, path_column=None, require_energy=False)
 
 
 def is_labels_dir(spec: str | Path) -> bool:
@@ -114,12 +98,10 @@ def _load_dir_cached(directory: str, mtime: float, grid: EnergyGrid) -> dict[str
     from esnet_tf.featurize import featurize
 
     root = Path(directory)
-    rows = read_labels(root / "labels.csv")
-    if any("path" not in r for r in rows.values()):
-        raise UserError(f"{root / 'labels.csv'}: needs a 'path' column (calculation file relative to {root})")
+    rows = labels_by_id(root / "labels.csv", path_column="path", require_energy=False)
     examples, ids = [], []
     for rid, row in tqdm(rows.items(), desc=f"featurize {root.name}", unit="file", disable=None):
-        examples.append(featurize(root / row["path"], grid, id=rid))
+        examples.append(featurize(row.file, grid, id=rid))
         ids.append(rid)
     if not examples:
         return _empty(grid.n_points)

@@ -1,8 +1,8 @@
 """The `is_dos` TFDS dataset from Python: labels, featurization per row, build and load.
 
-The TFDS builder itself lives in the repository checkout (`datasets/is_dos/`, the `tfds new`
-layout); this module holds the logic it shares with Beam workers (which only need `esnet_tf`
-installed) and the helpers the CLI uses:
+The TFDS builder itself is `esnet_tf.datasets.is_dos` (the repository's `datasets/is_dos/`, the
+`tfds new` layout, installed as package data); this module holds the logic it shares with Beam
+workers and the helpers the CLI uses:
 
     from esnet_tf.dataset import load_tfds_split
     ds = load_tfds_split("is_dos/demo", "train")          # builds on first use, reuses after
@@ -29,12 +29,12 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from esnet_tf.cli import UserError
+from esnet_tf.errors import DatasetError, UserError
+from esnet_tf.labels import LABELS_FILE, LabelRow, label_float  # noqa: F401  (re-exported)
+from esnet_tf.labels import read_labels as _read_labels
 from esnet_tf.isdos import DOSInputError, EnergyGrid
 from esnet_tf.splits import SPLITS, split_of
 
-#: Name of the labels file in a manual / demo directory.
-LABELS_FILE = "labels.csv"
 #: Environment variable that turns on skipping of inputs that fail to featurize.
 SKIP_ENV = "ESNET_SKIP_BAD_INPUTS"
 #: File listing skipped inputs (id, path, reason), written in the prepared dataset directory.
@@ -43,27 +43,8 @@ REJECTED_FILE = "rejected.csv"
 SOURCE_FILE = "build_source.json"
 REQUIRED_COLUMNS = ("id", "path", "formation_energy_per_atom")
 DATASET_NAME = "is_dos"
-#: The repository's `datasets/` folder (not an installed package: read from the checkout).
-DATASETS_DIR = Path(__file__).resolve().parents[1] / "datasets"
-BUILDER_MODULE = "is_dos.is_dos_dataset_builder"  # the name `tfds build datasets/is_dos` uses
-
-
-class DatasetError(UserError, ValueError):
-    """A dataset problem the user can fix; the message names the file and the fix (the
-    `esnet` CLI prints it as one line)."""
-
-
-@dataclass(frozen=True)
-class LabelRow:
-    """One row of labels.csv: where the calculation is and its labels (eV/atom)."""
-
-    id: str
-    path: str  # as written in labels.csv (relative to the directory, or absolute)
-    file: str  # resolved path of the calculation
-    formation_energy_per_atom: float  # eV/atom
-    e_above_hull: float  # eV/atom, NaN when unknown
-    prototype: str  # '' when unknown
-    formula: str  # '' when unknown; when given, checked against the file and used for routing
+#: The builder module (installed from the repository's datasets/is_dos/).
+BUILDER_MODULE = "esnet_tf.datasets.is_dos.is_dos_dataset_builder"
 
 
 @dataclass(frozen=True)
@@ -80,56 +61,11 @@ def skip_bad_inputs_default() -> bool:
     return os.environ.get(SKIP_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def label_float(value: str | None, labels: Path, line: int, column: str, required: bool) -> float:
-    """A labels-CSV cell in eV/atom: blank/nan -> NaN (an error when `required`), not a number -> error."""
-    text = (value or "").strip()
-    if not text or text.lower() in ("nan", "none", "null"):
-        if required:
-            raise DatasetError(f"{labels}:{line}: empty '{column}' (give a number in eV/atom)")
-        return math.nan
-    try:
-        return float(text)
-    except ValueError:
-        raise DatasetError(f"{labels}:{line}: '{column}' is {text!r}, not a number (eV/atom)") from None
-
-
 def read_labels(labels_csv: str | Path, path_column: str = "path") -> list[LabelRow]:
-    """Rows of a labels.csv; paths resolved relative to its directory. Extra columns ignored."""
-    labels = Path(labels_csv).expanduser()
-    if not labels.is_file():
-        raise FileNotFoundError(
-            f"{labels}: no labels file (expected a {LABELS_FILE} with columns id, path, "
-            "formation_energy_per_atom[, e_above_hull, prototype] next to the calculation files)")
-    root = labels.parent
-    with labels.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        need = ("id", path_column, "formation_energy_per_atom")
-        missing = [c for c in need if c not in columns]
-        if missing:
-            raise DatasetError(f"{labels}: missing column(s) {', '.join(missing)} (found: {', '.join(columns) or 'none'})")
-        rows: list[LabelRow] = []
-        seen: dict[str, int] = {}
-        for line, raw in enumerate(reader, start=2):
-            rec = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-            if not any(rec.values()):
-                continue
-            id_ = rec.get("id", "")
-            if not id_:
-                raise DatasetError(f"{labels}:{line}: empty id")
-            if id_ in seen:
-                raise DatasetError(f"{labels}:{line}: duplicate id {id_!r} (first on line {seen[id_]})")
-            seen[id_] = line
-            rel = rec.get(path_column, "")
-            file = str(Path(rel).expanduser() if Path(rel).expanduser().is_absolute() else root / rel) if rel else ""
-            rows.append(LabelRow(
-                id=id_, path=rel, file=file,
-                formation_energy_per_atom=label_float(rec.get("formation_energy_per_atom"), labels, line,
-                                                 "formation_energy_per_atom", True),
-                e_above_hull=label_float(rec.get("e_above_hull"), labels, line, "e_above_hull", False),
-                prototype=rec.get("prototype", ""), formula=rec.get("formula", "")))
+    """Rows of a dataset's labels.csv (path and formation energy required; `esnet_tf.labels`)."""
+    rows = _read_labels(labels_csv, path_column=path_column, require_energy=True)
     if not rows:
-        raise DatasetError(f"{labels}: no rows (add one line per calculation)")
+        raise DatasetError(f"{labels_csv}: no rows (add one line per calculation)")
     return rows
 
 
@@ -325,17 +261,17 @@ def merge_rejected(parts_dir: str | Path) -> list[Rejection]:
 # ------------------------------------------------------------------ registration, build, load
 
 def register_builder():
-    """Import `datasets/is_dos/is_dos_dataset_builder.py` from the checkout; returns `Builder`.
+    """Register the `is_dos` builder with TFDS (by importing `esnet_tf.datasets`); returns `Builder`.
 
-    Afterwards `tfds.builder('is_dos/demo')` / `tfds.load(...)` work in this process.
+    Afterwards `tfds.builder('is_dos/demo')` / `tfds.load(...)` work in this process. A builder
+    already registered under another module name (`tfds build datasets/is_dos` from a checkout)
+    is reused, since TFDS refuses a second registration of one name.
     """
-    if BUILDER_MODULE not in sys.modules:
-        builder_file = DATASETS_DIR / "is_dos" / "is_dos_dataset_builder.py"
-        if not builder_file.is_file():
-            raise DatasetError(f"{builder_file}: the is_dos builder is missing (run from a repository checkout)")
-        if str(DATASETS_DIR) not in sys.path:
-            sys.path.insert(0, str(DATASETS_DIR))
-    return importlib.import_module(BUILDER_MODULE).Builder
+    import tensorflow_datasets as tfds
+
+    if DATASET_NAME not in tfds.core.registered.list_imported_builders():
+        importlib.import_module("esnet_tf.datasets")
+    return tfds.builder_cls(DATASET_NAME)
 
 
 def _parse_name(name: str) -> tuple[str, str | None]:

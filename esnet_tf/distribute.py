@@ -31,7 +31,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from esnet_tf.cli import UserError
+from esnet_tf.errors import UserError
 
 STRATEGIES = ("default", "mirrored", "multi-worker")
 

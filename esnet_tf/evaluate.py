@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from esnet_tf.cli import UserError
+from esnet_tf.errors import UserError
 
 
 def regression_metrics(y_true, y_pred) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from esnet_tf.model import INPUT_NAMES, OUTPUT_NAME
-from esnet_tf.cli import UserError
+from esnet_tf.errors import UserError
 
 SIGNATURE = "serving_default"
 WARMUP_FILE = "tf_serving_warmup_requests"

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from esnet_tf.errors import DOSInputError  # noqa: F401  (re-exported: part of the contract's API)
+
 #: Orbital channels of the model input, in order (VASP's lm order for l <= 2).
 ORBITALS: tuple[str, ...] = ("s", "py", "pz", "px", "dxy", "dyz", "dz2", "dxz", "dx2-y2")
 N_ORBITALS = len(ORBITALS)
@@ -15,19 +17,6 @@ N_ORBITALS = len(ORBITALS)
 N_ELEMENTS = 118
 #: Names of the f channels (dropped from the 9 channels, recorded in metadata).
 F_ORBITALS: tuple[str, ...] = ("f_3", "f_2", "f_1", "f0", "f1", "f2", "f3")
-
-
-class DOSInputError(ValueError):
-    """A DFT output cannot become IS-DOS. The message names the file and the fix."""
-
-    def __init__(self, path: object, problem: str, fix: str = "") -> None:
-        self.path = str(path)
-        self.problem = problem
-        self.fix = fix
-        msg = f"{self.path}: {problem}"
-        if fix:
-            msg += f" ({fix})"
-        super().__init__(msg)
 
 
 @dataclass(frozen=True)

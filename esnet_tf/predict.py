@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from esnet_tf.model import INPUT_NAMES, OUTPUT_NAME
-from esnet_tf.cli import UserError
+from esnet_tf.errors import UserError
 
 PRED_COLUMN = "predicted_formation_energy_per_atom"
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from esnet_tf.cli import UserError
+from esnet_tf.errors import UserError
 
 #: Numerical tolerance of the hull construction (eV/atom): E_hull <= t + HULL_TOL is stable.
 HULL_TOL = 1e-6

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from esnet_tf.model import LOSSES, compile_esnet
-from esnet_tf.cli import UserError
+from esnet_tf.errors import UserError
 
 #: training settings and their defaults (the authors'); every one is a CLI flag
 DEFAULTS: dict = {

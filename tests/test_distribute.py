@@ -146,7 +146,7 @@ def test_even_ranges_cover_every_example_once():
 
 
 def test_chief_from_tf_config(monkeypatch):
-    from esnet_tf.cli import UserError
+    from esnet_tf.errors import UserError
     from esnet_tf.distribute import env_is_chief
 
     cluster = {"worker": ["a:1", "b:1"]}
@@ -299,7 +299,7 @@ def test_mirrored_on_cpu_equals_default(tmp_path):
 def test_batches_that_would_leave_a_replica_empty_are_refused():
     """Keras cannot run a step where a replica has no example (checked for real: 25 examples,
     batch 8, 2 workers crashed in the stem convolution); such batch sizes are refused up front."""
-    from esnet_tf.cli import UserError
+    from esnet_tf.errors import UserError
     from esnet_tf.distribute import _empty_replica_step, check_batches
 
     # global batches split over all replicas (in-memory data): the last batch holds n % B

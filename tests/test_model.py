@@ -133,7 +133,7 @@ def test_normalization_fitted_and_saved(tmp_path):
 
 
 def test_predictor_rejects_bad_inputs():
-    from esnet_tf.cli import UserError
+    from esnet_tf.errors import UserError
     from esnet_tf.predict import Predictor
 
     a = real_data()["arrays"]

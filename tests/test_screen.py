@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from esnet_tf import screen as S
-from esnet_tf.cli import UserError
+from esnet_tf.errors import UserError
 from esnet_tf.cli import main as cli_main
 
 LIFEO = "Li-Fe-O_computed_structure_entries.json.gz"

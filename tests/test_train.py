@@ -209,7 +209,7 @@ def test_resume_keeps_early_stopping_state(tmp_path):
 # ---------------------------------------------------------------- data checks
 
 def test_nan_inputs_refused_with_id(tmp_path):
-    from esnet_tf.cli import UserError
+    from esnet_tf.errors import UserError
     from esnet_tf.data import check_finite, load_split, scan
 
     d = real_data()
@@ -231,7 +231,7 @@ def test_nan_inputs_refused_with_id(tmp_path):
 
 
 def test_labels_dir_and_missing_labels(tmp_path):
-    from esnet_tf.cli import UserError
+    from esnet_tf.errors import UserError
     from esnet_tf.data import load_arrays
 
     d = real_data()
@@ -245,7 +245,7 @@ def test_labels_dir_and_missing_labels(tmp_path):
 
 
 def test_labels_csv_with_bad_number_or_duplicate_id_is_refused(tmp_path):
-    from esnet_tf.cli import UserError
+    from esnet_tf.errors import UserError
     from esnet_tf.data import read_labels
 
     good = tmp_path / "good.csv"

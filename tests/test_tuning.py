@@ -84,7 +84,7 @@ def search3() -> dict:
 
 def hypermodel_for(space=None):
     from esnet_tf.data import load_split, scan
-    from tuning import ESNetHyperModel, SearchSpace
+    from esnet_tf.tuning import ESNetHyperModel, SearchSpace
 
     d = real_data()
     ds = load_split(str(d["npz"]), "train", labels=str(d["labels"]), split_fractions=FRACTIONS,
@@ -112,8 +112,8 @@ def test_keras3_only_environment(monkeypatch):
     import keras
     import keras_tuner
 
-    from esnet_tf.cli import UserError
-    from tuning.search import check_keras3
+    from esnet_tf.errors import UserError
+    from esnet_tf.tuning.search import check_keras3
 
     assert "TF_USE_LEGACY_KERAS" not in os.environ
     assert importlib.util.find_spec("tf_keras") is None
@@ -134,7 +134,7 @@ def test_default_space_loads_and_contains_the_paper_config():
     import keras_tuner
 
     from esnet_tf.model import ESNetConfig
-    from tuning import SearchSpace
+    from esnet_tf.tuning import SearchSpace
 
     space = SearchSpace.load()
     hp = keras_tuner.HyperParameters()
@@ -161,7 +161,7 @@ def test_default_space_loads_and_contains_the_paper_config():
     ({"dropout": {"values": [0.0, 1.0]}}, "invalid ESNetConfig"),
 ])
 def test_bad_search_space_is_refused_naming_file_and_entry(tmp_path, entry, message):
-    from tuning import SearchSpace, SearchSpaceError
+    from esnet_tf.tuning import SearchSpace, SearchSpaceError
 
     path = tmp_path / "space.json"
     path.write_text(json.dumps({"base": "small", "hyperparameters": entry}))
@@ -186,7 +186,7 @@ def test_every_sampled_hyperparameter_set_builds_the_design_inputs():
     import keras
     import keras_tuner
 
-    from tuning import SearchSpace
+    from esnet_tf.tuning import SearchSpace
 
     for space in (SearchSpace.load(), SearchSpace.load(tiny_space_file())):
         hypermodel, stats = hypermodel_for(space)
@@ -196,7 +196,7 @@ def test_every_sampled_hyperparameter_set_builds_the_design_inputs():
         for seed in range(2):
             values = {p.name: p.random_sample(seed * 100 + i) for i, p in enumerate(hp.space)}
             draws.append(values)
-        from tuning.search_space import _corner
+        from esnet_tf.tuning.search_space import _corner
 
         draws += [{p.name: _corner(p, c) for p in hp.space} for c in (0, -1)]
         seen = set()
@@ -233,7 +233,7 @@ def test_trial_models_match_design_inputs_and_best_reloads_same_architecture():
     import keras_tuner
 
     from esnet_tf.model import load_model
-    from tuning.search import make_tuner
+    from esnet_tf.tuning.search import make_tuner
 
     s = search3()
     hypermodel, stats = hypermodel_for()

@@ -1,8 +1,8 @@
 """KerasTuner architecture search for ESNet (`esnet tune`).
 
-- `tuning.search_space`: the search space as data (`search_space.json`, `SearchSpace`).
-- `tuning.hypermodel`: `ESNetHyperModel`, whose `build(hp)` returns a compiled ESNet.
-- `tuning.search`: the `esnet tune` command (Hyperband / Bayesian / random search, resume,
+- `esnet_tf.tuning.search_space`: the search space as data (`search_space.json`, `SearchSpace`).
+- `esnet_tf.tuning.hypermodel`: `ESNetHyperModel`, whose `build(hp)` returns a compiled ESNet.
+- `esnet_tf.tuning.search`: the `esnet tune` command (Hyperband / Bayesian / random search, resume,
   summary table, retraining and SavedModel export of the best trial, chief/worker mode).
 
 Attributes load lazily, so `esnet tune --help` does not import TensorFlow.
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"OBJECTIVE": "tuning.hypermodel", "ESNetHyperModel": "tuning.hypermodel",
-            "DEFAULT_PATH": "tuning.search_space",
-            "SearchSpace": "tuning.search_space", "SearchSpaceError": "tuning.search_space"}
+_EXPORTS = {"OBJECTIVE": "esnet_tf.tuning.hypermodel", "ESNetHyperModel": "esnet_tf.tuning.hypermodel",
+            "DEFAULT_PATH": "esnet_tf.tuning.search_space",
+            "SearchSpace": "esnet_tf.tuning.search_space", "SearchSpaceError": "esnet_tf.tuning.search_space"}
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'tuning' has no attribute {name!r}")
+    raise AttributeError(f"module 'esnet_tf.tuning' has no attribute {name!r}")

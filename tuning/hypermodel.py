@@ -7,7 +7,7 @@ normalisation is fitted once on the training split and handed in, never refitted
 Training itself stays in the tuner (no `fit` override).
 
     import keras_tuner
-    from tuning import ESNetHyperModel, SearchSpace
+    from esnet_tf.tuning import ESNetHyperModel, SearchSpace
     hypermodel = ESNetHyperModel(SearchSpace.load(), normalization=stats)
     model = hypermodel.build(keras_tuner.HyperParameters())
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras_tuner
 
 from esnet_tf.model import ESNetConfig, build_esnet, compile_esnet
-from tuning.search_space import SearchSpace
+from esnet_tf.tuning.search_space import SearchSpace
 
 #: the metric the tuner optimises: MAE (eV/atom) of the validation split, as logged by Keras
 OBJECTIVE = "val_mae"

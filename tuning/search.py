@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 
 from esnet_tf.train import DEFAULTS, _fractions, split_options, write_warmup_examples
-from esnet_tf.cli import UserError
+from esnet_tf.errors import UserError
 
 TUNERS = ("hyperband", "bayesian", "random")
 WORKER_FILE = "worker.json"
@@ -148,7 +148,7 @@ def make_tuner(kind: str, hypermodel, *, max_trials: int, epochs: int, directory
     """A KerasTuner tuner minimising val_mae; `overwrite=False` reloads an existing project."""
     import keras_tuner
 
-    from tuning.hypermodel import OBJECTIVE
+    from esnet_tf.tuning.hypermodel import OBJECTIVE
 
     cls = _tuner_classes()[kind]
     common = {"hypermodel": hypermodel, "objective": keras_tuner.Objective(OBJECTIVE, direction="min"),
@@ -176,8 +176,8 @@ def tune(settings: dict, directory: str | Path, project_name: str, *, overwrite:
     import keras
 
     from esnet_tf import data
-    from tuning.hypermodel import ESNetHyperModel
-    from tuning.search_space import SearchSpace, SearchSpaceError
+    from esnet_tf.tuning.hypermodel import ESNetHyperModel
+    from esnet_tf.tuning.search_space import SearchSpace, SearchSpaceError
 
     check_keras3()
     who = role()

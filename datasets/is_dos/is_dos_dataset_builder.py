@@ -7,17 +7,21 @@ IS-vs-RS comparisons), `manual` (your labels.csv and calculation files).
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from esnet_tf import dataset as isdos_data
 from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID, EnergyGrid
 from esnet_tf.splits import DEFAULT_FRACTIONS
 
-_DEMO_DIR = Path(__file__).resolve().parent / "demo"
+#: The embedded demo data: package data beside this module (read with importlib.resources; the
+#: package name depends on how TFDS imported the module, so it is taken from `__package__`).
+_DEMO_DIR = Path(str(importlib.resources.files(__package__ or "esnet_tf.datasets.is_dos"))) / "demo"
 
 
 @dataclasses.dataclass(eq=False)
@@ -38,6 +42,9 @@ class IsDosConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for is_dos (works as a plain generator and on Apache Beam)."""
 
+    # README / CITATIONS.bib / TAGS.txt are read from this module's folder. TFDS would infer it
+    # from the module name (esnet_tf/datasets/is_dos), which an editable install maps elsewhere.
+    pkg_dir_path = epath.Path(__file__).resolve().parent
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release: IS-DOS on E - E_F in [-20, 10] eV (1500 points, 9 orbitals), "

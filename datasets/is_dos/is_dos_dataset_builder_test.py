@@ -1,10 +1,12 @@
 """is_dos builder test on dummy_data/ (real GPAW IS-DOS files copied from the demo set)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import tensorflow_datasets as tfds
 
-from is_dos import is_dos_dataset_builder
+from esnet_tf.datasets.is_dos import is_dos_dataset_builder
 
 
 class IsDosManualTest(tfds.testing.DatasetBuilderTestCase):
@@ -14,6 +16,8 @@ class IsDosManualTest(tfds.testing.DatasetBuilderTestCase):
     BUILDER_CONFIG_NAMES_TO_TEST = ["manual"]  # `demo` grows with the DFT job: tests/test_tfds.py
     SPLITS = {"train": 3, "test": 2}  # Al, Li, Mg -> train; Si, Ga -> test (split_of by chemsys)
     SKIP_CHECKSUMS = True  # nothing is downloaded
+    # beside this file (TFDS would infer it from the module name, which an editable install maps elsewhere)
+    EXAMPLE_DIR = str(Path(__file__).resolve().parent / "dummy_data")
     # The readers open DFT files with numpy / pymatgen, which TFDS's os/open mocks would block.
     MOCK_OUT_FORBIDDEN_OS_FUNCTIONS = False
 

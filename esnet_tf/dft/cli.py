@@ -55,7 +55,7 @@ def _settings(args) -> DFTSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    from esnet_tf.cli import UserError
+    from esnet_tf.errors import UserError
     from esnet_tf.dft.labels import assemble
     from esnet_tf.dft.runner import run_tasks
     from esnet_tf.dft.structures import StructureInputError, read_structures

@@ -1,9 +1,10 @@
 """The `esnet` command: one entry point, one subcommand per verb (DESIGN.md section 6).
 
-Each subcommand lives in its own module exposing `configure_parser(parser)` and
-`run(args) -> int`; modules are imported lazily so `esnet --help` stays fast.
-Errors a user can fix (bad input files, missing datasets) end as one line on stderr and a
-non-zero exit code.
+This package is the only place that knows argparse. Each verb lives in its own module
+`esnet_tf.cli.<verb>` exposing `configure_parser(parser)` and `run(args) -> int`: it turns the
+flags into the library's typed config objects and calls library functions. Verb modules are
+imported lazily so `esnet --help` stays fast. Errors a user can fix (`esnet_tf.errors.UserError`:
+bad input files, missing datasets) end as one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
@@ -11,22 +12,20 @@ import argparse
 import importlib
 import sys
 
+from esnet_tf.errors import UserError
+
 #: name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "featurize": ("esnet_tf.featurize", "DFT outputs -> IS-DOS arrays (.npz)"),
-    "train": ("esnet_tf.train", "train ESNet on an IS-DOS dataset"),
-    "evaluate": ("esnet_tf.evaluate", "metrics (eV/atom) and parity plot on a split"),
-    "predict": ("esnet_tf.predict", "predict formation energies (eV/atom) for DFT files or .npz"),
-    "export": ("esnet_tf.export", "export a .keras model as a TF Serving SavedModel"),
-    "tune": ("tuning.search", "KerasTuner architecture search"),
-    "screen": ("esnet_tf.screen", "stability screening and DFT-cost analysis"),
-    "demo": ("esnet_tf.demo", "the whole pipeline on the embedded demo dataset"),
-    "dft": ("esnet_tf.dft.cli", "GPAW single points / relaxations that write IS-DOS"),
+    "featurize": ("esnet_tf.cli.featurize", "DFT outputs -> IS-DOS arrays (.npz)"),
+    "train": ("esnet_tf.cli.train", "train ESNet on an IS-DOS dataset"),
+    "evaluate": ("esnet_tf.cli.evaluate", "metrics (eV/atom) and parity plot on a split"),
+    "predict": ("esnet_tf.cli.predict", "predict formation energies (eV/atom) for DFT files or .npz"),
+    "export": ("esnet_tf.cli.export", "export a .keras model as a TF Serving SavedModel"),
+    "tune": ("esnet_tf.cli.tune", "KerasTuner architecture search"),
+    "screen": ("esnet_tf.cli.screen", "stability screening and DFT-cost analysis"),
+    "demo": ("esnet_tf.cli.demo", "the whole pipeline on the embedded demo dataset"),
+    "dft": ("esnet_tf.cli.dft", "GPAW single points / relaxations that write IS-DOS"),
 }
-
-
-class UserError(Exception):
-    """An error the user can fix; printed as one line, exit code 2."""
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -77,11 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"esnet {args.command}: {args._import_error}", file=sys.stderr)
         return 2
     mod = importlib.import_module(args._module)
-    from esnet_tf.isdos import DOSInputError
-
     try:
         return int(mod.run(args) or 0)
-    except (UserError, DOSInputError, FileNotFoundError) as exc:
+    except (UserError, FileNotFoundError) as exc:
         print(f"esnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,1 @@
+"""Stability screening (being split out of esnet_tf.screen)."""
