@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID, EnergyGrid
-from esnet_tf.model import INPUT_NAMES, OUTPUT_NAME
+from esnet_tf.isdos import INPUT_NAMES, OUTPUT_NAME
 from esnet_tf.splits import DEFAULT_FRACTIONS, SPLITS, split_of
 from esnet_tf.errors import UserError
 from esnet_tf.labels import LabelRow, labels_by_id

@@ -73,7 +73,7 @@ def evaluate(model: str | Path, dataset: str, split: str = "test", out: str | Pa
              threshold: float = 0.0, batch_size: int = 256, **split_kwargs) -> dict:
     """Predict one split with a saved model and write metrics.json, predictions.csv, parity.png."""
     from esnet_tf import data
-    from esnet_tf.model import OUTPUT_NAME
+    from esnet_tf.isdos import OUTPUT_NAME
     from esnet_tf.predict import Predictor, write_predictions
 
     predictor = Predictor(model)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from esnet_tf.model import INPUT_NAMES, OUTPUT_NAME
+from esnet_tf.isdos import INPUT_NAMES, OUTPUT_NAME
 from esnet_tf.errors import UserError
 
 SIGNATURE = "serving_default"

@@ -15,6 +15,14 @@ ORBITALS: tuple[str, ...] = ("s", "py", "pz", "px", "dxy", "dyz", "dz2", "dxz", 
 N_ORBITALS = len(ORBITALS)
 #: Elements Z = 1..118 in the composition vector.
 N_ELEMENTS = 118
+#: Model input names (DESIGN.md section 5): the IS-DOS fields a model takes.
+INPUT_NAMES: tuple[str, ...] = ("dos_up", "dos_down", "composition")
+#: Model output (and label) name: relaxed formation energy, eV/atom.
+OUTPUT_NAME = "formation_energy_per_atom"
+#: Predictions CSV columns (DESIGN.md section 6), eV/atom.
+PREDICTION_COLUMN = f"predicted_{OUTPUT_NAME}"
+PREDICTION_STD_COLUMN = f"predicted_{OUTPUT_NAME}_std"
+DOMAIN_COLUMN = "domain"
 #: Names of the f channels (dropped from the 9 channels, recorded in metadata).
 F_ORBITALS: tuple[str, ...] = ("f_3", "f_2", "f_1", "f0", "f1", "f2", "f3")
 

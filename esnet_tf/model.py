@@ -26,11 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID
-
-#: model input names (DESIGN.md section 5) and output name
-INPUT_NAMES: tuple[str, ...] = ("dos_up", "dos_down", "composition")
-OUTPUT_NAME = "formation_energy_per_atom"
+from esnet_tf.isdos import INPUT_NAMES, N_ELEMENTS, N_ORBITALS, OUTPUT_NAME, PAPER_GRID  # noqa: F401
 
 
 @dataclass(frozen=True)

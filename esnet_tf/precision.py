@@ -151,7 +151,7 @@ def inference_function(model, precision: str = "auto"):
     import numpy as np
     import tensorflow as tf
 
-    from esnet_tf.model import INPUT_NAMES, OUTPUT_NAME
+    from esnet_tf.isdos import INPUT_NAMES, OUTPUT_NAME
 
     policy = inference_policy(precision)
     fast = model if policy == "float32" else with_policy(model, policy)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from esnet_tf.model import INPUT_NAMES, OUTPUT_NAME
+from esnet_tf.isdos import INPUT_NAMES, OUTPUT_NAME, PREDICTION_COLUMN
 from esnet_tf.errors import UserError
 
-PRED_COLUMN = "predicted_formation_energy_per_atom"
+PRED_COLUMN = PREDICTION_COLUMN
 
 
 def resolve_saved_model_dir(path: Path) -> Path | None:

@@ -46,8 +46,7 @@ from esnet_tf.errors import UserError
 #: Numerical tolerance of the hull construction (eV/atom): E_hull <= t + HULL_TOL is stable.
 HULL_TOL = 1e-6
 MODES = ("ehull", "formation-energy")
-PRED_COL = "predicted_formation_energy_per_atom"
-STD_COL = "predicted_formation_energy_per_atom_std"
+from esnet_tf.isdos import PREDICTION_COLUMN as PRED_COL, PREDICTION_STD_COLUMN as STD_COL  # noqa: E402
 EF_COL = "formation_energy_per_atom"
 EHULL_COL = "e_above_hull"
 COST_COLS = ("is_wall_time_s", "relax_wall_time_s")
