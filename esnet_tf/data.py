@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID, EnergyGrid
+from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID, EnergyGrid, ISDOSExample
 from esnet_tf.isdos import INPUT_NAMES, OUTPUT_NAME
 from esnet_tf.splits import DEFAULT_FRACTIONS, SPLITS, split_of
 from esnet_tf.errors import UserError
@@ -51,11 +51,27 @@ def is_npz_spec(spec: str) -> bool:
     return all(p.strip().endswith(".npz") for p in str(spec).split(","))
 
 
-def _empty(n_points: int) -> dict[str, np.ndarray]:
-    return {"dos_up": np.zeros((0, n_points, N_ORBITALS), np.float32),
-            "dos_down": np.zeros((0, n_points, N_ORBITALS), np.float32),
-            "composition": np.zeros((0, N_ELEMENTS), np.float32),
-            **{k: np.zeros(0, np.float32) for k in LABEL_KEYS}, **{k: np.zeros(0, str) for k in STRING_KEYS}}
+def stack_examples(examples: Sequence[ISDOSExample], labels: Mapping[str, LabelRow] | None = None,
+                   n_points: int = PAPER_GRID.n_points) -> dict[str, np.ndarray]:
+    """The one conversion from IS-DOS examples to arrays.
+
+    dos_up, dos_down (N, n_points, 9) float32 states/eV/atom; composition (N, 118); id, formula,
+    chemsys (N,) str; formation_energy_per_atom, e_above_hull (N,) float32 eV/atom from `labels`
+    by id (NaN where unknown). `n_points` shapes the empty result.
+    """
+    labels = labels or {}
+    if examples:
+        n_points = examples[0].dos_up.shape[0]
+    return {
+        "dos_up": np.stack([e.dos_up for e in examples]) if examples else np.zeros((0, n_points, N_ORBITALS), np.float32),
+        "dos_down": np.stack([e.dos_down for e in examples]) if examples else np.zeros((0, n_points, N_ORBITALS), np.float32),
+        "composition": np.stack([e.composition for e in examples]) if examples else np.zeros((0, N_ELEMENTS), np.float32),
+        **{k: np.array([labels[e.id][k] if e.id in labels else math.nan for e in examples], np.float32)
+           for k in LABEL_KEYS},
+        "id": np.array([e.id for e in examples], dtype=str),
+        "formula": np.array([e.formula for e in examples], dtype=str),
+        "chemsys": np.array([e.chemsys for e in examples], dtype=str),
+    }
 
 
 def load_npz_arrays(spec: str, labels: str | Path | None = None, require_labels: bool = True) -> dict[str, np.ndarray]:
@@ -99,19 +115,9 @@ def _load_dir_cached(directory: str, mtime: float, grid: EnergyGrid) -> dict[str
 
     root = Path(directory)
     rows = labels_by_id(root / "labels.csv", path_column="path", require_energy=False)
-    examples, ids = [], []
-    for rid, row in tqdm(rows.items(), desc=f"featurize {root.name}", unit="file", disable=None):
-        examples.append(featurize(row.file, grid, id=rid))
-        ids.append(rid)
-    if not examples:
-        return _empty(grid.n_points)
-    return {
-        "dos_up": np.stack([e.dos_up for e in examples]), "dos_down": np.stack([e.dos_down for e in examples]),
-        "composition": np.stack([e.composition for e in examples]),
-        **{k: np.array([rows[i][k] for i in ids], np.float32) for k in LABEL_KEYS},
-        "id": np.array(ids, dtype=str), "formula": np.array([e.formula for e in examples], dtype=str),
-        "chemsys": np.array([e.chemsys for e in examples], dtype=str),
-    }
+    examples = [featurize(row.file, grid, id=rid)
+                for rid, row in tqdm(rows.items(), desc=f"featurize {root.name}", unit="file", disable=None)]
+    return stack_examples(examples, rows, grid.n_points)
 
 
 def load_dir_arrays(directory: str | Path, grid: EnergyGrid = PAPER_GRID) -> dict[str, np.ndarray]:

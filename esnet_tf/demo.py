@@ -3,37 +3,41 @@
 Steps (each reused on a rerun unless `--fresh`): build the TFDS dataset `is_dos/demo`, train the
 `small` ESNet, evaluate it on the test split (metrics + parity plot), export a TF Serving
 SavedModel, and screen the test split for stability against the hull of the other entries
-(metrics + recall-vs-DFT-cost plot). Your own data: `--manual-dir DIR` with a labels.csv and
-calculation files (see datasets/is_dos/README.md).
+(metrics + recall-vs-DFT-cost plot). Your own data: `manual_dir` with a labels.csv and
+calculation files (see the is_dos README). CLI: `esnet demo` (`esnet_tf.cli.demo`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-DEMO_LABELS = Path(__file__).resolve().parents[1] / "datasets" / "is_dos" / "demo" / "labels.csv"
+from esnet_tf.atomic import write_text
+from esnet_tf.errors import UserError
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.description = (
-        "Run the whole ESNet pipeline on the embedded demo dataset (GPAW IS-DOS of cubic prototypes): "
-        "build the TFDS dataset, train the small model, evaluate on the test split (MAE in eV/atom, parity "
-        "plot), export a TF Serving SavedModel, and screen the test split for stability (precision, recall, "
-        "DFT cost saved). Point it at your own calculations with --manual-dir DIR (DIR/labels.csv with id, "
-        "path, formation_energy_per_atom in eV/atom, optional e_above_hull, is_wall_time_s, "
-        "relax_wall_time_s; paths to vasprun.xml, DOSCAR, MP CompleteDos JSON or *.gpawdos.npz files).")
-    p.add_argument("--out", default="demo_out", help="directory for every artefact")
-    p.add_argument("--manual-dir", default=None, help="your own data instead of the demo (see above)")
-    p.add_argument("--config", default="small", help="model config: small, paper, or a JSON file")
-    p.add_argument("--epochs", type=int, default=200, help="maximum training epochs (early stopping on validation)")
-    p.add_argument("--early-stopping-patience", type=int, default=35, help="epochs without validation improvement")
-    p.add_argument("--batch-size", type=int, default=64, help="examples per batch")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--threshold", type=float, default=0.0, help="stability threshold on E_hull, eV/atom")
-    p.add_argument("--fresh", action="store_true", help="redo every step instead of reusing what is built")
+@dataclass(frozen=True)
+class DemoConfig:
+    """Settings of `run_demo`; every artefact goes under `out`."""
+
+    out: Path = Path("demo_out")
+    manual_dir: Path | None = None  # your labels.csv + calculations instead of the embedded demo
+    config: str = "small"  # model config: small, paper, or a JSON file
+    epochs: int = 200  # maximum training epochs (early stopping on validation)
+    early_stopping_patience: int = 35  # epochs without validation improvement
+    batch_size: int = 64  # examples per batch
+    seed: int = 0
+    threshold: float = 0.0  # stability threshold on E_hull, eV/atom
+    fresh: bool = False  # redo every step instead of reusing what is built
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.early_stopping_patience < 0:
+            raise UserError(f"--early-stopping-patience must be >= 0, got {self.early_stopping_patience}")
 
 
 def _step(n: int, title: str) -> float:
@@ -41,8 +45,10 @@ def _step(n: int, title: str) -> float:
     return time.time()
 
 
-def run(args: argparse.Namespace) -> int:
+def run_demo(args: DemoConfig) -> dict:
+    """Run the five steps; returns the report written to `out/summary.json`."""
     from esnet_tf import dataset as ds_mod
+    from esnet_tf import resources
     from esnet_tf.evaluate import evaluate
     from esnet_tf.export import export
     from esnet_tf.screen import references_from_labels, read_csv_rows, screen, write_outputs
@@ -53,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     name = "is_dos/manual" if args.manual_dir else "is_dos/demo"
-    labels = Path(args.manual_dir) / "labels.csv" if args.manual_dir else DEMO_LABELS
+    labels = Path(args.manual_dir) / "labels.csv" if args.manual_dir else resources.demo_labels()
     t_all = time.time()
     timings = {}
 
@@ -103,22 +109,24 @@ def run(args: argparse.Namespace) -> int:
               "screening": {k: sm.get(k) for k in ("precision", "recall", "f1", "accuracy", "daf",
                                                    "n_candidates", "mae_formation_energy_per_atom")}
               | {"cost": sm.get("cost")}, "timings_s": timings}
-    (out / "summary.json").write_text(json.dumps(report, indent=2, default=str))
-    _print_summary(out, report, sm)
-    return 0
+    write_text(out / "summary.json", json.dumps(report, indent=2, default=str))
+    print_summary(out, report, sm)
+    return report
 
 
 def _has_costs(labels: Path) -> bool:
-    with open(labels) as fh:
-        header = fh.readline()
-    return "is_wall_time_s" in header and "relax_wall_time_s" in header
+    from esnet_tf.labels import read_labels
+
+    rows = read_labels(labels)
+    return bool(rows) and all(c in rows[0].extra for c in ("is_wall_time_s", "relax_wall_time_s"))
 
 
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def _print_summary(out: Path, report: dict, sm: dict) -> None:
+def print_summary(out: Path, report: dict, sm: dict) -> None:
+    """The closing summary of `run_demo` (metrics in eV/atom, DFT cost, artefacts)."""
     m = report["test_metrics"]
     print("\n" + "=" * 72)
     print("esnet demo: done in {:.0f} s".format(report["timings_s"]["total_s"]))

@@ -1,4 +1,4 @@
-"""`esnet export`: a trained `.keras` ESNet -> TF Serving SavedModel `DIR/NAME/VERSION/`.
+"""A trained `.keras` ESNet -> TF Serving SavedModel `DIR/NAME/VERSION/` (`esnet export`).
 
 Written by Keras 3 `model.export(..., format="tf_saved_model")`: signature `serving_default` with
 inputs dos_up (None, 1500, 9), dos_down (None, 1500, 9), composition (None, 118) float32 (raw
@@ -6,16 +6,22 @@ IS-DOS; the normalisation is inside) and output formation_energy_per_atom (None,
 (DESIGN.md section 5). `assets.extra/tf_serving_warmup_requests` holds PredictionLog records
 (one PredictRequest per real example) that TF Serving replays at load time. After writing, the
 SavedModel is reloaded and checked against the .keras model on those examples.
+
+Warmup examples come from `--warmup-data`, else the run directory's `warmup_examples.npz`, else
+the embedded demo data (real GPAW IS-DOS), so any `.keras` exports. Without the `serving` extra
+(tensorflow-serving-api) the SavedModel is still written, without the warmup file. The version
+directory is written under a temporary name and renamed into place only after it loaded and
+answered; an existing version is replaced (with `overwrite`) only then.
 """
 from __future__ import annotations
 
-import argparse
-import shutil
+import re
 from pathlib import Path
 
 import numpy as np
 
 from esnet_tf.isdos import INPUT_NAMES, OUTPUT_NAME
+from esnet_tf.atomic import atomic_dir
 from esnet_tf.errors import UserError
 
 SIGNATURE = "serving_default"
@@ -65,22 +71,59 @@ def read_warmup(path: str | Path) -> list:
     return logs
 
 
-def warmup_examples(model_path: Path, source: str | None, n: int) -> dict:
-    """Real examples for warmup: `source` (.npz / labels dir / DFT files) or the run dir's warmup_examples.npz."""
+def serving_api_available() -> bool:
+    """True when tensorflow-serving-api (the `serving` extra) is installed."""
+    try:
+        from tensorflow_serving.apis import prediction_log_pb2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def demo_examples(n: int, n_points: int = 1500) -> dict:
+    """`n` real IS-DOS examples of the embedded demo data (the first rows of its labels.csv)."""
+    from esnet_tf import resources
+    from esnet_tf.data import stack_examples
+    from esnet_tf.featurize import featurize
+    from esnet_tf.isdos import PAPER_GRID
+    from esnet_tf.labels import read_labels
+
+    if n_points != PAPER_GRID.n_points:
+        raise UserError(f"the model takes {n_points} energy points, the embedded demo data {PAPER_GRID.n_points}; "
+                        "pass --warmup-data with examples on the model's grid")
+    rows = read_labels(resources.demo_labels())[:n]
+    return stack_examples([featurize(r.file, id=r.id) for r in rows])
+
+
+def warmup_examples(model_path: Path, source: str | None, n: int, n_points: int = 1500) -> tuple[dict, str]:
+    """Real examples for warmup and where they came from: `source` (.npz / labels dir / DFT files),
+    else the run dir's warmup_examples.npz, else the embedded demo data."""
     from esnet_tf.predict import load_inputs
 
     if source is None:
         default = model_path.parent / "warmup_examples.npz"
         if not default.is_file():
-            raise UserError(f"{model_path}: no warmup_examples.npz beside the model; pass --warmup-data "
-                              "(features .npz, a labels directory or DFT files) or --no-warmup")
+            return demo_examples(n, n_points), "the embedded demo data"
         with np.load(default, allow_pickle=False) as d:
             arrays = {k: d[k] for k in d.files}
+        origin = str(default)
     else:
         arrays, failures = load_inputs([str(s) for s in source.split(",")])
         if not arrays:
             raise UserError(f"{source}: no usable warmup examples ({'; '.join(failures) or 'empty'})")
-    return {k: v[:n] for k, v in arrays.items()}
+        origin = source
+    return {k: v[:n] for k, v in arrays.items()}, origin
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_model_name(name: str) -> str:
+    """A model name is one directory (and the REST path /v1/models/<name>): no '/', no '..'."""
+    if not _NAME.match(name or "") or ".." in name:
+        raise UserError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only (one directory inside "
+                        "--out; no '/' or '..')")
+    return name
 
 
 def export(model_path: str | Path, out: str | Path = "saved_models", name: str = "esnet", version: int = 1, *,
@@ -94,63 +137,48 @@ def export(model_path: str | Path, out: str | Path = "saved_models", name: str =
     model_path = Path(model_path)
     if not model_path.is_file() or model_path.suffix != ".keras":
         raise UserError(f"{model_path}: expected a .keras model file (e.g. runs/<run>/best.keras)")
+    check_model_name(name)
     if version < 1:
         raise UserError(f"--version must be a positive integer (TF Serving version directory), got {version}")
     target = Path(out) / name / str(version)
-    if target.exists():
-        if not overwrite:
-            raise UserError(f"{target} exists; choose another --version or pass --overwrite")
-        shutil.rmtree(target)
+    if target.exists() and not overwrite:
+        raise UserError(f"{target} exists; choose another --version or pass --overwrite")
     model = load_model(model_path)
     names = sorted(t.name for t in model.inputs)
     if names != sorted(INPUT_NAMES):
         raise UserError(f"{model_path}: inputs {names} are not the ESNet inputs {list(INPUT_NAMES)}")
-    examples = warmup_examples(model_path, warmup_data, n_warmup) if n_warmup > 0 else None
-    if examples is not None:
-        n_points = int({t.name: t for t in model.inputs}["dos_up"].shape[1])
+    n_points = int({t.name: t for t in model.inputs}["dos_up"].shape[1])
+    result = {"path": str(target), "n_warmup": 0, "max_abs_diff": None, "warmup_source": None, "note": ""}
+    examples = None
+    if n_warmup > 0 and not serving_api_available():
+        result["note"] = ("no warmup file written: tf_serving_warmup_requests needs tensorflow-serving-api "
+                          "(pip install 'esnet-tf[serving]')")
+    elif n_warmup > 0:
+        examples, result["warmup_source"] = warmup_examples(model_path, warmup_data, n_warmup, n_points)
         check_shapes(examples, n_points, source="warmup examples")
         check_finite(examples, "warmup examples")
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    model.export(str(target), format="tf_saved_model", verbose=False)
-    result = {"path": str(target), "n_warmup": 0, "max_abs_diff": None}
-    if examples is None:
-        return result
-    logs = warmup_requests(examples, name, n_warmup)
-    write_warmup(target, logs)
-
-    # verify: replay the warmup records through the reloaded signature, compare with .keras
-    signature = tf.saved_model.load(str(target)).signatures[SIGNATURE]
-    served = []
-    for log in read_warmup(target / "assets.extra" / WARMUP_FILE):
-        feeds = {k: tf.constant(tf.make_ndarray(v)) for k, v in log.predict_log.request.inputs.items()}
-        served.append(signature(**feeds)[OUTPUT_NAME].numpy().reshape(-1))
-    batch = {k: np.asarray(examples[k][:len(served)], np.float32) for k in INPUT_NAMES}
-    reference = np.asarray(model.predict_on_batch(batch)[OUTPUT_NAME]).reshape(-1)
-    diff = float(np.max(np.abs(np.concatenate(served) - reference)))
-    if diff > TOLERANCE:
-        raise RuntimeError(f"{target}: SavedModel and {model_path} disagree by {diff:.3g} eV/atom")
-    result.update(n_warmup=len(logs), max_abs_diff=diff)
+    with atomic_dir(target, overwrite=overwrite) as tmp:
+        model.export(str(tmp), format="tf_saved_model", verbose=False)
+        signature = tf.saved_model.load(str(tmp)).signatures[SIGNATURE]  # it loads and answers, or we stop here
+        probe = examples if examples is not None else {
+            "dos_up": np.zeros((1, n_points, 9), np.float32), "dos_down": np.zeros((1, n_points, 9), np.float32),
+            "composition": np.eye(1, 118, dtype=np.float32)}
+        batch = {k: np.asarray(probe[k][:max(1, n_warmup)], np.float32) for k in INPUT_NAMES}
+        reference = np.asarray(model.predict_on_batch(batch)[OUTPUT_NAME]).reshape(-1)
+        if examples is not None:
+            logs = warmup_requests(examples, name, n_warmup)
+            write_warmup(tmp, logs)
+            served = []  # replay the warmup records through the reloaded signature
+            for log in read_warmup(tmp / "assets.extra" / WARMUP_FILE):
+                feeds = {k: tf.constant(tf.make_ndarray(v)) for k, v in log.predict_log.request.inputs.items()}
+                served.append(signature(**feeds)[OUTPUT_NAME].numpy().reshape(-1))
+            served = np.concatenate(served)
+            result["n_warmup"] = len(logs)
+        else:
+            served = signature(**{k: tf.constant(v) for k, v in batch.items()})[OUTPUT_NAME].numpy().reshape(-1)
+        diff = float(np.max(np.abs(served - reference[:len(served)])))
+        if not diff <= TOLERANCE:
+            raise RuntimeError(f"{target}: SavedModel and {model_path} disagree by {diff:.3g} eV/atom")
+        result["max_abs_diff"] = diff
     return result
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="trained .keras model (e.g. runs/<run>/best.keras)")
-    p.add_argument("--out", default="saved_models", help="TF Serving model base directory")
-    p.add_argument("--name", default="esnet", help="model name (directory and REST path /v1/models/<name>)")
-    p.add_argument("--version", type=int, default=1, help="model version (integer directory)")
-    p.add_argument("--warmup-data", help="real examples for the warmup file: features .npz, a labels directory or "
-                   "DFT files (comma-separated); default: warmup_examples.npz beside the model")
-    p.add_argument("--n-warmup", type=int, default=4, help="number of warmup requests (0 = no warmup file)")
-    p.add_argument("--no-warmup", action="store_true", help="write no warmup file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR/NAME/VERSION")
-
-
-def run(args: argparse.Namespace) -> int:
-    result = export(args.model, args.out, args.name, args.version, warmup_data=args.warmup_data,
-                    n_warmup=0 if args.no_warmup else args.n_warmup, overwrite=args.overwrite)
-    check = (f"; {result['n_warmup']} warmup request(s), SavedModel vs .keras max |diff| "
-             f"{result['max_abs_diff']:.2g} eV/atom" if result["n_warmup"] else "; no warmup file")
-    print(f"exported {args.model} -> {result['path']} (signature {SIGNATURE}: "
-          f"{', '.join(INPUT_NAMES)} -> {OUTPUT_NAME}){check}")
-    return 0

@@ -8,18 +8,18 @@
 - divided by the number of atoms: states / eV / atom;
 - composition: atomic fraction of Z = 1..118.
 
-CLI: `esnet featurize PATH... --out features.npz` (see `configure_parser`).
+CLI: `esnet featurize PATH... --out features.npz` (`esnet_tf.cli.featurize`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from esnet_tf.atomic import atomic_path
 from esnet_tf.isdos import N_ELEMENTS, PAPER_GRID, DOSInputError, EnergyGrid, ISDOSExample, ProjectedDOS
 from esnet_tf.readers import read_dos, source_kind
 
@@ -104,11 +104,18 @@ def save_examples(examples: list[ISDOSExample], out: str | Path) -> Path:
     spin_polarized (N,) bool; energies (n_points,) E - E_F in eV; metadata_json (N,) unicode.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix != ".npz":
+        raise DOSInputError(out, "output must end in .npz", "pass --out FILE.npz")
     grid = examples[0].grid if examples else PAPER_GRID
     n = grid.n_points
+    with atomic_path(out) as tmp, tmp.open("wb") as fh:  # never a partial .npz at `out`
+        _savez(fh, examples, grid, n)
+    return out
+
+
+def _savez(fh, examples: list[ISDOSExample], grid: EnergyGrid, n: int) -> None:
     np.savez_compressed(
-        out,
+        fh,
         dos_up=np.stack([e.dos_up for e in examples]) if examples else np.zeros((0, n, 9), np.float32),
         dos_down=np.stack([e.dos_down for e in examples]) if examples else np.zeros((0, n, 9), np.float32),
         composition=np.stack([e.composition for e in examples]) if examples else np.zeros((0, N_ELEMENTS), np.float32),
@@ -121,7 +128,6 @@ def save_examples(examples: list[ISDOSExample], out: str | Path) -> Path:
         energies=grid.energies().astype(np.float32),
         metadata_json=np.array([json.dumps(e.metadata()) for e in examples], dtype=str),
     )
-    return out
 
 
 def load_examples(path: str | Path) -> dict[str, np.ndarray]:
@@ -139,7 +145,7 @@ def load_examples(path: str | Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-# ---------------------------------------------------------------- CLI
+# ---------------------------------------------------------------- many inputs
 
 def collect_inputs(paths: list[str]) -> list[tuple[Path, Path | None]]:
     """Expand directories (walked recursively) into (file, root) pairs; files pass through."""
@@ -157,43 +163,28 @@ def collect_inputs(paths: list[str]) -> list[tuple[Path, Path | None]]:
     return out
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.description = (
-        "Read DFT outputs and write IS-DOS: spin-resolved, orbital-projected DOS summed over "
-        "sites per atom (states/eV/atom) on E - E_F in eV, plus composition fractions. "
-        "Inputs: vasprun.xml[.gz], DOSCAR (+POSCAR) files or directories, Materials Project "
-        "CompleteDos .json[.gz], *.gpawdos.npz; directories are walked.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="files or directories")
-    p.add_argument("--out", default="features.npz", help="output .npz (numpy, no pickle)")
-    p.add_argument("--e-min", type=float, default=PAPER_GRID.e_min, help="grid start, E - E_F in eV")
-    p.add_argument("--e-max", type=float, default=PAPER_GRID.e_max, help="grid end, E - E_F in eV")
-    p.add_argument("--n-points", type=int, default=PAPER_GRID.n_points, help="grid points")
-    p.add_argument("--quiet", action="store_true", help="no per-file lines or progress bar")
+def featurize_paths(paths: Sequence[str | Path], grid: EnergyGrid = PAPER_GRID, *, progress: bool = True,
+                    on_result: Callable[[Path, list[ISDOSExample] | None, DOSInputError | None], None] | None = None,
+                    ) -> tuple[list[ISDOSExample], list[str]]:
+    """Featurize files and directories (walked); returns (examples, one-line failures).
 
-
-def run(args: argparse.Namespace) -> int:
+    A file that cannot become IS-DOS (or does not exist) is reported in the failures (and to
+    `on_result`), not raised. Shows a progress bar over files.
+    """
     from tqdm.auto import tqdm
 
-    grid = EnergyGrid(args.e_min, args.e_max, args.n_points)
-    inputs = collect_inputs(args.paths)
+    inputs = collect_inputs([str(p) for p in paths])
     examples: list[ISDOSExample] = []
     failures: list[str] = []
-    for path, root in tqdm(inputs, desc="featurize", unit="file", disable=True if args.quiet or len(inputs) < 2 else None):
+    for path, root in tqdm(inputs, desc="featurize", unit="file", disable=True if not progress or len(inputs) < 2 else None):
         try:
-            exs = featurize_all(path, grid, id=default_id(path, root) if root else None)
+            found = featurize_all(path, grid, id=default_id(path, root) if root else None)
         except DOSInputError as exc:
             failures.append(str(exc))
-            tqdm.write(f"FAIL {exc}", file=sys.stderr)
+            if on_result is not None:
+                on_result(path, None, exc)
             continue
-        for e in exs:
-            examples.append(e)
-            if not args.quiet:
-                warn = f"  WARNING: {'; '.join(e.warnings)}" if e.warnings else ""
-                fch = f"  f channels dropped: {','.join(e.f_channels)}" if e.f_channels else ""
-                tqdm.write(f"ok   {e.id}  {e.formula}  {e.n_atoms} atoms  E_F={e.efermi:.3f} eV  "
-                           f"{'spin' if e.spin_polarized else 'non-spin'}  {e.code}{fch}{warn}")
-    if examples:
-        save_examples(examples, args.out)
-    print(f"{len(examples)} example(s) from {len(inputs) - len(failures)} file(s) -> "
-          f"{args.out if examples else '(nothing written)'}; {len(failures)} failed")
-    return 1 if failures or not inputs else 0
+        examples.extend(found)
+        if on_result is not None:
+            on_result(path, found, None)
+    return examples, failures

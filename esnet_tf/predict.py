@@ -1,4 +1,4 @@
-"""`esnet predict MODEL INPUT... --out preds.csv`: formation energies (eV/atom) from a saved ESNet.
+"""Formation energies (eV/atom) from a saved ESNet (`esnet predict MODEL INPUT... --out preds.csv`).
 
 MODEL: a `.keras` file, a SavedModel directory, or a TF Serving model directory
 (`saved_models/<name>/`, the highest version is used). INPUT: raw DFT files or directories (any
@@ -8,14 +8,14 @@ formation_energy_per_atom, e_above_hull (all eV/atom).
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from esnet_tf.isdos import INPUT_NAMES, OUTPUT_NAME, PREDICTION_COLUMN
+from esnet_tf.atomic import atomic_path
 from esnet_tf.errors import UserError
 
 PRED_COLUMN = PREDICTION_COLUMN
@@ -90,41 +90,30 @@ class Predictor:
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def load_inputs(paths: list[str], labels: str | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Arrays (inputs, id, formula, truths) of every INPUT, and the failures (one line each)."""
-    from tqdm.auto import tqdm
+def load_inputs(paths: Sequence[str], labels: str | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Arrays (inputs, id, formula, truths) of every INPUT, and the failures (one line each).
 
-    from esnet_tf.data import LABEL_KEYS, is_labels_dir, load_dir_arrays, load_npz_arrays, read_labels
-    from esnet_tf.featurize import collect_inputs, default_id, featurize_all
-    from esnet_tf.isdos import DOSInputError
+    INPUT: `.npz` features of `esnet featurize`, a directory with labels.csv, or DFT files and
+    directories (featurized here). Truths come from `labels` (a labels CSV) where given.
+    """
+    from esnet_tf.data import LABEL_KEYS, is_labels_dir, load_dir_arrays, load_npz_arrays, read_labels, stack_examples
+    from esnet_tf.featurize import featurize_paths
 
-    parts, failures, raw = [], [], []
+    parts, raw = [], []
     for spec in paths:
         if spec.endswith(".npz") and not spec.endswith(".gpawdos.npz"):
             parts.append(load_npz_arrays(spec, labels, require_labels=False))
         elif is_labels_dir(spec):
             parts.append(load_dir_arrays(spec))
         else:
+            if not Path(spec).exists():
+                raise FileNotFoundError(f"{spec}: input not found")
             raw.append(spec)
+    failures: list[str] = []
     if raw:
-        inputs = collect_inputs(raw)
-        examples = []
-        for path, root in tqdm(inputs, desc="featurize", unit="file", disable=True if len(inputs) < 2 else None):
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: input not found")
-            try:
-                examples.extend(featurize_all(path, id=default_id(path, root) if root else None))
-            except DOSInputError as exc:
-                failures.append(str(exc))
+        examples, failures = featurize_paths(raw)
         if examples:
-            rows = read_labels(labels) if labels else {}
-            parts.append({
-                "dos_up": np.stack([e.dos_up for e in examples]), "dos_down": np.stack([e.dos_down for e in examples]),
-                "composition": np.stack([e.composition for e in examples]),
-                "id": np.array([e.id for e in examples], dtype=str),
-                "formula": np.array([e.formula for e in examples], dtype=str),
-                **{k: np.array([rows.get(e.id, {}).get(k, np.nan) for e in examples], np.float32) for k in LABEL_KEYS},
-            })
+            parts.append(stack_examples(examples, read_labels(labels) if labels else None))
     if not parts:
         return {}, failures
     keys = ("dos_up", "dos_down", "composition", "id", "formula", *LABEL_KEYS)
@@ -139,10 +128,9 @@ def load_inputs(paths: list[str], labels: str | None = None) -> tuple[dict[str, 
 def write_predictions(path: str | Path, arrays: dict, predictions: np.ndarray) -> Path:
     """CSV of id, formula, predicted_formation_energy_per_atom (+ known truths), eV/atom."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     truths = [k for k in ("formation_energy_per_atom", "e_above_hull")
               if k in arrays and np.isfinite(np.asarray(arrays[k], dtype=float)).any()]
-    with path.open("w", newline="") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "formula", PRED_COLUMN, *truths])
         for i in range(len(predictions)):
@@ -154,26 +142,16 @@ def write_predictions(path: str | Path, arrays: dict, predictions: np.ndarray) -
     return path
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help=".keras file, SavedModel dir, or TF Serving model dir "
-                   "(highest version used)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="DFT files/dirs (vasprun.xml[.gz], DOSCAR, MP JSON, "
-                   "*.gpawdos.npz), .npz features of `esnet featurize`, or a dir with labels.csv")
-    p.add_argument("--out", default="preds.csv", help="output CSV (energies in eV/atom)")
-    p.add_argument("--labels", help="optional labels CSV (id, formation_energy_per_atom, e_above_hull; eV/atom) "
-                   "to add the truths")
-    p.add_argument("--batch-size", type=int, default=256, help="examples per model call")
+def predict_files(model: str | Path, inputs: Sequence[str], *, labels: str | None = None,
+                  batch_size: int = 256) -> tuple[dict[str, np.ndarray], np.ndarray, "Predictor", list[str]]:
+    """Predict every INPUT with `model`: (arrays, predictions eV/atom, predictor, failures).
 
-
-def run(args: argparse.Namespace) -> int:
-    arrays, failures = load_inputs(args.inputs, args.labels)
-    for f in failures:
-        print(f"FAIL {f}", file=sys.stderr)
+    Raises UserError when no input could be featurized.
+    """
+    if batch_size < 1:
+        raise UserError(f"batch size must be a positive number of examples, got {batch_size}")
+    arrays, failures = load_inputs(inputs, labels)
     if not arrays:
         raise UserError("no input could be featurized" if failures else "no inputs")
-    predictor = Predictor(args.model)
-    preds = predictor.predict(arrays, args.batch_size)
-    out = write_predictions(args.out, arrays, preds)
-    print(f"{len(preds)} prediction(s) (eV/atom) with {predictor.kind} model {predictor.path} -> {out}; "
-          f"{len(failures)} input(s) failed")
-    return 1 if failures else 0
+    predictor = Predictor(model)
+    return arrays, predictor.predict(arrays, batch_size), predictor, failures

@@ -1,2 +1,52 @@
-"""`esnet featurize` (transition: argparse still in esnet_tf.featurize)."""
-from esnet_tf.featurize import configure_parser, run  # noqa: F401
+"""`esnet featurize PATH... --out features.npz`: DFT outputs -> IS-DOS arrays (no pickle)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from esnet_tf.isdos import PAPER_GRID
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Read DFT outputs and write IS-DOS: spin-resolved, orbital-projected DOS summed over "
+        "sites per atom (states/eV/atom) on E - E_F in eV, plus composition fractions. "
+        "Inputs: vasprun.xml[.gz], DOSCAR (+POSCAR) files or directories, Materials Project "
+        "CompleteDos .json[.gz], *.gpawdos.npz; directories are walked.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or directories")
+    p.add_argument("--out", default="features.npz", help="output .npz (numpy, no pickle)")
+    p.add_argument("--e-min", type=float, default=PAPER_GRID.e_min, help="grid start, E - E_F in eV")
+    p.add_argument("--e-max", type=float, default=PAPER_GRID.e_max, help="grid end, E - E_F in eV")
+    p.add_argument("--n-points", type=int, default=PAPER_GRID.n_points, help="grid points")
+    p.add_argument("--quiet", action="store_true", help="no per-file lines or progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from esnet_tf.errors import UserError
+    from esnet_tf.featurize import featurize_paths, save_examples
+    from esnet_tf.isdos import EnergyGrid
+
+    try:
+        grid = EnergyGrid(args.e_min, args.e_max, args.n_points)
+    except ValueError as exc:
+        raise UserError(f"--e-min/--e-max/--n-points: {exc}") from None
+
+    def report(path, examples, error) -> None:
+        if error is not None:
+            tqdm.write(f"FAIL {error}", file=sys.stderr)
+        elif not args.quiet:
+            for e in examples:
+                warn = f"  WARNING: {'; '.join(e.warnings)}" if e.warnings else ""
+                fch = f"  f channels dropped: {','.join(e.f_channels)}" if e.f_channels else ""
+                tqdm.write(f"ok   {e.id}  {e.formula}  {e.n_atoms} atoms  E_F={e.efermi:.3f} eV  "
+                           f"{'spin' if e.spin_polarized else 'non-spin'}  {e.code}{fch}{warn}")
+
+    examples, failures = featurize_paths(args.paths, grid, progress=not args.quiet, on_result=report)
+    if examples:
+        save_examples(examples, args.out)
+    n_files = len({e.source for e in examples})
+    print(f"{len(examples)} example(s) from {n_files} file(s) -> "
+          f"{args.out if examples else '(nothing written)'}; {len(failures)} failed")
+    return 1 if failures or not examples else 0
