@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("esnet_tf.cli.export", "export a .keras model as a TF Serving SavedModel"),
     "tune": ("esnet_tf.cli.tune", "KerasTuner architecture search"),
     "screen": ("esnet_tf.cli.screen", "stability screening and DFT-cost analysis"),
+    "dataset": ("esnet_tf.cli.dataset", "build (or reuse) an is_dos TFDS dataset; report its cost"),
     "demo": ("esnet_tf.cli.demo", "the whole pipeline on the embedded demo dataset"),
     "dft": ("esnet_tf.cli.dft", "GPAW single points / relaxations that write IS-DOS"),
 }

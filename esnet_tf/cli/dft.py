@@ -1,2 +1,137 @@
-"""`esnet dft` (transition: argparse still in esnet_tf.dft.cli)."""
-from esnet_tf.dft.cli import configure_parser, run  # noqa: F401
+"""`esnet dft`: GPAW single points (and relaxations) that write IS-DOS (extra `dft`).
+
+    esnet dft run STRUCTURES... --out DIR [--relax eos] [--workers 2]
+    esnet dft demo [--out DIR] [--workers 2]   # (re)compute the demo dataset, resuming from the packaged one
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from esnet_tf.atomic import write_text
+from esnet_tf.dft.settings import DFTSettings
+from esnet_tf.errors import UserError
+
+#: `esnet dft demo --out` default: under the current directory (never inside the installation)
+DEMO_OUT = "esnet_demo_data"
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.description = ("Open-source DFT (GPAW, plane waves, PBE) on unrelaxed structures: each structure "
+                     "gets a single point that writes its IS-DOS (*.gpawdos.npz, read by `esnet featurize`), "
+                     "its energy (eV) and wall time (s); optionally a relaxation. One single-threaded GPAW "
+                     "process per structure; results cached by a hash of structure + settings, so reruns resume.")
+    sub = p.add_subparsers(dest="dft_command", metavar="ACTION", required=True)
+    for name, help_ in (("run", "compute the given structures"), ("demo", "compute the embedded demo dataset")):
+        q = sub.add_parser(name, help=help_, description=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        if name == "run":
+            q.add_argument("structures", nargs="+", metavar="FILE",
+                           help="CIF, POSCAR, pymatgen Structure JSON, or prototype spec JSON (see docs)")
+            q.add_argument("--out", required=True, help="output directory (labels.csv, calcs/ cache)")
+            q.add_argument("--relax", choices=["none", "eos", "optimizer"], default="none",
+                           help="none: single point only; eos: isotropic lattice scan (cubic cells without "
+                                "internal degrees of freedom); optimizer: BFGS on positions and cell")
+        else:
+            q.add_argument("--out", default=DEMO_OUT, help="dataset directory; a new one starts from a copy of the "
+                           "packaged demo results, so only missing structures are computed (to extend the "
+                           "repository's data: --out datasets/is_dos/demo)")
+            q.add_argument("--limit", type=int, default=None, help="only the first N structures")
+            q.add_argument("--assemble-only", action="store_true",
+                           help="compute nothing: write labels.csv from the cached results (pending ones listed)")
+        q.add_argument("--workers", type=int, default=2, help="parallel single-threaded GPAW processes")
+        q.add_argument("--timeout", type=float, default=1800.0, help="wall-time limit per structure, s")
+        q.add_argument("--ecut", type=float, default=DFTSettings.ecut, help="plane-wave cutoff, eV")
+        q.add_argument("--kpt-density", type=float, default=DFTSettings.kpt_density, help="k-points per Å^-1")
+        q.add_argument("--tiny", action="store_true", help="cheap unconverged settings (300 eV, 1.5 /Å^-1) for tests")
+        q.add_argument("--retry-failed", action="store_true", help="rerun tasks whose failure is cached")
+        q.add_argument("--nice", type=int, default=0, help="niceness of the GPAW processes")
+        q.add_argument("--beam-pipeline-options", default=None,
+                       help="run the tasks as an Apache Beam pipeline, e.g. 'runner=DirectRunner' "
+                            "(Flink/Spark/Dataflow options work unchanged; needs a shared --out)")
+
+
+def _settings(args) -> DFTSettings:
+    base = DFTSettings.tiny() if args.tiny else DFTSettings()
+    d = base.to_dict()
+    if not args.tiny:
+        d.update(ecut=args.ecut, kpt_density=args.kpt_density)
+    return DFTSettings.from_dict(d)
+
+
+def run(args: argparse.Namespace) -> int:
+    from esnet_tf.dft.labels import assemble
+    from esnet_tf.dft.runner import run_tasks
+    from esnet_tf.dft.structures import StructureInputError, read_structures
+    from esnet_tf.dft.tasks import Task
+
+    try:
+        import gpaw  # noqa: F401
+    except ImportError:
+        raise UserError("GPAW is not installed: install the `dft` extra (see README, scripts/setup.sh)") from None
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    if not args.timeout > 0:
+        raise UserError(f"--timeout must be > 0 s, got {args.timeout}")
+    st = _settings(args)
+    out = Path(args.out)
+    if args.dft_command == "demo":
+        from esnet_tf.dft.demo import seed_from_package
+
+        copied = seed_from_package(out)
+        if copied:
+            print(f"{out}: started from the packaged demo results ({copied} files copied)")
+    if args.dft_command == "demo" and args.assemble_only:
+        from esnet_tf.dft.demo import assemble_cached
+
+        prov = assemble_cached(out, st)
+        print(f"{prov['n_examples']} examples, {prov['n_failed']} failed, {prov['n_pending']} not computed yet "
+              f"-> {out / 'labels.csv'}")
+        sm = prov["summary"]
+        print(f"{sm['n_elements']} elements, {sm['n_stable']} on the hull ({sm['n_stable_compounds']} compounds); "
+              f"per prototype: {sm['per_prototype']}; IS {sm['is_single_points_per_process_hour']} / relaxations "
+              f"{sm['relaxations_per_process_hour']} per process-hour (ratio {sm['relaxation_to_is_cost_ratio']})")
+        return 0
+    if args.dft_command == "demo":
+        from esnet_tf.dft.demo import demo_tasks
+
+        tasks = demo_tasks(st, timeout=args.timeout)[: args.limit]
+    else:
+        tasks = []
+        for f in args.structures:
+            try:
+                items = read_structures(f)
+            except StructureInputError as exc:
+                raise UserError(str(exc)) from None
+            tasks += [Task(id=i, structure=s, settings=st, relax=args.relax, prototype=proto, timeout=args.timeout)
+                      for i, s, proto in items]
+        ids = [t.id for t in tasks]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise UserError(f"duplicate structure ids {dup[:5]}: give the files distinct names")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.beam_pipeline_options:
+        from esnet_tf.dft.beam import run_tasks_beam
+
+        outcomes = run_tasks_beam(tasks, out / "calcs", args.beam_pipeline_options, args.retry_failed)
+    else:
+        outcomes = run_tasks(tasks, out / "calcs", workers=args.workers, retry_failed=args.retry_failed,
+                             nice=args.nice)
+    failed = [o for o in outcomes if o.status == "failed"]
+    try:
+        prov = assemble(outcomes, out, st)
+    except ValueError as exc:  # e.g. no elemental entries at all for a phase diagram
+        prov = {"n_examples": 0, "note": f"labels not assembled: {exc}"}
+    n_cached = sum(o.status == "cached" for o in outcomes)
+    print(f"{len(outcomes) - len(failed)} done ({n_cached} from cache), {len(failed)} failed; "
+          f"labels: {out / 'labels.csv'}; failures: {out / 'failures.csv'}")
+    for o in failed:
+        print(f"FAILED {o.task_id}: {o.reason}")
+    if not prov.get("n_examples"):
+        print(f"esnet dft: no labelled example in {out / 'labels.csv'}: "
+              f"{prov.get('note') or 'formation energies need the elemental references of every element'}; "
+              "add the elements themselves to the structures (see README)")
+        return 1
+    write_text(out / "outcomes.json", json.dumps(
+        [{"id": o.task_id, "status": o.status, "key": o.key, "reason": o.reason} for o in outcomes], indent=1))
+    return 1 if failed else 0

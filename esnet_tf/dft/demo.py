@@ -114,3 +114,27 @@ def assemble_cached(data_dir: Path, settings: DFTSettings | None = None) -> dict
     prov.update(n_pending=len(pending), pending=pending)
     (data_dir / "provenance.json").write_text(__import__("json").dumps(prov, indent=1))
     return prov
+
+
+#: Default output of `esnet dft demo`: under the current directory, never inside the installation.
+DEFAULT_DEMO_OUT = Path("esnet_demo_data")
+
+
+def seed_from_package(out: Path) -> int:
+    """Copy the packaged demo results (labels, provenance, calcs/ cache) into `out` unless it holds a
+    cache already, so that `esnet dft demo --out DIR` resumes from what ships; returns files copied."""
+    import shutil
+
+    from esnet_tf import resources
+
+    src, out = resources.demo_dir(), Path(out)
+    if src.resolve() == out.resolve() or (out / "calcs").is_dir():
+        return 0
+    n = 0
+    for f in sorted(src.rglob("*")):
+        if f.is_file() and not f.name.endswith((".txt", ".log", ".tmp")):
+            target = out / f.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, target)
+            n += 1
+    return n
