@@ -106,7 +106,7 @@ def polymorph_ranking(formulas: np.ndarray, truth: np.ndarray, pred: np.ndarray)
 
 
 def screening(arrays: dict, test_idx: np.ndarray, pred: np.ndarray) -> dict:
-    from esnet_tf.screen import references_from_labels, screen
+    from esnet_tf.screening import references_from_labels, screen_rows as screen
 
     rows = [{"id": arrays["id"][i], "formula": arrays["formula"][i],
              "predicted_formation_energy_per_atom": f"{p:.6f}",

@@ -51,7 +51,7 @@ def run_demo(args: DemoConfig) -> dict:
     from esnet_tf import resources
     from esnet_tf.evaluate import evaluate
     from esnet_tf.export import export
-    from esnet_tf.screen import references_from_labels, read_csv_rows, screen, write_outputs
+    from esnet_tf.screening import references_from_labels, read_csv_rows, screen_rows as screen, write_outputs
     from esnet_tf.train import DEFAULTS, train
 
     out = Path(args.out)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from esnet_tf import screen as S
+from esnet_tf import screening as S
 from esnet_tf.errors import UserError
 from esnet_tf.cli import main as cli_main
 
@@ -63,7 +63,7 @@ def _write_csv(path: Path, rows: list[dict]) -> Path:
 # ------------------------------------------------------------------------ E_hull and metrics
 
 def test_true_energies_reproduce_pymatgen_ehull_and_perfect_metrics(mp):
-    res = S.screen(_rows(mp), _refs(mp), keep_overlapping_references=True, progress=False)
+    res = S.screen_rows(_rows(mp), _refs(mp), keep_overlapping_references=True, progress=False)
     pred = np.array([r["predicted_e_above_hull"] for r in res.rows])
     np.testing.assert_allclose(pred, mp["ehull"], atol=1e-9)
     m = res.metrics
@@ -81,7 +81,7 @@ def test_candidates_in_hull_rebuilds_the_full_phase_diagram(mp):
     from pymatgen.analysis.phase_diagram import PhaseDiagram
 
     refs = S.load_references([mp["dir"] / ELEMENTAL])
-    res = S.screen(_rows(mp), refs, candidates_in_hull=True, progress=False)
+    res = S.screen_rows(_rows(mp), refs, candidates_in_hull=True, progress=False)
     li_fe_o = [e for e in mp["elemental"] if e.composition.elements[0].symbol in ("Li", "Fe", "O")]
     pd = PhaseDiagram(mp["entries"] + li_fe_o)
     want = [pd.get_e_above_hull(e) for e in mp["entries"]]
@@ -95,7 +95,7 @@ def test_default_places_candidates_against_references_without_themselves(mp):
 
     idx = [i for i, e in enumerate(mp["entries"]) if len(e.composition.elements) == 3]
     rows = [r for i, r in enumerate(_rows(mp)) if i in set(idx)]
-    res = S.screen(rows, _refs(mp), progress=False)
+    res = S.screen_rows(rows, _refs(mp), progress=False)
     assert res.metrics["references"]["n_excluded_as_candidates"] == len(idx) == 175
     others = [e for i, e in enumerate(mp["entries"]) if i not in set(idx)]
     pd = PhaseDiagram(others)
@@ -113,7 +113,7 @@ def test_perturbed_predictions_match_hand_confusion_matrix(mp):
     fn_idx = stable[:3]
     pred[fn_idx] += 0.05                      # 3 stable ones predicted 50 meV/atom too high
     pred[near] -= ehull[near] + 0.03          # 4 unstable ones predicted 30 meV/atom below the hull
-    res = S.screen(_rows(mp, pred), _refs(mp), keep_overlapping_references=True, progress=False)
+    res = S.screen_rows(_rows(mp, pred), _refs(mp), keep_overlapping_references=True, progress=False)
     m = res.metrics
     n_pos = len(stable)
     tp, fn, fp = n_pos - 3, 3, 4
@@ -131,7 +131,7 @@ def test_perturbed_predictions_match_hand_confusion_matrix(mp):
         assert r["predicted_e_above_hull"] == pytest.approx(-0.03) and r["decision"] == "relax"
         assert r["true_stable"] is False
     # formation-energy mode on the same numbers: stable if E_f < -1.5 eV/atom
-    res = S.screen(_rows(mp, pred), None, mode="formation-energy", threshold=-1.5, progress=False)
+    res = S.screen_rows(_rows(mp, pred), None, mode="formation-energy", threshold=-1.5, progress=False)
     t, p = mp["ef"] < -1.5, pred < -1.5
     m = res.metrics
     assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (
@@ -155,7 +155,7 @@ def test_cost_curve_monotone_and_complete(mp):
     pred = mp["ef"] + rng.normal(0, 0.05, len(mp["ef"]))
     n_sites = np.array([len(e.structure) for e in mp["entries"]], float)
     is_t, relax_t = 2.0 * n_sites, 15.0 * n_sites ** 1.5  # bigger cells cost more
-    res = S.screen(_rows(mp, pred, is_wall_time_s=is_t, relax_wall_time_s=relax_t), _refs(mp),
+    res = S.screen_rows(_rows(mp, pred, is_wall_time_s=is_t, relax_wall_time_s=relax_t), _refs(mp),
                    keep_overlapping_references=True, progress=False)
     c = res.curve
     for key in ("recall", "relax_cost_fraction", "cost_fraction", "fraction_sent"):
@@ -175,7 +175,7 @@ def test_cost_curve_monotone_and_complete(mp):
     assert at["cost_fraction"] == pytest.approx(
         (is_t.sum() + sum(r["relax_wall_time_s"] for r in chosen)) / relax_t.sum())
     # a margin only ever sends more candidates to DFT
-    wider = S.screen(_rows(mp, pred), _refs(mp), keep_overlapping_references=True, margin=0.05,
+    wider = S.screen_rows(_rows(mp, pred), _refs(mp), keep_overlapping_references=True, margin=0.05,
                      progress=False)
     assert wider.metrics["n_relax_decisions"] > len(chosen)
     assert wider.metrics["cost"]["source"].startswith("unit cost")
@@ -184,12 +184,12 @@ def test_cost_curve_monotone_and_complete(mp):
 def test_uncertainty_weight_ranks_optimistically(mp):
     std = np.linspace(0.0, 0.2, 375)
     rows = _rows(mp, mp["ef"] + 0.1, predicted_formation_energy_per_atom_std=std)
-    res = S.screen(rows, _refs(mp), keep_overlapping_references=True, uncertainty_weight=1.0, progress=False)
+    res = S.screen_rows(rows, _refs(mp), keep_overlapping_references=True, uncertainty_weight=1.0, progress=False)
     for r, s_, e in zip(res.rows, std, mp["ehull"]):
         assert r["score"] == pytest.approx(e + 0.1 - s_, abs=1e-9)
         assert (r["decision"] == "relax") == (e + 0.1 - s_ <= 1e-6)
     with pytest.raises(UserError, match="predicted_formation_energy_per_atom_std"):
-        S.screen(_rows(mp), _refs(mp), uncertainty_weight=1.0, progress=False)
+        S.screen_rows(_rows(mp), _refs(mp), uncertainty_weight=1.0, progress=False)
 
 
 # ------------------------------------------------------------------------ bad input
@@ -201,7 +201,7 @@ def test_bad_rows_are_reported_not_dropped(mp):
     rows[2]["formula"] = "LiCoO2"      # Co: the Li-Fe-O references don't span it
     rows[3]["formula"] = "Xx2Q"        # not a formula
     rows[4][S.EF_COL] = rows[4][S.EHULL_COL] = ""  # no truth
-    res = S.screen(rows, _refs(mp), keep_overlapping_references=True, progress=False)
+    res = S.screen_rows(rows, _refs(mp), keep_overlapping_references=True, progress=False)
     st = {r["id"]: (r["status"], r["reason"]) for r in res.rows}
     assert len(res.rows) == 40
     assert st[rows[0]["id"]][0] == st[rows[1]["id"]][0] == "nan_prediction"
@@ -210,7 +210,19 @@ def test_bad_rows_are_reported_not_dropped(mp):
     assert st[rows[4]["id"]][0] == "no_truth"
     assert res.metrics["status_counts"] == {"ok": 35, "nan_prediction": 2, "unspanned": 1,
                                             "bad_formula": 1, "no_truth": 1}
-    assert res.metrics["n_candidates"] == 35
+    # Matbench Discovery convention (DESIGN.md section 6): the 2 NaN predictions have truths, so they
+    # count as predicted unstable and stay in every denominator (35 ok + 2); the unspanned / bad-formula
+    # rows have no truth on the hull and the no_truth row none at all: those 3 are not in the metrics
+    m = res.metrics
+    assert m["n_candidates"] == 37 and m["n_missing_prediction"] == 2
+    in_metrics = [i for i in range(40) if i not in (2, 3, 4)]
+    true_st = mp["ehull"][in_metrics] <= 1e-9
+    pred_st = true_st & ~np.isin(in_metrics, [0, 1])  # exact predictions, except the 2 NaN ones
+    tp, fn = int(np.sum(true_st & pred_st)), int(np.sum(true_st & ~pred_st))
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (tp, 0, fn, 37 - tp - fn)
+    assert m["accuracy"] == pytest.approx((37 - fn) / 37)
+    for r in res.rows[:2]:
+        assert r["predicted_stable"] is False and r["decision"] == "unscreened" and r["true_stable"] is False
     no_truth = next(r for r in res.rows if r["id"] == rows[4]["id"])
     assert no_truth["decision"] in ("relax", "skip")  # still decided, only left out of metrics
 
@@ -220,11 +232,11 @@ def test_bad_inputs_raise_clear_errors(mp, tmp_path):
     costs = _write_csv(tmp_path / "costs.csv", [{"id": r["id"], "is_wall_time_s": 1, "relax_wall_time_s": 5}
                                                 for r in rows[1:]])
     with pytest.raises(UserError, match=rf"costs.csv: no cost row .*{rows[0]['id']}"):
-        S.screen(rows, _refs(mp), costs=costs, progress=False)
+        S.screen_rows(rows, _refs(mp), costs=costs, progress=False)
     with pytest.raises(UserError, match="duplicate id"):
         S.read_csv_rows(_write_csv(tmp_path / "dup.csv", [rows[0], rows[0]]))
     with pytest.raises(UserError, match="needs reference entries"):
-        S.screen(rows, None, mode="ehull", progress=False)
+        S.screen_rows(rows, None, mode="ehull", progress=False)
     with pytest.raises(UserError, match="missing column"):
         S.read_csv_rows(_write_csv(tmp_path / "nopred.csv", [{"id": "a", "formula": "Li"}]),
                         ("id", S.PRED_COL))
@@ -239,7 +251,7 @@ def test_truths_file_ids(mp, tmp_path):
     truths = _write_csv(tmp_path / "labels.csv", [
         {"id": r["id"], "formula": r["formula"], S.EF_COL: r[S.EF_COL], S.EHULL_COL: r[S.EHULL_COL]}
         for r in _rows(mp)[2:12]])
-    res = S.screen(S.merge_truths(rows, truths), _refs(mp), keep_overlapping_references=True, progress=False)
+    res = S.screen_rows(S.merge_truths(rows, truths), _refs(mp), keep_overlapping_references=True, progress=False)
     assert [r["status"] for r in res.rows[:2]] == ["no_truth", "no_truth"]
     assert res.metrics["n_candidates"] == 10
 
@@ -251,7 +263,7 @@ def test_labels_csv_references_match_computed_entries(mp, tmp_path):
     labels = _write_csv(tmp_path / "labels.csv", [
         {"id": e.entry_id, "formula": e.composition.formula.replace(" ", ""), S.EF_COL: repr(float(f))}
         for e, f in zip(mp["entries"], mp["ef"])])
-    res = S.screen(_rows(mp), S.load_references([labels]), keep_overlapping_references=True, progress=False)
+    res = S.screen_rows(_rows(mp), S.load_references([labels]), keep_overlapping_references=True, progress=False)
     li_fe_o = [e for e in mp["elemental"] if e.composition.elements[0].symbol in ("Li", "Fe", "O")]
     pd = PhaseDiagram(mp["entries"] + li_fe_o)  # the labels' elements at 0 = MP elemental references
     np.testing.assert_allclose([r["predicted_e_above_hull"] for r in res.rows],
@@ -276,7 +288,9 @@ def test_cli_end_to_end(mp, tmp_path, capsys):
             "--keep-overlapping-references", "--out", str(out)]
     assert cli_main(argv) == 0
     captured = capsys.readouterr()
-    assert "374 candidates" in captured.out and "1 of 375 candidates not in the metrics" in captured.err
+    # the NaN prediction has a truth: predicted unstable, in the metrics (Matbench Discovery convention)
+    assert "375 candidates" in captured.out and "1 of 375 candidates not ok" in captured.err
+    assert "1 with a truth but no usable prediction count as predicted unstable" in captured.err
     with open(out / "candidates.csv") as fh:
         table = list(csv.DictReader(fh))
     assert len(table) == 375 and {"predicted_e_above_hull", "decision", "status", "reason"} <= set(table[0])

@@ -1,2 +1,49 @@
-"""`esnet evaluate` (transition: argparse still in esnet_tf.evaluate)."""
-from esnet_tf.evaluate import configure_parser, run  # noqa: F401
+"""`esnet evaluate`: metrics (eV/atom) and parity plot of a saved model on one split (flags -> `evaluate`)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"give three comma-separated fractions, e.g. 0.8,0.1,0.1 (got {text!r})")
+    return parts  # type: ignore[return-value]
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Flags of `esnet evaluate` (energies in eV/atom)."""
+    p.add_argument("--model", required=True, help=".keras file or SavedModel dir")
+    p.add_argument("--dataset", required=True,
+                   help="features .npz (with --labels), dir with labels.csv, or TFDS name/dir")
+    p.add_argument("--labels", help="labels CSV for .npz features (id, formation_energy_per_atom in eV/atom)")
+    p.add_argument("--data-dir", help="TFDS data_dir")
+    p.add_argument("--split", default="test", help="train, validation, test or all")
+    p.add_argument("--split-fractions", type=_fractions,
+                   help="train,validation,test fractions of chemical systems for .npz / labels-dir datasets "
+                   "(as given to `esnet train`)")
+    p.add_argument("--split-seed", type=int, default=0, help="chemical-system split seed (as given to `esnet train`)")
+    p.add_argument("--threshold", type=float, default=0.0, help="stable means formation energy < threshold (eV/atom)")
+    p.add_argument("--batch-size", type=int, default=256, help="examples per model call")
+    p.add_argument("--out", default="eval", help="output directory (metrics.json, predictions.csv, parity.png)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`esnet evaluate`: write metrics.json, predictions.csv and parity.png to --out."""
+    from esnet_tf.evaluate import evaluate
+
+    m = evaluate(args.model, args.dataset, args.split, args.out, threshold=args.threshold,
+                 batch_size=args.batch_size, labels=args.labels, data_dir=args.data_dir,
+                 split_fractions=args.split_fractions, split_seed=args.split_seed)
+
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    print(f"{args.split}: n={m['n']}  MAE={fmt(m['mae'])}  RMSE={fmt(m['rmse'])} eV/atom  R2={fmt(m['r2'])}  "
+          f"precision={fmt(m['precision'])} recall={fmt(m['recall'])} F1={fmt(m['f1'])} "
+          f"(stable: E_f < {args.threshold} eV/atom) -> {args.out}/metrics.json, parity.png")
+    return 0

@@ -81,8 +81,10 @@ def assemble(outcomes: list[Outcome], data_dir: Path, settings: DFTSettings) -> 
     folder is the task cache. Compounds whose elements lack a finished
     reference are listed in failures.csv with that reason.
     """
-    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.analysis.phase_diagram import PDEntry
     from pymatgen.core import Composition
+
+    from esnet_tf.screening.hull import e_above_hull_of_entries
 
     data_dir = Path(data_dir)
     done = [o for o in outcomes if o.result is not None]
@@ -126,15 +128,8 @@ def assemble(outcomes: list[Outcome], data_dir: Path, settings: DFTSettings) -> 
             "rs_scale": r.get("rs_scale"), "spin_polarized": r["spin_polarized"],
             "is_wall_time_s": r["is_wall_time"], "relax_wall_time_s": r.get("relax_wall_time", 0.0),
         })
-    # one phase diagram per chemical system (a single diagram over ~35 elements is intractable)
-    diagrams: dict[frozenset, PhaseDiagram] = {}
-    ehull = {}
-    for e in entries:
-        els = frozenset(el.symbol for el in e.composition.elements)
-        if els not in diagrams:
-            diagrams[els] = PhaseDiagram([x for x in entries
-                                          if {el.symbol for el in x.composition.elements} <= els])
-        ehull[e.name] = diagrams[els].get_e_above_hull(e, allow_negative=True)
+    # the project's one hull (PhaseDiagram / PatchedPhaseDiagram over many chemical systems)
+    ehull = dict(zip((e.name for e in entries), e_above_hull_of_entries(entries).tolist()))
     for row in rows:
         row["e_above_hull"] = max(0.0, ehull[row["id"]]) if abs(ehull[row["id"]]) < 1e-9 else ehull[row["id"]]
     rows.sort(key=lambda r: r["id"])

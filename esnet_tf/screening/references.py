@@ -1,0 +1,162 @@
+"""Reference sets: the known entries that span the hull candidates are placed against.
+
+References are Materials Project `ComputedEntry` / `ComputedStructureEntry` JSON, or a dataset's
+labels.csv (formation energies, elements at 0 eV/atom). Formation energies (eV/atom) become total
+energies per atom with elemental chemical potentials `mu`: the `elemental_references` when given
+(e.g. MP's elemental reference entries, the Matbench Discovery convention), otherwise the
+lowest-energy elemental entry of each element among the references (pymatgen's convention).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from esnet_tf.errors import UserError
+from esnet_tf.screening.hull import Hull
+from esnet_tf.screening.io import load_entries
+
+
+def parse_formula(formula: str) -> Any:
+    """A pymatgen Composition of real elements with atoms; ValueError otherwise."""
+    from pymatgen.core import Composition, Element
+
+    comp = Composition(formula)
+    if comp.num_atoms <= 0:
+        raise ValueError("no atoms")
+    bad = [str(e) for e in comp.elements if not isinstance(e, Element)]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} not chemical element(s)")
+    return comp
+
+
+@dataclass
+class ReferenceSet:
+    """Entries spanning the reference hull plus the zero of formation energy.
+
+    `entries` are pymatgen entries (energies in eV, total per formula unit as given);
+    `ids` their ids; `mu` the elemental chemical potential of each element in eV/atom,
+    which turns a formation energy per atom into a total energy per atom.
+    """
+
+    entries: list
+    ids: list[str]
+    mu: dict[str, float]
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def elements(self) -> set[str]:
+        """Elements that have a pure elemental entry in the hull."""
+        return {e.composition.elements[0].symbol for e in self.entries if e.composition.is_element}
+
+    def total_energy_per_atom(self, comp: Any, formation_energy_per_atom: float) -> float:
+        """E_f (eV/atom) -> total energy per atom (eV/atom): E_f + sum_el x_el mu_el."""
+        return formation_energy_per_atom + sum(
+            comp.get_atomic_fraction(el) * self.mu[el.symbol] for el in comp.elements)
+
+
+def _entry_id(entry: Any, fallback: str) -> str:
+    return str(getattr(entry, "entry_id", None) or getattr(entry, "name", None) or fallback)
+
+
+def references_from_labels(path: str | Path) -> ReferenceSet:
+    """A dataset labels.csv (`id`, `formula`, `formation_energy_per_atom` eV/atom) as a reference set.
+
+    Each row becomes a PDEntry with energy = E_f x atoms; every element seen gets a 0 eV entry.
+    Rows with an empty formation energy are skipped (they are not known references).
+    """
+    from pymatgen.analysis.phase_diagram import PDEntry
+    from pymatgen.core import Composition
+
+    from esnet_tf.labels import read_labels
+
+    path = Path(path)
+    rows = read_labels(path, path_column=None, require_energy=False, required_columns=("formula",))
+    entries, ids, elements = [], [], set()
+    for row in rows:
+        ef = row.formation_energy_per_atom
+        if not math.isfinite(ef):
+            continue
+        try:
+            comp = parse_formula(row.formula)
+        except Exception as exc:  # pymatgen raises several types on bad formulas
+            raise UserError(f"{path}:{row.line}: id {row.id!r}: bad formula {row.formula!r} ({exc})") from None
+        entries.append(PDEntry(comp, ef * comp.num_atoms, name=row.id))
+        ids.append(row.id)
+        elements.update(el.symbol for el in comp.elements)
+    for el in sorted(elements):
+        entries.append(PDEntry(Composition(el), 0.0, name=f"{el} (element, 0 eV/atom)"))
+        ids.append(f"__element_{el}")
+    return ReferenceSet(entries, ids, {el: 0.0 for el in elements}, [str(path)])
+
+
+def load_references(paths: Sequence[str | Path],
+                    elemental_references: str | Path | None = None) -> ReferenceSet:
+    """Reference set from JSON entry files and/or labels.csv files (see the module docstring)."""
+    if not paths:
+        raise UserError("no reference entries given (--references FILE)")
+    entries, ids, mu, sources = [], [], {}, []
+    json_given = False
+    for p in paths:
+        p = Path(p)
+        if p.name.endswith((".csv", ".csv.gz")):
+            ref = references_from_labels(p)
+            entries += ref.entries
+            ids += ref.ids
+            mu.update(ref.mu)
+        else:
+            json_given = True
+            got = load_entries(p)
+            entries += got
+            ids += [_entry_id(e, f"{p.name}#{i}") for i, e in enumerate(got)]
+        sources.append(str(p))
+    if json_given and mu:
+        raise UserError("mixing labels.csv (elements at 0 eV/atom) and computed-entry JSON "
+                        "references is ambiguous: give one kind")
+    if elemental_references is not None:
+        mu = {}
+        for e in load_entries(elemental_references):
+            if not e.composition.is_element:
+                raise UserError(f"{elemental_references}: {e.composition.reduced_formula} is not an element")
+            el = e.composition.elements[0].symbol
+            mu[el] = min(mu.get(el, math.inf), e.energy_per_atom)
+        sources.append(f"elemental: {elemental_references}")
+    elif json_given:
+        for e in entries:
+            if e.composition.is_element:
+                el = e.composition.elements[0].symbol
+                mu[el] = min(mu.get(el, math.inf), e.energy_per_atom)
+    return ReferenceSet(entries, ids, mu, sources)
+
+
+class ReferenceHull:
+    """E_hull (eV/atom) of candidates against the reference hull (`esnet_tf.screening.hull.Hull`).
+
+    `exclude_ids`: reference ids left out of the hull (the candidates themselves).
+    `extra`: further (composition, formation energy per atom) points put into the hull, e.g. the
+    candidates' predicted entries when they are judged against each other too.
+    """
+
+    def __init__(self, refs: ReferenceSet, exclude_ids: Iterable[str] = (),
+                 extra: Sequence[tuple[Any, float]] = ()) -> None:
+        from pymatgen.analysis.phase_diagram import PDEntry
+
+        excl = set(exclude_ids)
+        self.refs = refs
+        entries = [e for e, i in zip(refs.entries, refs.ids) if i not in excl]
+        self.n_excluded = len(refs.entries) - len(entries)
+        for comp, ef in extra:
+            if all(el.symbol in refs.mu for el in comp.elements):
+                entries.append(PDEntry(comp, refs.total_energy_per_atom(comp, ef) * comp.num_atoms,
+                                       name="candidate"))
+        self.hull = Hull(entries)
+
+    def missing(self, comp: Any) -> list[str]:
+        """Elements of `comp` with no elemental reference (hull entry or chemical potential)."""
+        return sorted({el.symbol for el in comp.elements} - (self.hull.elements & set(self.refs.mu)))
+
+    def e_above_hull(self, comp: Any, formation_energy_per_atom: float) -> float:
+        """E_hull (eV/atom, negative below the hull) of a composition with the given E_f (eV/atom)."""
+        return self.hull.e_above_hull(comp, self.refs.total_energy_per_atom(comp, formation_energy_per_atom))
