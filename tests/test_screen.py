@@ -310,3 +310,118 @@ def test_cli_end_to_end(mp, tmp_path, capsys):
     assert cli_main(argv[:-2] + ["--strict", "--out", str(tmp_path / "strict")]) == 2
     assert "not screened" in capsys.readouterr().err
     assert not (tmp_path / "strict").exists()
+
+
+# ------------------------------------------------------------------------ array API, NaN convention, hull
+
+def test_nan_prediction_is_predicted_unstable_and_stays_in_the_denominators():
+    """Matbench Discovery: 4 candidates, truths stable/stable/unstable/unstable, the 2nd prediction NaN.
+
+    Before the split (NaN rows left out): n 3, TP 1, FP 1, FN 0, TN 1 -> recall 1, accuracy 2/3, DAF 1.5.
+    Now: n 4, TP 1, FP 1, FN 1, TN 1 -> precision 1/2, recall 1/2, accuracy 1/2, prevalence 1/2, DAF 1.
+    """
+    cands = S.Candidates(ids=["a", "b", "c", "d"], predicted=[-0.4, np.nan, 0.1, -0.1],
+                         formation_energy=[-0.5, -0.3, 0.2, 0.4])
+    res = S.screen(cands, None, S.ScreenConfig(mode="formation-energy", threshold=0.0))
+    m = res.metrics
+    assert (m["n_candidates"], m["tp"], m["fp"], m["fn"], m["tn"]) == (4, 1, 1, 1, 1)
+    assert (m["precision"], m["recall"], m["accuracy"], m["prevalence"], m["daf"]) == (0.5, 0.5, 0.5, 0.5, 1.0)
+    assert m["f1"] == pytest.approx(0.5) and m["n_missing_prediction"] == 1
+    assert m["status_counts"] == {"ok": 3, "nan_prediction": 1}
+    assert m["mae"] == pytest.approx((0.1 + 0.1 + 0.5) / 3)  # regression errors over finite pairs only
+    b = res.rows[1]
+    assert b["status"] == "nan_prediction" and b["predicted_stable"] is False and b["decision"] == "unscreened"
+    # the cost curve keeps it too, ranked last: recall reaches 1 only when all 4 are relaxed
+    assert list(res.curve["recall"]) == [0.0, 0.5, 0.5, 0.5, 1.0]
+    assert res.metrics["cost"]["at_target_recall"]["n_relaxed"] == 4
+    # the same numbers through the metrics function and evaluate's adapter
+    assert S.threshold_metrics([-0.5, -0.3, 0.2, 0.4], [-0.4, np.nan, 0.1, -0.1])["daf"] == 1.0
+    from esnet_tf.evaluate import classification_metrics as eval_metrics
+
+    e = eval_metrics([-0.5, -0.3, 0.2, 0.4], [-0.4, np.nan, 0.1, -0.1], threshold=0.0)
+    assert (e["true_positives"], e["false_positives"], e["false_negatives"], e["true_negatives"]) == (1, 1, 1, 1)
+    assert e["recall"] == 0.5 and e["daf"] == 1.0
+
+
+def test_metrics_match_hand_formulas_on_random_labels():
+    rng = np.random.default_rng(3)
+    t, p = rng.random(200) < 0.3, rng.random(200) < 0.4
+    m = S.classification_metrics(t, p)
+    tp, fp, fn, tn = (int(np.sum(t & p)), int(np.sum(~t & p)), int(np.sum(t & ~p)), int(np.sum(~t & ~p)))
+    assert (m["tp"], m["fp"], m["fn"], m["tn"], m["n_candidates"]) == (tp, fp, fn, tn, 200)
+    prec, rec = tp / (tp + fp), tp / (tp + fn)
+    assert m["precision"] == pytest.approx(prec) and m["recall"] == pytest.approx(rec)
+    assert m["f1"] == pytest.approx(2 * prec * rec / (prec + rec))
+    assert m["daf"] == pytest.approx(prec / ((tp + fn) / 200)) and m["accuracy"] == pytest.approx((tp + tn) / 200)
+    assert m["fpr"] == pytest.approx(fp / (fp + tn)) and m["tnr"] == pytest.approx(tn / (tn + fp))
+    # precision undefined -> F1 undefined (not 0), as Matbench Discovery computes it
+    assert S.classification_metrics(np.array([True, False]), np.array([False, False]))["f1"] is None
+    assert list(S.stable_mask([-1.0, 0.0, np.nan, 1e-7], 0.0, tol=1e-6)) == [True, True, False, True]
+    assert list(S.stable_mask([-1.0, 0.0, np.nan], 0.0, inclusive=False)) == [True, False, False]
+    r = S.regression_metrics([1.0, 2.0, 3.0, 4.0], [1.5, 2.0, 2.0, np.nan])
+    assert r["n"] == 3 and r["mae"] == pytest.approx(0.5) and r["rmse"] == pytest.approx(math.sqrt(1.25 / 3))
+    assert r["r2"] == pytest.approx(1 - 1.25 / 2.0)
+    assert S.regression_metrics([1.0], [np.nan]) == {"n": 0, "mae": None, "rmse": None, "r2": None,
+                                                     "mean_truth": None}
+
+
+def test_array_api_equals_rows_adapter(mp):
+    rng = np.random.default_rng(5)
+    pred = mp["ef"] + rng.normal(0, 0.04, 375)
+    pred[7] = np.nan
+    config = S.ScreenConfig(threshold=0.02, margin=0.01)
+    by_rows = S.screen_rows(_rows(mp, pred), _refs(mp), config)
+    cands = S.Candidates(ids=[e.entry_id for e in mp["entries"]], predicted=pred,
+                         formulas=[e.composition.reduced_formula for e in mp["entries"]],
+                         formation_energy=mp["ef"], e_above_hull=mp["ehull"])
+    by_arrays = S.screen(cands, _refs(mp), config)
+    assert by_arrays.metrics == by_rows.metrics
+    for col in ("predicted_e_above_hull", "true_e_above_hull", "score"):
+        np.testing.assert_allclose(by_arrays.table[col], by_rows.table[col], atol=1e-9)
+    assert list(by_arrays.table["decision"]) == list(by_rows.table["decision"])
+    with pytest.raises(UserError, match="duplicate id"):
+        S.Candidates(ids=["a", "a"], predicted=[0.0, 1.0])
+    with pytest.raises(UserError, match="unknown mode"):
+        S.ScreenConfig(mode="hull")
+    with pytest.raises(UserError, match="target recall"):
+        S.ScreenConfig(target_recall=0.0)
+
+
+def test_patched_phase_diagram_matches_phase_diagram(mp, monkeypatch):
+    """The PatchedPhaseDiagram path (many elements) gives PhaseDiagram's E_hull, also off its patches."""
+    from pymatgen.analysis.phase_diagram import PatchedPhaseDiagram, PhaseDiagram
+
+    from esnet_tf.screening import hull as H
+
+    monkeypatch.setattr(H, "MAX_PHASE_DIAGRAM_ELEMENTS", 2)
+    assert isinstance(S.Hull(mp["entries"]).diagram, PatchedPhaseDiagram)
+    np.testing.assert_allclose(S.e_above_hull_of_entries(mp["entries"]), mp["ehull"], atol=1e-9)
+    # ternary candidates against binary references only: no patch covers Li-Fe-O, one is added
+    idx = [i for i, e in enumerate(mp["entries"]) if len(e.composition.elements) == 3]
+    others = [e for i, e in enumerate(mp["entries"]) if i not in set(idx)]
+    hull = S.Hull(others)
+    got = [hull.e_above_hull(mp["entries"][i].composition, mp["entries"][i].energy_per_atom) for i in idx]
+    pd = PhaseDiagram(others)
+    want = [pd.get_decomp_and_e_above_hull(mp["entries"][i], allow_negative=True)[1] for i in idx]
+    np.testing.assert_allclose(got, want, atol=1e-9)
+
+
+def test_shared_hull_reproduces_the_demo_labels_e_above_hull():
+    """esnet_tf.dft.labels writes e_above_hull with this hull: the demo labels.csv is reproduced."""
+    from pymatgen.analysis.phase_diagram import PDEntry
+    from pymatgen.core import Composition
+
+    from esnet_tf.labels import read_labels
+
+    labels = Path(__file__).resolve().parents[1] / "datasets" / "is_dos" / "demo" / "labels.csv"
+    if not labels.is_file():
+        pytest.skip(f"{labels} not found")
+    rows = read_labels(labels, path_column=None, required_columns=("formula",))
+    entries = [PDEntry(Composition(r.formula), r.formation_energy_per_atom * Composition(r.formula).num_atoms,
+                       name=r.id) for r in rows]
+    elements = sorted({el.symbol for e in entries for el in e.composition.elements})
+    assert len(elements) > 10  # the PatchedPhaseDiagram path
+    entries += [PDEntry(Composition(el), 0.0) for el in elements]
+    got = S.e_above_hull_of_entries(entries)[:len(rows)]
+    # labels are written with 6 decimals: formation energies and E_hull each round by 5e-7
+    np.testing.assert_allclose(got, [r.e_above_hull for r in rows], atol=1.5e-6)

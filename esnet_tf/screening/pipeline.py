@@ -160,6 +160,7 @@ def candidates_from_rows(rows: Sequence[Mapping[str, str]], *, with_std: bool = 
     if missing:
         raise UserError(f"{source}: missing column(s) {missing}")
     n = len(rows)
+    has_costs = all(c in cols for c in COST_COLUMNS)
     values = {k: np.full(n, np.nan) for k in ("pred", "std", "ef", "eh", "is", "rx")}
     problems = np.full(n, "", dtype=object)
     for i, r in enumerate(rows):
@@ -173,12 +174,11 @@ def candidates_from_rows(rows: Sequence[Mapping[str, str]], *, with_std: bool = 
                 values[k][i] = math.nan
             values["std"][i] = 0.0
             problems[i] = f"not a number: {exc}"
-        if all(c in cols for c in COST_COLUMNS):
+        if has_costs:
             try:
                 values["is"][i], values["rx"][i] = (_number(r.get(c)) for c in COST_COLUMNS)
             except ValueError as exc:
                 raise UserError(f"{source}: id {r['id']!r}: bad wall time ({exc})") from None
-    has_costs = all(c in cols for c in COST_COLUMNS)
     return Candidates(
         ids=[r["id"] for r in rows], predicted=values["pred"],
         formulas=[r.get("formula") or "" for r in rows] if "formula" in cols else None,
@@ -312,7 +312,7 @@ def screen(candidates: Candidates, refs: ReferenceSet | None = None, config: Scr
     if mode == "ehull" and refs is None:
         raise UserError("mode 'ehull' needs reference entries (--references)")
     if refs is not None and c.formulas is None:
-        raise UserError(f"predictions: missing column(s) ['formula'] (needed to place candidates on the hull)")
+        raise UserError("predictions: missing column(s) ['formula'] (needed to place candidates on the hull)")
     if config.uncertainty_weight and c.std is None:
         raise UserError(f"uncertainty weight {config.uncertainty_weight} needs predicted stds: a {STD_COL!r} "
                         "column in the predictions (an ensemble model's output)")
