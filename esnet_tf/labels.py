@@ -62,24 +62,26 @@ class LabelRow:
         except KeyError:
             return default
 
-    def float(self, column: str, source: str | Path = "labels") -> float:
-        """A numeric extra column (e.g. `relax_wall_time_s`); blank -> NaN; text -> DatasetError."""
-        return label_float(self.get(column), Path(source), self.line, column, required=False)
+    def float(self, column: str, source: str | Path = "labels", unit: str = "") -> float:
+        """A numeric extra column (e.g. `relax_wall_time_s`, unit "s"); blank -> NaN; text -> DatasetError."""
+        unit = unit or ("s" if column.endswith("_s") else "eV/atom")
+        return label_float(self.get(column), Path(source), self.line, column, required=False, unit=unit)
 
 
-def label_float(value: str | float | None, labels: Path, line: int, column: str, required: bool) -> float:
-    """A labels-CSV cell in eV/atom: blank/nan -> NaN (an error when `required`), not a number -> error."""
+def label_float(value: str | float | None, labels: Path, line: int, column: str, required: bool,
+                unit: str = "eV/atom") -> float:
+    """A labels-CSV cell (in `unit`): blank/nan -> NaN (an error when `required`), not a number -> error."""
     if isinstance(value, float):
         return value
     text = (value or "").strip()
     if not text or text.lower() in ("nan", "none", "null"):
         if required:
-            raise DatasetError(f"{labels}:{line}: empty '{column}' (give a number in eV/atom)")
+            raise DatasetError(f"{labels}:{line}: empty '{column}' (give a number in {unit})")
         return math.nan
     try:
         return float(text)
     except ValueError:
-        raise DatasetError(f"{labels}:{line}: '{column}' is {text!r}, not a number (eV/atom)") from None
+        raise DatasetError(f"{labels}:{line}: '{column}' is {text!r}, not a number ({unit})") from None
 
 
 def _open(path: Path):
