@@ -50,19 +50,19 @@ def prepare_data(out_dir: Path, n_examples: int, demo: Path = DEMO, max_rows: in
     """Featurize up to `max_rows` labelled demo rows into out_dir/features.npz + labels.csv, tiled to
     at least `n_examples` examples (copies get ids 'ID#k' and keep their chemical system)."""
     from esnet_tf.featurize import featurize, save_examples
+    from esnet_tf.labels import read_labels
 
-    with (demo / "labels.csv").open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("id") and r.get("formation_energy_per_atom")][:max_rows]
+    rows = read_labels(demo / "labels.csv")[:max_rows]
     if not rows:
         raise SystemExit(f"{demo / 'labels.csv'}: no labelled rows to benchmark on")
-    examples = [featurize(demo / r["path"], id=r["id"]) for r in rows]
+    examples = [featurize(r.file, id=r.id) for r in rows]
     reps = -(-n_examples // len(examples))
     tiled, labels = [], []
     for k in range(max(1, reps)):
         for ex, row in zip(examples, rows):
-            rid = row["id"] if k == 0 else f"{row['id']}#{k}"
+            rid = row.id if k == 0 else f"{row.id}#{k}"
             tiled.append(dataclasses.replace(ex, id=rid))
-            labels.append((rid, row["formation_energy_per_atom"], row.get("e_above_hull", "")))
+            labels.append((rid, row.formation_energy_per_atom, row.e_above_hull))
     out_dir.mkdir(parents=True, exist_ok=True)
     npz = save_examples(tiled, out_dir / "features.npz")
     with (out_dir / "labels.csv").open("w", newline="") as fh:
