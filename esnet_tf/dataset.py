@@ -81,8 +81,10 @@ def formula_chemsys(formula: str) -> str:
     return Composition(formula).chemical_system
 
 
-def featurize_row(row: LabelRow, grid: EnergyGrid) -> tuple[str, dict[str, Any]]:
+def featurize_row(row: LabelRow, grid: EnergyGrid, text_columns: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
     """(key, example dict) of one labels row in the `is_dos` feature layout.
+
+    `text_columns`: further labels columns copied as text features (e.g. `parent_id`, `variant`).
 
     Raises `DOSInputError` naming the file when it cannot be featurized, or when the row's
     `formula` column disagrees with the chemical system found in the file.
@@ -110,6 +112,7 @@ def featurize_row(row: LabelRow, grid: EnergyGrid) -> tuple[str, dict[str, Any]]
         "formation_energy_per_atom": np.float32(row.formation_energy_per_atom),
         "e_above_hull": np.float32(row.e_above_hull),
         "id": row.id, "formula": ex.formula, "chemsys": ex.chemsys, "prototype": row.prototype,
+        **{c: str(row.get(c) or "") for c in text_columns},
     }
 
 
@@ -178,12 +181,12 @@ def _reason(exc: Exception) -> str:
 
 
 def generate_split(rows: Iterable[LabelRow], split: str, grid: EnergyGrid,
-                   fractions: tuple[float, float, float]) -> Iterator[tuple[str, dict]]:
+                   fractions: tuple[float, float, float], text_columns: tuple[str, ...] = ()) -> Iterator[tuple[str, dict]]:
     """Examples of one split (plain, non-Beam generation); rows come from `plan_splits`, so a
     failure here means the file changed during the build and always fails it."""
     for row in rows:
         try:
-            key, ex = featurize_row(row, grid)
+            key, ex = featurize_row(row, grid, text_columns)
         except Exception as exc:  # noqa: BLE001 - the file changed since plan_splits
             raise bad_input_error(row, exc) from None
         if split_of(ex["chemsys"], fractions) != split:
@@ -192,12 +195,12 @@ def generate_split(rows: Iterable[LabelRow], split: str, grid: EnergyGrid,
 
 
 def _beam_featurize(row: LabelRow, grid: EnergyGrid, split: str, fractions: tuple[float, float, float],
-                    skip: bool):
+                    skip: bool, text_columns: tuple[str, ...] = ()):
     """Beam FlatMap body: the example when it belongs to `split`, or a tagged rejection."""
     import apache_beam as beam
 
     try:
-        key, ex = featurize_row(row, grid)
+        key, ex = featurize_row(row, grid, text_columns)
     except Exception as exc:  # noqa: BLE001
         if not skip:
             raise bad_input_error(row, exc) from None
@@ -209,7 +212,8 @@ def _beam_featurize(row: LabelRow, grid: EnergyGrid, split: str, fractions: tupl
 
 
 def beam_split_transform(rows: list[LabelRow], split: str, grid: EnergyGrid,
-                         fractions: tuple[float, float, float], skip: bool, rejected_prefix: str):
+                         fractions: tuple[float, float, float], skip: bool, rejected_prefix: str,
+                         text_columns: tuple[str, ...] = ()):
     """A `beam.PTransform` (PBegin -> (key, example)) featurizing one split's rows (from
     `route_rows`) on Beam workers.
 
@@ -221,7 +225,7 @@ def beam_split_transform(rows: list[LabelRow], split: str, grid: EnergyGrid,
     @beam.ptransform_fn
     def _split(begin):
         outs = (begin | "Rows" >> beam.Create(list(rows), reshuffle=True)
-                | "Featurize" >> beam.FlatMap(_beam_featurize, grid, split, fractions, skip)
+                | "Featurize" >> beam.FlatMap(_beam_featurize, grid, split, fractions, skip, text_columns)
                 .with_outputs("rejected", main="examples"))
         if skip:
             _ = outs.rejected | "WriteRejected" >> beam.io.WriteToText(rejected_prefix, num_shards=1)

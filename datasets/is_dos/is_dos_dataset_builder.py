@@ -30,13 +30,16 @@ class IsDosConfig(tfds.core.BuilderConfig):
 
     grid: the IS-DOS energy axis (E - E_F, eV); fractions: train/validation/test fractions of
     chemical systems (not of examples); source: 'demo' (datasets/is_dos/demo) or 'manual';
-    path_column: labels.csv column holding the calculation path.
+    path_column: labels.csv column holding the calculation path; labels_file: the labels table
+    of the demo directory; text_columns: labels columns kept as text features.
     """
 
     grid: EnergyGrid = PAPER_GRID
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     source: str = "manual"
     path_column: str = "path"
+    labels_file: str = isdos_data.LABELS_FILE
+    text_columns: tuple[str, ...] = ()
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -57,6 +60,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         IsDosConfig(name="demo_rs", source="demo", path_column="rs_path",
                     description="Demo labels with the DOS of the relaxed structures (RS-DOS), for "
                                 "IS-DOS vs RS-DOS comparisons."),
+        IsDosConfig(name="demo_augmented", source="demo", labels_file="labels_augmented.csv",
+                    text_columns=("parent_id", "variant"),
+                    description="Demo with IS augmentation: each relaxed structure's own IS plus >= 3 more "
+                                "initial structures (strained, scaled or rattled), each with its own IS "
+                                "single point and the relaxed label of its parent (`parent_id`; `variant` "
+                                "is '' for the parent's own IS). Variants share their parent's chemical "
+                                "system, hence its split."),
         IsDosConfig(name="manual", source="manual",
                     description="Your calculations: a manual directory with labels.csv and VASP / "
                                 "Materials Project / GPAW DOS files."),
@@ -110,6 +120,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "formula": tfds.features.Text(doc="reduced formula read from the calculation"),
                 "chemsys": tfds.features.Text(doc="chemical system, e.g. Fe-O (split key)"),
                 "prototype": tfds.features.Text(doc="structure prototype, '' when unknown"),
+                **{c: tfds.features.Text(doc=f"labels column {c!r}") for c in self.builder_config.text_columns},
             }),
             supervised_keys=None,
             homepage="https://github.com/ekdms-S/ESNet",
@@ -118,7 +129,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def labels_path(self, manual_dir: str | os.PathLike | None = None) -> Path:
         """The labels.csv this config reads (the demo's, or the one in `manual_dir`)."""
         if self.builder_config.source == "demo":
-            return _DEMO_DIR / isdos_data.LABELS_FILE
+            return _DEMO_DIR / self.builder_config.labels_file
         if manual_dir is None:
             raise isdos_data.DatasetError("is_dos/manual needs --manual_dir (see MANUAL_DOWNLOAD_INSTRUCTIONS)")
         return Path(os.fspath(manual_dir)).expanduser() / isdos_data.LABELS_FILE
@@ -170,5 +181,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         cfg = self.builder_config
         if self._use_beam:
             return isdos_data.beam_split_transform(rows, split, cfg.grid, cfg.fractions, self.skip_bad_inputs,
-                                                   os.path.join(self._rejected_parts_dir(), split))
-        return isdos_data.generate_split(rows, split, cfg.grid, cfg.fractions)
+                                                   os.path.join(self._rejected_parts_dir(), split),
+                                                   cfg.text_columns)
+        return isdos_data.generate_split(rows, split, cfg.grid, cfg.fractions, cfg.text_columns)
