@@ -65,14 +65,13 @@ def train_esnet(arrays: dict, train_idx: np.ndarray, test_idx: np.ndarray, work:
                 epochs: int, seed: int) -> np.ndarray:
     """Train with esnet_tf.train on the training folds; predict the test fold (eV/atom)."""
     from esnet_tf.predict import Predictor
-    from esnet_tf.train import DEFAULTS, train
+    from esnet_tf.train import TrainConfig, train
 
     work.mkdir(parents=True, exist_ok=True)
     npz = save_npz(arrays, train_idx, work / "train.npz")
     labels = write_labels(arrays, train_idx, work / "labels.csv")
-    settings = dict(DEFAULTS)
-    settings.update(dataset=str(npz), labels=str(labels), config=config, epochs=epochs, seed=seed,
-                    split_fractions=[0.9, 0.1, 0.0], early_stopping_patience=25, lr_patience=10)
+    settings = TrainConfig(dataset=str(npz), labels=str(labels), config=config, epochs=epochs, seed=seed,
+                           split_fractions=(0.9, 0.1, 0.0), early_stopping_patience=25, lr_patience=10)
     train(settings, work / "run", verbose=0)
     pred = Predictor(work / "run" / "best.keras")
     batch = {k: arrays[k][test_idx] for k in ("dos_up", "dos_down", "composition")}

@@ -52,7 +52,7 @@ def run_demo(args: DemoConfig) -> dict:
     from esnet_tf.evaluate import evaluate
     from esnet_tf.export import export
     from esnet_tf.screening import references_from_labels, read_csv_rows, screen_rows as screen, write_outputs
-    from esnet_tf.train import DEFAULTS, train
+    from esnet_tf.train import TrainConfig, train
 
     out = Path(args.out)
     if args.fresh and out.exists():
@@ -71,10 +71,9 @@ def run_demo(args: DemoConfig) -> dict:
 
     t = _step(2, f"train ESNet ({args.config}) -> {out / 'run'}")
     run_dir = out / "run"
-    settings = dict(DEFAULTS)
-    settings.update(dataset=name, data_dir=str(out / "tfds"), config=args.config, epochs=args.epochs,
-                    batch_size=args.batch_size, seed=args.seed,
-                    early_stopping_patience=args.early_stopping_patience)
+    settings = TrainConfig(dataset=name, data_dir=str(out / "tfds"), config=args.config, epochs=args.epochs,
+                           batch_size=args.batch_size, seed=args.seed,
+                           early_stopping_patience=args.early_stopping_patience)
     summary_path = run_dir / "summary.json"
     if summary_path.is_file() and (run_dir / "best.keras").is_file():
         summary = json.loads(summary_path.read_text())

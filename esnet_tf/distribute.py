@@ -20,10 +20,13 @@ Rules kept here, in one place:
   from the chief's backup in the run directory, so that directory must be on a shared filesystem.
 - BatchNormalization can be synchronised across replicas (`--sync-batchnorm`, the default): batch
   statistics are then those of the global batch, as in a one-process run.
+
+The workarounds of Keras internals that distributed `fit` needs (`compat.fit_scope`, the worker
+count, the recursive layer walk) live in `esnet_tf.compat`; this module takes no argparse
+namespace or settings dict, only strategy names, counts and paths.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -31,6 +34,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+
 from esnet_tf.errors import UserError
 
 STRATEGIES = ("default", "mirrored", "multi-worker")
@@ -111,8 +115,9 @@ def is_chief(strategy) -> bool:
 
 def num_workers(strategy) -> int:
     """Number of worker processes (input pipelines) of `strategy`."""
-    extended = getattr(strategy, "extended", None)
-    return int(getattr(extended, "_num_workers", 1) or 1)
+    from esnet_tf import compat
+
+    return compat.num_workers(strategy)
 
 
 def worker_dir(run_dir: Path, strategy) -> Path:
@@ -187,8 +192,10 @@ def synchronize_batchnorm(model) -> int:
     (Keras `synchronized=True`); returns how many layers were changed. Call before the first step."""
     import keras
 
+    from esnet_tf import compat
+
     n = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in compat.flatten_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
             layer.synchronized = True
             n += 1
@@ -228,56 +235,6 @@ def throughput_callback(n_train: int):
             return float(n_train / times[len(times) // 2])
 
     return Throughput()
-
-
-@contextlib.contextmanager
-def fit_scope(model, strategy):
-    """Context for `model.fit` / `evaluate` under `strategy`, working around two Keras 3 bugs
-    (present through Keras 3.15 with TF 2.21), both only when there is a strategy:
-
-    1. A model built under a strategy scope and fed dict batches fails before the first step
-       (`_maybe_symbolic_build` calls `strategy.reduce` on the whole nested batch;
-       keras-team/keras#20329). Detaching the model from the strategy and fitting inside
-       `strategy.scope()` takes Keras's other supported path (the strategy is taken from the
-       scope, the optimizer state is built when the step is traced), same mirrored variables.
-    2. With MultiWorkerMirroredStrategy over more than one worker every step fails with
-       "Invalid reduction dimension 0 for input with 0 dimensions" (tensorflow/tensorflow#72388):
-       the per-step logs are scalars but are reduced with `axis=0`. Here they are reduced with
-       `axis=None` (the mean over replicas). These per-step values only feed the progress bar:
-       the epoch logs (history.csv, callbacks) are read from the metric variables, summed over
-       all replicas by TensorFlow.
-    """
-    import tensorflow as tf
-
-    if not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy():
-        yield  # the default strategy: nothing to do
-        return
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    original = getattr(tf_trainer, "reduce_per_replica", None)
-    multi_worker = getattr(tf_trainer, "_collective_all_reduce_multi_worker", lambda s: False)(strategy)
-
-    def reduce_per_replica(values, strategy_, reduction):
-        if multi_worker and reduction in ("auto", "mean"):
-            def mean(v):
-                if isinstance(v, tf.distribute.DistributedValues):
-                    rank = v.values[0].shape.rank
-                    return strategy_.reduce("MEAN", v, axis=None if rank == 0 else 0)
-                return v
-            return tf.nest.map_structure(mean, values)
-        return original(values, strategy_, reduction)
-
-    saved = getattr(model, "_distribute_strategy", None)
-    model._distribute_strategy = None
-    if original is not None and multi_worker:
-        tf_trainer.reduce_per_replica = reduce_per_replica
-    try:
-        with strategy.scope():
-            yield
-    finally:
-        model._distribute_strategy = saved
-        if original is not None:
-            tf_trainer.reduce_per_replica = original
 
 
 def lost_worker_message(exc: BaseException, strategy, run_dir: Path) -> str | None:

@@ -1,141 +1,249 @@
-"""`esnet train`: fit ESNet on the train split, select the model on the validation split.
+"""Training: fit ESNet on the train split, select the model on the validation split.
 
-Run directory (`--run-dir`):
-    config.json        model config, training settings, dataset, normalisation statistics
+    from esnet_tf.train import TrainConfig, train
+    config = TrainConfig(dataset="features.npz", labels="labels.csv", config="small", epochs=50)
+    summary = train(config, "runs/esnet")          # eV/atom throughout
+
+`TrainConfig` is the one place for training settings (defaults: the authors', Adam 1.5e-3,
+batch 64, log-cosh, ReduceLROnPlateau 0.5 / 15, EarlyStopping 35 on val_loss, up to 300 epochs).
+The `esnet train` command (`esnet_tf.cli.train`) turns its flags into one.
+
+Run directory:
+    config.json        model config, training settings ("training": `TrainConfig.to_dict()`),
+                       dataset, normalisation statistics
     history.csv        one row per completed epoch (loss, mae, val_loss, val_mae, learning_rate)
     logs/              TensorBoard logs
     best.keras         the model with the lowest val_loss so far
     warmup_examples.npz  a few real validation examples (used by `esnet export` for warmup)
     summary.json       written when training ends (best epoch, epochs run, sizes, wall time)
-    backup/            BackupAndRestore state while training; `--resume` continues from it
+    backup/            the backup while training (SIGKILL-safe, `esnet_tf.compat`); `resume=True`
+                       continues from it, with the callbacks' state (early stopping, LR schedule)
 
-With `--strategy mirrored|multi-worker` (esnet_tf.distribute, docs/distributed.md) only the chief
-writes this directory; the batch size stays the global batch.
-
-The test split is never read here. Defaults are the authors' (Adam 1.5e-3, batch 64, log-cosh,
-ReduceLROnPlateau 0.5 / 15, EarlyStopping 35 on val_loss, up to 300 epochs).
+With `strategy="mirrored"|"multi-worker"` (esnet_tf.distribute, docs/distributed.md) only the chief
+writes this directory; the batch size stays the global batch. The test split is never read here.
 """
 from __future__ import annotations
 
-import argparse
 import csv
+import dataclasses
 import json
+import math
+import numbers
 import os
-import signal
-import sys
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from esnet_tf.model import LOSSES, compile_esnet
+from esnet_tf.distribute import STRATEGIES
 from esnet_tf.errors import UserError
+from esnet_tf.model import LOSSES, compile_esnet
+from esnet_tf.precision import PRECISIONS
 
-#: training settings and their defaults (the authors'); every one is a CLI flag
-DEFAULTS: dict = {
-    "dataset": None, "labels": None, "data_dir": None, "config": "paper", "epochs": 300,
-    "batch_size": 64, "learning_rate": 1.5e-3, "loss": "log_cosh", "lr_factor": 0.5,
-    "lr_patience": 15, "min_lr": 0.0, "early_stopping_patience": 35, "seed": 0,
-    "cache": "memory", "shuffle_buffer": 10_000, "dropout": None, "bn_momentum": None,
-    "split_fractions": None, "split_seed": 0, "strategy": "default", "sync_batchnorm": True,
-    "precision": "float32",
-}
 BACKUP = "backup"
 STATE_FILE = "callback_state.json"
+#: what a previous run leaves in a run directory besides config.json (removed by `clear_run`)
+RUN_OUTPUTS = (BACKUP, "logs", "history.csv", "best.keras", "summary.json", "warmup_examples.npz")
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.description = ("Train ESNet (IS-DOS -> relaxed formation energy, eV/atom). Model selection on the "
-                     "validation split only; defaults are the authors'. Writes a run directory with "
-                     "config.json, history.csv, TensorBoard logs/ and best.keras.")
-    p.add_argument("--dataset", help="features .npz (with --labels), a directory with labels.csv + calculation "
-                   "files, or a TFDS dataset name/dir (e.g. is_dos)")
-    p.add_argument("--labels", help="labels CSV for .npz features: id, formation_energy_per_atom (eV/atom)")
-    p.add_argument("--data-dir", help="TFDS data_dir (for TFDS datasets)")
-    p.add_argument("--config", help="model config: paper (~9.7 M params), small (CPU), or a JSON file "
-                   f"[default {DEFAULTS['config']}]")
-    p.add_argument("--epochs", type=int, help=f"maximum epochs [default {DEFAULTS['epochs']}]")
-    p.add_argument("--batch-size", type=int, help=f"examples per batch [default {DEFAULTS['batch_size']}]")
-    p.add_argument("--learning-rate", type=float, help=f"Adam learning rate [default {DEFAULTS['learning_rate']}]")
-    p.add_argument("--loss", choices=LOSSES, help=f"loss on eV/atom [default {DEFAULTS['loss']}]")
-    p.add_argument("--lr-factor", type=float, help="ReduceLROnPlateau factor on val_loss "
-                   f"[default {DEFAULTS['lr_factor']}]")
-    p.add_argument("--lr-patience", type=int, help=f"ReduceLROnPlateau patience, epochs [default {DEFAULTS['lr_patience']}]")
-    p.add_argument("--min-lr", type=float, help=f"lower bound of the learning rate [default {DEFAULTS['min_lr']}]")
-    p.add_argument("--early-stopping-patience", type=int, help="EarlyStopping patience on val_loss, epochs "
-                   f"[default {DEFAULTS['early_stopping_patience']}]")
-    p.add_argument("--seed", type=int, help=f"random seed (weights, shuffling) [default {DEFAULTS['seed']}]")
-    p.add_argument("--cache", help="tf.data cache: memory, none, or a file prefix [default memory]")
-    p.add_argument("--shuffle-buffer", type=int, help=f"shuffle buffer, examples [default {DEFAULTS['shuffle_buffer']}]")
-    p.add_argument("--dropout", type=float, help="dropout after the dense head layers (overrides the config)")
-    p.add_argument("--bn-momentum", type=float, help="BatchNormalization momentum (overrides the config)")
-    p.add_argument("--split-fractions", type=_fractions, help="train,validation,test fractions of chemical "
-                   "systems for .npz / labels-directory datasets [default 0.8,0.1,0.1]")
-    p.add_argument("--split-seed", type=int, help="seed of the chemical-system split for .npz / labels-directory "
-                   "datasets [default 0]")
-    p.add_argument("--strategy", choices=("default", "mirrored", "multi-worker"),
-                   help="tf.distribute strategy: default (one device), mirrored (all local GPUs, else the CPU), "
-                   "multi-worker (MultiWorkerMirroredStrategy from TF_CONFIG; see docs/distributed.md). "
-                   "--batch-size stays the global batch (per replica: batch / replicas) [default default]")
-    p.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=None,
-                   help="with several replicas, BatchNormalization uses the statistics of the global batch "
-                   "(as one process would) instead of each replica's [default: on]")
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16", "mixed"),
-                   help="compute precision (variables and loss stay float32): auto = bfloat16 on a CPU with "
-                   "native bf16 (AVX512_BF16/AMX), float16 mixed precision on a GPU, else float32; see "
-                   "benchmarks/README.md [default float32]")
-    p.add_argument("--run-dir", default="runs/esnet", help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir from its "
-                   "last completed epoch (its stored settings apply unless given again)")
-    p.add_argument("--overwrite", action="store_true", help="start afresh even if --run-dir holds a run")
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras progress: 0 silent, 1 bar, "
-                   "2 one line per epoch [default: 1 on a terminal, else 2]")
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def _fractions(text: str) -> list[float]:
-    parts = [float(x) for x in text.split(",")]
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError("give three comma-separated fractions, e.g. 0.8,0.1,0.1")
-    return parts
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings of one `train` run (every field is an `esnet train` flag of the same name).
+
+    Energies in eV/atom; epochs and patiences in epochs; batch sizes and buffers in examples.
+    Invalid values raise `UserError` naming the field, its flag and the fix.
+    """
+
+    dataset: str | None = None      #: features .npz (with `labels`), labels directory, or TFDS name/dir
+    labels: str | None = None       #: labels CSV for an .npz: id, formation_energy_per_atom (eV/atom)
+    data_dir: str | None = None     #: TFDS data_dir (TFDS datasets only)
+    config: str | dict = "paper"    #: ESNet config: 'paper', 'small', a JSON file, or an ESNetConfig dict
+    epochs: int = 300               #: maximum epochs
+    batch_size: int = 64            #: examples per (global) batch
+    learning_rate: float = 1.5e-3   #: Adam learning rate
+    loss: str = "log_cosh"          #: loss on eV/atom, one of model.LOSSES
+    lr_factor: float = 0.5          #: ReduceLROnPlateau factor on val_loss, in (0, 1)
+    lr_patience: int = 15           #: ReduceLROnPlateau patience, epochs
+    min_lr: float = 0.0             #: lower bound of the learning rate
+    early_stopping_patience: int = 35  #: EarlyStopping patience on val_loss, epochs
+    seed: int = 0                   #: random seed (weights, shuffling)
+    cache: str = "memory"           #: tf.data cache: 'memory', 'none', or a file prefix
+    shuffle_buffer: int = 10_000    #: shuffle buffer, examples
+    dropout: float | None = None    #: dropout after the dense head layers (None: the config's)
+    bn_momentum: float | None = None  #: BatchNormalization momentum (None: the config's)
+    split_fractions: tuple[float, float, float] | None = None  #: train/validation/test fractions of
+    #: chemical systems for .npz / labels-directory datasets (None: 0.8, 0.1, 0.1)
+    split_seed: int = 0             #: seed of the chemical-system split
+    strategy: str = "default"       #: tf.distribute strategy: default, mirrored, multi-worker
+    sync_batchnorm: bool = True     #: with several replicas, BatchNorm on global-batch statistics
+    precision: str = "float32"      #: compute precision: auto, float32, bfloat16, mixed
+
+    def __post_init__(self) -> None:
+        for name in ("dataset", "labels", "data_dir"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
+        if isinstance(self.config, os.PathLike):
+            object.__setattr__(self, "config", os.fspath(self.config))
+        if self.split_fractions is not None:
+            object.__setattr__(self, "split_fractions", check_split_fractions(self.split_fractions))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `UserError` (naming the field, its flag and the fix) for an invalid value."""
+        def bad(name: str, rule: str) -> UserError:
+            return UserError(f"{_flag(name)} {rule}, got {getattr(self, name)!r} (training setting {name!r})")
+
+        for name in ("epochs", "batch_size", "shuffle_buffer"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise bad(name, "must be an integer >= 1")
+        for name in ("lr_patience", "early_stopping_patience", "seed", "split_seed"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                raise bad(name, "must be an integer >= 0")
+        if not _is_number(self.learning_rate) or not self.learning_rate > 0:
+            raise bad("learning_rate", "must be a number > 0")
+        if not _is_number(self.lr_factor) or not 0 < self.lr_factor < 1:
+            raise bad("lr_factor", "must be in (0, 1) (the learning rate is multiplied by it)")
+        if not _is_number(self.min_lr) or not self.min_lr >= 0:
+            raise bad("min_lr", "must be a number >= 0")
+        if self.dropout is not None and (not _is_number(self.dropout) or not 0 <= self.dropout < 1):
+            raise bad("dropout", "must be in [0, 1)")
+        if self.bn_momentum is not None and (not _is_number(self.bn_momentum) or not 0 <= self.bn_momentum < 1):
+            raise bad("bn_momentum", "must be in [0, 1)")
+        if self.loss not in LOSSES:
+            raise bad("loss", f"must be one of {', '.join(LOSSES)}")
+        if self.strategy not in STRATEGIES:
+            raise bad("strategy", f"must be one of {', '.join(STRATEGIES)}")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"must be one of {', '.join(PRECISIONS)}")
+        if not isinstance(self.sync_batchnorm, bool):
+            raise bad("sync_batchnorm", "must be true or false (--sync-batchnorm / --no-sync-batchnorm)")
+        if not isinstance(self.cache, str) or not self.cache:
+            raise bad("cache", "must be 'memory', 'none' or a file prefix")
+        if not (isinstance(self.config, dict) or (isinstance(self.config, str) and self.config)):
+            raise bad("config", "must be paper, small, a JSON file of ESNetConfig fields, or such a dict")
+        for name in ("dataset", "labels", "data_dir"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise bad(name, "must be a path or name (a string)")
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready settings: the "training" entry of a run's config.json."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.split_fractions is not None:
+            d["split_fractions"] = list(self.split_fractions)
+        if isinstance(self.config, dict):
+            d["config"] = dict(self.config)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Settings of `to_dict` (or a run's stored "training" entry). Unknown keys are ignored and
+        None stands for the default, as in the runs written before this class existed."""
+        defaults = cls()
+        known = {f.name for f in dataclasses.fields(cls)}
+        given = {k: v for k, v in d.items() if k in known and not (v is None and getattr(defaults, k) is not None)}
+        return cls(**given)
+
+    def split_options(self) -> dict:
+        """Keyword arguments of `esnet_tf.data.load_split` (labels, data_dir, split fractions / seed)."""
+        return {"labels": self.labels, "data_dir": self.data_dir, "split_fractions": self.split_fractions,
+                "split_seed": int(self.split_seed)}
+
+    def esnet_config(self):
+        """The `ESNetConfig` of `config`, with the `dropout` / `bn_momentum` overrides applied."""
+        from esnet_tf.model import ESNetConfig
+
+        try:
+            config = ESNetConfig.named(self.config) if isinstance(self.config, str) \
+                else ESNetConfig.from_dict(self.config)
+            changes = {k: getattr(self, k) for k in ("dropout", "bn_momentum") if getattr(self, k) is not None}
+            return config.replace(**changes) if changes else config
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"--config {self.config if isinstance(self.config, str) else '<dict>'}: {exc}") from None
 
 
-def split_options(settings: dict) -> dict:
-    """Keyword arguments of `data.load_split` taken from the settings."""
-    return {"labels": settings.get("labels"), "data_dir": settings.get("data_dir"),
-            "split_fractions": settings.get("split_fractions"), "split_seed": int(settings.get("split_seed") or 0)}
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def resolve_settings(args: argparse.Namespace, stored: dict | None) -> dict:
-    """Defaults, then the stored settings of a resumed run, then flags given on the command line."""
-    settings = dict(DEFAULTS)
-    if stored:
-        settings.update({k: v for k, v in stored.items() if k in DEFAULTS})
-    for key in DEFAULTS:
-        value = getattr(args, key, None)
-        if value is not None:
-            settings[key] = value
-    if not settings["dataset"]:
-        raise UserError("--dataset is required (an .npz with --labels, a labels directory, or a TFDS name)")
-    if settings["loss"] not in LOSSES:
-        raise UserError(f"unknown loss {settings['loss']!r}; use one of {', '.join(LOSSES)}")
-    return settings
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def model_config(settings: dict):
-    """The ESNetConfig of the settings (named config plus --dropout / --bn-momentum overrides)."""
-    from esnet_tf.model import ESNetConfig
-
+def check_split_fractions(values) -> tuple[float, float, float]:
+    """Three fractions >= 0 summing to 1 (the rule of esnet_tf.splits), as a tuple."""
     try:
-        config = ESNetConfig.named(settings["config"]) if isinstance(settings["config"], str) \
-            else ESNetConfig.from_dict(settings["config"])
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    changes = {k: settings[k] for k in ("dropout", "bn_momentum") if settings.get(k) is not None}
-    return config.replace(**changes) if changes else config
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3 or min(out) < 0 or abs(sum(out) - 1.0) > 1e-9:
+        raise UserError(f"--split-fractions must be three fractions >= 0 summing to 1 (train, validation, "
+                        f"test), e.g. 0.8,0.1,0.1; got {values!r}")
+    return out
 
+
+def parse_split_fractions(text: str) -> tuple[float, float, float]:
+    """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1); `UserError` unless three fractions >= 0 summing to 1."""
+    try:
+        parts = [float(x) for x in str(text).split(",")]
+    except ValueError:
+        parts = text
+    return check_split_fractions(parts)
+
+
+#: transition alias: esnet_tf/evaluate.py imports it (use `parse_split_fractions`)
+_fractions = parse_split_fractions
+
+
+# ---------------------------------------------------------------- run directory
+
+def stored_settings(run_dir: str | Path) -> dict | None:
+    """The "training" entry of `run_dir`/config.json (None without one)."""
+    path = Path(run_dir) / "config.json"
+    return json.loads(path.read_text()).get("training") if path.is_file() else None
+
+
+def backup_epoch(run_dir: str | Path) -> int | None:
+    """Epochs completed according to the backup in `run_dir` (None without a backup)."""
+    meta = Path(run_dir) / BACKUP / "training_metadata.json"
+    if not meta.is_file():
+        return None
+    return int(json.loads(meta.read_text())["epoch"])
+
+
+def run_finished(run_dir: str | Path) -> bool:
+    """Whether `run_dir` holds a finished run (summary.json and no backup left)."""
+    return (Path(run_dir) / "summary.json").is_file() and backup_epoch(run_dir) is None
+
+
+def clear_run(run_dir: str | Path) -> None:
+    """Remove the outputs of a previous run from `run_dir` (`RUN_OUTPUTS`; config.json is rewritten)."""
+    for name in RUN_OUTPUTS:
+        target = Path(run_dir) / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- training
 
 def _with_precision(model, precision: str):
-    """`model` under the dtype policy of `--precision` (esnet_tf.precision); float32 returns it as is."""
+    """`model` under the dtype policy of `precision` (esnet_tf.precision); float32 returns it as is."""
     from esnet_tf.precision import describe, resolve_policy, with_policy
 
     policy = resolve_policy(precision)
@@ -145,10 +253,12 @@ def _with_precision(model, precision: str):
     return with_policy(model, policy)
 
 
-def _make_callbacks(run_dir: Path, settings: dict, verbose: int, restore_dir: Path | None = None):
+def _make_callbacks(run_dir: Path, config: TrainConfig, verbose: int, restore_dir: Path | None = None):
     """Keras callbacks writing into `run_dir`; backups are restored from `restore_dir` (default
     `run_dir`; a non-chief worker writes to a temporary dir but restores from the chief's)."""
     import keras
+
+    from esnet_tf import compat
 
     restore_dir = Path(restore_dir or run_dir)
 
@@ -157,7 +267,11 @@ def _make_callbacks(run_dir: Path, settings: dict, verbose: int, restore_dir: Pa
 
         BackupAndRestore restores weights, optimizer and epoch only; this restores the rest, so a
         resumed run stops (and lowers the learning rate) exactly when an uninterrupted one would.
-        Must come after those callbacks (their on_train_begin resets what is restored here).
+        Must come after those callbacks (their on_train_begin resets what is restored here) and
+        before the backup (the state of epoch e is written before the backup says e is done).
+        The start epoch is known in `on_train_begin` only if the model was restored earlier;
+        otherwise (the backup restores after this callback's `on_train_begin`) the state is
+        restored at the first `on_epoch_begin`, whose epoch is the start epoch.
         """
 
         def __init__(self, path: Path, tracked: dict, restore_path: Path | None = None) -> None:
@@ -165,12 +279,13 @@ def _make_callbacks(run_dir: Path, settings: dict, verbose: int, restore_dir: Pa
             self.path = path
             self.restore_path = restore_path or path
             self.tracked = tracked  # name -> (callback, attribute names)
+            self._restored = False
 
         def _snapshot(self) -> dict:
             return {name: {a: _jsonable(getattr(cb, a, None)) for a in attrs} for name, (cb, attrs) in self.tracked.items()}
 
-        def on_train_begin(self, logs=None) -> None:
-            start = int(getattr(self.model, "_initial_epoch", 0) or 0)
+        def _restore(self, start: int) -> None:
+            self._restored = True
             if start == 0 or not self.restore_path.is_file():
                 return
             saved = json.loads(self.restore_path.read_text())
@@ -184,6 +299,16 @@ def _make_callbacks(run_dir: Path, settings: dict, verbose: int, restore_dir: Pa
                     if value is not None:
                         setattr(cb, attr, value)
 
+        def on_train_begin(self, logs=None) -> None:
+            self._restored = False
+            start = compat.initial_epoch(self.model)
+            if start:
+                self._restore(start)
+
+        def on_epoch_begin(self, epoch, logs=None) -> None:
+            if not self._restored:
+                self._restore(int(epoch))
+
         def on_epoch_end(self, epoch, logs=None) -> None:
             saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
             saved = {k: v for k, v in saved.items() if int(k) >= epoch}  # keep the previous epoch
@@ -194,10 +319,10 @@ def _make_callbacks(run_dir: Path, settings: dict, verbose: int, restore_dir: Pa
 
     checkpoint = keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor="val_loss",
                                                  save_best_only=True, verbose=0)
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings["early_stopping_patience"],
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
                                             verbose=1 if verbose else 0)
-    reducer = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=settings["lr_factor"],
-                                                patience=settings["lr_patience"], min_lr=settings["min_lr"],
+    reducer = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.lr_factor,
+                                                patience=config.lr_patience, min_lr=config.min_lr,
                                                 verbose=1 if verbose else 0)
     backup_dir = run_dir / BACKUP
     backup_dir.mkdir(parents=True, exist_ok=True)
@@ -206,8 +331,8 @@ def _make_callbacks(run_dir: Path, settings: dict, verbose: int, restore_dir: Pa
         "early_stopping": (stopper, ("wait", "best", "best_epoch", "stopped_epoch")),
         "reduce_lr": (reducer, ("wait", "best", "cooldown_counter")),
     }, restore_dir / BACKUP / STATE_FILE)
-    backup = _atomic_backup_class()(str(backup_dir), save_freq="epoch", delete_checkpoint=True)
-    backup.restore_dir = str(restore_dir / BACKUP)
+    backup = compat.AtomicBackupAndRestore(backup_dir, restore_dir=restore_dir / BACKUP, save_freq="epoch",
+                                           delete_checkpoint=True)
     return [
         checkpoint, stopper, reducer,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
@@ -218,56 +343,10 @@ def _make_callbacks(run_dir: Path, settings: dict, verbose: int, restore_dir: Pa
     ]
 
 
-def _atomic_backup_class():
-    """keras.callbacks.BackupAndRestore whose backup survives SIGKILL at any instant.
-
-    Each epoch's weights go to a new file; the metadata naming it (and the epoch) is then
-    replaced atomically, so it always points at a complete file. Older files are removed after.
-    """
-    import keras
-
-    class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-        def _save_model(self) -> None:
-            backup = Path(self.backup_dir)
-            backup.mkdir(parents=True, exist_ok=True)
-            name = f"epoch{self._current_epoch:05d}.weights.h5"
-            self.model.save_weights(str(backup / name), overwrite=True)
-            meta = backup / "training_metadata.json"
-            tmp = backup / "training_metadata.json.tmp"
-            tmp.write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen,
-                                       "weights": name}))
-            os.replace(tmp, meta)
-            for old in backup.glob("epoch*.weights.h5"):
-                if old.name != name:
-                    old.unlink(missing_ok=True)
-
-        def _load_model(self) -> None:
-            source = Path(getattr(self, "restore_dir", None) or self.backup_dir)  # the chief's backup
-            meta = source / "training_metadata.json"
-            if not meta.is_file():
-                return
-            info = json.loads(meta.read_text())
-            if self.model.optimizer is not None and not self.model.optimizer.built:
-                self.model.optimizer.build(self.model.trainable_variables)
-            self.model.load_weights(str(source / info["weights"]))
-            self.model._initial_epoch = int(info["epoch"])
-
-    return AtomicBackupAndRestore
-
-
 def _jsonable(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return value  # json writes Infinity, and reads it back
-    return value
-
-
-def _backup_epoch(run_dir: Path) -> int | None:
-    meta = run_dir / BACKUP / "training_metadata.json"
-    if not meta.is_file():
-        return None
-    return int(json.loads(meta.read_text())["epoch"])
+    return value  # json writes a non-finite float as Infinity / NaN, and reads it back
 
 
 def _trim_history(path: Path, epochs: int) -> None:
@@ -279,37 +358,50 @@ def _trim_history(path: Path, epochs: int) -> None:
     if not rows:
         return
     kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and int(float(r[0])) < epochs]
-    with path.open("w", newline="") as fh:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as fh:
         csv.writer(fh).writerows(kept)
+    os.replace(tmp, path)
 
 
 def write_warmup_examples(ds, path: Path, n: int = 4) -> int:
     """Save up to `n` real examples (inputs + id, formula) for `esnet export` warmup requests."""
     from esnet_tf.data import iterate_numpy
 
+    path = Path(path)
     for batch in iterate_numpy(ds.take(n), n):
-        np.savez_compressed(path, dos_up=batch["dos_up"], dos_down=batch["dos_down"],
-                            composition=batch["composition"], id=batch["id"], formula=batch["formula"])
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("wb") as fh:
+            np.savez_compressed(fh, dos_up=batch["dos_up"], dos_down=batch["dos_down"],
+                                composition=batch["composition"], id=batch["id"], formula=batch["formula"])
+        os.replace(tmp, path)
         return len(batch["id"])
     return 0
 
 
-def train(settings: dict, run_dir: str | Path, *, resume: bool = False, verbose: int = 2) -> dict:
-    """Train per `settings` (see DEFAULTS) into `run_dir`; returns the summary dict.
+def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, verbose: int = 2) -> dict:
+    """Train per `config` into `run_dir`; returns the summary dict (also in summary.json).
 
-    With `resume`, continues the interrupted run stored in `run_dir` from its last completed epoch.
-    `settings["strategy"]` picks the tf.distribute strategy (esnet_tf.distribute); under
+    With `resume`, continues the interrupted run stored in `run_dir` from its last completed epoch
+    (weights, optimizer, epoch and the callbacks' state), with the settings of `config`.
+    `config.strategy` picks the tf.distribute strategy (esnet_tf.distribute); under
     multi-worker only the chief writes `run_dir`, the others a temporary dir removed at the end.
+    `verbose`: Keras progress, 0 silent, 1 bar, 2 one line per epoch.
     """
     from esnet_tf import distribute
 
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"train() takes a TrainConfig, not {type(config).__name__} "
+                        "(a settings dict: TrainConfig.from_dict(settings))")
+    if not config.dataset:
+        raise UserError("--dataset is required (an .npz with --labels, a labels directory, or a TFDS name)")
     shared_dir = Path(run_dir)
-    strategy = distribute.make_strategy(settings.get("strategy"))  # before any other TF op
+    strategy = distribute.make_strategy(config.strategy)  # before any other TF op
     own_dir = distribute.worker_dir(shared_dir, strategy)
     if own_dir != shared_dir:
         print(f"non-chief worker: writing to the temporary {own_dir} (removed at the end); the chief writes {shared_dir}")
     try:
-        return _train(settings, own_dir, shared_dir, strategy, resume=resume, verbose=verbose)
+        return _train(config, own_dir, shared_dir, strategy, resume=resume, verbose=verbose)
     except Exception as exc:
         lost = distribute.lost_worker_message(exc, strategy, shared_dir)
         if lost:
@@ -319,33 +411,34 @@ def train(settings: dict, run_dir: str | Path, *, resume: bool = False, verbose:
         distribute.remove_worker_dir(own_dir, shared_dir)
 
 
-def _train(settings: dict, run_dir: Path, shared_dir: Path, strategy, *, resume: bool, verbose: int) -> dict:
+def _train(config: TrainConfig, run_dir: Path, shared_dir: Path, strategy, *, resume: bool, verbose: int) -> dict:
     """`train` in the directory this process writes (`run_dir`); backups are read from `shared_dir`."""
     import keras
 
-    from esnet_tf import data, distribute
-    from esnet_tf.model import OUTPUT_NAME, build_esnet, set_normalization
+    from esnet_tf import compat, data, distribute
+    from esnet_tf.model import build_esnet
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    config = model_config(settings)
-    keras.utils.set_random_seed(int(settings["seed"]))
+    model_config = config.esnet_config()
+    keras.utils.set_random_seed(int(config.seed))
 
-    spec = str(settings["dataset"])
-    train_ds = data.load_split(spec, "train", **split_options(settings))
-    val_ds = data.load_split(spec, "validation", **split_options(settings))
+    spec = str(config.dataset)
+    split_opts = config.split_options()
+    train_ds = data.load_split(spec, "train", **split_opts)
+    val_ds = data.load_split(spec, "validation", **split_opts)
     n_train, stats = data.scan(train_ds, f"{spec} [train]", statistics=True)
     n_val, _ = data.scan(val_ds, f"{spec} [validation]")
     if n_val == 0:
         raise UserError(f"{spec}: the validation split is empty; model selection needs validation data")
-    print(f"train: {n_train} examples, validation: {n_val} examples ({spec}); config {config.name}")
+    print(f"train: {n_train} examples, validation: {n_val} examples ({spec}); config {model_config.name}")
 
-    start = _backup_epoch(shared_dir) if resume else None
+    start = backup_epoch(shared_dir) if resume else None
     if not resume or not (run_dir / "config.json").is_file():
-        (run_dir / "config.json").write_text(json.dumps(
-            {"model": config.to_dict(), "training": settings, "normalization": stats,
-             "data": {"n_train": n_train, "n_validation": n_val}}, indent=2))
+        _write_json(run_dir / "config.json",
+                    {"model": model_config.to_dict(), "training": config.to_dict(), "normalization": stats,
+                     "data": {"n_train": n_train, "n_validation": n_val}})
     if start is None:
         (run_dir / "history.csv").unlink(missing_ok=True)
     else:
@@ -354,38 +447,35 @@ def _train(settings: dict, run_dir: Path, shared_dir: Path, strategy, *, resume:
 
     replicas = int(strategy.num_replicas_in_sync)
     with strategy.scope():  # variables (model, optimizer, metrics) mirrored over the replicas
-        model = build_esnet(config, normalization=stats)
-        model = _with_precision(model, settings.get("precision") or "float32")
-        if replicas > 1 and settings.get("sync_batchnorm", True):
+        model = build_esnet(model_config, normalization=stats)
+        model = _with_precision(model, config.precision)
+        if replicas > 1 and config.sync_batchnorm:
             distribute.synchronize_batchnorm(model)
-        compile_esnet(model, settings["learning_rate"], settings["loss"])
-    seed = int(settings["seed"])
-    val_cache = "memory" if settings["cache"] == "memory" else "none"
+        compile_esnet(model, config.learning_rate, config.loss)
+    seed, batch = int(config.seed), int(config.batch_size)
+    val_cache = "memory" if config.cache == "memory" else "none"
     workers = distribute.num_workers(strategy)
     per_worker_input = workers > 1 and not (data.is_npz_spec(spec) or data.is_labels_dir(spec))
-    distribute.check_batches({"train": n_train, "validation": n_val}, int(settings["batch_size"]), strategy,
-                             per_worker_input)
+    distribute.check_batches({"train": n_train, "validation": n_val}, batch, strategy, per_worker_input)
     if per_worker_input:  # TFDS: each worker reads its own sub-split
-        opts = split_options(settings)
-        pipe_train = distribute.tfds_per_worker(strategy, spec, "train", n_train, settings["batch_size"],
-                                                shuffle=True, seed=seed, cache=settings["cache"],
-                                                shuffle_buffer=settings["shuffle_buffer"], split_options=opts)
-        pipe_val = distribute.tfds_per_worker(strategy, spec, "validation", n_val, settings["batch_size"],
-                                              shuffle=False, seed=seed, cache=val_cache, shuffle_buffer=1,
-                                              split_options=opts)
+        pipe_train = distribute.tfds_per_worker(strategy, spec, "train", n_train, batch, shuffle=True, seed=seed,
+                                                cache=config.cache, shuffle_buffer=config.shuffle_buffer,
+                                                split_options=split_opts)
+        pipe_val = distribute.tfds_per_worker(strategy, spec, "validation", n_val, batch, shuffle=False, seed=seed,
+                                              cache=val_cache, shuffle_buffer=1, split_options=split_opts)
     else:
-        pipe_train = data.training_pipeline(train_ds, settings["batch_size"], seed=seed, cache=settings["cache"],
-                                            shuffle_buffer=settings["shuffle_buffer"])
-        pipe_val = data.training_pipeline(val_ds, settings["batch_size"], shuffle=False, cache=val_cache)
+        pipe_train = data.training_pipeline(train_ds, batch, seed=seed, cache=config.cache,
+                                            shuffle_buffer=config.shuffle_buffer)
+        pipe_val = data.training_pipeline(val_ds, batch, shuffle=False, cache=val_cache)
         if workers > 1:  # same seeded global batches on every worker; each keeps its slice
             pipe_train, pipe_val = distribute.shard_by_data(pipe_train), distribute.shard_by_data(pipe_val)
     if not (run_dir / "warmup_examples.npz").is_file():
         write_warmup_examples(val_ds, run_dir / "warmup_examples.npz")
 
     throughput = distribute.throughput_callback(n_train)
-    callbacks = [throughput] + _make_callbacks(run_dir, settings, verbose, restore_dir=shared_dir)
-    with distribute.fit_scope(model, strategy):
-        history = model.fit(pipe_train, validation_data=pipe_val, epochs=int(settings["epochs"]),
+    callbacks = [throughput] + _make_callbacks(run_dir, config, verbose, restore_dir=shared_dir)
+    with compat.fit_scope(model, strategy):
+        history = model.fit(pipe_train, validation_data=pipe_val, epochs=int(config.epochs),
                             callbacks=callbacks, verbose=verbose)
     rows = _read_history(run_dir / "history.csv")
     val = [r["val_loss"] for r in rows]
@@ -393,14 +483,14 @@ def _train(settings: dict, run_dir: Path, shared_dir: Path, strategy, *, resume:
     summary = {
         "epochs_run": len(rows), "best_epoch": best, "best_val_loss": val[best] if val else None,
         "best_val_mae_ev_per_atom": rows[best].get("val_mae") if val else None,
-        "stopped_early": bool(rows) and len(rows) < int(settings["epochs"]),
-        "n_train": n_train, "n_validation": n_val, "config": config.name,
+        "stopped_early": bool(rows) and len(rows) < int(config.epochs),
+        "n_train": n_train, "n_validation": n_val, "config": model_config.name,
         "params": int(model.count_params()), "wall_time_s_this_session": time.time() - t0,
         "best_model": str(shared_dir / "best.keras"), "history_keys": sorted(history.history),
-        "strategy": settings.get("strategy") or "default", "replicas": replicas, "workers": workers,
+        "strategy": config.strategy, "replicas": replicas, "workers": workers,
         "chief": distribute.is_chief(strategy), "train_samples_per_s": throughput.samples_per_s(),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    _write_json(run_dir / "summary.json", summary)
     return summary
 
 
@@ -409,47 +499,3 @@ def _read_history(path: Path) -> list[dict]:
         return []
     with path.open(newline="") as fh:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
-
-
-def _raise_interrupt(signum, frame):  # SIGTERM -> KeyboardInterrupt: the CLI exits 130, backup kept
-    raise KeyboardInterrupt
-
-
-def run(args: argparse.Namespace) -> int:
-    from esnet_tf.distribute import env_is_chief
-
-    run_dir = Path(args.run_dir)
-    stored = None
-    if not env_is_chief(args.strategy):  # a non-chief worker never writes or clears the (shared) run dir
-        if args.resume and (run_dir / "config.json").is_file():
-            stored = json.loads((run_dir / "config.json").read_text()).get("training")
-            if (run_dir / "summary.json").is_file() and _backup_epoch(run_dir) is None:
-                print(f"{run_dir}: this run already finished (summary.json); nothing to resume")
-                return 0
-    elif (run_dir / "config.json").is_file():
-        if args.resume:
-            stored = json.loads((run_dir / "config.json").read_text()).get("training")
-            if (run_dir / "summary.json").is_file() and _backup_epoch(run_dir) is None:
-                print(f"{run_dir}: this run already finished (summary.json); nothing to resume")
-                return 0
-        elif not args.overwrite:
-            raise UserError(f"{run_dir} already holds a run; use --resume to continue it, --overwrite "
-                              "to start afresh, or another --run-dir")
-        else:
-            import shutil
-
-            for name in ("backup", "logs", "history.csv", "best.keras", "summary.json", "warmup_examples.npz"):
-                target = run_dir / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    settings = resolve_settings(args, stored)
-    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-    summary = train(settings, run_dir, resume=args.resume, verbose=verbose)
-    if not summary.get("chief", True):
-        print(f"done (non-chief worker; the chief wrote {run_dir})")
-        return 0
-    print(f"done: {summary['epochs_run']} epochs, best epoch {summary['best_epoch']} "
-          f"(val_loss {summary['best_val_loss']:.4g}, val MAE {summary['best_val_mae_ev_per_atom']:.4g} eV/atom) "
-          f"-> {summary['best_model']}")
-    return 0

@@ -62,13 +62,13 @@ def _data() -> dict:
     return {"npz": str(d["npz"]), "labels": str(labels), "split_seed": d["split_seed"], "n_train": keep}
 
 
-def _settings(epochs: int) -> dict:
-    from esnet_tf.train import DEFAULTS
+def _settings(epochs: int):
+    from esnet_tf.train import TrainConfig
 
     d = _data()
-    return {**DEFAULTS, "dataset": d["npz"], "labels": d["labels"], "config": str(tiny_config_file()),
-            "epochs": epochs, "batch_size": BATCH, "bn_momentum": 0.9, "split_fractions": list(FRACTIONS),
-            "split_seed": d["split_seed"], "seed": 0}
+    return TrainConfig(dataset=d["npz"], labels=d["labels"], config=str(tiny_config_file()), epochs=epochs,
+                       batch_size=BATCH, bn_momentum=0.9, split_fractions=FRACTIONS, split_seed=d["split_seed"],
+                       seed=0)
 
 
 @lru_cache(maxsize=1)
@@ -290,7 +290,7 @@ def test_mirrored_on_cpu_equals_default(tmp_path):
     from esnet_tf.train import train
 
     ref = reference()
-    summary = train({**_settings(EPOCHS), "strategy": "mirrored"}, tmp_path / "mirrored", verbose=0)
+    summary = train(_settings(EPOCHS).replace(strategy="mirrored"), tmp_path / "mirrored", verbose=0)
     assert (summary["strategy"], summary["replicas"], summary["workers"]) == ("mirrored", 1, 1)
     for mine, theirs in zip(read_history(tmp_path / "mirrored" / "history.csv"), ref["history"]):
         assert math.isclose(mine["loss"], theirs["loss"], rel_tol=1e-4, abs_tol=1e-7), (mine, theirs)

@@ -70,13 +70,14 @@ def real_data() -> dict:
             "arrays": load_npz_arrays(str(npz), out / "labels.csv")}
 
 
-def settings_for(config, epochs: int, **extra) -> dict:
-    from esnet_tf.train import DEFAULTS
+def settings_for(config, epochs: int, **extra):
+    """The TrainConfig of the tests: the demo data, batch 8, BN momentum 0.9, plus `extra` fields."""
+    from esnet_tf.train import TrainConfig
 
     d = real_data()
-    return {**DEFAULTS, "dataset": str(d["npz"]), "labels": str(d["labels"]), "config": config,
-            "epochs": epochs, "batch_size": 8, "bn_momentum": 0.9, "split_fractions": list(FRACTIONS),
-            "split_seed": d["split_seed"], **extra}
+    return TrainConfig(dataset=str(d["npz"]), labels=str(d["labels"]), config=config, epochs=epochs,
+                       batch_size=8, bn_momentum=0.9, split_fractions=FRACTIONS,
+                       split_seed=d["split_seed"]).replace(**extra)
 
 
 @lru_cache(maxsize=1)
@@ -152,10 +153,10 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     ref_hist = read_history(tmp_path / "uninterrupted" / "history.csv")
 
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "esnet_tf.cli", "train", "--dataset", settings["dataset"], "--labels",
-           settings["labels"], "--config", settings["config"], "--epochs", str(epochs), "--batch-size", "8",
+    cmd = [sys.executable, "-m", "esnet_tf.cli", "train", "--dataset", settings.dataset, "--labels",
+           settings.labels, "--config", settings.config, "--epochs", str(epochs), "--batch-size", "8",
            "--bn-momentum", "0.9", "--split-fractions", ",".join(map(str, FRACTIONS)), "--split-seed",
-           str(settings["split_seed"]), "--run-dir", str(run_dir), "--verbose", "2"]
+           str(settings.split_seed), "--run-dir", str(run_dir), "--verbose", "2"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     history = run_dir / "history.csv"
@@ -189,9 +190,9 @@ def test_resume_keeps_early_stopping_state(tmp_path):
     """The callback state saved with each epoch is restored on resume (wait counters, best values)."""
     import keras
 
-    from esnet_tf.train import DEFAULTS, _make_callbacks
+    from esnet_tf.train import TrainConfig, _make_callbacks
 
-    cbs = _make_callbacks(tmp_path, DEFAULTS, 0)
+    cbs = _make_callbacks(tmp_path, TrainConfig(), 0)
     keeper = [c for c in cbs if type(c).__name__ == "TrainingStateKeeper"][0]
     stopper = [c for c in cbs if isinstance(c, keras.callbacks.EarlyStopping)][0]
     stopper.wait, stopper.best = 7, 0.125
@@ -204,6 +205,135 @@ def test_resume_keeps_early_stopping_state(tmp_path):
     keeper.set_model(_M())
     keeper.on_train_begin()
     assert (stopper.wait, stopper.best) == (7, 0.125)
+
+
+def _tiny_keras_fit_data(n: int = 16):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    y = (x @ np.array([1.0, -2.0, 0.5, 0.0], dtype="float32"))[:, None]
+    return x, y
+
+
+def _tiny_keras_model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    return model
+
+
+def test_resume_restores_callback_state_in_a_real_fit(tmp_path):
+    """Through `model.fit` (not by hand): the EarlyStopping / ReduceLROnPlateau / ModelCheckpoint
+    state at the start of the resumed epoch is the state the interrupted run had after the epoch
+    before. The backup restores the start epoch after the keeper's on_train_begin, so this checks
+    the keeper picks the state up at the first on_epoch_begin."""
+    import keras
+
+    from esnet_tf.train import TrainConfig, _make_callbacks
+
+    x, y = _tiny_keras_fit_data()
+    config = TrainConfig(early_stopping_patience=50, lr_patience=50)
+    tracked = lambda cbs: {type(c).__name__: ({a: getattr(c, a) for a in ("wait", "best")} if hasattr(c, "wait")
+                                                else {"best": c.best})
+                           for c in cbs if isinstance(c, (keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau,
+                                                          keras.callbacks.ModelCheckpoint))}
+    seen: dict = {}
+
+    class Interrupt(keras.callbacks.Callback):
+        def __init__(self, cbs):
+            super().__init__()
+            self.cbs = cbs
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 3:
+                seen["before"] = tracked(self.cbs)
+                raise KeyboardInterrupt
+
+    cbs = _make_callbacks(tmp_path, config, 0)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_keras_model().fit(x, y, validation_data=(x[:4], y[:4]), epochs=6, shuffle=False, verbose=0,
+                                callbacks=cbs + [Interrupt(cbs)])
+    assert seen["before"]["EarlyStopping"]["best"] < np.inf
+
+    class Probe(keras.callbacks.Callback):
+        def __init__(self, cbs):
+            super().__init__()
+            self.cbs = cbs
+
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.setdefault("start", epoch)
+            seen.setdefault("after", tracked(self.cbs))
+
+    cbs = _make_callbacks(tmp_path, config, 0)
+    _tiny_keras_model().fit(x, y, validation_data=(x[:4], y[:4]), epochs=6, shuffle=False, verbose=0,
+                            callbacks=cbs + [Probe(cbs)])
+    assert seen["start"] == 3
+    assert seen["after"] == seen["before"]
+
+
+def test_train_config_defaults_and_round_trip():
+    """The authors' defaults (DESIGN.md section 4); to_dict is the config.json "training" entry."""
+    from esnet_tf.train import TrainConfig
+
+    assert TrainConfig().to_dict() == {
+        "dataset": None, "labels": None, "data_dir": None, "config": "paper", "epochs": 300,
+        "batch_size": 64, "learning_rate": 1.5e-3, "loss": "log_cosh", "lr_factor": 0.5,
+        "lr_patience": 15, "min_lr": 0.0, "early_stopping_patience": 35, "seed": 0,
+        "cache": "memory", "shuffle_buffer": 10_000, "dropout": None, "bn_momentum": None,
+        "split_fractions": None, "split_seed": 0, "strategy": "default", "sync_batchnorm": True,
+        "precision": "float32"}
+    config = TrainConfig(dataset="f.npz", labels="l.csv", config={"name": "tiny"}, split_fractions=[0.6, 0.2, 0.2],
+                         dropout=0.1)
+    stored = json.loads(json.dumps(config.to_dict()))
+    assert stored["split_fractions"] == [0.6, 0.2, 0.2]
+    assert TrainConfig.from_dict(stored) == config
+    # a run written before some setting existed, or with None for a default, still resumes
+    assert TrainConfig.from_dict({"dataset": "f.npz", "split_seed": None, "unknown": 1}) == TrainConfig(dataset="f.npz")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", 0, "--epochs must be an integer >= 1"),
+    ("batch_size", 0, "--batch-size must be an integer >= 1"),
+    ("batch_size", 8.5, "--batch-size must be an integer"),
+    ("learning_rate", 0.0, "--learning-rate must be a number > 0"),
+    ("early_stopping_patience", -1, "--early-stopping-patience must be an integer >= 0"),
+    ("lr_factor", 1.0, "--lr-factor must be in"),
+    ("dropout", 1.0, "--dropout must be in"),
+    ("split_fractions", (0.5, 0.2, 0.2), "--split-fractions must be three fractions >= 0 summing to 1"),
+    ("split_fractions", (0.5, 0.5), "--split-fractions"),
+    ("loss", "hinge", "--loss must be one of log_cosh"),
+    ("strategy", "tpu", "--strategy must be one of default, mirrored, multi-worker"),
+    ("precision", "float64", "--precision must be one of auto"),
+])
+def test_train_config_refuses_bad_values_naming_the_flag(field, value, message):
+    from esnet_tf.errors import UserError
+    from esnet_tf.train import TrainConfig
+
+    with pytest.raises(UserError, match=message):
+        TrainConfig(**{field: value})
+    with pytest.raises(UserError, match=message):
+        TrainConfig().replace(**{field: value})
+
+
+def test_cli_resume_keeps_stored_settings_unless_given_again():
+    from esnet_tf.cli import build_parser
+    from esnet_tf.cli.train import config_from_args
+    from esnet_tf.errors import UserError
+    from esnet_tf.train import TrainConfig
+
+    stored = TrainConfig(dataset="f.npz", labels="l.csv", epochs=7, batch_size=4, learning_rate=1e-3,
+                         split_fractions=(0.6, 0.2, 0.2)).to_dict()
+    argv = ["train", "--resume", "--epochs", "9", "--split-fractions", "0.8,0.1,0.1"]
+    config = config_from_args(build_parser(argv).parse_args(argv), stored)
+    assert (config.epochs, config.split_fractions) == (9, (0.8, 0.1, 0.1))  # given again
+    assert (config.dataset, config.batch_size, config.learning_rate) == ("f.npz", 4, 1e-3)  # stored
+    assert config.loss == "log_cosh"  # neither: the default
+    argv = ["train", "--dataset", "f.npz", "--epochs", "0"]
+    with pytest.raises(UserError, match="--epochs must be an integer >= 1"):
+        config_from_args(build_parser(argv).parse_args(argv))
+    with pytest.raises(UserError, match="--dataset is required"):
+        config_from_args(build_parser(["train"]).parse_args(["train"]))
 
 
 # ---------------------------------------------------------------- data checks

@@ -128,6 +128,27 @@ def test_keras3_only_environment(monkeypatch):
         check_keras3()
 
 
+def test_tune_config_validates_and_retrains_on_the_same_data():
+    from esnet_tf.errors import UserError
+    from esnet_tf.train import TrainConfig
+    from esnet_tf.tuning.search import TuneConfig
+
+    config = TuneConfig(dataset="f.npz", labels="l.csv", split_fractions=[0.6, 0.2, 0.2], split_seed=3,
+                        batch_size=16, seed=2)
+    assert (config.tuner, config.max_trials, config.epochs, config.hyperband_factor) == ("hyperband", 20, 30, 3)
+    assert config.batch_size == 16 and TuneConfig().batch_size == TrainConfig().batch_size == 64
+    retrain = config.train_config(config={"name": "x"}, epochs=5, learning_rate=2e-3, loss="mae")
+    assert (retrain.dataset, retrain.labels, retrain.split_fractions, retrain.split_seed) == \
+        ("f.npz", "l.csv", (0.6, 0.2, 0.2), 3)
+    assert (retrain.batch_size, retrain.seed, retrain.epochs, retrain.loss) == (16, 2, 5, "mae")
+    assert retrain.lr_patience == TrainConfig().lr_patience  # the authors' schedule otherwise
+    for field, value, message in [("tuner", "grid", "unknown tuner"), ("max_trials", 0, "--max-trials"),
+                                  ("epochs", 0, "--epochs"), ("hyperband_factor", 1, "--hyperband-factor"),
+                                  ("split_fractions", (0.5, 0.2, 0.2), "--split-fractions")]:
+        with pytest.raises(UserError, match=message):
+            TuneConfig(dataset="f.npz", **{field: value})
+
+
 # ---------------------------------------------------------------- search space
 
 def test_default_space_loads_and_contains_the_paper_config():

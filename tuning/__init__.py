@@ -2,8 +2,9 @@
 
 - `esnet_tf.tuning.search_space`: the search space as data (`search_space.json`, `SearchSpace`).
 - `esnet_tf.tuning.hypermodel`: `ESNetHyperModel`, whose `build(hp)` returns a compiled ESNet.
-- `esnet_tf.tuning.search`: the `esnet tune` command (Hyperband / Bayesian / random search, resume,
-  summary table, retraining and SavedModel export of the best trial, chief/worker mode).
+- `esnet_tf.tuning.search`: `tune(TuneConfig, ...)`, the search behind `esnet tune` (Hyperband /
+  Bayesian / random, resume, summary table, retraining and SavedModel export of the best trial,
+  chief/worker mode); the flags live in `esnet_tf.cli.tune`.
 
 Attributes load lazily, so `esnet tune --help` does not import TensorFlow.
 """

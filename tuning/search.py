@@ -1,4 +1,10 @@
-"""`esnet tune`: KerasTuner search over the ESNet architecture, objective val_mae (eV/atom).
+"""KerasTuner search over the ESNet architecture, objective val_mae (eV/atom): `tune(TuneConfig, ...)`.
+
+    from esnet_tf.tuning.search import TuneConfig, tune
+    summary = tune(TuneConfig(dataset="features.npz", labels="labels.csv", tuner="random", max_trials=5),
+                   "tuning_runs", "esnet_tune", export_dir=None)
+
+The `esnet tune` command (`esnet_tf.cli.tune`) turns its flags into a `TuneConfig`.
 
 Trials train on the train split and are ranked by the MAE of the validation split only (the
 test split is never read). The project directory DIR/NAME (`--directory`, `--project-name`):
@@ -20,18 +26,19 @@ chief prints the summary, retrains and exports once the workers are done.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import shutil
 import socket
-import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from esnet_tf.train import DEFAULTS, _fractions, split_options, write_warmup_examples
 from esnet_tf.errors import UserError
+from esnet_tf.train import TrainConfig, check_split_fractions, write_warmup_examples
 
 TUNERS = ("hyperband", "bayesian", "random")
 WORKER_FILE = "worker.json"
@@ -42,47 +49,65 @@ BEST_TRIAL_FILE = "best_trial.json"
 #: settings a rerun of the same project must share with the first run (else the search is another one)
 IDENTITY_KEYS = ("tuner", "dataset", "labels", "data_dir", "split_fractions", "split_seed", "batch_size",
                  "epochs", "hyperband_factor", "seed", "search_space")
-TUNE_DEFAULTS = {"tuner": "hyperband", "max_trials": 20, "epochs": 30, "batch_size": DEFAULTS["batch_size"],
-                 "hyperband_factor": 3, "seed": 0, "top": 5}
+#: rows of the best-trials table (`tune(top=...)`, `esnet tune --top`)
+TOP = 5
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.description = ("KerasTuner search over the ESNet architecture (stem, stages, widths, CBAM on/off, "
-                     "head, dropout) and learning rate / loss. Objective: validation MAE (eV/atom). A rerun "
-                     "with the same --directory/--project-name continues the search.")
-    p.add_argument("--dataset", required=True, help="features .npz (with --labels), a directory with labels.csv "
-                   "+ calculation files, or a TFDS dataset name/dir (e.g. is_dos)")
-    p.add_argument("--labels", help="labels CSV for .npz features: id, formation_energy_per_atom (eV/atom)")
-    p.add_argument("--data-dir", help="TFDS data_dir (for TFDS datasets)")
-    p.add_argument("--split-fractions", type=_fractions, help="train,validation,test fractions of chemical systems "
-                   "for .npz / labels-directory datasets [default 0.8,0.1,0.1]")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the chemical-system split")
-    p.add_argument("--tuner", choices=TUNERS, default=TUNE_DEFAULTS["tuner"], help="search algorithm")
-    p.add_argument("--max-trials", type=int, default=TUNE_DEFAULTS["max_trials"], help="maximum number of trials "
-                   "(model configurations); Hyperband also stops when its brackets are done. Raise it and "
-                   "rerun to extend a finished search")
-    p.add_argument("--epochs", type=int, default=TUNE_DEFAULTS["epochs"], help="training epochs per trial "
-                   "(Hyperband: the largest budget, max_epochs)")
-    p.add_argument("--hyperband-factor", type=int, default=TUNE_DEFAULTS["hyperband_factor"],
-                   help="Hyperband reduction factor (keeps 1/factor of the trials per round)")
-    p.add_argument("--batch-size", type=int, default=TUNE_DEFAULTS["batch_size"], help="examples per batch")
-    p.add_argument("--seed", type=int, default=TUNE_DEFAULTS["seed"], help="random seed (tuner, weights, shuffling)")
-    p.add_argument("--search-space", help="search-space JSON file (see docs/tuning.md) [default: the packaged "
-                   "tuning/search_space.json]")
-    p.add_argument("--directory", default="tuning_runs", help="directory holding the tuning projects")
-    p.add_argument("--project-name", default="esnet_tune", help="project (subdirectory of --directory)")
-    p.add_argument("--overwrite", action="store_true", help="delete the project and start afresh (default: a "
-                   "rerun continues the stored search)")
-    p.add_argument("--top", type=int, default=TUNE_DEFAULTS["top"], help="rows of the best-trials table")
-    p.add_argument("--retrain-epochs", type=int, help="epochs to retrain the best trial with `esnet train` "
-                   "(checkpoint on val_loss, the authors' LR schedule / early stopping); 0 keeps the best "
-                   "trial's own weights [default: --epochs]")
-    p.add_argument("--export-dir", default="saved_models", help="TF Serving model base directory")
-    p.add_argument("--export-name", help="model name of the export [default: --project-name]")
-    p.add_argument("--export-version", type=int, help="version directory [default: the next free integer]")
-    p.add_argument("--no-export", action="store_true", help="do not export a SavedModel")
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras progress: 0 silent, 1 bar, 2 one line "
-                   "per epoch [default: 1 on a terminal, else 2]")
+@dataclass(frozen=True)
+class TuneConfig:
+    """Settings of one search (every field is an `esnet tune` flag of the same name).
+
+    The data fields mean what they mean in `esnet_tf.train.TrainConfig`; `epochs` is the budget of
+    one trial (Hyperband: `max_epochs`). A rerun continues a project only with the same
+    `IDENTITY_KEYS`. Invalid values raise `UserError` naming the field and its flag.
+    """
+
+    dataset: str | None = None      #: features .npz (with `labels`), labels directory, or TFDS name/dir
+    labels: str | None = None       #: labels CSV for an .npz (id, formation_energy_per_atom in eV/atom)
+    data_dir: str | None = None     #: TFDS data_dir
+    split_fractions: tuple[float, float, float] | None = None  #: train/validation/test chemical-system fractions
+    split_seed: int = 0             #: seed of the chemical-system split
+    tuner: str = "hyperband"        #: search algorithm: hyperband, bayesian, random
+    max_trials: int = 20            #: maximum number of trials (model configurations)
+    epochs: int = 30                #: training epochs per trial (Hyperband: the largest budget)
+    batch_size: int = TrainConfig.batch_size  #: examples per batch
+    hyperband_factor: int = 3       #: Hyperband reduction factor (keeps 1/factor of the trials per round)
+    seed: int = 0                   #: random seed (tuner, weights, shuffling)
+    search_space: str | None = None  #: search-space JSON file (None: the packaged search_space.json)
+
+    def __post_init__(self) -> None:
+        for name in ("dataset", "labels", "data_dir", "search_space"):
+            if isinstance(getattr(self, name), os.PathLike):
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
+        if self.split_fractions is not None:
+            object.__setattr__(self, "split_fractions", check_split_fractions(self.split_fractions))
+        if self.tuner not in TUNERS:
+            raise UserError(f"--tuner {self.tuner!r}: unknown tuner; use one of {', '.join(TUNERS)}")
+        for name, low in (("max_trials", 1), ("epochs", 1), ("batch_size", 1), ("hyperband_factor", 2),
+                          ("seed", 0), ("split_seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise UserError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r} "
+                                f"(tuning setting {name!r})")
+
+    def to_dict(self) -> dict:
+        """JSON-ready settings (split_fractions as a list)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.split_fractions is not None:
+            d["split_fractions"] = list(self.split_fractions)
+        return d
+
+    def split_options(self) -> dict:
+        """Keyword arguments of `esnet_tf.data.load_split`."""
+        return {"labels": self.labels, "data_dir": self.data_dir, "split_fractions": self.split_fractions,
+                "split_seed": int(self.split_seed)}
+
+    def train_config(self, **changes: Any) -> TrainConfig:
+        """A `TrainConfig` on the same data, batch size and seed (the authors' defaults otherwise),
+        with `changes` (e.g. config=, epochs=, learning_rate=, loss=) applied."""
+        return TrainConfig(dataset=self.dataset, labels=self.labels, data_dir=self.data_dir,
+                           split_fractions=self.split_fractions, split_seed=self.split_seed,
+                           batch_size=self.batch_size, seed=self.seed, **changes)
 
 
 # ---------------------------------------------------------------- environment
@@ -163,14 +188,17 @@ def make_tuner(kind: str, hypermodel, *, max_trials: int, epochs: int, directory
 
 # ---------------------------------------------------------------- search
 
-def tune(settings: dict, directory: str | Path, project_name: str, *, overwrite: bool = False,
+def tune(config: TuneConfig, directory: str | Path, project_name: str, *, overwrite: bool = False,
          retrain_epochs: int | None = None, export_dir: str | Path | None = "saved_models",
-         export_name: str | None = None, export_version: int | None = None, top: int = 5,
+         export_name: str | None = None, export_version: int | None = None, top: int = TOP,
          verbose: int = 2) -> dict:
     """Run (or continue) a search; returns the summary dict (also in DIR/NAME/summary.json).
 
-    `settings`: dataset, labels, data_dir, split_fractions, split_seed, tuner, max_trials, epochs,
-    batch_size, hyperband_factor, seed, search_space (path or None). `export_dir=None`: no export.
+    The project is `directory`/`project_name`; `overwrite` deletes it first (chief only).
+    `retrain_epochs`: epochs to retrain the best trial with `esnet_tf.train.train` (None:
+    `config.epochs`; 0 keeps the trial's own weights). `export_dir=None`: no SavedModel export
+    (else EXPORT_DIR/(`export_name` or `project_name`)/(`export_version` or the next free integer)).
+    `top`: rows of the best-trials table. `verbose`: Keras progress (0, 1, 2).
     A worker returns {'role': 'worker', 'trials': [...]} after its trials.
     """
     import keras
@@ -183,23 +211,22 @@ def tune(settings: dict, directory: str | Path, project_name: str, *, overwrite:
     who = role()
     if overwrite and who == "worker":
         raise UserError("--overwrite is for the chief only (a worker would delete the shared project)")
-    settings = {**TUNE_DEFAULTS, **settings}
-    if settings["tuner"] not in TUNERS:
-        raise UserError(f"unknown tuner {settings['tuner']!r}; use one of {', '.join(TUNERS)}")
-    if settings["max_trials"] < 1 or settings["epochs"] < 1:
-        raise UserError("--max-trials and --epochs must be at least 1")
+    if not isinstance(config, TuneConfig):
+        raise TypeError(f"tune() takes a TuneConfig, not {type(config).__name__}")
+    if not config.dataset:
+        raise UserError("--dataset is required (an .npz with --labels, a labels directory, or a TFDS name)")
     try:
-        space = SearchSpace.load(settings.get("search_space"))
+        space = SearchSpace.load(config.search_space)
     except SearchSpaceError as exc:
         raise UserError(str(exc)) from None
     project = Path(directory) / project_name
-    identity = _identity(settings, space)
+    identity = _identity(config, space)
     if not overwrite:
         _check_same_search(project, identity)
 
-    keras.utils.set_random_seed(int(settings["seed"]))
-    spec = str(settings["dataset"])
-    split_opts = split_options(settings)
+    keras.utils.set_random_seed(int(config.seed))
+    spec = str(config.dataset)
+    split_opts = config.split_options()
     train_ds = data.load_split(spec, "train", **split_opts)
     val_ds = data.load_split(spec, "validation", **split_opts)
     n_train, stats = data.scan(train_ds, f"{spec} [train]", statistics=True)
@@ -210,16 +237,15 @@ def tune(settings: dict, directory: str | Path, project_name: str, *, overwrite:
           f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}")
 
     hypermodel = ESNetHyperModel(space, normalization=stats)
-    tuner = make_tuner(settings["tuner"], hypermodel, max_trials=int(settings["max_trials"]),
-                       epochs=int(settings["epochs"]), directory=directory, project_name=project_name,
-                       seed=int(settings["seed"]), hyperband_factor=int(settings["hyperband_factor"]),
-                       overwrite=overwrite)
+    tuner = make_tuner(config.tuner, hypermodel, max_trials=config.max_trials, epochs=config.epochs,
+                       directory=directory, project_name=project_name, seed=config.seed,
+                       hyperband_factor=config.hyperband_factor, overwrite=overwrite)
     if who != "worker":
         _write_json(project / SETTINGS_FILE, identity)
-    pipe_train = data.training_pipeline(train_ds, int(settings["batch_size"]), seed=int(settings["seed"]))
-    pipe_val = data.training_pipeline(val_ds, int(settings["batch_size"]), shuffle=False)
+    pipe_train = data.training_pipeline(train_ds, config.batch_size, seed=config.seed)
+    pipe_val = data.training_pipeline(val_ds, config.batch_size, shuffle=False)
     t0 = time.time()
-    tuner.search(pipe_train, validation_data=pipe_val, epochs=int(settings["epochs"]),
+    tuner.search(pipe_train, validation_data=pipe_val, epochs=config.epochs,
                  callbacks=[keras.callbacks.TerminateOnNaN()], verbose=verbose)
     if who == "worker":
         mine = sorted(t for t, r in _workers(project).items() if r.get("tuner_id") == tuner.tuner_id)
@@ -230,8 +256,8 @@ def tune(settings: dict, directory: str | Path, project_name: str, *, overwrite:
     summary.update(role=who, n_train=n_train, n_validation=n_val, search_seconds_this_session=time.time() - t0)
     print(format_table(summary["best_trials"]))
     best = summary["best_trials"][0]
-    model_path, retrained = _best_model(tuner, best, settings, project, val_ds,
-                                        int(settings["epochs"]) if retrain_epochs is None else retrain_epochs)
+    model_path, retrained = _best_model(tuner, best, config, project, val_ds,
+                                        config.epochs if retrain_epochs is None else retrain_epochs)
     summary["best_model"] = {"path": str(model_path), **retrained}
     if export_dir is not None:
         summary["export"] = _export(model_path, project, best["trial_id"], export_dir,
@@ -240,7 +266,8 @@ def tune(settings: dict, directory: str | Path, project_name: str, *, overwrite:
     return summary
 
 
-def _identity(settings: dict, space) -> dict:
+def _identity(config: TuneConfig, space) -> dict:
+    settings = config.to_dict()
     ident = {k: settings.get(k) for k in IDENTITY_KEYS if k != "search_space"}
     if ident["dataset"] and Path(str(ident["dataset"]).split(",")[0]).exists():
         ident["dataset"] = ",".join(str(Path(p).resolve()) for p in str(ident["dataset"]).split(","))
@@ -325,7 +352,7 @@ def format_table(rows: list[dict]) -> str:
                       fmt.format(*("-" * w for w in widths)), *(fmt.format(*line) for line in lines)])
 
 
-def _best_model(tuner, best: dict, settings: dict, project: Path, val_ds, retrain_epochs: int):
+def _best_model(tuner, best: dict, config: TuneConfig, project: Path, val_ds, retrain_epochs: int):
     """best/best.keras: the best trial retrained by `esnet train`, or (0 epochs) its checkpoint weights."""
     from esnet_tf.train import train
 
@@ -339,9 +366,7 @@ def _best_model(tuner, best: dict, settings: dict, project: Path, val_ds, retrai
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     if retrain_epochs > 0:
-        run = {**DEFAULTS, **{k: settings.get(k) for k in ("dataset", "labels", "data_dir", "split_fractions",
-                                                           "split_seed", "batch_size", "seed")},
-               "config": best["config"], "epochs": retrain_epochs, **best["training"]}
+        run = config.train_config(config=best["config"], epochs=retrain_epochs, **best["training"])
         print(f"retraining trial {best['trial_id']} for {retrain_epochs} epochs -> {out}")
         result = train(run, out, verbose=0)
         info = {"retrained_val_mae_ev_per_atom": result["best_val_mae_ev_per_atom"],
@@ -388,20 +413,3 @@ def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     os.replace(tmp, path)
-
-
-def run(args: argparse.Namespace) -> int:
-    settings = {"dataset": args.dataset, "labels": args.labels, "data_dir": args.data_dir,
-                "split_fractions": args.split_fractions, "split_seed": args.split_seed, "tuner": args.tuner,
-                "max_trials": args.max_trials, "epochs": args.epochs, "batch_size": args.batch_size,
-                "hyperband_factor": args.hyperband_factor, "seed": args.seed, "search_space": args.search_space}
-    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
-    summary = tune(settings, args.directory, args.project_name, overwrite=args.overwrite,
-                   retrain_epochs=args.retrain_epochs, export_dir=None if args.no_export else args.export_dir,
-                   export_name=args.export_name, export_version=args.export_version, top=args.top, verbose=verbose)
-    if summary.get("role") == "worker":
-        return 0
-    best = summary["best_trials"][0]
-    print(f"best trial {best['trial_id']}: val MAE {best['val_mae_ev_per_atom']:.4g} eV/atom "
-          f"({summary['n_trials']} trials) -> {summary['best_model']['path']}")
-    return 0

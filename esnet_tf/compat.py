@@ -1,0 +1,183 @@
+"""Every use of private Keras / TensorFlow APIs in esnet_tf, in one place.
+
+Each helper says which versions it was checked on (Keras 3.15.1, TensorFlow 2.21.0, the pins of
+pyproject.toml) and why no public API does the job. `tests/test_compat.py` pins the behaviour each
+one relies on against the installed Keras, so an upgrade that breaks one fails there first, by
+name, instead of somewhere inside a training run.
+
+Contents:
+- `initial_epoch` / `set_initial_epoch`: `Model._initial_epoch`, the epoch `fit` starts from.
+- `AtomicBackupAndRestore`: `keras.callbacks.BackupAndRestore` with `_save_model` / `_load_model`
+  overridden (reads `_current_epoch`, `_last_batch_seen`), so a backup survives SIGKILL and
+  non-chief workers restore from the chief's directory.
+- `flatten_layers`: `Layer._flatten_layers`, every layer of a model, nested ones included.
+- `num_workers`: `strategy.extended._num_workers`.
+- `fit_scope`: `Model._distribute_strategy` and `keras.src.backend.tensorflow.trainer`
+  (`reduce_per_replica`, `_collective_all_reduce_multi_worker`), two Keras bugs under tf.distribute.
+
+Imports Keras and TensorFlow: import this module lazily (not at CLI parse time, and under
+`--strategy multi-worker` only after the strategy exists).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+
+#: the versions these workarounds were checked on (tests/test_compat.py checks the behaviour itself)
+CHECKED_KERAS = "3.15.1"
+CHECKED_TENSORFLOW = "2.21.0"
+#: BackupAndRestore's metadata file (Keras's name, kept so its own `on_train_begin` logic applies)
+METADATA_FILE = "training_metadata.json"
+
+
+# ---------------------------------------------------------------- the epoch fit starts from
+
+def initial_epoch(model) -> int:
+    """The epoch `model.fit` starts from when it was set by a restore (0 otherwise).
+
+    Keras 3.15.1: `Trainer.__init__` sets `model._initial_epoch = None`; `BackupAndRestore`'s
+    `_load_model` sets it to the restored epoch during `on_train_begin`, and `fit` then runs
+    `range(model._initial_epoch or initial_epoch, epochs)`. No public accessor exists; callbacks
+    that run after the restore read the start epoch here (or from their first `on_epoch_begin`).
+    """
+    return int(getattr(model, "_initial_epoch", None) or 0)
+
+
+def set_initial_epoch(model, epoch: int) -> None:
+    """Make the next `model.fit` start at `epoch` (what `BackupAndRestore._load_model` does).
+
+    Keras 3.15.1: `fit` reads `model._initial_epoch` after `callbacks.on_train_begin()`, so a
+    callback setting it there moves the start; the `initial_epoch=` argument of `fit` cannot be
+    changed from a callback.
+    """
+    model._initial_epoch = int(epoch)
+
+
+# ---------------------------------------------------------------- SIGKILL-safe backups
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` whose backup survives SIGKILL at any instant.
+
+    Each epoch's weights go to a new file `epochNNNNN.weights.h5`; the metadata naming it (and
+    the epoch) is then replaced atomically, so it always points at a complete file. Older weight
+    files are removed after. Keras's own `_save_model` overwrites `latest.weights.h5` in place,
+    so a kill during the write leaves a truncated file that the metadata still points at.
+
+    `restore_dir` (default `backup_dir`) is where `_load_model` reads from: a non-chief
+    multi-worker process writes its own throwaway backup but restores from the chief's.
+
+    Keras 3.15.1 internals relied upon (pinned in tests/test_compat.py): `on_epoch_end` sets
+    `self._current_epoch = epoch + 1` and `self._last_batch_seen` and calls `self._save_model()`
+    (with `save_freq="epoch"`); `on_train_begin` calls `self._load_model()`; `on_train_end`
+    removes `backup_dir` (with `delete_checkpoint=True`); the restored epoch reaches `fit` through
+    `model._initial_epoch` (`set_initial_epoch`).
+    """
+
+    def __init__(self, backup_dir: str | Path, *, restore_dir: str | Path | None = None, **kwargs) -> None:
+        super().__init__(str(backup_dir), **kwargs)
+        self.restore_dir = str(restore_dir) if restore_dir is not None else str(backup_dir)
+
+    def _save_model(self) -> None:
+        backup = Path(self.backup_dir)
+        backup.mkdir(parents=True, exist_ok=True)
+        name = f"epoch{self._current_epoch:05d}.weights.h5"
+        self.model.save_weights(str(backup / name), overwrite=True)
+        tmp = backup / f"{METADATA_FILE}.tmp"
+        tmp.write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen,
+                                   "weights": name}))
+        os.replace(tmp, backup / METADATA_FILE)
+        for old in backup.glob("epoch*.weights.h5"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def _load_model(self) -> None:
+        source = Path(self.restore_dir)
+        meta = source / METADATA_FILE
+        if not meta.is_file():
+            return
+        info = json.loads(meta.read_text())
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)  # slots exist before loading
+        self.model.load_weights(str(source / info["weights"]))
+        set_initial_epoch(self.model, int(info["epoch"]))
+
+
+# ---------------------------------------------------------------- layers
+
+def flatten_layers(model) -> list:
+    """Every layer of `model`, nested ones (inside custom layers and sub-models) included.
+
+    Keras 3.15.1: `Layer._flatten_layers(include_self=False, recursive=True)`; `model.layers`
+    lists only the top level, and Keras 3 has no public recursive walk.
+    """
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+# ---------------------------------------------------------------- tf.distribute
+
+def num_workers(strategy) -> int:
+    """Number of worker processes (input pipelines) of a `tf.distribute.Strategy`.
+
+    TensorFlow 2.21.0: `strategy.extended._num_workers` (1 for the default and mirrored
+    strategies, the cluster's worker count for MultiWorkerMirroredStrategy); the public
+    `InputContext.num_input_pipelines` exists only inside a dataset function.
+    """
+    extended = getattr(strategy, "extended", None)
+    return int(getattr(extended, "_num_workers", 1) or 1)
+
+
+@contextlib.contextmanager
+def fit_scope(model, strategy) -> Iterator[None]:
+    """Context for `model.fit` / `evaluate` under `strategy`, working around two Keras 3 bugs
+    (present through Keras 3.15.1 with TF 2.21.0), both only when there is a strategy:
+
+    1. A model built under a strategy scope and fed dict batches fails before the first step
+       (`_maybe_symbolic_build` calls `strategy.reduce` on the whole nested batch;
+       keras-team/keras#20329). Detaching the model from the strategy
+       (`model._distribute_strategy = None`) and fitting inside `strategy.scope()` takes
+       Keras's other supported path (the strategy is taken from the scope, the optimizer state
+       is built when the step is traced), same mirrored variables.
+    2. With MultiWorkerMirroredStrategy over more than one worker every step fails with
+       "Invalid reduction dimension 0 for input with 0 dimensions" (tensorflow/tensorflow#72388):
+       the per-step logs are scalars but are reduced with `axis=0`. Here
+       `keras.src.backend.tensorflow.trainer.reduce_per_replica` is replaced, for the duration
+       of the block, by one reducing scalars with `axis=None` (the mean over replicas). These
+       per-step values only feed the progress bar: the epoch logs (history.csv, callbacks) are
+       read from the metric variables, summed over all replicas by TensorFlow.
+    """
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy():
+        yield  # the default strategy: nothing to do
+        return
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = getattr(tf_trainer, "reduce_per_replica", None)
+    multi_worker = getattr(tf_trainer, "_collective_all_reduce_multi_worker", lambda s: False)(strategy)
+
+    def reduce_per_replica(values, strategy_, reduction):
+        if multi_worker and reduction in ("auto", "mean"):
+            def mean(v):
+                if isinstance(v, tf.distribute.DistributedValues):
+                    rank = v.values[0].shape.rank
+                    return strategy_.reduce("MEAN", v, axis=None if rank == 0 else 0)
+                return v
+            return tf.nest.map_structure(mean, values)
+        return original(values, strategy_, reduction)
+
+    saved = getattr(model, "_distribute_strategy", None)
+    model._distribute_strategy = None
+    if original is not None and multi_worker:
+        tf_trainer.reduce_per_replica = reduce_per_replica
+    try:
+        with strategy.scope():
+            yield
+    finally:
+        model._distribute_strategy = saved
+        if original is not None:
+            tf_trainer.reduce_per_replica = original
