@@ -64,3 +64,35 @@ def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def exclusive(target: str | Path, what: str = "output") -> Iterator[None]:
+    """Hold an exclusive lock on `target` (a hidden `.NAME.lock` beside it) for the block.
+
+    A second writer gets a one-line `UserError` instead of racing the first. The lock is an
+    `flock`, released by the kernel when the holder exits, so a killed run never leaves it stuck.
+    """
+    import fcntl
+
+    from esnet_tf.errors import UserError
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.parent / f".{target.name}.lock"
+    fh = open(lock, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise UserError(f"{target}: this {what} is being written by {holder}; wait for it to finish "
+                            "or choose another path") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        yield
+    finally:
+        fh.close()

@@ -31,6 +31,10 @@ from esnet_tf.errors import UserError
 from esnet_tf.labels import LabelRow, labels_by_id
 
 LABEL_KEYS = ("formation_energy_per_atom", "e_above_hull")
+#: |sum of a composition vector - 1| accepted (float32 rounding of 118 fractions)
+COMPOSITION_TOLERANCE = 1e-4
+#: DOS values (states/eV/atom) below -this are refused (tetrahedron-method dips are ~1e-4)
+NEGATIVE_DOS_TOLERANCE = 1e-2
 STRING_KEYS = ("id", "formula", "chemsys")
 
 
@@ -145,7 +149,8 @@ def select_split(arrays: dict[str, np.ndarray], split: str, fractions: tuple[flo
 
 
 def check_finite(arrays: dict, source: str = "") -> None:
-    """Refuse NaN/inf in the model inputs, naming the first offending id and input."""
+    """Refuse NaN/inf in the model inputs, naming the first offending id and input; then
+    `check_values` (negative DOS, compositions that are not fractions)."""
     for key in INPUT_NAMES:
         a = np.asarray(arrays[key])
         bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
@@ -156,6 +161,33 @@ def check_finite(arrays: dict, source: str = "") -> None:
             where = f"{source}: " if source else ""
             raise UserError(f"{where}input '{key}' holds NaN or inf for id {', '.join(ids)}{more}; "
                               "re-featurize those calculations")
+    check_values(arrays, source)
+
+
+def check_values(arrays: dict, source: str = "") -> None:
+    """Refuse model inputs that are finite but not IS-DOS: negative DOS beyond rounding, or
+    compositions that are not atomic fractions (negative, or not summing to 1), naming the id."""
+    where = f"{source}: " if source else ""
+
+    def ids(mask) -> str:
+        idx = np.flatnonzero(mask)
+        names = [_str(arrays["id"][i]) if "id" in arrays else str(i) for i in idx[:3]]
+        return ", ".join(names) + (f" and {len(idx) - 3} more" if len(idx) > 3 else "")
+
+    for key in ("dos_up", "dos_down"):
+        a = np.asarray(arrays[key], dtype=np.float32)
+        low = a.reshape(len(a), -1).min(axis=1) if len(a) else np.zeros(0)
+        bad = low < -NEGATIVE_DOS_TOLERANCE
+        if bad.any():
+            raise UserError(f"{where}input '{key}' holds negative DOS (down to {low.min():.3g} states/eV/atom) "
+                            f"for id {ids(bad)}; re-featurize those calculations")
+    comp = np.asarray(arrays["composition"], dtype=np.float64)
+    if len(comp):
+        bad = (comp.min(axis=1) < 0) | (np.abs(comp.sum(axis=1) - 1.0) > COMPOSITION_TOLERANCE)
+        if bad.any():
+            raise UserError(f"{where}input 'composition' is not a set of atomic fractions (>= 0, sum 1) for id "
+                            f"{ids(bad)} (sums {', '.join(f'{x:.4g}' for x in comp.sum(axis=1)[bad][:3])}); "
+                            "re-featurize those calculations")
 
 
 def _str(x) -> str:

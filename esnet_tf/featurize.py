@@ -24,6 +24,9 @@ from esnet_tf.isdos import N_ELEMENTS, PAPER_GRID, DOSInputError, EnergyGrid, IS
 from esnet_tf.readers import read_dos, source_kind
 
 _STRIP = (".gpawdos.npz", ".gz", ".xml", ".json")
+#: DOS values below -max(tol, tol x max|DOS|) are refused; tetrahedron-method DOS dips slightly below 0
+#: (VASP Al: -3e-4 states/eV).
+NEGATIVE_DOS_TOLERANCE = 1e-2
 _GENERIC = {"vasprun", "doscar"}
 
 
@@ -51,11 +54,18 @@ def composition_vector(structure) -> np.ndarray:
 
 def featurize_dos(dos: ProjectedDOS, grid: EnergyGrid = PAPER_GRID, id: str | None = None) -> ISDOSExample:
     """Turn one `ProjectedDOS` into an `ISDOSExample` on `grid`."""
+    if not np.isfinite(dos.efermi):
+        raise DOSInputError(dos.source, f"Fermi level is {dos.efermi} (not a number)",
+                            "give the document a finite efermi in eV; IS-DOS is aligned to E_F")
     rel = np.asarray(dos.energies, dtype=np.float64) - dos.efermi
     if rel.ndim != 1 or len(rel) < 2 or np.any(np.diff(rel) <= 0):
         raise DOSInputError(dos.source, "energy axis is not strictly increasing", "the file looks corrupt")
     if not np.all(np.isfinite(dos.pdos)):
         raise DOSInputError(dos.source, "DOS holds NaN or inf values", "the file looks corrupt")
+    lowest = float(dos.pdos.min()) if dos.pdos.size else 0.0
+    if lowest < -max(NEGATIVE_DOS_TOLERANCE, NEGATIVE_DOS_TOLERANCE * float(np.abs(dos.pdos).max())):
+        raise DOSInputError(dos.source, f"negative DOS values (down to {lowest:.3g} states/eV)",
+                            "a DOS is >= 0; the file looks corrupt or was written with a broken smearing")
     x = grid.energies()
     resampled = np.stack([[np.interp(x, rel, ch, left=0.0, right=0.0) for ch in spin] for spin in dos.pdos])
     n_atoms = len(dos.structure)

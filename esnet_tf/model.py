@@ -185,9 +185,22 @@ def load_model(path: str | Path):
     """Load a `.keras` ESNet (registers the custom layers first)."""
     import keras
 
-    import esnet_tf.layers  # noqa: F401  (registers the serializable layers)
+    import zipfile
 
-    return keras.saving.load_model(str(path), compile=False)
+    import esnet_tf.layers  # noqa: F401  (registers the serializable layers)
+    from esnet_tf.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model not found")
+    if not zipfile.is_zipfile(path):  # Keras says "File not found" for a truncated archive
+        raise UserError(f"{path}: not a readable .keras file (truncated or corrupt: a .keras model is a zip "
+                        "archive); use a complete copy, e.g. the run directory's best.keras")
+    try:
+        return keras.saving.load_model(str(path), compile=False)
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path}: cannot load the .keras model ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:200]})") from None
 
 
 #: losses on the formation energy (eV/atom) that `compile_esnet` accepts

@@ -28,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from esnet_tf.featurize import featurize_paths, save_examples
     from esnet_tf.isdos import EnergyGrid
 
+    if not str(args.out).endswith(".npz"):
+        raise UserError(f"--out {args.out}: the features file must end in .npz")
     try:
         grid = EnergyGrid(args.e_min, args.e_max, args.n_points)
     except ValueError as exc:
@@ -43,9 +45,12 @@ def run(args: argparse.Namespace) -> int:
                 tqdm.write(f"ok   {e.id}  {e.formula}  {e.n_atoms} atoms  E_F={e.efermi:.3f} eV  "
                            f"{'spin' if e.spin_polarized else 'non-spin'}  {e.code}{fch}{warn}")
 
-    examples, failures = featurize_paths(args.paths, grid, progress=not args.quiet, on_result=report)
-    if examples:
-        save_examples(examples, args.out)
+    from esnet_tf.atomic import exclusive
+
+    with exclusive(args.out, "features file"):  # a second `esnet featurize --out` of the same file is refused
+        examples, failures = featurize_paths(args.paths, grid, progress=not args.quiet, on_result=report)
+        if examples:
+            save_examples(examples, args.out)
     n_files = len({e.source for e in examples})
     print(f"{len(examples)} example(s) from {n_files} file(s) -> "
           f"{args.out if examples else '(nothing written)'}; {len(failures)} failed")

@@ -55,6 +55,12 @@ def read_structures(path: str | Path) -> list[tuple[str, Structure, str]]:
         if isinstance(data, dict) and ("structures" in data or "enumerate" in data):
             return _from_spec(path, data)
         docs = data if isinstance(data, list) else [data]
+        from esnet_tf.safe_json import UnsafeJSONError, check_modules
+
+        try:
+            check_modules(docs, path)  # pymatgen's MontyDecoder would import a module named in @module
+        except UnsafeJSONError as exc:
+            raise StructureInputError(str(exc)) from None
         try:
             return [(f"{path.stem}-{i}" if len(docs) > 1 else path.stem, Structure.from_dict(d), "")
                     for i, d in enumerate(docs)]

@@ -2,7 +2,8 @@
 
 Accepts a CompleteDos dict, or a list of task documents `{"task_id": ..., "data": CompleteDos}`
 as the MP API returns them; `.json` or `.json.gz`. Parsed with json (never pickle) and
-pymatgen's `CompleteDos.from_dict`.
+pymatgen's `CompleteDos.from_dict`, after `esnet_tf.safe_json.check_modules` refused any nested
+`@module` outside pymatgen's data classes (pymatgen would import it through MontyDecoder).
 """
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ def read_complete_dos_json(path: str | Path) -> list[ProjectedDOS]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DOSInputError(path, f"not valid JSON ({type(exc).__name__}: {str(exc)[:100]})",
                             "pass a Materials Project CompleteDos document") from None
+    from esnet_tf.safe_json import UnsafeJSONError, check_modules
+
+    try:
+        check_modules(doc, path)
+    except UnsafeJSONError as exc:
+        raise DOSInputError(path, str(exc).split(": ", 1)[1], "pass a plain Materials Project CompleteDos document") from None
     docs = doc if isinstance(doc, list) else [doc]
     out = []
     for i, d in enumerate(docs):

@@ -90,6 +90,9 @@ def load_entries(path: str | Path) -> list:
         data = list(data.values())
     if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
         raise UserError(f"{path}: expected a list of pymatgen entry dicts")
+    from esnet_tf.safe_json import check_modules
+
+    check_modules(data, path)  # nested @module dicts would be imported by pymatgen's MontyDecoder
     return [_entry_from_dict(d, path) for d in data]
 
 

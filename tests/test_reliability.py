@@ -1,0 +1,249 @@
+"""Reliability under faults and bad input: outputs never partial, second writers refused, bad
+numbers refused with one line, untrusted JSON never imports what it names.
+
+Each test reproduces one probe class of the reliability issue (kill during a write, concurrent
+writers, inputs that are finite but not IS-DOS, JSON naming modules, CLI numbers out of range).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from esnet_tf.cli import main as cli_main
+from esnet_tf.errors import DOSInputError, UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "datasets" / "is_dos" / "demo"
+
+
+def demo_examples(n: int):
+    from esnet_tf.featurize import featurize
+    from esnet_tf.labels import read_labels
+
+    return [featurize(r.file, id=r.id) for r in read_labels(DEMO / "labels.csv")[:n]]
+
+
+# ---------------------------------------------------------------- 1. outputs are never partial
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    from esnet_tf import featurize as fz
+
+    out = tmp_path / "features.npz"
+    fz.save_examples(demo_examples(2), out)
+    before = out.read_bytes()
+
+    def crash(*args, **kwargs):
+        args[0].write(b"PK\x03\x04 half an archive")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fz.np, "savez_compressed", crash)
+    with pytest.raises(OSError, match="No space"):
+        fz.save_examples(demo_examples(3), out)
+    assert out.read_bytes() == before  # the old, complete file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.npz"]  # no temporary left behind
+
+
+def test_sigkill_during_writes_never_leaves_a_truncated_npz(tmp_path):
+    """A writer rewriting a large .npz is SIGKILLed at several instants; the file always loads."""
+    out = tmp_path / "big.npz"
+    script = textwrap.dedent(f"""
+        import numpy as np, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from esnet_tf.atomic import atomic_path
+        rng = np.random.default_rng(0)
+        a = rng.random((400, 1500, 9), dtype=np.float32)
+        while True:
+            with atomic_path({str(out)!r}) as tmp:
+                np.savez_compressed(tmp, dos_up=a, dos_down=a)
+            print("written", flush=True)
+    """)
+    for delay in (0.5, 1.3, 2.2):
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # the first complete file exists
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with np.load(out, allow_pickle=False) as d:
+            assert d["dos_up"].shape == (400, 1500, 9)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["big.npz"]
+
+
+def test_second_writer_of_the_same_output_is_refused(tmp_path):
+    from esnet_tf.atomic import exclusive
+
+    out = tmp_path / "f.npz"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from esnet_tf.atomic import exclusive
+        with exclusive({str(out)!r}, "features file"):
+            print("locked", flush=True)
+            time.sleep(30)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=rf"f.npz: this features file is being written by pid {holder.pid}"):
+            with exclusive(out, "features file"):
+                pass
+        gpaw = next(DEMO.glob("calcs/*/is.gpawdos.npz"))
+        assert cli_main(["featurize", str(gpaw), "--out", str(out), "--quiet"]) == 2
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with exclusive(out):  # released by the kernel when the holder died
+        pass
+
+
+def test_export_overwrite_with_a_broken_model_keeps_the_served_version(tmp_path):
+    from esnet_tf.model import ESNetConfig, build_esnet
+
+    model = build_esnet(ESNetConfig.small().replace(stem_filters=8, stage_widths=(8, 16), blocks_per_stage=1,
+                                                    merge_filters=16, composition_units=8, head_units=(16,)))
+    good = tmp_path / "good.keras"
+    model.save(good)
+    served = tmp_path / "served"
+    assert cli_main(["export", "--model", str(good), "--out", str(served), "--name", "m", "--version", "1"]) == 0
+    before = sorted(p.relative_to(served) for p in served.rglob("*"))
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(good.read_bytes()[:2000])  # truncated
+    assert cli_main(["export", "--model", str(broken), "--out", str(served), "--name", "m", "--version", "1",
+                     "--overwrite"]) != 0
+    assert sorted(p.relative_to(served) for p in served.rglob("*")) == before  # nothing deleted, nothing left over
+    import tensorflow as tf
+
+    assert "serving_default" in tf.saved_model.load(str(served / "m" / "1")).signatures
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ""])
+def test_export_name_stays_inside_out(tmp_path, name):
+    from esnet_tf.export import check_model_name
+
+    with pytest.raises(UserError, match="--name"):
+        check_model_name(name)
+
+
+# ---------------------------------------------------------------- 2. bad numbers are refused
+
+def _mp_doc(fixtures_dir: Path) -> dict:
+    return json.loads((fixtures_dir / "mp" / "Si_complete_dos.json").read_text())
+
+
+def test_nan_fermi_level_is_refused(fixtures_dir, tmp_path):
+    from esnet_tf.featurize import featurize
+
+    doc = _mp_doc(fixtures_dir)
+    doc["efermi"] = float("nan")
+    path = tmp_path / "nan_efermi.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DOSInputError, match=r"nan_efermi.json: Fermi level is nan"):
+        featurize(path)
+
+
+def test_negative_dos_is_refused(tmp_path):
+    from esnet_tf.featurize import featurize
+
+    src = next(DEMO.glob("calcs/*/is.gpawdos.npz"))
+    with np.load(src, allow_pickle=False) as d:
+        arrays = {k: d[k] for k in d.files}
+    key = next(k for k, v in arrays.items() if v.dtype.kind == "f" and v.ndim >= 2)
+    arrays[key] = arrays[key] - 0.5 * float(np.abs(arrays[key]).max())
+    bad = tmp_path / "negative.gpawdos.npz"
+    np.savez(bad, **arrays)
+    with pytest.raises(DOSInputError, match="negative DOS"):
+        featurize(bad)
+
+
+def test_inputs_that_are_not_is_dos_are_refused_before_prediction():
+    from esnet_tf.data import check_finite, stack_examples
+
+    arrays = stack_examples(demo_examples(3))
+    check_finite(arrays, "ok")
+    comp = arrays["composition"].copy()
+    comp[1] *= 2.0
+    with pytest.raises(UserError, match=r"src: input 'composition' is not a set of atomic fractions .* for id "
+                                         + arrays["id"][1]):
+        check_finite({**arrays, "composition": comp}, "src")
+    comp = arrays["composition"].copy()
+    comp[0, 0] = -0.1
+    comp[0, 1] += 0.1
+    with pytest.raises(UserError, match="composition"):
+        check_finite({**arrays, "composition": comp}, "src")
+    dos = arrays["dos_down"].copy()
+    dos[2, 10, 3] = -0.5
+    with pytest.raises(UserError, match=r"'dos_down' holds negative DOS .* for id " + arrays["id"][2]):
+        check_finite({**arrays, "dos_down": dos}, "src")
+
+
+def test_cli_numbers_out_of_range_get_one_line(tmp_path, capsys):
+    gpaw = str(next(DEMO.glob("calcs/*/is.gpawdos.npz")))
+    model = tmp_path / "missing.keras"
+    assert cli_main(["predict", str(model), gpaw, "--batch-size", "-5", "--out", str(tmp_path / "p.csv")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "batch size" in err[0]
+    assert not (tmp_path / "p.csv").exists()
+    assert cli_main(["featurize", gpaw, "--out", str(tmp_path / "f.txt")]) == 2
+    assert cli_main(["dft", "run", str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
+
+
+def test_readme_dft_spec_without_elements_does_not_exit_0(tmp_path, capsys):
+    pytest.importorskip("gpaw")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"enumerate": {"prototypes": ["rocksalt", "cscl"],
+                                              "species": [["Na", "K"], ["Cl", "F"]]}}))  # README's example
+    rc = cli_main(["dft", "run", str(spec), "--out", str(tmp_path / "out"), "--tiny", "--workers", "2"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "no labelled example" in out and "elemental references" in out
+
+
+# ---------------------------------------------------------------- 6. untrusted JSON
+
+@pytest.fixture()
+def probe_module(tmp_path, monkeypatch):
+    """A module that records its import; a JSON input names it in @module."""
+    marker = tmp_path / "imported.txt"
+    (tmp_path / "esnet_probe_mod.py").write_text(
+        f"open({str(marker)!r}, 'w').write('imported')\nclass Evil:\n    @classmethod\n"
+        "    def from_dict(cls, d):\n        return cls()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("esnet_probe_mod", None)
+    return marker
+
+
+def test_mp_document_naming_a_module_is_refused_without_importing_it(fixtures_dir, tmp_path, probe_module):
+    from esnet_tf.featurize import featurize
+
+    doc = _mp_doc(fixtures_dir)
+    doc["structure"]["sites"][0]["properties"] = {"x": {"@module": "esnet_probe_mod", "@class": "Evil"}}
+    path = tmp_path / "evil_dos.json.gz"
+    with gzip.open(path, "wt") as fh:
+        json.dump(doc, fh)
+    with pytest.raises(DOSInputError, match=r"evil_dos.json.gz: .*names module 'esnet_probe_mod'"):
+        featurize(path)
+    assert not probe_module.exists() and "esnet_probe_mod" not in sys.modules
+
+
+def test_reference_entries_naming_a_module_are_refused(fixtures_dir, tmp_path, probe_module):
+    from esnet_tf.screening import load_entries
+
+    with gzip.open(fixtures_dir / "mp" / "Li-Fe-O_computed_structure_entries.json.gz", "rt") as fh:
+        entries = json.load(fh)
+    entries = entries["entries"] if isinstance(entries, dict) and "entries" in entries else entries
+    entries = list(entries.values()) if isinstance(entries, dict) else entries
+    entries[0].setdefault("data", {})["payload"] = {"@module": "esnet_probe_mod", "@class": "Evil"}
+    path = tmp_path / "refs.json"
+    path.write_text(json.dumps(entries))
+    with pytest.raises(UserError, match="names module 'esnet_probe_mod'"):
+        load_entries(path)
+    assert not probe_module.exists() and "esnet_probe_mod" not in sys.modules
+    assert os.environ.get("ESNET_PROBE") is None
