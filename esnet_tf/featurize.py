@@ -186,7 +186,23 @@ def featurize_paths(paths: Sequence[str | Path], grid: EnergyGrid = PAPER_GRID, 
     inputs = collect_inputs([str(p) for p in paths])
     examples: list[ISDOSExample] = []
     failures: list[str] = []
+    from esnet_tf.readers import SUPPORTED
+
+    for p in map(Path, paths):  # a directory that holds nothing readable is a failure, not silence
+        if p.is_dir() and not any(root == p or f == p for f, root in inputs):
+            failures.append(str(DOSInputError(p, "no DFT output found in this directory", f"expected {SUPPORTED}")))
+            if on_result is not None:
+                on_result(p, None, DOSInputError(p, "no DFT output found in this directory", f"expected {SUPPORTED}"))
+    seen: dict[Path, Path] = {}
     for path, root in tqdm(inputs, desc="featurize", unit="file", disable=True if not progress or len(inputs) < 2 else None):
+        real = path.resolve()
+        if real in seen:  # the same calculation twice would become two examples with one id
+            exc = DOSInputError(path, f"given twice (also as {seen[real]})", "pass each calculation once")
+            failures.append(str(exc))
+            if on_result is not None:
+                on_result(path, None, exc)
+            continue
+        seen[real] = path
         try:
             found = featurize_all(path, grid, id=default_id(path, root) if root else None)
         except DOSInputError as exc:
@@ -197,4 +213,39 @@ def featurize_paths(paths: Sequence[str | Path], grid: EnergyGrid = PAPER_GRID, 
         examples.extend(found)
         if on_result is not None:
             on_result(path, found, None)
+    examples, duplicates = unique_ids(examples)
+    for exc in duplicates:
+        failures.append(str(exc))
+        if on_result is not None:
+            on_result(Path(exc.path), None, exc)
     return examples, failures
+
+
+def unique_ids(examples: list[ISDOSExample]) -> tuple[list[ISDOSExample], list[DOSInputError]]:
+    """Make example ids unique: ids derived from paths that collide across files (a/run1/vasprun.xml,
+    b/run1/vasprun.xml -> run1/vasprun twice) are re-derived relative to the files' common folder
+    (a/run1/vasprun, b/run1/vasprun); a collision that remains (a repeated Materials Project
+    task_id) is returned as an error and the later example left out."""
+    import dataclasses
+    from collections import defaultdict
+
+    by_id: dict[str, list[int]] = defaultdict(list)
+    for i, e in enumerate(examples):
+        by_id[e.id].append(i)
+    renamed = list(examples)
+    for idx in (v for v in by_id.values() if len(v) > 1):
+        sources = [Path(examples[i].source).resolve() for i in idx]
+        if len(set(sources)) == len(sources) and all(examples[i].id == default_id(Path(examples[i].source))
+                                                     for i in idx):
+            root = Path(os.path.commonpath([str(s.parent) for s in sources]))
+            for i, src in zip(idx, sources):
+                renamed[i] = dataclasses.replace(examples[i], id=default_id(src, root))
+    out, failures, first = [], [], {}
+    for e in renamed:
+        if e.id in first:
+            failures.append(DOSInputError(e.source, f"duplicate example id {e.id!r} (also from {first[e.id]})",
+                                          "ids must be unique: give the calculations distinct names or task_ids"))
+            continue
+        first[e.id] = e.source
+        out.append(e)
+    return out, failures

@@ -190,7 +190,7 @@ def test_cli_numbers_out_of_range_get_one_line(tmp_path, capsys):
     model = tmp_path / "missing.keras"
     assert cli_main(["predict", str(model), gpaw, "--batch-size", "-5", "--out", str(tmp_path / "p.csv")]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert len(err) == 1 and "batch size" in err[0]
+    assert len(err) == 1 and "batch-size" in err[0]
     assert not (tmp_path / "p.csv").exists()
     assert cli_main(["featurize", gpaw, "--out", str(tmp_path / "f.txt")]) == 2
     assert cli_main(["dft", "run", str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
@@ -247,3 +247,79 @@ def test_reference_entries_naming_a_module_are_refused(fixtures_dir, tmp_path, p
         load_entries(path)
     assert not probe_module.exists() and "esnet_probe_mod" not in sys.modules
     assert os.environ.get("ESNET_PROBE") is None
+
+
+# ---------------------------------------------------------------- 5. the DFT runner
+
+def test_cached_result_with_a_truncated_dos_file_is_not_trusted(tmp_path):
+    import shutil
+
+    from esnet_tf.dft.runner import cache_problem
+
+    src = next(p.parent for p in DEMO.glob("calcs/*/rs.gpawdos.npz"))
+    work = tmp_path / src.name
+    shutil.copytree(src, work)
+    assert cache_problem(work) == ""
+    dos = work / "rs.gpawdos.npz"
+    dos.write_bytes(dos.read_bytes()[: dos.stat().st_size // 2])
+    assert "rs.gpawdos.npz" in cache_problem(work)
+    (work / "result.json").write_text('{"id": "x", "is_dos"')
+    assert "result.json unreadable" in cache_problem(work)
+
+
+def test_killed_dft_parent_leaves_no_worker_and_a_second_run_is_refused(tmp_path):
+    pytest.importorskip("gpaw")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"structures": [{"prototype": "fcc", "species": ["Al"]}]}))
+    out = tmp_path / "out"
+    parent = subprocess.Popen([sys.executable, "-m", "esnet_tf.cli", "dft", "run", str(spec), "--out", str(out),
+                               "--tiny", "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def workers() -> list[int]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    env = (proc / "environ").read_bytes()
+                except OSError:
+                    continue
+                if f"ESNET_DFT_PARENT={parent.pid}".encode() in env and int(proc.name) != parent.pid:
+                    found.append(int(proc.name))
+        return found
+
+    deadline = time.time() + 60
+    while not workers() and time.time() < deadline and parent.poll() is None:
+        time.sleep(0.2)
+    assert workers(), "the worker did not start"
+    assert cli_main(["dft", "run", str(spec), "--out", str(out), "--tiny"]) == 2  # the cache is locked
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 20
+    while workers() and time.time() < deadline:
+        time.sleep(0.2)
+    assert workers() == []
+
+
+# ---------------------------------------------------------------- 3. duplicate ids
+
+def test_same_relative_paths_get_distinct_ids_and_repeats_are_reported(fixtures_dir, tmp_path, capsys):
+    import shutil
+
+    from esnet_tf.featurize import featurize_paths, load_examples
+
+    for run, name in (("a", "Al"), ("b", "LiF")):
+        (tmp_path / run / "run1").mkdir(parents=True)
+        shutil.copy(fixtures_dir / "vasp" / f"{name}.vasprun.xml.gz", tmp_path / run / "run1" / "vasprun.xml.gz")
+    a, b = (str(tmp_path / r / "run1" / "vasprun.xml.gz") for r in ("a", "b"))
+    examples, failures = featurize_paths([a, b], progress=False)
+    assert sorted(e.id for e in examples) == ["a/run1/vasprun", "b/run1/vasprun"] and failures == []
+    assert {e.id: e.formula for e in examples} == {"a/run1/vasprun": "Al", "b/run1/vasprun": "LiF"}
+    examples, failures = featurize_paths([a, a], progress=False)  # the same file twice
+    assert len(examples) == 1 and len(failures) == 1 and "given twice" in failures[0]
+    doc = json.loads((fixtures_dir / "mp" / "Si_complete_dos.json").read_text())
+    twice = tmp_path / "two_tasks.json"
+    twice.write_text(json.dumps([{"task_id": "mp-149", "data": doc}, {"task_id": "mp-149", "data": doc}]))
+    out = tmp_path / "f.npz"
+    assert cli_main(["featurize", str(twice), "--out", str(out), "--quiet"]) == 1
+    assert "duplicate example id 'mp-149'" in capsys.readouterr().err
+    assert list(load_examples(out)["id"]) == ["mp-149"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from esnet_tf.atomic import write_text
 from esnet_tf.dft.tasks import Task, task_hash
 
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -35,12 +36,47 @@ class Outcome:
     reason: str = ""
 
 
+def cache_problem(workdir: Path) -> str:
+    """Why the cached result in `workdir` cannot be trusted ('' when it can): result.json must
+    parse, and its DOS files must exist, be complete zip archives and have the recorded sizes."""
+    import zipfile
+
+    try:
+        result = json.loads((workdir / "result.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"result.json unreadable ({type(exc).__name__})"
+    sizes = result.get("file_sizes") or {}
+    for key in ("is_dos", "rs_dos"):
+        name = result.get(key)
+        if not name:
+            continue
+        f = workdir / name
+        if not f.is_file():
+            return f"{name} missing"
+        if name in sizes and f.stat().st_size != sizes[name]:
+            return f"{name} has {f.stat().st_size} bytes, {sizes[name]} were written"
+        try:
+            with zipfile.ZipFile(f) as z:
+                if z.testzip() is not None:
+                    return f"{name} fails its CRC check"
+        except (zipfile.BadZipFile, OSError):
+            return f"{name} is truncated or corrupt"
+    return ""
+
+
 def _read_cached(task: Task, workdir: Path, retry_failed: bool) -> Outcome | None:
     key = workdir.name
     if (workdir / "result.json").exists():
+        problem = cache_problem(workdir)
+        if problem:
+            tqdm.write(f"cache {workdir}: {problem}; recomputing {task.id}")
+            return None
         return Outcome(task.id, key, "cached", workdir, json.loads((workdir / "result.json").read_text()))
     if (workdir / "failure.json").exists() and not retry_failed:
-        reason = json.loads((workdir / "failure.json").read_text())["reason"]
+        try:
+            reason = json.loads((workdir / "failure.json").read_text())["reason"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            return None  # a truncated record: compute again
         return Outcome(task.id, key, "failed", workdir, reason=f"(cached) {reason}")
     return None
 
@@ -60,16 +96,16 @@ def run_task(task: Task, cache_dir: Path, retry_failed: bool = False, nice: int 
     if workdir.exists():
         shutil.rmtree(workdir)  # partial output of an interrupted run
     workdir.mkdir(parents=True)
-    (workdir / "task.json").write_text(json.dumps(task.to_dict()))
+    write_text(workdir / "task.json", json.dumps(task.to_dict()))
     cmd = [sys.executable, "-m", "esnet_tf.dft.worker", str(workdir / "task.json"), str(workdir)]
     if nice:
         cmd = ["nice", "-n", str(nice)] + cmd
-    env = {**os.environ, **SINGLE_THREAD_ENV}
+    env = {**os.environ, **SINGLE_THREAD_ENV, "ESNET_DFT_PARENT": str(os.getpid())}
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=task.timeout)
     except subprocess.TimeoutExpired:
         reason = f"timeout after {task.timeout:.0f} s"
-        (workdir / "failure.json").write_text(json.dumps({"id": task.id, "reason": reason}))
+        write_text(workdir / "failure.json", json.dumps({"id": task.id, "reason": reason}))
         return Outcome(task.id, key, "failed", workdir, reason=reason)
     if (workdir / "result.json").exists():
         return Outcome(task.id, key, "done", workdir, json.loads((workdir / "result.json").read_text()))
@@ -78,7 +114,7 @@ def run_task(task: Task, cache_dir: Path, retry_failed: bool = False, nice: int 
     else:
         tail = (proc.stderr or "").strip().splitlines()[-3:]
         reason = f"worker exited with code {proc.returncode}: {' | '.join(tail)}"
-        (workdir / "failure.json").write_text(json.dumps({"id": task.id, "reason": reason}))
+        write_text(workdir / "failure.json", json.dumps({"id": task.id, "reason": reason}))
     return Outcome(task.id, key, "failed", workdir, reason=reason)
 
 
@@ -88,8 +124,16 @@ def run_tasks(tasks: list[Task], cache_dir: Path, workers: int = 2, retry_failed
 
     Returns one Outcome per task, in the order of `tasks`.
     """
+    from esnet_tf.atomic import exclusive
+
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(cache_dir, "DFT cache"):  # a second run on the same directories is refused
+        return _run_tasks(tasks, cache_dir, workers, retry_failed, nice, progress, on_result)
+
+
+def _run_tasks(tasks: list[Task], cache_dir: Path, workers: int, retry_failed: bool, nice: int, progress: bool,
+               on_result) -> list[Outcome]:
     keys = [task_hash(t) for t in tasks]
     if len(set(keys)) != len(keys):
         dup = [t.id for t, k in zip(tasks, keys) if keys.count(k) > 1]

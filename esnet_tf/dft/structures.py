@@ -21,10 +21,20 @@ class StructureInputError(ValueError):
 
 
 def _from_spec(path: Path, spec: dict) -> list[tuple[str, Structure, str]]:
+    from pymatgen.core import Element
+
     out = []
-    items = list(spec.get("structures", []))
+    items = spec.get("structures", [])
+    if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+        raise StructureInputError(f"{path}: 'structures' must be a list of {{\"prototype\": ..., \"species\": [...]}}")
+    items = list(items)
     enum = spec.get("enumerate")
     if enum:
+        if not isinstance(enum, dict) or not isinstance(enum.get("prototypes"), list) \
+                or not isinstance(enum.get("species"), list) or not all(isinstance(x, list) for x in enum["species"]):
+            raise StructureInputError(f"{path}: 'enumerate' needs 'prototypes' (a list of names) and 'species' "
+                                      "(one list of elements per slot), e.g. {\"prototypes\": [\"rocksalt\"], "
+                                      "\"species\": [[\"Na\", \"K\"], [\"Cl\"]]}")
         for proto in enum["prototypes"]:
             for combo in itertools.product(*enum["species"]):
                 items.append({"prototype": proto, "species": list(combo)})
@@ -34,8 +44,19 @@ def _from_spec(path: Path, spec: dict) -> list[tuple[str, Structure, str]]:
         proto = item.get("prototype")
         if proto not in PROTOTYPES:
             raise StructureInputError(f"{path}: entry {i}: unknown prototype {proto!r}; known: {sorted(PROTOTYPES)}")
+        species = item.get("species")
+        if not isinstance(species, list) or not species:
+            raise StructureInputError(f"{path}: entry {i} ({proto}): needs 'species', a list of element symbols "
+                                      f"(one per slot of {proto})")
+        bad = [x for x in species if not isinstance(x, str) or not Element.is_valid_symbol(x)]
+        if bad:
+            raise StructureInputError(f"{path}: entry {i} ({proto}): {bad} not element symbols")
+        a = item.get("a")
+        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not a > 0):
+            raise StructureInputError(f"{path}: entry {i} ({proto}): 'a' is {a!r}; give the conventional "
+                                      "lattice constant in Å (a positive number) or leave it out")
         try:
-            s = prototype_structure(proto, list(item["species"]), item.get("a"))
+            s = prototype_structure(proto, list(species), a)
         except (ValueError, KeyError) as exc:
             raise StructureInputError(f"{path}: entry {i}: {exc}") from None
         out.append((f"{s.composition.reduced_formula}_{proto}", s, proto))
@@ -47,6 +68,9 @@ def read_structures(path: str | Path) -> list[tuple[str, Structure, str]]:
     path = Path(path)
     if not path.exists():
         raise StructureInputError(f"{path}: no such file")
+    if path.is_dir():
+        raise StructureInputError(f"{path}: a directory; give structure files (CIF, POSCAR, pymatgen JSON or "
+                                  "a prototype spec JSON)")
     if path.suffix == ".json":
         try:
             data = json.loads(path.read_text())

@@ -11,9 +11,27 @@ import traceback
 from pathlib import Path
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when its parent dies (a killed `esnet dft run` leaves no
+    orphaned GPAW process behind); exit at once if the parent is already gone."""
+    import ctypes
+    import os
+    import signal
+
+    parent = int(os.environ.get("ESNET_DFT_PARENT", "0") or 0)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the runner's process group still ends it
+        return
+    if parent and os.getppid() != parent:
+        sys.exit(4)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     task_file, workdir = Path(argv[0]), Path(argv[1])
+    die_with_parent()
+    from esnet_tf.atomic import write_text
     from esnet_tf.dft.engine import compute
     from esnet_tf.dft.tasks import Task
 
@@ -21,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = compute(task, workdir)
     except Exception as exc:  # recorded, never silent
-        (workdir / "failure.json").write_text(json.dumps({
+        write_text(workdir / "failure.json", json.dumps({
             "id": task.id, "reason": f"{type(exc).__name__}: {exc}",
             "traceback": traceback.format_exc()}, indent=1))
         return 3
@@ -31,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 
     result["finished_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     result["gpaw_version"] = gpaw.__version__
+    # sizes of the DOS files, checked before a cached result is reused
+    result["file_sizes"] = {result[k]: (workdir / result[k]).stat().st_size
+                            for k in ("is_dos", "rs_dos") if result.get(k)}
     tmp = workdir / "result.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(workdir / "result.json")
