@@ -238,16 +238,16 @@ def accuracy_child(args: argparse.Namespace) -> dict:
     from esnet_tf.data import load_split
     from esnet_tf.model import load_model
     from esnet_tf.precision import inference_function
-    from esnet_tf.train import DEFAULTS, train
+    from esnet_tf.train import TrainConfig, train
 
     npz, labels = Path(args.features), Path(args.labels)
     out = {}
-    base = {**DEFAULTS, "dataset": str(npz), "labels": str(labels), "config": "small", "epochs": args.accuracy_epochs,
-            "batch_size": 8, "split_fractions": [0.6, 0.2, 0.2], "split_seed": 0, "early_stopping_patience": 1000}
+    base = TrainConfig(dataset=str(npz), labels=str(labels), config="small", epochs=args.accuracy_epochs,
+                       batch_size=8, split_fractions=(0.6, 0.2, 0.2), split_seed=0, early_stopping_patience=1000)
     work = Path(tempfile.mkdtemp(prefix="esnet_acc_"))
     for precision in ("float32", "auto"):
         t = time.perf_counter()
-        summary = train({**base, "precision": precision}, work / precision, verbose=0)
+        summary = train(base.replace(precision=precision), work / precision, verbose=0)
         out[precision] = {"best_val_mae": summary["best_val_mae_ev_per_atom"], "best_epoch": summary["best_epoch"],
                           "wall_s": time.perf_counter() - t}
     val = next(iter(load_split(str(npz), "validation", labels=str(labels), split_fractions=(0.6, 0.2, 0.2))

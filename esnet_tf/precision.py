@@ -126,7 +126,9 @@ def _output_entries(spec) -> list:
 def compute_dtypes(model) -> dict[str, str]:
     """{layer name: compute dtype} of every layer of `model`, nested layers included."""
     out = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    from esnet_tf.compat import flatten_layers
+
+    for layer in flatten_layers(model):
         out[layer.name] = layer.dtype_policy.compute_dtype
     return out
 

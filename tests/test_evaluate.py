@@ -67,4 +67,4 @@ def test_evaluate_uses_the_shared_metrics_and_parity_plot(setup, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", "--model", "m.keras", "--dataset", "d.npz", "--split-fractions", "0.8,0.2"])
     assert exc.value.code == 2
-    assert "three comma-separated fractions" in capsys.readouterr().err
+    assert "three fractions" in capsys.readouterr().err

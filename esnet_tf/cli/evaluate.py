@@ -4,15 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
-def _fractions(text: str) -> tuple[float, float, float]:
-    try:
-        parts = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"give three comma-separated fractions, e.g. 0.8,0.1,0.1 (got {text!r})")
-    return parts  # type: ignore[return-value]
+from esnet_tf.cli.train import fractions_arg
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -23,7 +15,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="labels CSV for .npz features (id, formation_energy_per_atom in eV/atom)")
     p.add_argument("--data-dir", help="TFDS data_dir")
     p.add_argument("--split", default="test", help="train, validation, test or all")
-    p.add_argument("--split-fractions", type=_fractions,
+    p.add_argument("--split-fractions", type=fractions_arg,
                    help="train,validation,test fractions of chemical systems for .npz / labels-dir datasets "
                    "(as given to `esnet train`)")
     p.add_argument("--split-seed", type=int, default=0, help="chemical-system split seed (as given to `esnet train`)")
