@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dataset": ("esnet_tf.cli.dataset", "build (or reuse) an is_dos TFDS dataset; report its cost"),
     "demo": ("esnet_tf.cli.demo", "the whole pipeline on the embedded demo dataset"),
     "dft": ("esnet_tf.cli.dft", "GPAW single points / relaxations that write IS-DOS"),
+    "campaign": ("esnet_tf.cli.campaign", "HTVS campaign: stable found vs DFT spent (replay or live GPAW), resumable"),
 }
 
 

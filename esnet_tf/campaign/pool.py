@@ -1,0 +1,252 @@
+"""The candidate pool of a campaign: compositions, DFT costs (s), predictions (eV/atom), truths.
+
+A campaign works on a `Pool`: one entry per candidate (a compound; elements are references),
+with its IS single-point and relaxation wall times in s, one or more named prediction sources
+(mean and optional std of the relaxed formation energy, eV/atom) and, in a replay, the known
+relaxed formation energy (eV/atom) that a "relaxation" reveals.
+
+    pool = pool_from_labels(["datasets/is_dos/demo/labels.csv"], predictions={"esnet": "oof.csv"})
+    pool.n, pool.references.ids[:3], pool.sources["esnet"].mean[:3]
+
+`pool_from_labels` reads labels through `esnet_tf.labels.read_labels`; its elemental rows become
+the reference set (they set the zero of formation energy: elements at 0 eV/atom, elemental
+polymorphs at their own formation energy) and every compound row becomes a candidate.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from esnet_tf.errors import UserError
+from esnet_tf.isdos import PREDICTION_COLUMN, PREDICTION_STD_COLUMN
+from esnet_tf.screening.cost import COST_COLUMNS
+from esnet_tf.screening.references import ReferenceSet, parse_formula
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """One prediction source over the pool, in pool order: mean and std (NaN = none) in eV/atom."""
+
+    mean: np.ndarray
+    std: np.ndarray | None = None
+    source: str = ""
+
+    @property
+    def has_std(self) -> bool:
+        return self.std is not None and bool(np.any(np.isfinite(self.std)))
+
+
+@dataclass
+class Pool:
+    """Candidates of a campaign, sorted by id (the order ties are broken in).
+
+    ids / formulas: one per candidate; is_wall_time_s / relax_wall_time_s: DFT wall times (s), NaN
+    when not yet measured (live); truth: the relaxed formation energy (eV/atom) a replay reveals
+    (NaN in a live pool); sources: named `Predictions` ("esnet", "composition", ...);
+    references: the reference set (elements, known compounds) the hull starts from.
+    """
+
+    ids: np.ndarray
+    formulas: np.ndarray
+    is_wall_time_s: np.ndarray
+    relax_wall_time_s: np.ndarray
+    references: ReferenceSet
+    truth: np.ndarray | None = None
+    sources: dict[str, Predictions] = field(default_factory=dict)
+    reference_cost_s: float = 0.0
+    origin: str = ""
+
+    def __post_init__(self) -> None:
+        self.ids = np.asarray(self.ids, str)
+        n = len(self.ids)
+        if n == 0:
+            raise UserError(f"{self.origin or 'pool'}: no candidates (compounds) in the pool")
+        if len(set(self.ids.tolist())) != n:
+            raise UserError(f"{self.origin or 'pool'}: duplicate candidate ids")
+        self.formulas = np.asarray(self.formulas, str)
+        self.is_wall_time_s = np.asarray(self.is_wall_time_s, float)
+        self.relax_wall_time_s = np.asarray(self.relax_wall_time_s, float)
+        if self.truth is not None:
+            self.truth = np.asarray(self.truth, float)
+        for name, arr in (("formulas", self.formulas), ("is_wall_time_s", self.is_wall_time_s),
+                          ("relax_wall_time_s", self.relax_wall_time_s)):
+            if len(arr) != n:
+                raise UserError(f"pool: {name} has {len(arr)} values for {n} candidates")
+        self.compositions = []
+        for i, f in zip(self.ids, self.formulas):
+            try:
+                self.compositions.append(parse_formula(f))
+            except Exception as exc:  # pymatgen raises several types
+                raise UserError(f"{self.origin or 'pool'}: candidate {i!r}: bad formula {f!r} ({exc})") from None
+        self.elements = [frozenset(el.symbol for el in c.elements) for c in self.compositions]
+        missing = sorted({el for s in self.elements for el in s} - set(self.references.mu))
+        if missing:
+            raise UserError(f"{self.origin or 'pool'}: no elemental reference for {', '.join(missing)}: "
+                            "put the elements' structures in the pool or give --references with them")
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
+    def chemsys(self) -> list[str]:
+        return ["-".join(sorted(s)) for s in self.elements]
+
+    @property
+    def is_replay(self) -> bool:
+        return self.truth is not None and bool(np.all(np.isfinite(self.truth)))
+
+    def relaxation_equivalent_s(self) -> float:
+        """The mean relaxation wall time (s) over the candidates that have one: the unit of 'relaxations'."""
+        v = self.relax_wall_time_s[np.isfinite(self.relax_wall_time_s)]
+        return float(v.mean()) if len(v) else math.nan
+
+    def fingerprint(self) -> str:
+        """A hash of what the campaign's result depends on (ids, formulas, costs, truths, predictions, references)."""
+        h = hashlib.sha256()
+        for arr in (self.ids, self.formulas):
+            h.update("\x1f".join(arr.tolist()).encode())
+        for arr in (self.is_wall_time_s, self.relax_wall_time_s, self.truth):
+            if arr is not None:
+                h.update(np.round(np.nan_to_num(arr, nan=-1e30), 6).tobytes())
+        for name in sorted(self.sources):
+            p = self.sources[name]
+            h.update(name.encode())
+            h.update(np.round(np.nan_to_num(p.mean, nan=-1e30), 6).tobytes())
+            if p.std is not None:
+                h.update(np.round(np.nan_to_num(p.std, nan=-1e30), 6).tobytes())
+        h.update(json.dumps(sorted(self.references.ids)).encode())
+        return h.hexdigest()[:16]
+
+    def subset(self, keep: np.ndarray) -> "Pool":
+        """The pool restricted to the candidates where `keep` (bool or indices) holds."""
+        idx = np.arange(self.n)[keep]
+        return Pool(self.ids[idx], self.formulas[idx], self.is_wall_time_s[idx], self.relax_wall_time_s[idx],
+                    self.references, None if self.truth is None else self.truth[idx],
+                    {k: Predictions(p.mean[idx], None if p.std is None else p.std[idx], p.source)
+                     for k, p in self.sources.items()}, self.reference_cost_s, self.origin)
+
+
+def _is_element(formula: str) -> bool:
+    try:
+        return len(parse_formula(formula).elements) == 1
+    except Exception:
+        return False
+
+
+def elemental_references(rows: Sequence[tuple[str, str, float]], source: str,
+                         elements: Sequence[str] = ()) -> ReferenceSet:
+    """Reference set of elemental (id, formula, formation energy eV/atom) rows: mu = 0 eV/atom per element.
+
+    Every element of the rows and of `elements` gets a 0 eV/atom entry: formation energies are
+    relative to the elemental references by definition (gas-phase elements such as O, F, Cl have no
+    row in the demo data, their reference is implied); elemental polymorphs keep their own formation
+    energy (>= 0). Energies of PDEntry objects are per cell (eV/atom x atoms).
+    """
+    from pymatgen.analysis.phase_diagram import PDEntry
+    from pymatgen.core import Composition
+
+    entries, ids, symbols = [], [], set(elements)
+    for id_, formula, ef in rows:
+        comp = parse_formula(formula)
+        if not math.isfinite(ef):
+            raise UserError(f"{source}: elemental reference {id_!r} has no formation energy")
+        entries.append(PDEntry(comp, ef * comp.num_atoms, name=id_))
+        ids.append(id_)
+        symbols.add(comp.elements[0].symbol)
+    for el in sorted(symbols):
+        entries.append(PDEntry(Composition(el), 0.0, name=f"__element_{el}"))
+        ids.append(f"__element_{el}")
+    return ReferenceSet(entries, ids, {el: 0.0 for el in symbols}, [source])
+
+
+def read_predictions(path: str | Path, ids: Sequence[str], *, column: str = PREDICTION_COLUMN,
+                     std_column: str = PREDICTION_STD_COLUMN, name: str = "") -> Predictions:
+    """Mean (and std where the column exists) in eV/atom by id from a predictions CSV, in `ids` order.
+
+    Ids of the pool missing from the CSV, or a cell that is not a number, get NaN (ranked last, as
+    the screening convention's 'predicted unstable'); extra ids in the CSV are ignored.
+    """
+    from esnet_tf.screening.io import read_csv_rows
+
+    rows = read_csv_rows(path, required=("id", column))
+    by_id = {r["id"]: r for r in rows}
+    has_std = std_column in (rows[0] if rows else {})
+
+    def num(text: str | None) -> float:
+        try:
+            return float(text) if text not in (None, "") else math.nan
+        except ValueError:
+            return math.nan
+
+    mean = np.array([num(by_id.get(i, {}).get(column)) for i in ids], float)
+    std = np.array([num(by_id.get(i, {}).get(std_column)) for i in ids], float) if has_std else None
+    if not np.any(np.isfinite(mean)):
+        raise UserError(f"{path}: no prediction for any candidate of the pool (column {column!r}, ids such as "
+                        f"{list(ids)[:3]}): give the predictions of these candidates")
+    return Predictions(mean, std, name or str(path))
+
+
+def pool_from_labels(labels: Sequence[str | Path], *, predictions: Mapping[str, str | Path | Predictions] = (),
+                     references: ReferenceSet | None = None, exclude_ids: Sequence[str] = ()) -> Pool:
+    """A replay pool from labels files (read with `esnet_tf.labels.read_labels`).
+
+    Every row needs `formula`, `formation_energy_per_atom` (eV/atom, the relaxed label the replay
+    reveals) and the wall times `is_wall_time_s`, `relax_wall_time_s` (s). Elemental rows are the
+    references (unless `references` is given); compound rows are the candidates. `predictions`
+    maps a source name ("esnet", "composition") to a predictions CSV or to `Predictions` already in
+    the pool's id order.
+    """
+    from esnet_tf.labels import read_labels
+
+    if not labels:
+        raise UserError("no labels file given for the replay pool (--labels labels.csv)")
+    cand: dict[str, tuple[str, float, float, float]] = {}
+    elem: list[tuple[str, str, float]] = []
+    skip = set(exclude_ids)
+    for path in labels:
+        rows = read_labels(path, path_column=None, require_energy=True,
+                           required_columns=("formula", *COST_COLUMNS))
+        for r in rows:
+            if r.id in skip:
+                continue
+            if r.id in cand or any(r.id == e[0] for e in elem):
+                raise UserError(f"{path}:{r.line}: id {r.id!r} is in two labels files: give each row once")
+            if _is_element(r.formula):
+                elem.append((r.id, r.formula, r.formation_energy_per_atom))
+                continue
+            is_s, rx_s = (r.float(c, path) for c in COST_COLUMNS)
+            if not (math.isfinite(is_s) and math.isfinite(rx_s) and is_s >= 0 and rx_s >= 0):
+                raise UserError(f"{path}:{r.line}: id {r.id!r}: wall times must be finite and >= 0 s, got "
+                                f"{(is_s, rx_s)}; a replay needs the DFT cost of every candidate")
+            cand[r.id] = (r.formula, r.formation_energy_per_atom, is_s, rx_s)
+    cand_elements = sorted({el.symbol for v in cand.values() for el in parse_formula(v[0]).elements})
+    refs = references if references is not None else elemental_references(
+        elem, f"elemental rows of {', '.join(map(str, labels))}", cand_elements)
+    ids = sorted(cand)
+    pool = Pool(ids=ids, formulas=[cand[i][0] for i in ids], is_wall_time_s=[cand[i][2] for i in ids],
+                relax_wall_time_s=[cand[i][3] for i in ids], references=refs,
+                truth=[cand[i][1] for i in ids], origin=", ".join(map(str, labels)))
+    for name, p in dict(predictions).items():
+        pool.sources[name] = p if isinstance(p, Predictions) else read_predictions(p, ids, name=str(p))
+        if len(pool.sources[name].mean) != pool.n:
+            raise UserError(f"predictions {name!r}: {len(pool.sources[name].mean)} values for {pool.n} candidates")
+    return pool
+
+
+def describe(pool: Pool) -> dict[str, Any]:
+    """JSON-ready summary of the pool (sizes, costs in s, sources)."""
+    return {"n_candidates": pool.n, "n_references": len(pool.references.ids), "origin": pool.origin,
+            "is_single_points_total_s": float(np.nansum(pool.is_wall_time_s)),
+            "relaxations_total_s": float(np.nansum(pool.relax_wall_time_s)),
+            "relaxation_equivalent_s": pool.relaxation_equivalent_s(),
+            "reference_cost_s": pool.reference_cost_s,
+            "sources": {k: {"source": p.source, "has_std": p.has_std} for k, p in pool.sources.items()},
+            "fingerprint": pool.fingerprint()}

@@ -1,0 +1,268 @@
+"""HTVS campaign: replay determinism, cost bookkeeping, resume after a kill, stops, report, a tiny live run."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from esnet_tf.campaign import CampaignConfig, Predictions, pool_from_labels, run_campaign
+from esnet_tf.campaign.engine import run_strategies
+from esnet_tf.campaign.report import compare, table_markdown, write_report
+from esnet_tf.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (id, formula, E_f eV/atom, IS s, relax s): 3 chemical systems, polymorphs, elements (references)
+ROWS = [
+    ("Al_fcc", "Al", 0.0, 1.0, 3.0), ("Al_bcc", "Al", 0.08, 1.0, 3.0), ("Ni_fcc", "Ni", 0.0, 1.0, 4.0),
+    ("Ti_bcc", "Ti", 0.0, 1.0, 4.0),
+    ("AlNi_cscl", "AlNi", -0.62, 2.0, 11.0), ("AlNi_rocksalt", "AlNi", -0.20, 2.5, 9.0),
+    ("AlNi_zincblende", "AlNi", -0.05, 2.0, 8.0), ("AlNi3_l12", "AlNi3", -0.45, 3.0, 15.0),
+    ("Al3Ni_l12", "Al3Ni", -0.30, 3.0, 14.0),
+    ("AlTi_cscl", "AlTi", -0.35, 2.0, 10.0), ("AlTi_rocksalt", "AlTi", 0.10, 2.0, 12.0),
+    ("Al3Ti_l12", "Al3Ti", -0.38, 3.5, 16.0), ("AlTi3_l12", "AlTi3", -0.25, 3.0, 13.0),
+    ("NiTi_cscl", "NiTi", -0.33, 2.0, 10.5), ("NiTi_rocksalt", "NiTi", 0.05, 2.0, 9.5),
+    ("NiTi_zincblende", "NiTi", -0.10, 2.0, 7.0), ("Ni3Ti_l12", "Ni3Ti", -0.40, 3.0, 15.5),
+]
+
+
+@pytest.fixture()
+def labels(tmp_path: Path) -> Path:
+    path = tmp_path / "labels.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "formula", "formation_energy_per_atom", "is_wall_time_s", "relax_wall_time_s"])
+        w.writerows(ROWS)
+    return path
+
+
+def _pool(labels: Path, noise: float = 0.12, seed: int = 3):
+    pool = pool_from_labels([labels])
+    rng = np.random.default_rng(seed)
+    pool.sources["esnet"] = Predictions(pool.truth + rng.normal(0, noise, pool.n), np.abs(rng.normal(0.1, 0.05, pool.n)))
+    pool.sources["composition"] = Predictions(pool.truth + rng.normal(0, 0.3, pool.n))
+    return pool
+
+
+def _files(d: Path) -> dict[str, str]:
+    return {p.relative_to(d).as_posix(): p.read_text() for p in sorted(d.rglob("*.json")) if p.is_file()}
+
+
+def test_pool_from_labels_elements_are_references(labels):
+    pool = pool_from_labels([labels])
+    assert pool.n == 13 and "Al_fcc" not in pool.ids.tolist()
+    assert {"Al_fcc", "Al_bcc", "Ni_fcc", "Ti_bcc"} <= set(pool.references.ids)
+    assert pool.relaxation_equivalent_s() == pytest.approx(np.mean([r[4] for r in ROWS[4:]]))
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "lcb", "random", "composition", "oracle"])
+def test_replay_is_deterministic_and_costs_add_up(labels, tmp_path, strategy):
+    pool = _pool(labels)
+    cfg = CampaignConfig(strategy=strategy, batch_size=3, seed=5)
+    a = run_campaign(pool, cfg, tmp_path / "a")
+    b = run_campaign(_pool(labels), cfg, tmp_path / "b")
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert a.summary == b.summary
+    s = a.summary
+    assert s["stop"] == "exhausted" and s["n_relaxed"] == pool.n
+    chosen = [c for r in a.rounds[1:] for c in r["chosen"]]
+    assert sorted(c["id"] for c in chosen) == sorted(pool.ids.tolist())  # each relaxed once
+    is_all = sum(r[3] for r in ROWS[4:])
+    relax_all = sum(r[4] for r in ROWS[4:])
+    pays = strategy in ("greedy", "lcb", "oracle")
+    assert s["is_single_points_s"] == (pytest.approx(is_all) if pays else 0.0)
+    assert s["relaxations_s"] == pytest.approx(relax_all)
+    assert s["total_cost_s"] == pytest.approx(s["is_single_points_s"] + sum(c["relax_wall_time_s"] for c in chosen))
+    cum = a.rounds[0]["cost_s"]
+    for r in a.rounds[1:]:  # per-round bookkeeping: cumulative = previous + this round's relaxations
+        cum += sum(c["relax_wall_time_s"] for c in r["chosen"])
+        assert r["cumulative_cost_s"] == pytest.approx(cum)
+        assert r["cumulative_cost_relaxations"] == pytest.approx(cum / pool.relaxation_equivalent_s())
+    assert s["saving"] == pytest.approx(1 - s["total_cost_s"] / relax_all)
+
+
+def test_random_depends_on_the_seed(labels):
+    pool = _pool(labels)
+    order = [[c["id"] for r in run_campaign(pool, CampaignConfig(strategy="random", batch_size=4, seed=s)).rounds[1:]
+              for c in r["chosen"]] for s in (0, 1)]
+    assert order[0] != order[1]
+
+
+def test_oracle_finds_the_stable_first_and_the_truth_hull_is_the_labels_rule(labels):
+    pool = _pool(labels)
+    res = run_campaign(pool, CampaignConfig(strategy="oracle", batch_size=2))
+    n = res.summary["n_true_stable"]
+    steps = [c["truly_stable"] for r in res.rounds[1:] for c in r["chosen"]]
+    assert steps[:n] == [True] * n and not any(steps[n:])
+    # the hull of all: AlNi_cscl, AlNi3, Al3Ni?, ... the stable list is what pymatgen's PhaseDiagram says
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
+
+    entries = [PDEntry(Composition(f), e * Composition(f).num_atoms, name=i) for i, f, e, _, _ in ROWS]
+    entries += [PDEntry(Composition(el), 0.0) for el in ("Al", "Ni", "Ti")]
+    pd_ = PhaseDiagram(entries)
+    stable = {e.name for e in entries if e.name in pool.ids.tolist() and pd_.get_e_above_hull(e) < 1e-6}
+    assert {d["id"] for d in res.summary["discovered"] if d["truly_stable"]} == stable
+    assert res.summary["n_stable_found"] == len(stable) == n
+
+
+def test_resume_after_stopping_between_rounds_gives_the_same_result(labels, tmp_path):
+    pool = _pool(labels)
+    cfg = CampaignConfig(strategy="lcb", batch_size=3, kappa=1.0, refit="residual")
+    straight = run_campaign(pool, cfg, tmp_path / "straight")
+    part = run_campaign(pool, replace(cfg, max_rounds=2), tmp_path / "resumed")
+    assert part.summary["stop"] == "max_rounds" and part.summary["n_rounds"] == 2
+    assert not (tmp_path / "resumed" / "rounds" / "round_0003.json").exists()
+    again = run_campaign(_pool(labels), cfg, tmp_path / "resumed")
+    assert again.summary == straight.summary
+    assert _files(tmp_path / "resumed") == _files(tmp_path / "straight")
+
+
+KILLER = """
+import os, signal, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_campaign import _pool
+from esnet_tf.campaign import CampaignConfig, run_campaign, replay_relaxer
+calls = []
+def relaxer(pool, idx):
+    calls.append(idx)
+    if len(calls) == 3 and {kill}:
+        os.kill(os.getpid(), signal.SIGKILL)  # killed in round 3, after rounds 0-2 were written
+    return replay_relaxer(pool, idx)
+from pathlib import Path
+run_campaign(_pool(Path({labels!r})), CampaignConfig(strategy="greedy", batch_size=2), {out!r}, relaxer=relaxer)
+"""
+
+
+def test_sigkill_during_a_round_then_resume_gives_the_identical_result(labels, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name, kill in (("killed", True), ("straight", False)):
+        code = KILLER.format(tests=str(ROOT / "tests"), kill=kill, labels=str(labels), out=str(tmp_path / name))
+        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        if kill:
+            assert p.returncode == -signal.SIGKILL, p.stderr
+            assert sorted(x.name for x in (tmp_path / name / "rounds").iterdir()) == [
+                f"round_000{k}.json" for k in range(3)]
+            assert not (tmp_path / name / "result.json").exists()
+        else:
+            assert p.returncode == 0, p.stderr
+    resumed = run_campaign(_pool(labels), CampaignConfig(strategy="greedy", batch_size=2), tmp_path / "killed")
+    assert resumed.summary["stop"] == "exhausted"
+    assert _files(tmp_path / "killed") == _files(tmp_path / "straight")
+
+
+def test_stops_budget_target_recall_expected_stable(labels):
+    pool = _pool(labels)
+    b = run_campaign(pool, CampaignConfig(strategy="greedy", batch_size=3, budget_s=60.0))
+    assert b.summary["stop"] == "budget" and b.summary["total_cost_s"] <= 60.0 + 1e-9
+    unit = pool.relaxation_equivalent_s()
+    br = run_campaign(pool, CampaignConfig(strategy="random", batch_size=2, budget_relaxations=4.0))
+    assert br.summary["stop"] == "budget" and br.summary["total_cost_s"] <= 4.0 * unit + 1e-9
+    t = run_campaign(pool, CampaignConfig(strategy="lcb", batch_size=1, target_recall=0.5))
+    assert t.summary["stop"] == "target_recall"
+    assert t.summary["n_stable_found"] == math.ceil(0.5 * t.summary["n_true_stable"])
+    e = run_campaign(pool, CampaignConfig(strategy="greedy", batch_size=2, stop_expected_stable=0.5))
+    assert e.summary["stop"] in ("expected_stable", "exhausted")
+    assert e.rounds[-1]["expected_stable_left"] < 0.5 or e.summary["stop"] == "exhausted"
+
+
+def test_bad_input_is_one_line_user_error(labels, tmp_path):
+    with pytest.raises(UserError, match="unknown strategy"):
+        CampaignConfig(strategy="best")
+    with pytest.raises(UserError, match="batch size"):
+        CampaignConfig(batch_size=0)
+    pool = pool_from_labels([labels])
+    with pytest.raises(UserError, match="composition-predictions"):
+        run_campaign(pool, CampaignConfig(strategy="composition"))
+    pool = _pool(labels)
+    run_campaign(pool, CampaignConfig(strategy="greedy", max_rounds=1), tmp_path / "c")
+    with pytest.raises(UserError, match="other settings"):
+        run_campaign(pool, CampaignConfig(strategy="greedy", batch_size=3), tmp_path / "c")
+    no_o = tmp_path / "no_o.csv"
+    no_o.write_text("id,formula,formation_energy_per_atom,is_wall_time_s,relax_wall_time_s\nX,NaO,-1,1,2\n")
+    with pytest.raises(UserError, match="elemental reference"):
+        pool_from_labels([no_o], references=pool.references)
+
+
+def test_report_table_and_cost_to_recall_by_hand(labels, tmp_path):
+    pool = _pool(labels)
+    res = run_strategies(pool, CampaignConfig(batch_size=2), ["greedy", "random", "composition", "oracle"],
+                         tmp_path / "cmp")
+    rep = compare(res, pool)
+    rows = rep["strategies"]
+    assert rows["oracle"]["recall_0.9"]["fraction_of_oracle_saving"] == pytest.approx(1.0)
+    # the ideal row: relax the stable ones first (true E_hull order), no IS single points
+    stable_ids = {d["id"] for d in res["oracle"].summary["discovered"] if d["truly_stable"]}
+    cost = {r[0]: r[4] for r in ROWS}
+    assert rows["ideal"]["recall_1"]["cost_s"] == pytest.approx(sum(cost[i] for i in stable_ids))
+    oracle_100 = rows["oracle"]["recall_1"]["cost_s"]
+    assert oracle_100 == pytest.approx(sum(r[3] for r in ROWS[4:]) + sum(cost[i] for i in stable_ids))
+    md = table_markdown(rep)
+    assert "| oracle |" in md and "relaxations" in md
+    written = write_report(rep, res, pool, tmp_path / "cmp")
+    assert (tmp_path / "cmp" / "campaign.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "cmp" / "report.json").read_text())["n_true_stable"] == rep["n_true_stable"]
+    assert len(written) == 4
+
+
+def test_cli_replay_resumes_and_writes_the_report(labels, tmp_path, capsys):
+    from esnet_tf.cli import main
+
+    pool = _pool(labels)
+    preds = tmp_path / "preds.csv"
+    with preds.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "predicted_formation_energy_per_atom", "predicted_formation_energy_per_atom_std"])
+        w.writerows(zip(pool.ids, pool.sources["esnet"].mean, pool.sources["esnet"].std))
+    argv = ["campaign", "replay", "--labels", str(labels), "--predictions", str(preds), "--strategy", "lcb,random",
+            "--batch-size", "2", "--out", str(tmp_path / "out")]
+    assert main(argv + ["--max-rounds", "1"]) == 0
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "resuming after round 1" in out.err and "| lcb |" in out.out
+    assert (tmp_path / "out" / "campaign.png").exists() and (tmp_path / "out" / "lcb" / "discovered_stable.csv").exists()
+    assert main(["campaign", "replay", "--labels", str(labels), "--strategy", "best", "--out", str(tmp_path / "x")]) == 2
+    assert main(["campaign", "replay", "--labels", str(labels), "--strategy", "composition",
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "composition-predictions" in capsys.readouterr().err
+
+
+def test_live_campaign_with_tiny_gpaw_settings_finishes(tmp_path):
+    pytest.importorskip("gpaw", reason="GPAW (extra `dft`) is not installed")
+    from esnet_tf.campaign.live import live_pool
+    from esnet_tf.dft.settings import DFTSettings
+
+    spec = tmp_path / "pool.json"
+    spec.write_text(json.dumps({"structures": [
+        {"prototype": "fcc", "species": ["Cu"]}, {"prototype": "fcc", "species": ["Al"]},
+        {"prototype": "cscl", "species": ["Cu", "Al"]}, {"prototype": "rocksalt", "species": ["Cu", "Al"]}]}))
+    preds = tmp_path / "preds.csv"
+    preds.write_text("id,predicted_formation_energy_per_atom,predicted_formation_energy_per_atom_std\n"
+                     "AlCu_cscl,-0.2,0.05\nAlCu_rocksalt,0.1,0.05\n")
+    pool, relax = live_pool([spec], cache_dir=tmp_path / "calcs", settings=DFTSettings.tiny(), predictions=preds,
+                            relax="eos", workers=2)
+    assert pool.n == 2 and set(pool.references.mu) == {"Al", "Cu"} and pool.reference_cost_s > 0
+    assert np.all(pool.is_wall_time_s > 0) and not pool.is_replay
+    cfg = CampaignConfig(strategy="lcb", batch_size=1)
+    first = run_campaign(pool, replace(cfg, max_rounds=1), tmp_path / "live", relaxer=relax)
+    assert first.summary["stop"] == "max_rounds" and first.rounds[1]["chosen"][0]["id"] == "AlCu_cscl"  # lowest LCB
+    res = run_campaign(pool, cfg, tmp_path / "live", relaxer=relax)  # resumes: round 2 relaxes the other
+    s = res.summary
+    assert s["stop"] == "exhausted" and s["n_relaxed"] == 2 and s["n_rounds"] == 2
+    assert res.rounds[1] == first.rounds[1]
+    assert s["total_cost_s"] == pytest.approx(s["reference_cost_s"] + float(np.sum(pool.is_wall_time_s))
+                                              + s["relaxations_s"])
+    assert all(math.isfinite(c["formation_energy_per_atom"]) and c["relax_wall_time_s"] > 0
+               for r in res.rounds[1:] for c in r["chosen"])
+    assert s["relaxation_equivalent_s"] == pytest.approx(s["relaxations_s"] / 2)
+    assert (tmp_path / "live" / "discovered_stable.csv").exists() and s["n_discovered"] >= 0
