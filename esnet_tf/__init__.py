@@ -1,6 +1,8 @@
 """esnet-tf: ESNet on the DOS of unrelaxed structures (IS-DOS).
 
     from esnet_tf import ESNetConfig, build_esnet, featurize
+    model = esnet_tf.load_model("ESNet-GPAWDemo-2026.12-EFormPerAtom")   # shipped models: list_models()
+    table = model.predict(["vasprun.xml.gz", example])   # eV/atom, with std and a domain column
 
 TensorFlow is imported only when a model-related name is first used.
 """
@@ -14,6 +16,9 @@ _LAZY = {
     "featurize": "esnet_tf.featurize",
     "ESNetConfig": "esnet_tf.model",
     "build_esnet": "esnet_tf.model",
+    "load_model": "esnet_tf.pretrained",
+    "predict": "esnet_tf.pretrained",
+    "list_models": "esnet_tf.pretrained",
 }
 
 __all__ = ["ORBITALS", "PAPER_GRID", "DOSInputError", "EnergyGrid", "ISDOSExample", *_LAZY]

@@ -3,7 +3,8 @@
 Written by Keras 3 `model.export(..., format="tf_saved_model")`: signature `serving_default` with
 inputs dos_up (None, 1500, 9), dos_down (None, 1500, 9), composition (None, 118) float32 (raw
 IS-DOS; the normalisation is inside) and output formation_energy_per_atom (None, 1) in eV/atom
-(DESIGN.md section 5). `assets.extra/tf_serving_warmup_requests` holds PredictionLog records
+(DESIGN.md section 5); an ensemble (`esnet_tf.ensemble`, or `export_ensemble` over member `.keras`
+files) adds the output formation_energy_per_atom_std (None, 1) in eV/atom. `assets.extra/tf_serving_warmup_requests` holds PredictionLog records
 (one PredictRequest per real example) that TF Serving replays at load time. After writing, the
 SavedModel is reloaded and checked against the .keras model on those examples.
 
@@ -131,7 +132,9 @@ def export(model_path: str | Path, out: str | Path = "saved_models", name: str =
     """Export and verify; returns {'path', 'n_warmup', 'max_abs_diff'} (diff in eV/atom)."""
     import tensorflow as tf
 
+    import esnet_tf.ensemble  # noqa: F401  (registers the ensemble layer)
     from esnet_tf.data import check_finite, check_shapes
+    from esnet_tf.ensemble import STD_OUTPUT_NAME
     from esnet_tf.model import load_model
 
     model_path = Path(model_path)
@@ -148,6 +151,8 @@ def export(model_path: str | Path, out: str | Path = "saved_models", name: str =
     if names != sorted(INPUT_NAMES):
         raise UserError(f"{model_path}: inputs {names} are not the ESNet inputs {list(INPUT_NAMES)}")
     n_points = int({t.name: t for t in model.inputs}["dos_up"].shape[1])
+    outputs = list(model.output) if isinstance(model.output, dict) else list(model.output_names)
+    checked = [OUTPUT_NAME] + ([STD_OUTPUT_NAME] if STD_OUTPUT_NAME in outputs else [])
     result = {"path": str(target), "n_warmup": 0, "max_abs_diff": None, "warmup_source": None, "note": ""}
     examples = None
     if n_warmup > 0 and not serving_api_available():
@@ -165,20 +170,55 @@ def export(model_path: str | Path, out: str | Path = "saved_models", name: str =
             "dos_up": np.zeros((1, n_points, 9), np.float32), "dos_down": np.zeros((1, n_points, 9), np.float32),
             "composition": np.eye(1, 118, dtype=np.float32)}
         batch = {k: np.asarray(probe[k][:max(1, n_warmup)], np.float32) for k in INPUT_NAMES}
-        reference = np.asarray(model.predict_on_batch(batch)[OUTPUT_NAME]).reshape(-1)
+        ref_out = model.predict_on_batch(batch)
+        reference = np.concatenate([np.asarray(ref_out[k]).reshape(-1) for k in checked])
         if examples is not None:
             logs = warmup_requests(examples, name, n_warmup)
             write_warmup(tmp, logs)
-            served = []  # replay the warmup records through the reloaded signature
+            answers = {k: [] for k in checked}  # replay the warmup records through the reloaded signature
             for log in read_warmup(tmp / "assets.extra" / WARMUP_FILE):
                 feeds = {k: tf.constant(tf.make_ndarray(v)) for k, v in log.predict_log.request.inputs.items()}
-                served.append(signature(**feeds)[OUTPUT_NAME].numpy().reshape(-1))
-            served = np.concatenate(served)
+                got = signature(**feeds)
+                for k in checked:
+                    answers[k].append(got[k].numpy().reshape(-1))
+            served = np.concatenate([np.concatenate(answers[k]) for k in checked])
             result["n_warmup"] = len(logs)
         else:
-            served = signature(**{k: tf.constant(v) for k, v in batch.items()})[OUTPUT_NAME].numpy().reshape(-1)
-        diff = float(np.max(np.abs(served - reference[:len(served)])))
+            got = signature(**{k: tf.constant(v) for k, v in batch.items()})
+            served = np.concatenate([got[k].numpy().reshape(-1) for k in checked])
+        result["outputs"] = checked
+        diff = float(np.max(np.abs(served - reference)))
         if not diff <= TOLERANCE:
             raise RuntimeError(f"{target}: SavedModel and {model_path} disagree by {diff:.3g} eV/atom")
         result["max_abs_diff"] = diff
+    return result
+
+
+def export_ensemble(member_paths, out: str | Path = "saved_models", name: str = "esnet-ensemble", version: int = 1, *,
+                    std_scale: float = 1.0, keras_out: str | Path | None = None, warmup_data: str | None = None,
+                    n_warmup: int = 4, overwrite: bool = False) -> dict:
+    """Build the deep ensemble of the member `.keras` files (`esnet_tf.ensemble.build_ensemble`), save it as
+    `keras_out` (default `out/name/model.keras`) and export it like `export` (outputs mean and std, eV/atom)."""
+    from esnet_tf.atomic import atomic_path
+    from esnet_tf.ensemble import build_ensemble
+    from esnet_tf.model import load_model
+
+    paths = [Path(p) for p in member_paths]
+    bad = [str(p) for p in paths if not p.is_file() or p.suffix != ".keras"]
+    if bad:
+        raise UserError(f"{', '.join(bad)}: expected trained .keras member files (e.g. runs/<run>/best.keras)")
+    if len(paths) < 2:
+        raise UserError(f"--members needs at least 2 .keras files for an ensemble, got {len(paths)}")
+    check_model_name(name)
+    try:
+        ensemble = build_ensemble([load_model(p) for p in paths], std_scale=std_scale)
+    except ValueError as exc:
+        raise UserError(f"--members: {exc}") from None
+    keras_out = Path(keras_out) if keras_out is not None else Path(out) / name / "model.keras"
+    with atomic_path(keras_out) as tmp:
+        ensemble.save(str(tmp))
+    if warmup_data is None and (paths[0].parent / "warmup_examples.npz").is_file():
+        warmup_data = str(paths[0].parent / "warmup_examples.npz")
+    result = export(keras_out, out, name, version, warmup_data=warmup_data, n_warmup=n_warmup, overwrite=overwrite)
+    result["keras"] = str(keras_out)
     return result

@@ -1,10 +1,12 @@
 """Formation energies (eV/atom) from a saved ESNet (`esnet predict MODEL INPUT... --out preds.csv`).
 
-MODEL: a `.keras` file, a SavedModel directory, or a TF Serving model directory
-(`saved_models/<name>/`, the highest version is used). INPUT: raw DFT files or directories (any
-format `esnet featurize` reads), `.npz` features, or a directory with labels.csv + calculations.
-CSV columns: id, formula, predicted_formation_energy_per_atom, and where known the truths
-formation_energy_per_atom, e_above_hull (all eV/atom).
+MODEL: a shipped model's name (`esnet models`), a `.keras` file, a SavedModel directory, or a TF
+Serving model directory (`saved_models/<name>/`, the highest version is used). INPUT: raw DFT files
+or directories (any format `esnet featurize` reads), `.npz` features, or a directory with
+labels.csv + calculations. CSV columns: id, formula, predicted_formation_energy_per_atom, for
+ensembles predicted_formation_energy_per_atom_std, for models with a recorded training domain
+`domain` ('' inside it, else why), and where known the truths formation_energy_per_atom,
+e_above_hull (all eV/atom).
 """
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from esnet_tf.isdos import INPUT_NAMES, OUTPUT_NAME, PREDICTION_COLUMN
+from esnet_tf.isdos import DOMAIN_COLUMN, INPUT_NAMES, OUTPUT_NAME, PREDICTION_COLUMN, PREDICTION_STD_COLUMN
 from esnet_tf.atomic import atomic_path
 from esnet_tf.errors import UserError
 
 PRED_COLUMN = PREDICTION_COLUMN
+#: second output of an ensemble model (eV/atom)
+STD_OUTPUT_NAME = f"{OUTPUT_NAME}_std"
 
 
 def resolve_saved_model_dir(path: Path) -> Path | None:
@@ -34,7 +38,8 @@ class Predictor:
     """A loaded ESNet (`.keras` or SavedModel) mapping raw IS-DOS arrays to eV/atom.
 
     `predict(inputs)` takes a dict with dos_up, dos_down (N, n_points, 9) and composition (N, 118)
-    and returns float32 (N,) formation energies in eV/atom.
+    and returns float32 (N,) formation energies in eV/atom; `predict_with_std` also returns the
+    ensemble's standard deviation (eV/atom; None for a single model, `has_std` False).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -44,11 +49,13 @@ class Predictor:
         self.path = path
         saved = resolve_saved_model_dir(path) if path.is_dir() else None
         if path.suffix == ".keras" and path.is_file():
+            import esnet_tf.ensemble  # noqa: F401  (registers the ensemble layer)
             from esnet_tf.model import load_model
 
             self.kind = "keras"
             self.model = load_model(path)
             shapes = {t.name: t.shape for t in self.model.inputs}
+            outputs = list(self.model.output) if isinstance(self.model.output, dict) else list(self.model.output_names)
         elif saved is not None:
             import tensorflow as tf
 
@@ -60,41 +67,66 @@ class Predictor:
             self.signature = self.model.signatures["serving_default"]
             specs = self.signature.structured_input_signature[1]
             shapes = {k: v.shape for k, v in specs.items()}
+            outputs = list(self.signature.structured_outputs)
         else:
             raise UserError(f"{path}: not a .keras file or a SavedModel directory (saved_model.pb)")
         missing = [k for k in INPUT_NAMES if k not in shapes]
         if missing:
             raise UserError(f"{path}: model lacks inputs {missing}; is it an ESNet model?")
         self.n_points = int(shapes["dos_up"][1])
+        self.has_std = STD_OUTPUT_NAME in outputs
 
     def predict(self, inputs: dict, batch_size: int = 256, source: str = "") -> np.ndarray:
-        """Formation energies (eV/atom), float32 (N,), for raw IS-DOS inputs.
+        """Formation energies (eV/atom), float32 (N,), for raw IS-DOS inputs (an ensemble's mean).
 
         Missing inputs, wrong shapes and NaN/inf values (naming the id) raise `UserError` first.
+        A single `.keras` model runs through `esnet_tf.precision.inference_function` (the one fast
+        inference path the benchmark times; 'auto' precision, measured once per machine and cached).
         """
+        if self.kind == "keras" and not self.has_std:
+            from esnet_tf.data import check_finite, check_shapes
+            from esnet_tf.precision import inference_function
+
+            check_shapes(inputs, self.n_points, source=source)
+            check_finite(inputs, source)
+            if getattr(self, "_fast", None) is None or self._fast.batch_size != batch_size:
+                self._fast = inference_function(self.model, "auto", batch_size=batch_size)[0]
+                self._fast.batch_size = batch_size
+            return self._fast(inputs)
+        return self.predict_with_std(inputs, batch_size, source)[0]
+
+    def predict_with_std(self, inputs: dict, batch_size: int = 256,
+                         source: str = "") -> tuple[np.ndarray, np.ndarray | None]:
+        """(mean, std) formation energies (eV/atom), float32 (N,) each; std None for a single model."""
         from esnet_tf.data import check_finite, check_shapes
 
         check_shapes(inputs, self.n_points, source=source)
         check_finite(inputs, source)
         n = len(inputs["dos_up"])
-        out = []
+        out, spread = [], []
         for start in range(0, n, batch_size):
             batch = {k: np.asarray(inputs[k][start:start + batch_size], dtype=np.float32) for k in INPUT_NAMES}
             if self.kind == "keras":
-                y = self.model.predict_on_batch(batch)[OUTPUT_NAME]
+                y = self.model.predict_on_batch(batch)
             else:
                 import tensorflow as tf
 
-                y = self.signature(**{k: tf.constant(v) for k, v in batch.items()})[OUTPUT_NAME]
-            out.append(np.asarray(y, dtype=np.float32).reshape(-1))
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
+                y = self.signature(**{k: tf.constant(v) for k, v in batch.items()})
+            out.append(np.asarray(y[OUTPUT_NAME], dtype=np.float32).reshape(-1))
+            if self.has_std:
+                spread.append(np.asarray(y[STD_OUTPUT_NAME], dtype=np.float32).reshape(-1))
+        mean = np.concatenate(out) if out else np.zeros(0, np.float32)
+        if not self.has_std:
+            return mean, None
+        return mean, np.concatenate(spread) if spread else np.zeros(0, np.float32)
 
 
 def load_inputs(paths: Sequence[str], labels: str | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Arrays (inputs, id, formula, truths) of every INPUT, and the failures (one line each).
+    """Arrays (inputs, id, formula, code, truths) of every INPUT, and the failures (one line each).
 
     INPUT: `.npz` features of `esnet featurize`, a directory with labels.csv, or DFT files and
-    directories (featurized here). Truths come from `labels` (a labels CSV) where given.
+    directories (featurized here). Truths come from `labels` (a labels CSV) where given. `code` is
+    the DFT code of each row ('' where unknown), for the domain check.
     """
     from esnet_tf.data import LABEL_KEYS, is_labels_dir, load_dir_arrays, load_npz_arrays, read_labels, stack_examples
     from esnet_tf.featurize import featurize_paths
@@ -102,9 +134,14 @@ def load_inputs(paths: Sequence[str], labels: str | None = None) -> tuple[dict[s
     parts, raw = [], []
     for spec in paths:
         if spec.endswith(".npz") and not spec.endswith(".gpawdos.npz"):
-            parts.append(load_npz_arrays(spec, labels, require_labels=False))
+            part = dict(load_npz_arrays(spec, labels, require_labels=False))
+            with np.load(spec, allow_pickle=False) as d:
+                part["code"] = d["code"].astype(str) if "code" in d.files else np.full(len(part["id"]), "")
+            parts.append(part)
         elif is_labels_dir(spec):
-            parts.append(load_dir_arrays(spec))
+            part = dict(load_dir_arrays(spec))
+            part["code"] = np.full(len(part["id"]), "")
+            parts.append(part)
         else:
             if not Path(spec).exists():
                 raise FileNotFoundError(f"{spec}: input not found")
@@ -113,10 +150,12 @@ def load_inputs(paths: Sequence[str], labels: str | None = None) -> tuple[dict[s
     if raw:
         examples, failures = featurize_paths(raw)
         if examples:
-            parts.append(stack_examples(examples, read_labels(labels) if labels else None))
+            part = stack_examples(examples, read_labels(labels) if labels else None)
+            part["code"] = np.array([e.code for e in examples], dtype=str)
+            parts.append(part)
     if not parts:
         return {}, failures
-    keys = ("dos_up", "dos_down", "composition", "id", "formula", *LABEL_KEYS)
+    keys = ("dos_up", "dos_down", "composition", "id", "formula", "code", *LABEL_KEYS)
     for i, p in enumerate(parts):
         shapes = {k: np.shape(p[k])[1:] for k in ("dos_up", "dos_down", "composition")}
         if shapes != {k: np.shape(parts[0][k])[1:] for k in shapes}:
@@ -125,16 +164,27 @@ def load_inputs(paths: Sequence[str], labels: str | None = None) -> tuple[dict[s
     return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in keys}, failures
 
 
-def write_predictions(path: str | Path, arrays: dict, predictions: np.ndarray) -> Path:
-    """CSV of id, formula, predicted_formation_energy_per_atom (+ known truths), eV/atom."""
+def write_predictions(path: str | Path, arrays: dict, predictions: np.ndarray, *, std: np.ndarray | None = None,
+                      domain: Sequence[str] | None = None) -> Path:
+    """CSV of id, formula, predicted_formation_energy_per_atom [, its _std] [, domain] (+ known truths).
+
+    Energies in eV/atom; `std` (ensembles) adds predicted_formation_energy_per_atom_std, `domain`
+    (models with a recorded training domain) the `domain` column ('' inside the domain, else why).
+    """
     path = Path(path)
     truths = [k for k in ("formation_energy_per_atom", "e_above_hull")
               if k in arrays and np.isfinite(np.asarray(arrays[k], dtype=float)).any()]
+    header = ["id", "formula", PRED_COLUMN] + ([PREDICTION_STD_COLUMN] if std is not None else []) \
+        + ([DOMAIN_COLUMN] if domain is not None else []) + truths
     with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["id", "formula", PRED_COLUMN, *truths])
+        w.writerow(header)
         for i in range(len(predictions)):
             row = [arrays["id"][i], arrays["formula"][i] if "formula" in arrays else "", f"{predictions[i]:.6f}"]
+            if std is not None:
+                row.append(f"{std[i]:.6f}")
+            if domain is not None:
+                row.append(domain[i])
             for k in truths:
                 v = float(arrays[k][i])
                 row.append(f"{v:.6f}" if np.isfinite(v) else "")
@@ -146,12 +196,15 @@ def predict_files(model: str | Path, inputs: Sequence[str], *, labels: str | Non
                   batch_size: int = 256) -> tuple[dict[str, np.ndarray], np.ndarray, "Predictor", list[str]]:
     """Predict every INPUT with `model`: (arrays, predictions eV/atom, predictor, failures).
 
-    Raises UserError when no input could be featurized.
+    `model`: a path or a shipped model's name. Raises UserError when no input could be featurized.
+    (`esnet_tf.pretrained.ESNetModel.predict` adds the ensemble std and the domain column.)
     """
+    from esnet_tf.pretrained import model_file, resolve
+
     if batch_size < 1:
         raise UserError(f"batch size must be a positive number of examples, got {batch_size}")
     arrays, failures = load_inputs(inputs, labels)
     if not arrays:
         raise UserError("no input could be featurized" if failures else "no inputs")
-    predictor = Predictor(model)
+    predictor = Predictor(model_file(resolve(model)) if not Path(model).exists() else model)
     return arrays, predictor.predict(arrays, batch_size), predictor, failures

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("esnet_tf.cli.train", "train ESNet on an IS-DOS dataset"),
     "evaluate": ("esnet_tf.cli.evaluate", "metrics (eV/atom) and parity plot on a split"),
     "predict": ("esnet_tf.cli.predict", "predict formation energies (eV/atom) for DFT files or .npz"),
+    "models": ("esnet_tf.cli.models", "list the shipped pretrained models (name, data, MAE eV/atom, F1, size)"),
     "export": ("esnet_tf.cli.export", "export a .keras model as a TF Serving SavedModel"),
     "tune": ("esnet_tf.cli.tune", "KerasTuner architecture search"),
     "screen": ("esnet_tf.cli.screen", "stability screening and DFT-cost analysis"),

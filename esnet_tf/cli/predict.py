@@ -1,4 +1,8 @@
-"""`esnet predict MODEL INPUT... --out preds.csv`: formation energies (eV/atom) from a saved ESNet."""
+"""`esnet predict MODEL INPUT... --out preds.csv`: formation energies (eV/atom) from a saved ESNet.
+
+MODEL is a shipped model's name (`esnet models`, `esnet predict --list`) or a path; it may also be
+given as `--model`, then every positional argument is an input.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,27 +10,58 @@ import sys
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.description = ("Predict relaxed formation energies (eV/atom) from IS-DOS with a saved ESNet and write "
-                     "a CSV: id, formula, predicted_formation_energy_per_atom and, where known, the truths "
+    p.description = ("Predict relaxed formation energies (eV/atom) from IS-DOS with a saved or shipped ESNet and "
+                     "write a CSV: id, formula, predicted_formation_energy_per_atom, for ensembles "
+                     "predicted_formation_energy_per_atom_std, for models with a recorded training domain a "
+                     "'domain' column ('' inside it, else why), and where known the truths "
                      "formation_energy_per_atom, e_above_hull (eV/atom).")
-    p.add_argument("model", metavar="MODEL", help=".keras file, SavedModel dir, or TF Serving model dir "
-                   "(highest version used)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="DFT files/dirs (vasprun.xml[.gz], DOSCAR, MP JSON, "
-                   "*.gpawdos.npz), .npz features of `esnet featurize`, or a dir with labels.csv")
+    p.add_argument("items", nargs="*", metavar="[MODEL] INPUT",
+                   help="MODEL (unless --model is given): a shipped model's name, a .keras file, a SavedModel dir "
+                   "or a TF Serving model dir (highest version); then the INPUTs: DFT files/dirs (vasprun.xml[.gz], "
+                   "DOSCAR, MP JSON, *.gpawdos.npz), .npz features of `esnet featurize`, or a dir with labels.csv")
+    p.add_argument("--model", help="the model (name or path); every positional argument is then an input")
+    p.add_argument("--list", action="store_true", help="list the shipped models and exit")
     p.add_argument("--out", default="preds.csv", help="output CSV (energies in eV/atom)")
     p.add_argument("--labels", help="optional labels CSV (id, formation_energy_per_atom, e_above_hull; eV/atom) "
                    "to add the truths")
     p.add_argument("--batch-size", type=int, default=256, help="examples per model call")
+    p.add_argument("--strict", action="store_true", help="refuse (exit 2, no CSV) when any input is outside the "
+                   "model's training domain (DFT code, elements, DOS scale)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from esnet_tf.predict import predict_files, write_predictions
+    from esnet_tf.errors import UserError
+    from esnet_tf.pretrained import load_model
+    from esnet_tf.predict import load_inputs
 
-    arrays, preds, predictor, failures = predict_files(args.model, args.inputs, labels=args.labels,
-                                                       batch_size=args.batch_size)
+    if args.list:
+        from esnet_tf.cli.models import print_models
+
+        return print_models()
+    items = list(args.items)
+    model_ref = args.model or (items.pop(0) if items else None)
+    if model_ref is None:
+        raise UserError("no MODEL given: esnet predict MODEL INPUT... (or --model NAME INPUT...); "
+                        "`esnet models` lists the shipped ones")
+    if not items:
+        raise UserError(f"no INPUT given for model {model_ref}: pass DFT files, .npz features or a labels directory")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be a positive number of examples, got {args.batch_size}")
+    model = load_model(model_ref)
+    arrays, failures = load_inputs(items, args.labels)
     for f in failures:
         print(f"FAIL {f}", file=sys.stderr)
-    out = write_predictions(args.out, arrays, preds)
-    print(f"{len(preds)} prediction(s) (eV/atom) with {predictor.kind} model {predictor.path} -> {out}; "
-          f"{len(failures)} input(s) failed")
+    if not arrays:
+        raise UserError("no input could be featurized" if failures else "no inputs")
+    table = model.predict_arrays(arrays, batch_size=args.batch_size, strict=args.strict, failures=failures)
+    out = table.to_csv(args.out)
+    flagged = table.out_of_domain()
+    for i in flagged:
+        print(f"warning: {table['id'][i]}: outside the training domain of {model.name}: {table['domain'][i]}",
+              file=sys.stderr)
+    kind = "ensemble" if model.is_ensemble else model.predictor.kind
+    print(f"{len(table)} prediction(s) (eV/atom) with {kind} model {model.name} -> {out}; "
+          f"{len(failures)} input(s) failed; {len(flagged)} outside the training domain"
+          + (" (see the 'domain' column)" if len(flagged) else "")
+          + ("" if model.domain is not None else " (no training domain recorded: not checked)"))
     return 1 if failures else 0

@@ -1,0 +1,301 @@
+"""Shipped (pretrained) models: list them, load one by name, predict with a domain check.
+
+    import esnet_tf
+    esnet_tf.list_models()                                    # what ships (ModelInfo rows)
+    model = esnet_tf.load_model("ESNet-GPAWDemo-2026.12-EFormPerAtom")   # or a path
+    table = model.predict(["run1/vasprun.xml.gz", example])   # paths, ISDOSExamples, one or many
+    table["predicted_formation_energy_per_atom"], table.units  # eV/atom
+    table["domain"]                                           # '' inside the training domain, else why
+
+A shipped model is a folder `ESNet-<Data>-<YYYY.MM>-<Target>/` of `esnet_tf.saved_models`
+(`resources.saved_models_dir()`) with `model.json` (metadata, metrics), `README.md`,
+`model.keras`, `domain.json` (`esnet_tf.domain.Domain`), `splits.json` (ids and truths of the
+train / validation / test rows it was trained and evaluated on) and TF Serving versions
+`<VERSION>/`. `load_model` takes a shipped name, a shipped folder, a `.keras` file or a SavedModel
+(directory); a model without a `domain.json` predicts with an empty domain column.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from esnet_tf.errors import UserError
+from esnet_tf.isdos import DOMAIN_COLUMN, PREDICTION_COLUMN, PREDICTION_STD_COLUMN, ISDOSExample
+
+#: shipped-model names: ESNet-<Data>-<YYYY.MM>-<Target>
+NAME_PATTERN = re.compile(r"^ESNet-[A-Za-z0-9]+-\d{4}\.\d{2}-[A-Za-z0-9]+$")
+METADATA_FILE = "model.json"
+UNITS = {PREDICTION_COLUMN: "eV/atom", PREDICTION_STD_COLUMN: "eV/atom", "formation_energy_per_atom": "eV/atom",
+         "e_above_hull": "eV/atom", DOMAIN_COLUMN: "text ('' = inside the training domain)", "id": "", "formula": ""}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One shipped model: name, folder and the headline numbers of its model.json (eV/atom)."""
+
+    name: str
+    path: Path
+    data: str
+    n_members: int
+    test_mae: float
+    test_rmse: float
+    test_f1: float
+    size_mb: float
+    metadata: dict = field(default_factory=dict, repr=False)
+
+
+def _folder_size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+
+
+def read_metadata(folder: str | Path) -> dict:
+    """The model.json of a shipped model folder ({} without one)."""
+    path = Path(folder) / METADATA_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); reinstall esnet-tf or re-ship the model") from None
+
+
+def list_models(root: str | Path | None = None) -> list[ModelInfo]:
+    """Shipped models in `root` (default: the installed `esnet_tf.saved_models`), sorted by name."""
+    from esnet_tf.resources import saved_models_dir
+
+    root = Path(root) if root is not None else saved_models_dir()
+    out = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and (p / METADATA_FILE).is_file()):
+        meta = read_metadata(folder)
+        test = meta.get("metrics", {}).get("test", {})
+        out.append(ModelInfo(name=folder.name, path=folder, data=meta.get("data", {}).get("description", ""),
+                             n_members=int(meta.get("n_members", 1)), test_mae=float(test.get("mae", math.nan)),
+                             test_rmse=float(test.get("rmse", math.nan)), test_f1=float(test.get("f1", math.nan)),
+                             size_mb=_folder_size_mb(folder), metadata=meta))
+    return out
+
+
+def resolve(name_or_path: str | Path, root: str | Path | None = None) -> Path:
+    """The file or folder a model reference means: an existing path, else a shipped model's folder.
+
+    Raises `UserError` naming the shipped models when it is neither.
+    """
+    from esnet_tf.resources import saved_models_dir
+
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    root = Path(root) if root is not None else saved_models_dir()
+    folder = root / str(name_or_path)
+    if "/" not in str(name_or_path) and (folder / METADATA_FILE).is_file():
+        return folder
+    names = [m.name for m in list_models(root)]
+    raise UserError(f"{name_or_path}: no such model file and no shipped model of that name; shipped: "
+                    f"{', '.join(names) or 'none'} (`esnet models` lists them)")
+
+
+def model_file(folder: Path) -> Path:
+    """What a shipped folder is loaded from: its model.keras, else the folder (highest SavedModel version)."""
+    keras_file = folder / "model.keras"
+    return keras_file if keras_file.is_file() else folder
+
+
+@dataclass
+class PredictionTable:
+    """Predictions, one row per input: columns of numpy arrays with `units` (eV/atom).
+
+    Columns: id, formula, predicted_formation_energy_per_atom, (ensembles)
+    predicted_formation_energy_per_atom_std, domain ('' inside the training domain, else why), and
+    the truths formation_energy_per_atom, e_above_hull where known. `failures`: inputs that could
+    not be featurized (one line each).
+    """
+
+    columns: dict[str, np.ndarray]
+    model: str
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def units(self) -> dict[str, str]:
+        return {k: UNITS.get(k, "") for k in self.columns}
+
+    def __len__(self) -> int:
+        return len(self.columns["id"])
+
+    def __getitem__(self, column: str) -> np.ndarray:
+        return self.columns[column]
+
+    def rows(self) -> list[dict]:
+        """One dict per row (numbers as floats, NaN where unknown)."""
+        keys = list(self.columns)
+        return [{k: self.columns[k][i].item() if hasattr(self.columns[k][i], "item") else self.columns[k][i]
+                 for k in keys} for i in range(len(self))]
+
+    def out_of_domain(self) -> np.ndarray:
+        """Row indices whose domain column is not empty."""
+        return np.flatnonzero([bool(d) for d in self.columns.get(DOMAIN_COLUMN, [""] * len(self))])
+
+    def to_pandas(self):
+        """A pandas DataFrame (units in `df.attrs["units"]`)."""
+        import pandas as pd
+
+        df = pd.DataFrame(self.columns)
+        df.attrs["units"] = self.units
+        df.attrs["model"] = self.model
+        return df
+
+    def to_csv(self, path: str | Path) -> Path:
+        """The predictions CSV of `esnet predict` (DESIGN.md section 6), written atomically."""
+        from esnet_tf.predict import write_predictions
+
+        return write_predictions(path, self.columns, self.columns[PREDICTION_COLUMN],
+                                 std=self.columns.get(PREDICTION_STD_COLUMN),
+                                 domain=self.columns.get(DOMAIN_COLUMN))
+
+
+def _as_arrays(inputs) -> tuple[dict, list[str]]:
+    """Arrays (inputs, id, formula, code, truths) of paths / ISDOSExamples / an arrays dict."""
+    from esnet_tf.data import LABEL_KEYS, stack_examples
+    from esnet_tf.predict import load_inputs
+
+    if isinstance(inputs, dict):
+        return inputs, []
+    if isinstance(inputs, (str, Path, ISDOSExample)):
+        inputs = [inputs]
+    parts, failures = [], []
+    for item in inputs:
+        if isinstance(item, ISDOSExample):
+            part = stack_examples([item])
+            part["code"] = np.array([item.code])
+        elif isinstance(item, (str, Path)):
+            part, fails = load_inputs([str(item)])
+            failures += fails
+            if not part:
+                continue
+        else:
+            raise UserError(f"cannot predict a {type(item).__name__}: pass file paths, ISDOSExamples, or an "
+                            "arrays dict (dos_up, dos_down, composition)")
+        parts.append(part)
+    if not parts:
+        return {}, failures
+    keys = ("dos_up", "dos_down", "composition", "id", "formula", "code", *LABEL_KEYS)
+    return {k: np.concatenate([np.asarray(p.get(k, np.full(len(p["id"]), "" if k in ("code", "formula") else np.nan)))
+                               for p in parts]) for k in keys}, failures
+
+
+class ESNetModel:
+    """A loaded ESNet (single or ensemble) with its training domain (`domain`, None if unknown).
+
+    `predict(inputs)` -> `PredictionTable` (eV/atom). `info` is the shipped model.json ({} for a
+    model that is not shipped).
+    """
+
+    def __init__(self, reference: str | Path, *, root: str | Path | None = None) -> None:
+        from esnet_tf.domain import find_domain
+        from esnet_tf.predict import Predictor
+
+        path = resolve(reference, root)
+        self.name = path.name if (path / METADATA_FILE).is_file() else str(reference)
+        self.path = path
+        self.info = read_metadata(path if path.is_dir() else path.parent)
+        self.predictor = Predictor(model_file(path) if path.is_dir() else path)
+        self.domain = find_domain(path)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.predictor.has_std
+
+    @property
+    def keras_model(self):
+        """The underlying keras.Model (for `.keras` models; a SavedModel loads as a TF object)."""
+        return self.predictor.model
+
+    def __repr__(self) -> str:
+        return f"ESNetModel({self.name!r}, ensemble={self.is_ensemble}, domain={'yes' if self.domain else 'no'})"
+
+    def predict(self, inputs, *, batch_size: int = 256, strict: bool = False) -> PredictionTable:
+        """Predict `inputs` (a path, an ISDOSExample, a sequence of them, or an arrays dict).
+
+        With `strict`, inputs outside the training domain raise `UserError` (naming them).
+        """
+        arrays, failures = _as_arrays(inputs)
+        if not arrays:
+            raise UserError("no input could be featurized: " + "; ".join(failures) if failures else "no inputs")
+        return self.predict_arrays(arrays, batch_size=batch_size, strict=strict, failures=failures)
+
+    def predict_arrays(self, arrays: dict, *, batch_size: int = 256, strict: bool = False,
+                       failures: Sequence[str] = ()) -> PredictionTable:
+        """`predict` on stacked arrays (dos_up, dos_down, composition, id; optional formula, code, truths)."""
+        n = len(arrays["dos_up"])
+        domain = self.domain.check(arrays) if self.domain is not None else None
+        if strict and domain is not None:
+            check_strict(arrays, domain, self.name)
+        mean, std = self.predictor.predict_with_std(arrays, batch_size, source=self.name)
+        cols: dict[str, np.ndarray] = {
+            "id": np.asarray(arrays.get("id", np.arange(n).astype(str))).astype(str),
+            "formula": np.asarray(arrays.get("formula", np.full(n, ""))).astype(str),
+            PREDICTION_COLUMN: mean.astype(np.float64)}
+        if std is not None:
+            cols[PREDICTION_STD_COLUMN] = std.astype(np.float64)
+        if domain is not None:
+            cols[DOMAIN_COLUMN] = np.asarray(domain, dtype=object)
+        for k in ("formation_energy_per_atom", "e_above_hull"):
+            if k in arrays and np.isfinite(np.asarray(arrays[k], float)).any():
+                cols[k] = np.asarray(arrays[k], np.float64)
+        return PredictionTable(cols, self.name, list(failures))
+
+
+def check_strict(arrays: dict, domain: np.ndarray, model: str) -> None:
+    """`UserError` naming the rows outside the training domain (the `--strict` refusal)."""
+    bad = [i for i, d in enumerate(domain) if d]
+    if bad:
+        ids = np.asarray(arrays.get("id", np.arange(len(domain)).astype(str))).astype(str)
+        shown = "; ".join(f"{ids[i]}: {domain[i]}" for i in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise UserError(f"{len(bad)} of {len(domain)} input(s) outside the training domain of {model} (--strict): "
+                        f"{shown}; drop --strict to predict them with a 'domain' column")
+
+
+def load_model(name_or_path: str | Path, *, root: str | Path | None = None) -> ESNetModel:
+    """A shipped model by name (`esnet models` lists them), or a `.keras` / SavedModel path."""
+    return ESNetModel(name_or_path, root=root)
+
+
+def predict(model: str | Path | ESNetModel, inputs, *, batch_size: int = 256, strict: bool = False) -> PredictionTable:
+    """Formation energies (eV/atom) of `inputs` (paths, ISDOSExamples, one or many) with `model`."""
+    if not isinstance(model, ESNetModel):
+        model = load_model(model)
+    return model.predict(inputs, batch_size=batch_size, strict=strict)
+
+
+def load_split_arrays(name_or_path: str | Path, split: str, *, root: str | Path | None = None,
+                      data_dir: str | Path | None = None) -> dict:
+    """The rows of `split` ('train', 'validation', 'test') a shipped model was evaluated on, featurized
+    from the demo dataset (or `data_dir`) by the ids and with the truths of its splits.json."""
+    from esnet_tf import resources
+    from esnet_tf.data import stack_examples
+    from esnet_tf.featurize import featurize
+    from esnet_tf.labels import labels_by_id
+
+    folder = resolve(name_or_path, root)
+    splits_file = folder / "splits.json"
+    if not splits_file.is_file():
+        raise UserError(f"{folder}: no splits.json (only shipped models record their splits)")
+    rows = json.loads(splits_file.read_text())["splits"][split]
+    data_dir = Path(data_dir) if data_dir is not None else resources.demo_dir()
+    files = labels_by_id(data_dir / "labels.csv", path_column="path", require_energy=False)
+    missing = [r["id"] for r in rows if r["id"] not in files]
+    if missing:
+        raise UserError(f"{data_dir}/labels.csv lacks {len(missing)} id(s) of {folder.name}'s {split} split "
+                        f"(e.g. {missing[0]}); pass the dataset it was trained on")
+    examples = [featurize(files[r["id"]].file, id=r["id"]) for r in rows]
+    arrays = stack_examples(examples)
+    arrays["formation_energy_per_atom"] = np.array([r["formation_energy_per_atom"] for r in rows], np.float32)
+    arrays["e_above_hull"] = np.array([np.nan if r.get("e_above_hull") is None else r["e_above_hull"]
+                                       for r in rows], np.float32)
+    arrays["code"] = np.array([e.code for e in examples])
+    return arrays

@@ -1,0 +1,221 @@
+"""Shipped pretrained models: load by name, reproduce the README's test MAE, ensemble outputs,
+domain check on real VASP / Materials Project files, `esnet predict` / `esnet models`."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from esnet_tf import resources
+from esnet_tf.cli import main
+from esnet_tf.domain import Domain
+from esnet_tf.isdos import DOMAIN_COLUMN, PREDICTION_COLUMN, PREDICTION_STD_COLUMN
+from esnet_tf.pretrained import NAME_PATTERN, list_models, load_model, load_split_arrays
+
+SHIPPED = list_models()
+NAMES = [m.name for m in SHIPPED]
+LIMIT_MB = 25.0
+
+
+def _readme_mae(folder: Path, split: str) -> float:
+    """The MAE of `split` in the model README's errors table (| split | n | MAE | ...)."""
+    for line in (folder / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == split and len(cells) > 3:
+            return float(cells[2])
+    raise AssertionError(f"{folder}/README.md has no '{split}' row in its errors table")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    if not SHIPPED:
+        pytest.fail("no shipped model in esnet_tf.saved_models (run scripts/train_pretrained.py)")
+    return {name: load_model(name) for name in NAMES}
+
+
+def test_models_ship_with_layout_and_size():
+    assert SHIPPED, "saved_models/ ships no model"
+    total = 0.0
+    for m in SHIPPED:
+        assert NAME_PATTERN.match(m.name), m.name
+        for f in ("README.md", "model.json", "model.keras", "domain.json", "splits.json", "1/saved_model.pb",
+                  "1/assets.extra/tf_serving_warmup_requests"):
+            assert (m.path / f).is_file(), f"{m.name}: missing {f}"
+        assert m.n_members >= 5
+        total += m.size_mb
+    total += sum(p.stat().st_size for p in resources.saved_models_dir().glob("*") if p.is_file()) / 1e6
+    assert total <= LIMIT_MB, f"shipped models take {total:.1f} MB > {LIMIT_MB} MB"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reproduces_readme_test_mae(shipped, name):
+    model = shipped[name]
+    arrays = load_split_arrays(name, "test")
+    table = model.predict_arrays(arrays)
+    mae = float(np.mean(np.abs(table[PREDICTION_COLUMN] - arrays["formation_energy_per_atom"].astype(np.float64))))
+    assert abs(mae - _readme_mae(model.path, "test")) <= 1e-4 + 5e-5  # README rounds to 4 decimals
+    assert abs(mae - model.info["metrics"]["test"]["mae"]) <= 1e-4
+    splits = json.loads((model.path / "splits.json").read_text())["splits"]
+    assert [r["id"] for r in splits["test"]] == list(table["id"])
+    # no chemical system in two splits
+    systems = {s: {r["chemsys"] for r in rows} for s, rows in splits.items()}
+    assert not systems["train"] & systems["test"] and not systems["validation"] & systems["test"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ensemble_savedmodel_has_mean_and_std(shipped, name):
+    import tensorflow as tf
+
+    from esnet_tf.export import WARMUP_FILE, read_warmup
+
+    model = shipped[name]
+    sig = tf.saved_model.load(str(model.path / "1")).signatures["serving_default"]
+    outs = sig.structured_outputs
+    assert set(outs) == {"formation_energy_per_atom", "formation_energy_per_atom_std"}
+    for spec in outs.values():
+        assert spec.shape.as_list() == [None, 1] and spec.dtype == tf.float32
+    inputs = {k: v.shape.as_list() for k, v in sig.structured_input_signature[1].items()}
+    assert inputs == {"dos_up": [None, 1500, 9], "dos_down": [None, 1500, 9], "composition": [None, 118]}
+    arrays = load_split_arrays(name, "validation")
+    batch = {k: tf.constant(arrays[k][:3]) for k in ("dos_up", "dos_down", "composition")}
+    got = sig(**batch)
+    mean, std = model.predictor.predict_with_std(arrays)
+    assert got["formation_energy_per_atom"].shape == (3, 1) and got["formation_energy_per_atom_std"].shape == (3, 1)
+    np.testing.assert_allclose(got["formation_energy_per_atom"].numpy().ravel(), mean[:3], atol=1e-5)
+    np.testing.assert_allclose(got["formation_energy_per_atom_std"].numpy().ravel(), std[:3], atol=1e-5)
+    assert (std > 0).all()
+    logs = read_warmup(model.path / "1" / "assets.extra" / WARMUP_FILE)
+    assert len(logs) >= 1 and logs[0].predict_log.request.model_spec.name == name
+
+
+def test_python_api_one_or_many(shipped):
+    import esnet_tf
+    from esnet_tf.featurize import featurize
+    from esnet_tf.labels import read_labels
+
+    name = NAMES[0]
+    rows = read_labels(resources.demo_labels())[:2]
+    example = featurize(rows[1].file, id=rows[1].id)
+    model = esnet_tf.load_model(name)
+    one = model.predict(rows[0].file)
+    many = esnet_tf.predict(shipped[name], [rows[0].file, example])
+    assert len(one) == 1 and len(many) == 2
+    assert many["id"][1] == rows[1].id
+    assert one.units[PREDICTION_COLUMN] == "eV/atom" and one.units[PREDICTION_STD_COLUMN] == "eV/atom"
+    np.testing.assert_allclose(one[PREDICTION_COLUMN][0], many[PREDICTION_COLUMN][0], atol=1e-5)
+    assert list(many[DOMAIN_COLUMN]) == ["", ""]  # GPAW demo IS-DOS: inside the training domain
+    df = many.to_pandas()
+    assert df.attrs["units"][PREDICTION_STD_COLUMN] == "eV/atom" and len(df) == 2
+
+
+def test_vasp_fixtures_flagged_and_strict_refuses(shipped, fixtures_dir, tmp_path, capsys):
+    name = NAMES[0]
+    files = [fixtures_dir / "vasp" / f for f in ("Al.vasprun.xml.gz", "GaAs_mp-2534.vasprun.xml.gz",
+                                                  "indirect.vasprun.xml.gz", "LiF.vasprun.xml.gz")]
+    files += [fixtures_dir / "mp" / f for f in ("Nb3Sn_complete_dos.json", "Si_complete_dos.json")]
+    table = shipped[name].predict([str(f) for f in files])
+    assert len(table) == len(files)
+    for i, reason in enumerate(table[DOMAIN_COLUMN]):
+        assert "DFT code VASP" in reason, (table["id"][i], reason)
+    assert any("DOS scale" in r or "occupied states" in r for r in table[DOMAIN_COLUMN])
+
+    out = tmp_path / "preds.csv"
+    assert main(["predict", name, str(files[0]), str(files[1]), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "outside the training domain" in err
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {PREDICTION_COLUMN, PREDICTION_STD_COLUMN, DOMAIN_COLUMN} <= set(rows[0])
+    assert all("VASP" in r[DOMAIN_COLUMN] for r in rows)
+
+    strict = tmp_path / "strict.csv"
+    assert main(["predict", "--model", name, str(files[0]), "--strict", "--out", str(strict)]) == 2
+    assert "--strict" in capsys.readouterr().err and not strict.exists()
+
+
+def test_cli_models_and_list(capsys, tmp_path):
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert all(n in listing for n in NAMES)
+    assert main(["predict", "--list"]) == 0
+    assert all(n in capsys.readouterr().out for n in NAMES)
+    assert main(["predict", "ESNet-Nothing-2000.01-X", str(resources.demo_labels()), "--out",
+                 str(tmp_path / "p.csv")]) == 2
+    assert "shipped" in capsys.readouterr().err
+
+
+def test_gpaw_demo_in_domain_via_cli(tmp_path):
+    """The shipped model predicts GPAW files with an empty domain column, and --strict accepts them."""
+    from esnet_tf.labels import read_labels
+
+    rows = read_labels(resources.demo_labels())[:3]
+    out = tmp_path / "p.csv"
+    assert main(["predict", NAMES[0], *[r.file for r in rows], "--strict", "--out", str(out)]) == 0
+    with out.open() as fh:
+        got = list(csv.DictReader(fh))
+    assert [r[DOMAIN_COLUMN] for r in got] == ["", "", ""]
+    assert all(float(r[PREDICTION_STD_COLUMN]) > 0 for r in got)
+
+
+def test_domain_rules():
+    rng = np.random.default_rng(0)
+    n = 6
+    comp = np.zeros((n, 118), np.float32)
+    comp[:3, 10] = 1.0            # Na
+    comp[3:, 10], comp[3:, 16] = 0.5, 0.5  # NaCl
+    up = rng.uniform(0.1, 0.3, (n, 1500, 9)).astype(np.float32)
+    arrays = {"dos_up": up, "dos_down": up.copy(), "composition": comp}
+    d = Domain.fit(arrays, ["GPAW 26"] * n)
+    assert d.codes == ("GPAW",) and d.elements == ("Na", "Cl")
+    assert list(d.check({**arrays, "code": np.array(["GPAW 1"] * n)})) == [""] * n
+    d2 = Domain.from_dict(json.loads(json.dumps(d.to_dict())))
+    assert d2 == d
+    probe = {"dos_up": np.concatenate([up[:1], up[:1] * 0.1, up[:1]]),
+             "dos_down": np.concatenate([up[:1], up[:1] * 0.1, up[:1]]),
+             "composition": np.concatenate([comp[:1], comp[:1], np.eye(1, 118, 25, dtype=np.float32)]),
+             "code": np.array(["VASP 5.4", "", ""])}
+    reasons = d.check(probe)
+    assert "DFT code VASP" in reasons[0] and "occupied states" not in reasons[0]
+    assert "occupied states" in reasons[1] and "DOS scale" in reasons[1] and "DFT code" not in reasons[1]
+    assert "Fe" in reasons[2] and "not in the training data" in reasons[2]
+
+
+def test_ensemble_round_trip_and_export(tmp_path):
+    """A tiny untrained 2-member ensemble: .keras round trip and SavedModel with both outputs."""
+    import keras
+    import tensorflow as tf
+
+    from esnet_tf.ensemble import EnsembleMeanStd, build_ensemble
+    from esnet_tf.export import export_ensemble
+    from esnet_tf.model import ESNetConfig, build_esnet, load_model as load_keras
+
+    paths = []
+    for seed in (0, 1):
+        keras.utils.set_random_seed(seed)
+        p = tmp_path / f"m{seed}.keras"
+        build_esnet(ESNetConfig.small()).save(str(p))
+        paths.append(p)
+    result = export_ensemble(paths, tmp_path / "sm", "tiny-ensemble", 1, std_scale=2.0, n_warmup=2)
+    assert result["outputs"] == ["formation_energy_per_atom", "formation_energy_per_atom_std"]
+    assert result["max_abs_diff"] <= 1e-5 and result["n_warmup"] == 2
+    ens = load_keras(result["keras"])
+    assert any(isinstance(layer, EnsembleMeanStd) and layer.statistic == "std" and layer.std_scale == 2.0
+               for layer in ens.layers)
+    from esnet_tf.export import demo_examples
+
+    x = demo_examples(2)
+    batch = {k: x[k] for k in ("dos_up", "dos_down", "composition")}
+    members = [load_keras(p).predict_on_batch(batch)["formation_energy_per_atom"].ravel() for p in paths]
+    out = ens.predict_on_batch(batch)
+    np.testing.assert_allclose(out["formation_energy_per_atom"].ravel(), np.mean(members, axis=0), atol=1e-5)
+    np.testing.assert_allclose(out["formation_energy_per_atom_std"].ravel(),
+                               2.0 * np.std(members, axis=0, ddof=1), atol=1e-5)
+    sig = tf.saved_model.load(result["path"]).signatures["serving_default"]
+    got = sig(**{k: tf.constant(v) for k, v in batch.items()})
+    assert got["formation_energy_per_atom_std"].shape == (2, 1)
+    with pytest.raises(ValueError):
+        build_ensemble([load_keras(paths[0])])
