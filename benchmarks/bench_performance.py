@@ -106,20 +106,73 @@ def matmul_gflops(dtype: str, n: int = 2048, repeats: int = 5) -> float:
 
 # ---------------------------------------------------------------- children
 
+def parse_role(spec: str) -> tuple[str, tuple[int, int] | None]:
+    """'ours-float32@1x2' -> ('ours-float32', (intra_op, inter_op)); no '@' -> (role, None) = TF's default."""
+    if "@" not in spec:
+        return spec, None
+    role, threads = spec.split("@", 1)
+    intra, inter = (int(v) for v in threads.split("x"))
+    return role, (intra, inter)
+
+
+def busy_processes(n: int = 6) -> list[str]:
+    """The `n` processes using the most CPU right now (pcpu, elapsed, command head), for the record."""
+    try:
+        out = subprocess.run(["ps", "-eo", "pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return []
+    return [" ".join(line.split())[:110] for line in out.splitlines()[1:n + 1]]
+
+
+class StepTimer:
+    """Keras callback recording the wall time (s) of every training batch."""
+
+    def __new__(cls):
+        import keras
+
+        class _Timer(keras.callbacks.Callback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.times: list[float] = []
+                self._t = 0.0
+
+            def on_train_batch_begin(self, batch, logs=None) -> None:
+                self._t = time.perf_counter()
+
+            def on_train_batch_end(self, batch, logs=None) -> None:
+                self.times.append(time.perf_counter() - self._t)
+
+        return _Timer()
+
+
 def child(args: argparse.Namespace) -> dict:
-    """One measurement in this (fresh) process: roofline, then training and inference throughput."""
+    """One measurement in this (fresh) process: roofline, then training and inference throughput.
+
+    Training: one warm-up step (tracing), then `--train-steps` timed steps, each timed on its own
+    (the per-process level is the median step); inference: one warm-up batch, then
+    `--infer-batches` timed batches.
+    """
     import numpy as np
     import tensorflow as tf
 
-    role = args.child
-    n = args.batch_size * args.train_steps
-    x, y, arrays = load_xy(Path(args.features), Path(args.labels), n)
-    limit = {"float32": matmul_gflops("float32"), "bfloat16": matmul_gflops("bfloat16")}
-    out = {"role": role, "n_examples": n, "batch_size": args.batch_size, "matmul_gflops": limit,
-           "load_avg": os.getloadavg()[0]}
+    role, threads = parse_role(args.child)
+    if threads is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(threads[0])
+        tf.config.threading.set_inter_op_parallelism_threads(threads[1])
     bs = args.batch_size
+    n = bs * args.train_steps
+    x, y, arrays = load_xy(Path(args.features), Path(args.labels), n)
+    if len(y) < n:  # tile the examples to fill the timed steps
+        reps = -(-n // len(y))
+        x = {k: np.concatenate([v] * reps)[:n] for k, v in x.items()}
+        y = np.concatenate([y] * reps)[:n]
+    limit = {"float32": matmul_gflops("float32"), "bfloat16": matmul_gflops("bfloat16")}
+    out = {"role": args.child, "threads": list(threads) if threads else "default", "n_examples": n,
+           "batch_size": bs, "matmul_gflops": limit, "load_avg": os.getloadavg()[0],
+           "busy": busy_processes(), "start": time.strftime("%H:%M:%S")}
     n_infer = bs * args.infer_batches
     xi = {k: np.concatenate([v] * (-(-n_infer // n)))[:n_infer] for k, v in x.items()}
+    timer = StepTimer()
     if role == "reference":
         import reference_esnet as ref
 
@@ -130,54 +183,66 @@ def child(args: argparse.Namespace) -> dict:
         ref.fit_reference(model, {k: v[:bs] for k, v in xs.items()}, y[:bs], epochs=1, batch_size=bs)
         out["first_step_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        ref.fit_reference(model, xs, y, epochs=1, batch_size=bs)
-        out["train_samples_per_s"] = n / (time.perf_counter() - t)
+        model.fit(xs, y, batch_size=bs, epochs=1, shuffle=True, verbose=0, callbacks=[timer])
+        wall = time.perf_counter() - t
         ref.predict_reference(model, {k: v[:bs] for k, v in xis.items()}, bs)
-        t = time.perf_counter()
-        ref.predict_reference(model, xis, bs)
-        out["infer_samples_per_s"] = n_infer / (time.perf_counter() - t)
-        out["precision"] = "float32"
+        batch_times = []
+        for start in range(0, n_infer, bs):
+            t = time.perf_counter()
+            ref.predict_reference(model, {k: v[start:start + bs] for k, v in xis.items()}, bs)
+            batch_times.append(time.perf_counter() - t)
+        out["precision"] = out["inference_precision"] = "float32"
         out["params"] = int(model.count_params())
-        return out
-
-    import keras
-
-    from esnet_tf import data
-    from esnet_tf.model import OUTPUT_NAME, ESNetConfig, build_esnet, dos_statistics
-    from esnet_tf.precision import inference_function, resolve_policy, with_policy
-
-    precision = "float32" if role == "ours-float32" else "auto"
-    policy = resolve_policy(precision)
-    model = build_esnet(ESNetConfig.paper(), normalization=dos_statistics([x]))
-    if policy != "float32":
-        model = with_policy(model, policy)
-    model.compile(optimizer=keras.optimizers.Adam(1.5e-3), loss={OUTPUT_NAME: keras.losses.LogCosh()},
-                  metrics={OUTPUT_NAME: [keras.metrics.MeanAbsoluteError(name="mae")]},
-                  jit_compile=role == "ours-xla")
-    ds = tf.data.Dataset.from_tensor_slices({**x, OUTPUT_NAME: y.reshape(-1)})
-    pipe = data.training_pipeline(ds, bs, seed=0, cache="memory")
-    t = time.perf_counter()
-    model.fit(pipe.take(1), epochs=1, verbose=0)
-    out["first_step_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    model.fit(pipe, epochs=1, verbose=0)
-    out["train_samples_per_s"] = n / (time.perf_counter() - t)
-    if role == "ours-xla":
-        infer_policy = policy
-        fast = tf.function(lambda d: model(d, training=False)[OUTPUT_NAME], jit_compile=True)
-
-        def predict(inputs):
-            return fast({k: tf.convert_to_tensor(v) for k, v in inputs.items()}).numpy()
     else:
-        predict, infer_policy = inference_function(model, precision)
-    predict({k: v[:bs] for k, v in xi.items()})
-    t = time.perf_counter()
-    for start in range(0, n_infer, bs):
-        predict({k: v[start:start + bs] for k, v in xi.items()})
-    out["infer_samples_per_s"] = n_infer / (time.perf_counter() - t)
-    out["precision"] = policy
-    out["inference_precision"] = infer_policy
-    out["params"] = int(model.count_params())
+        import keras
+
+        from esnet_tf import data
+        from esnet_tf.model import OUTPUT_NAME, ESNetConfig, build_esnet, compile_esnet, dos_statistics
+        from esnet_tf.precision import inference_function, resolve_policy, with_policy
+
+        precision = {"ours-float32": "float32", "ours-bf16": "bfloat16"}.get(role, "auto")
+        config = ESNetConfig.paper()
+        if precision == "auto":
+            from esnet_tf.precision import choose_precision
+
+            choice = choose_precision(config, "train", batch_size=bs)
+            out["auto_train"] = choice
+            policy = choice["policy"]
+        else:
+            policy = resolve_policy(precision)
+        model = build_esnet(config, normalization=dos_statistics([x]))
+        if policy != "float32":
+            model = with_policy(model, policy)
+        compile_esnet(model)
+        if role == "ours-xla":
+            model.jit_compile = True
+        ds = tf.data.Dataset.from_tensor_slices({**x, OUTPUT_NAME: y.reshape(-1)})
+        pipe = data.training_pipeline(ds, bs, seed=0, cache="memory")
+        t = time.perf_counter()
+        model.fit(pipe.take(1), epochs=1, verbose=0)
+        out["first_step_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        model.fit(pipe, epochs=1, verbose=0, callbacks=[timer])
+        wall = time.perf_counter() - t
+        predict, infer_policy = inference_function(model, precision, batch_size=bs)
+        out["auto_infer"] = getattr(predict, "choice", None)
+        predict({k: v[:bs] for k, v in xi.items()})
+        batch_times = []
+        for start in range(0, n_infer, bs):
+            t = time.perf_counter()
+            predict({k: v[start:start + bs] for k, v in xi.items()})
+            batch_times.append(time.perf_counter() - t)
+        out["precision"] = policy
+        out["inference_precision"] = infer_policy
+        out["params"] = int(model.count_params())
+    steps = timer.times
+    out["train_step_s"] = [round(v, 4) for v in steps]
+    out["infer_batch_s"] = [round(v, 4) for v in batch_times]
+    out["train_samples_per_s"] = bs / statistics.median(steps)          # the level of this process
+    out["train_samples_per_s_wall"] = n / wall
+    out["infer_samples_per_s"] = bs / statistics.median(batch_times)
+    out["infer_samples_per_s_wall"] = n_infer / sum(batch_times)
+    out["load_avg_end"] = os.getloadavg()[0]
     return out
 
 
@@ -265,11 +330,63 @@ def accuracy_child(args: argparse.Namespace) -> dict:
 
 # ---------------------------------------------------------------- parent
 
-def run_child(kind: str, args: argparse.Namespace, extra: list[str]) -> dict:
+class Quiet:
+    """Pause a background process group (the DFT job) while measuring, never for more than
+    `max_pause_s` at a time, with `rest_s` of running between pauses; always resumed on exit
+    (normal return, exception, SIGTERM/SIGINT). pgid None: does nothing."""
+
+    def __init__(self, pgid: int | None, max_pause_s: float = 540.0, rest_s: float = 185.0) -> None:
+        import atexit
+        import signal
+
+        self.pgid, self.max_pause_s, self.rest_s = pgid, max_pause_s, rest_s
+        self.paused_at: float | None = None
+        self.log: list[dict] = []
+        atexit.register(self.resume)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.resume()
+        raise SystemExit(128 + signum)
+
+    def _kill(self, sig) -> bool:
+        try:
+            os.killpg(self.pgid, sig)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def pause(self) -> None:
+        import signal
+
+        if self.pgid is not None and self.paused_at is None and self._kill(signal.SIGSTOP):
+            self.paused_at = time.time()
+
+    def resume(self) -> None:
+        import signal
+
+        if self.pgid is not None and self.paused_at is not None:
+            self._kill(signal.SIGCONT)
+            self.log.append({"paused_s": round(time.time() - self.paused_at, 1), "at": time.strftime("%H:%M:%S")})
+            self.paused_at = None
+
+    def before(self, expected_s: float) -> None:
+        """Make sure the group is paused for the next `expected_s` seconds within the limits."""
+        if self.pgid is None:
+            return
+        if self.paused_at is not None and time.time() - self.paused_at + expected_s > self.max_pause_s:
+            self.resume()
+            print(json.dumps({"resumed_background_for_s": self.rest_s}), file=sys.stderr, flush=True)
+            time.sleep(self.rest_s)
+        self.pause()
+
+
+def run_child(kind: str, args: argparse.Namespace, extra: list[str], env: dict | None = None) -> dict:
     cmd = [sys.executable, __file__, kind, "--features", str(args.features), "--labels", str(args.labels),
            "--batch-size", str(args.batch_size), "--train-steps", str(args.train_steps),
            "--infer-batches", str(args.infer_batches), *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         raise SystemExit(f"child {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -297,39 +414,53 @@ def peak_rss_train(args: argparse.Namespace, precision: str) -> dict:
     return {"command": " ".join(cmd), "peak_rss_mib": res["maxrss_kib"] / 1024, "wall_s": res["s"]}
 
 
+def _spread(values: list[float]) -> dict:
+    vs = sorted(values)
+    return {"median": round(statistics.median(vs), 2), "min": round(vs[0], 2), "max": round(vs[-1], 2),
+            "n": len(vs)}
+
+
 def summarize(rows: list[dict], flops: dict) -> dict:
+    """Per role: median, min, max of samples/s over the processes, achieved GFLOP/s and fraction of
+    the matmul limit; per non-reference role the ratio to the reference of the same repetition
+    (median and spread) and, where present, to ours-float32 (auto >= float32?)."""
     by_role: dict[str, list[dict]] = {}
     for r in rows:
         by_role.setdefault(r["role"], []).append(r)
     summary = {}
     fwd, train = flops["forward_flops"], flops["training_flops"]
+    keys = ("train_samples_per_s", "infer_samples_per_s")
     for role, rs in by_role.items():
-        med = {k: statistics.median(r[k] for r in rs) for k in ("train_samples_per_s", "infer_samples_per_s")}
+        med = {k: statistics.median(r[k] for r in rs) for k in keys}
         lim32 = statistics.median(r["matmul_gflops"]["float32"] for r in rs)
         lim16 = statistics.median(r["matmul_gflops"]["bfloat16"] for r in rs)
         tr_limit = lim16 if rs[0]["precision"] != "float32" else lim32
         inf_limit = lim16 if rs[0].get("inference_precision", rs[0]["precision"]) != "float32" else lim32
         train_gf = med["train_samples_per_s"] * train / 1e9
         inf_gf = med["infer_samples_per_s"] * fwd / 1e9
-        summary[role] = {**{k: round(v, 2) for k, v in med.items()},
-                         "precision": rs[0]["precision"], "inference_precision": rs[0].get("inference_precision", "float32"),
+        summary[role] = {**{k: _spread([r[k] for r in rs]) for k in keys},
+                         "precision": sorted({r["precision"] for r in rs}),
+                         "inference_precision": sorted({r.get("inference_precision", "float32") for r in rs}),
                          "train_gflops": round(train_gf, 1), "infer_gflops": round(inf_gf, 1),
                          "train_fraction_of_limit": round(train_gf / tr_limit, 3),
                          "infer_fraction_of_limit": round(inf_gf / inf_limit, 3),
+                         "infer_fraction_of_bf16_limit": round(inf_gf / lim16, 3),
                          "train_fraction_of_float32_limit": round(train_gf / lim32, 3),
-                         "infer_fraction_of_float32_limit": round(inf_gf / lim32, 3),
-                         "matmul_gflops_float32": round(lim32, 1), "matmul_gflops_bfloat16": round(lim16, 1),
-                         "per_repeat": [{k: round(r[k], 2) for k in ("train_samples_per_s", "infer_samples_per_s")}
-                                        for r in rs]}
-    if "reference" in by_role:
+                         "matmul_gflops_float32": _spread([r["matmul_gflops"]["float32"] for r in rs]),
+                         "matmul_gflops_bfloat16": _spread([r["matmul_gflops"]["bfloat16"] for r in rs]),
+                         "load_avg": _spread([r["load_avg"] for r in rs]),
+                         "train_level_per_process": [round(r["train_samples_per_s"], 1) for r in rs],
+                         "infer_per_process": [round(r["infer_samples_per_s"], 1) for r in rs]}
+    for base in ("reference", "ours-float32"):
+        if base not in by_role:
+            continue
         for role in by_role:
-            if role == "reference":
+            if role == base:
                 continue
-            pairs = list(zip(by_role["reference"], by_role[role]))
-            summary[role]["speedup_vs_reference"] = {
-                k: {"median": round(statistics.median(o[k] / r[k] for r, o in pairs), 2),
-                    "per_repeat": [round(o[k] / r[k], 2) for r, o in pairs]}
-                for k in ("train_samples_per_s", "infer_samples_per_s")}
+            pairs = list(zip(by_role[base], by_role[role]))
+            summary[role][f"vs_{base}"] = {k: {**_spread([o[k] / r[k] for r, o in pairs]),
+                                                "per_repetition": [round(o[k] / r[k], 2) for r, o in pairs]}
+                                           for k in keys}
     return summary
 
 
@@ -338,11 +469,18 @@ def main() -> None:
     p.add_argument("kind", nargs="?", default="run", choices=("run", "child", "profile", "accuracy"),
                    help=argparse.SUPPRESS)
     p.add_argument("--child", default="ours", help=argparse.SUPPRESS)
-    p.add_argument("--repeats", type=int, default=2, help="alternating reference/ours pairs [default 2]")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="processes per role, alternating role by role (A B C A B C ...) [default 5]")
     p.add_argument("--batch-size", type=int, default=64, help="examples per batch [default 64, the authors']")
-    p.add_argument("--train-steps", type=int, default=4, help="timed training steps per measurement [default 4]")
-    p.add_argument("--infer-batches", type=int, default=8, help="timed inference batches per measurement [default 8]")
-    p.add_argument("--variants", default="", help="extra roles, comma-separated: ours-float32, ours-xla")
+    p.add_argument("--train-steps", type=int, default=8,
+                   help="timed training steps per process (each timed; the level is the median) [default 8]")
+    p.add_argument("--infer-batches", type=int, default=8, help="timed inference batches per process [default 8]")
+    p.add_argument("--variants", default="ours-float32",
+                   help="roles besides reference and ours, comma-separated: ours-float32, ours-bf16, ours-xla; "
+                        "ROLE@INTRAxINTER fixes TF's thread pools (e.g. ours@2x1) [default ours-float32]")
+    p.add_argument("--roles", default="reference,ours", help="the base roles [default reference,ours]")
+    p.add_argument("--pause-pgid", type=int, help="process group to SIGSTOP while measuring (the DFT job; "
+                   "<= 9 min per pause, 3 min running between, always resumed)")
     p.add_argument("--features", help="features .npz (default: the demo data, featurized into a temp dir)")
     p.add_argument("--labels", help="labels CSV for --features")
     p.add_argument("--skip-memory", action="store_true", help="skip the peak-RSS run of `esnet train`")
@@ -367,8 +505,20 @@ def main() -> None:
     if not args.features:
         tmp = Path(tempfile.mkdtemp(prefix="esnet_bench_"))
         args.features, args.labels = prepare_data(tmp, max(args.batch_size * args.train_steps, 3 * args.batch_size))
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": platform.processor() or platform.machine(),
-              "cores": os.cpu_count(), "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    from esnet_tf.precision import cpu_model
+
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_model(), "cores": os.cpu_count(),
+              "lscpu": {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in lscpu.splitlines()
+                                                         if ":" in line) if k.strip() in
+                        ("Model name", "CPU family", "Model", "Stepping", "CPU(s)", "Flags", "Hypervisor vendor",
+                         "L2 cache", "L3 cache")},
+              "uptime_start": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+              "busy_start": busy_processes(10),
+              "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    import tensorflow as tf
+
+    result["tensorflow"] = tf.__version__
     from esnet_tf.flops import forward_macs, graph_flops
     from esnet_tf.model import ESNetConfig, build_esnet
     from esnet_tf.precision import cpu_flags, native_bf16_cpu
@@ -383,13 +533,32 @@ def main() -> None:
     if not args.skip_memory:
         result["memory"] = {prec: peak_rss_train(args, prec) for prec in ("float32", "auto")}
         print(json.dumps({"memory": result["memory"]}), flush=True)
-    roles = ["reference", "ours", *[v for v in args.variants.split(",") if v]]
+    roles = [v for v in (*args.roles.split(","), *args.variants.split(",")) if v]
     rows = []
-    for r in range(args.repeats):
-        for role in roles:
-            row = run_child("child", args, ["--child", role])
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+    quiet = Quiet(args.pause_pgid)
+    expected = {}
+    try:
+        for r in range(args.repeats):
+            for role in roles:
+                quiet.before(expected.get(role, 120.0))
+                t = time.time()
+                row = run_child("child", args, ["--child", role])
+                expected[role] = time.time() - t
+                row["repetition"] = r
+                row["child_wall_s"] = round(expected[role], 1)
+                print(json.dumps({k: row[k] for k in ("role", "repetition", "train_samples_per_s",
+                                                      "infer_samples_per_s", "load_avg", "child_wall_s")}),
+                      file=sys.stderr, flush=True)
+                rows.append(row)
+                if args.json:  # partial results survive an interrupted run
+                    from esnet_tf.atomic import write_text
+
+                    write_text(args.json, json.dumps({**result, "partial": True, "throughput": summarize(rows, flops),
+                                                      "raw": rows}, indent=2, default=str))
+    finally:
+        quiet.resume()
+    result["pauses"] = quiet.log
+    result["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     result["throughput"] = summarize(rows, flops)
     result["raw"] = rows
     if not args.skip_profile:
@@ -401,7 +570,9 @@ def main() -> None:
     result["wall_s"] = round(time.time() - t0, 1)
     text = json.dumps(result, indent=2, default=str)
     if args.json:
-        Path(args.json).write_text(text)
+        from esnet_tf.atomic import write_text
+
+        write_text(args.json, text)
     print(text)
 
 

@@ -14,6 +14,9 @@ Contents:
 - `num_workers`: `strategy.extended._num_workers`.
 - `fit_scope`: `Model._distribute_strategy` and `keras.src.backend.tensorflow.trainer`
   (`reduce_per_replica`, `_collective_all_reduce_multi_worker`), two Keras bugs under tf.distribute.
+- `op_flops` / `graph_functions`: `tensorflow.python.framework.ops.get_stats_for_node_def` (TF's
+  registered op statistics) and `FuncGraph._functions` (nested function bodies), for
+  `esnet_tf.flops.graph_flops`.
 
 Imports Keras and TensorFlow: import this module lazily (not at CLI parse time, and under
 `--strategy multi-worker` only after the strategy exists).
@@ -181,3 +184,35 @@ def fit_scope(model, strategy) -> Iterator[None]:
         model._distribute_strategy = saved
         if original is not None:
             tf_trainer.reduce_per_replica = original
+
+
+# ---------------------------------------------------------------- TF op statistics (esnet_tf.flops)
+
+def op_flops(graph, op) -> int | None:
+    """FLOPs TensorFlow registers for `op` of `graph` (None where no statistic is registered).
+
+    TensorFlow 2.21.0: `tensorflow.python.framework.ops.get_stats_for_node_def(graph, node_def,
+    "flops")`, the source of the tf.compat.v1 profiler's FLOP counts; the public
+    `tf.compat.v1.profiler` needs a v1 graph and session, and there is no TF2 public equivalent.
+    """
+    from tensorflow.python.framework import ops as tf_ops
+
+    try:
+        stats = tf_ops.get_stats_for_node_def(graph, op.node_def, "flops")
+    except (ValueError, KeyError):
+        return None
+    return int(stats.value) if stats is not None and stats.value else None
+
+
+def graph_functions(graph) -> list:
+    """The function graphs nested in `graph` (tf.function bodies, while/cond branches).
+
+    TensorFlow 2.21.0: `Graph._functions` ({name: AtomicFunction}, each with `.graph`); no public
+    accessor lists a FuncGraph's nested function definitions as graphs.
+    """
+    out = []
+    for fn in getattr(graph, "_functions", {}).values():
+        inner = getattr(fn, "graph", None)
+        if inner is not None and inner is not graph:
+            out.append(inner)
+    return out

@@ -73,11 +73,13 @@ def graph_flops(model, batch_size: int = 1) -> dict[str, int]:
     """FLOPs per example from TensorFlow's registered op statistics (the tf.compat.v1 profiler's source).
 
     Traces `model(inputs, training=False)` at a fixed batch size and sums `flops` statistics over
-    the graph's ops, nested function bodies included: {'conv_matmul': ..., 'other': ..., 'total': ...,
+    the graph's ops, nested function bodies included (TF's private statistics API, through
+    `esnet_tf.compat.op_flops` / `graph_functions`): {'conv_matmul': ..., 'other': ..., 'total': ...,
     'by_op': {op type: flops}}, each divided by `batch_size`.
     """
     import tensorflow as tf
-    from tensorflow.python.framework import ops as tf_ops
+
+    from esnet_tf.compat import graph_functions, op_flops
 
     specs = {t.name: tf.TensorSpec((batch_size, *t.shape[1:]), tf.float32) for t in model.inputs}
     concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(specs)
@@ -85,16 +87,11 @@ def graph_flops(model, batch_size: int = 1) -> dict[str, int]:
 
     def visit(graph) -> None:
         for op in graph.get_operations():
-            try:
-                stats = tf_ops.get_stats_for_node_def(graph, op.node_def, "flops")
-            except (ValueError, KeyError):
-                stats = None
-            if stats is not None and stats.value:
-                by_op[op.type] = by_op.get(op.type, 0) + int(stats.value)
-        for fn in getattr(graph, "_functions", {}).values():
-            inner = getattr(fn, "graph", None)
-            if inner is not None and inner is not graph:
-                visit(inner)
+            flops = op_flops(graph, op)
+            if flops:
+                by_op[op.type] = by_op.get(op.type, 0) + flops
+        for inner in graph_functions(graph):
+            visit(inner)
 
     visit(concrete.graph)
     matmul = sum(v for k, v in by_op.items() if k in MATMUL_OPS)

@@ -242,11 +242,25 @@ def _write_json(path: Path, obj) -> None:
 
 # ---------------------------------------------------------------- training
 
-def _with_precision(model, precision: str):
-    """`model` under the dtype policy of `precision` (esnet_tf.precision); float32 returns it as is."""
-    from esnet_tf.precision import describe, resolve_policy, with_policy
+def _with_precision(model, precision: str, model_config=None, run_dir: Path | None = None, batch_size: int = 64):
+    """`model` under the dtype policy of `precision` (esnet_tf.precision); float32 returns it as is.
 
-    policy = resolve_policy(precision)
+    'auto' measures float32 against mixed bf16 training steps of `model_config` on this machine
+    (cached; `precision.choose_precision`) and writes the choice and its timings to
+    `run_dir/precision_train.json`; under a distribution strategy it keeps the static CPU-flag rule.
+    """
+    import tensorflow as tf
+
+    from esnet_tf.precision import choose_precision, describe, resolve_policy, with_policy
+
+    if precision == "auto" and model_config is not None and not tf.distribute.has_strategy():
+        choice = choose_precision(model_config, "train", batch_size=batch_size, run_dir=run_dir)
+        policy = choice["policy"]
+        timing = ", ".join(f"{k} {v:.2f} s" for k, v in choice.get("best_s", {}).items())
+        print(f"precision auto -> {policy} ({choice['reason']}{'; cached' if choice['cached'] else ''}"
+              f"{'; best step ' + timing if timing else ''})")
+    else:
+        policy = resolve_policy(precision)
     if policy == "float32":
         return model
     print(describe(policy))
@@ -448,7 +462,7 @@ def _train(config: TrainConfig, run_dir: Path, shared_dir: Path, strategy, *, re
     replicas = int(strategy.num_replicas_in_sync)
     with strategy.scope():  # variables (model, optimizer, metrics) mirrored over the replicas
         model = build_esnet(model_config, normalization=stats)
-        model = _with_precision(model, config.precision)
+        model = _with_precision(model, config.precision, model_config, run_dir, int(config.batch_size))
         if replicas > 1 and config.sync_batchnorm:
             distribute.synchronize_batchnorm(model)
         compile_esnet(model, config.learning_rate, config.loss)

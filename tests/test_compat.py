@@ -227,3 +227,24 @@ def test_trainer_internals_used_by_fit_scope():
         history = model.fit(ds, epochs=1, verbose=0)
     assert model._distribute_strategy is strategy and tf_trainer.reduce_per_replica is original
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_tf_op_statistics_used_by_flops():
+    """`op_flops` reads TF's registered 'flops' statistic (MatMul: 2 m k n) and `graph_functions`
+    reaches the body of a tf.function called inside another (where Keras layers' ops live)."""
+    import tensorflow as tf
+
+    from esnet_tf import compat
+
+    @tf.function
+    def inner(a, b):
+        return tf.matmul(a, b)
+
+    outer = tf.function(lambda a, b: inner(a, b) + 1.0)
+    graph = outer.get_concrete_function(tf.TensorSpec((3, 4)), tf.TensorSpec((4, 5))).graph
+    ops = list(graph.get_operations())
+    nested = compat.graph_functions(graph)
+    assert nested, "nested tf.function bodies are no longer in Graph._functions"
+    matmuls = [op for g in nested for op in g.get_operations() if op.type == "MatMul"]
+    assert [compat.op_flops(g, op) for g in nested for op in g.get_operations() if op.type == "MatMul"] == [2 * 3 * 4 * 5]
+    assert matmuls and all(compat.op_flops(graph, op) is None for op in ops if op.type == "Placeholder")

@@ -126,3 +126,75 @@ def test_reference_is_the_same_function_as_the_package():
     a = np.asarray(ours.predict_on_batch(x)["formation_energy_per_atom"]).reshape(-1)
     b = np.asarray(reference.predict_on_batch(x)).reshape(-1)
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    """`--precision auto`'s cache in a fresh temporary file (tests never see a warm cache)."""
+    from esnet_tf import precision
+
+    path = tmp_path / "cache" / "precision.json"
+    monkeypatch.setenv(precision.CACHE_ENV, str(path))
+    monkeypatch.delenv(precision.AUTO_ENV, raising=False)
+    return path
+
+
+def test_auto_measures_records_caches_and_agrees_with_float32(tmp_cache, tmp_path, monkeypatch):
+    """'auto' at inference: returns a policy, records the timings of each candidate (when the CPU
+    has native bf16), caches them, and its predictions agree with float32 within 5 meV/atom on
+    real demo inputs. No timing is asserted: which candidate wins is the machine's business."""
+    import json
+
+    from esnet_tf import precision
+    from esnet_tf.model import load_model
+    from esnet_tf.precision import CANDIDATES, choose_precision, inference_function, with_policy
+
+    model = with_policy(load_model(bf16_run()["run_dir"] / "best.keras"), "float32")
+    x = _val_inputs()
+    y32 = np.asarray(model.predict_on_batch(x)["formation_energy_per_atom"]).reshape(-1)
+    predict, policy = inference_function(model, "auto", batch_size=16, run_dir=tmp_path / "run")
+    choice = predict.choice
+    assert policy == choice["policy"] in CANDIDATES["infer"]
+    if precision.native_bf16_cpu() and not precision.has_gpu():
+        assert set(choice["timings_s"]) == set(CANDIDATES["infer"]) and not choice["cached"]
+        assert all(len(v) == choice["rounds"] and min(v) > 0 for v in choice["timings_s"].values())
+        cache = json.loads(tmp_cache.read_text())
+        assert cache[choice["key"]]["policy"] == policy
+        assert "tf " in choice["key"] and precision.cpu_model() in choice["key"]
+        again = choose_precision(model, "infer", batch_size=16)
+        assert again["cached"] and again["policy"] == policy  # measured once per machine/TF/config
+    assert json.loads((tmp_path / "run" / "precision_infer.json").read_text())["policy"] == policy
+    y = predict(x)
+    assert y.shape == y32.shape and y.dtype == np.float32
+    assert np.max(np.abs(y - y32)) < TOLERANCE_EV
+    for forced in ("bfloat16", "float32"):  # whatever auto picks, both candidates agree with float32
+        fast, _ = inference_function(model, forced, batch_size=16)
+        assert np.max(np.abs(fast(x) - y32)) < TOLERANCE_EV
+    monkeypatch.setenv(precision.AUTO_ENV, "float32")  # the override
+    assert choose_precision(model, "infer", batch_size=16)["policy"] == "float32"
+
+
+def test_auto_training_choice_is_measured_and_logged_in_the_run_directory(tmp_cache):
+    """`esnet train --precision auto` measures float32 against mixed bf16 steps of the config and
+    writes the choice with its timings to run_dir/precision_train.json."""
+    import json
+
+    from esnet_tf import precision
+    from esnet_tf.train import train
+
+    run_dir = _workdir() / "auto_run"
+    summary = train(settings_for("small", 1, precision="auto"), run_dir, verbose=0)
+    assert np.isfinite(summary["best_val_loss"])
+    record = json.loads((run_dir / "precision_train.json").read_text())
+    assert record["policy"] in precision.CANDIDATES["train"] and record["kind"] == "train"
+    if precision.native_bf16_cpu() and not precision.has_gpu():
+        assert set(record["median_s"]) == set(precision.CANDIDATES["train"])
+        assert json.loads(tmp_cache.read_text())[record["key"]]["policy"] == record["policy"]
+
+
+def test_decide_never_prefers_a_slower_or_marginal_low_precision():
+    from esnet_tf.precision import MARGIN, _decide
+
+    assert _decide({"float32": [1.0, 3.0], "bfloat16": [1.2, 1.05, 1.3]})[0] == "float32"  # best step slower
+    assert _decide({"float32": [1.0], "bfloat16": [1.0 - MARGIN / 2]})[0] == "float32"  # within the margin
+    assert _decide({"float32": [1.0], "bfloat16": [0.5]})[0] == "bfloat16"

@@ -1,0 +1,216 @@
+"""HTVS scale: `esnet predict` over many inputs, end to end, with the split of the time.
+
+    .venv/bin/python benchmarks/bench_htvs.py --n 10000 --n-raw 2000 --json htvs.json
+
+Two input kinds, each in a fresh process (peak RSS read by a small wrapper, `RUSAGE_CHILDREN`):
+- npz: one featurized `.npz` of `--n` rows (the real demo examples tiled): reading the `.npz`
+  (`predict.load_inputs`), inference (`Predictor.predict`, the one fast inference function of
+  `esnet_tf.precision`, 'auto' precision), writing the CSV;
+- raw: `--n-raw` files (hard links of the readable VASP fixtures `vasprun.xml.gz` and the demo's
+  `*.gpawdos.npz`, cycled): reading (`readers.read_dos`), featurizing (`featurize_dos`), inference;
+  the featurization once serially and once over `--workers` processes (files are independent).
+Plus the real command `esnet predict MODEL features.npz --out preds.csv` end to end (wall, peak RSS).
+
+The model is the paper config with random weights (speed does not depend on the weights) saved
+as `.keras`, unless `--model` names one. Prints JSON (and writes it with --json).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "datasets" / "is_dos" / "demo"
+FIXTURES = Path(os.environ.get("ESNET_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+
+
+def make_inputs(work: Path, n: int, n_raw: int) -> dict:
+    """features.npz of `n` rows (demo examples tiled) and a directory of `n_raw` raw files (hard links)."""
+    import dataclasses
+
+    from esnet_tf.featurize import featurize, save_examples
+    from esnet_tf.isdos import DOSInputError
+    from esnet_tf.labels import read_labels
+
+    rows = read_labels(DEMO / "labels.csv")
+    base = [featurize(r.file, id=r.id) for r in rows[:100]]
+    tiled = [dataclasses.replace(ex, id=f"{ex.id}#{k}") for k, ex in
+             zip(range(n), itertools.cycle(base))]
+    tiled = [dataclasses.replace(ex, id=f"{ex.id.split('#')[0]}#{i}") for i, ex in enumerate(tiled)]
+    npz = save_examples(tiled, work / "features.npz")
+    sources = []
+    for p in sorted(FIXTURES.glob("vasp/*vasprun*.xml*")):
+        try:
+            featurize(p)
+            sources.append(p)
+        except (DOSInputError, Exception):  # fixtures that are meant to fail
+            continue
+    sources += sorted(DEMO.glob("calcs/*/*.gpawdos.npz"))[:200]
+    raw = work / "raw"
+    raw.mkdir(exist_ok=True)
+    files = []
+    for i, src in zip(range(n_raw), itertools.cycle(sources)):
+        dst = raw / f"{i:06d}_{src.name}"
+        if not dst.exists():
+            try:
+                os.link(src, dst)
+            except OSError:
+                dst.write_bytes(src.read_bytes())
+        files.append(dst)
+    n_vasp = sum(1 for f in files if "vasprun" in f.name)
+    return {"npz": str(npz), "raw": [str(f) for f in files], "n_vasprun": n_vasp, "n_gpaw": len(files) - n_vasp}
+
+
+def _featurize_one(path: str):
+    from esnet_tf.featurize import featurize_dos
+    from esnet_tf.readers import read_dos
+
+    t = time.perf_counter()
+    dos = read_dos(path)
+    t_read = time.perf_counter() - t
+    t = time.perf_counter()
+    ex = [featurize_dos(d) for d in dos]
+    return ex, t_read, time.perf_counter() - t
+
+
+def child_npz(model: str, npz: str, out: str, batch: int) -> dict:
+    from esnet_tf.predict import Predictor, load_inputs, write_predictions
+
+    t0 = time.perf_counter()
+    predictor = Predictor(model)
+    t_load = time.perf_counter() - t0
+    t = time.perf_counter()
+    arrays, failures = load_inputs([npz])
+    t_read = time.perf_counter() - t
+    predictor.predict({k: arrays[k][:batch] for k in ("dos_up", "dos_down", "composition")}, batch)  # warm-up
+    t = time.perf_counter()
+    y = predictor.predict(arrays, batch)
+    t_inf = time.perf_counter() - t
+    t = time.perf_counter()
+    write_predictions(out, arrays, y)
+    t_write = time.perf_counter() - t
+    n = len(y)
+    return {"kind": "npz", "n": n, "model_load_s": t_load, "read_s": t_read, "inference_s": t_inf, "write_s": t_write,
+            "inputs_per_s": n / (t_read + t_inf + t_write), "inference_per_s": n / t_inf,
+            "choice": getattr(getattr(predictor, "_fast", None), "choice", None)}
+
+
+def child_raw(model: str, files: list[str], workers: int, batch: int) -> dict:
+    import numpy as np
+
+    from esnet_tf.data import stack_examples
+    from esnet_tf.predict import Predictor
+
+    predictor = Predictor(model)
+    out: dict = {"kind": "raw", "n": len(files), "workers": workers}
+    t = time.perf_counter()
+    results = [_featurize_one(f) for f in files]
+    out["serial_wall_s"] = time.perf_counter() - t
+    out["read_s"] = sum(r[1] for r in results)
+    out["featurize_s"] = sum(r[2] for r in results)
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        t = time.perf_counter()
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_featurize_one, files, chunksize=16))
+        out["parallel_wall_s"] = time.perf_counter() - t
+    examples = [e for r in results for e in r[0]]
+    arrays = stack_examples(examples)
+    predictor.predict({k: np.asarray(arrays[k][:batch]) for k in ("dos_up", "dos_down", "composition")}, batch)
+    t = time.perf_counter()
+    y = predictor.predict(arrays, batch)
+    out["inference_s"] = time.perf_counter() - t
+    best = min(out["serial_wall_s"], out.get("parallel_wall_s", float("inf")))
+    out["inputs_per_s"] = len(y) / (best + out["inference_s"])
+    out["featurize_files_per_s_serial"] = len(files) / out["serial_wall_s"]
+    if "parallel_wall_s" in out:
+        out["featurize_files_per_s_parallel"] = len(files) / out["parallel_wall_s"]
+    return out
+
+
+def in_fresh_process(argv: list[str]) -> dict:
+    """Run argv under a small wrapper; its last stdout JSON line plus peak RSS (MiB) and wall (s)."""
+    wrapper = ("import json, resource, subprocess, sys, time; t = time.time(); "
+               "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "print(json.dumps({'rc': p.returncode, 's': time.time() - t, 'out': p.stdout[-20000:], "
+               "'err': p.stderr[-3000:], 'maxrss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+    proc = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    if res["rc"] != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{res['err']}")
+    lines = [line for line in res["out"].splitlines() if line.startswith("{")]
+    body = json.loads(lines[-1]) if lines else {}
+    return {**body, "peak_rss_mib": round(res["maxrss_kib"] / 1024, 1), "process_wall_s": round(res["s"], 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", nargs="?", default="run", choices=("run", "npz", "raw"), help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, default=10_000, help="rows of the featurized .npz [default 10000]")
+    p.add_argument("--n-raw", type=int, default=2000, help="raw DFT files [default 2000]")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="featurization processes [default: cores]")
+    p.add_argument("--batch-size", type=int, default=256, help="inference batch (esnet predict's default 256)")
+    p.add_argument("--model", help=".keras model (default: paper config, random weights)")
+    p.add_argument("--work", help="working directory (default: a temporary one)")
+    p.add_argument("--files", help=argparse.SUPPRESS)
+    p.add_argument("--npz", help=argparse.SUPPRESS)
+    p.add_argument("--json", help="also write the result to this file")
+    args = p.parse_args()
+    if args.kind == "npz":
+        print(json.dumps(child_npz(args.model, args.npz, str(Path(args.work) / "preds.csv"), args.batch_size)))
+        return
+    if args.kind == "raw":
+        files = json.loads(Path(args.files).read_text())
+        print(json.dumps(child_raw(args.model, files, args.workers, args.batch_size)))
+        return
+    work = Path(args.work or tempfile.mkdtemp(prefix="esnet_htvs_"))
+    work.mkdir(parents=True, exist_ok=True)
+    from esnet_tf.precision import cpu_model
+
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_model(),
+              "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+              "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    inputs = make_inputs(work, args.n, args.n_raw)
+    result["inputs"] = {"n_npz_rows": args.n, "n_raw": len(inputs["raw"]), "n_vasprun": inputs["n_vasprun"],
+                        "n_gpawdos": inputs["n_gpaw"]}
+    model = args.model
+    if not model:
+        from esnet_tf.data import load_npz_arrays
+        from esnet_tf.model import ESNetConfig, build_esnet, dos_statistics
+
+        a = load_npz_arrays(inputs["npz"], None, require_labels=False)
+        m = build_esnet(ESNetConfig.paper(), normalization=dos_statistics([{k: a[k][:500] for k in ("dos_up", "dos_down")}]))
+        model = str(work / "paper_random.keras")
+        m.save(model)
+    common = ["--model", model, "--work", str(work), "--batch-size", str(args.batch_size)]
+    result["npz"] = in_fresh_process([sys.executable, __file__, "npz", "--npz", inputs["npz"], *common])
+    print(json.dumps({"npz": result["npz"]}), file=sys.stderr, flush=True)
+    files_json = work / "files.json"
+    files_json.write_text(json.dumps(inputs["raw"]))
+    result["raw"] = in_fresh_process([sys.executable, __file__, "raw", "--files", str(files_json),
+                                      "--workers", str(args.workers), *common])
+    print(json.dumps({"raw": result["raw"]}), file=sys.stderr, flush=True)
+    esnet = str(Path(sys.executable).with_name("esnet"))
+    result["esnet_predict_npz"] = in_fresh_process([esnet, "predict", model, inputs["npz"], "--out",
+                                                    str(work / "cli_preds.csv")])
+    result["esnet_predict_npz"]["inputs_per_s"] = args.n / result["esnet_predict_npz"]["process_wall_s"]
+    text = json.dumps(result, indent=2, default=str)
+    if args.json:
+        from esnet_tf.atomic import write_text
+
+        write_text(args.json, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
