@@ -17,8 +17,10 @@ composition baseline. Writes, in --out:
   crossfit.json              folds, seeds, epochs, wall times, out-of-fold MAE
 Members finished are kept in --work, so a killed run continues.
 
-Step 2 (replay): `esnet campaign replay` with every strategy on the snapshot and these predictions;
-writes report.json, report.md, campaign.png, discovered_stable.csv and one folder per strategy.
+Step 2 (replay): `esnet campaign replay` with every strategy on the snapshot and these predictions
+(OUT/replay), and the model-guided strategies again with `--refit residual` (OUT/replay_refit);
+each writes report.json, report.md, campaign.png, discovered_stable.csv, command.txt and one
+folder per strategy (its rounds).
 """
 from __future__ import annotations
 
@@ -119,6 +121,8 @@ def crossfit(out: Path, work: Path, folds: int, seeds: int, epochs: int, fold_se
             cached = work / f"fold{k}_seed{s}.npy"
             if cached.exists():
                 members[s, test_idx] = np.load(cached)
+                if cached.with_suffix(".json").exists():
+                    timing.append(json.loads(cached.with_suffix(".json").read_text()))
                 continue
             t = time.time()
             pred = train_member(arrays, train_idx, test_idx, work / f"fold{k}_seed{s}", epochs, s, batch_size)
@@ -126,6 +130,7 @@ def crossfit(out: Path, work: Path, folds: int, seeds: int, epochs: int, fold_se
             members[s, test_idx] = pred
             timing.append({"fold": k, "seed": s, "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
                            "wall_s": time.time() - t})
+            cached.with_suffix(".json").write_text(json.dumps(timing[-1]))
             print(f"fold {k} seed {s}: train {len(train_idx)} test {len(test_idx)} "
                   f"MAE {np.abs(pred - arrays['formation_energy_per_atom'][test_idx]).mean():.3f} eV/atom "
                   f"({time.time() - t:.0f} s)", flush=True)
@@ -150,23 +155,26 @@ def crossfit(out: Path, work: Path, folds: int, seeds: int, epochs: int, fold_se
             "oof_mae_esnet": float(np.abs(mean - y).mean()),
             "oof_mae_composition": float(np.abs(comp_pred[idx] - y).mean()),
             "mean_std_esnet": float(np.nanmean(std)) if seeds > 1 else None,
-            "training_wall_s_this_session": float(sum(t["wall_s"] for t in timing)),
-            "wall_s_this_session": time.time() - t0, "trainings_this_session": timing,
+            "training_wall_s": float(sum(t["wall_s"] for t in timing)),
+            "wall_s_this_session": time.time() - t0, "trainings": timing,
             "command": " ".join(["python", *sys.argv])}
     (out / "crossfit.json").write_text(json.dumps(info, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in info.items() if k != "trainings_this_session"}, indent=1))
+    print(json.dumps({k: v for k, v in info.items() if k != "trainings"}, indent=1))
 
 
 def replay(out: Path, batch_size: int, kappa: float, seed: int) -> None:
-    cmd = [sys.executable, "-m", "esnet_tf.cli", "campaign", "replay",
-           "--labels", str(out / "labels_snapshot.csv"),
-           "--predictions", str(out / "oof_predictions.csv"),
-           "--composition-predictions", str(out / "composition_predictions.csv"),
-           "--strategy", "greedy,lcb,random,composition,oracle",
-           "--batch-size", str(batch_size), "--kappa", str(kappa), "--seed", str(seed),
-           "--out", str(out / "replay")]
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    """Every strategy without refit (OUT/replay), and the model-guided ones with `--refit residual` (OUT/replay_refit)."""
+    base = [sys.executable, "-m", "esnet_tf.cli", "campaign", "replay",
+            "--labels", str(out / "labels_snapshot.csv"),
+            "--predictions", str(out / "oof_predictions.csv"),
+            "--composition-predictions", str(out / "composition_predictions.csv"),
+            "--batch-size", str(batch_size), "--kappa", str(kappa), "--seed", str(seed)]
+    for strategies, extra, name in (("lcb,greedy,random,composition,oracle", [], "replay"),
+                                    ("lcb,greedy,composition,oracle", ["--refit", "residual"], "replay_refit")):
+        cmd = base + ["--strategy", strategies, *extra, "--out", str(out / name)]
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+        (out / name / "command.txt").write_text(" ".join(["esnet", *cmd[4:]]).replace(str(ROOT) + "/", "") + "\n")
 
 
 def main() -> int:
