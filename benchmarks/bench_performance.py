@@ -243,6 +243,13 @@ def child(args: argparse.Namespace) -> dict:
     out["infer_samples_per_s"] = bs / statistics.median(batch_times)
     out["infer_samples_per_s_wall"] = n_infer / sum(batch_times)
     out["load_avg_end"] = os.getloadavg()[0]
+    # peak RSS of this process (training + inference of the paper config at this batch size): VmHWM
+    # of /proc/self/status, which starts afresh at exec (ru_maxrss would inherit the parent's)
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out["peak_rss_mib"] = round(int(line.split()[1]) / 1024, 1)
     return out
 
 
