@@ -3,6 +3,7 @@
     from esnet_tf import ESNetConfig, build_esnet, featurize
     model = esnet_tf.load_model("ESNet-GPAWDemo-2026.12-EFormPerAtom")   # shipped models: list_models()
     table = model.predict(["vasprun.xml.gz", example])   # eV/atom, with std and a domain column
+    esnet_tf.predict_formation_energy(name_or_model, inputs)   # the same in one call
 
 TensorFlow is imported only when a model-related name is first used.
 """
@@ -17,7 +18,7 @@ _LAZY = {
     "ESNetConfig": "esnet_tf.model",
     "build_esnet": "esnet_tf.model",
     "load_model": "esnet_tf.pretrained",
-    "predict": "esnet_tf.pretrained",
+    "predict_formation_energy": "esnet_tf.pretrained",
     "list_models": "esnet_tf.pretrained",
 }
 

@@ -4,7 +4,8 @@ Written by Keras 3 `model.export(..., format="tf_saved_model")`: signature `serv
 inputs dos_up (None, 1500, 9), dos_down (None, 1500, 9), composition (None, 118) float32 (raw
 IS-DOS; the normalisation is inside) and output formation_energy_per_atom (None, 1) in eV/atom
 (DESIGN.md section 5); an ensemble (`esnet_tf.ensemble`, or `export_ensemble` over member `.keras`
-files) adds the output formation_energy_per_atom_std (None, 1) in eV/atom. `assets.extra/tf_serving_warmup_requests` holds PredictionLog records
+files) adds the output formation_energy_per_atom_std (None, 1) in eV/atom.
+`assets.extra/tf_serving_warmup_requests` holds PredictionLog records
 (one PredictRequest per real example) that TF Serving replays at load time. After writing, the
 SavedModel is reloaded and checked against the .keras model on those examples.
 

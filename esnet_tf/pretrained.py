@@ -255,7 +255,8 @@ def check_strict(arrays: dict, domain: np.ndarray, model: str) -> None:
     bad = [i for i, d in enumerate(domain) if d]
     if bad:
         ids = np.asarray(arrays.get("id", np.arange(len(domain)).astype(str))).astype(str)
-        shown = "; ".join(f"{ids[i]}: {domain[i]}" for i in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        shown = "; ".join(f"{ids[i]}: {domain[i]}" for i in bad[:3])
+        shown += f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise UserError(f"{len(bad)} of {len(domain)} input(s) outside the training domain of {model} (--strict): "
                         f"{shown}; drop --strict to predict them with a 'domain' column")
 
@@ -265,7 +266,8 @@ def load_model(name_or_path: str | Path, *, root: str | Path | None = None) -> E
     return ESNetModel(name_or_path, root=root)
 
 
-def predict(model: str | Path | ESNetModel, inputs, *, batch_size: int = 256, strict: bool = False) -> PredictionTable:
+def predict_formation_energy(model: str | Path | ESNetModel, inputs, *, batch_size: int = 256,
+                             strict: bool = False) -> PredictionTable:
     """Formation energies (eV/atom) of `inputs` (paths, ISDOSExamples, one or many) with `model`."""
     if not isinstance(model, ESNetModel):
         model = load_model(model)

@@ -102,7 +102,7 @@ def test_python_api_one_or_many(shipped):
     example = featurize(rows[1].file, id=rows[1].id)
     model = esnet_tf.load_model(name)
     one = model.predict(rows[0].file)
-    many = esnet_tf.predict(shipped[name], [rows[0].file, example])
+    many = esnet_tf.predict_formation_energy(shipped[name], [rows[0].file, example])
     assert len(one) == 1 and len(many) == 2
     assert many["id"][1] == rows[1].id
     assert one.units[PREDICTION_COLUMN] == "eV/atom" and one.units[PREDICTION_STD_COLUMN] == "eV/atom"

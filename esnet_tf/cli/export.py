@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     check = (f"; {result['n_warmup']} warmup request(s) from {result['warmup_source']}" if result["n_warmup"]
              else "; no warmup file")
     print(f"exported {args.model} -> {result['path']} (signature {SIGNATURE}: {', '.join(INPUT_NAMES)} -> "
-          f"{', '.join(result.get('outputs', [OUTPUT_NAME]))}){check}; SavedModel vs .keras max |diff| {result['max_abs_diff']:.2g} eV/atom")
+          f"{', '.join(result.get('outputs', [OUTPUT_NAME]))}){check}; SavedModel vs .keras max |diff| "
+          f"{result['max_abs_diff']:.2g} eV/atom")
     if result["note"]:
         print(f"note: {result['note']}")
     return 0
