@@ -266,3 +266,26 @@ def test_live_campaign_with_tiny_gpaw_settings_finishes(tmp_path):
                for r in res.rounds[1:] for c in r["chosen"])
     assert s["relaxation_equivalent_s"] == pytest.approx(s["relaxations_s"] / 2)
     assert (tmp_path / "live" / "discovered_stable.csv").exists() and s["n_discovered"] >= 0
+
+
+def test_esnet_fine_tune_refit_runs_and_changes_the_predictions(labels, tmp_path):
+    from esnet_tf import ESNetConfig, build_esnet
+    from esnet_tf.campaign.refit import ESNetFineTune
+
+    cfg = ESNetConfig.small().replace(stem_filters=8, stage_widths=(8, 16), blocks_per_stage=1, merge_filters=16,
+                                      composition_units=8, head_units=(16,), name="tiny")
+    build_esnet(cfg).save(tmp_path / "tiny.keras")
+    pool = _pool(labels)
+    rng = np.random.default_rng(0)
+    inputs = {"dos_up": rng.random((pool.n, 1500, 9), np.float32), "dos_down": rng.random((pool.n, 1500, 9), np.float32),
+              "composition": np.zeros((pool.n, 118), np.float32)}
+    inputs["composition"][:, 12] = 1.0
+    tune = ESNetFineTune(tmp_path / "tiny.keras", inputs, epochs=2, std=pool.sources["esnet"].std)
+    with pytest.raises(UserError, match="fine-tune"):
+        run_campaign(pool, CampaignConfig(strategy="greedy", refit="fine-tune"))
+    res = run_campaign(pool, CampaignConfig(strategy="greedy", batch_size=4, refit="fine-tune", max_rounds=2),
+                       tmp_path / "ft", refitter=tune)
+    assert res.summary["n_rounds"] == 2 and res.summary["n_relaxed"] == 8
+    new = tune(pool, np.arange(4), pool.truth[:4])["esnet"]
+    assert new.mean.shape == (pool.n,) and np.all(np.isfinite(new.mean))
+    assert not np.allclose(new.mean, pool.sources["esnet"].mean)

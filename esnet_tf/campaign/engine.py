@@ -36,7 +36,7 @@ from esnet_tf.errors import UserError
 from esnet_tf.screening.metrics import stable_mask
 from esnet_tf.screening.pipeline import HULL_TOL
 
-REFITS = ("none", "residual")
+REFITS = ("none", "residual", "fine-tune")
 STATE_FILE = "campaign.json"
 ROUNDS_DIR = "rounds"
 RECALL_LEVELS = (0.5, 0.9, 1.0)
@@ -49,9 +49,10 @@ class CampaignConfig:
 
     strategy: one of `strategies.STRATEGIES`. batch_size: candidates relaxed per round.
     kappa: LCB weight on sigma (score = E_hull - kappa sigma). threshold: stable if E_hull <= it.
-    seed: the random strategy's seed. refit: 'none', or 'residual' (after each round, shift the
+    seed: the random strategy's seed. refit: 'none'; 'residual' (after each round, shift the
     remaining candidates' predictions by the mean error of the relaxed candidates of their chemical
-    system, shrunk by 1/(n+1): a model-free fine-tune on what has been relaxed).
+    system, shrunk by 1/(n+1): a model-free correction from what has been relaxed); or 'fine-tune'
+    (the `refitter` given to the campaign, e.g. `refit.ESNetFineTune`, retrains on the relaxed).
     Stops (any that is set): budget_s (DFT wall time, s), budget_relaxations (relaxation
     equivalents), target_recall (fraction of the truly stable; replay only), stop_expected_stable
     (expected number of stable candidates left, from the predictions with std floor min_std),
@@ -214,11 +215,17 @@ class Campaign:
             raise UserError(f"strategy {config.strategy!r} ranks by the {src!r} predictions, which the pool lacks: "
                             + ("give --composition-predictions CSV" if src == "composition"
                                else "give --predictions CSV or --model PATH"))
+        if refitter is not None and config.refit != "fine-tune":
+            raise UserError(f"a refitter was given but refit is {config.refit!r}: use refit='fine-tune'")
+        if config.refit == "fine-tune" and refitter is None:
+            raise UserError("refit 'fine-tune' needs a refitter (e.g. esnet_tf.campaign.refit.ESNetFineTune; "
+                            "`esnet campaign live --model M.keras --refit fine-tune`)")
         if config.strategy == "oracle" and not pool.is_replay:
             raise UserError("the oracle strategy needs the true labels of every candidate (a replay pool)")
         if config.target_recall is not None and not pool.is_replay:
             raise UserError("--target-recall needs the true labels of every candidate (a replay): use a budget "
                             "or --stop-expected-stable in a live campaign")
+        self._sources_cache: tuple[Any, dict[str, Predictions]] | None = None
         self.relax_s = np.array(pool.relax_wall_time_s, float)  # filled in by a live campaign's relaxations
         self.true_e_hull = (true_e_above_hull(pool.references, pool.compositions, pool.truth, pool.ids)
                             if pool.is_replay else np.full(pool.n, np.nan))
@@ -334,11 +341,16 @@ class Campaign:
 
     # ----- one round --------------------------------------------------------------------------
     def _sources(self, relaxed: np.ndarray, ef: np.ndarray) -> dict[str, Predictions]:
+        """The prediction sources after the refit on `relaxed` (computed once per round)."""
+        key = (len(relaxed), tuple(relaxed.tolist()))
+        if self._sources_cache is not None and self._sources_cache[0] == key:
+            return self._sources_cache[1]
         sources: dict[str, Predictions] = dict(self.pool.sources)
         if self.config.refit == "residual":
             sources = residual_refit(self.pool, sources, relaxed, ef)
-        if self.refitter is not None and len(relaxed):
+        if self.config.refit == "fine-tune" and len(relaxed):
             sources.update(self.refitter(self.pool, relaxed, ef))
+        self._sources_cache = (key, sources)
         return sources
 
     def _view(self, k: int, index: np.ndarray, hull: CampaignHull, sources: Mapping[str, Predictions]) -> RoundView:

@@ -50,6 +50,8 @@ class LiveRelaxer:
 
     def __init__(self, structures: dict[str, Any], mu: dict[str, float], settings: Any, cache_dir: Path,
                  relax: str, workers: int, prototypes: dict[str, str]) -> None:
+        #: the candidates' IS-DOS arrays in pool order (set when a model predicted them), for a fine-tune
+        self.inputs: dict[str, np.ndarray] | None = None
         self.structures, self.mu, self.settings = structures, mu, settings
         self.cache_dir, self.relax, self.workers, self.prototypes = Path(cache_dir), relax, workers, prototypes
 
@@ -125,15 +127,17 @@ def live_pool(structure_files: Sequence[str | Path], *, cache_dir: str | Path, s
                 is_wall_time_s=[float(o.result["is_wall_time"]) for o in is_outs],
                 relax_wall_time_s=np.full(len(compounds), np.nan), references=refs, truth=None,
                 reference_cost_s=ref_cost, origin=", ".join(map(str, structure_files)))
+    relaxer = LiveRelaxer(structures, mu, settings, cache, relax, workers, protos)
     if model is not None:
-        pool.sources["esnet"] = _predict(model, [o.workdir / o.result["is_dos"] for o in is_outs], compounds)
+        pool.sources["esnet"], relaxer.inputs = _predict(model, [o.workdir / o.result["is_dos"] for o in is_outs],
+                                                         compounds)
     elif predictions is not None:
         pool.sources["esnet"] = read_predictions(predictions, compounds, name=str(predictions))
-    return pool, LiveRelaxer(structures, mu, settings, cache, relax, workers, protos)
+    return pool, relaxer
 
 
-def _predict(model: str | Path, dos_files: Sequence[Path], ids: Sequence[str]) -> Predictions:
-    """ESNet mean (and an ensemble's std) in eV/atom of the IS-DOS files."""
+def _predict(model: str | Path, dos_files: Sequence[Path], ids: Sequence[str]) -> tuple[Predictions, dict]:
+    """ESNet mean (and an ensemble's std) in eV/atom of the IS-DOS files, and their input arrays."""
     from esnet_tf.data import stack_examples
     from esnet_tf.featurize import featurize
     from esnet_tf.predict import Predictor
@@ -141,4 +145,5 @@ def _predict(model: str | Path, dos_files: Sequence[Path], ids: Sequence[str]) -
     pred = Predictor(model)
     arrays = stack_examples([featurize(f, id=i) for f, i in zip(dos_files, ids)])
     mean, std = pred.predict_with_std(arrays, source=str(model))
-    return Predictions(np.asarray(mean, float), None if std is None else np.asarray(std, float), str(model))
+    inputs = {k: arrays[k] for k in ("dos_up", "dos_down", "composition")}
+    return Predictions(np.asarray(mean, float), None if std is None else np.asarray(std, float), str(model)), inputs

@@ -28,7 +28,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
     p.add_argument("--refit", choices=REFITS, default="none",
                    help="after each round, update the predictions from what has been relaxed (residual: shift "
-                   "by the mean error of the relaxed candidates of the same chemical system)")
+                   "by the mean error of the relaxed candidates of the same chemical system; fine-tune: retrain "
+                   "the --model .keras on them, live only)")
     p.add_argument("--budget-s", type=float, metavar="S", help="stop at this DFT wall time (s)")
     p.add_argument("--budget-relaxations", type=float, metavar="N",
                    help="stop at this many relaxation equivalents of DFT")
@@ -72,6 +73,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     lv.add_argument("--relax", choices=("eos", "optimizer"), default="eos", help="relaxation of the chosen")
     lv.add_argument("--tiny", action="store_true", help="GPAW's tiny settings (seconds per structure; tests)")
     lv.add_argument("--workers", type=int, default=2, help="parallel single-threaded GPAW processes")
+    lv.add_argument("--fine-tune-epochs", type=int, default=10, metavar="N",
+                    help="epochs of each round's fine-tune (--refit fine-tune), from the original model")
     _common(lv)
 
 
@@ -103,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     strategies = _strategies(args.strategy)
-    relaxer = None
+    relaxer = refitter = None
+    if args.refit == "fine-tune" and (args.mode != "live" or not args.model):
+        raise UserError("--refit fine-tune needs a live campaign with --model M.keras (a replay has no model)")
     if args.mode == "replay":
         from esnet_tf.campaign import pool_from_labels
 
@@ -119,12 +124,17 @@ def run(args: argparse.Namespace) -> int:
                                   settings=DFTSettings.tiny() if args.tiny else DFTSettings(),
                                   model=args.model, predictions=args.predictions, relax=args.relax,
                                   workers=args.workers)
+        if args.refit == "fine-tune":
+            from esnet_tf.campaign.refit import ESNetFineTune
+
+            refitter = ESNetFineTune(args.model, relaxer.inputs, epochs=args.fine_tune_epochs, seed=args.seed,
+                                     std=pool.sources["esnet"].std)
     print(f"pool: {pool.n} candidates, {len(pool.references.ids)} references, predictions: "
           f"{', '.join(pool.sources) or 'none'}", file=sys.stderr)
     out = Path(args.out)
     with exclusive(out / "report.json", "campaign report"):
         kw = {"relaxer": relaxer} if relaxer is not None else {}
-        results = run_strategies(pool, config, strategies, out, overwrite=args.overwrite,
+        results = run_strategies(pool, config, strategies, out, overwrite=args.overwrite, refitter=refitter,
                                  progress=lambda m: print(m, file=sys.stderr), **kw)
         rep = compare(results, pool, threshold=config.threshold)
         written = write_report(rep, results, pool, out, threshold=config.threshold)
