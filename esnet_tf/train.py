@@ -46,7 +46,9 @@ from esnet_tf.precision import PRECISIONS
 BACKUP = "backup"
 STATE_FILE = "callback_state.json"
 #: what a previous run leaves in a run directory besides config.json (removed by `clear_run`)
-RUN_OUTPUTS = (BACKUP, "logs", "history.csv", "best.keras", "summary.json", "warmup_examples.npz")
+#: ModelCheckpoint writes here; `PromoteBest` renames it onto best.keras once complete
+BEST_STAGING = ".best.staged.keras"
+RUN_OUTPUTS = (BACKUP, "logs", "history.csv", "best.keras", BEST_STAGING, "summary.json", "warmup_examples.npz")
 
 
 def _flag(name: str) -> str:
@@ -331,8 +333,22 @@ def _make_callbacks(run_dir: Path, config: TrainConfig, verbose: int, restore_di
             tmp.write_text(json.dumps(saved))
             os.replace(tmp, self.path)
 
-    checkpoint = keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor="val_loss",
-                                                 save_best_only=True, verbose=0)
+    class PromoteBest(keras.callbacks.Callback):
+        """Move the checkpoint's new best model onto best.keras atomically (os.replace): a kill or a
+        full disk while Keras writes it leaves the previous best.keras whole."""
+
+        def __init__(self, written: Path, target: Path) -> None:
+            super().__init__()
+            self.written, self.target = written, target
+
+        def on_epoch_end(self, epoch, logs=None) -> None:
+            if self.written.is_file():
+                os.replace(self.written, self.target)
+
+    staged = run_dir / BEST_STAGING
+    staged.unlink(missing_ok=True)  # a half-written one of a killed run
+    checkpoint = keras.callbacks.ModelCheckpoint(str(staged), monitor="val_loss", save_best_only=True, verbose=0)
+    promote = PromoteBest(staged, run_dir / "best.keras")
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
                                             verbose=1 if verbose else 0)
     reducer = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.lr_factor,
@@ -348,7 +364,7 @@ def _make_callbacks(run_dir: Path, config: TrainConfig, verbose: int, restore_di
     backup = compat.AtomicBackupAndRestore(backup_dir, restore_dir=restore_dir / BACKUP, save_freq="epoch",
                                            delete_checkpoint=True)
     return [
-        checkpoint, stopper, reducer,
+        checkpoint, promote, stopper, reducer,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False, profile_batch=0),
         keeper,

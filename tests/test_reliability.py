@@ -323,3 +323,73 @@ def test_same_relative_paths_get_distinct_ids_and_repeats_are_reported(fixtures_
     assert cli_main(["featurize", str(twice), "--out", str(out), "--quiet"]) == 1
     assert "duplicate example id 'mp-149'" in capsys.readouterr().err
     assert list(load_examples(out)["id"]) == ["mp-149"]
+
+
+# ---------------------------------------------------------------- training runs
+
+def _tiny_run(tmp_path: Path) -> tuple[list[str], Path]:
+    from esnet_tf.model import ESNetConfig
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(ESNetConfig.small().replace(
+        stem_filters=8, stage_widths=(8, 16), blocks_per_stage=1, merge_filters=16, composition_units=8,
+        head_units=(16,), name="tiny").to_dict()))
+    run_dir = tmp_path / "run"
+    return ["train", "--dataset", str(ROOT / "datasets" / "is_dos" / "dummy_data"), "--config", str(cfg),
+            "--batch-size", "2", "--split-fractions", "0.6,0.4,0.0", "--run-dir", str(run_dir), "--verbose", "0"], run_dir
+
+
+def test_resume_with_another_config_is_one_line_and_best_keras_is_promoted_whole(tmp_path, capsys):
+    argv, run_dir = _tiny_run(tmp_path)
+    assert cli_main([*argv, "--epochs", "2"]) == 0
+    assert (run_dir / "best.keras").is_file() and not (run_dir / ".best.staged.keras").exists()
+    import zipfile
+
+    assert zipfile.is_zipfile(run_dir / "best.keras")
+    capsys.readouterr()
+    assert cli_main(["train", "--dataset", argv[2], "--config", "small", "--run-dir", str(run_dir), "--resume"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "--config" in err[0] and "resume it without --config" in err[0]
+
+
+def test_second_training_into_one_run_directory_is_refused(tmp_path):
+    from esnet_tf.atomic import exclusive
+
+    argv, run_dir = _tiny_run(tmp_path)
+    with exclusive(run_dir, "run directory"):  # as a first `esnet train` holds it
+        code = subprocess.run([sys.executable, "-m", "esnet_tf.cli", *argv, "--epochs", "1"],
+                              capture_output=True, text=True)
+    assert code.returncode == 2 and "run directory is being written by pid" in code.stderr
+    assert not (run_dir / "config.json").exists()
+
+
+def test_full_disk_gives_one_line_and_no_partial_file(tmp_path, capsys):
+    """A 256 KiB tmpfs fills while the .npz is written (root in CI mounts it; skipped elsewhere)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root and mount permission)")
+    try:
+        files = [str(p) for p in sorted(DEMO.glob("calcs/*/is.gpawdos.npz"))[:40]]
+        assert cli_main(["featurize", *files, "--out", str(mnt / "f.npz"), "--quiet"]) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and "No space left on device" in err[0]
+        assert [p.name for p in mnt.iterdir() if not p.name.startswith(".")] == []  # nothing partial
+        assert not [p for p in mnt.iterdir() if p.name.endswith(".npz")]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    from esnet_tf.atomic import atomic_dir, write_text
+
+    mask = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.json", "{}")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "x").write_text("x")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

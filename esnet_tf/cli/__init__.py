@@ -59,6 +59,12 @@ def _configure(module: str, parser: argparse.ArgumentParser) -> None:
     mod.configure_parser(parser)
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message on one line, printable whatever bytes a file name holds."""
+    text = " ".join(str(exc).split())
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -82,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(mod.run(args) or 0)
     except (UserError, FileNotFoundError) as exc:
-        print(f"esnet {args.command}: error: {exc}", file=sys.stderr)
+        print(f"esnet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # read-only or full disks, permissions: the file and the reason, not a traceback
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"esnet {args.command}: error: {where}{exc.strerror or exc} (check that the disk has space "
+              "and the path is writable)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"esnet {args.command}: interrupted", file=sys.stderr)

@@ -96,14 +96,45 @@ def _raise_interrupt(signum, frame):  # SIGTERM -> KeyboardInterrupt: the CLI ex
 
 def run(args: argparse.Namespace) -> int:
     from esnet_tf.distribute import env_is_chief
-    from esnet_tf.train import clear_run, run_finished, stored_settings, train
+
+    from esnet_tf.atomic import exclusive
 
     run_dir = Path(args.run_dir)
-    stored = None
     chief = env_is_chief(args.strategy)  # a non-chief worker never writes or clears the (shared) run dir
+    if not chief:
+        return _run(args, run_dir, chief)
+    with exclusive(run_dir, "run directory"):  # a second `esnet train` into the same run is refused
+        return _run(args, run_dir, chief)
+
+
+#: settings that define the model and its data: a resumed run must keep them (its backup would not fit)
+IDENTITY_FIELDS = ("dataset", "labels", "data_dir", "config", "dropout", "bn_momentum", "split_fractions",
+                   "split_seed")
+
+
+def _check_same_run(args: argparse.Namespace, stored: dict, run_dir: Path) -> None:
+    """Refuse --resume with a flag that changes what the stored run computes (one line, not a traceback)."""
+    old = TrainConfig.from_dict(stored)
+    for name in IDENTITY_FIELDS:
+        given = getattr(args, name, None)
+        if given is None:
+            continue
+        new = dataclasses.replace(old, **{name: given})
+        if getattr(new, name) != getattr(old, name):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{run_dir}: this run was trained with {flag} {getattr(old, name)!r}, not {given!r}; "
+                            f"resume it without {flag}, or start a new run (--run-dir, or --overwrite)")
+
+
+def _run(args: argparse.Namespace, run_dir: Path, chief: bool) -> int:
+    from esnet_tf.train import clear_run, run_finished, stored_settings, train
+
+    stored = None
     if (run_dir / "config.json").is_file():
         if args.resume:
             stored = stored_settings(run_dir)
+            if stored:
+                _check_same_run(args, stored, run_dir)
             if run_finished(run_dir):
                 print(f"{run_dir}: this run already finished (summary.json); nothing to resume")
                 return 0
