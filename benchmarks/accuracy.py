@@ -33,18 +33,14 @@ LABELS = DEMO / "labels.csv"  # replaced by a snapshot in main(): the DFT job ma
 
 def load_demo(column: str) -> dict[str, np.ndarray]:
     """Featurize every labelled row's DOS file (`path` = IS, `rs_path` = RS) into arrays."""
+    from esnet_tf.data import stack_examples
     from esnet_tf.featurize import featurize
+    from esnet_tf.labels import read_labels
 
-    rows = list(csv.DictReader(open(LABELS)))
-    ex = [featurize(DEMO / r[column], id=r["id"]) for r in rows]
-    return {
-        "dos_up": np.stack([e.dos_up for e in ex]), "dos_down": np.stack([e.dos_down for e in ex]),
-        "composition": np.stack([e.composition for e in ex]), "id": np.array([r["id"] for r in rows]),
-        "formula": np.array([e.formula for e in ex]), "chemsys": np.array([e.chemsys for e in ex]),
-        "formation_energy_per_atom": np.array([float(r["formation_energy_per_atom"]) for r in rows], np.float32),
-        "e_above_hull": np.array([float(r["e_above_hull"]) for r in rows], np.float32),
-        "prototype": np.array([r["prototype"] for r in rows]),
-    }
+    rows = read_labels(LABELS, path_column=column)  # LABELS may be a snapshot: paths are relative to DEMO
+    arrays = stack_examples([featurize(DEMO / r.path, id=r.id) for r in rows], {r.id: r for r in rows})
+    arrays["prototype"] = np.array([r.prototype for r in rows])
+    return arrays
 
 
 def save_npz(arrays: dict, idx: np.ndarray, path: Path) -> Path:
