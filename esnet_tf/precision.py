@@ -373,6 +373,10 @@ def train_policy(precision: str, model_config, *, batch_size: int = 64, run_dir:
 
 # ---------------------------------------------------------------- the one inference function
 
+#: examples per model call at inference: on the 2-core AMX Xeon, side by side (benchmarks/README.md),
+#: batches of 32-64 ran 1.2-1.3x faster per example than 256, in bf16 and in float32
+INFERENCE_BATCH = 64
+
 def _compiled_inference(model, policy: str):
     """tf.function mapping a dict of float32 arrays (batch, ...) to the model's float32 outputs dict,
     computed under `policy` ('float32' or 'bfloat16': bf16 weights; the input normalisation and

@@ -85,13 +85,14 @@ class Predictor:
         """
         if self.kind == "keras" and not self.has_std:
             from esnet_tf.data import check_finite, check_shapes
-            from esnet_tf.precision import inference_function
+            from esnet_tf.precision import INFERENCE_BATCH, inference_function
 
             check_shapes(inputs, self.n_points, source=source)
             check_finite(inputs, source)
-            if getattr(self, "_fast", None) is None or self._fast.batch_size != batch_size:
-                self._fast = inference_function(self.model, "auto", batch_size=batch_size)[0]
-                self._fast.batch_size = batch_size
+            micro = min(batch_size, INFERENCE_BATCH)  # 64 measured faster per example than 256 (bf16 and f32)
+            if getattr(self, "_fast", None) is None or self._fast.batch_size != micro:
+                self._fast = inference_function(self.model, "auto", batch_size=micro)[0]
+                self._fast.batch_size = micro
             return self._fast(inputs)
         return self.predict_with_std(inputs, batch_size, source)[0]
 
