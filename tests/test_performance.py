@@ -198,3 +198,19 @@ def test_decide_never_prefers_a_slower_or_marginal_low_precision():
     assert _decide({"float32": [1.0, 3.0], "bfloat16": [1.2, 1.05, 1.3]})[0] == "float32"  # best step slower
     assert _decide({"float32": [1.0], "bfloat16": [1.0 - MARGIN / 2]})[0] == "float32"  # within the margin
     assert _decide({"float32": [1.0], "bfloat16": [0.5]})[0] == "bfloat16"
+
+
+def test_esnet_predict_uses_the_one_inference_function(tmp_cache, tmp_path):
+    """`Predictor.predict` (esnet predict) runs `precision.inference_function` and agrees with float32."""
+    from esnet_tf.model import ESNetConfig, build_esnet
+    from esnet_tf.predict import Predictor
+
+    model = build_esnet(ESNetConfig.small())
+    model.save(tmp_path / "m.keras")
+    x = _val_inputs()
+    y32 = np.asarray(model.predict_on_batch(x)["formation_energy_per_atom"]).reshape(-1)
+    predictor = Predictor(tmp_path / "m.keras")
+    y = predictor.predict(x, batch_size=256)
+    assert predictor._fast.choice is not None and predictor._fast.choice["policy"] == predictor._fast.policy
+    assert predictor._fast.batch_size == 64  # micro-batches of precision.INFERENCE_BATCH
+    assert y.shape == y32.shape and np.max(np.abs(y - y32)) < TOLERANCE_EV
