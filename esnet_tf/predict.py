@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from esnet_tf.isdos import DOMAIN_COLUMN, INPUT_NAMES, OUTPUT_NAME, PREDICTION_COLUMN, PREDICTION_STD_COLUMN
+from esnet_tf.isdos import (DOMAIN_COLUMN, INPUT_NAMES, OUTPUT_NAME, PAPER_GRID, PREDICTION_COLUMN,
+                            PREDICTION_STD_COLUMN, EnergyGrid)
 from esnet_tf.atomic import atomic_path
 from esnet_tf.errors import UserError
 
@@ -122,12 +123,32 @@ class Predictor:
         return mean, np.concatenate(spread) if spread else np.zeros(0, np.float32)
 
 
-def load_inputs(paths: Sequence[str], labels: str | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
+def model_grid(n_points: int) -> EnergyGrid:
+    """The energy grid a model with `n_points` takes: the IS-DOS window of the contract (E - E_F from
+    -20 to 10 eV) at that resolution (models record only their number of points)."""
+    return EnergyGrid(PAPER_GRID.e_min, PAPER_GRID.e_max, int(n_points))
+
+
+def _check_npz_grid(spec: str, stored: np.ndarray | None, grid: EnergyGrid) -> None:
+    """Refuse features whose stored energy axis is not `grid` (same length is not enough)."""
+    if stored is None:
+        return
+    stored = np.asarray(stored, dtype=np.float64).reshape(-1)
+    if stored.shape != (grid.n_points,) or not np.allclose(stored, grid.energies(), atol=1e-4):
+        have = f"[{stored.min():g}, {stored.max():g}] eV, {len(stored)} points" if len(stored) else "empty"
+        raise UserError(f"{spec}: features on E - E_F {have}, but the model takes [{grid.e_min:g}, {grid.e_max:g}] eV, "
+                        f"{grid.n_points} points; re-featurize with `esnet featurize --e-min {grid.e_min:g} "
+                        f"--e-max {grid.e_max:g} --n-points {grid.n_points}`")
+
+
+def load_inputs(paths: Sequence[str], labels: str | None = None,
+                grid: EnergyGrid | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """Arrays (inputs, id, formula, code, truths) of every INPUT, and the failures (one line each).
 
     INPUT: `.npz` features of `esnet featurize`, a directory with labels.csv, or DFT files and
-    directories (featurized here). Truths come from `labels` (a labels CSV) where given. `code` is
-    the DFT code of each row ('' where unknown), for the domain check.
+    directories (featurized here, on `grid`). Truths come from `labels` (a labels CSV) where given.
+    `code` is the DFT code of each row ('' where unknown), for the domain check. With `grid`, an
+    `.npz` whose stored energy axis differs is refused.
     """
     from esnet_tf.data import LABEL_KEYS, is_labels_dir, load_dir_arrays, load_npz_arrays, read_labels, stack_examples
     from esnet_tf.featurize import featurize_paths
@@ -138,9 +159,11 @@ def load_inputs(paths: Sequence[str], labels: str | None = None) -> tuple[dict[s
             part = dict(load_npz_arrays(spec, labels, require_labels=False))
             with np.load(spec, allow_pickle=False) as d:
                 part["code"] = d["code"].astype(str) if "code" in d.files else np.full(len(part["id"]), "")
+                if grid is not None:
+                    _check_npz_grid(spec, d["energies"] if "energies" in d.files else None, grid)
             parts.append(part)
         elif is_labels_dir(spec):
-            part = dict(load_dir_arrays(spec))
+            part = dict(load_dir_arrays(spec, grid or PAPER_GRID))
             part["code"] = np.full(len(part["id"]), "")
             parts.append(part)
         else:
@@ -149,7 +172,7 @@ def load_inputs(paths: Sequence[str], labels: str | None = None) -> tuple[dict[s
             raw.append(spec)
     failures: list[str] = []
     if raw:
-        examples, failures = featurize_paths(raw)
+        examples, failures = featurize_paths(raw, grid or PAPER_GRID)
         if examples:
             part = stack_examples(examples, read_labels(labels) if labels else None)
             part["code"] = np.array([e.code for e in examples], dtype=str)
@@ -204,8 +227,8 @@ def predict_files(model: str | Path, inputs: Sequence[str], *, labels: str | Non
 
     if batch_size < 1:
         raise UserError(f"batch size must be a positive number of examples, got {batch_size}")
-    arrays, failures = load_inputs(inputs, labels)
+    predictor = Predictor(model_file(resolve(model)) if not Path(model).exists() else model)
+    arrays, failures = load_inputs(inputs, labels, model_grid(predictor.n_points))
     if not arrays:
         raise UserError("no input could be featurized" if failures else "no inputs")
-    predictor = Predictor(model_file(resolve(model)) if not Path(model).exists() else model)
     return arrays, predictor.predict(arrays, batch_size), predictor, failures

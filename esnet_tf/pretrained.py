@@ -158,8 +158,9 @@ class PredictionTable:
                                  domain=self.columns.get(DOMAIN_COLUMN))
 
 
-def _as_arrays(inputs) -> tuple[dict, list[str]]:
-    """Arrays (inputs, id, formula, code, truths) of paths / ISDOSExamples / an arrays dict."""
+def _as_arrays(inputs, grid=None) -> tuple[dict, list[str]]:
+    """Arrays (inputs, id, formula, code, truths) of paths / ISDOSExamples / an arrays dict;
+    paths are featurized on `grid` (the model's), and `.npz` features on another grid refused."""
     from esnet_tf.data import LABEL_KEYS, stack_examples
     from esnet_tf.predict import load_inputs
 
@@ -173,7 +174,7 @@ def _as_arrays(inputs) -> tuple[dict, list[str]]:
             part = stack_examples([item])
             part["code"] = np.array([item.code])
         elif isinstance(item, (str, Path)):
-            part, fails = load_inputs([str(item)])
+            part, fails = load_inputs([str(item)], grid=grid)
             failures += fails
             if not part:
                 continue
@@ -223,7 +224,9 @@ class ESNetModel:
 
         With `strict`, inputs outside the training domain raise `UserError` (naming them).
         """
-        arrays, failures = _as_arrays(inputs)
+        from esnet_tf.predict import model_grid
+
+        arrays, failures = _as_arrays(inputs, model_grid(self.predictor.n_points))
         if not arrays:
             raise UserError("no input could be featurized: " + "; ".join(failures) if failures else "no inputs")
         return self.predict_arrays(arrays, batch_size=batch_size, strict=strict, failures=failures)

@@ -393,3 +393,25 @@ def test_outputs_get_the_usual_permissions(tmp_path):
         os.umask(mask)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_features_on_another_grid_with_the_same_length_are_refused(tmp_path, capsys):
+    from esnet_tf.featurize import save_examples
+    from esnet_tf.isdos import EnergyGrid
+    from esnet_tf.model import ESNetConfig, build_esnet
+
+    gpaw = next(DEMO.glob("calcs/*/is.gpawdos.npz"))
+    from esnet_tf.featurize import featurize
+
+    shifted = tmp_path / "shifted.npz"
+    save_examples([featurize(gpaw, grid=EnergyGrid(-15.0, 15.0, 1500))], shifted)  # 1500 points, other window
+    model = tmp_path / "m.keras"
+    build_esnet(ESNetConfig.small().replace(stem_filters=8, stage_widths=(8, 16), blocks_per_stage=1,
+                                            merge_filters=16, composition_units=8, head_units=(16,))).save(model)
+    assert cli_main(["predict", str(model), str(shifted), "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "shifted.npz: features on E - E_F [-15, 15] eV, 1500 points, but the model takes [-20, 10] eV" in err
+    assert not (tmp_path / "p.csv").exists()
+    ok = tmp_path / "ok.npz"
+    save_examples([featurize(gpaw)], ok)
+    assert cli_main(["predict", str(model), str(ok), "--out", str(tmp_path / "p.csv")]) == 0

@@ -32,7 +32,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from esnet_tf.errors import UserError
     from esnet_tf.pretrained import load_model
-    from esnet_tf.predict import load_inputs
+    from esnet_tf.predict import load_inputs, model_grid
 
     if args.list:
         from esnet_tf.cli.models import print_models
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be a positive number of examples, got {args.batch_size}")
     model = load_model(model_ref)
-    arrays, failures = load_inputs(items, args.labels)
+    arrays, failures = load_inputs(items, args.labels, model_grid(model.predictor.n_points))
     for f in failures:
         print(f"FAIL {f}", file=sys.stderr)
     if not arrays:
