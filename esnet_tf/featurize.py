@@ -204,7 +204,13 @@ def featurize_paths(paths: Sequence[str | Path], grid: EnergyGrid = PAPER_GRID, 
             continue
         seen[real] = path
         try:
-            found = featurize_all(path, grid, id=default_id(path, root) if root else None)
+            try:
+                found = featurize_all(path, grid, id=default_id(path, root) if root else None)
+            except (DOSInputError, MemoryError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # a reader library failing on a malformed file: one line, not a traceback
+                raise DOSInputError(path, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+                                    "the file looks corrupt or incomplete") from None
         except DOSInputError as exc:
             failures.append(str(exc))
             if on_result is not None:

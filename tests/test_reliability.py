@@ -415,3 +415,13 @@ def test_features_on_another_grid_with_the_same_length_are_refused(tmp_path, cap
     ok = tmp_path / "ok.npz"
     save_examples([featurize(gpaw)], ok)
     assert cli_main(["predict", str(model), str(ok), "--out", str(tmp_path / "p.csv")]) == 0
+
+
+def test_null_fermi_level_is_one_line(fixtures_dir, tmp_path, capsys):
+    doc = _mp_doc(fixtures_dir)
+    doc["efermi"] = None
+    path = tmp_path / "null_efermi.json"
+    path.write_text(json.dumps(doc))
+    assert cli_main(["featurize", str(path), "--out", str(tmp_path / "f.npz"), "--quiet"]) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "null_efermi.json: Fermi level is None, not a number" in err[0]

@@ -52,7 +52,12 @@ def from_complete_dos(cd, path: Path, code: str, warnings: tuple[str, ...] = ())
                     raise DOSInputError(path, f"orbital {label} lacks spin {spin.name} data", "the file looks truncated")
                 pdos[i, ch] += np.asarray(dens[spin])
     f_channels = tuple(sorted(f_seen, key=lambda s: F_ORBITALS.index(s) if s in F_ORBITALS else 99))
-    return ProjectedDOS(energies=energies, pdos=pdos, efermi=float(cd.efermi), structure=cd.structure,
+    try:
+        efermi = float(cd.efermi)
+    except (TypeError, ValueError):
+        raise DOSInputError(path, f"Fermi level is {cd.efermi!r}, not a number",
+                            "give the document a finite efermi in eV; IS-DOS is aligned to E_F") from None
+    return ProjectedDOS(energies=energies, pdos=pdos, efermi=efermi, structure=cd.structure,
                         spin_polarized=len(spins) == 2, source=str(path), code=code,
                         f_channels=f_channels, warnings=tuple(warnings))
 
