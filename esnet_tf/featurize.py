@@ -157,17 +157,25 @@ def load_examples(path: str | Path) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------- many inputs
 
-def collect_inputs(paths: list[str]) -> list[tuple[Path, Path | None]]:
-    """Expand directories (walked recursively) into (file, root) pairs; files pass through."""
+def collect_inputs(paths: list[str], notes: list[str] | None = None) -> list[tuple[Path, Path | None]]:
+    """Expand directories (walked recursively) into (file, root) pairs; files pass through.
+
+    A walked folder holding both a vasprun.xml and a DOSCAR holds one calculation: only the
+    vasprun.xml is read (one example per calculation), and the DOSCAR is named in `notes`.
+    """
     out: list[tuple[Path, Path | None]] = []
     for p in map(Path, paths):
         if p.is_dir() and source_kind(p) is None or p.is_dir() and any(x.is_dir() for x in p.iterdir()):
             for dirpath, dirnames, filenames in os.walk(p):
                 dirnames.sort()
-                for f in sorted(filenames):
-                    fp = Path(dirpath) / f
-                    if source_kind(fp) is not None:
-                        out.append((fp, p))
+                found = [Path(dirpath) / f for f in sorted(filenames) if source_kind(Path(dirpath) / f) is not None]
+                kinds = {source_kind(f) for f in found}
+                for fp in found:
+                    if source_kind(fp) == "doscar" and "vasprun" in kinds:
+                        if notes is not None:
+                            notes.append(f"{fp}: same calculation as the vasprun.xml beside it; read that one only")
+                        continue
+                    out.append((fp, p))
         else:
             out.append((p, None))
     return out
@@ -175,15 +183,20 @@ def collect_inputs(paths: list[str]) -> list[tuple[Path, Path | None]]:
 
 def featurize_paths(paths: Sequence[str | Path], grid: EnergyGrid = PAPER_GRID, *, progress: bool = True,
                     on_result: Callable[[Path, list[ISDOSExample] | None, DOSInputError | None], None] | None = None,
-                    ) -> tuple[list[ISDOSExample], list[str]]:
+                    on_note: Callable[[str], None] | None = None) -> tuple[list[ISDOSExample], list[str]]:
     """Featurize files and directories (walked); returns (examples, one-line failures).
 
     A file that cannot become IS-DOS (or does not exist) is reported in the failures (and to
-    `on_result`), not raised. Shows a progress bar over files.
+    `on_result`), not raised; files left out as duplicates of a calculation go to `on_note`.
+    Shows a progress bar over files.
     """
     from tqdm.auto import tqdm
 
-    inputs = collect_inputs([str(p) for p in paths])
+    notes: list[str] = []
+    inputs = collect_inputs([str(p) for p in paths], notes)
+    for note in notes:
+        if on_note is not None:
+            on_note(note)
     examples: list[ISDOSExample] = []
     failures: list[str] = []
     from esnet_tf.readers import SUPPORTED

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from esnet_tf.atomic import exclusive
 
     with exclusive(args.out, "features file"):  # a second `esnet featurize --out` of the same file is refused
-        examples, failures = featurize_paths(args.paths, grid, progress=not args.quiet, on_result=report)
+        examples, failures = featurize_paths(args.paths, grid, progress=not args.quiet, on_result=report,
+                                             on_note=lambda note: tqdm.write(f"note: {note}", file=sys.stderr))
         if examples:
             save_examples(examples, args.out)
     n_files = len({e.source for e in examples})
