@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `auto` precision caches its measurements; tests never write (or read) the user's ~/.cache
+os.environ.setdefault("ESNET_PRECISION_CACHE", str(Path(__import__("tempfile").mkdtemp(prefix="esnet-precision-"))
+                                                  / "precision.json"))
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("ESNET_FIXTURES", ROOT.parent / "shared" / "fixtures"))

@@ -209,7 +209,7 @@ def test_esnet_predict_uses_the_one_inference_function(tmp_cache, tmp_path):
     model.save(tmp_path / "m.keras")
     x = _val_inputs()
     y32 = np.asarray(model.predict_on_batch(x)["formation_energy_per_atom"]).reshape(-1)
-    predictor = Predictor(tmp_path / "m.keras")
+    predictor = Predictor(tmp_path / "m.keras", precision="auto")  # esnet predict --precision auto
     y = predictor.predict(x, batch_size=256)
     assert predictor._fast.choice is not None and predictor._fast.choice["policy"] == predictor._fast.policy
     assert predictor._fast.batch_size == 64  # micro-batches of precision.INFERENCE_BATCH
