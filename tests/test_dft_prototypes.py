@@ -108,6 +108,8 @@ def test_plan_parts_augmentation_and_splits(plan):
     relaxed = [t for t in plan if t.relax != "none"]
     variants = [t for t in plan if parent_of(t.id)[1]]
     assert len(demo_tasks(part="base")) == 365  # the cubic plan of the plain `demo` config is unchanged
+    new = demo_tasks(part="new")
+    assert [t.id for t in new] == [t.id for t in plan[365:]]  # everything after the base part, same order
     assert sum(t.relax == "optimizer" for t in plan) >= 60
     per_parent = Counter(parent_of(t.id)[0] for t in variants)
     assert all(per_parent[t.id] >= 3 for t in relaxed)  # every relaxed structure: >= 3 more IS

@@ -1,7 +1,7 @@
 """`esnet dft`: GPAW single points (and relaxations) that write IS-DOS (extra `dft`).
 
     esnet dft run STRUCTURES... --out DIR [--relax eos] [--workers 2]
-    esnet dft demo [--workers 2] [--part all|base|harder|augment]   # (re)compute the embedded demo dataset
+    esnet dft demo [--workers 2] [--part all|base|harder|augment|new]   # (re)compute the embedded demo dataset
 """
 from __future__ import annotations
 
@@ -32,9 +32,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         else:
             q.add_argument("--out", default=str(DEMO_DIR), help="dataset directory")
             q.add_argument("--limit", type=int, default=None, help="only the first N structures")
-            q.add_argument("--part", choices=["all", "base", "harder", "augment"], default="all",
+            q.add_argument("--part", choices=["all", "base", "harder", "augment", "new"], default="all",
                            help="base: cubic prototypes (EOS); harder: non-cubic ones (optimizer) and their "
-                                "competitors; augment: IS variants of every relaxed structure (single points)")
+                                "competitors; augment: IS variants of every relaxed structure (single points); "
+                                "new: harder + augment, interleaved")
             q.add_argument("--assemble-only", action="store_true",
                            help="compute nothing: write labels.csv from the cached results (pending ones listed)")
         q.add_argument("--workers", type=int, default=2, help="parallel single-threaded GPAW processes")

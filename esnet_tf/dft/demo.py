@@ -263,7 +263,8 @@ def _cost_rank(t: Task) -> float:
 #: base-structure variants scheduled after each harder group (the rest follow all groups)
 AUGMENT_PER_GROUP = 12
 
-PARTS = ("all", "base", "harder", "augment")
+#: "new" = harder + augment in their interleaved order (everything after the base part)
+PARTS = ("all", "base", "harder", "augment", "new")
 
 
 def demo_tasks(settings: DFTSettings | None = None, timeout: float = 1800.0, part: str = "all",
@@ -308,7 +309,7 @@ def demo_tasks(settings: DFTSettings | None = None, timeout: float = 1800.0, par
     if dup:
         raise RuntimeError(f"duplicate demo ids: {sorted(dup)}")
     chosen = {"all": None, "base": {t.id for t in base}, "harder": {t.id for t in harder},
-              "augment": {t.id for t in augment}}[part]
+              "augment": {t.id for t in augment}, "new": {t.id for t in harder + augment}}[part]
     return plan if chosen is None else [t for t in plan if t.id in chosen]
 
 
