@@ -206,8 +206,10 @@ def assemble(outcomes: list[Outcome], data_dir: Path, settings: DFTSettings) -> 
         "python": platform.python_version(),
         "initial_structure_rule": "closest pair at the sum of Slater atomic radii (see esnet_tf/dft/prototypes.py)",
         "relaxation": {"eos": "isotropic EOS scan (steps of eos_step), parabola vertex, single point there",
-                       "optimizer": "ASE BFGS on positions and cell (FrechetCellFilter), fmax 0.05 eV/A, at most "
-                                    "60 steps, k-mesh of the initial cell held; single point at the result"},
+                       "optimizer": "isotropic EOS scan as for eos, then ASE BFGS on positions and cell (FrechetCellFilter) "
+                                    "from its vertex, GPAW stress plus an isotropic Pulay correction calibrated "
+                                    "against the fixed-cutoff energy, fmax 0.02 eV/A, at most 60 steps, k-mesh "
+                                    "of the initial cell held; single point at the result"},
         "computed_utc": _date_range(done),
         "summary": summarize(rows),
     }
