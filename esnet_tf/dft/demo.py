@@ -335,13 +335,59 @@ def assemble_cached(data_dir: Path, settings: DFTSettings | None = None) -> dict
     prov = assemble(outcomes, data_dir, st)
     aug = assemble_augmented(data_dir, outcomes, variants, prov)
     base_ids = {t.id for t in _base_tasks(st, 1800.0)}
+    done_ids = {o.task_id for o in outcomes if o.result is not None}
+    prov["n_new_eos_done"] = sum(t.relax == "eos" and t.id not in base_ids and t.id in done_ids for t in relaxed_tasks)
     prov.update(n_pending=len(pending), pending=pending,
                 n_pending_by_part={"base": sum(i in base_ids for i in pending),
                                    "harder": sum(i not in base_ids for i in pending),
                                    "augment": aug["n_pending"]},
                 augmentation=aug, process_hours_by_part=_process_hours(data_dir, base_ids, aug))
     (data_dir / "provenance.json").write_text(json.dumps(prov, indent=1))
+    readme = data_dir / "README.md"
+    if readme.exists():
+        readme.write_text(readme_with_counts(readme.read_text(), prov))
     return prov
+
+
+def counts_markdown(prov: dict) -> str:
+    """Markdown tables of provenance.json: per prototype family, per part, augmentation."""
+    fam = prov["summary"]["per_family"]
+    lines = ["| prototype | relaxation | n | on hull | stable fraction | mean IS s | mean relaxation s | "
+             "process-h |", "|---|---|---|---|---|---|---|---|"]
+    for name, f in fam.items():
+        lines.append(f"| {name} | {f['relax_kind']} | {f['n']} | {f['n_stable']} | {f['stable_fraction']:.2f} | "
+                     f"{f['mean_is_wall_time_s']:.0f} | {f['mean_relax_wall_time_s']:.0f} | "
+                     f"{f['is_process_hours'] + f['relax_process_hours']:.2f} |")
+    aug = prov["augmentation"]
+    pend = prov["n_pending_by_part"]
+    hours = prov["process_hours_by_part"]
+    lines += ["", "| part | done | pending | process-hours |", "|---|---|---|---|",
+              f"| base (cubic, EOS) | {prov['summary']['per_relax_kind'].get('eos', 0) - _n_new_eos(prov)} | "
+              f"{pend['base']} | {hours['base_eos']:.2f} |",
+              f"| harder: optimizer | {prov['summary']['per_relax_kind'].get('optimizer', 0)} | "
+              f"{pend['harder']} (with competitors) | {hours['harder_optimizer']:.2f} |",
+              f"| harder: EOS competitors | {_n_new_eos(prov)} | | {hours['harder_eos_competitors']:.2f} |",
+              f"| augmentation single points | {aug['n_variants']} (of {aug['n_parents_with_variants']} parents) | "
+              f"{aug['n_pending']} | {hours['augmentation_single_points']:.2f} |",
+              "", f"Assembled {prov['assembled']}; variants per kind: {aug['per_variant']}; "
+              f"failed variants: {aug['n_failed']}; mean variant single point {aug['mean_wall_time_s']:.0f} s. "
+              "Wall times are of single-threaded processes, two at a time on a shared 2-core machine."]
+    return "\n".join(lines)
+
+
+def _n_new_eos(prov: dict) -> int:
+    return int(prov.get("n_new_eos_done", 0))
+
+
+def readme_with_counts(text: str, prov: dict) -> str:
+    """README text with the block between the counts markers replaced by `counts_markdown`."""
+    start, end = "<!-- counts:start", "<!-- counts:end -->"
+    if start not in text or end not in text:
+        return text
+    i = text.index(start)
+    i = text.index("-->", i) + 3
+    j = text.index(end)
+    return text[:i] + "\n" + counts_markdown(prov) + "\n" + text[j:]
 
 
 def _process_hours(data_dir: Path, base_ids: set[str], aug: dict) -> dict:
