@@ -310,8 +310,8 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, fma
     is recalibrated by a finite difference of the energy; when its change would move the energy by
     more than PULAY_DRIFT_TOL another stage follows (at most `max_stages`). A volume leaving 0.75-1.33x
     of the scan's vertex stops BFGS (flagged not converged). The k-point mesh of the initial cell
-    is held throughout, including the final single point. The crystal symmetry of the initial
-    structure is kept (GPAW symmetrises forces and stress). `scale` is (V_RS / V_IS)^(1/3).
+    is held throughout, including the final single point. The space group of the initial
+    structure is kept (ASE FixSymmetry). `scale` is (V_RS / V_IS)^(1/3).
     """
     from ase.filters import FrechetCellFilter
     from ase.optimize import BFGS
@@ -322,6 +322,12 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, fma
         is_point = single_point(task, 1.0, workdir / "gpaw.txt", None)
     s0, points = eos_scan(task, is_point, workdir)
     atoms = _atoms(task, s0)
+    # GPAW symmetrises with the symmorphic operations only; hcp, wurtzite, NiAs, rutile and anatase are
+    # non-symmorphic, and noise in the unconstrained force components lowers their symmetry (tiny-settings
+    # hcp Mg ended in P-3m1). FixSymmetry symmetrises forces and stress with the full space group.
+    from ase.constraints import FixSymmetry
+
+    atoms.set_constraint(FixSymmetry(atoms, symprec=1e-3))
     v_ref = atoms.get_volume()
     atoms.calc = _calculator(task, len(atoms), workdir / "gpaw.txt", mesh)
     fd_log = workdir / "gpaw_fd.tmp"  # ignored by git, like gpaw.txt
@@ -358,6 +364,7 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, fma
     except Exception as exc:
         raise DFTError(f"task {task.id}: relaxation failed: {type(exc).__name__}: {exc}") from exc
     fd_log.unlink(missing_ok=True)
+    atoms.set_constraint()
     relaxed = AseAtomsAdaptor.get_structure(atoms)
     rs_task = Task(id=task.id, structure=relaxed, settings=task.settings, kind=task.kind)
     rs = single_point(rs_task, 1.0, workdir / "gpaw.txt", workdir / f"rs{GPAW_DOS_SUFFIX}", mesh=mesh)
