@@ -69,8 +69,9 @@ def test_hull_and_labels_are_consistent(labels):
         # initial structure is already at the minimum (e.g. Ge diamond: +0.3 meV/atom)
         assert float(r["rs_energy_per_atom"]) <= float(r["is_energy_per_atom"]) + 1e-3, r["id"]
         assert float(r["is_wall_time_s"]) > 0 and float(r["relax_wall_time_s"]) > 0
-        if float(r["e_above_hull"]) <= 1e-6:  # hull entries are fully relaxed (minimum inside the scan)
-            assert r["eos_bracketed"] == "True", r["id"]
+        if float(r["e_above_hull"]) <= 1e-6:  # hull entries are fully relaxed (EOS minimum inside the
+            assert r["relax_converged"] == "True", r["id"]  # scan, or BFGS converged)
+        assert r["relax_kind"] in ("eos", "optimizer"), r["id"]
     for el in ("Cu", "Al", "Ni", "Fe"):
         assert min(ef(labels, f"{el}_fcc"), ef(labels, f"{el}_bcc")) == pytest.approx(0.0, abs=1e-6)
 
@@ -141,3 +142,128 @@ def test_settings_passed_the_convergence_check():
     assert conv["high"]["settings"]["kpt_density"] > prov["settings"]["kpt_density"]
     assert "MgO" in conv["change_eV_per_atom"] and len(conv["change_eV_per_atom"]) >= 5  # an oxide among 5
     assert conv["max_abs_change_eV_per_atom"] < 0.020
+
+
+# --- non-cubic structures relaxed with the optimizer (issue 17) --------------------------------
+# These are computed after the cubic plan, a part at a time: a pair is skipped (with the reason)
+# while one of its rows is pending or failed, and fails on a wrong ordering once both are there.
+
+@pytest.fixture(scope="module")
+def not_done() -> dict[str, str]:
+    prov = json.loads((DEMO / "provenance.json").read_text())
+    with open(DEMO / "failures.csv") as fh:
+        out = {r["id"]: f"failed: {r['reason'][:80]}" for r in csv.DictReader(fh)}
+    out.update({i: "not computed yet (provenance.json pending)" for i in prov["pending"]})
+    return out
+
+
+def energy_or_skip(labels, not_done, key: str, col: str = "formation_energy_per_atom") -> float:
+    if key not in labels:
+        if key in not_done:
+            pytest.skip(f"{key}: {not_done[key]}")
+        raise AssertionError(f"{key} is neither in labels.csv nor pending nor failed (a typo?)")
+    return float(labels[key][col])
+
+
+HCP_GROUND = ("Mg", "Ti", "Zr", "Y", "Sc", "Zn", "Co")  # hcp in experiment and PBE
+FCC_BELOW_HCP = ("Al", "Ni", "Pd", "Pt", "Cu")  # Ag and Au: within a few meV in PBE, not tested
+BCC_BELOW_HCP = ("V", "Nb", "Cr", "Fe")  # Fe: ferromagnetic bcc well below (non-magnetic) hcp
+
+
+@pytest.mark.parametrize("element,low,high", [
+    *[(el, "hcp", other) for el in HCP_GROUND for other in ("fcc", "bcc")],
+    *[(el, "fcc", "hcp") for el in FCC_BELOW_HCP],
+    *[(el, "bcc", "hcp") for el in BCC_BELOW_HCP],
+])
+def test_hcp_elemental_orderings(labels, not_done, element, low, high):
+    e_low = energy_or_skip(labels, not_done, f"{element}_{low}", "rs_energy_per_atom")
+    e_high = energy_or_skip(labels, not_done, f"{element}_{high}", "rs_energy_per_atom")
+    assert e_low < e_high
+
+
+@pytest.mark.parametrize("low,high", [
+    # wurtzite below zincblende in PBE for ZnO, AlN, GaN (GaN and InN by only ~5 meV/atom), zincblende
+    # below wurtzite for the III-V arsenides and antimonides (as in experiment)
+    *[(f"{f}_wurtzite", f"{f}_zincblende") for f in ("ZnO", "AlN", "GaN")],
+    *[(f"{f}_zincblende", f"{f}_wurtzite") for f in ("GaAs", "AlAs", "InAs", "GaSb", "AlSb", "InSb")],
+    ("MgO_rocksalt", "MgO_wurtzite"), ("AlN_wurtzite", "AlN_rocksalt"), ("GaN_wurtzite", "GaN_rocksalt"),
+    # L1_0 below B2 (CsCl), except NiAl (B2)
+    *[(f"{f}_l10", f"{f}_cscl") for f in ("CuAu", "FePt", "NiPt", "CoPt", "FePd", "TiAl")],
+    ("AlNi_cscl", "AlNi_l10"),
+    # rutile below fluorite; CdI2-type layers below fluorite; NiAs-type below rocksalt and zincblende
+    *[(f"{f}_rutile", f"{f}_fluorite") for f in ("TiO2", "MgF2", "ZnF2", "GeO2", "NiF2")],
+    *[(f"{f}_cdi2", f"{f}_fluorite") for f in ("MgCl2", "TiCl2", "VCl2", "NiCl2", "FeCl2")],
+    *[(f"{f}_nias", f"{f}_{p}") for f in ("NiAs", "NiSb", "MnSb", "CrSb", "MnAs") for p in ("rocksalt", "zincblende")],
+])
+def test_noncubic_polymorph_orderings(labels, not_done, low, high):
+    assert energy_or_skip(labels, not_done, low) < energy_or_skip(labels, not_done, high)
+
+
+def test_pbe_puts_anatase_below_rutile(labels, not_done):
+    """A known failure of PBE: anatase TiO2 comes out below rutile (by ~10-20 meV/atom in the
+    literature), while rutile is the stable bulk phase in experiment (calorimetry)."""
+    assert energy_or_skip(labels, not_done, "TiO2_anatase") < energy_or_skip(labels, not_done, "TiO2_rutile")
+
+
+def test_optimizer_rows_relaxed_downhill_and_converged(labels):
+    rows = [r for r in labels.values() if r["relax_kind"] == "optimizer"]
+    for r in rows:
+        assert float(r["rs_energy_per_atom"]) <= float(r["is_energy_per_atom"]) + 1e-3, r["id"]
+        assert 0.8 < float(r["rs_scale"]) < 1.3, r["id"]
+    n_conv = sum(r["relax_converged"] == "True" for r in rows)
+    assert n_conv >= 0.8 * len(rows)  # BFGS hit its step cap in few cases at most
+
+
+# --- IS augmentation (labels_augmented.csv, TFDS config demo_augmented) ------------------------
+
+@pytest.fixture(scope="module")
+def augmented() -> list[dict]:
+    path = DEMO / "labels_augmented.csv"
+    if not path.exists():
+        pytest.skip("labels_augmented.csv not assembled yet")
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_augmented_variants_carry_their_parents_labels_and_split(labels, augmented):
+    from pymatgen.core import Composition
+
+    from esnet_tf.splits import split_of
+
+    parents = [r for r in augmented if r["variant"] == ""]
+    variants = [r for r in augmented if r["variant"] != ""]
+    assert {r["id"] for r in parents} == set(labels)  # every labels.csv row, unchanged
+    for r in parents:
+        assert r["parent_id"] == r["id"] and r["path"] == labels[r["id"]]["path"]
+    assert len({r["id"] for r in augmented}) == len(augmented)
+    chemsys = lambda f: "-".join(sorted(el.symbol for el in Composition(f).elements))  # noqa: E731
+    for v in variants:
+        p = labels[v["parent_id"]]
+        assert v["id"] == f"{v['parent_id']}__{v['variant']}" and v["variant"] in ("iso_a", "iso_b", "strain_c", "rattle")
+        assert Composition(v["formula"]) == Composition(p["formula"])
+        assert chemsys(v["formula"]) == chemsys(p["formula"])  # same chemical system ...
+        assert split_of(chemsys(v["formula"])) == split_of(chemsys(p["formula"]))  # ... hence the same split
+        for col in ("formation_energy_per_atom", "e_above_hull", "rs_path", "rs_energy_per_atom", "prototype"):
+            assert v[col] == p[col], (v["id"], col)
+        assert v["path"] != p["path"] and (DEMO / v["path"]).exists()
+        assert float(v["is_wall_time_s"]) > 0 and float(v["relax_wall_time_s"]) == 0
+
+
+def test_augmented_is_dos_holds_the_parents_composition(labels, augmented):
+    from esnet_tf.featurize import featurize
+    from pymatgen.core import Composition
+
+    variants = sorted((r for r in augmented if r["variant"]), key=lambda r: r["id"])
+    if not variants:
+        pytest.skip("no augmentation variant computed yet")
+    for v in variants[:: max(1, len(variants) // 8)]:
+        ex = featurize(DEMO / v["path"])
+        assert Composition(ex.formula).reduced_formula == Composition(v["formula"]).reduced_formula
+        assert ex.spin_polarized == (v["spin_polarized"] == "True")
+
+
+def test_contact_rule_spread_constant_matches_the_data(labels):
+    from esnet_tf.dft.demo import CONTACT_RULE_SPREAD
+
+    scales = np.array([float(r["rs_scale"]) for r in labels.values() if r["relax_kind"] == "eos"])
+    assert abs(scales.std() - CONTACT_RULE_SPREAD) < 0.02

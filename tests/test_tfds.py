@@ -316,3 +316,21 @@ def test_tfds_load_builds_after_register_builder(tmp_path, dummy_plain):
     assert [ex["id"].numpy() for ex in ds] == \
         [ex["id"] for ex in tfds.as_numpy(dummy_plain.as_dataset(split="test", shuffle_files=False))]
     _assert_same_examples(tfds.builder("is_dos/manual", data_dir=str(tmp_path)), dummy_plain)
+
+
+def test_demo_augmented_config_builds_and_variants_share_their_parents_split(tmp_path):
+    """`is_dos/demo_augmented`: the demo's own IS per structure plus its IS variants (labels_augmented.csv);
+    `parent_id` / `variant` features; a variant is always in its parent's split."""
+    builder = isd.build_dataset("is_dos/demo_augmented", tmp_path, verbose=False)
+    split_of_id, rows = {}, []
+    for split in builder.info.splits.keys():
+        for ex in tfds.as_numpy(builder.as_dataset(split=split)):
+            rec = {k: ex[k].decode() for k in ("id", "parent_id", "variant")}
+            split_of_id[rec["id"]] = split
+            rows.append((rec, split))
+    variants = [(r, s) for r, s in rows if r["variant"]]
+    assert variants, "labels_augmented.csv holds no finished variant"
+    assert all(split_of_id[r["parent_id"]] == s for r, s in variants)
+    n_plain = sum(1 for r, _ in rows if not r["variant"])
+    with open(ROOT / "datasets" / "is_dos" / "demo" / "labels.csv") as fh:
+        assert n_plain == sum(1 for _ in csv.DictReader(fh))  # every relaxed structure's own IS once

@@ -1,7 +1,7 @@
 """`esnet dft`: GPAW single points (and relaxations) that write IS-DOS (extra `dft`).
 
     esnet dft run STRUCTURES... --out DIR [--relax eos] [--workers 2]
-    esnet dft demo [--out DIR] [--workers 2]   # (re)compute the demo dataset, resuming from the packaged one
+    esnet dft demo [--out DIR] [--workers 2] [--part all|base|harder|augment|new]   # the demo dataset, resuming from the packaged one
 """
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                            "packaged demo results, so only missing structures are computed (to extend the "
                            "repository's data: --out datasets/is_dos/demo)")
             q.add_argument("--limit", type=int, default=None, help="only the first N structures")
+            q.add_argument("--part", choices=["all", "base", "harder", "augment", "new"], default="all",
+                           help="base: cubic prototypes (EOS); harder: non-cubic ones (optimizer) and their "
+                                "competitors; augment: IS variants of every relaxed structure (single points); "
+                                "new: harder + augment, interleaved")
             q.add_argument("--assemble-only", action="store_true",
                            help="compute nothing: write labels.csv from the cached results (pending ones listed)")
         q.add_argument("--workers", type=int, default=2, help="parallel single-threaded GPAW processes")
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dft_command == "demo":
         from esnet_tf.dft.demo import demo_tasks
 
-        tasks = demo_tasks(st, timeout=args.timeout)[: args.limit]
+        tasks = demo_tasks(st, timeout=args.timeout, part=args.part)[: args.limit]
     else:
         tasks = []
         for f in args.structures:
@@ -119,7 +123,12 @@ def run(args: argparse.Namespace) -> int:
                              nice=args.nice)
     failed = [o for o in outcomes if o.status == "failed"]
     try:
-        prov = assemble(outcomes, out, st)
+        if args.dft_command == "demo":  # labels.csv without the IS variants, labels_augmented.csv with them
+            from esnet_tf.dft.demo import assemble_cached
+
+            prov = assemble_cached(out, st)
+        else:
+            prov = assemble(outcomes, out, st)
     except ValueError as exc:  # e.g. no elemental entries at all for a phase diagram
         prov = {"n_examples": 0, "note": f"labels not assembled: {exc}"}
     n_cached = sum(o.status == "cached" for o in outcomes)

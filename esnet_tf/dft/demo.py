@@ -1,21 +1,37 @@
 """The embedded IS2RE demo dataset: which structures, and how labels are assembled.
 
 Rebuild (hours on 2 cores, resumable): `esnet dft demo --workers 2`.
-Every structure is a cubic prototype without internal degrees of freedom, so the EOS
-relaxation is exact; formation energies are against the lowest computed elemental phase
-(O, F, Cl: the dimer in a box); `e_above_hull` comes from pymatgen's PhaseDiagram over the
-dataset's own relaxed entries.
+Three parts (`part=` of `demo_tasks`, `--part` of `esnet dft demo`):
+
+- "base": cubic prototypes without internal degrees of freedom, so the EOS relaxation is exact;
+- "harder": non-cubic prototypes with internal coordinates or a free c/a (hcp, wurtzite, NiAs,
+  L1_0, rutile, anatase, CdI2, P4mm perovskite), relaxed with BFGS on positions and cell
+  (`relax="optimizer"`), each composition with cubic (EOS) competitors;
+- "augment": IS augmentation (Gibson et al., arXiv 2202.13947): for every relaxed structure,
+  more initial structures (lattice scalings and a uniaxial strain drawn from the spread of the
+  contact rule's own error, rattled positions in small cells), each with its own IS single point
+  and the relaxed label of its parent (`labels_augmented.csv`, not `labels.csv`).
+
+Formation energies are against the lowest computed elemental phase (O, F, Cl, N: the dimer in
+a box); `e_above_hull` comes from pymatgen's PhaseDiagram over the dataset's own relaxed entries.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
-from esnet_tf.dft.prototypes import DIMER_BONDS, molecule_in_box, prototype_structure
+import numpy as np
+
+from esnet_tf.atomic import atomic_path, write_text
+from esnet_tf.dft.prototypes import DIMER_BONDS, molecule_in_box, noncubic_structure, prototype_structure
 from esnet_tf.dft.labels import assemble
 from esnet_tf.dft.settings import DFTSettings
 from esnet_tf.dft.tasks import Task
 
 GASES = ("O", "F", "Cl")
+#: molecular references added with the non-cubic part (nitrides)
+NEW_GASES = ("N",)
 METALS_AND_SEMIMETALS = ("Li Na K Mg Ca Sr Ba Al Ga In Si Ge As Sb Sc Ti V Cr Mn Fe Co Ni "
                          "Cu Zn Y Zr Nb Pd Ag Pt Au").split()
 #: AB compounds, each in rocksalt, CsCl and zincblende
@@ -43,8 +59,8 @@ def _formula(structure) -> str:
     return structure.composition.reduced_formula
 
 
-def demo_tasks(settings: DFTSettings | None = None, timeout: float = 1800.0) -> list[Task]:
-    """All demo structures: elemental references first, then compounds.
+def _base_tasks(st: DFTSettings, timeout: float) -> list[Task]:
+    """The cubic part: elemental references first, then compounds.
 
     Ordered by cost so that a partial run holds as many examples of every kind as it can: the
     compounds of the physics checks (NaCl, MgO, GaAs, NiAl, Cu3Au) first, then rounds of two
@@ -52,8 +68,6 @@ def demo_tasks(settings: DFTSettings | None = None, timeout: float = 1800.0) -> 
     pairs (fluorite + 6-atom C15), the other Heuslers and the 4-atom A3B cells (slow when
     magnetic) last. Every composition's prototypes stay together.
     """
-    st = settings or DFTSettings()
-
     def task(proto: str, species: list[str], label: str = "") -> Task:
         s = prototype_structure(proto, species)
         label = label or proto
@@ -88,32 +102,381 @@ def demo_tasks(settings: DFTSettings | None = None, timeout: float = 1800.0) -> 
             if not groups:
                 break
             compounds += [t for g in groups for t in g]
-    tasks = refs + compounds
-    ids = [t.id for t in tasks]
+    return refs + compounds
+
+
+
+#: Non-cubic compositions (relaxed with the optimizer), per prototype, in the order they are computed.
+#: hcp: Mg Ti Zn Co Zr Y Sc are hcp in experiment and PBE; the fcc metals, the bcc metals and the
+#: alkali metals (fcc/bcc/hcp within meV in PBE) are there as competitors of their cubic phases.
+HCP_ELEMENTS = "Mg Ti Zr Y Sc Zn Al Cu Co Ag Pd Au Pt Ni Ca Sr V Nb Fe Cr Ba Li Na K".split()
+#: wurtzite (A, B); competitors rocksalt, CsCl, zincblende (EOS)
+WURTZITES = [("Zn", "O"), ("Al", "N"), ("Ga", "N"), ("Ga", "As"), ("In", "N"), ("Al", "As"), ("Mg", "O"),
+             ("Cu", "Cl"), ("In", "As"), ("Ga", "Sb"), ("Al", "Sb"), ("In", "Sb")]
+#: L1_0 (A, B); competitor CsCl (B2)
+L10 = [("Cu", "Au"), ("Ti", "Al"), ("Ni", "Al"), ("Fe", "Pt"), ("Ni", "Pt"), ("Co", "Pt"), ("Fe", "Pd")]
+#: rutile AB2 (A on 2a); competitor fluorite (EOS), and anatase for TiO2 and GeO2
+RUTILES = [("Ti", "O"), ("Mg", "F"), ("Ge", "O"), ("Zn", "F"), ("V", "O"), ("Nb", "O"), ("Ni", "F"),
+           ("Cr", "O"), ("Mn", "O")]
+ANATASES = [("Ti", "O"), ("Ge", "O")]
+#: CdI2-type (1T) layered AB2; competitor fluorite (EOS)
+CDI2 = [("Mg", "Cl"), ("Ti", "Cl"), ("V", "Cl"), ("Ni", "Cl"), ("Fe", "Cl")]
+#: NiAs-type AB; competitors rocksalt, CsCl, zincblende (EOS)
+NIAS = [("Ni", "As"), ("Ni", "Sb"), ("Mn", "Sb"), ("Cr", "Sb"), ("Mn", "As")]
+#: tetragonal (P4mm) ferroelectric distortion of cubic perovskites computed in the base part
+P4MM = [("Ba", "Ti"), ("K", "Nb")]
+
+#: Spread (standard deviation) of the contact rule's own error in lattice constant: `rs_scale`
+#: (relaxed / initial lattice constant) over the 308 EOS-relaxed examples committed before the
+#: augmentation (std 0.094; 0.085 over the compounds). A constant, not re-measured at build time,
+#: so that the augmented structures (and their cache keys) do not change as data is added.
+CONTACT_RULE_SPREAD = 0.09
+#: Gaussian width (Å, per Cartesian component) of the rattled variant's displacements.
+RATTLE_SIGMA = 0.05
+#: Variants of every relaxed structure: two isotropic scalings (one compressed, one expanded),
+#: a uniaxial strain along z, and (2-atom, non-magnetic cells only: a rattle removes the crystal
+#: symmetry and multiplies the k-points ~10-20x) rattled positions.
+VARIANTS = ("iso_a", "iso_b", "strain_c", "rattle")
+#: separator of parent id and variant name in an augmented id: "NaCl_rocksalt__iso_a"
+VARIANT_SEP = "__"
+
+
+def _rng(parent_id: str, variant: str) -> np.random.Generator:
+    seed = int(hashlib.sha256(f"{parent_id}:{variant}".encode()).hexdigest()[:16], 16)
+    return np.random.default_rng(seed)
+
+
+def _spread_draw(rng: np.random.Generator) -> float:
+    """|z| of a standard normal, kept in [0.3, 2]: a variant at least 0.3 sigma from its parent."""
+    return float(np.clip(abs(rng.standard_normal()), 0.3, 2.0))
+
+
+def variant_structure(parent_id: str, structure, variant: str):
+    """The `variant` initial structure of a parent's initial structure (deterministic per id).
+
+    iso_a / iso_b: lattice constant times 1 - sigma|z| / 1 + sigma|z|; strain_c: the z axis
+    (the cubic axis, or the hexagonal / tetragonal c axis, so that non-cubic cells keep their
+    symmetry) times 1 +- sigma|z|, sign drawn; sigma = CONTACT_RULE_SPREAD. rattle: Gaussian
+    displacements of RATTLE_SIGMA Å, net translation removed.
+    """
+    rng = _rng(parent_id, variant)
+    s = structure.copy()
+    if variant in ("iso_a", "iso_b"):
+        f = 1.0 + (-1.0 if variant == "iso_a" else 1.0) * CONTACT_RULE_SPREAD * _spread_draw(rng)
+        s.scale_lattice(s.volume * f ** 3)
+    elif variant == "strain_c":
+        z = _spread_draw(rng)
+        eps = (1.0 if rng.random() < 0.5 else -1.0) * CONTACT_RULE_SPREAD * z
+        from pymatgen.core import Lattice, Structure
+
+        m = s.lattice.matrix @ np.diag([1.0, 1.0, 1.0 + eps])
+        s = Structure(Lattice(m), s.species, s.frac_coords)
+    elif variant == "rattle":
+        d = rng.normal(0.0, RATTLE_SIGMA, size=(len(s), 3))
+        d -= d.mean(axis=0)
+        from pymatgen.core import Structure
+
+        s = Structure(s.lattice, s.species, s.cart_coords + d, coords_are_cartesian=True)
+    else:
+        raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
+    return s
+
+
+def _wants_rattle(t: Task) -> bool:
+    from esnet_tf.dft.engine import is_spin_polarized
+
+    return len(t.structure) == 2 and not is_spin_polarized(t)
+
+
+def variant_tasks(parent: Task, variants: tuple[str, ...] = VARIANTS) -> list[Task]:
+    """Augmentation tasks of a relaxed parent: IS single points (relax="none") of its variants."""
+    out = []
+    for v in variants:
+        if v == "rattle" and not _wants_rattle(parent):
+            continue
+        out.append(Task(id=f"{parent.id}{VARIANT_SEP}{v}", structure=variant_structure(parent.id, parent.structure, v),
+                        settings=parent.settings, relax="none", kind=parent.kind, prototype=parent.prototype,
+                        timeout=parent.timeout))
+    return out
+
+
+def parent_of(task_id: str) -> tuple[str, str]:
+    """(parent id, variant) of an augmented id; (task_id, "") for a relaxed structure."""
+    if VARIANT_SEP in task_id:
+        p, v = task_id.rsplit(VARIANT_SEP, 1)
+        return p, v
+    return task_id, ""
+
+
+def _harder_groups(st: DFTSettings, timeout: float, optimizer_timeout: float) -> list[list[Task]]:
+    """One group per composition: its optimizer structure(s) and the cubic (EOS) competitors it lacks.
+
+    Families are interleaved (one group of each in turn) so that a partial run covers all of them.
+    """
+    def eos(proto: str, species: list[str]) -> Task:
+        s = prototype_structure(proto, species)
+        return Task(id=f"{_formula(s)}_{proto}", structure=s, settings=st, relax="eos", prototype=proto,
+                    timeout=timeout)
+
+    def opt(proto: str, species: list[str]) -> Task:
+        s = noncubic_structure(proto, species)
+        return Task(id=f"{_formula(s)}_{proto}", structure=s, settings=st, relax="optimizer", prototype=proto,
+                    timeout=optimizer_timeout)
+
+    base_ab = {frozenset(f) for f in (_ab_pair(x) for x in AB)}
+
+    def ab_competitors(a: str, b: str) -> list[Task]:
+        return [] if frozenset((a, b)) in base_ab else [eos(p, [a, b]) for p in ("rocksalt", "cscl", "zincblende")]
+
+    base_fluorite = {(a, b) for a, b in AB2}
+    families = [
+        [[opt("hcp", [el])] for el in HCP_ELEMENTS],
+        [[opt("wurtzite", [a, b])] + ab_competitors(a, b) for a, b in WURTZITES],
+        [[opt("l10", [a, b])] + ([] if frozenset((a, b)) in base_ab else [eos("cscl", [a, b])]) for a, b in L10],
+        [[opt("rutile", [a, b])] + ([opt("anatase", [a, b])] if (a, b) in ANATASES else [])
+         + ([] if (a, b) in base_fluorite else [eos("fluorite", [a, b])]) for a, b in RUTILES],
+        [[opt("cdi2", [a, b]), eos("fluorite", [a, b])] for a, b in CDI2],
+        [[opt("nias", [a, b])] + ab_competitors(a, b) for a, b in NIAS],
+        [[opt("perovskite_p4mm", [a, b, "O"])] for a, b in P4MM],
+    ]
+    groups, cursors = [], [iter(f) for f in families]
+    while True:
+        nxt = [g for g in (next(c, None) for c in cursors) if g is not None]
+        if not nxt:
+            return groups
+        groups += nxt
+
+
+def _ab_pair(formula: str) -> tuple[str, str]:
+    from pymatgen.core import Composition
+
+    a, b = [e.symbol for e in Composition(formula).elements]
+    return a, b
+
+
+def _cost_rank(t: Task) -> float:
+    """Rough relative cost of a single point: atoms, times 3 when spin-polarised."""
+    from esnet_tf.dft.engine import is_spin_polarized
+
+    return len(t.structure) * (3.0 if is_spin_polarized(t) else 1.0)
+
+
+#: base-structure variants scheduled after each harder group (the rest follow all groups)
+AUGMENT_PER_GROUP = 12
+
+#: "new" = harder + augment in their interleaved order (everything after the base part)
+PARTS = ("all", "base", "harder", "augment", "new")
+
+
+def demo_tasks(settings: DFTSettings | None = None, timeout: float = 1800.0, part: str = "all",
+               optimizer_timeout: float | None = None) -> list[Task]:
+    """The demo plan in computing order; `part` one of PARTS.
+
+    Order: the base (cubic) part as before; then the N2 reference, then the harder groups, each
+    followed by its own variants (iso_a, iso_b, strain_c) and AUGMENT_PER_GROUP variants of the
+    base structures, cheapest first (2-atom non-magnetic cells before 6-atom magnetic ones); then
+    the remaining base variants; rattled variants last. A partial run therefore grows the
+    non-cubic part and the augmentation together. Optimizer tasks get `optimizer_timeout`
+    (default 2 x `timeout`).
+    """
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    st = settings or DFTSettings()
+    opt_timeout = 2.0 * timeout if optimizer_timeout is None else optimizer_timeout
+    base = _base_tasks(st, timeout)
+    new_refs = [Task(id=f"{g}2_molecule", structure=molecule_in_box(g, DIMER_BONDS[g], st.molecule_box),
+                     settings=st, relax="none", kind="molecule", prototype="molecule", timeout=timeout)
+                for g in NEW_GASES]
+    groups = _harder_groups(st, timeout, opt_timeout)
+    relaxed_base = [t for t in base if t.relax != "none"]
+    order = sorted(range(len(relaxed_base)), key=lambda k: (_cost_rank(relaxed_base[k]), k))
+    base_aug = iter([v for k in order for v in variant_tasks(relaxed_base[k], VARIANTS[:3])])
+    harder, augment = list(new_refs), []
+    plan = list(base) + list(new_refs)
+    for g in groups:
+        plan += g
+        harder += g
+        own = [v for t in g for v in variant_tasks(t, VARIANTS[:3])]
+        more = [v for v in (next(base_aug, None) for _ in range(AUGMENT_PER_GROUP)) if v is not None]
+        plan += own + more
+        augment += own + more
+    rest = list(base_aug)
+    relaxed_all = relaxed_base + [t for g in groups for t in g]
+    rattles = [v for t in sorted(relaxed_all, key=_cost_rank) for v in variant_tasks(t, ("rattle",))]
+    plan += rest + rattles
+    augment += rest + rattles
+    ids = [t.id for t in plan]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
         raise RuntimeError(f"duplicate demo ids: {sorted(dup)}")
-    return tasks
+    chosen = {"all": None, "base": {t.id for t in base}, "harder": {t.id for t in harder},
+              "augment": {t.id for t in augment}, "new": {t.id for t in harder + augment}}[part]
+    return plan if chosen is None else [t for t in plan if t.id in chosen]
 
 
 def assemble_cached(data_dir: Path, settings: DFTSettings | None = None) -> dict:
     """Assemble labels from whatever the cache holds, without computing anything.
 
-    Tasks not computed yet are listed in provenance.json (`pending`), not silently dropped.
+    Writes labels.csv (relaxed structures: base and harder parts), labels_augmented.csv (those
+    rows plus the finished augmentation variants whose parent is in labels.csv) and
+    provenance.json. Relaxed structures not computed yet are listed in provenance.json
+    (`pending`); pending variants are counted under `augmentation`.
     """
     from esnet_tf.dft.runner import cached_outcome
 
     st = settings or DFTSettings()
     data_dir = Path(data_dir)
     tasks = demo_tasks(st)
+    relaxed_tasks = [t for t in tasks if not parent_of(t.id)[1]]
+    variants = [t for t in tasks if parent_of(t.id)[1]]
     outcomes, pending = [], []
-    for t in tasks:
+    for t in relaxed_tasks:
         out = cached_outcome(t, data_dir / "calcs")
         (outcomes.append(out) if out is not None else pending.append(t.id))
     prov = assemble(outcomes, data_dir, st)
-    prov.update(n_pending=len(pending), pending=pending)
-    (data_dir / "provenance.json").write_text(__import__("json").dumps(prov, indent=1))
+    aug = assemble_augmented(data_dir, outcomes, variants, prov)
+    base_ids = {t.id for t in _base_tasks(st, 1800.0)}
+    done_ids = {o.task_id for o in outcomes if o.result is not None}
+    prov["n_new_eos_done"] = sum(t.relax == "eos" and t.id not in base_ids and t.id in done_ids for t in relaxed_tasks)
+    prov.update(n_pending=len(pending), pending=pending,
+                n_pending_by_part={"base": sum(i in base_ids for i in pending),
+                                   "harder": sum(i not in base_ids for i in pending),
+                                   "augment": aug["n_pending"]},
+                augmentation=aug, process_hours_by_part=_process_hours(data_dir, base_ids, aug))
+    write_text(data_dir / "provenance.json", json.dumps(prov, indent=1))
+    readme = data_dir / "README.md"
+    if readme.exists():
+        write_text(readme, readme_with_counts(readme.read_text(), prov))
     return prov
+
+
+def counts_markdown(prov: dict) -> str:
+    """Markdown tables of provenance.json: per prototype family, per part, augmentation."""
+    fam = prov["summary"]["per_family"]
+    lines = ["| prototype | relaxation | n | on hull | stable fraction | mean IS s | mean relaxation s | "
+             "process-h |", "|---|---|---|---|---|---|---|---|"]
+    for name, f in fam.items():
+        lines.append(f"| {name} | {f['relax_kind']} | {f['n']} | {f['n_stable']} | {f['stable_fraction']:.2f} | "
+                     f"{f['mean_is_wall_time_s']:.0f} | {f['mean_relax_wall_time_s']:.0f} | "
+                     f"{f['is_process_hours'] + f['relax_process_hours']:.2f} |")
+    aug = prov["augmentation"]
+    pend = prov["n_pending_by_part"]
+    hours = prov["process_hours_by_part"]
+    lines += ["", "| part | done | pending | process-hours |", "|---|---|---|---|",
+              f"| base (cubic, EOS) | {prov['summary']['per_relax_kind'].get('eos', 0) - _n_new_eos(prov)} | "
+              f"{pend['base']} | {hours['base_eos']:.2f} |",
+              f"| harder: optimizer | {prov['summary']['per_relax_kind'].get('optimizer', 0)} | "
+              f"{pend['harder']} (with competitors) | {hours['harder_optimizer']:.2f} |",
+              f"| harder: EOS competitors | {_n_new_eos(prov)} | | {hours['harder_eos_competitors']:.2f} |",
+              f"| augmentation single points | {aug['n_variants']} (of {aug['n_parents_with_variants']} parents) | "
+              f"{aug['n_pending']} | {hours['augmentation_single_points']:.2f} |",
+              "", f"Assembled {prov['assembled']}; variants per kind: {aug['per_variant']}; "
+              f"failed variants: {aug['n_failed']}; mean variant single point {aug['mean_wall_time_s']:.0f} s. "
+              "Wall times are of single-threaded processes, two at a time on a shared 2-core machine."]
+    return "\n".join(lines)
+
+
+def _n_new_eos(prov: dict) -> int:
+    return int(prov.get("n_new_eos_done", 0))
+
+
+def readme_with_counts(text: str, prov: dict) -> str:
+    """README text with the block between the counts markers replaced by `counts_markdown`."""
+    start, end = "<!-- counts:start", "<!-- counts:end -->"
+    if start not in text or end not in text:
+        return text
+    i = text.index(start)
+    i = text.index("-->", i) + 3
+    j = text.index(end)
+    return text[:i] + "\n" + counts_markdown(prov) + "\n" + text[j:]
+
+
+def _process_hours(data_dir: Path, base_ids: set[str], aug: dict) -> dict:
+    """Process-hours (single-threaded wall time, IS + relaxation) of each part of labels.csv and
+    of the augmentation single points."""
+    import csv
+
+    with open(data_dir / "labels.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    out = {"base_eos": 0.0, "harder_optimizer": 0.0, "harder_eos_competitors": 0.0}
+    for r in rows:
+        h = (float(r["is_wall_time_s"]) + float(r["relax_wall_time_s"])) / 3600
+        key = ("base_eos" if r["id"] in base_ids else
+               "harder_optimizer" if r.get("relax_kind") == "optimizer" else "harder_eos_competitors")
+        out[key] += h
+    out["augmentation_single_points"] = aug["process_hours"]
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def assemble_augmented(data_dir: Path, outcomes: list, variants: list[Task], prov: dict) -> dict:
+    """Write labels_augmented.csv: every labels.csv row (variant "") plus the finished variants.
+
+    A variant row has its own IS (path, is_energy_per_atom, is_formation_energy_per_atom,
+    is_wall_time_s, n_atoms) and the labels and RS columns of its parent (formation energy,
+    e_above_hull, rs_path, rs_energy_per_atom, relaxed, ...); `rs_scale` is the cube root of the
+    parent's relaxed volume over the variant's initial volume, and `relax_wall_time_s` is 0 (the
+    variant was not relaxed). Same chemical system as the parent, hence the same split.
+    """
+    import csv
+
+    from esnet_tf.dft.runner import cached_outcome
+
+    data_dir = Path(data_dir)
+    with open(data_dir / "labels.csv") as fh:
+        reader = csv.DictReader(fh)
+        cols = list(reader.fieldnames) + ["parent_id", "variant"]
+        parents = {r["id"]: r for r in reader}
+    mu = {el: v["energy_per_atom"] for el, v in prov["elemental_references"].items()}
+    results = {o.task_id: o.result for o in outcomes if o.result is not None}
+    rows = [dict(r, parent_id=r["id"], variant="") for r in parents.values()]
+    n_pending, failed, no_parent, wall = 0, [], 0, 0.0
+    per_variant: dict[str, int] = {}
+    for t in variants:
+        out = cached_outcome(t, data_dir / "calcs")
+        if out is None:
+            n_pending += 1
+            continue
+        if out.result is None:
+            failed.append({"id": t.id, "reason": out.reason})
+            continue
+        r = out.result
+        wall += r["is_wall_time"]
+        pid, v = parent_of(t.id)
+        if pid not in parents:
+            no_parent += 1
+            continue
+        n = sum(r["composition"].values())
+        from pymatgen.core import Structure
+
+        rs_volume = Structure.from_dict(results[pid]["rs_structure"]).volume
+        row = dict(parents[pid])
+        row.update({
+            "id": t.id, "path": f"calcs/{out.key}/{r['is_dos']}", "n_atoms": r["n_atoms"],
+            "is_energy_per_atom": f"{r['is_energy'] / n:.6f}",
+            "is_formation_energy_per_atom": f"{(r['is_energy'] - sum(k * mu[el] for el, k in r['composition'].items())) / n:.6f}",
+            "rs_scale": f"{(rs_volume / t.structure.volume) ** (1 / 3):.6f}",
+            "spin_polarized": r["spin_polarized"], "is_wall_time_s": f"{r['is_wall_time']:.6f}",
+            "relax_wall_time_s": f"{0.0:.6f}", "parent_id": pid, "variant": v,
+        })
+        rows.append(row)
+        per_variant[v] = per_variant.get(v, 0) + 1
+    rows.sort(key=lambda r: (r["parent_id"], r["variant"]))
+    with atomic_path(data_dir / "labels_augmented.csv") as tmp, tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    n_var = len(rows) - len(parents)
+    return {"n_rows": len(rows), "n_parents": len(parents), "n_variants": n_var,
+            "n_parents_with_variants": len({r["parent_id"] for r in rows if r["variant"]}),
+            "per_variant": dict(sorted(per_variant.items())), "n_pending": n_pending, "n_failed": len(failed),
+            "failed": failed, "n_done_parent_missing": no_parent, "process_hours": round(wall / 3600, 3),
+            "mean_wall_time_s": round(wall / max(1, n_var + no_parent), 1),
+            "variants": {"iso_a / iso_b": f"lattice constant x (1 -/+ {CONTACT_RULE_SPREAD} |z|), |z| in [0.3, 2]",
+                         "strain_c": f"z axis x (1 +- {CONTACT_RULE_SPREAD} |z|)",
+                         "rattle": f"Gaussian displacements, {RATTLE_SIGMA} A per component, 2-atom "
+                                   "non-magnetic cells", "seed": "sha256(parent id : variant)",
+                         "spread": "CONTACT_RULE_SPREAD = std of rs_scale over the EOS-relaxed examples"},
+            "reference": "Gibson et al., arXiv:2202.13947 (IS augmentation)"}
 
 
 #: Default output of `esnet dft demo`: under the current directory, never inside the installation.

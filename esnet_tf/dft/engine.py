@@ -68,7 +68,7 @@ def kpoint_mesh(task: Task) -> tuple[int, int, int]:
     return tuple(int(k) for k in size)
 
 
-def _calculator(task: Task, natoms: int, log: Path):
+def _calculator(task: Task, natoms: int, log: Path, mesh: tuple[int, int, int] | None = None):
     from gpaw import GPAW, PW, FermiDirac
     from gpaw.setup import create_setup
 
@@ -77,16 +77,20 @@ def _calculator(task: Task, natoms: int, log: Path):
                for el in task.structure.composition.elements}
     nval = sum(valence[sp.symbol] for sp in task.structure.species)
     nbands = int(np.ceil(nval / 2 * 1.5)) + 4 * natoms
-    kpts = (1, 1, 1) if task.kind == "molecule" else {"size": kpoint_mesh(task), "gamma": True}
+    kpts = (1, 1, 1) if task.kind == "molecule" else {"size": mesh or kpoint_mesh(task), "gamma": True}
     return GPAW(mode=PW(st.ecut), xc=st.xc, kpts=kpts, occupations=FermiDirac(st.smearing),
                 spinpol=is_spin_polarized(task), nbands=nbands, txt=str(log))
 
 
-def single_point(task: Task, scale: float, log: Path, dos_path: Path | None) -> dict:
-    """SCF at `scale` times the task's lattice; write the DOS if `dos_path` is given."""
+def single_point(task: Task, scale: float, log: Path, dos_path: Path | None,
+                 mesh: tuple[int, int, int] | None = None) -> dict:
+    """SCF at `scale` times the task's lattice; write the DOS if `dos_path` is given.
+
+    `mesh` overrides the k-point mesh (default: `kpoint_mesh(task)`).
+    """
     atoms = _atoms(task, scale)
     t0 = time.perf_counter()
-    calc = _calculator(task, len(atoms), log)
+    calc = _calculator(task, len(atoms), log, mesh)
     atoms.calc = calc
     try:
         energy = float(atoms.get_potential_energy())
@@ -196,6 +200,15 @@ def _parabola_min(points: list[dict]) -> float:
     return float(-c1 / (2 * c2))
 
 
+def _parabola_curvature(points: list[dict]) -> float:
+    """Second derivative d2E/ds2 (eV per cell) of the parabola through the lowest point and its neighbours."""
+    pts = sorted(points, key=lambda p: p["scale"])
+    i = int(np.argmin([p["energy"] for p in pts]))
+    i = min(max(i, 1), len(pts) - 2)
+    c2 = np.polyfit([p["scale"] for p in pts[i - 1:i + 2]], [p["energy"] for p in pts[i - 1:i + 2]], 2)[0]
+    return float(2 * c2)
+
+
 def next_eos_scale(points: list[dict], step: float) -> float | None:
     """Next lattice scale of the EOS scan, or None once the lowest energy is bracketed.
 
@@ -211,14 +224,8 @@ def next_eos_scale(points: list[dict], step: float) -> float | None:
     return best + sign * step * float(np.clip(jump, 1.0, 3.0))
 
 
-def relax_eos(task: Task, is_point: dict, workdir: Path) -> dict:
-    """Isotropic EOS relaxation: scan the lattice constant and refine at the fitted minimum.
-
-    Points at 1 +- eos_step around the IS, extended outward while the lowest point is at the
-    edge (towards the extrapolated vertex, 1 to 3 steps at a time); the relaxed structure is
-    the vertex of a parabola through the lowest three points
-    (energy vs lattice scale), and a single point there (with DOS) gives the RS energy.
-    """
+def eos_scan(task: Task, is_point: dict, workdir: Path) -> tuple[float, list[dict]]:
+    """Isotropic lattice scan of `relax_eos` (no final single point): (vertex scale, points)."""
     st = task.settings
     points = [is_point]
     for s in (1 - st.eos_step, 1 + st.eos_step):
@@ -228,30 +235,144 @@ def relax_eos(task: Task, is_point: dict, workdir: Path) -> dict:
         if nxt is None:
             break
         points.append(single_point(task, nxt, workdir / "gpaw.txt", None))
-    s0 = _parabola_min(points)
+    return _parabola_min(points), points
+
+
+def relax_eos(task: Task, is_point: dict, workdir: Path) -> dict:
+    """Isotropic EOS relaxation: scan the lattice constant and refine at the fitted minimum.
+
+    Points at 1 +- eos_step around the IS, extended outward while the lowest point is at the
+    edge (towards the extrapolated vertex, 1 to 3 steps at a time); the relaxed structure is
+    the vertex of a parabola through the lowest three points
+    (energy vs lattice scale), and a single point there (with DOS) gives the RS energy.
+    """
+    s0, points = eos_scan(task, is_point, workdir)
     rs = single_point(task, s0, workdir / "gpaw.txt", workdir / f"rs{GPAW_DOS_SUFFIX}")
     return {"scale": s0, "energy": rs["energy"], "rs_point": rs, "eos_points": points,
             "structure": _scaled(task, s0)}
 
 
-def relax_optimizer(task: Task, workdir: Path, fmax: float = 0.05, steps: int = 100) -> dict:
-    """General relaxation: BFGS on positions and cell (FrechetCellFilter), then a DOS single point."""
+#: BFGS settings of `relax_optimizer`: force (and cell-filter) threshold in eV/Å, and the step cap. A
+#: relaxation that hits the cap is kept and flagged (`converged` False in result.json). 0.02, not
+#: 0.05: at the EOS vertex wurtzite ZnO with the ideal u = 3/8 and c/a already has fmax 0.047, so
+#: 0.05 would stop BFGS before it relaxes anything beyond the volume.
+OPTIMIZER_FMAX = 0.02
+OPTIMIZER_STEPS = 60
+#: Relative lattice step of the finite difference that calibrates the stress (see `pulay_correction`).
+PULAY_FD_STEP = 0.01
+#: eV/atom: a recalibrated stress correction whose change would move the energy by more than this
+#: (1/2 V dc^2 / B) starts another BFGS stage. The finite difference itself is noisy at the meV level
+#: (the plane-wave set changes in steps with the cell), so this is not set tighter.
+PULAY_DRIFT_TOL = 0.002
+
+
+def pulay_correction(task: Task, atoms, log: Path, mesh: tuple[int, int, int]) -> float:
+    """Isotropic stress (eV/Å^3) to add to GPAW's analytic stress at `atoms` (which has a calculator).
+
+    At a fixed plane-wave cutoff the energy that labels and EOS scans use depends on the cell
+    through the basis too (Pulay stress); GPAW's analytic stress does not include that, and the new
+    GPAW ignores `dedecut`. At 500 eV the gap is large for oxides: ZnO zincblende at its IS gives
+    V tr(sigma) = +1.5 eV while the energy's volume derivative is -5.1 eV (the EOS expands the cell
+    2.7 %, BFGS on the analytic stress shrank it and raised the energy by 20 meV/atom). The Pulay
+    stress is isotropic, so one finite difference of the energy under uniform scaling,
+    dE/ds = sum_i dE/d eps_ii, calibrates it: c = (dE/ds - V tr sigma) / (3 V).
+    """
+    e = []
+    for f in (1.0 - PULAY_FD_STEP, 1.0 + PULAY_FD_STEP):
+        a = atoms.copy()
+        a.set_cell(atoms.cell * f, scale_atoms=True)
+        a.set_initial_magnetic_moments(atoms.get_initial_magnetic_moments())
+        a.calc = _calculator(task, len(a), log, mesh)
+        try:
+            e.append(float(a.get_potential_energy()))
+        except Exception as exc:
+            raise DFTError(f"task {task.id}: SCF failed in the stress calibration: {type(exc).__name__}: {exc}") from exc
+    volume = atoms.get_volume()
+    dEds = (e[1] - e[0]) / (2 * PULAY_FD_STEP)
+    return float((dEds - volume * np.trace(atoms.get_stress(voigt=False))) / (3 * volume))
+
+
+class _VolumeRunaway(RuntimeError):
+    pass
+
+
+def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, fmax: float = OPTIMIZER_FMAX,
+                    steps: int = OPTIMIZER_STEPS, max_stages: int = 2) -> dict:
+    """General relaxation: an isotropic EOS scan, then BFGS on positions and cell (FrechetCellFilter),
+    then a DOS single point.
+
+    GPAW's analytic stress misses the Pulay stress of the fixed plane-wave cutoff
+    (`pulay_correction`), so BFGS on it alone would not minimise the energy the labels use. The
+    volume is therefore first found from the energy itself (the EOS scan of `relax_eos`, at the
+    initial internal coordinates and c/a); at the scan's vertex dE/ds = 0, so the isotropic
+    correction is c = -tr(sigma)/3 there, passed to the filter as `scalar_pressure`. BFGS then
+    relaxes c/a, internal coordinates and the remaining volume change. At the end the correction
+    is recalibrated by a finite difference of the energy; when its change would move the energy by
+    more than PULAY_DRIFT_TOL another stage follows (at most `max_stages`). A volume leaving 0.75-1.33x
+    of the scan's vertex stops BFGS (flagged not converged). The k-point mesh of the initial cell
+    is held throughout, including the final single point. The space group of the initial
+    structure is kept (ASE FixSymmetry). `scale` is (V_RS / V_IS)^(1/3).
+    """
     from ase.filters import FrechetCellFilter
     from ase.optimize import BFGS
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    atoms = _atoms(task)
-    atoms.calc = _calculator(task, len(atoms), workdir / "gpaw.txt")
-    opt = BFGS(FrechetCellFilter(atoms), logfile=str(workdir / "relax.log"))
+    mesh = kpoint_mesh(task)
+    if is_point is None:
+        is_point = single_point(task, 1.0, workdir / "gpaw.txt", None)
+    s0, points = eos_scan(task, is_point, workdir)
+    atoms = _atoms(task, s0)
+    # GPAW symmetrises with the symmorphic operations only; hcp, wurtzite, NiAs, rutile and anatase are
+    # non-symmorphic, and noise in the unconstrained force components lowers their symmetry (tiny-settings
+    # hcp Mg ended in P-3m1). FixSymmetry symmetrises forces and stress with the full space group.
+    from ase.constraints import FixSymmetry
+
+    atoms.set_constraint(FixSymmetry(atoms, symprec=1e-3))
+    v_ref = atoms.get_volume()
+    atoms.calc = _calculator(task, len(atoms), workdir / "gpaw.txt", mesh)
+    fd_log = workdir / "gpaw_fd.tmp"  # ignored by git, like gpaw.txt
+
+    def guard():
+        if not 0.75 < atoms.get_volume() / v_ref < 1.33:
+            raise _VolumeRunaway
+
+    curvature = max(_parabola_curvature(points), 1e-3)  # d2E/ds2 of the scan, eV per cell
+    corrections, drifts, n_steps, converged = [], [], 0, False
     try:
-        converged = bool(opt.run(fmax=fmax, steps=steps))
+        corrections.append(-float(np.trace(atoms.get_stress(voigt=False))) / 3.0)
+        for _ in range(max_stages):
+            opt = BFGS(FrechetCellFilter(atoms, scalar_pressure=corrections[-1]), logfile=str(workdir / "relax.log"))
+            opt.attach(guard)
+            try:
+                converged = bool(opt.run(fmax=fmax, steps=steps - n_steps))
+            except _VolumeRunaway:
+                converged = False
+                n_steps += opt.nsteps
+                break
+            n_steps += opt.nsteps
+            corrections.append(pulay_correction(task, atoms, fd_log, mesh))
+            # energy cost of the stress error dc: 1/2 V dc^2 / B, with B V = E''(s) / 9 from the scan
+            vol = atoms.get_volume()
+            drift = 4.5 * vol ** 2 * (corrections[-1] - corrections[-2]) ** 2 / curvature / len(atoms)
+            drifts.append(drift)
+            if not converged or drift <= PULAY_DRIFT_TOL or n_steps >= steps:
+                break
+        else:
+            converged = False  # still drifting after max_stages
+    except DFTError:
+        raise
     except Exception as exc:
         raise DFTError(f"task {task.id}: relaxation failed: {type(exc).__name__}: {exc}") from exc
+    fd_log.unlink(missing_ok=True)
+    atoms.set_constraint()
     relaxed = AseAtomsAdaptor.get_structure(atoms)
     rs_task = Task(id=task.id, structure=relaxed, settings=task.settings, kind=task.kind)
-    rs = single_point(rs_task, 1.0, workdir / "gpaw.txt", workdir / f"rs{GPAW_DOS_SUFFIX}")
-    return {"scale": None, "energy": rs["energy"], "rs_point": rs, "converged": converged,
-            "n_steps": opt.nsteps, "structure": relaxed.as_dict()}
+    rs = single_point(rs_task, 1.0, workdir / "gpaw.txt", workdir / f"rs{GPAW_DOS_SUFFIX}", mesh=mesh)
+    scale = float((relaxed.volume / task.structure.volume) ** (1.0 / 3.0))
+    return {"scale": scale, "energy": rs["energy"], "rs_point": rs, "converged": converged,
+            "n_steps": n_steps, "structure": relaxed.as_dict(), "pulay_corrections": corrections,
+            "pulay_drift_energy": drifts,
+            "eos_points": points, "eos_vertex": s0}
 
 
 def _scaled(task: Task, scale: float) -> dict:
@@ -276,13 +397,18 @@ def compute(task: Task, workdir: Path) -> dict:
     }
     if task.relax != "none":
         t1 = time.perf_counter()
-        rel = relax_eos(task, is_point, workdir) if task.relax == "eos" else relax_optimizer(task, workdir)
+        rel = relax_eos(task, is_point, workdir) if task.relax == "eos" else relax_optimizer(task, workdir, is_point)
         result.update({
             "rs_energy": rel["energy"], "rs_structure": rel["structure"],
             "relax_wall_time": time.perf_counter() - t1, "rs_dos": f"rs{GPAW_DOS_SUFFIX}",
             "rs_scale": rel["scale"], "rs_magmom": rel["rs_point"]["magmom"],
             "eos_points": [{k: p[k] for k in ("scale", "energy", "wall_time")}
                            for p in rel.get("eos_points", [])],
+            "relax_kind": task.relax,
         })
+        if task.relax == "optimizer":
+            result.update(relax_converged=rel["converged"], relax_steps=rel["n_steps"],
+                          relax_fmax=OPTIMIZER_FMAX, pulay_corrections_eV_per_A3=rel["pulay_corrections"],
+                          pulay_drift_eV_per_atom=rel["pulay_drift_energy"], eos_vertex=rel["eos_vertex"])
     result["wall_time"] = time.perf_counter() - t0
     return result

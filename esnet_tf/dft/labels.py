@@ -10,6 +10,7 @@ import json
 import platform
 from pathlib import Path
 
+from esnet_tf.atomic import atomic_path, write_text
 from esnet_tf.dft.runner import Outcome
 from esnet_tf.dft.settings import DFTSettings
 
@@ -26,6 +27,43 @@ def eos_bracketed(result: dict) -> bool | str:
     scales = [p["scale"] for p in pts]
     best = min(pts, key=lambda p: p["energy"])["scale"]
     return min(scales) < best < max(scales)
+
+
+def relax_converged(result: dict) -> bool | str:
+    """Whether the relaxation reached its minimum: EOS bracketed, or BFGS converged ('' without one)."""
+    if result.get("relax_kind") == "optimizer" or "relax_converged" in result:
+        return bool(result.get("relax_converged"))
+    return eos_bracketed(result)
+
+
+def relax_kind(result: dict) -> str:
+    """'eos', 'optimizer' or 'none' (results before `relax_kind` was recorded were EOS scans)."""
+    if "rs_energy" not in result:
+        return "none"
+    return result.get("relax_kind", "eos")
+
+
+def family_summary(rows: list[dict]) -> dict:
+    """Per prototype: count, relaxation kind(s), stable entries and fraction, DFT cost.
+
+    Cost in process-hours (single-threaded wall time) of the IS single points and of the
+    relaxations, and the mean per structure (s).
+    """
+    out: dict[str, dict] = {}
+    for proto in sorted({r["prototype"] for r in rows}):
+        rs = [r for r in rows if r["prototype"] == proto]
+        n_stable = sum(abs(float(r.get("e_above_hull", 1.0))) < 1e-9 for r in rs)
+        is_s = [float(r["is_wall_time_s"]) for r in rs]
+        rel_s = [float(r["relax_wall_time_s"]) for r in rs]
+        out[proto] = {
+            "n": len(rs), "relax_kind": "/".join(sorted({str(r.get("relax_kind", "eos")) for r in rs})),
+            "n_stable": n_stable, "stable_fraction": round(n_stable / len(rs), 3),
+            "n_relax_not_converged": sum(str(r.get("relax_converged", "True")) == "False" for r in rs),
+            "is_process_hours": round(sum(is_s) / 3600, 3), "relax_process_hours": round(sum(rel_s) / 3600, 3),
+            "mean_is_wall_time_s": round(float(sum(is_s) / len(rs)), 1),
+            "mean_relax_wall_time_s": round(float(sum(rel_s) / len(rs)), 1),
+        }
+    return out
 
 
 def _date_range(done: list[Outcome]) -> list[str]:
@@ -63,6 +101,10 @@ def summarize(rows: list[dict]) -> dict:
                                   for r, c in zip(rows, comps)),
         "n_spin_polarized": sum(str(r["spin_polarized"]) == "True" for r in rows),
         "eos_not_bracketed": sorted(r["id"] for r in rows if str(r.get("eos_bracketed")) == "False"),
+        "optimizer_not_converged": sorted(r["id"] for r in rows if r.get("relax_kind") == "optimizer"
+                                          and str(r.get("relax_converged")) == "False"),
+        "per_relax_kind": dict(sorted(Counter(str(r.get("relax_kind", "eos")) for r in rows).items())),
+        "per_family": family_summary(rows),
         "is_single_points_per_process_hour": is_rate,
         "relaxations_per_process_hour": rs_rate,
         "relaxation_to_is_cost_ratio": round(is_rate / rs_rate, 2),
@@ -123,6 +165,7 @@ def assemble(outcomes: list[Outcome], data_dir: Path, settings: DFTSettings) -> 
             "relaxed": relaxed,
             "rs_is_lowest": (not relaxed) or r["rs_energy"] <= final_energy[o.task_id] + 1e-6,
             "eos_bracketed": eos_bracketed(r),
+            "relax_kind": relax_kind(r), "relax_converged": relax_converged(r) if relaxed else "",
             "is_energy_per_atom": r["is_energy"] / n_atoms, "rs_energy_per_atom": final_energy[o.task_id] / n_atoms,
             "is_formation_energy_per_atom": (r["is_energy"] - sum(n * mu[el][0] for el, n in comp.items())) / n_atoms,
             "rs_scale": r.get("rs_scale"), "spin_polarized": r["spin_polarized"],
@@ -136,13 +179,13 @@ def assemble(outcomes: list[Outcome], data_dir: Path, settings: DFTSettings) -> 
     cols = ["id", "path", "formation_energy_per_atom", "e_above_hull", "prototype", "formula", "rs_path",
             "n_atoms", "is_energy_per_atom", "rs_energy_per_atom", "is_formation_energy_per_atom",
             "rs_scale", "spin_polarized", "is_wall_time_s", "relax_wall_time_s", "relaxed", "rs_is_lowest",
-            "eos_bracketed"]
-    with open(data_dir / "labels.csv", "w", newline="") as fh:
+            "eos_bracketed", "relax_kind", "relax_converged"]
+    with atomic_path(data_dir / "labels.csv") as tmp, tmp.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
         for row in rows:
             w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-    with open(data_dir / "failures.csv", "w", newline="") as fh:
+    with atomic_path(data_dir / "failures.csv") as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "reason"])
         w.writerows(sorted(failures))
@@ -158,9 +201,13 @@ def assemble(outcomes: list[Outcome], data_dir: Path, settings: DFTSettings) -> 
         "assembled": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "initial_structure_rule": "closest pair at the sum of Slater atomic radii (see esnet_tf/dft/prototypes.py)",
-        "relaxation": "isotropic EOS scan (steps of eos_step), parabola vertex, single point there",
+        "relaxation": {"eos": "isotropic EOS scan (steps of eos_step), parabola vertex, single point there",
+                       "optimizer": "isotropic EOS scan as for eos, then ASE BFGS on positions and cell (FrechetCellFilter) "
+                                    "from its vertex, GPAW stress plus an isotropic Pulay correction calibrated "
+                                    "against the fixed-cutoff energy, fmax 0.02 eV/A, at most 60 steps, k-mesh "
+                                    "of the initial cell held; single point at the result"},
         "computed_utc": _date_range(done),
         "summary": summarize(rows),
     }
-    (data_dir / "provenance.json").write_text(json.dumps(prov, indent=1))
+    write_text(data_dir / "provenance.json", json.dumps(prov, indent=1))
     return prov

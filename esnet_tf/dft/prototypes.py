@@ -94,3 +94,85 @@ def molecule_in_box(element: str, bond: float, box: float) -> Structure:
 
 #: Experimental bond lengths (Å) of the molecular elemental references.
 DIMER_BONDS = {"O": 1.208, "F": 1.412, "Cl": 1.988}
+
+
+# --- Non-cubic prototypes: internal coordinates and/or a free c/a, relaxed with the optimizer ---
+#
+# The initial structure keeps textbook internal parameters and c/a (ideal close packing where
+# the prototype has one) and the same contact rule as the cubic prototypes: the cell is scaled
+# so that the closest pair touches at the sum of Slater radii. BFGS on positions and cell
+# (`relax="optimizer"`) finds the real u, x, z and c/a.
+
+_SQ83 = float(np.sqrt(8.0 / 3.0))  # ideal hcp c/a
+
+#: name -> (lattice at a = 1 as (a, b, c, alpha, beta, gamma), [(slot, frac coords), ...], formula slots,
+#: note). Slots index the species list given to `noncubic_structure`.
+NONCUBIC_PROTOTYPES: dict[str, tuple[tuple, list[tuple[int, tuple]], str, str]] = {
+    "hcp": ((1, 1, _SQ83, 90, 90, 120), [(0, (1 / 3, 2 / 3, 0.25)), (0, (2 / 3, 1 / 3, 0.75))], "A",
+            "A3 (Mg), ideal c/a = sqrt(8/3)"),
+    "wurtzite": ((1, 1, _SQ83, 90, 90, 120),
+                 [(0, (1 / 3, 2 / 3, 0.0)), (0, (2 / 3, 1 / 3, 0.5)),
+                  (1, (1 / 3, 2 / 3, 0.375)), (1, (2 / 3, 1 / 3, 0.875))], "AB",
+                 "B4 (ZnS), ideal c/a = sqrt(8/3), u = 3/8"),
+    "nias": ((1, 1, _SQ83, 90, 90, 120),
+             [(0, (0, 0, 0)), (0, (0, 0, 0.5)), (1, (1 / 3, 2 / 3, 0.25)), (1, (2 / 3, 1 / 3, 0.75))], "AB",
+             "B8_1 (NiAs): A in the octahedral holes of hcp B, ideal c/a = sqrt(8/3)"),
+    "l10": ((1, 1, float(np.sqrt(2.0)), 90, 90, 90), [(0, (0, 0, 0)), (1, (0.5, 0.5, 0.5))], "AB",
+            "L1_0 (CuAu) primitive tetragonal cell of the fcc lattice, c/a_fcc = 1"),
+    "rutile": ((1, 1, float(np.sqrt(0.4)), 90, 90, 90),
+               [(0, (0, 0, 0)), (0, (0.5, 0.5, 0.5)), (1, (0.3, 0.3, 0)), (1, (0.7, 0.7, 0)),
+                (1, (0.8, 0.2, 0.5)), (1, (0.2, 0.8, 0.5))], "AB2",
+               "C4 (TiO2 rutile), x = 0.3, c/a = sqrt(0.4) (all six A-B bonds equal)"),
+    "anatase": ((1, 1, 2.5, 90, 90, 90), [], "AB2",
+                "C5 (TiO2 anatase), I4_1/amd origin 1, textbook z(O) = 0.208, c/a = 2.5; primitive cell of 6"),
+    "cdi2": ((1, 1, _SQ83, 90, 90, 120),
+             [(0, (0, 0, 0)), (1, (1 / 3, 2 / 3, 0.25)), (1, (2 / 3, 1 / 3, 0.75))], "AB2",
+             "C6 (CdI2, 1T layers): A in every other octahedral layer of hcp B, ideal c/a = sqrt(8/3), z = 1/4"),
+    "perovskite_p4mm": ((1, 1, 1, 90, 90, 90),
+                        [(0, (0, 0, 0)), (1, (0.5, 0.5, 0.52)), (2, (0.5, 0.5, 0)), (2, (0.5, 0, 0.5)),
+                         (2, (0, 0.5, 0.5))], "ABX3",
+                        "tetragonal P4mm perovskite (BaTiO3): the cubic cell with B moved 0.02 c along z, "
+                        "so the optimizer can find the ferroelectric distortion"),
+}
+_N_NONCUBIC = {"hcp": 2, "wurtzite": 4, "nias": 4, "l10": 2, "rutile": 6, "anatase": 6, "cdi2": 3,
+               "perovskite_p4mm": 5}
+
+
+def _anatase_unit(species: list[str]) -> Structure:
+    """Primitive anatase cell (6 atoms) at conventional a = 1: Ti 4a (0,0,0), O 8e (0,0,z)."""
+    from ase.spacegroup import crystal
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    at = crystal(["Ti", "O"], basis=[(0, 0, 0), (0, 0, 0.208)], spacegroup=141,
+                 cellpar=[1.0, 1.0, 2.5, 90, 90, 90])
+    conv = AseAtomsAdaptor.get_structure(at)
+    conv = Structure(conv.lattice, [species[0] if s.symbol == "Ti" else species[1] for s in conv.species],
+                     conv.frac_coords)
+    return conv.get_primitive_structure()
+
+
+def noncubic_structure(name: str, species: list[str], scale: float | None = None) -> Structure:
+    """Cell of non-cubic prototype `name` with `species` on its slots (A, B[, X]).
+
+    `scale` is the a lattice parameter (Å); None applies the contact rule. c/a and internal
+    coordinates are the prototype's ideal ones (see `NONCUBIC_PROTOTYPES`).
+    """
+    if name not in NONCUBIC_PROTOTYPES:
+        raise ValueError(f"unknown non-cubic prototype {name!r}; known: {sorted(NONCUBIC_PROTOTYPES)}")
+    par, sites, slots, _ = NONCUBIC_PROTOTYPES[name]
+    n_slots = len({k for k, _ in sites}) if sites else 2
+    if len(species) != n_slots:
+        raise ValueError(f"prototype {name} takes {n_slots} species, got {species}")
+    if name == "anatase":
+        unit = _anatase_unit(species)
+    else:
+        unit = Structure(Lattice.from_parameters(*par), [species[k] for k, _ in sites], [c for _, c in sites])
+    if len(unit) != _N_NONCUBIC[name]:
+        raise RuntimeError(f"prototype {name}: {len(unit)} atoms, expected {_N_NONCUBIC[name]}")
+    a = contact_lattice_constant(unit) if scale is None else scale
+    unit.scale_lattice(unit.volume * a ** 3)
+    return unit
+
+
+#: Experimental N2 bond length (Å), for the nitrides' elemental reference.
+DIMER_BONDS["N"] = 1.098
