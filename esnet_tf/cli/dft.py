@@ -43,7 +43,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                                 "new: harder + augment, interleaved")
             q.add_argument("--assemble-only", action="store_true",
                            help="compute nothing: write labels.csv from the cached results (pending ones listed)")
-        q.add_argument("--workers", type=int, default=2, help="parallel single-threaded GPAW processes")
+        q.add_argument("--workers", type=int, default=2, help="parallel single-threaded GPAW processes (lower it while running: "
+                       "echo 1 > OUT/calcs/WORKERS)")
         q.add_argument("--timeout", type=float, default=1800.0, help="wall-time limit per structure, s")
         q.add_argument("--ecut", type=float, default=DFTSettings.ecut, help="plane-wave cutoff, eV")
         q.add_argument("--kpt-density", type=float, default=DFTSettings.kpt_density, help="k-points per Å^-1")

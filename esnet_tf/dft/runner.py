@@ -22,6 +22,43 @@ from esnet_tf.atomic import write_text
 from esnet_tf.dft.tasks import Task, task_hash
 
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+WORKERS_FILE = "WORKERS"  # in the cache directory: an integer that lowers the worker count of a running job
+
+
+class WorkerGate:
+    """At most `workers` tasks at a time, fewer while `cache_dir/WORKERS` holds a smaller number.
+
+    The file is read before each task starts, so `echo 1 > calcs/WORKERS` frees a core for a test
+    run without stopping the job (running tasks finish; 0 starts nothing new); remove it to go back.
+    """
+
+    def __init__(self, cache_dir: Path, workers: int, poll_s: float = 10.0):
+        import threading
+
+        self.path = Path(cache_dir) / WORKERS_FILE
+        self.workers = max(1, workers)
+        self.poll_s = poll_s
+        self.active = 0
+        self._cond = threading.Condition()
+
+    def limit(self) -> int:
+        """The current worker limit: the file's number clipped to [0, workers], else `workers`."""
+        try:
+            return min(self.workers, max(0, int(self.path.read_text().strip())))
+        except (OSError, ValueError):
+            return self.workers
+
+    def __enter__(self):
+        with self._cond:
+            while self.active >= self.limit():
+                self._cond.wait(self.poll_s)
+            self.active += 1
+        return self
+
+    def __exit__(self, *exc):
+        with self._cond:
+            self.active -= 1
+            self._cond.notify_all()
 
 
 @dataclass
@@ -152,8 +189,14 @@ def _run_tasks(tasks: list[Task], cache_dir: Path, workers: int, retry_failed: b
         print(f"{len(outcomes)} of {len(tasks)} structures already in {cache_dir}")
     bar = tqdm(total=len(todo), desc="DFT", unit="structure", disable=not progress)
     n_failed = sum(o.status == "failed" for o in outcomes.values())
+    gate = WorkerGate(cache_dir, workers)
+
+    def gated(task: Task) -> Outcome:
+        with gate:
+            return run_task(task, cache_dir, retry_failed, nice)
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {pool.submit(run_task, t, cache_dir, retry_failed, nice): t for t in todo}
+        futures = {pool.submit(gated, t): t for t in todo}
         for fut in as_completed(futures):
             out = fut.result()
             outcomes[out.task_id] = out

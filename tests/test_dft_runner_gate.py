@@ -1,0 +1,36 @@
+"""The worker gate: a running DFT job's worker count can be lowered through calcs/WORKERS."""
+import threading
+import time
+
+from esnet_tf.dft.runner import WORKERS_FILE, WorkerGate
+
+
+def test_gate_limit_follows_the_workers_file(tmp_path):
+    gate = WorkerGate(tmp_path, workers=2, poll_s=0.01)
+    assert gate.limit() == 2
+    (tmp_path / WORKERS_FILE).write_text("1\n")
+    assert gate.limit() == 1
+    (tmp_path / WORKERS_FILE).write_text("5")
+    assert gate.limit() == 2  # never above what the job was started with
+    (tmp_path / WORKERS_FILE).write_text("not a number")
+    assert gate.limit() == 2
+
+
+def test_gate_holds_tasks_back_while_lowered(tmp_path):
+    (tmp_path / WORKERS_FILE).write_text("1")
+    gate = WorkerGate(tmp_path, workers=2, poll_s=0.01)
+    peak, lock = [0], threading.Lock()
+
+    def task():
+        with gate:
+            with lock:
+                peak[0] = max(peak[0], gate.active)
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=task) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 1
+    assert gate.active == 0
