@@ -10,7 +10,7 @@ whose members are nested models; `EnsembleMeanStd` (a registered layer, no Lambd
 per output) turns the members' (N, 1) outputs into the mean and the sample std (ddof = 1) times
 `std_scale` (a variance-scaling recalibration factor fitted on the validation split; 1 = raw).
 It round-trips through `.keras` (import this module, or use `esnet_tf.model.load_model` after
-importing it) and exports with `model.export(..., format="tf_saved_model")` like any ESNet, so
+importing it) and exports with `esnet_tf.export.write_saved_model` like any ESNet, so
 the SavedModel's `serving_default` returns both outputs (DESIGN.md section 5).
 """
 from __future__ import annotations

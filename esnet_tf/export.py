@@ -1,6 +1,6 @@
 """A trained `.keras` ESNet -> TF Serving SavedModel `DIR/NAME/VERSION/` (`esnet export`).
 
-Written by Keras 3 `model.export(..., format="tf_saved_model")`: signature `serving_default` with
+Written by `write_saved_model` (a frozen inference graph, no variables): signature `serving_default` with
 inputs dos_up (None, 1500, 9), dos_down (None, 1500, 9), composition (None, 118) float32 (raw
 IS-DOS; the normalisation is inside) and output formation_energy_per_atom (None, 1) in eV/atom
 (DESIGN.md section 5); an ensemble (`esnet_tf.ensemble`, or `export_ensemble` over member `.keras`
@@ -128,6 +128,39 @@ def check_model_name(name: str) -> str:
     return name
 
 
+def write_saved_model(model, path: str | Path) -> Path:
+    """Write `model`'s inference function (training=False) as a SavedModel with signature
+    `serving_default`: inputs by model input name, outputs by model output name.
+
+    The weights are folded into the graph as constants and the ops traced without Keras's name
+    scopes (`esnet_tf.compat.freeze`, `flat_op_names`), so a 5-member ensemble's SavedModel is one
+    4.4 MB `saved_model.pb` (Keras's `model.export` writes 18 MB: each weight twice, as the Keras
+    variable and as its TF variable, and the layer path in every op name). Same numbers as the model.
+    """
+    import tensorflow as tf
+
+    from esnet_tf.compat import flat_op_names, freeze
+
+    input_names = [t.name for t in model.inputs]
+    output_names = list(model.output) if isinstance(model.output, dict) else list(model.output_names)
+    specs = [tf.TensorSpec(t.shape, tf.float32, name=t.name) for t in model.inputs]
+
+    def infer(*tensors):
+        out = model(dict(zip(input_names, tensors)), training=False)
+        out = out if isinstance(out, dict) else dict(zip(output_names, tf.nest.flatten(out)))
+        return [tf.cast(out[k], tf.float32) for k in output_names]
+
+    with flat_op_names():
+        frozen = freeze(tf.function(infer, input_signature=specs).get_concrete_function())
+
+    def serve(*tensors):  # named outputs again (a frozen function returns a flat list)
+        return dict(zip(output_names, frozen(*tensors)))
+
+    signature = tf.function(serve, input_signature=specs).get_concrete_function()
+    tf.saved_model.save(tf.Module(), str(path), signatures={SIGNATURE: signature})
+    return Path(path)
+
+
 def export(model_path: str | Path, out: str | Path = "saved_models", name: str = "esnet", version: int = 1, *,
            warmup_data: str | None = None, n_warmup: int = 4, overwrite: bool = False) -> dict:
     """Export and verify; returns {'path', 'n_warmup', 'max_abs_diff'} (diff in eV/atom)."""
@@ -165,7 +198,7 @@ def export(model_path: str | Path, out: str | Path = "saved_models", name: str =
         check_finite(examples, "warmup examples")
 
     with atomic_dir(target, overwrite=overwrite) as tmp:
-        model.export(str(tmp), format="tf_saved_model", verbose=False)
+        write_saved_model(model, tmp)
         signature = tf.saved_model.load(str(tmp)).signatures[SIGNATURE]  # it loads and answers, or we stop here
         probe = examples if examples is not None else {
             "dos_up": np.zeros((1, n_points, 9), np.float32), "dos_down": np.zeros((1, n_points, 9), np.float32),
@@ -202,7 +235,7 @@ def export_ensemble(member_paths, out: str | Path = "saved_models", name: str = 
     `keras_out` (default `out/name/model.keras`) and export it like `export` (outputs mean and std, eV/atom)."""
     from esnet_tf.atomic import atomic_path
     from esnet_tf.ensemble import build_ensemble
-    from esnet_tf.model import load_model
+    from esnet_tf.model import deflate_keras, load_model
 
     paths = [Path(p) for p in member_paths]
     bad = [str(p) for p in paths if not p.is_file() or p.suffix != ".keras"]
@@ -218,6 +251,7 @@ def export_ensemble(member_paths, out: str | Path = "saved_models", name: str = 
     keras_out = Path(keras_out) if keras_out is not None else Path(out) / name / "model.keras"
     with atomic_path(keras_out) as tmp:
         ensemble.save(str(tmp))
+        deflate_keras(tmp)
     if warmup_data is None and (paths[0].parent / "warmup_examples.npz").is_file():
         warmup_data = str(paths[0].parent / "warmup_examples.npz")
     result = export(keras_out, out, name, version, warmup_data=warmup_data, n_warmup=n_warmup, overwrite=overwrite)

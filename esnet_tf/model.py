@@ -203,6 +203,21 @@ def load_model(path: str | Path):
                         f"{' '.join(str(exc).split())[:200]})") from None
 
 
+def deflate_keras(path: str | Path) -> Path:
+    """Recompress a `.keras` archive in place with deflate (Keras stores it uncompressed; the HDF5
+    weights of an ensemble shrink about 2x). Keras loads either form; the result is renamed into place."""
+    import zipfile
+
+    from esnet_tf.atomic import atomic_path
+
+    path = Path(path)
+    with zipfile.ZipFile(path) as src, atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
+            for info in src.infolist():
+                dst.writestr(info.filename, src.read(info.filename))
+    return path
+
+
 #: losses on the formation energy (eV/atom) that `compile_esnet` accepts
 LOSSES = ("log_cosh", "mae", "mse", "huber")
 

@@ -248,3 +248,34 @@ def test_tf_op_statistics_used_by_flops():
     matmuls = [op for g in nested for op in g.get_operations() if op.type == "MatMul"]
     assert [compat.op_flops(g, op) for g in nested for op in g.get_operations() if op.type == "MatMul"] == [2 * 3 * 4 * 5]
     assert matmuls and all(compat.op_flops(graph, op) is None for op in ops if op.type == "Placeholder")
+
+
+def test_flat_op_names_drops_layer_scopes_and_restores_them():
+    import tensorflow as tf
+
+    from esnet_tf.compat import flat_op_names
+
+    inp = keras.Input((4,), name="x")
+    model = keras.Model(inp, keras.layers.Dense(2, name="a_long_layer_name")(inp))
+
+    def names() -> list[str]:
+        fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(tf.TensorSpec((None, 4)))
+        return [op.name for op in fn.graph.get_operations()]
+
+    assert any("a_long_layer_name" in n for n in names())
+    with flat_op_names():
+        assert not any("a_long_layer_name" in n for n in names())
+    assert any("a_long_layer_name" in n for n in names())  # the patch is undone
+
+
+def test_freeze_folds_variables_into_constants():
+    import numpy as np
+    import tensorflow as tf
+
+    from esnet_tf.compat import freeze
+
+    v = tf.Variable([[2.0], [3.0]])
+    fn = tf.function(lambda x: tf.matmul(x, v)).get_concrete_function(tf.TensorSpec((None, 2)))
+    frozen = freeze(fn)
+    assert not frozen.graph.variables
+    assert np.allclose(frozen(tf.constant([[1.0, 1.0]]))[0].numpy(), [[5.0]])
