@@ -117,14 +117,14 @@ def child_raw(model: str, files: list[str], workers: int, batch: int) -> dict:
     out["serial_wall_s"] = time.perf_counter() - t
     out["read_s"] = sum(r[1] for r in results)
     out["featurize_s"] = sum(r[2] for r in results)
-    if workers > 1:
-        from concurrent.futures import ProcessPoolExecutor
+    examples = [e for r in results for e in r[0]]
+    if workers > 1:  # the path `esnet predict --workers N` takes (esnet_tf.featurize.featurize_paths)
+        from esnet_tf.featurize import featurize_paths
 
         t = time.perf_counter()
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_featurize_one, files, chunksize=16))
+        examples, failures = featurize_paths(files, progress=False, workers=workers)
         out["parallel_wall_s"] = time.perf_counter() - t
-    examples = [e for r in results for e in r[0]]
+        assert not failures, failures[:3]
     arrays = stack_examples(examples)
     predictor.predict({k: np.asarray(arrays[k][:batch]) for k in ("dos_up", "dos_down", "composition")}, batch)
     t = time.perf_counter()

@@ -12,6 +12,7 @@ CLI: `esnet featurize PATH... --out features.npz` (`esnet_tf.cli.featurize`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -181,17 +182,53 @@ def collect_inputs(paths: list[str], notes: list[str] | None = None) -> list[tup
     return out
 
 
+#: `featurize_paths(workers=None)` featurizes on several processes from this many files on (the
+#: spawned processes take ~0.6 s to start: 80 GPAW files took 1.3 s on 2 processes, 0.7 s on one)
+AUTO_PARALLEL_FILES = 256
+
+
+def default_workers() -> int:
+    """Processes for featurizing many files: the CPUs this process may use, at most 8."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+def _featurize_file(job: tuple[Path, Path | None, EnergyGrid]) -> tuple[list[ISDOSExample] | None, tuple | None]:
+    """One file -> (examples, None) or (None, (path, problem, fix)); module level so a process pool can run it."""
+    path, root, grid = job
+    try:
+        try:
+            return featurize_all(path, grid, id=default_id(path, root) if root else None), None
+        except (DOSInputError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a reader library failing on a malformed file: one line, not a traceback
+            raise DOSInputError(path, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+                                "the file looks corrupt or incomplete") from None
+    except DOSInputError as exc:
+        return None, (exc.path, exc.problem, exc.fix)
+
+
 def featurize_paths(paths: Sequence[str | Path], grid: EnergyGrid = PAPER_GRID, *, progress: bool = True,
                     on_result: Callable[[Path, list[ISDOSExample] | None, DOSInputError | None], None] | None = None,
-                    on_note: Callable[[str], None] | None = None) -> tuple[list[ISDOSExample], list[str]]:
+                    on_note: Callable[[str], None] | None = None,
+                    workers: int | None = None) -> tuple[list[ISDOSExample], list[str]]:
     """Featurize files and directories (walked); returns (examples, one-line failures).
 
     A file that cannot become IS-DOS (or does not exist) is reported in the failures (and to
     `on_result`), not raised; files left out as duplicates of a calculation go to `on_note`.
-    Shows a progress bar over files.
+    Shows a progress bar over files. `workers` processes share the files (single-threaded each,
+    results in input order, the same as serial); None = `default_workers()` from
+    AUTO_PARALLEL_FILES files on, else 1.
     """
     from tqdm.auto import tqdm
 
+    from esnet_tf.readers import SUPPORTED
+
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     notes: list[str] = []
     inputs = collect_inputs([str(p) for p in paths], notes)
     for note in notes:
@@ -199,45 +236,72 @@ def featurize_paths(paths: Sequence[str | Path], grid: EnergyGrid = PAPER_GRID, 
             on_note(note)
     examples: list[ISDOSExample] = []
     failures: list[str] = []
-    from esnet_tf.readers import SUPPORTED
+
+    def fail(path: Path, exc: DOSInputError) -> None:
+        failures.append(str(exc))
+        if on_result is not None:
+            on_result(path, None, exc)
 
     for p in map(Path, paths):  # a directory that holds nothing readable is a failure, not silence
         if p.is_dir() and not any(root == p or f == p for f, root in inputs):
-            failures.append(str(DOSInputError(p, "no DFT output found in this directory", f"expected {SUPPORTED}")))
-            if on_result is not None:
-                on_result(p, None, DOSInputError(p, "no DFT output found in this directory", f"expected {SUPPORTED}"))
+            fail(p, DOSInputError(p, "no DFT output found in this directory", f"expected {SUPPORTED}"))
     seen: dict[Path, Path] = {}
-    for path, root in tqdm(inputs, desc="featurize", unit="file", disable=True if not progress or len(inputs) < 2 else None):
+    jobs: list[tuple[Path, Path | None, EnergyGrid]] = []
+    for path, root in inputs:
         real = path.resolve()
         if real in seen:  # the same calculation twice would become two examples with one id
-            exc = DOSInputError(path, f"given twice (also as {seen[real]})", "pass each calculation once")
-            failures.append(str(exc))
-            if on_result is not None:
-                on_result(path, None, exc)
+            fail(path, DOSInputError(path, f"given twice (also as {seen[real]})", "pass each calculation once"))
             continue
         seen[real] = path
-        try:
-            try:
-                found = featurize_all(path, grid, id=default_id(path, root) if root else None)
-            except (DOSInputError, MemoryError, KeyboardInterrupt):
-                raise
-            except Exception as exc:  # a reader library failing on a malformed file: one line, not a traceback
-                raise DOSInputError(path, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
-                                    "the file looks corrupt or incomplete") from None
-        except DOSInputError as exc:
-            failures.append(str(exc))
+        jobs.append((path, root, grid))
+    if workers is None:
+        workers = default_workers() if len(jobs) >= AUTO_PARALLEL_FILES else 1
+    workers = min(workers, max(1, len(jobs)))
+    bar = tqdm(total=len(jobs), desc="featurize", unit="file",
+               disable=True if not progress or len(jobs) < 2 else None)
+    with _pool(workers) as pool:
+        results = (pool.imap(_featurize_file, jobs, chunksize=max(1, min(32, len(jobs) // (8 * workers))))
+                   if pool is not None else map(_featurize_file, jobs))
+        for (path, _, _), (found, error) in zip(jobs, results):
+            bar.update(1)
+            if error is not None:
+                fail(path, DOSInputError(*error))
+                continue
+            examples.extend(found)
             if on_result is not None:
-                on_result(path, None, exc)
-            continue
-        examples.extend(found)
-        if on_result is not None:
-            on_result(path, found, None)
+                on_result(path, found, None)
+    bar.close()
     examples, duplicates = unique_ids(examples)
     for exc in duplicates:
-        failures.append(str(exc))
-        if on_result is not None:
-            on_result(Path(exc.path), None, exc)
+        fail(Path(exc.path), exc)
     return examples, failures
+
+
+@contextlib.contextmanager
+def _pool(workers: int):
+    """A pool of `workers` fresh (spawned, single-threaded) processes, or None for 1: forking a process
+    that has TensorFlow loaded is unsafe, and each file is one reader call."""
+    if workers <= 1:
+        yield None
+        return
+    import multiprocessing
+
+    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update({k: "1" for k in env})  # inherited by the spawned children
+    try:
+        pool = multiprocessing.get_context("spawn").Pool(workers)
+    finally:
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    try:
+        yield pool
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 def unique_ids(examples: list[ISDOSExample]) -> tuple[list[ISDOSExample], list[DOSInputError]]:

@@ -149,14 +149,15 @@ def _check_npz_grid(spec: str, stored: np.ndarray | None, grid: EnergyGrid) -> N
                         f"--e-max {grid.e_max:g} --n-points {grid.n_points}`")
 
 
-def load_inputs(paths: Sequence[str], labels: str | None = None,
-                grid: EnergyGrid | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
+def load_inputs(paths: Sequence[str], labels: str | None = None, grid: EnergyGrid | None = None, *,
+                workers: int | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """Arrays (inputs, id, formula, code, truths) of every INPUT, and the failures (one line each).
 
     INPUT: `.npz` features of `esnet featurize`, a directory with labels.csv, or DFT files and
     directories (featurized here, on `grid`). Truths come from `labels` (a labels CSV) where given.
     `code` is the DFT code of each row ('' where unknown), for the domain check. With `grid`, an
-    `.npz` whose stored energy axis differs is refused.
+    `.npz` whose stored energy axis differs is refused. DFT files are featurized on `workers`
+    processes (`esnet_tf.featurize.featurize_paths`; None = automatic).
     """
     from esnet_tf.data import LABEL_KEYS, is_labels_dir, load_dir_arrays, load_npz_arrays, read_labels, stack_examples
     from esnet_tf.featurize import featurize_paths
@@ -180,7 +181,7 @@ def load_inputs(paths: Sequence[str], labels: str | None = None,
             raw.append(spec)
     failures: list[str] = []
     if raw:
-        examples, failures = featurize_paths(raw, grid or PAPER_GRID)
+        examples, failures = featurize_paths(raw, grid or PAPER_GRID, workers=workers)
         if examples:
             part = stack_examples(examples, read_labels(labels) if labels else None)
             part["code"] = np.array([e.code for e in examples], dtype=str)
@@ -225,7 +226,8 @@ def write_predictions(path: str | Path, arrays: dict, predictions: np.ndarray, *
 
 
 def predict_files(model: str | Path, inputs: Sequence[str], *, labels: str | None = None,
-                  batch_size: int = 256) -> tuple[dict[str, np.ndarray], np.ndarray, "Predictor", list[str]]:
+                  batch_size: int = 256, workers: int | None = None
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray, "Predictor", list[str]]:
     """Predict every INPUT with `model`: (arrays, predictions eV/atom, predictor, failures).
 
     `model`: a path or a shipped model's name. Raises UserError when no input could be featurized.
@@ -236,7 +238,7 @@ def predict_files(model: str | Path, inputs: Sequence[str], *, labels: str | Non
     if batch_size < 1:
         raise UserError(f"batch size must be a positive number of examples, got {batch_size}")
     predictor = Predictor(model_file(resolve(model)) if not Path(model).exists() else model)
-    arrays, failures = load_inputs(inputs, labels, model_grid(predictor.n_points))
+    arrays, failures = load_inputs(inputs, labels, model_grid(predictor.n_points), workers=workers)
     if not arrays:
         raise UserError("no input could be featurized" if failures else "no inputs")
     return arrays, predictor.predict(arrays, batch_size), predictor, failures

@@ -238,3 +238,23 @@ def test_cli_walks_directories(fixtures_dir, tmp_path, capsys):
     # the DOSCAR and vasprun.xml of one run are one calculation: one example (reliability issue, section 3)
     assert sorted(data["id"]) == ["hea_spin_polarized/vasprun"]
     assert "DOSCAR.gz: same calculation as the vasprun.xml beside it" in capsys.readouterr().err
+
+
+def test_parallel_featurization_gives_the_serial_result(tmp_path):
+    """workers=2 (spawned processes) returns the same examples, failures and order as serial."""
+    from esnet_tf.featurize import featurize_paths
+    from esnet_tf.resources import demo_dir
+
+    files = sorted(demo_dir().glob("calcs/*/is.gpawdos.npz"))[:6]
+    assert len(files) == 6
+    bad = tmp_path / "broken.gpawdos.npz"
+    bad.write_bytes(b"not a zip archive")
+    inputs = [str(files[0]), str(bad), *map(str, files[1:]), str(files[2])]  # files[2] twice: refused once
+    serial = featurize_paths(inputs, progress=False, workers=1)
+    parallel = featurize_paths(inputs, progress=False, workers=2)
+    assert [e.id for e in parallel[0]] == [e.id for e in serial[0]] and len(serial[0]) == 6
+    assert parallel[1] == serial[1] and len(serial[1]) == 2
+    for a, b in zip(serial[0], parallel[0]):
+        assert np.array_equal(a.dos_up, b.dos_up) and np.array_equal(a.composition, b.composition)
+    with pytest.raises(ValueError, match="workers"):
+        featurize_paths(inputs, workers=0)

@@ -19,6 +19,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--e-max", type=float, default=PAPER_GRID.e_max, help="grid end, E - E_F in eV")
     p.add_argument("--n-points", type=int, default=PAPER_GRID.n_points, help="grid points")
     p.add_argument("--quiet", action="store_true", help="no per-file lines or progress bar")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes featurizing files [default: the CPUs (at most 8) from 256 files on, else 1]")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from esnet_tf.featurize import featurize_paths, save_examples
     from esnet_tf.isdos import EnergyGrid
 
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
     if not str(args.out).endswith(".npz"):
         raise UserError(f"--out {args.out}: the features file must end in .npz")
     try:
@@ -49,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     with exclusive(args.out, "features file"):  # a second `esnet featurize --out` of the same file is refused
         examples, failures = featurize_paths(args.paths, grid, progress=not args.quiet, on_result=report,
-                                             on_note=lambda note: tqdm.write(f"note: {note}", file=sys.stderr))
+                                             on_note=lambda note: tqdm.write(f"note: {note}", file=sys.stderr),
+                                             workers=args.workers)
         if examples:
             save_examples(examples, args.out)
     n_files = len({e.source for e in examples})

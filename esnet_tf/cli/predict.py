@@ -25,6 +25,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="optional labels CSV (id, formation_energy_per_atom, e_above_hull; eV/atom) "
                    "to add the truths")
     p.add_argument("--batch-size", type=int, default=256, help="examples per model call")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes featurizing DFT files [default: the CPUs (at most 8) from 256 files on, else 1]")
     p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
                    help="inference precision of a single .keras model: float32 (the same numbers everywhere), "
                    "bfloat16, or auto (measured once per machine and cached; never slower than float32, within "
@@ -51,9 +53,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"no INPUT given for model {model_ref}: pass DFT files, .npz features or a labels directory")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be a positive number of examples, got {args.batch_size}")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
     model = load_model(model_ref)
     model.predictor.precision = args.precision
-    arrays, failures = load_inputs(items, args.labels, model_grid(model.predictor.n_points))
+    arrays, failures = load_inputs(items, args.labels, model_grid(model.predictor.n_points), workers=args.workers)
     for f in failures:
         print(f"FAIL {f}", file=sys.stderr)
     if not arrays:
