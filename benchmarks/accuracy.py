@@ -1,45 +1,132 @@
-"""Accuracy benchmark: grouped k-fold cross-validation on the demo dataset.
+"""Accuracy study: grouped k-fold cross-validation of ESNet against composition baselines.
 
-    python benchmarks/accuracy.py --folds 5 --out benchmarks/results/accuracy
+    python benchmarks/accuracy.py --seeds 0,1,2 --epochs 40                 # run / resume every unit
+    python benchmarks/accuracy.py --seeds 0,1,2 --epochs 40 --summary-only --readme README.md
 
-Folds are grouped by chemical system (`esnet_tf.splits.kfold_of`), so no chemical system is in
-both the training and the test folds. For every fold:
-- ESNet `small` on IS-DOS (IS2RE) and on the relaxed-structure DOS (RS2RE);
-- ESNet `small` without attention (CBAM off: the ablation), on IS-DOS;
-- the mean predictor and a composition-only gradient-boosting regressor (scikit-learn);
-MAE / RMSE (eV/atom), stability screening on E_hull (precision, recall, F1, DAF) against the hull
-of the entries outside the fold, and polymorph ranking (compositions with >= 2 prototypes in the
-fold: is the predicted lowest-energy polymorph the true one?). ESNet is trained with the package's
-own `train()` (validation = 10 % of the training folds' chemical systems, early stopping).
-Writes results.json and table.md in --out.
+Data: the demo labels (`datasets/is_dos/demo/labels.csv`, one IS-DOS and one RS-DOS per relaxed
+structure) and `labels_augmented.csv` (the same rows plus IS-augmentation variants: IS single
+points of perturbed initial structures, each labelled with its parent's relaxed energy). Both are
+snapshot into --out on the first run (`--new-snapshot` takes a fresh copy: the DFT job may still
+be adding rows); every cached result is keyed by the snapshot's content hash.
+
+Folds: grouped k-fold by chemical system (`esnet_tf.splits.kfold_of(chemsys, folds, seed)`); the
+seed changes the fold assignment and the model initialisation. Models (MODELS below): the mean
+predictor; gradient boosting on the fractional composition (`gbr_fraction`) and on Magpie-style
+element-property statistics (`gbr_magpie`, esnet_tf.baselines); ESNet `small` on IS-DOS
+(`esnet_is`), with the IS-augmentation variants of the training folds (`esnet_is_aug`), with the
+training folds' RS-DOS rows added (`esnet_is_rs`), as a correction to gbr_magpie cross-fitted
+inside the training folds (`esnet_residual`), with its size/regularisation chosen on the training
+folds' validation split (`esnet_is_select`), without attention (`esnet_is_no_attention`), and on
+RS-DOS for training and test (`esnet_rs`, an upper bound). Every model except esnet_rs is tested
+on one IS per structure, the structure's own.
+
+Per (model, fold, seed) unit: MAE / RMSE (eV/atom), polymorph ranking and E_hull <= 0 screening
+(precision, recall, F1, DAF) with each test candidate's predicted E_hull against the hull of the
+training folds' entries plus the elements at 0 eV/atom; truly stable = the label's e_above_hull
+<= 0 (the full-dataset hull); `oof_hull_*` keys repeat the metrics with the truth recomputed from
+the true E_f on the same out-of-fold hull. Each unit is written atomically to
+--out/cache/<hash>/<model>_f<fold>of<folds>_s<seed>_e<epochs>.json; a rerun skips finished units.
+Writes results.json and table.md in --out; `--readme FILE` rewrites the table between
+`<!-- accuracy-table:start -->` and `<!-- accuracy-table:end -->`.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
+import math
+import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "datasets" / "is_dos" / "demo"
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "accuracy"
+
+LABELS = DEMO / "labels.csv"  # replaced by the snapshot in main(): the DFT job may still be adding rows
+SNAPSHOT, AUG_SNAPSHOT = "labels_snapshot.csv", "labels_augmented_snapshot.csv"
+
+MODELS = {
+    "mean": "mean of the training folds' labels",
+    "gbr_fraction": "gradient boosting on the fractional composition",
+    "gbr_magpie": "gradient boosting on Magpie-style element-property statistics",
+    "esnet_is": "ESNet small on IS-DOS",
+    "esnet_is_aug": "ESNet small on IS-DOS + the training folds' IS-augmentation variants",
+    "esnet_is_rs": "ESNet small on IS-DOS + the training folds' RS-DOS rows",
+    "esnet_residual": "gbr_magpie + ESNet small on IS-DOS trained on the cross-fitted residual",
+    "esnet_is_select": "ESNet on IS-DOS, config chosen on the training folds' validation split",
+    "esnet_is_no_attention": "ESNet small on IS-DOS without CBAM attention",
+    "esnet_rs": "ESNet small on RS-DOS, trained and tested on RS-DOS (upper bound)",
+}
+COMPOSITION_MODELS = ("gbr_fraction", "gbr_magpie")
+RESIDUAL_BASELINE = "gbr_magpie"
+INNER_FOLDS = 5  # inner grouped cross-fitting of the residual's baseline
+SELECT_CONFIGS = ("small", "small_narrow_dropout")
+TABLE_START, TABLE_END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
+N_BOOTSTRAP = 2000
+ARRAY_KEYS = ("dos_up", "dos_down", "composition", "id", "formula", "chemsys", "formation_energy_per_atom",
+              "e_above_hull")
 
 
-LABELS = DEMO / "labels.csv"  # replaced by a snapshot in main(): the DFT job may still be adding rows
+class StudyError(Exception):
+    """A bad option or input: printed as one line, exit status 2."""
 
 
-def load_demo(column: str) -> dict[str, np.ndarray]:
-    """Featurize every labelled row's DOS file (`path` = IS, `rs_path` = RS) into arrays."""
+# ---------------------------------------------------------------- data
+
+
+def file_hash(*paths: Path) -> str:
+    """First 12 hex digits of the sha256 of the files' contents (in order)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+def load_rows(labels: Path, column: str, *, only_variants: bool = False) -> dict[str, np.ndarray]:
+    """Featurize every row's DOS file (`path` = IS, `rs_path` = RS) of a labels snapshot into arrays.
+
+    Paths in the snapshot are relative to the demo directory. `only_variants`: the augmented
+    table's variant rows (id != parent_id), with `parent_id` and `variant` columns.
+    """
     from esnet_tf.data import stack_examples
     from esnet_tf.featurize import featurize
     from esnet_tf.labels import read_labels
 
-    rows = read_labels(LABELS, path_column=column)  # LABELS may be a snapshot: paths are relative to DEMO
+    rows = read_labels(labels, path_column=column)
+    if only_variants:
+        rows = [r for r in rows if r.get("parent_id", r.id) not in ("", r.id)]
     arrays = stack_examples([featurize(DEMO / r.path, id=r.id) for r in rows], {r.id: r for r in rows})
-    arrays["prototype"] = np.array([r.prototype for r in rows])
+    arrays["prototype"] = np.array([r.prototype for r in rows], dtype=str)
+    if only_variants:
+        arrays["parent_id"] = np.array([r["parent_id"] for r in rows], dtype=str)
+        arrays["variant"] = np.array([r.get("variant", "") for r in rows], dtype=str)
+    return arrays
+
+
+def load_demo(column: str) -> dict[str, np.ndarray]:
+    """Arrays of `LABELS` (the snapshot once main() ran) with the DOS of `column`."""
+    return load_rows(LABELS, column)
+
+
+def cached_arrays(work: Path, name: str, build: Callable[[], dict]) -> dict[str, np.ndarray]:
+    """Featurized arrays kept in work/<name>.npz (name carries the snapshot hash)."""
+    from esnet_tf.atomic import atomic_path
+
+    path = work / f"{name}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    arrays = build()
+    work.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
     return arrays
 
 
@@ -57,30 +144,201 @@ def write_labels(arrays: dict, idx: np.ndarray, path: Path) -> Path:
     return path
 
 
-def train_esnet(arrays: dict, train_idx: np.ndarray, test_idx: np.ndarray, work: Path, config: str,
-                epochs: int, seed: int) -> np.ndarray:
-    """Train with esnet_tf.train on the training folds; predict the test fold (eV/atom)."""
-    from esnet_tf.predict import Predictor
-    from esnet_tf.train import TrainConfig, train
+def take(arrays: dict, idx: np.ndarray, id_suffix: str = "") -> dict[str, np.ndarray]:
+    """The ARRAY_KEYS of some rows; ids suffixed (to keep ids unique when two views of a row are stacked)."""
+    out = {k: arrays[k][idx] for k in ARRAY_KEYS}
+    if id_suffix:
+        out["id"] = np.char.add(out["id"], id_suffix)
+    return out
 
-    work.mkdir(parents=True, exist_ok=True)
-    npz = save_npz(arrays, train_idx, work / "train.npz")
-    labels = write_labels(arrays, train_idx, work / "labels.csv")
-    settings = TrainConfig(dataset=str(npz), labels=str(labels), config=config, epochs=epochs, seed=seed,
-                           split_fractions=(0.9, 0.1, 0.0), early_stopping_patience=25, lr_patience=10)
-    train(settings, work / "run", verbose=0)
-    pred = Predictor(work / "run" / "best.keras")
-    batch = {k: arrays[k][test_idx] for k in ("dos_up", "dos_down", "composition")}
-    batch["id"] = arrays["id"][test_idx]
-    return np.asarray(pred.predict(batch, source=str(work))).reshape(-1)
+
+def concat(*parts: dict) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in ARRAY_KEYS}
+
+
+class Study:
+    """The snapshot's arrays: `is_` and `rs` (one row per structure, same order), `aug` (variants only)."""
+
+    def __init__(self, out: Path, work: Path) -> None:
+        self.labels, self.aug_labels = out / SNAPSHOT, out / AUG_SNAPSHOT
+        self.hash = file_hash(self.labels, self.aug_labels)
+        t = time.time()
+        self.is_ = cached_arrays(work, f"is_{self.hash}", lambda: load_rows(self.labels, "path"))
+        self.rs = cached_arrays(work, f"rs_{self.hash}", lambda: load_rows(self.labels, "rs_path"))
+        self.aug = cached_arrays(work, f"aug_{self.hash}",
+                                 lambda: load_rows(self.aug_labels, "path", only_variants=True))
+        if not np.array_equal(self.is_["id"], self.rs["id"]):
+            raise StudyError("IS and RS rows of the snapshot are not in the same order")
+        known = set(self.is_["id"].tolist())
+        keep = np.array([p in known for p in self.aug["parent_id"]], bool)
+        self.n_orphan_variants = int((~keep).sum())  # parents not (yet) in labels.csv's snapshot
+        self.aug = {k: v[keep] for k, v in self.aug.items()}
+        chemsys_of = dict(zip(self.is_["id"].tolist(), self.is_["chemsys"].tolist()))
+        bad = [v for v, p, c in zip(self.aug["id"], self.aug["parent_id"], self.aug["chemsys"]) if chemsys_of[p] != c]
+        if bad:
+            raise StudyError(f"variants {bad[:3]} do not share their parent's chemical system")
+        self.featurize_s = time.time() - t
+        self._costs = None
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.is_["formation_energy_per_atom"].astype(float)
+
+    def folds(self, folds: int, seed: int) -> np.ndarray:
+        from esnet_tf.splits import kfold_of
+
+        return np.array([kfold_of(c, folds, seed) for c in self.is_["chemsys"]])
+
+    def costs(self):
+        from esnet_tf.screening import costs_from_labels
+
+        if self._costs is None:
+            self._costs = costs_from_labels(self.labels)
+        return self._costs
+
+
+def augmented_training_rows(study: Study, fold_of_is: np.ndarray, k: int, folds: int, seed: int) -> np.ndarray:
+    """Indices into study.aug of the variants allowed in fold k's training set (their chemsys outside fold k).
+
+    Asserts that no selected variant's parent is a test-fold structure and that every parent is a
+    training structure.
+    """
+    from esnet_tf.splits import kfold_of
+
+    vfold = np.array([kfold_of(c, folds, seed) for c in study.aug["chemsys"]], int)
+    sel = np.flatnonzero(vfold != k)
+    test_ids = set(study.is_["id"][fold_of_is == k].tolist())
+    train_ids = set(study.is_["id"][fold_of_is != k].tolist())
+    parents = set(study.aug["parent_id"][sel].tolist())
+    assert not parents & test_ids, f"variants of test-fold structures in training: {sorted(parents & test_ids)[:5]}"
+    assert parents <= train_ids, f"variants whose parent is not a training structure: {sorted(parents - train_ids)[:5]}"
+    return sel
+
+
+# ---------------------------------------------------------------- models
 
 
 def composition_baseline(arrays: dict, train_idx: np.ndarray, test_idx: np.ndarray, seed: int) -> np.ndarray:
-    from sklearn.ensemble import GradientBoostingRegressor
+    """Gradient boosting on the fractional composition (esnet_tf.baselines.gbr_fraction); eV/atom."""
+    from esnet_tf.baselines import gbr_fraction
 
-    model = GradientBoostingRegressor(random_state=seed, n_estimators=300, max_depth=3, learning_rate=0.05)
-    model.fit(arrays["composition"][train_idx], arrays["formation_energy_per_atom"][train_idx])
-    return model.predict(arrays["composition"][test_idx])
+    return gbr_fraction(arrays, train_idx, test_idx, seed)
+
+
+def esnet_config(name: str, work: Path) -> str:
+    """A TrainConfig `config` for a named variant: 'small', or a JSON file of ESNetConfig fields."""
+    from esnet_tf.model import ESNetConfig
+
+    if name == "small":
+        return "small"
+    if name == "small_no_attention":
+        cfg = ESNetConfig.small().replace(use_attention=False)
+    elif name == "small_narrow_dropout":  # about half the width, dropout in the head
+        cfg = ESNetConfig.small().replace(stem_filters=8, stage_widths=(8, 12, 16, 24), merge_filters=24,
+                                          composition_units=16, head_units=(32, 16), dropout=0.2)
+    else:
+        raise ValueError(f"unknown ESNet variant {name!r}")
+    path = work / f"{name}.json"
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg.to_dict()))
+    return str(path)
+
+
+def fit_esnet(train_arrays: dict, test_arrays: dict, work: Path, config: str, epochs: int, seed: int,
+              batch_size: int) -> tuple[np.ndarray, dict]:
+    """Train with esnet_tf.train (validation = 10 % of the training rows' chemical systems, early
+    stopping) on `train_arrays`; predictions (eV/atom) for `test_arrays` and the training summary."""
+    from esnet_tf.predict import Predictor
+    from esnet_tf.train import TrainConfig, train
+
+    if work.exists():
+        shutil.rmtree(work)  # a unit killed mid-training starts over
+    work.mkdir(parents=True)
+    idx = np.arange(len(train_arrays["id"]))
+    npz = save_npz(train_arrays, idx, work / "train.npz")
+    labels = write_labels(train_arrays, idx, work / "labels.csv")
+    settings = TrainConfig(dataset=str(npz), labels=str(labels), config=config, epochs=epochs, seed=seed,
+                           batch_size=batch_size, split_fractions=(0.9, 0.1, 0.0), split_seed=seed,
+                           early_stopping_patience=max(10, epochs // 2), lr_patience=max(5, epochs // 4))
+    summary = train(settings, work / "run", verbose=0)
+    pred = Predictor(work / "run" / "best.keras")
+    batch = {k: test_arrays[k] for k in ("dos_up", "dos_down", "composition", "id")}
+    out = np.asarray(pred.predict(batch, source=str(work))).reshape(-1).astype(float)
+    keep = {k: summary.get(k) for k in ("epochs_run", "best_epoch", "best_val_loss", "best_val_mae_ev_per_atom")}
+    return out, keep
+
+
+def residual_targets(study: Study, train_idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(out-of-fold baseline of each training row, inner fold of each training row).
+
+    The baseline of a training row comes from RESIDUAL_BASELINE fit on the training rows of the
+    other inner folds (grouped by chemical system), never on the row's own inner fold.
+    """
+    from esnet_tf.baselines import BASELINES, crossfit
+    from esnet_tf.splits import kfold_of
+
+    base = BASELINES[RESIDUAL_BASELINE]
+    inner = np.array([kfold_of(c, INNER_FOLDS, 1000 + seed) for c in study.is_["chemsys"][train_idx]])
+    oof = crossfit(lambda fit, pred: base(study.is_, fit, pred, seed), train_idx, inner)
+    return oof, inner
+
+
+def run_model(study: Study, model: str, fold_of_is: np.ndarray, k: int, folds: int, seed: int, epochs: int,
+              batch_size: int, work: Path) -> tuple[np.ndarray, dict]:
+    """Predictions (eV/atom) for fold k's test structures, and notes about the unit."""
+    from esnet_tf.baselines import BASELINES
+
+    test_idx, train_idx = np.flatnonzero(fold_of_is == k), np.flatnonzero(fold_of_is != k)
+    y = study.y
+    if model == "mean":
+        return np.full(len(test_idx), y[train_idx].mean()), {}
+    if model in BASELINES:
+        return BASELINES[model](study.is_, train_idx, test_idx, seed), {}
+    unit = work / "units" / f"{model}_f{k}_s{seed}"
+    test_is = take(study.is_, test_idx)
+    notes: dict = {"n_train": int(len(train_idx))}
+    if model == "esnet_is":
+        pred, notes["train"] = fit_esnet(take(study.is_, train_idx), test_is, unit, "small", epochs, seed, batch_size)
+    elif model == "esnet_is_no_attention":
+        pred, notes["train"] = fit_esnet(take(study.is_, train_idx), test_is, unit,
+                                         esnet_config("small_no_attention", work), epochs, seed, batch_size)
+    elif model == "esnet_rs":
+        pred, notes["train"] = fit_esnet(take(study.rs, train_idx), take(study.rs, test_idx), unit, "small", epochs,
+                                         seed, batch_size)
+    elif model == "esnet_is_aug":
+        sel = augmented_training_rows(study, fold_of_is, k, folds, seed)
+        notes["n_variants_in_training"] = int(len(sel))
+        pred, notes["train"] = fit_esnet(concat(take(study.is_, train_idx), take(study.aug, sel)), test_is, unit,
+                                         "small", epochs, seed, batch_size)
+    elif model == "esnet_is_rs":
+        pred, notes["train"] = fit_esnet(concat(take(study.is_, train_idx), take(study.rs, train_idx, "__rs")),
+                                         test_is, unit, "small", epochs, seed, batch_size)
+    elif model == "esnet_residual":
+        oof, _ = residual_targets(study, train_idx, seed)
+        base_test = BASELINES[RESIDUAL_BASELINE](study.is_, train_idx, test_idx, seed)
+        train = take(study.is_, train_idx)
+        train["formation_energy_per_atom"] = (y[train_idx] - oof).astype(np.float32)
+        resid, notes["train"] = fit_esnet(train, test_is, unit, "small", epochs, seed, batch_size)
+        pred = base_test + resid
+        notes["inner_oof_baseline_mae"] = float(np.abs(oof - y[train_idx]).mean())
+        notes["baseline_test_mae"] = float(np.abs(base_test - y[test_idx]).mean())
+    elif model == "esnet_is_select":
+        runs = {}
+        for name in SELECT_CONFIGS:
+            runs[name] = fit_esnet(take(study.is_, train_idx), test_is, unit / name, esnet_config(name, work),
+                                   epochs, seed, batch_size)
+        val = {n: r[1]["best_val_mae_ev_per_atom"] for n, r in runs.items()}
+        chosen = min(val, key=lambda n: math.inf if val[n] is None else val[n])
+        pred = runs[chosen][0]
+        notes.update(chosen=chosen, val_mae=val, train={n: r[1] for n, r in runs.items()})
+    else:
+        raise StudyError(f"unknown model {model!r}")
+    if unit.exists():
+        shutil.rmtree(unit, ignore_errors=True)  # the predictions are in the cache; the models are not kept
+    return pred, notes
+
+
+# ---------------------------------------------------------------- metrics
 
 
 def polymorph_ranking(formulas: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> tuple[float, int]:
@@ -100,98 +358,320 @@ def polymorph_ranking(formulas: np.ndarray, truth: np.ndarray, pred: np.ndarray)
     return correct, total
 
 
-def screening(arrays: dict, test_idx: np.ndarray, pred: np.ndarray) -> dict:
-    from esnet_tf.screening import references_from_labels, screen_rows as screen
+def reference_set(study: Study, train_idx: np.ndarray, note: str):
+    """The training rows as PDEntries (E_f x atoms) plus every element of the snapshot at 0 eV/atom."""
+    from pymatgen.analysis.phase_diagram import PDEntry
+    from pymatgen.core import Composition
 
-    rows = [{"id": arrays["id"][i], "formula": arrays["formula"][i],
-             "predicted_formation_energy_per_atom": f"{p:.6f}",
-             "formation_energy_per_atom": f"{arrays['formation_energy_per_atom'][i]:.6f}"}
-            for i, p in zip(test_idx, pred)]
-    res = screen(rows, references_from_labels(LABELS), mode="ehull", costs=LABELS,
-                 progress=False)
-    m = res.metrics
-    out = {k: m.get(k) for k in ("precision", "recall", "f1", "daf")}
-    tr = (m.get("cost") or {}).get("at_target_recall") or {}
-    out["cost_reduction_at_90_recall"] = tr.get("cost_reduction")
+    from esnet_tf.screening import ReferenceSet, parse_formula
+
+    entries, ids, elements = [], [], set()
+    for i in train_idx:
+        comp = parse_formula(str(study.is_["formula"][i]))
+        entries.append(PDEntry(comp, float(study.is_["formation_energy_per_atom"][i]) * comp.num_atoms,
+                               name=str(study.is_["id"][i])))
+        ids.append(str(study.is_["id"][i]))
+    for f in study.is_["formula"]:
+        elements.update(el.symbol for el in parse_formula(str(f)).elements)
+    for el in sorted(elements):
+        entries.append(PDEntry(Composition(el), 0.0, name=f"{el} (element, 0 eV/atom)"))
+        ids.append(f"__element_{el}")
+    return ReferenceSet(entries, ids, {el: 0.0 for el in elements}, [note])
+
+
+SCREEN_KEYS = ("precision", "recall", "f1", "daf")
+
+
+def screening_metrics(study: Study, refs, test_idx: np.ndarray, pred: np.ndarray) -> dict:
+    """E_hull <= 0 screening of the test fold against `refs` (which must not hold a test-fold entry)."""
+    from esnet_tf.screening import Candidates, ScreenConfig, screen
+
+    test_ids = study.is_["id"][test_idx]
+    leaked = set(test_ids.tolist()) & set(refs.ids)
+    assert not leaked, f"test-fold entries in the reference hull: {sorted(leaked)[:5]}"
+    out: dict = {}
+    for prefix, truth in (("", {"e_above_hull": study.is_["e_above_hull"][test_idx]}),
+                          ("oof_hull_", {"formation_energy": study.y[test_idx]})):
+        cands = Candidates(ids=test_ids, predicted=pred, formulas=study.is_["formula"][test_idx], **truth)
+        m = screen(cands, refs, ScreenConfig(mode="ehull", threshold=0.0), costs=study.costs()).metrics
+        for key in SCREEN_KEYS:
+            v = m.get(key)
+            out[prefix + key] = None if v is None or not math.isfinite(v) else float(v)
+        tr = (m.get("cost") or {}).get("at_target_recall") or {}
+        out[prefix + "cost_reduction_at_90_recall"] = tr.get("cost_reduction")
+        out[prefix + "n_true_stable"] = int(m["tp"] + m["fn"]) if m.get("tp") is not None else None
     return out
 
 
-def summarise(values: list) -> dict:
-    v = np.array([x for x in values if x is not None], float)
+def unit_metrics(study: Study, refs, test_idx: np.ndarray, pred: np.ndarray) -> dict:
+    y = study.y[test_idx]
+    err = pred - y
+    c, n = polymorph_ranking(study.is_["formula"][test_idx], y, pred)
+    return {"n_test": int(len(test_idx)), "mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
+            "polymorph_correct": c, "polymorph_total": n, **screening_metrics(study, refs, test_idx, pred)}
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def bootstrap_ci(err: np.ndarray, stat: Callable[[np.ndarray], float], n: int = N_BOOTSTRAP, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float, float]:
+    """(statistic, low, high): percentile bootstrap over the rows of `err`."""
+    err = np.asarray(err, float)
+    rng = np.random.default_rng(seed)
+    draws = np.array([stat(err[rng.integers(0, len(err), len(err))]) for _ in range(n)])
+    a = (1 - level) / 2
+    return float(stat(err)), float(np.quantile(draws, a)), float(np.quantile(draws, 1 - a))
+
+
+def mae_of(e: np.ndarray) -> float:
+    return float(np.abs(e).mean())
+
+
+def rmse_of(e: np.ndarray) -> float:
+    return float(np.sqrt((e ** 2).mean()))
+
+
+def paired_comparison(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict:
+    """Paired a - b over matched units: mean difference with a t-interval, and the Wilcoxon signed-rank test."""
+    from scipy import stats
+
+    d = np.asarray(a, float) - np.asarray(b, float)
+    out: dict = {"n_pairs": int(len(d)), "mean_diff": float(d.mean()) if len(d) else None,
+                 "ci_low": None, "ci_high": None, "wilcoxon_statistic": None, "p_value": None}
+    if len(d) >= 2:
+        half = stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+        out["ci_low"], out["ci_high"] = float(d.mean() - half), float(d.mean() + half)
+    if len(d) >= 1 and np.any(d != 0):
+        res = stats.wilcoxon(d)
+        out["wilcoxon_statistic"], out["p_value"] = float(res.statistic), float(res.pvalue)
+    return out
+
+
+def mean_std(values: Sequence) -> dict:
+    v = np.array([x for x in values if x is not None and math.isfinite(x)], float)
     return {"mean": float(v.mean()) if len(v) else None, "std": float(v.std()) if len(v) else None, "n": int(len(v))}
 
 
-def main() -> int:
+def summarise(units: dict[str, dict[tuple[int, int], dict]], folds: int, seeds: Sequence[int]) -> dict:
+    """Per model: pooled out-of-fold MAE / RMSE with bootstrap CIs (per complete seed, then averaged
+    over seeds), fold-level mean ± std, polymorph ranking, screening; paired tests against the best
+    composition model."""
+    summary: dict = {}
+    for model, got in units.items():
+        if not got:
+            continue
+        complete = [s for s in seeds if all((k, s) in got for k in range(folds))]
+        s_out: dict = {"units": len(got), "complete_seeds": complete}
+        cis = {"mae": [], "rmse": []}
+        for s in complete:
+            err = np.concatenate([np.asarray(got[(k, s)]["pred"]) - np.asarray(got[(k, s)]["truth"])
+                                  for k in range(folds)])
+            cis["mae"].append(bootstrap_ci(err, mae_of, seed=s))
+            cis["rmse"].append(bootstrap_ci(err, rmse_of, seed=s))
+        for key in ("mae", "rmse"):
+            s_out[f"pooled_{key}"] = ({"value": float(np.mean([c[0] for c in cis[key]])),
+                                       "ci_low": float(np.mean([c[1] for c in cis[key]])),
+                                       "ci_high": float(np.mean([c[2] for c in cis[key]])),
+                                       "per_seed": {str(s): c for s, c in zip(complete, cis[key])}}
+                                      if complete else None)
+        rows = list(got.values())
+        for key in ("mae", "rmse", *SCREEN_KEYS, "cost_reduction_at_90_recall",
+                    *(f"oof_hull_{k}" for k in SCREEN_KEYS)):
+            s_out[key] = mean_std([r["metrics"].get(key) for r in rows])
+        pc = sum(r["metrics"]["polymorph_correct"] for r in rows)
+        pt = sum(r["metrics"]["polymorph_total"] for r in rows)
+        s_out["polymorph_ranking"] = {"correct": pc, "total": pt, "fraction": pc / pt if pt else None}
+        s_out["wall_s"] = mean_std([r.get("wall_s") for r in rows])
+        summary[model] = s_out
+    comp = [m for m in COMPOSITION_MODELS if summary.get(m, {}).get("pooled_mae")]
+    best = min(comp, key=lambda m: summary[m]["pooled_mae"]["value"]) if comp else None
+    for model, s_out in summary.items():
+        if best and model.startswith("esnet"):
+            keys = sorted(set(units[model]) & set(units[best]))
+            s_out["vs_best_composition"] = {
+                "baseline": best, **paired_comparison([units[model][u]["metrics"]["mae"] for u in keys],
+                                                      [units[best][u]["metrics"]["mae"] for u in keys])}
+    return {"best_composition_model": best, "models": summary}
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _ci(d: dict | None) -> str:
+    return "n/a" if not d else f"{d['value']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
+
+
+def _ms(d: dict) -> str:
+    return "n/a" if d["mean"] is None else f"{d['mean']:.2f} ± {d['std']:.2f}"
+
+
+def table_markdown(result: dict) -> str:
+    """The results table (markdown) with a caption line."""
+    s = result["summary"]
+    best = s["best_composition_model"]
+    lines = [
+        f"Snapshot `{result['snapshot_hash']}`: {result['n_structures']} structures, {result['n_variants']} "
+        f"IS-augmentation variants; grouped {result['folds']}-fold CV by chemical system, seeds "
+        f"{','.join(map(str, result['seeds']))}, ESNet {result['epochs']} epochs max. MAE / RMSE in eV/atom on the "
+        f"pooled out-of-fold predictions, 95 % bootstrap CI over structures (per seed, averaged over seeds); "
+        f"ΔMAE = paired per (fold, seed) MAE difference to the best composition model ({best}), t-interval and "
+        f"Wilcoxon signed-rank p; screening (E_hull <= 0, mean ± std over units) and polymorph ranking pooled "
+        f"over units.",
+        "",
+        "| model | seeds done (units) | MAE [95 % CI] | RMSE [95 % CI] | ΔMAE vs best composition [95 % CI], p "
+        "| polymorph ranking | precision | recall | F1 | DAF |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model in MODELS:
+        m = s["models"].get(model)
+        if m is None:
+            continue
+        v = m.get("vs_best_composition")
+        delta = "—"
+        if v and v["n_pairs"]:
+            ci = f" [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]" if v["ci_low"] is not None else ""
+            p = f", p = {v['p_value']:.3g}" if v["p_value"] is not None else ""
+            delta = f"{v['mean_diff']:+.3f}{ci}{p} (n = {v['n_pairs']})"
+        pr = m["polymorph_ranking"]
+        frac = f"{pr['fraction']:.2f} ({pr['correct']:.1f}/{pr['total']})" if pr["total"] else "n/a"
+        seeds = ",".join(map(str, m["complete_seeds"])) or "none"
+        lines.append(f"| {model} | {seeds} ({m['units']}) | {_ci(m['pooled_mae'])} | {_ci(m['pooled_rmse'])} | "
+                     f"{delta} | {frac} | {_ms(m['precision'])} | {_ms(m['recall'])} | {_ms(m['f1'])} | "
+                     f"{_ms(m['daf'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def rewrite_readme(text: str, table: str) -> str:
+    """README text with the block between TABLE_START and TABLE_END replaced by `table`."""
+    a, b = text.find(TABLE_START), text.find(TABLE_END)
+    if a < 0 or b < 0 or b < a or text.count(TABLE_START) != 1 or text.count(TABLE_END) != 1:
+        raise StudyError(f"README needs exactly one {TABLE_START} ... {TABLE_END} pair (in that order)")
+    return text[:a + len(TABLE_START)] + "\n" + table.strip("\n") + "\n" + text[b:]
+
+
+# ---------------------------------------------------------------- driver
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=150)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--models", default="mean,composition,esnet_is,esnet_rs,esnet_is_no_attention")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "accuracy"))
-    args = ap.parse_args()
-    from esnet_tf.splits import kfold_of
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated fold/initialisation seeds")
+    ap.add_argument("--epochs", type=int, default=40, help="ESNet maximum epochs (early stopping)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from: {', '.join(MODELS)}")
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--new-snapshot", action="store_true",
+                    help="copy the current labels files into --out (default: reuse the snapshot there if any)")
+    ap.add_argument("--summary-only", action="store_true", help="no training: summarise the cached units")
+    ap.add_argument("--readme", help="rewrite the table between the accuracy-table markers of this file")
+    args = ap.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown or not args.models:
+        raise StudyError(f"unknown model(s) {unknown or '(none given)'}: choose from {', '.join(MODELS)}")
+    if args.folds < 2:
+        raise StudyError(f"--folds must be >= 2, got {args.folds}")
+    if args.epochs < 1 or args.batch_size < 1:
+        raise StudyError("--epochs and --batch-size must be >= 1")
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise StudyError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    if not args.seeds or min(args.seeds) < 0 or len(set(args.seeds)) != len(args.seeds):
+        raise StudyError(f"--seeds must be distinct integers >= 0, got {args.seeds}")
+    if args.readme and not Path(args.readme).is_file():
+        raise StudyError(f"--readme {args.readme}: no such file")
+    return args
 
+
+def unit_path(out: Path, snapshot_hash: str, model: str, k: int, folds: int, seed: int, epochs: int) -> Path:
+    e = epochs if model.startswith("esnet") else 0  # the baselines do not depend on epochs
+    return out / "cache" / snapshot_hash / f"{model}_f{k}of{folds}_s{seed}_e{e}.json"
+
+
+def take_snapshot(out: Path, new: bool) -> bool:
+    """Copy the labels files into `out` unless a snapshot is there and `new` is false; True if copied."""
+    from esnet_tf.atomic import write_text
+
+    if not new and (out / SNAPSHOT).is_file() and (out / AUG_SNAPSHOT).is_file():
+        return False
+    for src, dst in ((DEMO / "labels.csv", SNAPSHOT), (DEMO / "labels_augmented.csv", AUG_SNAPSHOT)):
+        write_text(out / dst, src.read_text(encoding="utf-8"))
+    return True
+
+
+def run(args: argparse.Namespace) -> dict:
+    from esnet_tf.atomic import write_text
+
+    global LABELS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    global LABELS
-    snapshot = out / "labels_snapshot.csv"
-    snapshot.write_text((DEMO / "labels.csv").read_text())
-    LABELS = snapshot
+    copied = take_snapshot(out, args.new_snapshot)
+    LABELS = out / SNAPSHOT
+    study = Study(out, out / "work")
+    print(f"snapshot {study.hash} ({'new copy' if copied else 'reused'}): {len(study.y)} structures, "
+          f"{len(study.aug['id'])} variants ({study.n_orphan_variants} without a parent in labels.csv left out); "
+          f"features {study.featurize_s:.0f} s", flush=True)
     t0 = time.time()
-    is_arrays, rs_arrays = load_demo("path"), load_demo("rs_path")
-    fold = np.array([kfold_of(c, args.folds, args.seed) for c in is_arrays["chemsys"]])
-    y = is_arrays["formation_energy_per_atom"]
-    models = args.models.split(",")
-    per_fold: dict[str, list[dict]] = {m: [] for m in models}
-    for k in range(args.folds):
-        test_idx, train_idx = np.where(fold == k)[0], np.where(fold != k)[0]
-        print(f"fold {k}: train {len(train_idx)}, test {len(test_idx)}", flush=True)
-        for m in models:
-            t = time.time()
-            if m == "mean":
-                pred = np.full(len(test_idx), y[train_idx].mean())
-            elif m == "composition":
-                pred = composition_baseline(is_arrays, train_idx, test_idx, args.seed)
-            else:
-                arrays = rs_arrays if m == "esnet_rs" else is_arrays
-                config = "small"
-                if m.endswith("no_attention"):
-                    from esnet_tf.model import ESNetConfig
+    units: dict[str, dict[tuple[int, int], dict]] = {m: {} for m in args.models}
+    todo = [(m, s, k) for m in args.models for s in args.seeds for k in range(args.folds)]
+    refs_cache: dict = {}
+    for n, (model, seed, k) in enumerate(todo, 1):
+        path = unit_path(out, study.hash, model, k, args.folds, seed, args.epochs)
+        tag = f"[{n}/{len(todo)}] {model} fold {k} seed {seed}"
+        if path.is_file():
+            units[model][(k, seed)] = json.loads(path.read_text())
+            continue
+        if args.summary_only:
+            print(f"{tag}: not cached (skipped: --summary-only)", flush=True)
+            continue
+        fold = study.folds(args.folds, seed)
+        test_idx, train_idx = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
+        t = time.time()
+        pred, notes = run_model(study, model, fold, k, args.folds, seed, args.epochs, args.batch_size, out / "work")
+        if (seed, k) not in refs_cache:
+            refs_cache[(seed, k)] = reference_set(study, train_idx, f"training folds (fold {k}, seed {seed}) "
+                                                                    "+ elements at 0 eV/atom")
+        metrics = unit_metrics(study, refs_cache[(seed, k)], test_idx, pred)
+        rec = {"model": model, "fold": k, "folds": args.folds, "seed": seed, "epochs": args.epochs,
+               "batch_size": args.batch_size, "snapshot_hash": study.hash, "test_ids": study.is_["id"][test_idx].tolist(),
+               "pred": [float(p) for p in pred], "truth": [float(v) for v in study.y[test_idx]],
+               "metrics": metrics, "notes": notes, "wall_s": time.time() - t}
+        write_text(path, json.dumps(rec, indent=1))
+        units[model][(k, seed)] = rec
+        print(f"{tag}: MAE {metrics['mae']:.3f}  RMSE {metrics['rmse']:.3f}  polymorphs "
+              f"{metrics['polymorph_correct']:.1f}/{metrics['polymorph_total']}  F1 {metrics['f1']}  "
+              f"({rec['wall_s']:.0f} s)", flush=True)
+    summary = summarise(units, args.folds, args.seeds)
+    result = {"snapshot_hash": study.hash, "snapshot": [SNAPSHOT, AUG_SNAPSHOT], "n_structures": int(len(study.y)),
+              "n_variants": int(len(study.aug["id"])), "folds": args.folds, "seeds": args.seeds,
+              "epochs": args.epochs, "batch_size": args.batch_size, "models": args.models,
+              "truth_stable": "label e_above_hull <= 0 (hull of the whole snapshot); oof_hull_* keys: true E_f "
+                              "placed on the out-of-fold hull",
+              "ci": f"percentile bootstrap ({N_BOOTSTRAP} resamples) over structures of the pooled out-of-fold "
+                    "predictions, per complete seed, bounds averaged over seeds",
+              "paired_test": "per (fold, seed) MAE pairs: Wilcoxon signed-rank (scipy.stats.wilcoxon) and a "
+                             "t-interval of the mean difference",
+              "summary": summary, "wall_s": time.time() - t0,
+              "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])}
+    write_text(out / "results.json", json.dumps(result, indent=1))
+    table = table_markdown(result)
+    write_text(out / "table.md", table)
+    print(table)
+    if args.readme:
+        readme = Path(args.readme)
+        write_text(readme, rewrite_readme(readme.read_text(encoding="utf-8"), table))
+        print(f"rewrote the accuracy table in {readme}")
+    return result
 
-                    cfg_path = out / "small_no_attention.json"
-                    cfg_path.write_text(json.dumps(ESNetConfig.small().replace(use_attention=False).to_dict()))
-                    config = str(cfg_path)
-                pred = train_esnet(arrays, train_idx, test_idx, out / "work" / f"{m}_fold{k}", config,
-                                   args.epochs, args.seed)
-            err = pred - y[test_idx]
-            c, n = polymorph_ranking(is_arrays["formula"][test_idx], y[test_idx], pred)
-            row = {"fold": k, "n_test": int(len(test_idx)), "mae": float(np.abs(err).mean()),
-                   "rmse": float(np.sqrt((err ** 2).mean())), "polymorph_correct": c, "polymorph_total": n,
-                   **screening(is_arrays, test_idx, pred), "wall_s": time.time() - t}
-            per_fold[m].append(row)
-            print(f"  {m:24s} MAE {row['mae']:.3f}  RMSE {row['rmse']:.3f}  polymorphs {c:.1f}/{n}  "
-                  f"F1 {row['f1']}  ({row['wall_s']:.0f} s)", flush=True)
-    summary = {}
-    for m, rows in per_fold.items():
-        pc, pt = sum(r["polymorph_correct"] for r in rows), sum(r["polymorph_total"] for r in rows)
-        summary[m] = {key: summarise([r[key] for r in rows]) for key in
-                      ("mae", "rmse", "precision", "recall", "f1", "daf", "cost_reduction_at_90_recall")}
-        summary[m]["polymorph_ranking"] = {"correct": pc, "total": pt, "fraction": pc / pt if pt else None}
-    result = {"n_examples": int(len(y)), "folds": args.folds, "epochs": args.epochs, "per_fold": per_fold,
-              "summary": summary, "wall_s": time.time() - t0, "command": " ".join(sys.argv)}
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    lines = ["| model | MAE (eV/atom) | RMSE (eV/atom) | precision | recall | F1 | DAF | polymorph ranking |",
-             "|---|---|---|---|---|---|---|---|"]
 
-    def ms(d: dict) -> str:
-        return "n/a" if d["mean"] is None else f"{d['mean']:.3f} ± {d['std']:.3f}"
-
-    for m, s in summary.items():
-        pr = s["polymorph_ranking"]
-        lines.append(f"| {m} | {ms(s['mae'])} | {ms(s['rmse'])} | {ms(s['precision'])} | {ms(s['recall'])} | "
-                     f"{ms(s['f1'])} | {ms(s['daf'])} | {pr['correct']:.1f}/{pr['total']} |")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        run(parse_args(argv))
+    except StudyError as exc:
+        print(f"accuracy.py: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

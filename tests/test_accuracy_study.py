@@ -1,0 +1,189 @@
+"""The accuracy study's pieces (benchmarks/accuracy.py, esnet_tf/baselines.py), without training ESNet."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from esnet_tf import baselines
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "datasets" / "is_dos" / "demo"
+
+
+@pytest.fixture(scope="module")
+def acc():
+    spec = importlib.util.spec_from_file_location("esnet_accuracy_study", ROOT / "benchmarks" / "accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fractions(**atoms: float) -> np.ndarray:
+    from pymatgen.core import Element
+
+    x = np.zeros((1, baselines.N_ELEMENTS))
+    for symbol, n in atoms.items():
+        x[0, Element(symbol).Z - 1] = n
+    return x
+
+
+def _features(x: np.ndarray) -> dict[str, float]:
+    return dict(zip(baselines.magpie_feature_names(), baselines.magpie_features(x)[0]))
+
+
+def test_magpie_features_by_hand():
+    # pymatgen Element data: Fe Z 26, X 1.83, Mendeleev 61, [Ar].3d6.4s2 (8 outside the core);
+    # O Z 8, X 3.44, Mendeleev 101, [He].2s2.2p4 (6)
+    f = _features(_fractions(Fe=2, O=3))  # counts are renormalised to fractions 0.4, 0.6
+    assert f["Z_mean"] == pytest.approx(0.4 * 26 + 0.6 * 8)
+    assert (f["Z_min"], f["Z_max"], f["Z_range"]) == (8, 26, 18)
+    assert f["X_mean"] == pytest.approx(2.796)
+    assert f["X_range"] == pytest.approx(1.61)
+    assert f["X_mad"] == pytest.approx(0.4 * abs(1.83 - 2.796) + 0.6 * abs(3.44 - 2.796))
+    assert f["mendeleev_no_mean"] == pytest.approx(0.4 * 61 + 0.6 * 101)
+    assert f["n_valence_mean"] == pytest.approx(6.8)
+    # Na: X 0.93, melting point 370.87 K, [Ne].3s1; Cl: X 3.16, 171.6 K, [Ne].3s2.3p5; both row 3
+    f = _features(_fractions(Na=1, Cl=1))
+    assert f["X_mean"] == pytest.approx((0.93 + 3.16) / 2)
+    assert f["melting_point_min"] == pytest.approx(171.6)
+    assert f["melting_point_max"] == pytest.approx(370.87)
+    assert (f["n_valence_mean"], f["n_valence_mad"]) == (pytest.approx(4.0), pytest.approx(3.0))
+    assert (f["row_mean"], f["row_range"], f["row_mad"]) == (3.0, 0.0, 0.0)
+    # a single element: every range and deviation is 0
+    f = _features(_fractions(Fe=1))
+    assert all(f[f"{p}_range"] == 0 and f[f"{p}_mad"] == 0 for p in baselines.ELEMENT_PROPERTIES)
+
+
+def test_magpie_missing_properties_are_imputed_explicitly():
+    table, imputed = baselines.element_property_table()
+    assert "He" in imputed["X"] and "Kr" in imputed["atomic_radius"]
+    assert np.isfinite(table).all()
+    j = baselines.ELEMENT_PROPERTIES.index("X")
+    known = [baselines._property(__import__("pymatgen.core", fromlist=["Element"]).Element.from_Z(z), "X")
+             for z in range(1, 104)]
+    assert table[1, j] == pytest.approx(np.nanmedian(known))  # He (Z = 2) gets the median
+    assert np.isfinite(baselines.magpie_features(_fractions(He=1, Fe=1))).all()
+    with pytest.raises(ValueError, match="no atoms"):
+        baselines.magpie_features(np.zeros((1, baselines.N_ELEMENTS)))
+
+
+def test_crossfit_never_uses_a_rows_own_group():
+    idx = np.arange(10, 22)
+    groups = np.repeat([0, 1, 2], 4)
+    calls = []
+
+    def predict(fit, pred):
+        calls.append((set(fit.tolist()), set(pred.tolist())))
+        return np.full(len(pred), float(len(calls)))
+
+    out = baselines.crossfit(predict, idx, groups)
+    assert len(calls) == 3 and np.isfinite(out).all()
+    for fit, pred in calls:
+        assert not fit & pred and fit | pred == set(idx.tolist())
+    with pytest.raises(ValueError, match="2 groups"):
+        baselines.crossfit(predict, idx, np.zeros(12))
+
+
+def test_residual_baseline_is_out_of_fold_within_the_training_folds(acc, monkeypatch):
+    chemsys = np.array([f"A-X{i % 9}" for i in range(40)])
+    study = SimpleNamespace(is_={"chemsys": chemsys})
+    train_idx = np.arange(0, 40, 2)  # the outer training rows
+    seen = []
+
+    def baseline(arrays, fit, pred, seed):
+        seen.append((fit.copy(), pred.copy()))
+        return np.zeros(len(pred))
+
+    monkeypatch.setitem(baselines.BASELINES, acc.RESIDUAL_BASELINE, baseline)
+    oof, inner = acc.residual_targets(study, train_idx, seed=0)
+    assert len(oof) == len(train_idx) and len(seen) == len(np.unique(inner)) >= 2
+    inner_of = dict(zip(train_idx.tolist(), inner.tolist()))
+    predicted = []
+    for fit, pred in seen:
+        assert set(fit.tolist()) <= set(train_idx.tolist())  # only training rows
+        assert {inner_of[i] for i in fit}.isdisjoint({inner_of[i] for i in pred})  # never its own inner fold
+        assert set(chemsys[fit]).isdisjoint(set(chemsys[pred]))  # grouped by chemical system
+        predicted += pred.tolist()
+    assert sorted(predicted) == sorted(train_idx.tolist())
+
+
+def test_paired_comparison_known_case(acc):
+    r = acc.paired_comparison([1, 2, 3, 4, 5], [0, 0, 0, 0, 0])
+    assert r["n_pairs"] == 5 and r["mean_diff"] == pytest.approx(3.0)
+    half = 2.7764451 * math.sqrt(2.5) / math.sqrt(5)  # t(0.975, 4) x sd / sqrt(n)
+    assert (r["ci_low"], r["ci_high"]) == (pytest.approx(3 - half, rel=1e-5), pytest.approx(3 + half, rel=1e-5))
+    assert r["p_value"] == pytest.approx(2 / 2 ** 5)  # exact: all 5 differences positive, two-sided
+    assert acc.paired_comparison([1.0], [1.0])["p_value"] is None
+
+
+def test_bootstrap_ci(acc):
+    value, lo, hi = acc.bootstrap_ci(np.array([1.0, -1.0] * 10), acc.mae_of)
+    assert (value, lo, hi) == (1.0, 1.0, 1.0)
+    err = np.random.default_rng(1).normal(size=200)
+    value, lo, hi = acc.bootstrap_ci(err, acc.rmse_of)
+    assert lo < value < hi and value == pytest.approx(np.sqrt(np.mean(err ** 2)))
+
+
+def test_polymorph_ranking_tie_rule(acc):
+    formulas = np.array(["A", "A", "B", "B", "B", "C"])
+    truth = np.array([0.0, -1.0, 0.0, -2.0, 1.0, 0.0])
+    pred = np.array([0.5, -0.5, 0.0, 0.0, 1.0, 0.0])  # A right; B: true lowest among 2 tied -> 1/2; C single
+    assert acc.polymorph_ranking(formulas, truth, pred) == (1.5, 2)
+    assert acc.polymorph_ranking(formulas, truth, np.zeros(6)) == (pytest.approx(0.5 + 1 / 3), 2)
+
+
+def test_readme_marker_rewrite(acc):
+    text = f"# T\n\nintro\n{acc.TABLE_START}\nold | table\n{acc.TABLE_END}\nafter\n"
+    new = acc.rewrite_readme(text, "| new |\n")
+    assert new == f"# T\n\nintro\n{acc.TABLE_START}\n| new |\n{acc.TABLE_END}\nafter\n"
+    assert acc.rewrite_readme(new, "| new |\n") == new
+    with pytest.raises(acc.StudyError, match="exactly one"):
+        acc.rewrite_readme("no markers", "x")
+
+
+def test_bad_options_are_one_line_errors(acc, capsys):
+    assert acc.main(["--models", "esnet_is,bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model(s) ['bogus']" in err and err.count("\n") == 1
+    assert acc.main(["--folds", "1"]) == 2
+    assert "--folds must be >= 2" in capsys.readouterr().err
+    assert acc.main(["--seeds", "0,x"]) == 2
+
+
+def test_augmented_variants_never_train_on_a_test_fold_structure(acc):
+    from pymatgen.core import Composition
+
+    from esnet_tf.labels import read_labels
+    from esnet_tf.splits import kfold_of
+
+    def arrays(path, variants):
+        rows = read_labels(path, path_column=None, require_energy=False)
+        if variants:
+            rows = [r for r in rows if r.get("parent_id", r.id) not in ("", r.id)]
+        out = {"id": np.array([r.id for r in rows]),
+               "chemsys": np.array([Composition(r.formula).chemical_system for r in rows])}
+        if variants:
+            out["parent_id"] = np.array([r["parent_id"] for r in rows])
+        return out
+
+    is_, aug = arrays(DEMO / "labels.csv", False), arrays(DEMO / "labels_augmented.csv", True)
+    known = set(is_["id"].tolist())
+    keep = np.array([p in known for p in aug["parent_id"]])  # a variant may land before its parent's row
+    aug = {k: v[keep] for k, v in aug.items()}
+    assert len(aug["id"]) > 0
+    study = SimpleNamespace(is_=is_, aug=aug)
+    for seed in (0, 1, 2):
+        fold = np.array([kfold_of(c, 5, seed) for c in is_["chemsys"]])
+        used = set()
+        for k in range(5):
+            sel = acc.augmented_training_rows(study, fold, k, 5, seed)
+            test_ids = set(is_["id"][fold == k].tolist())
+            assert not set(aug["parent_id"][sel].tolist()) & test_ids
+            assert not set(aug["chemsys"][sel].tolist()) & set(is_["chemsys"][fold == k].tolist())
+            used |= set(sel.tolist())
+        assert used == set(range(len(aug["id"])))  # every variant trains in the folds where its parent does
