@@ -617,6 +617,7 @@ def run(args: argparse.Namespace) -> dict:
     units: dict[str, dict[tuple[int, int], dict]] = {m: {} for m in args.models}
     todo = [(m, s, k) for m in args.models for s in args.seeds for k in range(args.folds)]
     refs_cache: dict = {}
+    missing: dict[str, list[str]] = {}
     for n, (model, seed, k) in enumerate(todo, 1):
         path = unit_path(out, study.hash, model, k, args.folds, seed, args.epochs)
         tag = f"[{n}/{len(todo)}] {model} fold {k} seed {seed}"
@@ -624,7 +625,7 @@ def run(args: argparse.Namespace) -> dict:
             units[model][(k, seed)] = json.loads(path.read_text())
             continue
         if args.summary_only:
-            print(f"{tag}: not cached (skipped: --summary-only)", flush=True)
+            missing.setdefault(model, []).append(f"f{k}s{seed}")
             continue
         fold = study.folds(args.folds, seed)
         test_idx, train_idx = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
@@ -643,10 +644,18 @@ def run(args: argparse.Namespace) -> dict:
         print(f"{tag}: MAE {metrics['mae']:.3f}  RMSE {metrics['rmse']:.3f}  polymorphs "
               f"{metrics['polymorph_correct']:.1f}/{metrics['polymorph_total']}  F1 {metrics['f1']}  "
               f"({rec['wall_s']:.0f} s)", flush=True)
+    for model, which in missing.items():
+        print(f"{model}: {len(which)} unit(s) not cached, left out (--summary-only): {' '.join(which)}", flush=True)
     summary = summarise(units, args.folds, args.seeds)
+    from esnet_tf.baselines import element_property_table
+    from pymatgen.core import Element
+
+    present = {Element.from_Z(int(z) + 1).symbol for z in np.flatnonzero(study.is_["composition"].sum(axis=0) > 0)}
+    imputed = {p: sorted(set(v) & present) for p, v in element_property_table()[1].items() if set(v) & present}
     result = {"snapshot_hash": study.hash, "snapshot": [SNAPSHOT, AUG_SNAPSHOT], "n_structures": int(len(study.y)),
               "n_variants": int(len(study.aug["id"])), "folds": args.folds, "seeds": args.seeds,
               "epochs": args.epochs, "batch_size": args.batch_size, "models": args.models,
+              "magpie_imputed_for_snapshot_elements": imputed,
               "truth_stable": "label e_above_hull <= 0 (hull of the whole snapshot); oof_hull_* keys: true E_f "
                               "placed on the out-of-fold hull",
               "ci": f"percentile bootstrap ({N_BOOTSTRAP} resamples) over structures of the pooled out-of-fold "
