@@ -129,32 +129,24 @@ def check_model_name(name: str) -> str:
 
 
 def write_saved_model(model, path: str | Path) -> Path:
-    """Write `model`'s inference function (training=False) as a SavedModel with signature
+    """Write `model`'s float32 inference function (training=False) as a SavedModel with signature
     `serving_default`: inputs by model input name, outputs by model output name.
 
-    The weights are folded into the graph as constants and the ops traced without Keras's name
-    scopes (`esnet_tf.compat.freeze`, `flat_op_names`), so a 5-member ensemble's SavedModel is one
-    4.4 MB `saved_model.pb` (Keras's `model.export` writes 18 MB: each weight twice, as the Keras
-    variable and as its TF variable, and the layer path in every op name). Same numbers as the model.
+    It is the frozen graph `esnet predict` runs (`esnet_tf.precision.inference_function`): the
+    weights are constants and the ops are traced without Keras's name scopes, so a 5-member
+    ensemble's SavedModel is one 4.3 MB `saved_model.pb` (Keras's `model.export` wrote 18.5 MB: each
+    weight twice, as the Keras variable and as its TF variable, and the layer path in every op name).
     """
     import tensorflow as tf
 
-    from esnet_tf.compat import flat_op_names, freeze
+    from esnet_tf.precision import frozen_inference
 
-    input_names = [t.name for t in model.inputs]
-    output_names = list(model.output) if isinstance(model.output, dict) else list(model.output_names)
-    specs = [tf.TensorSpec(t.shape, tf.float32, name=t.name) for t in model.inputs]
+    graph = frozen_inference(model, "float32")
+    specs = list(graph.specs.values())
+    names = list(graph.specs)
 
-    def infer(*tensors):
-        out = model(dict(zip(input_names, tensors)), training=False)
-        out = out if isinstance(out, dict) else dict(zip(output_names, tf.nest.flatten(out)))
-        return [tf.cast(out[k], tf.float32) for k in output_names]
-
-    with flat_op_names():
-        frozen = freeze(tf.function(infer, input_signature=specs).get_concrete_function())
-
-    def serve(*tensors):  # named outputs again (a frozen function returns a flat list)
-        return dict(zip(output_names, frozen(*tensors)))
+    def serve(*tensors):
+        return graph(dict(zip(names, tensors)))
 
     signature = tf.function(serve, input_signature=specs).get_concrete_function()
     tf.saved_model.save(tf.Module(), str(path), signatures={SIGNATURE: signature})
