@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 DEMO = Path(__file__).resolve().parents[1] / "datasets" / "is_dos" / "demo"
+PROVENANCE = json.loads((DEMO / "provenance.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +70,13 @@ def test_hull_and_labels_are_consistent(labels):
         # initial structure is already at the minimum (e.g. Ge diamond: +0.3 meV/atom)
         assert float(r["rs_energy_per_atom"]) <= float(r["is_energy_per_atom"]) + 1e-3, r["id"]
         assert float(r["is_wall_time_s"]) > 0 and float(r["relax_wall_time_s"]) > 0
-        if float(r["e_above_hull"]) <= 1e-6:  # hull entries are fully relaxed (EOS minimum inside the
-            assert r["relax_converged"] == "True", r["id"]  # scan, or BFGS converged)
+        if float(r["e_above_hull"]) <= 1e-6 and r["relax_converged"] != "True":
+            # hull entries are fully relaxed (EOS minimum inside the scan, or BFGS converged), except
+            # optimizer runs stopped by the volume guard, listed in provenance: CdI2-type layers, whose
+            # interlayer gap PBE without a dispersion term barely binds (MgCl2: c/a ran away). Their
+            # energy is an upper bound of the relaxed one, so they stay on the hull.
+            assert r["relax_kind"] == "optimizer" and r["prototype"] == "cdi2", r["id"]
+            assert r["id"] in PROVENANCE["summary"]["optimizer_not_converged"], r["id"]
         assert r["relax_kind"] in ("eos", "optimizer"), r["id"]
     for el in ("Cu", "Al", "Ni", "Fe"):
         assert min(ef(labels, f"{el}_fcc"), ef(labels, f"{el}_bcc")) == pytest.approx(0.0, abs=1e-6)
