@@ -580,8 +580,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         raise StudyError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     if not args.seeds or min(args.seeds) < 0 or len(set(args.seeds)) != len(args.seeds):
         raise StudyError(f"--seeds must be distinct integers >= 0, got {args.seeds}")
-    if args.readme and not Path(args.readme).is_file():
-        raise StudyError(f"--readme {args.readme}: no such file")
+    if args.readme:
+        if not Path(args.readme).is_file():
+            raise StudyError(f"--readme {args.readme}: no such file")
+        rewrite_readme(Path(args.readme).read_text(encoding="utf-8"), "")  # markers checked before any work
     return args
 
 

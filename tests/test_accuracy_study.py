@@ -146,13 +146,17 @@ def test_readme_marker_rewrite(acc):
         acc.rewrite_readme("no markers", "x")
 
 
-def test_bad_options_are_one_line_errors(acc, capsys):
+def test_bad_options_are_one_line_errors(acc, capsys, tmp_path):
     assert acc.main(["--models", "esnet_is,bogus"]) == 2
     err = capsys.readouterr().err
     assert "unknown model(s) ['bogus']" in err and err.count("\n") == 1
     assert acc.main(["--folds", "1"]) == 2
     assert "--folds must be >= 2" in capsys.readouterr().err
     assert acc.main(["--seeds", "0,x"]) == 2
+    capsys.readouterr()
+    (tmp_path / "R.md").write_text("no markers\n")
+    assert acc.main(["--summary-only", "--readme", str(tmp_path / "R.md")]) == 2  # checked before any work
+    assert "exactly one" in capsys.readouterr().err
 
 
 def test_augmented_variants_never_train_on_a_test_fold_structure(acc):
