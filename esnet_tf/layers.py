@@ -39,8 +39,12 @@ class ShapeCheck(layers.Layer):
             import tensorflow as tf
 
             want = ", ".join(map(str, self.expected))
-            tf.debugging.assert_equal(tf.shape(x)[1:], tf.constant(self.expected, dtype=tf.int32),
-                                      message=f"input '{self.input_name}' must have shape (batch, {want})")
+            check = tf.debugging.assert_equal(tf.shape(x)[1:], tf.constant(self.expected, dtype=tf.int32),
+                                              message=f"input '{self.input_name}' must have shape (batch, {want})")
+            # the output waits for the check, so that no op reads a wrong-shaped input first (in a
+            # frozen graph a MatMul on `composition` otherwise ran, and failed, before the assert)
+            with tf.control_dependencies([check] if check is not None else []):
+                return tf.identity(x)
         return x
 
     def compute_output_shape(self, input_shape):
