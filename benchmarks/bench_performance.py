@@ -170,8 +170,9 @@ def child(args: argparse.Namespace) -> dict:
     out = {"role": args.child, "threads": list(threads) if threads else "default", "n_examples": n,
            "batch_size": bs, "matmul_gflops": limit, "load_avg": os.getloadavg()[0],
            "busy": busy_processes(), "start": time.strftime("%H:%M:%S")}
-    n_infer = bs * args.infer_batches
-    xi = {k: np.concatenate([v] * (-(-n_infer // n)))[:n_infer] for k, v in x.items()}
+    n_infer = 0 if args.skip_infer else bs * args.infer_batches
+    n_xi = n_infer or bs  # (one batch of inputs even with --skip-infer, for the reference's standardisation)
+    xi = {k: np.concatenate([v] * (-(-n_xi // n)))[:n_xi] for k, v in x.items()}
     timer = StepTimer()
     if role == "reference":
         import reference_esnet as ref
@@ -185,8 +186,9 @@ def child(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         model.fit(xs, y, batch_size=bs, epochs=1, shuffle=True, verbose=0, callbacks=[timer])
         wall = time.perf_counter() - t
-        ref.predict_reference(model, {k: v[:bs] for k, v in xis.items()}, bs)
         batch_times = []
+        if n_infer:
+            ref.predict_reference(model, {k: v[:bs] for k, v in xis.items()}, bs)
         for start in range(0, n_infer, bs):
             t = time.perf_counter()
             ref.predict_reference(model, {k: v[start:start + bs] for k, v in xis.items()}, bs)
@@ -224,10 +226,12 @@ def child(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         model.fit(pipe, epochs=1, verbose=0, callbacks=[timer])
         wall = time.perf_counter() - t
-        predict, infer_policy = inference_function(model, precision, batch_size=bs)
-        out["auto_infer"] = getattr(predict, "choice", None)
-        predict({k: v[:bs] for k, v in xi.items()})
         batch_times = []
+        infer_policy = None
+        if n_infer:
+            predict, infer_policy = inference_function(model, precision, batch_size=bs)
+            out["auto_infer"] = getattr(predict, "choice", None)
+            predict({k: v[:bs] for k, v in xi.items()})
         for start in range(0, n_infer, bs):
             t = time.perf_counter()
             predict({k: v[start:start + bs] for k, v in xi.items()})
@@ -240,8 +244,9 @@ def child(args: argparse.Namespace) -> dict:
     out["infer_batch_s"] = [round(v, 4) for v in batch_times]
     out["train_samples_per_s"] = bs / statistics.median(steps)          # the level of this process
     out["train_samples_per_s_wall"] = n / wall
-    out["infer_samples_per_s"] = bs / statistics.median(batch_times)
-    out["infer_samples_per_s_wall"] = n_infer / sum(batch_times)
+    if batch_times:
+        out["infer_samples_per_s"] = bs / statistics.median(batch_times)
+        out["infer_samples_per_s_wall"] = n_infer / sum(batch_times)
     out["load_avg_end"] = os.getloadavg()[0]
     # peak RSS of this process (training + inference of the paper config at this batch size): VmHWM
     # of /proc/self/status, which starts afresh at exec (ru_maxrss would inherit the parent's)
@@ -389,6 +394,70 @@ class Quiet:
         self.pause()
 
 
+#: The background conditions of `levels` (issue 18's per-process training levels): a single-threaded
+#: CPU-bound process, as one background DFT worker is, in its own session (so its own scheduler
+#: autogroup, as `setsid`/`nohup` jobs and other terminals are), at the priority the name says.
+CONDITIONS = ("quiet", "busy", "busy-renice19", "busy-autogroup19")
+
+
+def start_competitor(condition: str) -> subprocess.Popen | None:
+    """Start the background process of `condition` (None for quiet). `busy-renice19` lowers its
+    nice value only (what `nice`/`renice` do); `busy-autogroup19` also sets the nice value of its
+    session's autogroup (/proc/PID/autogroup), which is what the kernel weighs when autogroup
+    scheduling is on (/proc/sys/kernel/sched_autogroup_enabled = 1)."""
+    if condition == "quiet":
+        return None
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+    if condition in ("busy-renice19", "busy-autogroup19"):
+        os.setpriority(os.PRIO_PROCESS, proc.pid, 19)
+    if condition == "busy-autogroup19":
+        Path(f"/proc/{proc.pid}/autogroup").write_text("19")
+    time.sleep(1.0)
+    return proc
+
+
+def autogroup_enabled() -> bool | None:
+    f = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    return f.read_text().strip() == "1" if f.is_file() else None
+
+
+def levels(args: argparse.Namespace, quiet: "Quiet") -> dict:
+    """Training level of fresh processes of each role under each background condition, alternating
+    condition by condition (quiet, busy, ..., quiet, busy, ...), `--repeats` processes each."""
+    roles = [r for r in args.levels_roles.split(",") if r]
+    conditions = [c for c in args.conditions.split(",") if c]
+    for c in conditions:
+        if c not in CONDITIONS:
+            raise SystemExit(f"--conditions: unknown condition {c!r}; choose from {', '.join(CONDITIONS)}")
+    rows, expected = [], {}
+    for r in range(args.repeats):
+        for condition in conditions:
+            for role in roles:
+                quiet.before(expected.get(role, 90.0))
+                competitor = start_competitor(condition)
+                t = time.time()
+                try:
+                    row = run_child("child", args, ["--child", role, "--skip-infer"])
+                finally:
+                    if competitor is not None:
+                        competitor.kill()
+                        competitor.wait()
+                expected[role] = time.time() - t
+                row.update(condition=condition, repetition=r, child_wall_s=round(expected[role], 1))
+                print(json.dumps({k: row[k] for k in ("role", "condition", "repetition", "train_samples_per_s",
+                                                      "load_avg", "child_wall_s")}), file=sys.stderr, flush=True)
+                rows.append(row)
+    summary = {}
+    for condition in conditions:
+        for role in roles:
+            rs = [x for x in rows if x["condition"] == condition and x["role"] == role]
+            summary[f"{role} / {condition}"] = {
+                "train_samples_per_s": _spread([x["train_samples_per_s"] for x in rs]),
+                "train_level_per_process": [round(x["train_samples_per_s"], 1) for x in rs],
+                "matmul_gflops_float32": _spread([x["matmul_gflops"]["float32"] for x in rs])}
+    return {"autogroup_enabled": autogroup_enabled(), "summary": summary, "raw": rows}
+
+
 def run_child(kind: str, args: argparse.Namespace, extra: list[str], env: dict | None = None) -> dict:
     cmd = [sys.executable, __file__, kind, "--features", str(args.features), "--labels", str(args.labels),
            "--batch-size", str(args.batch_size), "--train-steps", str(args.train_steps),
@@ -473,7 +542,7 @@ def summarize(rows: list[dict], flops: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", nargs="?", default="run", choices=("run", "child", "profile", "accuracy"),
+    p.add_argument("kind", nargs="?", default="run", choices=("run", "child", "profile", "accuracy", "levels"),
                    help=argparse.SUPPRESS)
     p.add_argument("--child", default="ours", help=argparse.SUPPRESS)
     p.add_argument("--repeats", type=int, default=5,
@@ -496,6 +565,11 @@ def main() -> None:
     p.add_argument("--profile-precision", default="auto", help="precision of the profile child [default auto]")
     p.add_argument("--accuracy-epochs", type=int, default=40, help="epochs of each accuracy run [default 40]")
     p.add_argument("--json", help="also write the summary to this file")
+    p.add_argument("--skip-infer", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--levels-roles", default="ours-float32",
+                   help="levels: roles whose training level is measured [default ours-float32]")
+    p.add_argument("--conditions", default=",".join(CONDITIONS),
+                   help="levels: background conditions, alternating [default " + ",".join(CONDITIONS) + "]")
     args = p.parse_args()
 
     if args.kind == "child":
@@ -537,6 +611,22 @@ def main() -> None:
     flops = {"forward_macs_by_group": macs, "forward_flops": 2 * macs["total"], "training_flops": 6 * macs["total"],
              "graph_conv_matmul_flops": graph["conv_matmul"], "graph_other_flops": graph["other"]}
     result["flops_per_example"] = flops
+    if args.kind == "levels":
+        quiet = Quiet(args.pause_pgid)
+        try:
+            result["levels"] = levels(args, quiet)
+        finally:
+            quiet.resume()
+        result["pauses"] = quiet.log
+        result["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        result["wall_s"] = round(time.time() - t0, 1)
+        text = json.dumps(result, indent=2, default=str)
+        if args.json:
+            from esnet_tf.atomic import write_text
+
+            write_text(args.json, text)
+        print(json.dumps(result["levels"]["summary"], indent=1))
+        return
     if not args.skip_memory:
         result["memory"] = {prec: peak_rss_train(args, prec) for prec in ("float32", "auto")}
         print(json.dumps({"memory": result["memory"]}), flush=True)

@@ -50,7 +50,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         q.add_argument("--kpt-density", type=float, default=DFTSettings.kpt_density, help="k-points per Å^-1")
         q.add_argument("--tiny", action="store_true", help="cheap unconverged settings (300 eV, 1.5 /Å^-1) for tests")
         q.add_argument("--retry-failed", action="store_true", help="rerun tasks whose failure is cached")
-        q.add_argument("--nice", type=int, default=0, help="niceness of the GPAW processes")
+        q.add_argument("--nice", type=int, default=0, help="niceness of the GPAW processes; a job that leads its own session (setsid esnet dft ...) also "
+                       "lowers its session's autogroup, without which Linux ignores nice against other sessions")
         q.add_argument("--beam-pipeline-options", default=None,
                        help="run the tasks as an Apache Beam pipeline, e.g. 'runner=DirectRunner' "
                             "(Flink/Spark/Dataflow options work unchanged; needs a shared --out)")

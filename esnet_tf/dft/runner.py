@@ -118,6 +118,32 @@ def _read_cached(task: Task, workdir: Path, retry_failed: bool) -> Outcome | Non
     return None
 
 
+AUTOGROUP_SWITCH = Path("/proc/sys/kernel/sched_autogroup_enabled")
+
+
+def lower_session_priority(nice: int) -> str | None:
+    """Make `nice` count against other sessions too; returns a warning when it cannot.
+
+    With Linux autogroup scheduling on (the default of most distributions), the CPU is shared
+    fairly between *sessions* (terminals, `setsid`/`nohup` jobs) and a process's nice value only
+    counts inside its own session: `nice -n 19` GPAW workers still take a full share from a
+    training run started in another terminal (measured: 26 instead of 50 samples/s;
+    benchmarks/README.md, "per-process levels"). So a job that is the leader of its own session
+    (`setsid esnet dft ...`) sets its session's autogroup nice value as well.
+    """
+    if nice <= 0 or not AUTOGROUP_SWITCH.is_file() or AUTOGROUP_SWITCH.read_text().strip() != "1":
+        return None
+    if os.getsid(0) != os.getpid():
+        return (f"--nice {nice} lowers the GPAW processes only against this session's other programs: "
+                "Linux autogroup scheduling shares the CPU between sessions regardless of nice; "
+                "start the job in its own session (setsid esnet dft ...) to lower it against everything")
+    try:
+        Path("/proc/self/autogroup").write_text(str(nice))
+    except OSError as exc:
+        return f"--nice {nice}: could not set this session's autogroup priority ({exc})"
+    return None
+
+
 def cached_outcome(task: Task, cache_dir: Path) -> Outcome | None:
     """The cached outcome of `task` (done or failed), or None when it was never computed."""
     return _read_cached(task, Path(cache_dir) / task_hash(task), retry_failed=False)
@@ -166,6 +192,9 @@ def run_tasks(tasks: list[Task], cache_dir: Path, workers: int = 2, retry_failed
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with exclusive(cache_dir, "DFT cache"):  # a second run on the same directories is refused
+        warning = lower_session_priority(nice)
+        if warning and progress:
+            print(f"warning: {warning}", file=sys.stderr)
         return _run_tasks(tasks, cache_dir, workers, retry_failed, nice, progress, on_result)
 
 
