@@ -5,8 +5,8 @@
 Two input kinds, each in a fresh process (peak RSS read by a small wrapper, `RUSAGE_CHILDREN`):
 - npz: one featurized `.npz` of `--n` rows (the real demo examples tiled): reading the `.npz`
   (`predict.load_inputs`), inference (`Predictor.predict`, the one fast inference function of
-  `esnet_tf.precision`, 'auto' precision), writing the CSV;
-- raw: `--n-raw` files (hard links of the readable VASP fixtures `vasprun.xml.gz` and the demo's
+  `esnet_tf.precision`, `--precision` auto by default), writing the CSV;
+- raw: `--n-raw` files (hard links of the readable VASP fixtures `vasprun.xml.gz`, copies of the demo's
   `*.gpawdos.npz`, cycled): reading (`readers.read_dos`), featurizing (`featurize_dos`), inference;
   the featurization once serially and once over `--workers` processes (files are independent).
 Plus the real command `esnet predict MODEL features.npz --out preds.csv` end to end (wall, peak RSS).
@@ -34,7 +34,8 @@ FIXTURES = Path(os.environ.get("ESNET_FIXTURES", ROOT.parent / "shared" / "fixtu
 
 
 def make_inputs(work: Path, n: int, n_raw: int) -> dict:
-    """features.npz of `n` rows (demo examples tiled) and a directory of `n_raw` raw files (hard links)."""
+    """features.npz of `n` rows (demo examples tiled) and a directory of `n_raw` raw files (hard links of
+    the vasprun fixtures; copies of the demo's IS `*.gpawdos.npz` with distinct ids, since ids must be unique)."""
     import dataclasses
 
     from esnet_tf.featurize import featurize, save_examples
@@ -54,17 +55,26 @@ def make_inputs(work: Path, n: int, n_raw: int) -> dict:
             sources.append(p)
         except (DOSInputError, Exception):  # fixtures that are meant to fail
             continue
-    sources += sorted(DEMO.glob("calcs/*/*.gpawdos.npz"))[:200]
+    sources += sorted(DEMO.glob("calcs/*/is.gpawdos.npz"))[:200]
     raw = work / "raw"
     raw.mkdir(exist_ok=True)
     files = []
     for i, src in zip(range(n_raw), itertools.cycle(sources)):
         dst = raw / f"{i:06d}_{src.name}"
         if not dst.exists():
-            try:
-                os.link(src, dst)
-            except OSError:
-                dst.write_bytes(src.read_bytes())
+            if src.name.endswith(".gpawdos.npz"):  # the id is inside the file: a copy with its own id
+                import numpy as np
+
+                with np.load(src, allow_pickle=False) as data:
+                    arrays = {k: data[k] for k in data.files}
+                arrays["id"] = np.array(f"{arrays.get('id', src.parent.name)}#{i}")
+                with open(dst, "wb") as fh:
+                    np.savez_compressed(fh, **arrays)
+            else:  # a vasprun's id is derived from its path: a hard link is a distinct input
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    dst.write_bytes(src.read_bytes())
         files.append(dst)
     n_vasp = sum(1 for f in files if "vasprun" in f.name)
     return {"npz": str(npz), "raw": [str(f) for f in files], "n_vasprun": n_vasp, "n_gpaw": len(files) - n_vasp}
@@ -82,11 +92,11 @@ def _featurize_one(path: str):
     return ex, t_read, time.perf_counter() - t
 
 
-def child_npz(model: str, npz: str, out: str, batch: int) -> dict:
+def child_npz(model: str, npz: str, out: str, batch: int, precision: str = "auto") -> dict:
     from esnet_tf.predict import Predictor, load_inputs, write_predictions
 
     t0 = time.perf_counter()
-    predictor = Predictor(model)
+    predictor = Predictor(model, precision=precision)
     t_load = time.perf_counter() - t0
     t = time.perf_counter()
     arrays, failures = load_inputs([npz])
@@ -104,13 +114,13 @@ def child_npz(model: str, npz: str, out: str, batch: int) -> dict:
             "choice": getattr(getattr(predictor, "_fast", None), "choice", None)}
 
 
-def child_raw(model: str, files: list[str], workers: int, batch: int) -> dict:
+def child_raw(model: str, files: list[str], workers: int, batch: int, precision: str = "auto") -> dict:
     import numpy as np
 
     from esnet_tf.data import stack_examples
     from esnet_tf.predict import Predictor
 
-    predictor = Predictor(model)
+    predictor = Predictor(model, precision=precision)
     out: dict = {"kind": "raw", "n": len(files), "workers": workers}
     t = time.perf_counter()
     results = [_featurize_one(f) for f in files]
@@ -161,17 +171,20 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="featurization processes [default: cores]")
     p.add_argument("--batch-size", type=int, default=256, help="inference batch (esnet predict's default 256)")
     p.add_argument("--model", help=".keras model (default: paper config, random weights)")
+    p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="inference precision, as `esnet predict --precision` [default auto: measured]")
     p.add_argument("--work", help="working directory (default: a temporary one)")
     p.add_argument("--files", help=argparse.SUPPRESS)
     p.add_argument("--npz", help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the result to this file")
     args = p.parse_args()
     if args.kind == "npz":
-        print(json.dumps(child_npz(args.model, args.npz, str(Path(args.work) / "preds.csv"), args.batch_size)))
+        print(json.dumps(child_npz(args.model, args.npz, str(Path(args.work) / "preds.csv"), args.batch_size,
+                                    args.precision)))
         return
     if args.kind == "raw":
         files = json.loads(Path(args.files).read_text())
-        print(json.dumps(child_raw(args.model, files, args.workers, args.batch_size)))
+        print(json.dumps(child_raw(args.model, files, args.workers, args.batch_size, args.precision)))
         return
     work = Path(args.work or tempfile.mkdtemp(prefix="esnet_htvs_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -192,7 +205,7 @@ def main() -> None:
         m = build_esnet(ESNetConfig.paper(), normalization=dos_statistics([{k: a[k][:500] for k in ("dos_up", "dos_down")}]))
         model = str(work / "paper_random.keras")
         m.save(model)
-    common = ["--model", model, "--work", str(work), "--batch-size", str(args.batch_size)]
+    common = ["--model", model, "--work", str(work), "--batch-size", str(args.batch_size), "--precision", args.precision]
     result["npz"] = in_fresh_process([sys.executable, __file__, "npz", "--npz", inputs["npz"], *common])
     print(json.dumps({"npz": result["npz"]}), file=sys.stderr, flush=True)
     files_json = work / "files.json"
@@ -202,7 +215,7 @@ def main() -> None:
     print(json.dumps({"raw": result["raw"]}), file=sys.stderr, flush=True)
     esnet = str(Path(sys.executable).with_name("esnet"))
     result["esnet_predict_npz"] = in_fresh_process([esnet, "predict", model, inputs["npz"], "--out",
-                                                    str(work / "cli_preds.csv")])
+                                                    str(work / "cli_preds.csv"), "--precision", args.precision])
     result["esnet_predict_npz"]["inputs_per_s"] = args.n / result["esnet_predict_npz"]["process_wall_s"]
     text = json.dumps(result, indent=2, default=str)
     if args.json:
