@@ -6,12 +6,18 @@ import json
 import pytest
 
 from esnet_tf.cli import main as cli_main
+from test_train import tiny_config_file
+
+
+def demo_argv(out) -> list[str]:
+    """A tiny budget: 2 epochs of test_train's tiny config (each step of the demo is the same on any config)."""
+    return ["demo", "--out", str(out), "--epochs", "2", "--config", str(tiny_config_file())]
 
 
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
-    assert cli_main(["demo", "--out", str(out), "--epochs", "2"]) == 0
+    assert cli_main(demo_argv(out)) == 0
     return out
 
 
@@ -53,7 +59,7 @@ def test_every_artefact_exists_and_loads(demo_out):
 
 def test_rerun_reuses_what_is_built(demo_out, capsys):
     mtime = (demo_out / "run" / "best.keras").stat().st_mtime_ns
-    assert cli_main(["demo", "--out", str(demo_out), "--epochs", "2"]) == 0
+    assert cli_main(demo_argv(demo_out)) == 0
     out = capsys.readouterr()
     assert "reusing the trained model" in out.out
     assert (demo_out / "run" / "best.keras").stat().st_mtime_ns == mtime

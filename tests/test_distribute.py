@@ -216,8 +216,10 @@ def test_two_workers_equal_one_process(tmp_path):
 
 def test_killed_worker_restarts_from_last_backup(tmp_path):
     """SIGKILL worker 1 after a backed-up epoch: the chief's collectives fail (it exits with a
-    one-line message); both restarted with --resume continue from the last backup and finish."""
-    epochs = 5
+    one-line message); both restarted with --resume continue from the last backup and finish.
+    3 epochs: the kill comes after the backup of epoch 1, so 1-2 epochs are left to resume
+    (each multi-worker epoch takes seconds here, far more than the 0.05 s poll)."""
+    epochs = EPOCHS
     run_dir = tmp_path / "mw_kill"
     procs = _launch(run_dir, epochs)
     meta = run_dir / "backup" / "training_metadata.json"

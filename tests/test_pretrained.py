@@ -193,11 +193,13 @@ def test_ensemble_round_trip_and_export(tmp_path):
     from esnet_tf.export import export_ensemble
     from esnet_tf.model import ESNetConfig, build_esnet, load_model as load_keras
 
+    TINY = ESNetConfig.small().replace(stem_filters=8, stage_widths=(8, 16), blocks_per_stage=1, merge_filters=16,
+                                       composition_units=8, head_units=(16,), name="tiny")
     paths = []
     for seed in (0, 1):
         keras.utils.set_random_seed(seed)
         p = tmp_path / f"m{seed}.keras"
-        build_esnet(ESNetConfig.small()).save(str(p))
+        build_esnet(TINY).save(str(p))
         paths.append(p)
     result = export_ensemble(paths, tmp_path / "sm", "tiny-ensemble", 1, std_scale=2.0, n_warmup=2)
     assert result["outputs"] == ["formation_energy_per_atom", "formation_energy_per_atom_std"]
