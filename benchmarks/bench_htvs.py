@@ -26,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import emit  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,12 +220,7 @@ def main() -> None:
     result["esnet_predict_npz"] = in_fresh_process([esnet, "predict", model, inputs["npz"], "--out",
                                                     str(work / "cli_preds.csv"), "--precision", args.precision])
     result["esnet_predict_npz"]["inputs_per_s"] = args.n / result["esnet_predict_npz"]["process_wall_s"]
-    text = json.dumps(result, indent=2, default=str)
-    if args.json:
-        from esnet_tf.atomic import write_text
-
-        write_text(args.json, text)
-    print(text)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "datasets" / "is_dos" / "demo"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import emit  # noqa: E402
 
 
 # ---------------------------------------------------------------- data
@@ -620,12 +621,7 @@ def main() -> None:
         result["pauses"] = quiet.log
         result["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
         result["wall_s"] = round(time.time() - t0, 1)
-        text = json.dumps(result, indent=2, default=str)
-        if args.json:
-            from esnet_tf.atomic import write_text
-
-            write_text(args.json, text)
-        print(json.dumps(result["levels"]["summary"], indent=1))
+        emit(result, args.json, printed=result["levels"]["summary"])
         return
     if not args.skip_memory:
         result["memory"] = {prec: peak_rss_train(args, prec) for prec in ("float32", "auto")}
@@ -665,12 +661,7 @@ def main() -> None:
         result["accuracy"] = run_child("accuracy", args, ["--accuracy-epochs", str(args.accuracy_epochs)])
         print(json.dumps({"accuracy": result["accuracy"]}), flush=True)
     result["wall_s"] = round(time.time() - t0, 1)
-    text = json.dumps(result, indent=2, default=str)
-    if args.json:
-        from esnet_tf.atomic import write_text
-
-        write_text(args.json, text)
-    print(text)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":
