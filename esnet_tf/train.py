@@ -456,12 +456,7 @@ def _train(config: TrainConfig, run_dir: Path, shared_dir: Path, strategy, *, re
 
     spec = str(config.dataset)
     split_opts = config.split_options()
-    train_ds = data.load_split(spec, "train", **split_opts)
-    val_ds = data.load_split(spec, "validation", **split_opts)
-    n_train, stats = data.scan(train_ds, f"{spec} [train]", statistics=True)
-    n_val, _ = data.scan(val_ds, f"{spec} [validation]")
-    if n_val == 0:
-        raise UserError(f"{spec}: the validation split is empty; model selection needs validation data")
+    train_ds, val_ds, n_train, n_val, stats = data.train_and_validation(spec, split_opts, "model selection")
     print(f"train: {n_train} examples, validation: {n_val} examples ({spec}); config {model_config.name}")
 
     start = backup_epoch(shared_dir) if resume else None

@@ -227,12 +227,7 @@ def tune(config: TuneConfig, directory: str | Path, project_name: str, *, overwr
     keras.utils.set_random_seed(int(config.seed))
     spec = str(config.dataset)
     split_opts = config.split_options()
-    train_ds = data.load_split(spec, "train", **split_opts)
-    val_ds = data.load_split(spec, "validation", **split_opts)
-    n_train, stats = data.scan(train_ds, f"{spec} [train]", statistics=True)
-    n_val, _ = data.scan(val_ds, f"{spec} [validation]")
-    if n_val == 0:
-        raise UserError(f"{spec}: the validation split is empty; the tuning objective needs validation data")
+    train_ds, val_ds, n_train, n_val, stats = data.train_and_validation(spec, split_opts, "the tuning objective")
     print(f"train: {n_train} examples, validation: {n_val} examples ({spec}); {who} "
           f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}")
 
