@@ -272,8 +272,9 @@ def test_esnet_fine_tune_refit_runs_and_changes_the_predictions(labels, tmp_path
     from esnet_tf import ESNetConfig, build_esnet
     from esnet_tf.campaign.refit import ESNetFineTune
 
-    cfg = ESNetConfig.small().replace(stem_filters=8, stage_widths=(8, 16), blocks_per_stage=1, merge_filters=16,
-                                      composition_units=8, head_units=(16,), name="tiny")
+    # the smallest ESNet (1 stage, no CBAM): each refit loads, traces and fits the model anew
+    cfg = ESNetConfig.small().replace(stem_filters=8, stage_widths=(8,), blocks_per_stage=1, merge_filters=8,
+                                      composition_units=8, head_units=(8,), use_attention=False, name="tiny")
     build_esnet(cfg).save(tmp_path / "tiny.keras")
     pool = _pool(labels)
     rng = np.random.default_rng(0)
