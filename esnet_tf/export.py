@@ -56,7 +56,7 @@ def write_warmup(export_dir: Path, logs: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
         for log in logs:
-            writer.write(log.SerializeToString())
+            writer.write(log.SerializeToString(deterministic=True))  # map fields in key order: same bytes every run
     return path
 
 

@@ -102,6 +102,28 @@ def test_warmup_records_parse_and_run():
         assert y.shape == (1, 1) and np.isfinite(y).all()
 
 
+WARMUP_WRITER = """
+import hashlib, sys
+from pathlib import Path
+import numpy as np
+from esnet_tf.export import warmup_requests, write_warmup
+with np.load(sys.argv[1], allow_pickle=False) as w:
+    inputs = {k: w[k] for k in w.files}
+print(hashlib.sha256(write_warmup(Path(sys.argv[2]), warmup_requests(inputs, "esnet")).read_bytes()).hexdigest())
+"""
+
+
+def test_warmup_file_is_byte_identical_across_processes(tmp_path):
+    """Same examples, same bytes: the requests' input maps are serialised in key order (protobuf
+    map order otherwise changes from one process to the next), so exports are reproducible."""
+    import sys
+
+    npz = trained_run()["run_dir"] / "warmup_examples.npz"
+    digests = {subprocess.run([sys.executable, "-c", WARMUP_WRITER, str(npz), str(tmp_path / f"v{i}")],
+                              capture_output=True, text=True, check=True).stdout.strip() for i in range(3)}
+    assert len(digests) == 1, digests
+
+
 def test_signature_bad_inputs_give_clear_errors():
     import tensorflow as tf
 
