@@ -60,7 +60,7 @@ def stack_examples(examples: Sequence[ISDOSExample], labels: Mapping[str, LabelR
     """The one conversion from IS-DOS examples to arrays.
 
     dos_up, dos_down (N, n_points, 9) float32 states/eV/atom; composition (N, 118); id, formula,
-    chemsys (N,) str; formation_energy_per_atom, e_above_hull (N,) float32 eV/atom from `labels`
+    chemsys, code (N,) str (code: the DFT code that computed the DOS); formation_energy_per_atom, e_above_hull (N,) float32 eV/atom from `labels`
     by id (NaN where unknown). `n_points` shapes the empty result.
     """
     labels = labels or {}
@@ -75,6 +75,7 @@ def stack_examples(examples: Sequence[ISDOSExample], labels: Mapping[str, LabelR
         "id": np.array([e.id for e in examples], dtype=str),
         "formula": np.array([e.formula for e in examples], dtype=str),
         "chemsys": np.array([e.chemsys for e in examples], dtype=str),
+        "code": np.array([e.code for e in examples], dtype=str),  # DFT code of each IS-DOS (the domain check reads it)
     }
 
 

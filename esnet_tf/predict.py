@@ -173,7 +173,6 @@ def load_inputs(paths: Sequence[str], labels: str | None = None, grid: EnergyGri
             parts.append(part)
         elif is_labels_dir(spec):
             part = dict(load_dir_arrays(spec, grid or PAPER_GRID))
-            part["code"] = np.full(len(part["id"]), "")
             parts.append(part)
         else:
             if not Path(spec).exists():
@@ -184,7 +183,6 @@ def load_inputs(paths: Sequence[str], labels: str | None = None, grid: EnergyGri
         examples, failures = featurize_paths(raw, grid or PAPER_GRID, workers=workers)
         if examples:
             part = stack_examples(examples, read_labels(labels) if labels else None)
-            part["code"] = np.array([e.code for e in examples], dtype=str)
             parts.append(part)
     if not parts:
         return {}, failures

@@ -172,7 +172,6 @@ def _as_arrays(inputs, grid=None) -> tuple[dict, list[str]]:
     for item in inputs:
         if isinstance(item, ISDOSExample):
             part = stack_examples([item])
-            part["code"] = np.array([item.code])
         elif isinstance(item, (str, Path)):
             part, fails = load_inputs([str(item)], grid=grid)
             failures += fails
@@ -302,5 +301,4 @@ def load_split_arrays(name_or_path: str | Path, split: str, *, root: str | Path 
     arrays["formation_energy_per_atom"] = np.array([r["formation_energy_per_atom"] for r in rows], np.float32)
     arrays["e_above_hull"] = np.array([np.nan if r.get("e_above_hull") is None else r["e_above_hull"]
                                        for r in rows], np.float32)
-    arrays["code"] = np.array([e.code for e in examples])
     return arrays

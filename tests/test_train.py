@@ -372,6 +372,11 @@ def test_labels_dir_and_missing_labels(tmp_path):
     arrays = load_arrays(str(DEMO))  # the demo layout: labels.csv + calcs/, featurized on the fly
     assert arrays["dos_up"].shape[1:] == (1500, 9) and len(arrays["id"]) >= len(d["arrays"]["id"]) - 1
     assert np.isfinite(arrays["formation_energy_per_atom"]).all()
+    from esnet_tf.predict import load_inputs
+
+    inputs, failures = load_inputs([str(DEMO)])  # as `esnet predict DEMO_DIR` reads it
+    assert not failures and len(inputs["id"]) == len(arrays["id"])
+    assert all(c.lower().startswith("gpaw") for c in inputs["code"])  # the domain check needs the DFT code
 
 
 def test_labels_csv_with_bad_number_or_duplicate_id_is_refused(tmp_path):
