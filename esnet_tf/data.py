@@ -321,8 +321,6 @@ def train_and_validation(spec: str, split_options: dict, purpose: str):
     """The train and validation splits of `spec`, scanned once: (train_ds, val_ds, n_train, n_val,
     normalisation statistics of train). An empty validation split is refused, naming `purpose`
     (what needs it: "model selection", "the tuning objective")."""
-    from esnet_tf.errors import UserError
-
     train_ds = load_split(spec, "train", **split_options)
     val_ds = load_split(spec, "validation", **split_options)
     n_train, stats = scan(train_ds, f"{spec} [train]", statistics=True)
