@@ -107,20 +107,20 @@ def single_point(task: Task, scale: float, log: Path, dos_path: Path | None,
 
 
 def write_dos(task: Task, atoms, calc, path: Path, energy: float) -> None:
-    """Write the orbital-projected DOS summed over sites (states/eV per cell) as npz."""
+    """Write the orbital-projected DOS summed over sites (states/eV per cell) as `*.gpawdos.npz`."""
     from gpaw import __version__ as gpaw_version
     from pymatgen.io.ase import AseAtomsAdaptor
+
+    from esnet_tf.readers.gpaw import write_gpaw_dos
 
     st = task.settings
     rel = np.arange(st.dos_window[0], st.dos_window[1] + 1e-9, st.dos_step)
     pdos = symmetrized_pdos(calc, rel, st.dos_width)
     efermi = float(calc.get_fermi_level())
     structure = AseAtomsAdaptor.get_structure(atoms)
-    np.savez_compressed(
-        path, energies=(rel + efermi).astype(np.float64), efermi=np.float64(efermi),
-        pdos=_truncate_mantissa(pdos), structure_json=np.str_(json.dumps(structure.as_dict())),
-        code=np.str_(f"GPAW {gpaw_version}"), settings_json=np.str_(st.key()),
-        energy=np.float64(energy), id=np.str_(task.id))
+    write_gpaw_dos(path, energies=rel + efermi, efermi=efermi, pdos=_truncate_mantissa(pdos),
+                   structure=structure.as_dict(), code=f"GPAW {gpaw_version}",
+                   settings_json=st.key(), energy=energy, doc_id=task.id)
 
 
 def symmetrized_pdos(calc, rel_energies: np.ndarray, width: float) -> np.ndarray:
