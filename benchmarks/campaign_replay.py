@@ -3,6 +3,7 @@
     python benchmarks/campaign_replay.py                 # both steps
     python benchmarks/campaign_replay.py --step crossfit # only the out-of-fold predictions
     python benchmarks/campaign_replay.py --step replay   # only the campaigns (needs the CSVs)
+    python benchmarks/campaign_replay.py --new-snapshot --seeds 2   # on the demo labels as they are now
 
 Step 1 (crossfit): grouped k-fold cross-fitting by chemical system (`esnet_tf.splits.kfold_of`),
 the approach of `benchmarks/accuracy.py` (its `composition_baseline`, `save_npz`, `write_labels` are
@@ -28,13 +29,14 @@ import argparse
 import csv
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from esnet_tf.atomic import atomic_path, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "datasets" / "is_dos" / "demo"
@@ -61,8 +63,6 @@ def load_arrays(snapshot: Path) -> dict[str, np.ndarray]:
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    from esnet_tf.atomic import atomic_path
-
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
@@ -91,7 +91,7 @@ def train_member(arrays: dict, train_idx: np.ndarray, test_idx: np.ndarray, work
 
 
 def crossfit(out: Path, work: Path, folds: int, seeds: int, epochs: int, fold_seed: int, batch_size: int,
-             only_seed: int | None = None) -> None:
+             only_seed: int | None = None, new_snapshot: bool = False) -> None:
     from esnet_tf.isdos import PREDICTION_COLUMN, PREDICTION_STD_COLUMN
     from esnet_tf.splits import kfold_of
 
@@ -99,8 +99,11 @@ def crossfit(out: Path, work: Path, folds: int, seeds: int, epochs: int, fold_se
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     snapshot = out / "labels_snapshot.csv"
-    if not snapshot.exists():
-        shutil.copyfile(DEMO / "labels.csv", snapshot)
+    if new_snapshot or not snapshot.exists():
+        write_text(snapshot, (DEMO / "labels.csv").read_text(encoding="utf-8"))
+    # members are cached per snapshot and cross-fitting setup: a new snapshot never reuses old members
+    work = work / f"{acc.file_hash(snapshot)}_k{folds}_fs{fold_seed}_e{epochs}_b{batch_size}"
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     arrays = load_arrays(snapshot)
     n = len(arrays["id"])
@@ -126,11 +129,12 @@ def crossfit(out: Path, work: Path, folds: int, seeds: int, epochs: int, fold_se
                 continue
             t = time.time()
             pred = train_member(arrays, train_idx, test_idx, work / f"fold{k}_seed{s}", epochs, s, batch_size)
-            np.save(cached, np.asarray(pred, float))
+            with atomic_path(cached) as tmp:
+                np.save(tmp, np.asarray(pred, float))
             members[s, test_idx] = pred
             timing.append({"fold": k, "seed": s, "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
                            "wall_s": time.time() - t})
-            cached.with_suffix(".json").write_text(json.dumps(timing[-1]))
+            write_text(cached.with_suffix(".json"), json.dumps(timing[-1]))
             print(f"fold {k} seed {s}: train {len(train_idx)} test {len(test_idx)} "
                   f"MAE {np.abs(pred - arrays['formation_energy_per_atom'][test_idx]).mean():.3f} eV/atom "
                   f"({time.time() - t:.0f} s)", flush=True)
@@ -149,7 +153,7 @@ def crossfit(out: Path, work: Path, folds: int, seeds: int, epochs: int, fold_se
                 for i, m, sd, y_, e in zip(idx, mean, std, y, eh)])
     _write_csv(out / "composition_predictions.csv", ["id", "formula", "fold", PREDICTION_COLUMN],
                [[arrays["id"][i], arrays["formula"][i], int(fold[i]), f"{comp_pred[i]:.6f}"] for i in idx])
-    info = {"n_rows": int(n), "n_candidates": int(len(idx)), "n_references": int((~compound).sum()),
+    info = {"snapshot_hash": acc.file_hash(snapshot), "n_rows": int(n), "n_candidates": int(len(idx)), "n_references": int((~compound).sum()),
             "folds": folds, "fold_seed": fold_seed, "seeds": seeds, "epochs": epochs, "batch_size": batch_size,
             "config": "small",
             "oof_mae_esnet": float(np.abs(mean - y).mean()),
@@ -158,7 +162,7 @@ def crossfit(out: Path, work: Path, folds: int, seeds: int, epochs: int, fold_se
             "training_wall_s": float(sum(t["wall_s"] for t in timing)),
             "wall_s_this_session": time.time() - t0, "trainings": timing,
             "command": " ".join(["python", *sys.argv])}
-    (out / "crossfit.json").write_text(json.dumps(info, indent=1) + "\n")
+    write_text(out / "crossfit.json", json.dumps(info, indent=1) + "\n")
     print(json.dumps({k: v for k, v in info.items() if k != "trainings"}, indent=1))
 
 
@@ -174,7 +178,7 @@ def replay(out: Path, batch_size: int, kappa: float, seed: int) -> None:
         cmd = base + ["--strategy", strategies, *extra, "--out", str(out / name)]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
-        (out / name / "command.txt").write_text(" ".join(["esnet", *cmd[4:]]).replace(str(ROOT) + "/", "") + "\n")
+        write_text(out / name / "command.txt", " ".join(["esnet", *cmd[4:]]).replace(str(ROOT) + "/", "") + "\n")
 
 
 def main() -> int:
@@ -190,12 +194,16 @@ def main() -> int:
     ap.add_argument("--kappa", type=float, default=1.0, help="LCB weight on sigma")
     ap.add_argument("--seed", type=int, default=0, help="campaign seed (random strategy)")
     ap.add_argument("--out", default=str(OUT))
-    ap.add_argument("--work", default="/tmp/esnet_campaign_crossfit")
+    ap.add_argument("--work", default="/tmp/esnet_campaign_crossfit",
+                    help="trained members, one subfolder per snapshot hash and setup (a killed run resumes)")
+    ap.add_argument("--new-snapshot", action="store_true",
+                    help="copy the current demo labels into OUT/labels_snapshot.csv (the DFT job may have added "
+                         "rows); without it the committed snapshot is reused")
     args = ap.parse_args()
     out = Path(args.out)
     if args.step in ("all", "crossfit"):
         crossfit(out, Path(args.work), args.folds, args.seeds, args.epochs, args.fold_seed, args.train_batch_size,
-                 args.only_seed)
+                 args.only_seed, args.new_snapshot)
         if args.only_seed is not None:
             return 0
     if args.step in ("all", "replay"):
