@@ -173,8 +173,9 @@ def replay(out: Path, batch_size: int, kappa: float, seed: int) -> None:
             "--predictions", str(out / "oof_predictions.csv"),
             "--composition-predictions", str(out / "composition_predictions.csv"),
             "--batch-size", str(batch_size), "--kappa", str(kappa), "--seed", str(seed)]
-    for strategies, extra, name in (("lcb,greedy,random,composition,oracle", [], "replay"),
-                                    ("lcb,greedy,composition,oracle", ["--refit", "residual"], "replay_refit")):
+    for strategies, extra, name in (("lcb,greedy,stable_per_cost,random,composition,oracle", [], "replay"),
+                                    ("lcb,greedy,stable_per_cost,composition,oracle", ["--refit", "residual"],
+                                     "replay_refit")):
         cmd = base + ["--strategy", strategies, *extra, "--out", str(out / name)]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
