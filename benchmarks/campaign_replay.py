@@ -71,7 +71,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def train_member(arrays: dict, train_idx: np.ndarray, test_idx: np.ndarray, work: Path, epochs: int, seed: int,
-                 batch_size: int, extra: dict | None = None) -> np.ndarray:
+                 batch_size: int, extra: dict | None = None, config: str = "small") -> np.ndarray:
     """`benchmarks/accuracy.py`'s `train_esnet` with a smaller batch: ~15 steps per epoch on ~240 examples
     instead of 4, which is what lets a few tens of epochs fit on a shared CPU. `extra`: more training
     rows (the IS-augmentation variants of training structures). Predictions in eV/atom."""
@@ -86,7 +86,8 @@ def train_member(arrays: dict, train_idx: np.ndarray, test_idx: np.ndarray, work
     everything = np.arange(len(train_arrays["id"]))
     npz = acc.save_npz(train_arrays, everything, work / "train.npz")
     labels = acc.write_labels(train_arrays, everything, work / "labels.csv")
-    settings = TrainConfig(dataset=str(npz), labels=str(labels), config="small", epochs=epochs, seed=seed,
+    settings = TrainConfig(dataset=str(npz), labels=str(labels), config=acc.esnet_config(config, work),
+                           epochs=epochs, seed=seed,
                            batch_size=batch_size, split_fractions=(0.9, 0.1, 0.0),
                            early_stopping_patience=max(10, epochs // 2), lr_patience=max(5, epochs // 4))
     train(settings, work / "run", verbose=0)
@@ -96,7 +97,8 @@ def train_member(arrays: dict, train_idx: np.ndarray, test_idx: np.ndarray, work
 
 
 def crossfit(out: Path, work: Path, folds: int, seeds: int, epochs: int, fold_seed: int, batch_size: int,
-             only_seed: int | None = None, new_snapshot: bool = False, augmented: bool = False) -> None:
+             only_seed: int | None = None, new_snapshot: bool = False, augmented: bool = False,
+             config: str = "small") -> None:
     from esnet_tf.isdos import PREDICTION_COLUMN, PREDICTION_STD_COLUMN
     from esnet_tf.splits import kfold_of
 
@@ -109,7 +111,7 @@ def crossfit(out: Path, work: Path, folds: int, seeds: int, epochs: int, fold_se
     if augmented and (new_snapshot or not aug_snapshot.exists()):
         write_text(aug_snapshot, (DEMO / "labels_augmented.csv").read_text(encoding="utf-8"))
     # members are cached per snapshot and cross-fitting setup: a new snapshot never reuses old members
-    tag = f"_aug{acc.file_hash(aug_snapshot)}" if augmented else ""
+    tag = (f"_aug{acc.file_hash(aug_snapshot)}" if augmented else "") + ("" if config == "small" else f"_{config}")
     work = work / f"{acc.file_hash(snapshot)}_k{folds}_fs{fold_seed}_e{epochs}_b{batch_size}{tag}"
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -143,7 +145,8 @@ def crossfit(out: Path, work: Path, folds: int, seeds: int, epochs: int, fold_se
                 sel = np.flatnonzero([pid in train_ids for pid in variants["parent_id"]])
                 assert not set(variants["parent_id"][sel].tolist()) & test_ids
                 extra = acc.take(variants, sel)
-            pred = train_member(arrays, train_idx, test_idx, work / f"fold{k}_seed{s}", epochs, s, batch_size, extra)
+            pred = train_member(arrays, train_idx, test_idx, work / f"fold{k}_seed{s}", epochs, s, batch_size, extra,
+                                config)
             with atomic_path(cached) as tmp:
                 np.save(tmp, np.asarray(pred, float))
             members[s, test_idx] = pred
@@ -171,7 +174,7 @@ def crossfit(out: Path, work: Path, folds: int, seeds: int, epochs: int, fold_se
                [[arrays["id"][i], arrays["formula"][i], int(fold[i]), f"{comp_pred[i]:.6f}"] for i in idx])
     info = {"snapshot_hash": acc.file_hash(snapshot), "n_rows": int(n), "n_candidates": int(len(idx)), "n_references": int((~compound).sum()),
             "folds": folds, "fold_seed": fold_seed, "seeds": seeds, "epochs": epochs, "batch_size": batch_size,
-            "config": "small", "augmented": augmented,
+            "config": config, "augmented": augmented,
             "oof_mae_esnet": float(np.abs(mean - y).mean()),
             "oof_mae_composition": float(np.abs(comp_pred[idx] - y).mean()),
             "mean_std_esnet": float(np.nanmean(std)) if seeds > 1 else None,
@@ -213,6 +216,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--work", default="/tmp/esnet_campaign_crossfit",
                     help="trained members, one subfolder per snapshot hash and setup (a killed run resumes)")
+    ap.add_argument("--config", default="small", choices=("small", "small_element_properties", "small_no_attention"),
+                    help="ESNet variant of the members (benchmarks/accuracy.py esnet_config)")
     ap.add_argument("--augmented", action="store_true",
                     help="train each member also on the IS-augmentation variants of its training structures")
     ap.add_argument("--new-snapshot", action="store_true",
@@ -222,7 +227,7 @@ def main() -> int:
     out = Path(args.out)
     if args.step in ("all", "crossfit"):
         crossfit(out, Path(args.work), args.folds, args.seeds, args.epochs, args.fold_seed, args.train_batch_size,
-                 args.only_seed, args.new_snapshot, args.augmented)
+                 args.only_seed, args.new_snapshot, args.augmented, args.config)
         if args.only_seed is not None:
             return 0
     if args.step in ("all", "replay"):
