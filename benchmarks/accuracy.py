@@ -16,8 +16,9 @@ element-property statistics (`gbr_magpie`, esnet_tf.baselines); ESNet `small` on
 (`esnet_is`), with the IS-augmentation variants of the training folds (`esnet_is_aug`), with the
 training folds' RS-DOS rows added (`esnet_is_rs`), as a correction to gbr_magpie cross-fitted
 inside the training folds (`esnet_residual`), with its size/regularisation chosen on the training
-folds' validation split (`esnet_is_select`), without attention (`esnet_is_no_attention`), and on
-RS-DOS for training and test (`esnet_rs`, an upper bound). Every model except esnet_rs is tested
+folds' validation split (`esnet_is_select`), without attention (`esnet_is_no_attention`), with
+element-property means in the composition branch (`esnet_is_elements`), and on RS-DOS for
+training and test (`esnet_rs`, an upper bound). Every model except esnet_rs is tested
 on one IS per structure, the structure's own.
 
 Per (model, fold, seed) unit: MAE / RMSE (eV/atom), polymorph ranking and E_hull <= 0 screening
@@ -61,6 +62,7 @@ MODELS = {
     "esnet_residual": "gbr_magpie + ESNet small on IS-DOS trained on the cross-fitted residual",
     "esnet_is_select": "ESNet on IS-DOS, config chosen on the training folds' validation split",
     "esnet_is_no_attention": "ESNet small on IS-DOS without CBAM attention",
+    "esnet_is_elements": "ESNet small on IS-DOS, composition branch with element-property means",
     "esnet_rs": "ESNet small on RS-DOS, trained and tested on RS-DOS (upper bound)",
 }
 COMPOSITION_MODELS = ("gbr_fraction", "gbr_magpie")
@@ -233,6 +235,8 @@ def esnet_config(name: str, work: Path) -> str:
         return "small"
     if name == "small_no_attention":
         cfg = ESNetConfig.small().replace(use_attention=False)
+    elif name == "small_element_properties":
+        cfg = ESNetConfig.small().replace(element_properties=True)
     elif name == "small_narrow_dropout":  # about half the width, dropout in the head
         cfg = ESNetConfig.small().replace(stem_filters=8, stage_widths=(8, 12, 16, 24), merge_filters=24,
                                           composition_units=16, head_units=(32, 16), dropout=0.2)
@@ -302,6 +306,9 @@ def run_model(study: Study, model: str, fold_of_is: np.ndarray, k: int, folds: i
     elif model == "esnet_is_no_attention":
         pred, notes["train"] = fit_esnet(take(study.is_, train_idx), test_is, unit,
                                          esnet_config("small_no_attention", work), epochs, seed, batch_size)
+    elif model == "esnet_is_elements":
+        pred, notes["train"] = fit_esnet(take(study.is_, train_idx), test_is, unit,
+                                         esnet_config("small_element_properties", work), epochs, seed, batch_size)
     elif model == "esnet_rs":
         pred, notes["train"] = fit_esnet(take(study.rs, train_idx), take(study.rs, test_idx), unit, "small", epochs,
                                          seed, batch_size)

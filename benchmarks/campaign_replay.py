@@ -3,6 +3,7 @@
     python benchmarks/campaign_replay.py                 # both steps
     python benchmarks/campaign_replay.py --step crossfit # only the out-of-fold predictions
     python benchmarks/campaign_replay.py --step replay   # only the campaigns (needs the CSVs)
+    python benchmarks/campaign_replay.py --new-snapshot --seeds 2   # on the demo labels as they are now
 
 Step 1 (crossfit): grouped k-fold cross-fitting by chemical system (`esnet_tf.splits.kfold_of`),
 the approach of `benchmarks/accuracy.py` (its `composition_baseline`, `save_npz`, `write_labels` are
@@ -28,13 +29,14 @@ import argparse
 import csv
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from esnet_tf.atomic import atomic_path, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "datasets" / "is_dos" / "demo"
@@ -61,8 +63,6 @@ def load_arrays(snapshot: Path) -> dict[str, np.ndarray]:
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    from esnet_tf.atomic import atomic_path
-
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
@@ -71,17 +71,23 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def train_member(arrays: dict, train_idx: np.ndarray, test_idx: np.ndarray, work: Path, epochs: int, seed: int,
-                 batch_size: int) -> np.ndarray:
+                 batch_size: int, extra: dict | None = None, config: str = "small") -> np.ndarray:
     """`benchmarks/accuracy.py`'s `train_esnet` with a smaller batch: ~15 steps per epoch on ~240 examples
-    instead of 4, which is what lets a few tens of epochs fit on a shared CPU. Predictions in eV/atom."""
+    instead of 4, which is what lets a few tens of epochs fit on a shared CPU. `extra`: more training
+    rows (the IS-augmentation variants of training structures). Predictions in eV/atom."""
     from esnet_tf.predict import Predictor
     from esnet_tf.train import TrainConfig, train
 
     acc = _accuracy_module()
     work.mkdir(parents=True, exist_ok=True)
-    npz = acc.save_npz(arrays, train_idx, work / "train.npz")
-    labels = acc.write_labels(arrays, train_idx, work / "labels.csv")
-    settings = TrainConfig(dataset=str(npz), labels=str(labels), config="small", epochs=epochs, seed=seed,
+    train_arrays = acc.take(arrays, train_idx)
+    if extra is not None:
+        train_arrays = acc.concat(train_arrays, extra)
+    everything = np.arange(len(train_arrays["id"]))
+    npz = acc.save_npz(train_arrays, everything, work / "train.npz")
+    labels = acc.write_labels(train_arrays, everything, work / "labels.csv")
+    settings = TrainConfig(dataset=str(npz), labels=str(labels), config=acc.esnet_config(config, work),
+                           epochs=epochs, seed=seed,
                            batch_size=batch_size, split_fractions=(0.9, 0.1, 0.0),
                            early_stopping_patience=max(10, epochs // 2), lr_patience=max(5, epochs // 4))
     train(settings, work / "run", verbose=0)
@@ -91,19 +97,27 @@ def train_member(arrays: dict, train_idx: np.ndarray, test_idx: np.ndarray, work
 
 
 def crossfit(out: Path, work: Path, folds: int, seeds: int, epochs: int, fold_seed: int, batch_size: int,
-             only_seed: int | None = None) -> None:
+             only_seed: int | None = None, new_snapshot: bool = False, augmented: bool = False,
+             config: str = "small") -> None:
     from esnet_tf.isdos import PREDICTION_COLUMN, PREDICTION_STD_COLUMN
     from esnet_tf.splits import kfold_of
 
     acc = _accuracy_module()
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    snapshot = out / "labels_snapshot.csv"
-    if not snapshot.exists():
-        shutil.copyfile(DEMO / "labels.csv", snapshot)
+    snapshot, aug_snapshot = out / "labels_snapshot.csv", out / "labels_augmented_snapshot.csv"
+    if new_snapshot or not snapshot.exists():
+        write_text(snapshot, (DEMO / "labels.csv").read_text(encoding="utf-8"))
+    if augmented and (new_snapshot or not aug_snapshot.exists()):
+        write_text(aug_snapshot, (DEMO / "labels_augmented.csv").read_text(encoding="utf-8"))
+    # members are cached per snapshot and cross-fitting setup: a new snapshot never reuses old members
+    tag = (f"_aug{acc.file_hash(aug_snapshot)}" if augmented else "") + ("" if config == "small" else f"_{config}")
+    work = work / f"{acc.file_hash(snapshot)}_k{folds}_fs{fold_seed}_e{epochs}_b{batch_size}{tag}"
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     arrays = load_arrays(snapshot)
     n = len(arrays["id"])
+    variants = acc.load_rows(aug_snapshot, "path", only_variants=True) if augmented else None
     compound = arrays["n_elements"] > 1
     fold = np.array([kfold_of(c, folds, fold_seed) for c in arrays["chemsys"]])
     members = np.full((seeds, n), np.nan)
@@ -125,12 +139,21 @@ def crossfit(out: Path, work: Path, folds: int, seeds: int, epochs: int, fold_se
                     timing.append(json.loads(cached.with_suffix(".json").read_text()))
                 continue
             t = time.time()
-            pred = train_member(arrays, train_idx, test_idx, work / f"fold{k}_seed{s}", epochs, s, batch_size)
-            np.save(cached, np.asarray(pred, float))
+            extra = None
+            if variants is not None:  # a variant trains only where its parent does (same chemical system)
+                train_ids, test_ids = set(arrays["id"][train_idx].tolist()), set(arrays["id"][test_idx].tolist())
+                sel = np.flatnonzero([pid in train_ids for pid in variants["parent_id"]])
+                assert not set(variants["parent_id"][sel].tolist()) & test_ids
+                extra = acc.take(variants, sel)
+            pred = train_member(arrays, train_idx, test_idx, work / f"fold{k}_seed{s}", epochs, s, batch_size, extra,
+                                config)
+            with atomic_path(cached) as tmp:
+                np.save(tmp, np.asarray(pred, float))
             members[s, test_idx] = pred
             timing.append({"fold": k, "seed": s, "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
+                           "n_variants_in_training": 0 if extra is None else int(len(extra["id"])),
                            "wall_s": time.time() - t})
-            cached.with_suffix(".json").write_text(json.dumps(timing[-1]))
+            write_text(cached.with_suffix(".json"), json.dumps(timing[-1]))
             print(f"fold {k} seed {s}: train {len(train_idx)} test {len(test_idx)} "
                   f"MAE {np.abs(pred - arrays['formation_energy_per_atom'][test_idx]).mean():.3f} eV/atom "
                   f"({time.time() - t:.0f} s)", flush=True)
@@ -149,16 +172,16 @@ def crossfit(out: Path, work: Path, folds: int, seeds: int, epochs: int, fold_se
                 for i, m, sd, y_, e in zip(idx, mean, std, y, eh)])
     _write_csv(out / "composition_predictions.csv", ["id", "formula", "fold", PREDICTION_COLUMN],
                [[arrays["id"][i], arrays["formula"][i], int(fold[i]), f"{comp_pred[i]:.6f}"] for i in idx])
-    info = {"n_rows": int(n), "n_candidates": int(len(idx)), "n_references": int((~compound).sum()),
+    info = {"snapshot_hash": acc.file_hash(snapshot), "n_rows": int(n), "n_candidates": int(len(idx)), "n_references": int((~compound).sum()),
             "folds": folds, "fold_seed": fold_seed, "seeds": seeds, "epochs": epochs, "batch_size": batch_size,
-            "config": "small",
+            "config": config, "augmented": augmented,
             "oof_mae_esnet": float(np.abs(mean - y).mean()),
             "oof_mae_composition": float(np.abs(comp_pred[idx] - y).mean()),
             "mean_std_esnet": float(np.nanmean(std)) if seeds > 1 else None,
             "training_wall_s": float(sum(t["wall_s"] for t in timing)),
             "wall_s_this_session": time.time() - t0, "trainings": timing,
             "command": " ".join(["python", *sys.argv])}
-    (out / "crossfit.json").write_text(json.dumps(info, indent=1) + "\n")
+    write_text(out / "crossfit.json", json.dumps(info, indent=1) + "\n")
     print(json.dumps({k: v for k, v in info.items() if k != "trainings"}, indent=1))
 
 
@@ -169,12 +192,13 @@ def replay(out: Path, batch_size: int, kappa: float, seed: int) -> None:
             "--predictions", str(out / "oof_predictions.csv"),
             "--composition-predictions", str(out / "composition_predictions.csv"),
             "--batch-size", str(batch_size), "--kappa", str(kappa), "--seed", str(seed)]
-    for strategies, extra, name in (("lcb,greedy,random,composition,oracle", [], "replay"),
-                                    ("lcb,greedy,composition,oracle", ["--refit", "residual"], "replay_refit")):
+    for strategies, extra, name in (("lcb,greedy,stable_per_cost,random,composition,oracle", [], "replay"),
+                                    ("lcb,greedy,stable_per_cost,composition,oracle", ["--refit", "residual"],
+                                     "replay_refit")):
         cmd = base + ["--strategy", strategies, *extra, "--out", str(out / name)]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
-        (out / name / "command.txt").write_text(" ".join(["esnet", *cmd[4:]]).replace(str(ROOT) + "/", "") + "\n")
+        write_text(out / name / "command.txt", " ".join(["esnet", *cmd[4:]]).replace(str(ROOT) + "/", "") + "\n")
 
 
 def main() -> int:
@@ -190,12 +214,20 @@ def main() -> int:
     ap.add_argument("--kappa", type=float, default=1.0, help="LCB weight on sigma")
     ap.add_argument("--seed", type=int, default=0, help="campaign seed (random strategy)")
     ap.add_argument("--out", default=str(OUT))
-    ap.add_argument("--work", default="/tmp/esnet_campaign_crossfit")
+    ap.add_argument("--work", default="/tmp/esnet_campaign_crossfit",
+                    help="trained members, one subfolder per snapshot hash and setup (a killed run resumes)")
+    ap.add_argument("--config", default="small", choices=("small", "small_element_properties", "small_no_attention"),
+                    help="ESNet variant of the members (benchmarks/accuracy.py esnet_config)")
+    ap.add_argument("--augmented", action="store_true",
+                    help="train each member also on the IS-augmentation variants of its training structures")
+    ap.add_argument("--new-snapshot", action="store_true",
+                    help="copy the current demo labels into OUT/labels_snapshot.csv (the DFT job may have added "
+                         "rows); without it the committed snapshot is reused")
     args = ap.parse_args()
     out = Path(args.out)
     if args.step in ("all", "crossfit"):
         crossfit(out, Path(args.work), args.folds, args.seeds, args.epochs, args.fold_seed, args.train_batch_size,
-                 args.only_seed)
+                 args.only_seed, args.new_snapshot, args.augmented, args.config)
         if args.only_seed is not None:
             return 0
     if args.step in ("all", "replay"):

@@ -52,6 +52,9 @@ class ESNetConfig:
     dropout: float = 0.0
     bn_momentum: float = 0.99  # BatchNormalization moving-average momentum
     use_attention: bool = True  # CBAM in every residual block; False is the no-attention ablation
+    #: the composition branch also sees the fraction-weighted mean and mean square of standardised
+    #: pymatgen element properties (`element_property_features`), through fixed (non-trainable) weights
+    element_properties: bool = False
     name: str = field(default="paper", compare=False)
 
     def __post_init__(self) -> None:
@@ -103,6 +106,17 @@ class ESNetConfig:
         return cls(**d)
 
 
+def element_property_features() -> np.ndarray:
+    """(118, P) float32: the element properties of `baselines.element_property_table` (imputed where
+    pymatgen has none), each standardised to mean 0, std 1 over Z = 1..103. Multiplied by atomic
+    fractions they give fraction-weighted means (the Magpie-style statistics of the baselines)."""
+    from esnet_tf.baselines import element_property_table
+
+    table, _ = element_property_table()
+    ref = table[:103]
+    return ((table - ref.mean(axis=0)) / np.where(ref.std(axis=0) > 0, ref.std(axis=0), 1.0)).astype(np.float32)
+
+
 def build_esnet(config: ESNetConfig | None = None, *, normalization: dict | None = None,
                 name: str | None = None):
     """Uncompiled ESNet `keras.Model`.
@@ -136,7 +150,13 @@ def build_esnet(config: ESNetConfig | None = None, *, normalization: dict | None
     x = layers.BatchNormalization(momentum=c.bn_momentum, name="merge_bn")(x)
     x = layers.ReLU(name="merge_relu")(x)
     x = layers.GlobalAveragePooling1D(name="global_pool")(x)
-    comp = layers.Dense(c.composition_units, activation="relu", name="composition_dense")(checked["composition"])
+    comp_in = checked["composition"]
+    if c.element_properties:
+        table = element_property_features()
+        stats = [layers.Dense(table.shape[1], use_bias=False, trainable=False, name=f"element_property_{kind}")(comp_in)
+                 for kind in ("mean", "mean_square")]
+        comp_in = layers.Concatenate(name="composition_features")([comp_in, *stats])
+    comp = layers.Dense(c.composition_units, activation="relu", name="composition_dense")(comp_in)
     x = layers.Concatenate(name="features")([x, comp])
     for i, units in enumerate(c.head_units):
         x = layers.Dense(units, activation="relu", name=f"head_dense{i + 1}")(x)
@@ -144,6 +164,9 @@ def build_esnet(config: ESNetConfig | None = None, *, normalization: dict | None
             x = layers.Dropout(c.dropout, name=f"head_dropout{i + 1}")(x)
     out = layers.Dense(1, name=OUTPUT_NAME)(x)
     model = keras.Model(inputs=inputs, outputs={OUTPUT_NAME: out}, name=name or f"esnet_{c.name}")
+    if c.element_properties:
+        model.get_layer("element_property_mean").set_weights([table])
+        model.get_layer("element_property_mean_square").set_weights([table ** 2])
     if normalization is not None:
         set_normalization(model, normalization)
     return model

@@ -64,7 +64,7 @@ def test_pool_from_labels_elements_are_references(labels):
     assert pool.relaxation_equivalent_s() == pytest.approx(np.mean([r[4] for r in ROWS[4:]]))
 
 
-@pytest.mark.parametrize("strategy", ["greedy", "lcb", "random", "composition", "oracle"])
+@pytest.mark.parametrize("strategy", ["greedy", "lcb", "stable_per_cost", "random", "composition", "oracle"])
 def test_replay_is_deterministic_and_costs_add_up(labels, tmp_path, strategy):
     pool = _pool(labels)
     cfg = CampaignConfig(strategy=strategy, batch_size=3, seed=5)
@@ -78,7 +78,7 @@ def test_replay_is_deterministic_and_costs_add_up(labels, tmp_path, strategy):
     assert sorted(c["id"] for c in chosen) == sorted(pool.ids.tolist())  # each relaxed once
     is_all = sum(r[3] for r in ROWS[4:])
     relax_all = sum(r[4] for r in ROWS[4:])
-    pays = strategy in ("greedy", "lcb", "oracle")
+    pays = strategy in ("greedy", "lcb", "stable_per_cost", "oracle")
     assert s["is_single_points_s"] == (pytest.approx(is_all) if pays else 0.0)
     assert s["relaxations_s"] == pytest.approx(relax_all)
     assert s["total_cost_s"] == pytest.approx(s["is_single_points_s"] + sum(c["relax_wall_time_s"] for c in chosen))
@@ -88,6 +88,23 @@ def test_replay_is_deterministic_and_costs_add_up(labels, tmp_path, strategy):
         assert r["cumulative_cost_s"] == pytest.approx(cum)
         assert r["cumulative_cost_relaxations"] == pytest.approx(cum / pool.relaxation_equivalent_s())
     assert s["saving"] == pytest.approx(1 - s["total_cost_s"] / relax_all)
+
+
+def test_stable_per_cost_learns_cost_ratios_per_kind_and_prefers_the_cheaper():
+    from esnet_tf.campaign.strategies import RoundView, estimated_relax_s, ranking, scores
+
+    # relaxed so far: two EOS scans at 4x their IS cost, one optimizer run at 20x
+    est = estimated_relax_s(np.array([10.0, 10.0, 10.0, np.nan]), np.array(["eos", "optimizer", "", "eos"]),
+                            np.array([5.0, 20.0, 2.0]), np.array([20.0, 80.0, 40.0]),
+                            np.array(["eos", "eos", "optimizer"]))
+    assert est[:3] == pytest.approx([40.0, 200.0, 40.0])  # "" has no relaxed kind: the overall median (4x)
+    assert np.isnan(est[3])
+    assert estimated_relax_s(np.array([3.0]), np.array([""]), np.zeros(0), np.zeros(0), np.zeros(0, str))[0] == 3.0
+    # equal predictions: the cheaper first; a likely stable expensive one beats an unlikely cheap one
+    view = RoundView(index=np.arange(3), predicted_e_above_hull=np.array([-0.1, -0.1, 0.4]),
+                     predicted_std=np.array([0.1, 0.1, 0.1]), true_e_above_hull=np.full(3, np.nan), round=1, seed=0,
+                     n_pool=3, estimated_relax_s=np.array([400.0, 40.0, 40.0]))
+    assert ranking(scores("stable_per_cost", view)).tolist() == [1, 0, 2]
 
 
 def test_random_depends_on_the_seed(labels):

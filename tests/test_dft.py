@@ -15,6 +15,7 @@ from esnet_tf.dft.runner import run_tasks  # noqa: E402
 from esnet_tf.dft.settings import DFTSettings  # noqa: E402
 from esnet_tf.dft.tasks import Task  # noqa: E402
 from esnet_tf.featurize import featurize  # noqa: E402
+from esnet_tf.readers.gpaw import has_full_layout, read_gpaw_dos  # noqa: E402
 
 TINY = DFTSettings.tiny()
 
@@ -38,10 +39,11 @@ def test_single_points_write_is_dos_the_featurizer_reads(single_points):
     assert cu.dos_up.shape == (1500, 9) and cu.code.startswith("GPAW")
     assert not cu.spin_polarized and np.array_equal(cu.dos_up, cu.dos_down)
     assert fe.spin_polarized and not np.allclose(fe.dos_up, fe.dos_down, atol=1e-3)
-    with np.load(outcomes[1].workdir / "is.gpawdos.npz") as d:  # E_F at 0 on the stored axis
-        assert fe.efermi == pytest.approx(float(d["efermi"]))
-        rel = d["energies"] - d["efermi"]
-        assert rel[0] == pytest.approx(TINY.dos_window[0]) and rel.min() < 0 < rel.max()
+    stored = read_gpaw_dos(outcomes[1].workdir / "is.gpawdos.npz")  # E_F at 0 on the stored axis
+    assert fe.efermi == pytest.approx(stored.efermi)
+    rel = stored.energies - stored.efermi
+    assert rel[0] == pytest.approx(TINY.dos_window[0]) and rel.min() < 0 < rel.max()
+    assert not has_full_layout(outcomes[1].workdir / "is.gpawdos.npz")  # the engine writes the compact layout
     # Fe is magnetic: majority spin holds more occupied states than minority
     x = fe.grid.energies()
     occ = x <= 0

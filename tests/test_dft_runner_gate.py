@@ -34,3 +34,22 @@ def test_gate_holds_tasks_back_while_lowered(tmp_path):
         t.join()
     assert peak[0] == 1
     assert gate.active == 0
+
+
+def test_optimizer_settings_are_in_the_cache_key_once_changed(monkeypatch):
+    """Changing `tasks.OPTIMIZER` recomputes optimizer relaxations (and nothing else); the first
+    settings keep the keys of the results computed before the key had them (the demo data's)."""
+    import dataclasses
+
+    from esnet_tf.dft import tasks
+    from esnet_tf.dft.prototypes import prototype_structure
+    from esnet_tf.dft.settings import DFTSettings
+
+    st = DFTSettings()
+    opt = tasks.Task(id="Mg_fcc_opt", structure=prototype_structure("fcc", ["Mg"]), settings=st, relax="optimizer")
+    eos = tasks.Task(id="Mg_fcc", structure=prototype_structure("fcc", ["Mg"]), settings=st, relax="eos")
+    before = tasks.task_hash(opt), tasks.task_hash(eos)
+    assert tasks.OPTIMIZER == tasks.FIRST_OPTIMIZER
+    monkeypatch.setattr(tasks, "OPTIMIZER", dataclasses.replace(tasks.OPTIMIZER, fmax=0.05))
+    assert tasks.task_hash(opt) != before[0]
+    assert tasks.task_hash(eos) == before[1]

@@ -148,3 +148,30 @@ def test_predictor_rejects_bad_inputs():
     bad["composition"][2, 0] = np.inf
     with pytest.raises(UserError, match=f"'composition' holds NaN or inf for id {good['id'][2]}"):
         p.predict(bad)
+
+
+def test_element_property_branch_is_fixed_weighted_means_and_round_trips(tmp_path):
+    """`element_properties=True`: fraction-weighted means (and mean squares) of standardised element
+    properties enter the composition branch through fixed weights, which a .keras file keeps."""
+    import keras
+
+    from esnet_tf import ESNetConfig, build_esnet
+    from esnet_tf.model import element_property_features, load_model
+
+    a = real_data()["arrays"]
+    model = build_esnet(ESNetConfig.small().replace(element_properties=True, stage_widths=(8, 8, 8, 8),
+                                                    stem_filters=8, merge_filters=8))
+    table = element_property_features()
+    assert table.shape == (118, 9) and np.allclose(table[:103].mean(0), 0, atol=1e-5)
+    layer = model.get_layer("element_property_mean")
+    assert not layer.trainable and not layer.trainable_weights
+    comp = a["composition"][:4]
+    probe = keras.Model(model.inputs, model.get_layer("composition_features").output)
+    feats = probe.predict_on_batch({k: a[k][:4] for k in ("dos_up", "dos_down", "composition")})
+    np.testing.assert_allclose(feats[:, 118:127], comp @ table, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(feats[:, 127:], comp @ table ** 2, rtol=1e-5, atol=1e-5)
+    model.save(tmp_path / "el.keras")
+    loaded = load_model(tmp_path / "el.keras")
+    np.testing.assert_array_equal(loaded.get_layer("element_property_mean_square").get_weights()[0], table ** 2)
+    assert ESNetConfig.from_dict({k: v for k, v in ESNetConfig.small().to_dict().items()
+                                  if k != "element_properties"}).element_properties is False  # older configs

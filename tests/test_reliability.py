@@ -153,13 +153,13 @@ def test_nan_fermi_level_is_refused(fixtures_dir, tmp_path):
 def test_negative_dos_is_refused(tmp_path):
     from esnet_tf.featurize import featurize
 
-    src = next(DEMO.glob("calcs/*/is.gpawdos.npz"))
-    with np.load(src, allow_pickle=False) as d:
-        arrays = {k: d[k] for k in d.files}
-    key = next(k for k, v in arrays.items() if v.dtype.kind == "f" and v.ndim >= 2)
-    arrays[key] = arrays[key] - 0.5 * float(np.abs(arrays[key]).max())
-    bad = tmp_path / "negative.gpawdos.npz"
-    np.savez(bad, **arrays)
+    from esnet_tf.readers.gpaw import read_gpaw_dos, write_gpaw_dos
+
+    dos = read_gpaw_dos(next(DEMO.glob("calcs/*/is.gpawdos.npz")))
+    bad = write_gpaw_dos(tmp_path / "negative.gpawdos.npz", energies=dos.energies, efermi=dos.efermi,
+                         pdos=(dos.pdos - 0.5 * np.abs(dos.pdos).max()).astype(np.float32),
+                         structure=dos.structure.as_dict(), code=dos.code, settings_json="{}",
+                         energy=0.0, doc_id="negative")
     with pytest.raises(DOSInputError, match="negative DOS"):
         featurize(bad)
 

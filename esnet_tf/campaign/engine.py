@@ -31,7 +31,8 @@ import numpy as np
 from esnet_tf.atomic import exclusive, write_text
 from esnet_tf.campaign.hull import CampaignHull, true_e_above_hull
 from esnet_tf.campaign.pool import Pool, Predictions, describe
-from esnet_tf.campaign.strategies import PAYS_IS, SOURCE_OF, STRATEGIES, RoundView, ranking, scores
+from esnet_tf.campaign.strategies import (PAYS_IS, SOURCE_OF, STRATEGIES, RoundView, estimated_relax_s, ranking,
+                                          scores)
 from esnet_tf.errors import UserError
 from esnet_tf.screening.metrics import stable_mask
 from esnet_tf.screening.pipeline import HULL_TOL
@@ -363,8 +364,15 @@ class Campaign:
             pred_eh = hull.e_above_hull_many(comps, p.mean[index])
             if p.std is not None:
                 std = p.std[index].astype(float)
+        est = None
+        if self.config.strategy == "stable_per_cost":
+            done = np.setdiff1d(np.arange(self.pool.n), index)
+            pool = self.pool
+            est = estimated_relax_s(pool.is_wall_time_s[index], pool.cost_group[index], pool.is_wall_time_s[done],
+                                    self.relax_s[done], pool.cost_group[done])
         return RoundView(index=index, predicted_e_above_hull=pred_eh, predicted_std=std,
-                         true_e_above_hull=self.true_e_hull[index], round=k, seed=self.config.seed, n_pool=self.pool.n)
+                         true_e_above_hull=self.true_e_hull[index], round=k, seed=self.config.seed, n_pool=self.pool.n,
+                         estimated_relax_s=est, threshold=self.config.threshold, min_std=self.config.min_std)
 
     def _expected_left(self, k: int, relaxed: list[int], ef: list[float], hull: CampaignHull) -> float | None:
         src = self.config.source if self.config.source is not None else ("esnet" if "esnet" in self.pool.sources

@@ -50,7 +50,9 @@ class Pool:
     ids / formulas: one per candidate; is_wall_time_s / relax_wall_time_s: DFT wall times (s), NaN
     when not yet measured (live); truth: the relaxed formation energy (eV/atom) a replay reveals
     (NaN in a live pool); sources: named `Predictions` ("esnet", "composition", ...);
-    references: the reference set (elements, known compounds) the hull starts from.
+    references: the reference set (elements, known compounds) the hull starts from; cost_group:
+    the kind of relaxation each candidate gets ("eos", "optimizer"; "" when unknown), which the
+    `stable_per_cost` strategy uses to learn relaxation-to-IS cost ratios per kind.
     """
 
     ids: np.ndarray
@@ -62,10 +64,12 @@ class Pool:
     sources: dict[str, Predictions] = field(default_factory=dict)
     reference_cost_s: float = 0.0
     origin: str = ""
+    cost_group: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.ids = np.asarray(self.ids, str)
         n = len(self.ids)
+        self.cost_group = np.asarray([""] * n if self.cost_group is None else self.cost_group, str)
         if n == 0:
             raise UserError(f"{self.origin or 'pool'}: no candidates (compounds) in the pool")
         if len(set(self.ids.tolist())) != n:
@@ -76,7 +80,7 @@ class Pool:
         if self.truth is not None:
             self.truth = np.asarray(self.truth, float)
         for name, arr in (("formulas", self.formulas), ("is_wall_time_s", self.is_wall_time_s),
-                          ("relax_wall_time_s", self.relax_wall_time_s)):
+                          ("relax_wall_time_s", self.relax_wall_time_s), ("cost_group", self.cost_group)):
             if len(arr) != n:
                 raise UserError(f"pool: {name} has {len(arr)} values for {n} candidates")
         self.compositions = []
@@ -123,6 +127,8 @@ class Pool:
             if p.std is not None:
                 h.update(np.round(np.nan_to_num(p.std, nan=-1e30), 6).tobytes())
         h.update(json.dumps(sorted(self.references.ids)).encode())
+        if any(self.cost_group.tolist()):  # pools without relaxation kinds keep their earlier fingerprint
+            h.update("\x1f".join(map(str, self.cost_group.tolist())).encode())
         return h.hexdigest()[:16]
 
     def subset(self, keep: np.ndarray) -> "Pool":
@@ -131,7 +137,7 @@ class Pool:
         return Pool(self.ids[idx], self.formulas[idx], self.is_wall_time_s[idx], self.relax_wall_time_s[idx],
                     self.references, None if self.truth is None else self.truth[idx],
                     {k: Predictions(p.mean[idx], None if p.std is None else p.std[idx], p.source)
-                     for k, p in self.sources.items()}, self.reference_cost_s, self.origin)
+                     for k, p in self.sources.items()}, self.reference_cost_s, self.origin, self.cost_group[idx])
 
 
 def _is_element(formula: str) -> bool:
@@ -199,7 +205,8 @@ def pool_from_labels(labels: Sequence[str | Path], *, predictions: Mapping[str, 
     """A replay pool from labels files (read with `esnet_tf.labels.read_labels`).
 
     Every row needs `formula`, `formation_energy_per_atom` (eV/atom, the relaxed label the replay
-    reveals) and the wall times `is_wall_time_s`, `relax_wall_time_s` (s). Elemental rows are the
+    reveals) and the wall times `is_wall_time_s`, `relax_wall_time_s` (s); an optional `relax_kind`
+    column (eos, optimizer) becomes the pool's `cost_group`. Elemental rows are the
     references (unless `references` is given); compound rows are the candidates. `predictions`
     maps a source name ("esnet", "composition") to a predictions CSV or to `Predictions` already in
     the pool's id order.
@@ -208,7 +215,7 @@ def pool_from_labels(labels: Sequence[str | Path], *, predictions: Mapping[str, 
 
     if not labels:
         raise UserError("no labels file given for the replay pool (--labels labels.csv)")
-    cand: dict[str, tuple[str, float, float, float]] = {}
+    cand: dict[str, tuple[str, float, float, float, str]] = {}
     elem: list[tuple[str, str, float]] = []
     skip = set(exclude_ids)
     for path in labels:
@@ -226,14 +233,15 @@ def pool_from_labels(labels: Sequence[str | Path], *, predictions: Mapping[str, 
             if not (math.isfinite(is_s) and math.isfinite(rx_s) and is_s >= 0 and rx_s >= 0):
                 raise UserError(f"{path}:{r.line}: id {r.id!r}: wall times must be finite and >= 0 s, got "
                                 f"{(is_s, rx_s)}; a replay needs the DFT cost of every candidate")
-            cand[r.id] = (r.formula, r.formation_energy_per_atom, is_s, rx_s)
+            cand[r.id] = (r.formula, r.formation_energy_per_atom, is_s, rx_s, str(r.get("relax_kind") or ""))
     cand_elements = sorted({el.symbol for v in cand.values() for el in parse_formula(v[0]).elements})
     refs = references if references is not None else elemental_references(
         elem, f"elemental rows of {', '.join(map(str, labels))}", cand_elements)
     ids = sorted(cand)
     pool = Pool(ids=ids, formulas=[cand[i][0] for i in ids], is_wall_time_s=[cand[i][2] for i in ids],
                 relax_wall_time_s=[cand[i][3] for i in ids], references=refs,
-                truth=[cand[i][1] for i in ids], origin=", ".join(map(str, labels)))
+                truth=[cand[i][1] for i in ids], origin=", ".join(map(str, labels)),
+                cost_group=[cand[i][4] for i in ids])
     for name, p in dict(predictions).items():
         pool.sources[name] = p if isinstance(p, Predictions) else read_predictions(p, ids, name=str(p))
         if len(pool.sources[name].mean) != pool.n:

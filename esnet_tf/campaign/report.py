@@ -156,8 +156,8 @@ def campaign_plot(rep: Mapping[str, Any], results: Mapping[str, CampaignResult],
     n_stable = rep["n_true_stable"]
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     fig.subplots_adjust(left=0.11, right=0.97, bottom=0.11, top=0.84)
-    styles = {"lcb": ("tab:blue", "-"), "greedy": ("tab:cyan", "-"), "random": ("tab:grey", "-"),
-              "composition": ("tab:orange", "-"), "oracle": ("k", "--")}
+    styles = {"lcb": ("tab:blue", "-"), "greedy": ("tab:cyan", "-"), "stable_per_cost": ("tab:green", "-"),
+              "random": ("tab:grey", "-"), "composition": ("tab:orange", "-"), "oracle": ("k", "--")}
     for name, res in results.items():
         t = res.trajectory
         colour, ls = styles.get(name, (None, "-"))

@@ -9,7 +9,15 @@ first (ties broken by pool order, i.e. by id). Energies in eV/atom.
 | `lcb` | predicted E_hull - kappa x sigma (lower confidence bound: optimistic) | yes |
 | `random` | a seeded random order (baseline) | no |
 | `composition` | predicted E_hull of a composition-only model | no (composition is free) |
+| `stable_per_cost` | -P(E_hull <= threshold) / estimated relaxation cost: the expected stable found per second | yes |
 | `oracle` | true E_hull (relaxes in true order: the best any model could do) | yes |
+
+`stable_per_cost` takes P(stable) from the ESNet mean and sigma (floored at `min_std`) on the current
+hull, and estimates a candidate's relaxation cost (s) as its measured IS single-point wall time times
+the median relaxation / IS ratio of the candidates already relaxed with the same kind of relaxation
+(`Pool.cost_group`; all relaxed ones while none of its kind is, and 1 before any), so that it learns,
+for example, that an optimizer relaxation costs ~15 IS single points and an EOS scan ~4. It defers
+expensive candidates: the stable ones it finds last are the costliest to relax.
 
 `oracle` pays for the IS single points as the ESNet strategies do, so "fraction of the oracle's
 saving" measures the ranking alone; the report also gives the saving of a perfect ranking that
@@ -21,11 +29,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STRATEGIES = ("greedy", "lcb", "random", "composition", "oracle")
+STRATEGIES = ("greedy", "lcb", "stable_per_cost", "random", "composition", "oracle")
 #: the prediction source each strategy ranks by (None: none)
-SOURCE_OF = {"greedy": "esnet", "lcb": "esnet", "random": None, "composition": "composition", "oracle": None}
+SOURCE_OF = {"greedy": "esnet", "lcb": "esnet", "stable_per_cost": "esnet", "random": None,
+             "composition": "composition", "oracle": None}
 #: whether a strategy computes the IS single points of every candidate in round 0
-PAYS_IS = {"greedy": True, "lcb": True, "random": False, "composition": False, "oracle": True}
+PAYS_IS = {"greedy": True, "lcb": True, "stable_per_cost": True, "random": False, "composition": False,
+           "oracle": True}
 
 
 @dataclass(frozen=True)
@@ -34,7 +44,9 @@ class RoundView:
 
     predicted_e_above_hull / predicted_std: of the strategy's source on the current hull (eV/atom,
     NaN = no prediction); true_e_above_hull: the final truth (oracle only; NaN otherwise);
-    index: their positions in the pool; round: the round number (1 = first acquisition).
+    index: their positions in the pool; round: the round number (1 = first acquisition);
+    estimated_relax_s: the estimated relaxation wall time (s; `stable_per_cost` only);
+    threshold, min_std: the stability threshold and std floor (eV/atom).
     """
 
     index: np.ndarray
@@ -44,6 +56,21 @@ class RoundView:
     round: int
     seed: int
     n_pool: int
+    estimated_relax_s: np.ndarray | None = None
+    threshold: float = 0.0
+    min_std: float = 0.05
+
+
+def estimated_relax_s(is_s: np.ndarray, group: np.ndarray, relaxed_is_s: np.ndarray, relaxed_relax_s: np.ndarray,
+                      relaxed_group: np.ndarray) -> np.ndarray:
+    """Relaxation wall time (s) per candidate: its IS wall time times the median relax / IS ratio of
+    the relaxed candidates of its group (of all relaxed ones when its group has none; 1 before any)."""
+    ok = np.isfinite(relaxed_is_s) & np.isfinite(relaxed_relax_s) & (relaxed_is_s > 0)
+    ratio = relaxed_relax_s[ok] / relaxed_is_s[ok]
+    overall = float(np.median(ratio)) if len(ratio) else 1.0
+    by_group = {g: float(np.median(ratio[relaxed_group[ok] == g])) for g in set(relaxed_group[ok].tolist())}
+    factor = np.array([by_group.get(g, overall) for g in group.tolist()], float)
+    return np.where(np.isfinite(is_s) & (is_s > 0), is_s, np.nan) * factor
 
 
 def scores(strategy: str, view: RoundView, kappa: float = 1.0) -> np.ndarray:
@@ -53,6 +80,14 @@ def scores(strategy: str, view: RoundView, kappa: float = 1.0) -> np.ndarray:
     if strategy == "lcb":
         std = np.where(np.isfinite(view.predicted_std), view.predicted_std, 0.0)
         return view.predicted_e_above_hull - kappa * std
+    if strategy == "stable_per_cost":
+        from scipy.stats import norm
+
+        std = np.where(np.isfinite(view.predicted_std), view.predicted_std, 0.0)
+        p_stable = norm.cdf((view.threshold - view.predicted_e_above_hull) / np.maximum(std, max(view.min_std, 1e-9)))
+        cost = view.estimated_relax_s if view.estimated_relax_s is not None else np.ones(len(view.index))
+        cost = np.where(np.isfinite(cost) & (cost > 0), cost, np.nanmedian(cost) if np.any(np.isfinite(cost)) else 1.0)
+        return -p_stable / cost
     if strategy == "oracle":
         return view.true_e_above_hull.copy()
     if strategy == "random":

@@ -2,6 +2,7 @@
 
     esnet dft run STRUCTURES... --out DIR [--relax eos] [--workers 2]
     esnet dft demo [--out DIR] [--workers 2] [--part all|base|harder|augment|new]   # the demo dataset, resuming from the packaged one
+    esnet dft compact DIR                                     # older DOS files rewritten ~40 % smaller, same numbers
 """
 from __future__ import annotations
 
@@ -55,6 +56,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         q.add_argument("--beam-pipeline-options", default=None,
                        help="run the tasks as an Apache Beam pipeline, e.g. 'runner=DirectRunner' "
                             "(Flink/Spark/Dataflow options work unchanged; needs a shared --out)")
+    q = sub.add_parser("compact", help="shrink the DOS files of a DFT cache (same numbers)",
+                       description="Rewrite the *.gpawdos.npz files of an `esnet dft` output written before "
+                                   "2026-12 in the compact layout: the same float32 PDOS and energies (eV), about "
+                                   "40 % smaller; result.json records the new sizes. Refused while a job runs on it.")
+    q.add_argument("dir", metavar="DIR", help="an `esnet dft` output directory (with calcs/) or its calcs/ cache")
 
 
 def _settings(args) -> DFTSettings:
@@ -65,12 +71,28 @@ def _settings(args) -> DFTSettings:
     return DFTSettings.from_dict(d)
 
 
+def _compact(target: Path) -> int:
+    from esnet_tf.dft.runner import compact_cache
+
+    cache = target / "calcs" if (target / "calcs").is_dir() else target
+    if not cache.is_dir() or not any(cache.glob("*/result.json")):
+        raise UserError(f"{target}: no `esnet dft` results here (expected DIR/calcs/<hash>/result.json); "
+                        "give the --out directory of `esnet dft run` or `esnet dft demo`")
+    r = compact_cache(cache)
+    saved = f", {r.bytes_before / 1e6:.1f} MB -> {r.bytes_after / 1e6:.1f} MB" if r.n_rewritten else ""
+    print(f"{cache}: {r.n_rewritten} DOS files rewritten{saved}; {r.n_already_compact} already compact, "
+          f"{r.n_kept_full} kept (non-uniform energy axis), {r.n_untrusted} untrusted cache entries left alone")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from esnet_tf.dft.labels import assemble
     from esnet_tf.dft.runner import run_tasks
     from esnet_tf.dft.structures import StructureInputError, read_structures
     from esnet_tf.dft.tasks import Task
 
+    if args.dft_command == "compact":
+        return _compact(Path(args.dir))
     try:
         import gpaw  # noqa: F401
     except ImportError:

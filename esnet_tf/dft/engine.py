@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from esnet_tf.dft.settings import DFTSettings
-from esnet_tf.dft.tasks import Task
+from esnet_tf.dft.tasks import OPTIMIZER, Task
 from esnet_tf.isdos import ORBITALS
 
 #: File suffix of the engine's DOS output, read by `esnet_tf.readers.gpaw`.
@@ -107,20 +108,20 @@ def single_point(task: Task, scale: float, log: Path, dos_path: Path | None,
 
 
 def write_dos(task: Task, atoms, calc, path: Path, energy: float) -> None:
-    """Write the orbital-projected DOS summed over sites (states/eV per cell) as npz."""
+    """Write the orbital-projected DOS summed over sites (states/eV per cell) as `*.gpawdos.npz`."""
     from gpaw import __version__ as gpaw_version
     from pymatgen.io.ase import AseAtomsAdaptor
+
+    from esnet_tf.readers.gpaw import write_gpaw_dos
 
     st = task.settings
     rel = np.arange(st.dos_window[0], st.dos_window[1] + 1e-9, st.dos_step)
     pdos = symmetrized_pdos(calc, rel, st.dos_width)
     efermi = float(calc.get_fermi_level())
     structure = AseAtomsAdaptor.get_structure(atoms)
-    np.savez_compressed(
-        path, energies=(rel + efermi).astype(np.float64), efermi=np.float64(efermi),
-        pdos=_truncate_mantissa(pdos), structure_json=np.str_(json.dumps(structure.as_dict())),
-        code=np.str_(f"GPAW {gpaw_version}"), settings_json=np.str_(st.key()),
-        energy=np.float64(energy), id=np.str_(task.id))
+    write_gpaw_dos(path, energies=rel + efermi, efermi=efermi, pdos=_truncate_mantissa(pdos),
+                   structure=structure.as_dict(), code=f"GPAW {gpaw_version}",
+                   settings_json=st.key(), energy=energy, doc_id=task.id)
 
 
 def symmetrized_pdos(calc, rel_energies: np.ndarray, width: float) -> np.ndarray:
@@ -252,20 +253,6 @@ def relax_eos(task: Task, is_point: dict, workdir: Path) -> dict:
             "structure": _scaled(task, s0)}
 
 
-#: BFGS settings of `relax_optimizer`: force (and cell-filter) threshold in eV/Å, and the step cap. A
-#: relaxation that hits the cap is kept and flagged (`converged` False in result.json). 0.02, not
-#: 0.05: at the EOS vertex wurtzite ZnO with the ideal u = 3/8 and c/a already has fmax 0.047, so
-#: 0.05 would stop BFGS before it relaxes anything beyond the volume.
-OPTIMIZER_FMAX = 0.02
-OPTIMIZER_STEPS = 60
-#: Relative lattice step of the finite difference that calibrates the stress (see `pulay_correction`).
-PULAY_FD_STEP = 0.01
-#: eV/atom: a recalibrated stress correction whose change would move the energy by more than this
-#: (1/2 V dc^2 / B) starts another BFGS stage. The finite difference itself is noisy at the meV level
-#: (the plane-wave set changes in steps with the cell), so this is not set tighter.
-PULAY_DRIFT_TOL = 0.002
-
-
 def pulay_correction(task: Task, atoms, log: Path, mesh: tuple[int, int, int]) -> float:
     """Isotropic stress (eV/Å^3) to add to GPAW's analytic stress at `atoms` (which has a calculator).
 
@@ -278,7 +265,8 @@ def pulay_correction(task: Task, atoms, log: Path, mesh: tuple[int, int, int]) -
     dE/ds = sum_i dE/d eps_ii, calibrates it: c = (dE/ds - V tr sigma) / (3 V).
     """
     e = []
-    for f in (1.0 - PULAY_FD_STEP, 1.0 + PULAY_FD_STEP):
+    step = OPTIMIZER.pulay_fd_step
+    for f in (1.0 - step, 1.0 + step):
         a = atoms.copy()
         a.set_cell(atoms.cell * f, scale_atoms=True)
         a.set_initial_magnetic_moments(atoms.get_initial_magnetic_moments())
@@ -288,7 +276,7 @@ def pulay_correction(task: Task, atoms, log: Path, mesh: tuple[int, int, int]) -
         except Exception as exc:
             raise DFTError(f"task {task.id}: SCF failed in the stress calibration: {type(exc).__name__}: {exc}") from exc
     volume = atoms.get_volume()
-    dEds = (e[1] - e[0]) / (2 * PULAY_FD_STEP)
+    dEds = (e[1] - e[0]) / (2 * step)
     return float((dEds - volume * np.trace(atoms.get_stress(voigt=False))) / (3 * volume))
 
 
@@ -296,8 +284,7 @@ class _VolumeRunaway(RuntimeError):
     pass
 
 
-def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, fmax: float = OPTIMIZER_FMAX,
-                    steps: int = OPTIMIZER_STEPS, max_stages: int = 2) -> dict:
+def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None) -> dict:
     """General relaxation: an isotropic EOS scan, then BFGS on positions and cell (FrechetCellFilter),
     then a DOS single point.
 
@@ -308,15 +295,16 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, fma
     correction is c = -tr(sigma)/3 there, passed to the filter as `scalar_pressure`. BFGS then
     relaxes c/a, internal coordinates and the remaining volume change. At the end the correction
     is recalibrated by a finite difference of the energy; when its change would move the energy by
-    more than PULAY_DRIFT_TOL another stage follows (at most `max_stages`). A volume leaving 0.75-1.33x
-    of the scan's vertex stops BFGS (flagged not converged). The k-point mesh of the initial cell
-    is held throughout, including the final single point. The space group of the initial
+    more than `pulay_drift_tol` another stage follows (at most `max_stages`). A volume leaving
+    `volume_range` of the scan's vertex stops BFGS (flagged not converged); settings in
+    `tasks.OPTIMIZER`. The k-point mesh of the initial cell is held throughout, including the final single point. The space group of the initial
     structure is kept (ASE FixSymmetry). `scale` is (V_RS / V_IS)^(1/3).
     """
     from ase.filters import FrechetCellFilter
     from ase.optimize import BFGS
     from pymatgen.io.ase import AseAtomsAdaptor
 
+    fmax, steps, max_stages = OPTIMIZER.fmax, OPTIMIZER.steps, OPTIMIZER.max_stages
     mesh = kpoint_mesh(task)
     if is_point is None:
         is_point = single_point(task, 1.0, workdir / "gpaw.txt", None)
@@ -333,7 +321,8 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, fma
     fd_log = workdir / "gpaw_fd.tmp"  # ignored by git, like gpaw.txt
 
     def guard():
-        if not 0.75 < atoms.get_volume() / v_ref < 1.33:
+        low, high = OPTIMIZER.volume_range
+        if not low < atoms.get_volume() / v_ref < high:
             raise _VolumeRunaway
 
     curvature = max(_parabola_curvature(points), 1e-3)  # d2E/ds2 of the scan, eV per cell
@@ -355,7 +344,7 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, fma
             vol = atoms.get_volume()
             drift = 4.5 * vol ** 2 * (corrections[-1] - corrections[-2]) ** 2 / curvature / len(atoms)
             drifts.append(drift)
-            if not converged or drift <= PULAY_DRIFT_TOL or n_steps >= steps:
+            if not converged or drift <= OPTIMIZER.pulay_drift_tol or n_steps >= steps:
                 break
         else:
             converged = False  # still drifting after max_stages
@@ -408,7 +397,8 @@ def compute(task: Task, workdir: Path) -> dict:
         })
         if task.relax == "optimizer":
             result.update(relax_converged=rel["converged"], relax_steps=rel["n_steps"],
-                          relax_fmax=OPTIMIZER_FMAX, pulay_corrections_eV_per_A3=rel["pulay_corrections"],
+                          relax_fmax=OPTIMIZER.fmax, optimizer=asdict(OPTIMIZER),
+                          pulay_corrections_eV_per_A3=rel["pulay_corrections"],
                           pulay_drift_eV_per_atom=rel["pulay_drift_energy"], eos_vertex=rel["eos_vertex"])
     result["wall_time"] = time.perf_counter() - t0
     return result

@@ -8,11 +8,13 @@ import csv
 import datetime
 import json
 import platform
+from dataclasses import asdict
 from pathlib import Path
 
 from esnet_tf.atomic import atomic_path, write_text
 from esnet_tf.dft.runner import Outcome
 from esnet_tf.dft.settings import DFTSettings
+from esnet_tf.dft.tasks import OPTIMIZER
 
 
 def eos_bracketed(result: dict) -> bool | str:
@@ -204,8 +206,10 @@ def assemble(outcomes: list[Outcome], data_dir: Path, settings: DFTSettings) -> 
         "relaxation": {"eos": "isotropic EOS scan (steps of eos_step), parabola vertex, single point there",
                        "optimizer": "isotropic EOS scan as for eos, then ASE BFGS on positions and cell (FrechetCellFilter) "
                                     "from its vertex, GPAW stress plus an isotropic Pulay correction calibrated "
-                                    "against the fixed-cutoff energy, fmax 0.02 eV/A, at most 60 steps, k-mesh "
-                                    "of the initial cell held; single point at the result"},
+                                    f"against the fixed-cutoff energy, fmax {OPTIMIZER.fmax} eV/A, at most "
+                                    f"{OPTIMIZER.steps} steps, k-mesh of the initial cell held; single point at the "
+                                    "result",
+                       "optimizer_settings": asdict(OPTIMIZER)},
         "computed_utc": _date_range(done),
         "summary": summarize(rows),
     }

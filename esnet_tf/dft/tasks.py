@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from pymatgen.core import Structure
 
@@ -52,6 +52,38 @@ class Task:
 EOS_REVISION = 2
 
 
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """What `engine.relax_optimizer` does after its EOS scan (part of the cache key, see `task_hash`).
+
+    `fmax`: BFGS force and cell-filter threshold, eV/Å. 0.02, not 0.05: at the EOS vertex wurtzite
+    ZnO with the ideal u = 3/8 and c/a already has fmax 0.047, so 0.05 would stop BFGS before it
+    relaxes anything beyond the volume. `steps`: step cap; a relaxation that hits it is kept and
+    flagged (`relax_converged` False). `max_stages`: BFGS stages with a recalibrated stress
+    correction. `pulay_fd_step`: relative lattice step of the finite difference that calibrates
+    the stress (`engine.pulay_correction`). `pulay_drift_tol`: eV/atom; a recalibrated correction
+    whose change would move the energy by more than this starts another stage (the finite
+    difference is noisy at the meV level, so not tighter). `volume_range`: BFGS stops (flagged not
+    converged) when the volume leaves this range of the scan vertex's.
+    """
+
+    fmax: float = 0.02
+    steps: int = 60
+    max_stages: int = 2
+    pulay_fd_step: float = 0.01
+    pulay_drift_tol: float = 0.002
+    volume_range: tuple[float, float] = (0.75, 1.33)
+
+
+#: the settings `esnet dft --relax optimizer` uses
+OPTIMIZER = OptimizerSettings()
+#: the settings of the first optimizer results (the demo data's). The cache key carries the optimizer
+#: settings only when they differ from these, so that changing them recomputes instead of silently
+#: reusing results of other settings, while the results computed before the key had them stay valid.
+FIRST_OPTIMIZER = OptimizerSettings(fmax=0.02, steps=60, max_stages=2, pulay_fd_step=0.01, pulay_drift_tol=0.002,
+                                    volume_range=(0.75, 1.33))
+
+
 def task_hash(task: Task) -> str:
     """Hash of structure + settings + what is computed (the cache key), 16 hex digits."""
     s = task.structure
@@ -63,4 +95,6 @@ def task_hash(task: Task) -> str:
     }
     if task.relax == "eos":
         payload["eos_revision"] = EOS_REVISION
+    if task.relax == "optimizer" and OPTIMIZER != FIRST_OPTIMIZER:
+        payload["optimizer"] = asdict(OPTIMIZER)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,9 +1,19 @@
-"""Reader of the GPAW engine's DOS files (`*.gpawdos.npz`, written by `esnet dft`).
+"""The GPAW engine's DOS files (`*.gpawdos.npz`, written by `esnet dft`): reader and writer.
 
-npz arrays (no pickle): `energies` (n_E,) absolute eV; `efermi` eV; `pdos`
-(n_spin, 9, n_E) states/eV per cell summed over sites, channels in `isdos.ORBITALS` order,
-symmetrised over the crystal's rotations, n_spin = 1 means the total of both spins;
-`structure_json` (pymatgen Structure as JSON); `code`; `settings_json`; `energy` (eV); `id`.
+Content (npz, no pickle): the PDOS (n_spin, 9, n_E) float32, states/eV per cell summed over
+sites, channels in `isdos.ORBITALS` order, symmetrised over the crystal's rotations, n_spin = 1
+meaning the total of both spins, on an absolute energy axis (eV); the Fermi level `efermi` (eV);
+the structure (pymatgen Structure dict); `code`; `settings_json` (the DFT settings' key);
+`energy` (total, eV); `id`. Two layouts, both read:
+- compact (written since 2026-12), two arrays: `pdos_bytes` uint8 (4, n_spin, 9, n_E), byte b of
+  each little-endian float32 in plane b (grouping the bytes lets zlib find the zeroed low
+  mantissa bits), and `meta_json`, one UTF-8 JSON bytes scalar with `energy_start` and
+  `energy_step` (the axis is `energy_start + energy_step * arange(n_E)`), `efermi`, `energy`,
+  `id`, `code`, `settings_json` and `structure`: about half the size of the full layout, the same
+  float32 values and energies within `GRID_TOLERANCE_EV`;
+- full (before 2026-12, and for a non-uniform axis): `energies` (n_E,), `pdos`, `efermi`,
+  `structure_json`, `code`, `settings_json`, `energy`, `id`.
+`compact_gpaw_dos` rewrites a full file in the compact layout.
 """
 from __future__ import annotations
 
@@ -15,31 +25,131 @@ import numpy as np
 
 from esnet_tf.isdos import N_ORBITALS, DOSInputError, ProjectedDOS
 
-REQUIRED = ("energies", "efermi", "pdos", "structure_json", "code")
+#: largest |stored - uniform| energy (eV) for which an axis is written as start + step
+GRID_TOLERANCE_EV = 1e-9
+_FIX = "regenerate it with `esnet dft`"
+_META = ("efermi", "energy", "id", "code", "settings_json")
 
 
-def read_gpaw_dos(path: str | Path) -> ProjectedDOS:
-    """Read one `*.gpawdos.npz`."""
-    from pymatgen.core import Structure
+def _pdos_to_bytes(pdos: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(np.asarray(pdos, dtype="<f4")[..., None].view(np.uint8), -1, 0))
 
-    path = Path(path)
+
+def _pdos_from_bytes(planes: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(planes, 0, -1)).view("<f4")[..., 0]
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in REQUIRED if k not in data.files]
-            if missing:
-                raise DOSInputError(path, f"missing arrays {missing}", "regenerate it with `esnet dft`")
-            arrays = {k: data[k] for k in data.files}
+            return {k: data[k] for k in data.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise DOSInputError(path, f"cannot read npz ({type(exc).__name__}: {exc})",
                             "the file is truncated: rerun `esnet dft` (the cache resumes)") from None
-    pdos = arrays["pdos"].astype(np.float64)
+
+
+def _content(path: Path, arrays: dict[str, np.ndarray]) -> dict:
+    """The file's content in one form for both layouts: `energies` (eV) and float32 `pdos`
+    arrays, `structure` (dict), and the scalars of `_META`."""
+    if "pdos_bytes" in arrays:
+        planes = arrays["pdos_bytes"]
+        if planes.dtype != np.uint8 or planes.ndim != 4 or planes.shape[0] != 4:
+            raise DOSInputError(path, f"pdos_bytes has dtype {planes.dtype} and shape {planes.shape}, "
+                                      "expected uint8 (4, n_spin, 9, n_E)", _FIX)
+        try:
+            meta = json.loads(arrays["meta_json"].item())
+            content = {k: meta[k] for k in _META + ("structure",)}
+            start, step = float(meta["energy_start"]), float(meta["energy_step"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DOSInputError(path, f"meta_json is missing or incomplete ({type(exc).__name__}: {exc})", _FIX) from None
+        pdos = _pdos_from_bytes(planes)
+        return {**content, "pdos": pdos, "energies": start + step * np.arange(pdos.shape[-1])}
+    missing = [k for k in ("energies", "pdos", "efermi", "structure_json", "code") if k not in arrays]
+    if missing:
+        raise DOSInputError(path, f"missing arrays {missing}", _FIX)
+    content = {k: (arrays[k].item() if k in arrays else None) for k in _META}
+    return {**content, "energies": arrays["energies"].astype(np.float64), "pdos": arrays["pdos"].astype(np.float32),
+            "structure": json.loads(str(arrays["structure_json"]))}
+
+
+def read_gpaw_dos(path: str | Path) -> ProjectedDOS:
+    """Read one `*.gpawdos.npz` (either layout)."""
+    from pymatgen.core import Structure
+
+    path = Path(path)
+    c = _content(path, _arrays(path))
+    pdos, energies = c["pdos"].astype(np.float64), c["energies"]
     if pdos.ndim != 3 or pdos.shape[1] != N_ORBITALS or pdos.shape[0] not in (1, 2) \
-            or pdos.shape[2] != arrays["energies"].shape[0]:
-        raise DOSInputError(path, f"pdos has shape {pdos.shape}, expected (1|2, 9, {arrays['energies'].shape[0]})",
-                            "regenerate it with `esnet dft`")
-    structure = Structure.from_dict(json.loads(str(arrays["structure_json"])))
-    dos = ProjectedDOS(energies=arrays["energies"].astype(np.float64), pdos=pdos,
-                       efermi=float(arrays["efermi"]), structure=structure,
-                       spin_polarized=pdos.shape[0] == 2, source=str(path), code=str(arrays["code"]))
-    dos.doc_id = str(arrays["id"]) if "id" in arrays else None
+            or pdos.shape[2] != energies.shape[0]:
+        raise DOSInputError(path, f"pdos has shape {pdos.shape}, expected (1|2, 9, {energies.shape[0]})", _FIX)
+    dos = ProjectedDOS(energies=energies, pdos=pdos, efermi=float(c["efermi"]),
+                       structure=Structure.from_dict(c["structure"]), spin_polarized=pdos.shape[0] == 2,
+                       source=str(path), code=str(c["code"]))
+    dos.doc_id = str(c["id"]) if c["id"] is not None else None
     return dos
+
+
+def _layout(c: dict) -> dict[str, np.ndarray]:
+    """The compact layout's arrays for content `c`; the full layout's when its axis is not uniform."""
+    energies = np.asarray(c["energies"], dtype=np.float64)
+    pdos = np.asarray(c["pdos"], dtype=np.float32)
+    n = energies.shape[0]
+    step = float(energies[-1] - energies[0]) / (n - 1) if n > 1 else 0.0
+    if n > 1 and np.abs(energies[0] + step * np.arange(n) - energies).max() <= GRID_TOLERANCE_EV:
+        meta = {"energy_start": float(energies[0]), "energy_step": step,
+                **{k: c[k] for k in _META}, "structure": c["structure"]}
+        return {"pdos_bytes": _pdos_to_bytes(pdos), "meta_json": np.bytes_(json.dumps(meta).encode("utf-8"))}
+    return {"energies": energies, "pdos": pdos, "efermi": np.float64(c["efermi"]), "energy": np.float64(c["energy"]),
+            "structure_json": np.str_(json.dumps(c["structure"])), "code": np.str_(c["code"]),
+            "settings_json": np.str_(c["settings_json"]), "id": np.str_(c["id"])}
+
+
+def write_gpaw_dos(path: str | Path, *, energies: np.ndarray, efermi: float, pdos: np.ndarray, structure: dict,
+                   code: str, settings_json: str, energy: float, doc_id: str) -> Path:
+    """Write one `*.gpawdos.npz` atomically: energies and `efermi` in eV (absolute), `pdos`
+    (n_spin, 9, n_E) states/eV per cell, `structure` a pymatgen Structure dict, `energy` eV."""
+    from esnet_tf.atomic import atomic_path
+
+    content = {"energies": energies, "pdos": pdos, "efermi": float(efermi), "energy": float(energy),
+               "id": str(doc_id), "code": str(code), "settings_json": str(settings_json), "structure": structure}
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **_layout(content))
+    return Path(path)
+
+
+def has_full_layout(path: str | Path) -> bool:
+    """Whether `path` holds the full layout (`energies` + `pdos`), i.e. `compact_gpaw_dos` may shrink it."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return {"energies.npy", "pdos.npy"} <= names
+
+
+def compact_gpaw_dos(path: str | Path) -> bool:
+    """Rewrite a full-layout `*.gpawdos.npz` in the compact layout; False when there is nothing
+    to do (already compact, or a non-uniform energy axis).
+
+    The new file is read back before it replaces the old one: the same PDOS values, energies
+    within `GRID_TOLERANCE_EV` and the same metadata. Raises `DOSInputError` otherwise.
+    """
+    from esnet_tf.atomic import atomic_path
+
+    path = Path(path)
+    arrays = _arrays(path)
+    if "pdos_bytes" in arrays:
+        return False
+    old = _content(path, arrays)
+    new = _layout(old)
+    if "pdos_bytes" not in new:
+        return False
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **new)
+        back = _content(tmp, _arrays(tmp))
+        same = (np.array_equal(back["pdos"], old["pdos"])
+                and np.abs(back["energies"] - old["energies"]).max() <= GRID_TOLERANCE_EV
+                and all(back[k] == old[k] for k in _META + ("structure",)))
+        if not same:
+            raise DOSInputError(path, "the compact copy does not reproduce the file", "leave it in the full layout")
+    return True
