@@ -31,8 +31,8 @@ import numpy as np
 from esnet_tf.atomic import exclusive, write_text
 from esnet_tf.campaign.hull import CampaignHull, true_e_above_hull
 from esnet_tf.campaign.pool import Pool, Predictions, describe
-from esnet_tf.campaign.strategies import (PAYS_IS, SOURCE_OF, STRATEGIES, RoundView, estimated_relax_s, ranking,
-                                          scores)
+from esnet_tf.campaign.strategies import (PAYS_IS, SOURCE_OF, STRATEGIES, RoundView, estimated_relax_s,
+                                          probability_stable, ranking, scores)
 from esnet_tf.errors import UserError
 from esnet_tf.screening.metrics import stable_mask
 from esnet_tf.screening.pipeline import HULL_TOL
@@ -190,16 +190,8 @@ def expected_stable(mean_e_hull: np.ndarray, std: np.ndarray | None, threshold: 
 
     A NaN prediction contributes 0 (predicted unstable, the screening convention).
     """
-    from scipy.stats import norm
-
-    m = np.asarray(mean_e_hull, float)
-    s = np.full(len(m), min_std) if std is None else np.where(np.isfinite(std), np.maximum(std, min_std), min_std)
-    ok = np.isfinite(m)
-    if not ok.any():
-        return 0.0
-    with np.errstate(divide="ignore"):
-        p = norm.cdf((threshold + HULL_TOL - m[ok]) / np.where(s[ok] > 0, s[ok], 1e-12))
-    return float(p.sum())
+    p = probability_stable(mean_e_hull, std, threshold + HULL_TOL, min_std)
+    return float(np.nansum(p))
 
 
 class Campaign:

@@ -61,6 +61,18 @@ class RoundView:
     min_std: float = 0.05
 
 
+def probability_stable(mean_e_hull: np.ndarray, std: np.ndarray | None, threshold: float,
+                       min_std: float) -> np.ndarray:
+    """P(E_hull <= threshold) per candidate with E_hull ~ N(mean, max(std, min_std)) (eV/atom); a
+    missing std counts as min_std; NaN where the mean is NaN."""
+    from scipy.stats import norm
+
+    m = np.asarray(mean_e_hull, float)
+    s = np.full(len(m), min_std) if std is None else np.where(np.isfinite(std), np.maximum(std, min_std), min_std)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return norm.cdf((threshold - m) / np.where(s > 0, s, 1e-12))
+
+
 def estimated_relax_s(is_s: np.ndarray, group: np.ndarray, relaxed_is_s: np.ndarray, relaxed_relax_s: np.ndarray,
                       relaxed_group: np.ndarray) -> np.ndarray:
     """Relaxation wall time (s) per candidate: its IS wall time times the median relax / IS ratio of
@@ -81,10 +93,7 @@ def scores(strategy: str, view: RoundView, kappa: float = 1.0) -> np.ndarray:
         std = np.where(np.isfinite(view.predicted_std), view.predicted_std, 0.0)
         return view.predicted_e_above_hull - kappa * std
     if strategy == "stable_per_cost":
-        from scipy.stats import norm
-
-        std = np.where(np.isfinite(view.predicted_std), view.predicted_std, 0.0)
-        p_stable = norm.cdf((view.threshold - view.predicted_e_above_hull) / np.maximum(std, max(view.min_std, 1e-9)))
+        p_stable = probability_stable(view.predicted_e_above_hull, view.predicted_std, view.threshold, view.min_std)
         cost = view.estimated_relax_s if view.estimated_relax_s is not None else np.ones(len(view.index))
         cost = np.where(np.isfinite(cost) & (cost > 0), cost, np.nanmedian(cost) if np.any(np.isfinite(cost)) else 1.0)
         return -p_stable / cost
