@@ -1,6 +1,7 @@
 """Accuracy study: grouped k-fold cross-validation of ESNet against composition baselines.
 
     python benchmarks/accuracy.py --seeds 0,1,2 --epochs 40                 # run / resume every unit
+    python benchmarks/accuracy.py --seeds 0,1,2 --epochs 40 --jobs 2        # the same in 2 processes
     python benchmarks/accuracy.py --seeds 0,1,2 --epochs 40 --summary-only --readme README.md
 
 Data: the demo labels (`datasets/is_dos/demo/labels.csv`, one IS-DOS and one RS-DOS per relaxed
@@ -27,6 +28,9 @@ training folds' entries plus the elements at 0 eV/atom; truly stable = the label
 <= 0 (the full-dataset hull); `oof_hull_*` keys repeat the metrics with the truth recomputed from
 the true E_f on the same out-of-fold hull. Each unit is written atomically to
 --out/cache/<hash>/<model>_f<fold>of<folds>_s<seed>_e<epochs>.json; a rerun skips finished units.
+A unit being computed is locked (`esnet_tf.atomic.exclusive`), so several runs of the same command
+share the work; `--jobs N` starts N such worker processes (each with cores/N TensorFlow threads)
+and summarises when all have finished.
 Writes results.json and table.md in --out; `--readme FILE` rewrites the table between
 `<!-- accuracy-table:start -->` and `<!-- accuracy-table:end -->`.
 """
@@ -37,7 +41,10 @@ import csv
 import hashlib
 import json
 import math
+import contextlib
+import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -242,9 +249,11 @@ def esnet_config(name: str, work: Path) -> str:
                                           composition_units=16, head_units=(32, 16), dropout=0.2)
     else:
         raise ValueError(f"unknown ESNet variant {name!r}")
+    from esnet_tf.atomic import write_text
+
     path = work / f"{name}.json"
     work.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cfg.to_dict()))
+    write_text(path, json.dumps(cfg.to_dict()))  # atomic: --jobs workers write it side by side
     return str(path)
 
 
@@ -572,6 +581,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="copy the current labels files into --out (default: reuse the snapshot there if any)")
     ap.add_argument("--summary-only", action="store_true", help="no training: summarise the cached units")
     ap.add_argument("--readme", help="rewrite the table between the accuracy-table markers of this file")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="worker processes computing units in parallel, each with cores/JOBS TensorFlow threads")
+    ap.add_argument("--threads", type=int, help="TensorFlow intra-op threads (default: TensorFlow's choice)")
+    ap.add_argument("--units-only", action="store_true",
+                    help="compute units, no summary (what each --jobs worker runs)")
     args = ap.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in MODELS]
@@ -581,6 +595,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         raise StudyError(f"--folds must be >= 2, got {args.folds}")
     if args.epochs < 1 or args.batch_size < 1:
         raise StudyError("--epochs and --batch-size must be >= 1")
+    if args.jobs < 1:
+        raise StudyError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        raise StudyError(f"--threads must be >= 1, got {args.threads}")
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -610,10 +628,68 @@ def take_snapshot(out: Path, new: bool) -> bool:
     return True
 
 
-def run(args: argparse.Namespace) -> dict:
+def compute_unit(study: Study, args: argparse.Namespace, model: str, seed: int, k: int, path: Path,
+                 refs_cache: dict, tag: str) -> dict:
+    """Train / fit one (model, fold, seed) unit, score it and write its record to `path` (atomically)."""
     from esnet_tf.atomic import write_text
 
+    out = Path(args.out)
+    fold = study.folds(args.folds, seed)
+    test_idx, train_idx = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
+    t = time.time()
+    pred, notes = run_model(study, model, fold, k, args.folds, seed, args.epochs, args.batch_size, out / "work")
+    if (seed, k) not in refs_cache:
+        refs_cache[(seed, k)] = reference_set(study, train_idx, f"training folds (fold {k}, seed {seed}) "
+                                                                "+ elements at 0 eV/atom")
+    metrics = unit_metrics(study, refs_cache[(seed, k)], test_idx, pred)
+    rec = {"model": model, "fold": k, "folds": args.folds, "seed": seed, "epochs": args.epochs,
+           "batch_size": args.batch_size, "snapshot_hash": study.hash, "test_ids": study.is_["id"][test_idx].tolist(),
+           "pred": [float(p) for p in pred], "truth": [float(v) for v in study.y[test_idx]],
+           "metrics": metrics, "notes": notes, "wall_s": time.time() - t,
+           "tf_threads": args.threads}  # None: TensorFlow's default; a unit is bit-reproducible at the same count
+    write_text(path, json.dumps(rec, indent=1))
+    print(f"{tag}: MAE {metrics['mae']:.3f}  RMSE {metrics['rmse']:.3f}  polymorphs "
+          f"{metrics['polymorph_correct']:.1f}/{metrics['polymorph_total']}  F1 {metrics['f1']}  "
+          f"({rec['wall_s']:.0f} s)", flush=True)
+    return rec
+
+
+def run_jobs(args: argparse.Namespace) -> None:
+    """Compute the units in `args.jobs` worker processes (`--units-only`, cores/jobs TF threads each).
+
+    The workers share the units through their locks; a worker that fails fails the study.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = str(args.threads or max(1, cores // args.jobs))
+    env = dict(os.environ, OMP_NUM_THREADS=threads)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--units-only", "--threads", threads, "--folds", str(args.folds),
+           "--seeds", ",".join(map(str, args.seeds)), "--epochs", str(args.epochs),
+           "--batch-size", str(args.batch_size), "--models", ",".join(args.models), "--out", str(args.out)]
+    print(f"{args.jobs} worker processes, {threads} TensorFlow thread(s) each", flush=True)
+    workers = [subprocess.Popen(cmd, env=env) for _ in range(args.jobs)]  # inherit stdout: one line per unit
+    try:
+        codes = [w.wait() for w in workers]
+    finally:
+        for w in workers:  # interrupted: stop the workers too (their finished units stay cached)
+            if w.poll() is None:
+                w.terminate()
+                w.wait()
+    failed = [str(c) for c in codes if c != 0]
+    if failed:
+        raise StudyError(f"{len(failed)} of {args.jobs} worker process(es) failed (exit status "
+                         f"{', '.join(failed)}); rerun the same command to resume")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from esnet_tf.atomic import exclusive, write_text
+    from esnet_tf.errors import UserError
+
     global LABELS
+    if args.threads and not (args.jobs > 1 and not args.summary_only):  # before TensorFlow starts its pools
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     copied = take_snapshot(out, args.new_snapshot)
@@ -623,10 +699,14 @@ def run(args: argparse.Namespace) -> dict:
           f"{len(study.aug['id'])} variants ({study.n_orphan_variants} without a parent in labels.csv left out); "
           f"features {study.featurize_s:.0f} s", flush=True)
     t0 = time.time()
+    if args.jobs > 1 and not args.summary_only:
+        run_jobs(args)
+        args.summary_only = True  # every unit is cached now; what follows only summarises
     units: dict[str, dict[tuple[int, int], dict]] = {m: {} for m in args.models}
     todo = [(m, s, k) for m in args.models for s in args.seeds for k in range(args.folds)]
     refs_cache: dict = {}
     missing: dict[str, list[str]] = {}
+    busy: list[str] = []
     for n, (model, seed, k) in enumerate(todo, 1):
         path = unit_path(out, study.hash, model, k, args.folds, seed, args.epochs)
         tag = f"[{n}/{len(todo)}] {model} fold {k} seed {seed}"
@@ -636,23 +716,21 @@ def run(args: argparse.Namespace) -> dict:
         if args.summary_only:
             missing.setdefault(model, []).append(f"f{k}s{seed}")
             continue
-        fold = study.folds(args.folds, seed)
-        test_idx, train_idx = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
-        t = time.time()
-        pred, notes = run_model(study, model, fold, k, args.folds, seed, args.epochs, args.batch_size, out / "work")
-        if (seed, k) not in refs_cache:
-            refs_cache[(seed, k)] = reference_set(study, train_idx, f"training folds (fold {k}, seed {seed}) "
-                                                                    "+ elements at 0 eV/atom")
-        metrics = unit_metrics(study, refs_cache[(seed, k)], test_idx, pred)
-        rec = {"model": model, "fold": k, "folds": args.folds, "seed": seed, "epochs": args.epochs,
-               "batch_size": args.batch_size, "snapshot_hash": study.hash, "test_ids": study.is_["id"][test_idx].tolist(),
-               "pred": [float(p) for p in pred], "truth": [float(v) for v in study.y[test_idx]],
-               "metrics": metrics, "notes": notes, "wall_s": time.time() - t}
-        write_text(path, json.dumps(rec, indent=1))
-        units[model][(k, seed)] = rec
-        print(f"{tag}: MAE {metrics['mae']:.3f}  RMSE {metrics['rmse']:.3f}  polymorphs "
-              f"{metrics['polymorph_correct']:.1f}/{metrics['polymorph_total']}  F1 {metrics['f1']}  "
-              f"({rec['wall_s']:.0f} s)", flush=True)
+        claim = contextlib.ExitStack()
+        try:
+            claim.enter_context(exclusive(path, "study unit"))
+        except UserError:  # another process of this study is computing it
+            busy.append(tag)
+            continue
+        with claim:
+            if path.is_file():  # finished by another process since the check above
+                units[model][(k, seed)] = json.loads(path.read_text())
+                continue
+            units[model][(k, seed)] = compute_unit(study, args, model, seed, k, path, refs_cache, tag)
+    if busy:
+        print(f"{len(busy)} unit(s) left to the other process(es) computing them: {'; '.join(busy)}", flush=True)
+    if args.units_only:
+        return {"units": sum(len(u) for u in units.values()), "busy": busy}
     for model, which in missing.items():
         print(f"{model}: {len(which)} unit(s) not cached, left out (--summary-only): {' '.join(which)}", flush=True)
     summary = summarise(units, args.folds, args.seeds)

@@ -191,3 +191,74 @@ def test_augmented_variants_never_train_on_a_test_fold_structure(acc):
             assert not set(aug["chemsys"][sel].tolist()) & set(is_["chemsys"][fold == k].tolist())
             used |= set(sel.tolist())
         assert used == set(range(len(aug["id"])))  # every variant trains in the folds where its parent does
+
+
+def _small_snapshot(out: Path, n: int = 40) -> None:
+    """The study's snapshot files in `out`: the first n structures of the demo and their variants."""
+    import csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(DEMO / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))[:n]
+    keep = {r["id"] for r in rows}
+    with open(DEMO / "labels_augmented.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        aug = [r for r in reader if r["id"] in keep or r["parent_id"] in keep]
+        aug_fields = reader.fieldnames
+    for name, fields, data in (("labels_snapshot.csv", list(rows[0]), rows),
+                               ("labels_augmented_snapshot.csv", aug_fields, aug)):
+        with open(out / name, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(data)
+
+
+def _study(out: Path, *extra: str) -> "subprocess.CompletedProcess":
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--out", str(out), "--models", "mean,gbr_fraction",
+           "--folds", "2", "--seeds", "0,1", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def test_jobs_share_the_units_and_match_one_process(tmp_path):
+    import json
+
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    for out in (serial, parallel):
+        _small_snapshot(out)
+    one = _study(serial)
+    two = _study(parallel, "--jobs", "2")
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "2 worker processes" in two.stdout
+    for model in ("mean", "gbr_fraction"):
+        for seed in (0, 1):
+            for k in (0, 1):
+                tag = f"{model} fold {k} seed {seed}:"
+                assert two.stdout.count(tag) == 1, f"{tag} computed {two.stdout.count(tag)} times"
+    a, b = (json.loads((out / "results.json").read_text())["summary"] for out in (serial, parallel))
+    for summary in (a, b):
+        for model in summary["models"].values():
+            model.pop("wall_s")  # the one thing that may differ
+    assert a == b
+
+
+def test_a_unit_locked_by_another_process_is_left_to_it(tmp_path, acc):
+    from esnet_tf.atomic import exclusive
+
+    _small_snapshot(tmp_path)
+    first = _study(tmp_path, "--units-only")  # computes everything once, to learn the snapshot hash
+    assert first.returncode == 0, first.stderr[-2000:]
+    cached = sorted((tmp_path / "cache").glob("*/*.json"))
+    assert len(cached) == 8 and not (tmp_path / "results.json").exists()  # --units-only does not summarise
+    held = next(p for p in cached if p.name.startswith("gbr_fraction_f1of2_s0"))
+    held.unlink()
+    with exclusive(held, "study unit"):
+        again = _study(tmp_path, "--units-only")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 unit(s) left to the other process(es)" in again.stdout and "gbr_fraction fold 1 seed 0" in again.stdout
+    assert not held.exists()
+    summary = _study(tmp_path, "--summary-only")
+    assert "gbr_fraction: 1 unit(s) not cached, left out (--summary-only): f1s0" in summary.stdout
