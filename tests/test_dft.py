@@ -172,3 +172,21 @@ def test_optimizer_relaxation_goes_downhill_on_the_fixed_cutoff_energy(tmp_path)
     assert SpacegroupAnalyzer(rs, symprec=1e-3).get_space_group_symbol() == "P6_3/mmc"
     assert r["rs_scale"] == pytest.approx((rs.volume / t.structure.volume) ** (1 / 3)) and r["rs_scale"] > 1.02
     assert not (out.workdir / "gpaw_fd.tmp").exists()
+
+
+def test_an_scf_that_does_not_converge_is_retried_with_the_damped_mixer(tmp_path, monkeypatch):
+    from esnet_tf.dft import engine
+
+    task = Task("Al_fcc", prototype_structure("fcc", ["Al"], 4.05), TINY)
+    plain = engine.single_point(task, 1.0, tmp_path / "plain.txt", None)
+    assert plain["scf_attempt"] == 1
+    damped = engine.SCF_ATTEMPTS[1]
+    monkeypatch.setattr(engine, "SCF_ATTEMPTS", ({"maxiter": 2}, damped))  # the first attempt cannot converge
+    retried = engine.single_point(task, 1.0, tmp_path / "retried.txt", None)
+    assert retried["scf_attempt"] == 2
+    assert abs(retried["energy"] - plain["energy"]) < 1e-3  # eV: the same state, reached by another mixer
+    result = engine.compute(task, tmp_path / "task")
+    assert result["scf_fallback"] == [{"point": "is", "scale": 1.0}]  # result.json says where it was needed
+    monkeypatch.setattr(engine, "SCF_ATTEMPTS", ({"maxiter": 2}, {"maxiter": 2}))
+    with pytest.raises(engine.DFTError, match="SCF failed at lattice scale 1.0000 with each of the 2 mixer settings"):
+        engine.single_point(task, 1.0, tmp_path / "failed.txt", None)

@@ -69,7 +69,14 @@ def kpoint_mesh(task: Task) -> tuple[int, int, int]:
     return tuple(int(k) for k in size)
 
 
-def _calculator(task: Task, natoms: int, log: Path, mesh: tuple[int, int, int] | None = None):
+#: GPAW parameters of a single point's attempts, in order: GPAW's defaults, then (only after a
+#: KohnShamConvergenceError) a damped Pulay mixer (beta 0.02, 5 old densities, metric weight 100, as
+#: GPAW's documentation suggests for hard magnetic and charge-sloshing cases) with a larger iteration
+#: cap. A converged first attempt is therefore computed exactly as before.
+SCF_ATTEMPTS: tuple[dict, ...] = ({}, {"mixer": {"beta": 0.02, "nmaxold": 5, "weight": 100.0}, "maxiter": 600})
+
+
+def _calculator(task: Task, natoms: int, log: Path, mesh: tuple[int, int, int] | None = None, **scf):
     from gpaw import GPAW, PW, FermiDirac
     from gpaw.setup import create_setup
 
@@ -80,25 +87,36 @@ def _calculator(task: Task, natoms: int, log: Path, mesh: tuple[int, int, int] |
     nbands = int(np.ceil(nval / 2 * 1.5)) + 4 * natoms
     kpts = (1, 1, 1) if task.kind == "molecule" else {"size": mesh or kpoint_mesh(task), "gamma": True}
     return GPAW(mode=PW(st.ecut), xc=st.xc, kpts=kpts, occupations=FermiDirac(st.smearing),
-                spinpol=is_spin_polarized(task), nbands=nbands, txt=str(log))
+                spinpol=is_spin_polarized(task), nbands=nbands, txt=str(log), **scf)
 
 
 def single_point(task: Task, scale: float, log: Path, dos_path: Path | None,
                  mesh: tuple[int, int, int] | None = None) -> dict:
     """SCF at `scale` times the task's lattice; write the DOS if `dos_path` is given.
 
-    `mesh` overrides the k-point mesh (default: `kpoint_mesh(task)`).
+    `mesh` overrides the k-point mesh (default: `kpoint_mesh(task)`). An SCF that does not converge
+    is retried with the next of SCF_ATTEMPTS; `scf_attempt` in the result says which converged (1 =
+    GPAW's defaults).
     """
+    from gpaw import KohnShamConvergenceError
+
     atoms = _atoms(task, scale)
     t0 = time.perf_counter()
-    calc = _calculator(task, len(atoms), log, mesh)
-    atoms.calc = calc
-    try:
-        energy = float(atoms.get_potential_energy())
-    except Exception as exc:  # GPAW raises KohnShamConvergenceError and others
-        raise DFTError(f"task {task.id}: SCF failed at lattice scale {scale:.4f}: "
-                       f"{type(exc).__name__}: {exc}") from exc
-    out = {"scale": scale, "energy": energy, "wall_time": time.perf_counter() - t0,
+    for attempt, scf in enumerate(SCF_ATTEMPTS, 1):
+        calc = _calculator(task, len(atoms), log, mesh, **scf)
+        atoms.calc = calc
+        try:
+            energy = float(atoms.get_potential_energy())
+            break
+        except KohnShamConvergenceError as exc:
+            if attempt == len(SCF_ATTEMPTS):
+                raise DFTError(f"task {task.id}: SCF failed at lattice scale {scale:.4f} with each of the "
+                               f"{len(SCF_ATTEMPTS)} mixer settings of engine.SCF_ATTEMPTS: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # GPAW raises others too
+            raise DFTError(f"task {task.id}: SCF failed at lattice scale {scale:.4f}: "
+                           f"{type(exc).__name__}: {exc}") from exc
+    out = {"scale": scale, "energy": energy, "wall_time": time.perf_counter() - t0, "scf_attempt": attempt,
            "efermi": float(calc.get_fermi_level()),
            "magmom": float(calc.get_magnetic_moment()) if is_spin_polarized(task) else 0.0}
     if dos_path is not None:
@@ -400,5 +418,12 @@ def compute(task: Task, workdir: Path) -> dict:
                           relax_fmax=OPTIMIZER.fmax, optimizer=asdict(OPTIMIZER),
                           pulay_corrections_eV_per_A3=rel["pulay_corrections"],
                           pulay_drift_eV_per_atom=rel["pulay_drift_energy"], eos_vertex=rel["eos_vertex"])
+    fallback = [{"point": "is", "scale": 1.0}] if is_point["scf_attempt"] > 1 else []
+    if task.relax != "none":
+        fallback += [{"point": "eos", "scale": p["scale"]} for p in rel.get("eos_points", [])
+                     if p is not is_point and p["scf_attempt"] > 1]
+        fallback += [{"point": "rs", "scale": rel["scale"]}] if rel["rs_point"]["scf_attempt"] > 1 else []
+    if fallback:  # absent when every SCF converged with GPAW's defaults
+        result["scf_fallback"] = fallback
     result["wall_time"] = time.perf_counter() - t0
     return result
