@@ -187,6 +187,7 @@ def test_an_scf_that_does_not_converge_is_retried_with_the_damped_mixer(tmp_path
     assert abs(retried["energy"] - plain["energy"]) < 1e-3  # eV: the same state, reached by another mixer
     result = engine.compute(task, tmp_path / "task")
     assert result["scf_fallback"] == [{"point": "is", "scale": 1.0}]  # result.json says where it was needed
+    assert 0 < result["is_cpu_time"] <= result["cpu_time"]  # CPU s of the process (one thread in a worker)
     monkeypatch.setattr(engine, "SCF_ATTEMPTS", ({"maxiter": 2}, {"maxiter": 2}))
     with pytest.raises(engine.DFTError, match="SCF failed at lattice scale 1.0000 with each of the 2 mixer settings"):
         engine.single_point(task, 1.0, tmp_path / "failed.txt", None)
