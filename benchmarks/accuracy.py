@@ -37,11 +37,11 @@ Writes results.json and table.md in --out; `--readme FILE` rewrites the table be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
 import math
-import contextlib
 import os
 import shutil
 import subprocess
