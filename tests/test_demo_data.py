@@ -273,3 +273,26 @@ def test_contact_rule_spread_constant_matches_the_data(labels):
 
     scales = np.array([float(r["rs_scale"]) for r in labels.values() if r["relax_kind"] == "eos"])
     assert abs(scales.std() - CONTACT_RULE_SPREAD) < 0.02
+
+
+def test_pending_estimate_scales_the_finished_tasks_cost_per_atom(tmp_path):
+    """provenance.json's process_hours_pending_estimate, on a cache of two finished variants and one pending."""
+    import shutil
+
+    from esnet_tf.dft import demo
+    from esnet_tf.dft.runner import cached_outcome
+    from esnet_tf.dft.tasks import task_hash
+
+    variants = [t for t in demo.demo_tasks() if demo.parent_of(t.id)[1]]
+    done = [t for t in variants if cached_outcome(t, DEMO / "calcs") is not None
+            and cached_outcome(t, DEMO / "calcs").result is not None][:2]
+    if len(done) < 2:
+        pytest.skip("fewer than 2 finished variants in the demo cache")
+    pending = next(t for t in variants if t not in done and demo._cost_rank(t) != demo._cost_rank(done[0]))
+    for t in done:
+        shutil.copytree(DEMO / "calcs" / task_hash(t), tmp_path / task_hash(t))
+    est = demo._pending_estimate(done + [pending], tmp_path, set())
+    hours = sum(cached_outcome(t, tmp_path).result["wall_time"] for t in done) / 3600
+    per_unit = hours / sum(demo._cost_rank(t) for t in done)
+    assert est["per_part"] == {"augmentation_single_points": round(per_unit * demo._cost_rank(pending), 2)}
+    assert est["total"] == round(per_unit * demo._cost_rank(pending), 1)

@@ -342,7 +342,8 @@ def assemble_cached(data_dir: Path, settings: DFTSettings | None = None) -> dict
                 n_pending_by_part={"base": sum(i in base_ids for i in pending),
                                    "harder": sum(i not in base_ids for i in pending),
                                    "augment": aug["n_pending"]},
-                augmentation=aug, process_hours_by_part=_process_hours(data_dir, base_ids, aug))
+                augmentation=aug, process_hours_by_part=_process_hours(data_dir, base_ids, aug),
+                process_hours_pending_estimate=_pending_estimate(tasks, data_dir / "calcs", base_ids))
     write_text(data_dir / "provenance.json", json.dumps(prov, indent=1))
     readme = data_dir / "README.md"
     if readme.exists():
@@ -370,6 +371,8 @@ def counts_markdown(prov: dict) -> str:
               f"| harder: EOS competitors | {_n_new_eos(prov)} | | {hours['harder_eos_competitors']:.2f} |",
               f"| augmentation single points | {aug['n_variants']} (of {aug['n_parents_with_variants']} parents) | "
               f"{aug['n_pending']} | {hours['augmentation_single_points']:.2f} |",
+              "", f"Pending, estimated from the finished tasks' cost per atom: "
+              f"{prov.get('process_hours_pending_estimate', {}).get('total', 'n/a')} process-hours.",
               "", f"Assembled {prov['assembled']}; variants per kind: {aug['per_variant']}; "
               f"failed variants: {aug['n_failed']}; mean variant single point {aug['mean_wall_time_s']:.0f} s. "
               "Wall times are of single-threaded processes, two at a time on a shared 2-core machine."]
@@ -406,6 +409,43 @@ def _process_hours(data_dir: Path, base_ids: set[str], aug: dict) -> dict:
         out[key] += h
     out["augmentation_single_points"] = aug["process_hours"]
     return {k: round(v, 3) for k, v in out.items()}
+
+
+def _part(task: Task, base_ids: set[str]) -> str:
+    """The process_hours_by_part key of a demo task."""
+    if parent_of(task.id)[1]:
+        return "augmentation_single_points"
+    if task.id in base_ids:
+        return "base_eos"
+    return "harder_optimizer" if task.relax == "optimizer" else "harder_eos_competitors"
+
+
+def _pending_estimate(tasks: list[Task], cache_dir: Path, base_ids: set[str]) -> dict:
+    """Process-hours the tasks not computed yet would take, per part: the part's finished tasks'
+    wall time per `_cost_rank` unit (atoms, x3 spin-polarised) times the pending tasks' units.
+
+    A rough plan figure: SCF iterations and optimizer steps vary by structure. Failed tasks are
+    neither finished nor pending.
+    """
+    from esnet_tf.dft.runner import cached_outcome
+
+    done_h: dict[str, float] = {}
+    done_units: dict[str, float] = {}
+    pending_units: dict[str, float] = {}
+    for t in tasks:
+        part, units = _part(t, base_ids), _cost_rank(t)
+        out = cached_outcome(t, cache_dir)
+        if out is None:
+            pending_units[part] = pending_units.get(part, 0.0) + units
+        elif out.result is not None:
+            done_h[part] = done_h.get(part, 0.0) + float(out.result.get("wall_time", 0.0)) / 3600
+            done_units[part] = done_units.get(part, 0.0) + units
+    est = {part: round(u * done_h[part] / done_units[part], 2) if done_units.get(part) else None
+           for part, u in pending_units.items()}
+    known = [h for h in est.values() if h is not None]
+    return {"per_part": est, "total": round(sum(known), 1),
+            "method": "finished tasks' process-hours per cost unit (atoms, x3 if spin-polarised) of the same "
+                      "part, times the pending tasks' cost units"}
 
 
 def assemble_augmented(data_dir: Path, outcomes: list, variants: list[Task], prov: dict) -> dict:
