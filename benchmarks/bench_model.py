@@ -2,11 +2,15 @@
 
     .venv/bin/python benchmarks/bench_model.py                 # paper and small
     .venv/bin/python benchmarks/bench_model.py --configs small --batch-size 64 --steps 20
+    .venv/bin/python benchmarks/bench_model.py --configs small --first-step   # tracing cost only
 
 Inputs are real IS-DOS when an .npz of `esnet featurize` is given (--features), otherwise
 random non-negative arrays of the same shapes (throughput does not depend on the values).
 Training = Adam + log-cosh train steps after a warm-up (the first step traces the graph);
-inference = compiled `predict_on_batch`. Prints one JSON line per config and measurement.
+inference = compiled `predict_on_batch`. `--first-step` times the first train step of fresh
+models compiled two ways: `esnet_tf.model.compile_esnet` (Adam's slot variables built at compile,
+as `esnet train` does) and Keras's default (slots created lazily inside the first traced step).
+Prints one JSON line per config and measurement.
 """
 from __future__ import annotations
 
@@ -67,13 +71,46 @@ def bench(config_name: str, batch_size: int, steps: int, features: str | None) -
             {**common, "measure": "inference", "samples_per_s": steps * batch_size / infer_s, "steps": steps}]
 
 
+def first_steps(config_name: str, batch_size: int, repeats: int) -> list[dict]:
+    """Seconds of the first `train_on_batch` of fresh models: optimizer built at compile vs lazily."""
+    import keras
+
+    from esnet_tf.model import OUTPUT_NAME, ESNetConfig, build_esnet, compile_esnet
+
+    rng = np.random.default_rng(0)
+    x = batch_of(batch_size, None, rng)
+    y = {OUTPUT_NAME: rng.normal(0, 0.5, (batch_size, 1)).astype(np.float32)}
+    times: dict[str, list[float]] = {"compile_esnet (slots built at compile)": [], "keras default (lazy slots)": []}
+    for _ in range(repeats):
+        for way in times:  # alternating, so that load changes hit both
+            model = build_esnet(ESNetConfig.named(config_name))
+            t = time.perf_counter()
+            if way.startswith("compile_esnet"):
+                compile_esnet(model, 1.5e-3, "log_cosh")
+            else:
+                model.compile(optimizer=keras.optimizers.Adam(1.5e-3), loss={OUTPUT_NAME: keras.losses.LogCosh()},
+                              metrics={OUTPUT_NAME: [keras.metrics.MeanAbsoluteError(name="mae")]})
+            model.train_on_batch(x, y)
+            times[way].append(time.perf_counter() - t)
+    return [{"config": config_name, "measure": "first_train_step_s (compile + first step)", "compile": way,
+             "batch_size": batch_size, "runs_s": [round(v, 2) for v in ts], "min_s": round(min(ts), 2),
+             "cpu": platform.processor() or platform.machine()} for way, ts in times.items()]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default="paper,small", help="comma-separated config names or JSON files")
     p.add_argument("--batch-size", type=int, default=64, help="examples per step (the authors' 64)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     p.add_argument("--features", help="optional .npz of `esnet featurize` to draw real inputs from")
+    p.add_argument("--first-step", action="store_true", help="only the first-step (tracing) comparison")
+    p.add_argument("--repeats", type=int, default=3, help="fresh models per way with --first-step")
     args = p.parse_args()
+    if args.first_step:
+        for name in args.configs.split(","):
+            for row in first_steps(name, args.batch_size, args.repeats):
+                print(json.dumps(row))
+        return
     for name in args.configs.split(","):
         for row in bench(name, args.batch_size, args.steps, args.features):
             print(json.dumps(row))
