@@ -44,6 +44,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -666,11 +667,13 @@ def run_jobs(args: argparse.Namespace) -> None:
            "--seeds", ",".join(map(str, args.seeds)), "--epochs", str(args.epochs),
            "--batch-size", str(args.batch_size), "--models", ",".join(args.models), "--out", str(args.out)]
     print(f"{args.jobs} worker processes, {threads} TensorFlow thread(s) each", flush=True)
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # so that finally runs
     workers = [subprocess.Popen(cmd, env=env) for _ in range(args.jobs)]  # inherit stdout: one line per unit
     try:
         codes = [w.wait() for w in workers]
     finally:
-        for w in workers:  # interrupted: stop the workers too (their finished units stay cached)
+        signal.signal(signal.SIGTERM, previous)
+        for w in workers:  # interrupted or killed: stop the workers too (their finished units stay cached)
             if w.poll() is None:
                 w.terminate()
                 w.wait()

@@ -262,3 +262,27 @@ def test_a_unit_locked_by_another_process_is_left_to_it(tmp_path, acc):
     assert not held.exists()
     summary = _study(tmp_path, "--summary-only")
     assert "gbr_fraction: 1 unit(s) not cached, left out (--summary-only): f1s0" in summary.stdout
+
+
+def test_terminating_the_study_stops_its_worker_processes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _small_snapshot(tmp_path)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--out", str(tmp_path), "--models", "esnet_is",
+           "--folds", "2", "--seeds", "0", "--epochs", "40", "--jobs", "2"]
+    study = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in study.stdout:  # wait until both workers are up
+        lines.append(line)
+        if sum("snapshot" in x and "reused" in x for x in lines) == 2:
+            break
+    children = subprocess.run(["pgrep", "-P", str(study.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 2, "".join(lines)
+    study.send_signal(signal.SIGTERM)
+    assert study.wait(timeout=60) == 128 + signal.SIGTERM
+    time.sleep(0.5)
+    alive = [c for c in children if subprocess.run(["kill", "-0", c], capture_output=True).returncode == 0]
+    assert not alive, f"worker processes {alive} outlived the study"
