@@ -296,3 +296,26 @@ def test_pending_estimate_scales_the_finished_tasks_cost_per_atom(tmp_path):
     per_unit = hours / sum(demo._cost_rank(t) for t in done)
     assert est["per_part"] == {"augmentation_single_points": round(per_unit * demo._cost_rank(pending), 2)}
     assert est["total"] == round(per_unit * demo._cost_rank(pending), 1)
+
+
+def test_wall_over_cpu_time_of_the_tasks_that_recorded_both(tmp_path):
+    import shutil
+
+    from esnet_tf.dft import demo
+    from esnet_tf.dft.runner import cached_outcome
+    from esnet_tf.dft.tasks import task_hash
+
+    variants = [t for t in demo.demo_tasks() if demo.parent_of(t.id)[1]]
+    done = [t for t in variants if (o := cached_outcome(t, DEMO / "calcs")) is not None and o.result is not None][:3]
+    if len(done) < 3:
+        pytest.skip("fewer than 3 finished variants in the demo cache")
+    for t, stretch in zip(done, (1.0, 2.0, None)):  # the third recorded no CPU time (engine before 2026-12-01)
+        shutil.copytree(DEMO / "calcs" / task_hash(t), tmp_path / task_hash(t))
+        path = tmp_path / task_hash(t) / "result.json"
+        result = json.loads(path.read_text())
+        result.pop("cpu_time", None)
+        if stretch is not None:
+            result["cpu_time"] = result["wall_time"] / stretch
+        path.write_text(json.dumps(result))
+    ratio = demo._wall_over_cpu(done, tmp_path)
+    assert ratio["n_tasks"] == 2 and ratio["median"] == 1.5 and ratio["p10"] == 1.1 and ratio["p90"] == 1.9

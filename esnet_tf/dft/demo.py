@@ -343,7 +343,8 @@ def assemble_cached(data_dir: Path, settings: DFTSettings | None = None) -> dict
                                    "harder": sum(i not in base_ids for i in pending),
                                    "augment": aug["n_pending"]},
                 augmentation=aug, process_hours_by_part=_process_hours(data_dir, base_ids, aug),
-                process_hours_pending_estimate=_pending_estimate(tasks, data_dir / "calcs", base_ids))
+                process_hours_pending_estimate=_pending_estimate(tasks, data_dir / "calcs", base_ids),
+                wall_over_cpu_time=_wall_over_cpu(tasks, data_dir / "calcs"))
     write_text(data_dir / "provenance.json", json.dumps(prov, indent=1))
     readme = data_dir / "README.md"
     if readme.exists():
@@ -372,7 +373,10 @@ def counts_markdown(prov: dict) -> str:
               f"| augmentation single points | {aug['n_variants']} (of {aug['n_parents_with_variants']} parents) | "
               f"{aug['n_pending']} | {hours['augmentation_single_points']:.2f} |",
               "", f"Pending, estimated from the finished tasks' cost per atom: "
-              f"{prov.get('process_hours_pending_estimate', {}).get('total', 'n/a')} process-hours.",
+              f"{prov.get('process_hours_pending_estimate', {}).get('total', 'n/a')} process-hours. "
+              f"Wall over CPU time of the {prov.get('wall_over_cpu_time', {}).get('n_tasks', 0)} tasks that "
+              f"recorded both: median {prov.get('wall_over_cpu_time', {}).get('median', 'n/a')} (other load "
+              "stretches the wall times; the CPU times are the DFT cost).",
               "", f"Assembled {prov['assembled']}; variants per kind: {aug['per_variant']}; "
               f"failed variants: {aug['n_failed']}; mean variant single point {aug['mean_wall_time_s']:.0f} s. "
               "Wall times are of single-threaded processes, two at a time on a shared 2-core machine."]
@@ -446,6 +450,27 @@ def _pending_estimate(tasks: list[Task], cache_dir: Path, base_ids: set[str]) ->
     return {"per_part": est, "total": round(sum(known), 1),
             "method": "finished tasks' process-hours per cost unit (atoms, x3 if spin-polarised) of the same "
                       "part, times the pending tasks' cost units"}
+
+
+def _wall_over_cpu(tasks: list[Task], cache_dir: Path) -> dict:
+    """Wall time over CPU time of the finished tasks that recorded both (engine of 2026-12-01 on).
+
+    Above 1 when other load on the machine stretched the single-threaded DFT processes: how far
+    the wall-time columns and process-hours overstate the DFT cost.
+    """
+    from esnet_tf.dft.runner import cached_outcome
+
+    ratios = []
+    for t in tasks:
+        out = cached_outcome(t, cache_dir)
+        res = out.result if out is not None else None
+        if res and res.get("cpu_time"):
+            ratios.append(float(res["wall_time"]) / float(res["cpu_time"]))
+    if not ratios:
+        return {"n_tasks": 0}
+    q = np.percentile(ratios, [10, 50, 90])
+    return {"n_tasks": len(ratios), "p10": round(float(q[0]), 2), "median": round(float(q[1]), 2),
+            "p90": round(float(q[2]), 2)}
 
 
 def assemble_augmented(data_dir: Path, outcomes: list, variants: list[Task], prov: dict) -> dict:
