@@ -40,6 +40,8 @@ CHECKED_KERAS = "3.15.1"
 CHECKED_TENSORFLOW = "2.21.0"
 #: BackupAndRestore's metadata file (Keras's name, kept so its own `on_train_begin` logic applies)
 METADATA_FILE = "training_metadata.json"
+#: the file name ending of an epoch's backed-up state (AtomicBackupAndRestore)
+STATE_SUFFIX = ".state.npz"
 
 
 # ---------------------------------------------------------------- the epoch fit starts from
@@ -70,10 +72,13 @@ def set_initial_epoch(model, epoch: int) -> None:
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """`keras.callbacks.BackupAndRestore` whose backup survives SIGKILL at any instant.
 
-    Each epoch's weights go to a new file `epochNNNNN.weights.h5`; the metadata naming it (and
-    the epoch) is then replaced atomically, so it always points at a complete file. Older weight
-    files are removed after. Keras's own `_save_model` overwrites `latest.weights.h5` in place,
-    so a kill during the write leaves a truncated file that the metadata still points at.
+    Each epoch's state (the model's variables and the optimizer's, in order) goes to a new file
+    `epochNNNNN.state.npz`; the metadata naming it (and the epoch) is then replaced atomically, so
+    it always points at a complete file. Older state files are removed after. Keras's own
+    `_save_model` overwrites `latest.weights.h5` in place, so a kill during the write leaves a
+    truncated file that the metadata still points at. An .npz of the variable values instead of
+    Keras's `save_weights` h5 file: 0.37 s per epoch for the small model was more than half of its
+    epoch time on 2 cores. A backup written as `.weights.h5` by an older esnet-tf still restores.
 
     `restore_dir` (default `backup_dir`) is where `_load_model` reads from: a non-chief
     multi-worker process writes its own throwaway backup but restores from the chief's.
@@ -89,28 +94,54 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         super().__init__(str(backup_dir), **kwargs)
         self.restore_dir = str(restore_dir) if restore_dir is not None else str(backup_dir)
 
+    def _state_variables(self) -> list:
+        """The model's variables, then the optimizer's (built first, so its slots exist)."""
+        optimizer = self.model.optimizer
+        if optimizer is None:
+            return list(self.model.weights)
+        if not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        return list(self.model.weights) + list(optimizer.variables)
+
     def _save_model(self) -> None:
+        import numpy as np
+
         backup = Path(self.backup_dir)
         backup.mkdir(parents=True, exist_ok=True)
-        name = f"epoch{self._current_epoch:05d}.weights.h5"
-        self.model.save_weights(str(backup / name), overwrite=True)
+        name = f"epoch{self._current_epoch:05d}{STATE_SUFFIX}"
+        variables = self._state_variables()
+        with open(backup / name, "wb") as fh:
+            np.savez(fh, **{f"v{i:05d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(variables)})
         tmp = backup / f"{METADATA_FILE}.tmp"
         tmp.write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen,
                                    "weights": name}))
         os.replace(tmp, backup / METADATA_FILE)
-        for old in backup.glob("epoch*.weights.h5"):
+        for old in [*backup.glob(f"epoch*{STATE_SUFFIX}"), *backup.glob("epoch*.weights.h5")]:
             if old.name != name:
                 old.unlink(missing_ok=True)
 
     def _load_model(self) -> None:
+        import numpy as np
+
         source = Path(self.restore_dir)
         meta = source / METADATA_FILE
         if not meta.is_file():
             return
         info = json.loads(meta.read_text())
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)  # slots exist before loading
-        self.model.load_weights(str(source / info["weights"]))
+        variables = self._state_variables()
+        path = source / info["weights"]
+        if path.name.endswith(".weights.h5"):  # written by esnet-tf before 2026-12-01
+            self.model.load_weights(str(path))
+        else:
+            with np.load(path, allow_pickle=False) as data:
+                values = [data[f"v{i:05d}"] for i in range(len(data.files))]
+            # matched by order and shape, as Keras's load_weights matches by structure (layer names
+            # differ between two builds of the same model in one process)
+            if [tuple(a.shape) for a in values] != [tuple(v.shape) for v in variables]:
+                raise ValueError(f"{path}: this backup holds the variables of another model or optimizer; "
+                                 f"delete {source} or train into a new run directory")
+            for v, a in zip(variables, values):
+                v.assign(a)
         set_initial_epoch(self.model, int(info["epoch"]))
 
 

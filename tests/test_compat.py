@@ -114,8 +114,8 @@ def test_atomic_backup_interrupted_then_resumed_gives_the_same_weights(tmp_path)
                      callbacks=[compat.AtomicBackupAndRestore(backup_dir, save_freq="epoch"), Interrupt()])
     meta = json.loads((backup_dir / compat.METADATA_FILE).read_text())
     assert meta["epoch"] == 2 and (backup_dir / meta["weights"]).is_file()
-    assert sorted(p.name for p in backup_dir.glob("*.weights.h5")) == [meta["weights"]]  # older ones removed
-    (backup_dir / "epoch00003.weights.h5").write_bytes(b"\x89HDF\r\n truncated")  # killed mid-save
+    assert sorted(p.name for p in backup_dir.glob(f"*{compat.STATE_SUFFIX}")) == [meta["weights"]]  # older removed
+    (backup_dir / f"epoch00003{compat.STATE_SUFFIX}").write_bytes(b"PK\x03\x04 truncated")  # killed mid-save
 
     resumed = _model()
     seen = _Epochs()
@@ -125,6 +125,37 @@ def test_atomic_backup_interrupted_then_resumed_gives_the_same_weights(tmp_path)
     for a, b in zip(reference.get_weights(), resumed.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert not backup_dir.exists()  # delete_checkpoint: removed at the end of training
+
+
+def test_atomic_backup_of_an_older_version_restores_and_another_models_is_refused(tmp_path):
+    """A `.weights.h5` backup (esnet-tf before 2026-12-01) still restores; a backup whose variables
+    do not fit the model is one clear error, not a silent partial load."""
+    from esnet_tf import compat
+
+    x, y = _data()
+    old = tmp_path / "old"
+    old.mkdir()
+    trained = _model()
+    trained.fit(x, y, epochs=2, shuffle=False, verbose=0)
+    trained.save_weights(str(old / "epoch00002.weights.h5"))
+    (old / compat.METADATA_FILE).write_text(json.dumps({"epoch": 2, "batch": 0, "weights": "epoch00002.weights.h5"}))
+    seen = _Epochs()
+    _model().fit(x, y, epochs=3, verbose=0, callbacks=[compat.AtomicBackupAndRestore(old), seen])
+    assert seen.epochs == [2]
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    small = tmp_path / "small"
+    with pytest.raises(KeyboardInterrupt):
+        _model().fit(x, y, epochs=3, verbose=0, callbacks=[compat.AtomicBackupAndRestore(small), Interrupt()])
+    keras.utils.set_random_seed(0)
+    wider = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    wider.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    with pytest.raises(ValueError, match="holds the variables of another model or optimizer"):
+        wider.fit(x, y, epochs=3, verbose=0, callbacks=[compat.AtomicBackupAndRestore(small)])
 
 
 def test_atomic_backup_restores_from_another_directory(tmp_path):
