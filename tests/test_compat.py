@@ -31,6 +31,18 @@ def _model():
     return model
 
 
+class _InterruptAt(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt when epoch `epoch` begins (a run stopped between epochs)."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
 class _Epochs(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -103,15 +115,10 @@ def test_atomic_backup_interrupted_then_resumed_gives_the_same_weights(tmp_path)
     reference.fit(x, y, epochs=4, shuffle=False, verbose=0,
                   callbacks=[compat.AtomicBackupAndRestore(tmp_path / "ref", save_freq="epoch")])
 
-    class Interrupt(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 2:
-                raise KeyboardInterrupt
-
     backup_dir = tmp_path / "backup"
     with pytest.raises(KeyboardInterrupt):
         _model().fit(x, y, epochs=4, shuffle=False, verbose=0,
-                     callbacks=[compat.AtomicBackupAndRestore(backup_dir, save_freq="epoch"), Interrupt()])
+                     callbacks=[compat.AtomicBackupAndRestore(backup_dir, save_freq="epoch"), _InterruptAt(2)])
     meta = json.loads((backup_dir / compat.METADATA_FILE).read_text())
     assert meta["epoch"] == 2 and (backup_dir / meta["weights"]).is_file()
     assert sorted(p.name for p in backup_dir.glob(f"*{compat.STATE_SUFFIX}")) == [meta["weights"]]  # older removed
@@ -143,14 +150,9 @@ def test_atomic_backup_of_an_older_version_restores_and_another_models_is_refuse
     _model().fit(x, y, epochs=3, verbose=0, callbacks=[compat.AtomicBackupAndRestore(old), seen])
     assert seen.epochs == [2]
 
-    class Interrupt(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 1:
-                raise KeyboardInterrupt
-
     small = tmp_path / "small"
     with pytest.raises(KeyboardInterrupt):
-        _model().fit(x, y, epochs=3, verbose=0, callbacks=[compat.AtomicBackupAndRestore(small), Interrupt()])
+        _model().fit(x, y, epochs=3, verbose=0, callbacks=[compat.AtomicBackupAndRestore(small), _InterruptAt(1)])
     keras.utils.set_random_seed(0)
     wider = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
     wider.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
@@ -165,13 +167,8 @@ def test_atomic_backup_restores_from_another_directory(tmp_path):
     x, y = _data()
     chief = tmp_path / "chief"
 
-    class Interrupt(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 1:
-                raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        _model().fit(x, y, epochs=3, verbose=0, callbacks=[compat.AtomicBackupAndRestore(chief), Interrupt()])
+        _model().fit(x, y, epochs=3, verbose=0, callbacks=[compat.AtomicBackupAndRestore(chief), _InterruptAt(1)])
     seen = _Epochs()
     _model().fit(x, y, epochs=3, verbose=0,
                  callbacks=[compat.AtomicBackupAndRestore(tmp_path / "own", restore_dir=chief), seen])
