@@ -53,3 +53,31 @@ def test_optimizer_settings_are_in_the_cache_key_once_changed(monkeypatch):
     monkeypatch.setattr(tasks, "OPTIMIZER", dataclasses.replace(tasks.OPTIMIZER, fmax=0.05))
     assert tasks.task_hash(opt) != before[0]
     assert tasks.task_hash(eos) == before[1]
+
+
+def test_scf_failures_recorded_with_fewer_mixer_settings_are_computed_again(tmp_path):
+    """A cached SCF failure from an engine with fewer SCF_ATTEMPTS is retried; other failures stay failed."""
+    import json
+
+    from esnet_tf.dft.engine import SCF_ATTEMPTS
+    from esnet_tf.dft.prototypes import prototype_structure
+    from esnet_tf.dft.runner import cached_outcome, scf_attempts_tried
+    from esnet_tf.dft.settings import DFTSettings
+    from esnet_tf.dft.tasks import Task, task_hash
+
+    task = Task("Cu_fcc", prototype_structure("fcc", ["Cu"], 3.63), DFTSettings.tiny())
+    workdir = tmp_path / task_hash(task)
+    workdir.mkdir()
+    records = {
+        "before the fallback": ({"id": task.id, "reason": "DFTError: task Cu_fcc: SCF failed at lattice scale "
+                                                          "1.0000: KohnShamConvergenceError: "}, None),
+        "all settings tried": ({"id": task.id, "reason": "SCFNotConverged: ...", "scf_attempts": len(SCF_ATTEMPTS)},
+                               "failed"),
+        "a timeout": ({"id": task.id, "reason": "timeout after 1800 s"}, "failed"),
+    }
+    for name, (record, status) in records.items():
+        (workdir / "failure.json").write_text(json.dumps(record))
+        out = cached_outcome(task, tmp_path)
+        assert (out.status if out is not None else None) == status, name
+    assert scf_attempts_tried(records["before the fallback"][0]) == 1
+    assert scf_attempts_tried(records["a timeout"][0]) is None

@@ -25,6 +25,10 @@ class DFTError(RuntimeError):
     """A DFT calculation could not be done (no PAW setup, SCF failure, ...)."""
 
 
+class SCFNotConverged(DFTError):
+    """The SCF did not converge with any of the mixer settings of SCF_ATTEMPTS."""
+
+
 def check_setups(task: Task) -> None:
     """Raise DFTError if an element of the structure has no PAW setup installed."""
     from gpaw.setup_data import search_for_file
@@ -110,7 +114,7 @@ def single_point(task: Task, scale: float, log: Path, dos_path: Path | None,
             break
         except KohnShamConvergenceError as exc:
             if attempt == len(SCF_ATTEMPTS):
-                raise DFTError(f"task {task.id}: SCF failed at lattice scale {scale:.4f} with each of the "
+                raise SCFNotConverged(f"task {task.id}: SCF failed at lattice scale {scale:.4f} with each of the "
                                f"{len(SCF_ATTEMPTS)} mixer settings of engine.SCF_ATTEMPTS: "
                                f"{type(exc).__name__}: {exc}") from exc
         except Exception as exc:  # GPAW raises others too

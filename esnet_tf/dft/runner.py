@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from esnet_tf.atomic import write_text
+from esnet_tf.dft.engine import SCF_ATTEMPTS
 from esnet_tf.dft.tasks import Task, task_hash
 
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -113,11 +114,26 @@ def _read_cached(task: Task, workdir: Path, retry_failed: bool) -> Outcome | Non
         return Outcome(task.id, key, "cached", workdir, json.loads((workdir / "result.json").read_text()))
     if (workdir / "failure.json").exists() and not retry_failed:
         try:
-            reason = json.loads((workdir / "failure.json").read_text())["reason"]
+            record = json.loads((workdir / "failure.json").read_text())
+            reason = record["reason"]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
             return None  # a truncated record: compute again
+        tried = scf_attempts_tried(record)
+        if tried is not None and tried < len(SCF_ATTEMPTS):
+            tqdm.write(f"{task.id}: its SCF failure was recorded after {tried} mixer setting(s); the engine now "
+                       f"has {len(SCF_ATTEMPTS)}: computing it again")
+            return None
         return Outcome(task.id, key, "failed", workdir, reason=f"(cached) {reason}")
     return None
+
+
+def scf_attempts_tried(failure: dict) -> int | None:
+    """How many mixer settings (engine.SCF_ATTEMPTS) a recorded SCF failure tried; None if the
+    failure is not an SCF non-convergence. Records from before the fallback (no `scf_attempts`
+    key, GPAW's KohnShamConvergenceError in the reason) tried one."""
+    if "scf_attempts" in failure:
+        return int(failure["scf_attempts"])
+    return 1 if "KohnShamConvergenceError" in str(failure.get("reason", "")) else None
 
 
 @dataclass

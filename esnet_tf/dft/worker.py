@@ -39,9 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = compute(task, workdir)
     except Exception as exc:  # recorded, never silent
-        write_text(workdir / "failure.json", json.dumps({
-            "id": task.id, "reason": f"{type(exc).__name__}: {exc}",
-            "traceback": traceback.format_exc()}, indent=1))
+        from esnet_tf.dft.engine import SCF_ATTEMPTS, SCFNotConverged
+
+        record = {"id": task.id, "reason": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        if isinstance(exc, SCFNotConverged):  # a later engine with more mixer settings retries it
+            record["scf_attempts"] = len(SCF_ATTEMPTS)
+        write_text(workdir / "failure.json", json.dumps(record, indent=1))
         return 3
     import datetime
 
