@@ -319,3 +319,16 @@ def test_wall_over_cpu_time_of_the_tasks_that_recorded_both(tmp_path):
         path.write_text(json.dumps(result))
     ratio = demo._wall_over_cpu(done, tmp_path)
     assert ratio["n_tasks"] == 2 and ratio["median"] == 1.5 and ratio["p10"] == 1.1 and ratio["p90"] == 1.9
+
+
+def test_readme_dataset_paragraph_matches_the_committed_data(labels):
+    """The top-level README's demo paragraph is what `esnet dft demo --assemble-only --readme README.md` writes."""
+    from esnet_tf.dft.demo import SUMMARY_MARKERS, readme_with_summary, summary_paragraph
+
+    readme = (DEMO.parents[2] / "README.md").read_text(encoding="utf-8")
+    expected = readme_with_summary(readme, summary_paragraph(PROVENANCE, list(labels.values())))
+    assert readme == expected, ("README.md's demo-summary block is stale: run `esnet dft demo --assemble-only "
+                                "--out datasets/is_dos/demo --readme README.md`")
+    with pytest.raises(ValueError, match="exactly one"):
+        readme_with_summary("no markers here\n", "x")
+    assert SUMMARY_MARKERS[0] in readme

@@ -102,6 +102,16 @@ def test_cli_bad_structure_file(tmp_path, capsys):
     assert rc == 2 and "x.cif" in capsys.readouterr().err
 
 
+def test_cli_demo_readme_option_errors(tmp_path, capsys):
+    (tmp_path / "R.md").write_text("no markers\n")
+    rc = cli_main(["dft", "demo", "--out", str(tmp_path / "o"), "--readme", str(tmp_path / "R.md")])
+    assert rc == 2 and "use it with --assemble-only" in capsys.readouterr().err
+    rc = cli_main(["dft", "demo", "--out", str(tmp_path / "o"), "--assemble-only", "--readme", str(tmp_path / "R.md")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "R.md" in err and "demo-summary" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
 def test_beam_direct_runner_matches_plain_run(single_points, tmp_path):
     pytest.importorskip("apache_beam", reason="Apache Beam (extra `beam`) is not installed")
     from esnet_tf.dft.beam import run_tasks_beam

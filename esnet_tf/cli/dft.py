@@ -44,6 +44,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                                 "new: harder + augment, interleaved")
             q.add_argument("--assemble-only", action="store_true",
                            help="compute nothing: write labels.csv from the cached results (pending ones listed)")
+            q.add_argument("--readme", metavar="FILE",
+                           help="with --assemble-only: rewrite the dataset paragraph between the demo-summary "
+                                "markers of FILE (the repository's README.md)")
         q.add_argument("--workers", type=int, default=2, help="parallel single-threaded GPAW processes (lower it while running: "
                        "echo 1 > OUT/calcs/WORKERS)")
         q.add_argument("--timeout", type=float, default=1800.0, help="wall-time limit per structure, s")
@@ -101,6 +104,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     if not args.timeout > 0:
         raise UserError(f"--timeout must be > 0 s, got {args.timeout}")
+    if args.dft_command == "demo" and args.readme:  # checked before any work
+        from esnet_tf.dft.demo import readme_with_summary
+
+        if not args.assemble_only:
+            raise UserError("--readme rewrites a README from the assembled data: use it with --assemble-only")
+        try:
+            readme_with_summary(Path(args.readme).read_text(encoding="utf-8"), "")
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--readme {args.readme}: {exc}") from None
     st = _settings(args)
     out = Path(args.out)
     if args.dft_command == "demo":
@@ -112,9 +124,19 @@ def run(args: argparse.Namespace) -> int:
     if args.dft_command == "demo" and args.assemble_only:
         from esnet_tf.dft.demo import assemble_cached
 
+        readme = Path(args.readme) if args.readme else None
         prov = assemble_cached(out, st)
         print(f"{prov['n_examples']} examples, {prov['n_failed']} failed, {prov['n_pending']} not computed yet "
               f"-> {out / 'labels.csv'}")
+        if readme is not None:
+            import csv
+
+            from esnet_tf.dft.demo import readme_with_summary, summary_paragraph
+
+            with open(out / "labels.csv", newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            write_text(readme, readme_with_summary(readme.read_text(encoding="utf-8"), summary_paragraph(prov, rows)))
+            print(f"rewrote the dataset paragraph of {readme}")
         sm = prov["summary"]
         print(f"{sm['n_elements']} elements, {sm['n_stable']} on the hull ({sm['n_stable_compounds']} compounds); "
               f"per prototype: {sm['per_prototype']}; IS {sm['is_single_points_per_process_hour']} / relaxations "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -381,6 +382,53 @@ def counts_markdown(prov: dict) -> str:
               f"failed variants: {aug['n_failed']}; mean variant single point {aug['mean_wall_time_s']:.0f} s. "
               "Wall times are of single-threaded processes, two at a time on a shared 2-core machine."]
     return "\n".join(lines)
+
+
+#: how the top-level README names the non-cubic prototypes
+PROTOTYPE_NAMES = {"hcp": "hcp", "wurtzite": "wurtzite", "l10": "L1_0", "rutile": "rutile", "anatase": "anatase",
+                   "cdi2": "CdI2-type", "nias": "NiAs-type", "perovskite_p4mm": "P4mm-distorted perovskite"}
+_N_ELEMENT_NAMES = {"1": "elemental phases", "2": "binaries", "3": "ternaries", "4": "quaternaries"}
+#: the markers of the dataset paragraph in the top-level README (`esnet dft demo --assemble-only --readme README.md`)
+SUMMARY_MARKERS = ("<!-- demo-summary:start -->", "<!-- demo-summary:end -->")
+
+
+def _and_join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def summary_paragraph(prov: dict, labels: list[dict]) -> str:
+    """The top-level README's paragraph on the demo data, from provenance.json and labels.csv rows."""
+    sm, aug, pend = prov["summary"], prov["augmentation"], prov["n_pending_by_part"]
+    kinds = ", ".join(f"{n} {_N_ELEMENT_NAMES.get(k, f'{k}-element compounds')}"
+                      for k, n in sorted(sm["per_n_elements"].items()))
+    groups: dict[str, list[str]] = {}
+    for r in labels:
+        if r.get("relax_kind") == "optimizer":
+            groups.setdefault(r["prototype"], []).append(r["formula"])
+    noncubic = "; ".join(f"{_and_join(f)} {PROTOTYPE_NAMES.get(p, p)}" for p, f in groups.items())
+    estimate = prov.get("process_hours_pending_estimate", {}).get("total")
+    cost = f"; about {estimate:g} process-hours by the estimate there" if estimate else ""
+    failures = f"{prov['n_failed']} failure is" if prov["n_failed"] == 1 else f"{prov['n_failed']} failures are"
+    text = (f"The embedded demo dataset (`datasets/is_dos/demo/`, installed as package data) was computed with "
+            f"this engine: {prov['n_examples']} relaxed crystals ({kinds} over {sm['n_elements']} elements, "
+            f"{sm['n_spin_polarized']} spin-polarised; {sm['per_relax_kind'].get('optimizer', 0)} of them non-cubic "
+            f"structures relaxed with `--relax optimizer`: {noncubic}), plus {aug['n_variants']:,} IS-augmentation "
+            f"variants of {aug['n_parents_with_variants']} structures (strained, scaled or rattled initial structures "
+            f"with their parent's relaxed label) in `labels_augmented.csv` (TFDS config `is_dos/demo_augmented`). "
+            f"{failures} recorded in `failures.csv`; the rest of the plan ({pend['base']} cubic "
+            f"base structures, {pend['harder']} non-cubic structures and competitors, {pend['augment']:,} variants"
+            f"{cost}) is listed as pending in `provenance.json`; the demo README has the counts per prototype family, "
+            f"relaxation kind, stable fraction and DFT cost. It completes the plan, resuming from what ships, with:")
+    return textwrap.fill(text, width=110, break_long_words=False, break_on_hyphens=False)
+
+
+def readme_with_summary(text: str, paragraph: str) -> str:
+    """`text` with the block between SUMMARY_MARKERS replaced by `paragraph`; ValueError without them."""
+    start, end = SUMMARY_MARKERS
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"needs exactly one {start} ... {end} block")
+    i, j = text.index(start) + len(start), text.index(end)
+    return text[:i] + "\n" + paragraph + "\n" + text[j:]
 
 
 def _n_new_eos(prov: dict) -> int:
