@@ -291,7 +291,7 @@ def test_pending_estimate_scales_the_finished_tasks_cost_per_atom(tmp_path):
     pending = next(t for t in variants if t not in done and demo._cost_rank(t) != demo._cost_rank(done[0]))
     for t in done:
         shutil.copytree(DEMO / "calcs" / task_hash(t), tmp_path / task_hash(t))
-    est = demo._pending_estimate(done + [pending], tmp_path, set())
+    est = demo._pending_estimate(done + [pending], {t.id: cached_outcome(t, tmp_path) for t in done + [pending]}, set())
     hours = sum(cached_outcome(t, tmp_path).result["wall_time"] for t in done) / 3600
     per_unit = hours / sum(demo._cost_rank(t) for t in done)
     assert est["per_part"] == {"augmentation_single_points": round(per_unit * demo._cost_rank(pending), 2)}
@@ -317,7 +317,7 @@ def test_wall_over_cpu_time_of_the_tasks_that_recorded_both(tmp_path):
         if stretch is not None:
             result["cpu_time"] = result["wall_time"] / stretch
         path.write_text(json.dumps(result))
-    ratio = demo._wall_over_cpu(done, tmp_path)
+    ratio = demo._wall_over_cpu([cached_outcome(t, tmp_path) for t in done])
     assert ratio["n_tasks"] == 2 and ratio["median"] == 1.5 and ratio["p10"] == 1.1 and ratio["p90"] == 1.9
 
 

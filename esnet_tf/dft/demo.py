@@ -335,6 +335,7 @@ def assemble_cached(data_dir: Path, settings: DFTSettings | None = None) -> dict
         out = cached_outcome(t, data_dir / "calcs")
         (outcomes.append(out) if out is not None else pending.append(t.id))
     prov = assemble(outcomes, data_dir, st)
+    every = {t.id: cached_outcome(t, data_dir / "calcs") for t in tasks}  # relaxed and variants
     aug = assemble_augmented(data_dir, outcomes, variants, prov)
     base_ids = {t.id for t in _base_tasks(st, 1800.0)}
     done_ids = {o.task_id for o in outcomes if o.result is not None}
@@ -344,8 +345,8 @@ def assemble_cached(data_dir: Path, settings: DFTSettings | None = None) -> dict
                                    "harder": sum(i not in base_ids for i in pending),
                                    "augment": aug["n_pending"]},
                 augmentation=aug, process_hours_by_part=_process_hours(data_dir, base_ids, aug),
-                process_hours_pending_estimate=_pending_estimate(tasks, data_dir / "calcs", base_ids),
-                wall_over_cpu_time=_wall_over_cpu(tasks, data_dir / "calcs"))
+                process_hours_pending_estimate=_pending_estimate(tasks, every, base_ids),
+                wall_over_cpu_time=_wall_over_cpu(every.values()))
     write_text(data_dir / "provenance.json", json.dumps(prov, indent=1))
     readme = data_dir / "README.md"
     if readme.exists():
@@ -472,21 +473,19 @@ def _part(task: Task, base_ids: set[str]) -> str:
     return "harder_optimizer" if task.relax == "optimizer" else "harder_eos_competitors"
 
 
-def _pending_estimate(tasks: list[Task], cache_dir: Path, base_ids: set[str]) -> dict:
+def _pending_estimate(tasks: list[Task], outcomes: dict, base_ids: set[str]) -> dict:
     """Process-hours the tasks not computed yet would take, per part: the part's finished tasks'
     wall time per `_cost_rank` unit (atoms, x3 spin-polarised) times the pending tasks' units.
 
-    A rough plan figure: SCF iterations and optimizer steps vary by structure. Failed tasks are
-    neither finished nor pending.
+    `outcomes`: task id -> `runner.cached_outcome` (None = not computed). A rough plan figure: SCF
+    iterations and optimizer steps vary by structure. Failed tasks are neither finished nor pending.
     """
-    from esnet_tf.dft.runner import cached_outcome
-
     done_h: dict[str, float] = {}
     done_units: dict[str, float] = {}
     pending_units: dict[str, float] = {}
     for t in tasks:
         part, units = _part(t, base_ids), _cost_rank(t)
-        out = cached_outcome(t, cache_dir)
+        out = outcomes.get(t.id)
         if out is None:
             pending_units[part] = pending_units.get(part, 0.0) + units
         elif out.result is not None:
@@ -500,17 +499,15 @@ def _pending_estimate(tasks: list[Task], cache_dir: Path, base_ids: set[str]) ->
                       "part, times the pending tasks' cost units"}
 
 
-def _wall_over_cpu(tasks: list[Task], cache_dir: Path) -> dict:
-    """Wall time over CPU time of the finished tasks that recorded both (engine of 2026-12-01 on).
+def _wall_over_cpu(outcomes) -> dict:
+    """Wall time over CPU time of the finished tasks (`runner.Outcome`s, None = not computed) that
+    recorded both (engine of 2026-12-01 on).
 
     Above 1 when other load on the machine stretched the single-threaded DFT processes: how far
     the wall-time columns and process-hours overstate the DFT cost.
     """
-    from esnet_tf.dft.runner import cached_outcome
-
     ratios = []
-    for t in tasks:
-        out = cached_outcome(t, cache_dir)
+    for out in outcomes:
         res = out.result if out is not None else None
         if res and res.get("cpu_time"):
             ratios.append(float(res["wall_time"]) / float(res["cpu_time"]))
