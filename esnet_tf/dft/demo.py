@@ -344,7 +344,8 @@ def assemble_cached(data_dir: Path, settings: DFTSettings | None = None) -> dict
                 n_pending_by_part={"base": sum(i in base_ids for i in pending),
                                    "harder": sum(i not in base_ids for i in pending),
                                    "augment": aug["n_pending"]},
-                augmentation=aug, process_hours_by_part=_process_hours(data_dir, base_ids, aug),
+                augmentation=aug,
+                process_hours_by_part=_process_hours(data_dir, {t.id: _part(t, base_ids) for t in tasks}, aug),
                 process_hours_pending_estimate=_pending_estimate(tasks, every, base_ids),
                 wall_over_cpu_time=_wall_over_cpu(every.values()))
     write_text(data_dir / "provenance.json", json.dumps(prov, indent=1))
@@ -447,19 +448,16 @@ def readme_with_counts(text: str, prov: dict) -> str:
     return text[:i] + "\n" + counts_markdown(prov) + "\n" + text[j:]
 
 
-def _process_hours(data_dir: Path, base_ids: set[str], aug: dict) -> dict:
-    """Process-hours (single-threaded wall time, IS + relaxation) of each part of labels.csv and
-    of the augmentation single points."""
+def _process_hours(data_dir: Path, part_of: dict[str, str], aug: dict) -> dict:
+    """Process-hours (single-threaded wall time, IS + relaxation) of each part (`_part`, by task id)
+    of labels.csv and of the augmentation single points."""
     import csv
 
     with open(data_dir / "labels.csv") as fh:
         rows = list(csv.DictReader(fh))
     out = {"base_eos": 0.0, "harder_optimizer": 0.0, "harder_eos_competitors": 0.0}
     for r in rows:
-        h = (float(r["is_wall_time_s"]) + float(r["relax_wall_time_s"])) / 3600
-        key = ("base_eos" if r["id"] in base_ids else
-               "harder_optimizer" if r.get("relax_kind") == "optimizer" else "harder_eos_competitors")
-        out[key] += h
+        out[part_of[r["id"]]] += (float(r["is_wall_time_s"]) + float(r["relax_wall_time_s"])) / 3600
     out["augmentation_single_points"] = aug["process_hours"]
     return {k: round(v, 3) for k, v in out.items()}
 
