@@ -321,6 +321,32 @@ def test_wall_over_cpu_time_of_the_tasks_that_recorded_both(tmp_path):
     assert ratio["n_tasks"] == 2 and ratio["median"] == 1.5 and ratio["p10"] == 1.1 and ratio["p90"] == 1.9
 
 
+def test_cpu_hours_count_cpu_time_where_recorded_and_wall_time_before(tmp_path):
+    import shutil
+
+    from esnet_tf.dft import demo
+    from esnet_tf.dft.runner import cached_outcome
+    from esnet_tf.dft.tasks import task_hash
+
+    variants = [t for t in demo.demo_tasks() if demo.parent_of(t.id)[1]]
+    done = [t for t in variants if (o := cached_outcome(t, DEMO / "calcs")) is not None and o.result is not None][:2]
+    if len(done) < 2:
+        pytest.skip("fewer than 2 finished variants in the demo cache")
+    for t, cpu in zip(done, (600.0, None)):  # the second recorded no CPU time (engine before 2026-12-01)
+        shutil.copytree(DEMO / "calcs" / task_hash(t), tmp_path / task_hash(t))
+        path = tmp_path / task_hash(t) / "result.json"
+        result = json.loads(path.read_text())
+        result.pop("cpu_time", None)
+        result["wall_time"] = 3600.0 if cpu is None else 1200.0
+        if cpu is not None:
+            result["cpu_time"] = cpu
+        path.write_text(json.dumps(result))
+    pending = next(t for t in variants if t not in done)
+    hours = demo._cpu_hours(done + [pending], {t.id: cached_outcome(t, tmp_path) for t in done + [pending]}, set())
+    assert hours == {"augmentation_single_points": {"hours": round((600 + 3600) / 3600, 3), "n_tasks": 2,
+                                                    "n_cpu_timed": 1}}
+
+
 def test_readme_dataset_paragraph_matches_the_committed_data(labels):
     """The top-level README's demo paragraph is what `esnet dft demo --assemble-only --readme README.md` writes."""
     from esnet_tf.dft.demo import SUMMARY_MARKERS, readme_with_summary, summary_paragraph

@@ -347,6 +347,7 @@ def assemble_cached(data_dir: Path, settings: DFTSettings | None = None) -> dict
                 augmentation=aug,
                 process_hours_by_part=_process_hours(data_dir, {t.id: _part(t, base_ids) for t in tasks}, aug),
                 process_hours_pending_estimate=_pending_estimate(tasks, every, base_ids),
+                cpu_hours_by_part=_cpu_hours(tasks, every, base_ids),
                 wall_over_cpu_time=_wall_over_cpu(every.values()))
     write_text(data_dir / "provenance.json", json.dumps(prov, indent=1))
     readme = data_dir / "README.md"
@@ -367,19 +368,28 @@ def counts_markdown(prov: dict) -> str:
     aug = prov["augmentation"]
     pend = prov["n_pending_by_part"]
     hours = prov["process_hours_by_part"]
-    lines += ["", "| part | done | pending | process-hours |", "|---|---|---|---|",
+    cpu = prov.get("cpu_hours_by_part", {})
+
+    def cpu_cell(part: str) -> str:
+        d = cpu.get(part)
+        return f"{d['hours']:.2f} ({d['n_cpu_timed']} of {d['n_tasks']} timed)" if d else "n/a"
+
+    lines += ["", "| part | done | pending | process-hours | CPU-hours |", "|---|---|---|---|---|",
               f"| base (cubic, EOS) | {prov['summary']['per_relax_kind'].get('eos', 0) - _n_new_eos(prov)} | "
-              f"{pend['base']} | {hours['base_eos']:.2f} |",
+              f"{pend['base']} | {hours['base_eos']:.2f} | {cpu_cell('base_eos')} |",
               f"| harder: optimizer | {prov['summary']['per_relax_kind'].get('optimizer', 0)} | "
-              f"{pend['harder']} (with competitors) | {hours['harder_optimizer']:.2f} |",
-              f"| harder: EOS competitors | {_n_new_eos(prov)} | | {hours['harder_eos_competitors']:.2f} |",
+              f"{pend['harder']} (with competitors) | {hours['harder_optimizer']:.2f} | {cpu_cell('harder_optimizer')} |",
+              f"| harder: EOS competitors | {_n_new_eos(prov)} | | {hours['harder_eos_competitors']:.2f} | "
+              f"{cpu_cell('harder_eos_competitors')} |",
               f"| augmentation single points | {aug['n_variants']} (of {aug['n_parents_with_variants']} parents) | "
-              f"{aug['n_pending']} | {hours['augmentation_single_points']:.2f} |",
+              f"{aug['n_pending']} | {hours['augmentation_single_points']:.2f} | "
+              f"{cpu_cell('augmentation_single_points')} |",
               "", f"Pending, estimated from the finished tasks' cost per atom: "
               f"{prov.get('process_hours_pending_estimate', {}).get('total', 'n/a')} process-hours. "
               f"Wall over CPU time of the {prov.get('wall_over_cpu_time', {}).get('n_tasks', 0)} tasks that "
               f"recorded both: median {prov.get('wall_over_cpu_time', {}).get('median', 'n/a')} (other load "
-              "stretches the wall times; the CPU times are the DFT cost).",
+              "stretches the wall times; the CPU times are the DFT cost). CPU-hours count CPU time where the "
+              "engine recorded it (2026-12-01 on) and wall time for the tasks before: an upper bound.",
               "", f"Assembled {prov['assembled']}; variants per kind: {aug['per_variant']}; "
               f"failed variants: {aug['n_failed']}; mean variant single point {aug['mean_wall_time_s']:.0f} s. "
               "Wall times are of single-threaded processes, two at a time on a shared 2-core machine."]
@@ -495,6 +505,26 @@ def _pending_estimate(tasks: list[Task], outcomes: dict, base_ids: set[str]) -> 
     return {"per_part": est, "total": round(sum(known), 1),
             "method": "finished tasks' process-hours per cost unit (atoms, x3 if spin-polarised) of the same "
                       "part, times the pending tasks' cost units"}
+
+
+def _cpu_hours(tasks: list[Task], outcomes: dict, base_ids: set[str]) -> dict:
+    """CPU hours of the finished tasks per part (`_part`): CPU time where the engine recorded it
+    (2026-12-01 on), wall time otherwise, an upper bound (other load stretches wall time).
+
+    `outcomes`: task id -> `runner.cached_outcome` (None = not computed). Per part: `hours`,
+    `n_tasks` and `n_cpu_timed` (how many of them recorded CPU time).
+    """
+    out: dict[str, dict] = {}
+    for t in tasks:
+        res = outcomes.get(t.id).result if outcomes.get(t.id) is not None else None
+        if not res:
+            continue
+        d = out.setdefault(_part(t, base_ids), {"hours": 0.0, "n_tasks": 0, "n_cpu_timed": 0})
+        timed = bool(res.get("cpu_time"))
+        d["hours"] += float(res["cpu_time"] if timed else res.get("wall_time", 0.0)) / 3600
+        d["n_tasks"] += 1
+        d["n_cpu_timed"] += timed
+    return {part: {**d, "hours": round(d["hours"], 3)} for part, d in out.items()}
 
 
 def _wall_over_cpu(outcomes) -> dict:
