@@ -16,8 +16,8 @@ predictor; gradient boosting on the fractional composition (`gbr_fraction`) and 
 element-property statistics (`gbr_magpie`, esnet_tf.baselines); ESNet `small` on IS-DOS
 (`esnet_is`), with the IS-augmentation variants of the training folds (`esnet_is_aug`), with the
 training folds' RS-DOS rows added (`esnet_is_rs`), as a correction to gbr_magpie cross-fitted
-inside the training folds (`esnet_residual`), with its size/regularisation chosen on the training
-folds' validation split (`esnet_is_select`), without attention (`esnet_is_no_attention`), with
+inside the training folds (`esnet_residual`), with its size and regularisation chosen by
+KerasTuner on the training folds' validation split (`esnet_is_tuned`), without attention (`esnet_is_no_attention`), with
 element-property means in the composition branch (`esnet_is_elements`), and on RS-DOS for
 training and test (`esnet_rs`, an upper bound). Every model except esnet_rs is tested
 on one IS per structure, the structure's own.
@@ -40,6 +40,7 @@ import argparse
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -68,7 +69,7 @@ MODELS = {
     "esnet_is_aug": "ESNet small on IS-DOS + the training folds' IS-augmentation variants",
     "esnet_is_rs": "ESNet small on IS-DOS + the training folds' RS-DOS rows",
     "esnet_residual": "gbr_magpie + ESNet small on IS-DOS trained on the cross-fitted residual",
-    "esnet_is_select": "ESNet on IS-DOS, config chosen on the training folds' validation split",
+    "esnet_is_tuned": "ESNet on IS-DOS, size and regularisation chosen by KerasTuner on the training folds",
     "esnet_is_no_attention": "ESNet small on IS-DOS without CBAM attention",
     "esnet_is_elements": "ESNet small on IS-DOS, composition branch with element-property means",
     "esnet_rs": "ESNet small on RS-DOS, trained and tested on RS-DOS (upper bound)",
@@ -76,7 +77,9 @@ MODELS = {
 COMPOSITION_MODELS = ("gbr_fraction", "gbr_magpie")
 RESIDUAL_BASELINE = "gbr_magpie"
 INNER_FOLDS = 5  # inner grouped cross-fitting of the residual's baseline
-SELECT_CONFIGS = ("small", "small_narrow_dropout")
+TUNE_SPACE = ROOT / "benchmarks" / "accuracy_search_space.json"  # esnet_is_tuned's search space
+TUNE_TRIALS = 6  # random-search trials per unit, each of max(1, epochs // 4) epochs (KerasTuner's Bayesian
+# optimisation samples its first 3 x 6 points at random anyway)
 TABLE_START, TABLE_END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
 N_BOOTSTRAP = 2000
 ARRAY_KEYS = ("dos_up", "dos_down", "composition", "id", "formula", "chemsys", "formation_energy_per_atom",
@@ -245,9 +248,6 @@ def esnet_config(name: str, work: Path) -> str:
         cfg = ESNetConfig.small().replace(use_attention=False)
     elif name == "small_element_properties":
         cfg = ESNetConfig.small().replace(element_properties=True)
-    elif name == "small_narrow_dropout":  # about half the width, dropout in the head
-        cfg = ESNetConfig.small().replace(stem_filters=8, stage_widths=(8, 12, 16, 24), merge_filters=24,
-                                          composition_units=16, head_units=(32, 16), dropout=0.2)
     else:
         raise ValueError(f"unknown ESNet variant {name!r}")
     from esnet_tf.atomic import write_text
@@ -280,6 +280,32 @@ def fit_esnet(train_arrays: dict, test_arrays: dict, work: Path, config: str, ep
     out = np.asarray(pred.predict(batch, source=str(work))).reshape(-1).astype(float)
     keep = {k: summary.get(k) for k in ("epochs_run", "best_epoch", "best_val_loss", "best_val_mae_ev_per_atom")}
     return out, keep
+
+
+def tune_esnet(train_arrays: dict, work: Path, epochs: int, seed: int, batch_size: int,
+               trials: int = TUNE_TRIALS, space: Path = TUNE_SPACE) -> tuple[str, dict]:
+    """KerasTuner random search (`trials` trials of max(1, epochs // 4) epochs) over
+    `space` on `train_arrays` only, with fit_esnet's validation split (10 % of their chemical
+    systems, split seed = `seed`) as the objective; (the chosen config's JSON path, notes)."""
+    from esnet_tf.atomic import write_text
+    from esnet_tf.tuning.search import TuneConfig, tune
+
+    if work.exists():
+        shutil.rmtree(work)  # a unit killed mid-search starts over
+    work.mkdir(parents=True)
+    idx = np.arange(len(train_arrays["id"]))
+    settings = TuneConfig(dataset=str(save_npz(train_arrays, idx, work / "train.npz")),
+                          labels=str(write_labels(train_arrays, idx, work / "labels.csv")),
+                          split_fractions=(0.9, 0.1, 0.0), split_seed=seed, tuner="random", max_trials=trials,
+                          epochs=max(1, epochs // 4), batch_size=batch_size, seed=seed, search_space=str(space))
+    with contextlib.redirect_stdout(io.StringIO()):  # the tuner's tables: the unit prints one line
+        summary = tune(settings, work, "search", retrain_epochs=0, export_dir=None, verbose=0)
+    best = summary["best_trials"][0]
+    path = work / "chosen.json"
+    write_text(path, json.dumps(best["config"]))
+    return str(path), {"n_trials": summary["n_trials"], "trial_epochs": settings.epochs,
+                       "best_trial_val_mae_ev_per_atom": best["val_mae_ev_per_atom"],
+                       "hyperparameters": best["hyperparameters"], "params": best["params"]}
 
 
 def residual_targets(study: Study, train_idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -339,15 +365,10 @@ def run_model(study: Study, model: str, fold_of_is: np.ndarray, k: int, folds: i
         pred = base_test + resid
         notes["inner_oof_baseline_mae"] = float(np.abs(oof - y[train_idx]).mean())
         notes["baseline_test_mae"] = float(np.abs(base_test - y[test_idx]).mean())
-    elif model == "esnet_is_select":
-        runs = {}
-        for name in SELECT_CONFIGS:
-            runs[name] = fit_esnet(take(study.is_, train_idx), test_is, unit / name, esnet_config(name, work),
-                                   epochs, seed, batch_size)
-        val = {n: r[1]["best_val_mae_ev_per_atom"] for n, r in runs.items()}
-        chosen = min(val, key=lambda n: math.inf if val[n] is None else val[n])
-        pred = runs[chosen][0]
-        notes.update(chosen=chosen, val_mae=val, train={n: r[1] for n, r in runs.items()})
+    elif model == "esnet_is_tuned":
+        train = take(study.is_, train_idx)
+        config, notes["tuned"] = tune_esnet(train, unit / "search", epochs, seed, batch_size)
+        pred, notes["train"] = fit_esnet(train, test_is, unit / "final", config, epochs, seed, batch_size)
     else:
         raise StudyError(f"unknown model {model!r}")
     if unit.exists():

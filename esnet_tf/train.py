@@ -501,7 +501,7 @@ def _train(config: TrainConfig, run_dir: Path, shared_dir: Path, strategy, *, re
     callbacks = [throughput] + _make_callbacks(run_dir, config, verbose, restore_dir=shared_dir)
     with compat.fit_scope(model, strategy):
         history = model.fit(pipe_train, validation_data=pipe_val, epochs=int(config.epochs),
-                            callbacks=callbacks, verbose=verbose)
+                            shuffle=False, callbacks=callbacks, verbose=verbose)  # the pipeline shuffles
     rows = _read_history(run_dir / "history.csv")
     val = [r["val_loss"] for r in rows]
     best = int(np.argmin(val)) if val else None

@@ -1,4 +1,4 @@
-"""The accuracy study's pieces (benchmarks/accuracy.py, esnet_tf/baselines.py), without training ESNet."""
+"""The accuracy study's pieces (benchmarks/accuracy.py, esnet_tf/baselines.py); ESNet trains only in tiny configs."""
 from __future__ import annotations
 
 import importlib.util
@@ -286,3 +286,33 @@ def test_terminating_the_study_stops_its_worker_processes(tmp_path):
     time.sleep(0.5)
     alive = [c for c in children if subprocess.run(["kill", "-0", c], capture_output=True).returncode == 0]
     assert not alive, f"worker processes {alive} outlived the study"
+
+
+def test_tuned_esnet_is_chosen_by_a_search_on_the_training_rows_only(acc, tmp_path):
+    """esnet_is_tuned: a real KerasTuner search on the training folds' rows; the best trial's config is kept."""
+    import json
+
+    from esnet_tf.model import ESNetConfig
+
+    _small_snapshot(tmp_path / "out", n=120)  # enough chemical systems for a 10 % validation split
+    study = acc.Study(tmp_path / "out", tmp_path / "work")
+    fold = study.folds(2, 0)
+    train_idx, test_idx = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
+    space = tmp_path / "space.json"  # tiny models: 1 stage, 1 head layer
+    space.write_text(json.dumps({"base": "small", "hyperparameters": {
+        "stem_filters": {"values": [4, 8]}, "n_stages": 1, "first_width": {"values": [4, 8]},
+        "composition_units": 8, "head_layers": 1, "head_width": {"values": [8, 16]},
+        "dropout": {"min": 0.0, "max": 0.2, "step": 0.1}}}))
+    work = tmp_path / "search"
+    path, notes = acc.tune_esnet(acc.take(study.is_, train_idx), work, epochs=4, seed=0, batch_size=16, trials=2,
+                                 space=space)
+    searched = np.load(work / "train.npz")["id"].tolist()
+    assert sorted(searched) == sorted(study.is_["id"][train_idx].tolist())
+    assert not set(searched) & set(study.is_["id"][test_idx].tolist())
+    scores = [json.loads(p.read_text())["score"] for p in (work / "search").glob("trial_*/trial.json")]
+    assert notes["n_trials"] == len(scores) == 2 and notes["trial_epochs"] == 1
+    assert notes["best_trial_val_mae_ev_per_atom"] == min(scores)
+    chosen = ESNetConfig.named(path)
+    assert chosen.stem_filters == notes["hyperparameters"]["stem_filters"]
+    assert chosen.stage_widths == (notes["hyperparameters"]["first_width"],)
+    assert chosen.head_units == (notes["hyperparameters"]["head_width"],)

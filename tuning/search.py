@@ -240,7 +240,7 @@ def tune(config: TuneConfig, directory: str | Path, project_name: str, *, overwr
     pipe_train = data.training_pipeline(train_ds, config.batch_size, seed=config.seed)
     pipe_val = data.training_pipeline(val_ds, config.batch_size, shuffle=False)
     t0 = time.time()
-    tuner.search(pipe_train, validation_data=pipe_val, epochs=config.epochs,
+    tuner.search(pipe_train, validation_data=pipe_val, epochs=config.epochs, shuffle=False,  # the pipeline shuffles
                  callbacks=[keras.callbacks.TerminateOnNaN()], verbose=verbose)
     if who == "worker":
         mine = sorted(t for t, r in _workers(project).items() if r.get("tuner_id") == tuner.tuner_id)
