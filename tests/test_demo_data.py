@@ -205,6 +205,19 @@ def test_noncubic_polymorph_orderings(labels, not_done, low, high):
     assert energy_or_skip(labels, not_done, low) < energy_or_skip(labels, not_done, high)
 
 
+# A3B compounds that order in L1_2 (Cu3Au-type) in experiment: PBE puts L1_2 below D0_3 for each, by
+# 40-360 meV/atom except Fe3Pt (~7 meV/atom). Not tested: Fe3Al, D0_3 in experiment, where this PBE
+# puts L1_2 ~4 meV/atom lower (inside the settings' accuracy); Al3Ti, Al3Zr, Ti3Al and Sc3Al, whose
+# ground states (D0_22, D0_23, D0_19) are in neither prototype.
+L12_IN_EXPERIMENT = ("AlNi3", "Cu3Au", "Cu3Pd", "FeNi3", "FePt3", "Fe3Pt", "GaNi3", "ScAl3", "TiPt3", "TiCo3",
+                     "MnNi3", "Zr3Al")
+
+
+@pytest.mark.parametrize("formula", L12_IN_EXPERIMENT)
+def test_a3b_l12_below_d03_where_experiment_has_l12(labels, not_done, formula):
+    assert energy_or_skip(labels, not_done, f"{formula}_l12") < energy_or_skip(labels, not_done, f"{formula}_d03")
+
+
 def test_pbe_puts_anatase_below_rutile(labels, not_done):
     """A known failure of PBE: anatase TiO2 comes out below rutile (by ~10-20 meV/atom in the
     literature), while rutile is the stable bulk phase in experiment (calorimetry)."""
