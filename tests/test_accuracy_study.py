@@ -316,3 +316,24 @@ def test_tuned_esnet_is_chosen_by_a_search_on_the_training_rows_only(acc, tmp_pa
     assert chosen.stem_filters == notes["hyperparameters"]["stem_filters"]
     assert chosen.stage_widths == (notes["hyperparameters"]["first_width"],)
     assert chosen.head_units == (notes["hyperparameters"]["head_width"],)
+
+
+def test_readme_table_is_the_summary_of_the_committed_units(tmp_path):
+    """README's accuracy table is what `accuracy.py --summary-only --readme README.md` writes from the
+    committed snapshot and unit records (run here on copies, so that nothing in the checkout changes)."""
+    import shutil
+    import subprocess
+    import sys
+
+    committed = ROOT / "benchmarks" / "results" / "accuracy"
+    shutil.copytree(committed / "cache", tmp_path / "cache")
+    for name in ("labels_snapshot.csv", "labels_augmented_snapshot.csv"):
+        shutil.copy(committed / name, tmp_path / name)
+    readme = tmp_path / "README.md"
+    shutil.copy(ROOT / "README.md", readme)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--out", str(tmp_path), "--summary-only",
+           "--readme", str(readme)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert readme.read_text(encoding="utf-8") == (ROOT / "README.md").read_text(encoding="utf-8"), (
+        "README.md's accuracy table is stale: run `python benchmarks/accuracy.py --summary-only --readme README.md`")
