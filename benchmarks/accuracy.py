@@ -31,7 +31,7 @@ the true E_f on the same out-of-fold hull. Each unit is written atomically to
 A unit being computed is locked (`esnet_tf.atomic.exclusive`), so several runs of the same command
 share the work; `--jobs N` starts N such worker processes (each with cores/N TensorFlow threads)
 and summarises when all have finished.
-Writes results.json and table.md in --out; `--readme FILE` rewrites the table between
+Writes results.json, table.md and accuracy.png (MAE with CIs per model, and a parity plot) in --out; `--readme FILE` rewrites the table between
 `<!-- accuracy-table:start -->` and `<!-- accuracy-table:end -->`.
 """
 from __future__ import annotations
@@ -80,6 +80,7 @@ INNER_FOLDS = 5  # inner grouped cross-fitting of the residual's baseline
 TUNE_SPACE = ROOT / "benchmarks" / "accuracy_search_space.json"  # esnet_is_tuned's search space
 TUNE_TRIALS = 6  # random-search trials per unit, each of max(1, epochs // 4) epochs (KerasTuner's Bayesian
 # optimisation samples its first 3 x 6 points at random anyway)
+FIGURE = "accuracy.png"  # in --out, with results.json and table.md
 TABLE_START, TABLE_END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
 N_BOOTSTRAP = 2000
 ARRAY_KEYS = ("dos_up", "dos_down", "composition", "id", "formula", "chemsys", "formation_energy_per_atom",
@@ -580,6 +581,59 @@ def table_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def study_figure(result: dict, units: dict[str, dict[tuple[int, int], dict]], path: Path) -> Path | None:
+    """accuracy.png: pooled out-of-fold MAE [95 % CI] per model (left), and predicted against true E_f of
+    esnet_is and the best composition model on one seed's out-of-fold predictions (right). None
+    when no model has a complete seed."""
+    from esnet_tf.screening.plots import _pyplot, _save
+
+    models, best = result["summary"]["models"], result["summary"]["best_composition_model"]
+    rows = sorted(((m, s["pooled_mae"]) for m, s in models.items() if s.get("pooled_mae")),
+                  key=lambda r: -r[1]["value"])  # the lowest MAE at the top
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.6), gridspec_kw={"width_ratios": [1.15, 1]})
+
+    def colour(model: str) -> str:
+        return "tab:blue" if model.startswith("esnet") else "0.35" if model in COMPOSITION_MODELS else "0.65"
+
+    for i, (m, d) in enumerate(rows):
+        left.errorbar(d["value"], i, xerr=[[d["value"] - d["ci_low"]], [d["ci_high"] - d["value"]]], fmt="o",
+                      color=colour(m), capsize=3, ms=5)
+    left.set_yticks(range(len(rows)), [f"{m} ({_n(len(models[m]['complete_seeds']), 'seed')})" for m, _ in rows],
+                    fontsize=8)
+    if best:
+        left.axvline(models[best]["pooled_mae"]["value"], color="0.35", ls=":", lw=0.8)
+    left.set_xlabel("MAE (eV/atom), pooled out of fold, 95 % bootstrap CI")
+    left.set_title(f"{result['n_structures']} structures, grouped {result['folds']}-fold CV", fontsize=9)
+    shown = [m for m in (best, "esnet_is") if m and models.get(m, {}).get("complete_seeds")]
+    seeds = sorted(set.intersection(*(set(models[m]["complete_seeds"]) for m in shown))) if shown else []
+    lo, hi = math.inf, -math.inf
+    for m in shown if seeds else []:
+        got = [units[m][(k, seeds[0])] for k in range(result["folds"])]
+        truth = np.concatenate([r["truth"] for r in got])
+        pred = np.concatenate([r["pred"] for r in got])
+        right.scatter(truth, pred, s=9, alpha=0.6, edgecolors="none", color=colour(m),
+                      label=f"{m}: MAE {np.abs(pred - truth).mean():.3f}")
+        lo, hi = min(lo, truth.min(), pred.min()), max(hi, truth.max(), pred.max())
+    if seeds:
+        pad = 0.05 * (hi - lo)
+        right.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=0.8)
+        right.set_xlim(lo - pad, hi + pad)
+        right.set_ylim(lo - pad, hi + pad)
+        right.legend(fontsize=8, loc="upper left")
+        right.set_title(f"out-of-fold predictions, seed {seeds[0]}", fontsize=9)
+    right.set_xlabel("true formation energy (eV/atom)")
+    right.set_ylabel("predicted (eV/atom)")
+    fig.tight_layout()
+    return _save(fig, path, 120)
+
+
 def rewrite_readme(text: str, table: str) -> str:
     """README text with the block between TABLE_START and TABLE_END replaced by `table`."""
     a, b = text.find(TABLE_START), text.find(TABLE_END)
@@ -779,6 +833,9 @@ def run(args: argparse.Namespace) -> dict:
     table = table_markdown(result)
     write_text(out / "table.md", table)
     print(table)
+    figure = study_figure(result, units, out / FIGURE)
+    if figure is not None:
+        print(f"wrote {figure}")
     if args.readme:
         readme = Path(args.readme)
         write_text(readme, rewrite_readme(readme.read_text(encoding="utf-8"), table))

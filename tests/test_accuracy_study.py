@@ -335,5 +335,6 @@ def test_readme_table_is_the_summary_of_the_committed_units(tmp_path):
            "--readme", str(readme)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert readme.read_text(encoding="utf-8") == (ROOT / "README.md").read_text(encoding="utf-8"), (
         "README.md's accuracy table is stale: run `python benchmarks/accuracy.py --summary-only --readme README.md`")
