@@ -2,7 +2,7 @@
 
     esnet dft run STRUCTURES... --out DIR [--relax eos] [--workers 2]
     esnet dft demo [--out DIR] [--workers 2] [--part all|base|harder|augment|new]   # the demo dataset, resuming from the packaged one
-    esnet dft compact DIR                                     # older DOS files rewritten ~40 % smaller, same numbers
+    esnet dft compact DIR                                     # older DOS files rewritten at about half the size, same numbers
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     q = sub.add_parser("compact", help="shrink the DOS files of a DFT cache (same numbers)",
                        description="Rewrite the *.gpawdos.npz files of an `esnet dft` output written before "
                                    "2026-12 in the compact layout: the same float32 PDOS and energies (eV), about "
-                                   "40 % smaller; result.json records the new sizes. Refused while a job runs on it.")
+                                   "half the size (46 % on the demo cache); result.json records the new sizes. Refused while a job runs on it.")
     q.add_argument("dir", metavar="DIR", help="an `esnet dft` output directory (with calcs/) or its calcs/ cache")
 
 
