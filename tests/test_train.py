@@ -153,14 +153,45 @@ def test_run_dir_contents_and_validation_selection():
     assert cfg["data"]["n_train"] + cfg["data"]["n_validation"] < n_all
 
 
-def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
-    """Kill `esnet train` mid-run; `--resume` ends with the epochs an uninterrupted run has."""
+UNINTERRUPTED_EPOCHS = 8
+
+
+@lru_cache(maxsize=1)
+def uninterrupted_run() -> dict:
+    """The tiny config trained for UNINTERRUPTED_EPOCHS with backups (the default): summary, history, dir."""
     from esnet_tf.train import train
 
-    epochs = 8
+    run_dir = _workdir() / "uninterrupted"
+    summary = train(settings_for(str(tiny_config_file()), UNINTERRUPTED_EPOCHS), run_dir, verbose=0)
+    return {"summary": summary, "history": read_history(run_dir / "history.csv"), "dir": run_dir}
+
+
+def test_no_backups_trains_the_same_and_writes_the_same_best_model(tmp_path):
+    """--no-backups: same epochs and losses, best.keras of the same epoch, and no backup written."""
+    from esnet_tf.model import load_model
+    from esnet_tf.train import train
+
+    ref = uninterrupted_run()
+    settings = settings_for(str(tiny_config_file()), UNINTERRUPTED_EPOCHS, backups=False)
+    summary = train(settings, tmp_path / "run", verbose=0)
+    hist = read_history(tmp_path / "run" / "history.csv")
+    assert len(hist) == len(ref["history"]) and summary["best_epoch"] == ref["summary"]["best_epoch"]
+    for a, b in zip(hist, ref["history"]):
+        assert math.isclose(a["val_loss"], b["val_loss"], rel_tol=1e-4, abs_tol=1e-6)
+    assert not (tmp_path / "run" / "backup").exists()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []
+    batch = {k: v[:6] for k, v in real_data()["arrays"].items() if k in ("dos_up", "dos_down", "composition")}
+    got = load_model(tmp_path / "run" / "best.keras").predict_on_batch(batch)
+    want = load_model(ref["dir"] / "best.keras").predict_on_batch(batch)
+    got, want = (np.asarray(x["formation_energy_per_atom"] if isinstance(x, dict) else x) for x in (got, want))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
+    """Kill `esnet train` mid-run; `--resume` ends with the epochs an uninterrupted run has."""
+    epochs = UNINTERRUPTED_EPOCHS
     settings = settings_for(str(tiny_config_file()), epochs)
-    reference = train(settings, tmp_path / "uninterrupted", verbose=0)
-    ref_hist = read_history(tmp_path / "uninterrupted" / "history.csv")
+    reference, ref_hist = uninterrupted_run()["summary"], uninterrupted_run()["history"]
 
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "esnet_tf.cli", "train", "--dataset", settings.dataset, "--labels",
@@ -292,7 +323,7 @@ def test_train_config_defaults_and_round_trip():
         "lr_patience": 15, "min_lr": 0.0, "early_stopping_patience": 35, "seed": 0,
         "cache": "memory", "shuffle_buffer": 10_000, "dropout": None, "bn_momentum": None,
         "split_fractions": None, "split_seed": 0, "strategy": "default", "sync_batchnorm": True,
-        "precision": "float32"}
+        "precision": "float32", "backups": True}
     config = TrainConfig(dataset="f.npz", labels="l.csv", config={"name": "tiny"}, split_fractions=[0.6, 0.2, 0.2],
                          dropout=0.1)
     stored = json.loads(json.dumps(config.to_dict()))
