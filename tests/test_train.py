@@ -369,7 +369,9 @@ def test_cli_resume_keeps_stored_settings_unless_given_again():
     config = config_from_args(build_parser(argv).parse_args(argv), stored)
     assert (config.epochs, config.split_fractions) == (9, (0.8, 0.1, 0.1))  # given again
     assert (config.dataset, config.batch_size, config.learning_rate) == ("f.npz", 4, 1e-3)  # stored
-    assert config.loss == "log_cosh"  # neither: the default
+    assert config.loss == "log_cosh" and config.backups  # neither: the default
+    argv = ["train", "--dataset", "f.npz", "--no-backups"]
+    assert config_from_args(build_parser(argv).parse_args(argv)).backups is False
     argv = ["train", "--dataset", "f.npz", "--epochs", "0"]
     with pytest.raises(UserError, match="--epochs must be an integer >= 1"):
         config_from_args(build_parser(argv).parse_args(argv))
