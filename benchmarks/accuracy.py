@@ -274,7 +274,8 @@ def fit_esnet(train_arrays: dict, test_arrays: dict, work: Path, config: str, ep
     labels = write_labels(train_arrays, idx, work / "labels.csv")
     settings = TrainConfig(dataset=str(npz), labels=str(labels), config=config, epochs=epochs, seed=seed,
                            batch_size=batch_size, split_fractions=(0.9, 0.1, 0.0), split_seed=seed,
-                           early_stopping_patience=max(10, epochs // 2), lr_patience=max(5, epochs // 4))
+                           early_stopping_patience=max(10, epochs // 2), lr_patience=max(5, epochs // 4),
+                           backups=False)  # a killed unit starts over anyway; saves ~14 % of a unit
     summary = train(settings, work / "run", verbose=0)
     pred = Predictor(work / "run" / "best.keras")
     batch = {k: test_arrays[k] for k in ("dos_up", "dos_down", "composition", "id")}

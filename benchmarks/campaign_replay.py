@@ -89,7 +89,8 @@ def train_member(arrays: dict, train_idx: np.ndarray, test_idx: np.ndarray, work
     settings = TrainConfig(dataset=str(npz), labels=str(labels), config=acc.esnet_config(config, work),
                            epochs=epochs, seed=seed,
                            batch_size=batch_size, split_fractions=(0.9, 0.1, 0.0),
-                           early_stopping_patience=max(10, epochs // 2), lr_patience=max(5, epochs // 4))
+                           early_stopping_patience=max(10, epochs // 2), lr_patience=max(5, epochs // 4),
+                           backups=False)  # a killed fit starts over anyway
     train(settings, work / "run", verbose=0)
     pred = Predictor(work / "run" / "best.keras")
     batch = {k: arrays[k][test_idx] for k in ("dos_up", "dos_down", "composition")}

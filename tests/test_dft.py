@@ -162,17 +162,26 @@ def test_memoised_prototype_cell_equals_a_fresh_build(name, species):
     np.testing.assert_allclose(built.lattice.matrix, fresh.lattice.matrix, atol=1e-9)
 
 
-def test_optimizer_relaxation_goes_downhill_on_the_fixed_cutoff_energy(tmp_path):
+def _mg_hcp() -> Task:
+    from esnet_tf.dft.prototypes import noncubic_structure
+
+    return Task("Mg_hcp", noncubic_structure("hcp", ["Mg"]), TINY, relax="optimizer", prototype="hcp")
+
+
+@pytest.fixture(scope="module")
+def mg_hcp_relaxed(tmp_path_factory):
+    (out,) = run_tasks([_mg_hcp()], tmp_path_factory.mktemp("mg"), progress=False)
+    return out
+
+
+def test_optimizer_relaxation_goes_downhill_on_the_fixed_cutoff_energy(mg_hcp_relaxed):
     """EOS scan, then BFGS with the Pulay-calibrated stress: hcp Mg (contact-rule IS 6 % too small)
     relaxes downhill, keeps its symmetry and records how. (Oxides need the real cutoff: at 300 eV
     the Pulay stress of O is ~100 GPa and the fixed-cutoff energy is not smooth in the cell.)"""
     from pymatgen.core import Structure
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    from esnet_tf.dft.prototypes import noncubic_structure
-
-    t = Task("Mg_hcp", noncubic_structure("hcp", ["Mg"]), TINY, relax="optimizer", prototype="hcp")
-    (out,) = run_tasks([t], tmp_path, progress=False)
+    t, out = _mg_hcp(), mg_hcp_relaxed
     assert out.status == "done", out.reason
     r = out.result
     assert r["relax_kind"] == "optimizer" and r["relax_converged"] is True
@@ -182,6 +191,65 @@ def test_optimizer_relaxation_goes_downhill_on_the_fixed_cutoff_energy(tmp_path)
     assert SpacegroupAnalyzer(rs, symprec=1e-3).get_space_group_symbol() == "P6_3/mmc"
     assert r["rs_scale"] == pytest.approx((rs.volume / t.structure.volume) ** (1 / 3)) and r["rs_scale"] > 1.02
     assert not (out.workdir / "gpaw_fd.tmp").exists()
+    assert not (out.workdir / "progress.json").exists() and "progress_runs" not in r  # one run, journal removed
+
+
+def test_a_killed_relaxation_continues_from_its_progress_journal(mg_hcp_relaxed, tmp_path):
+    """SIGKILL the worker after two BFGS steps; the rerun reuses the journaled IS and EOS points
+    and BFGS state, and ends where the uninterrupted relaxation ends."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from esnet_tf.dft.tasks import task_hash
+
+    t = _mg_hcp()
+    workdir = tmp_path / task_hash(t)
+    workdir.mkdir()
+    (workdir / "task.json").write_text(json.dumps(t.to_dict()))
+    journal = workdir / "progress.json"
+    proc = subprocess.Popen([sys.executable, "-m", "esnet_tf.dft.worker", str(workdir / "task.json"), str(workdir)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline, saved = time.time() + 600, {}
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            saved = json.loads(journal.read_text())["parts"]
+        except (OSError, ValueError, KeyError):
+            saved = {}
+        if (saved.get("bfgs", {}).get("opt") or {}).get("nsteps", 0) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the relaxation ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (workdir / "result.json").exists() and len(saved["eos_points"]) >= 2
+
+    (out,) = run_tasks([t], tmp_path, progress=False)
+    assert out.status == "done", out.reason
+    r, ref = out.result, mg_hcp_relaxed.result
+    assert r["progress_runs"] == 2 and not journal.exists()
+    assert r["is_energy"] == saved["is_point"]["energy"]  # not recomputed
+    assert [p["energy"] for p in r["eos_points"][1:]] == [p["energy"] for p in saved["eos_points"]]
+    assert r["relax_steps"] >= 2 and r["relax_converged"] is True
+    assert r["rs_energy"] / r["n_atoms"] == pytest.approx(ref["rs_energy"] / ref["n_atoms"], abs=1e-3)
+    assert r["rs_scale"] == pytest.approx(ref["rs_scale"], abs=2e-3)
+    assert r["wall_time"] > r["is_wall_time"] + sum(p["wall_time"] for p in r["eos_points"][1:])
+
+
+def test_a_progress_journal_of_another_task_is_ignored(tmp_path):
+    from esnet_tf.dft.progress import Progress
+
+    a = Task("Cu_fcc", prototype_structure("fcc", ["Cu"], 3.63), TINY, relax="eos")
+    b = Task("Cu_fcc", prototype_structure("fcc", ["Cu"], 3.70), TINY, relax="eos")
+    p = Progress(a, tmp_path)
+    p.put("eos_points", [{"scale": 0.96, "energy": -1.0}])
+    assert Progress(a, tmp_path).get("eos_points") == [{"scale": 0.96, "energy": -1.0}]
+    assert Progress(a, tmp_path).runs == 2 and Progress(b, tmp_path).get("eos_points") is None
+    (tmp_path / "progress.json").write_text("{truncated")
+    assert Progress(a, tmp_path).get("eos_points") is None and not Progress(a, tmp_path).resumed
 
 
 def test_an_scf_that_does_not_converge_is_retried_with_the_damped_mixer(tmp_path, monkeypatch):

@@ -101,7 +101,7 @@ def plan():
 
 
 def test_plan_parts_augmentation_and_splits(plan):
-    from esnet_tf.dft.demo import demo_tasks, parent_of
+    from esnet_tf.dft.demo import demo_tasks, parent_of, wants_rattle
     from esnet_tf.splits import split_of
 
     by_id = {t.id: t for t in plan}
@@ -122,8 +122,33 @@ def test_plan_parts_augmentation_and_splits(plan):
     # the base part first (the pending A3B cells finish before anything new), rattles last
     n_base = 365
     assert all(parent_of(t.id)[1] == "" and t.relax != "optimizer" for t in plan[:n_base])
-    tail = [parent_of(t.id)[1] for t in plan[-sum(per_parent.values()) // 20:]]
-    assert set(tail) == {"rattle"}
+    kinds = [parent_of(t.id)[1] for t in plan]
+    first_rattle = kinds.index("rattle")
+    assert set(kinds[first_rattle:]) == {"rattle"}
+    rattled = {parent_of(t.id)[0] for t in variants if parent_of(t.id)[1] == "rattle"}
+    assert rattled == {t.id for t in relaxed if wants_rattle(t)} and 0 < len(rattled) < len(relaxed)
+
+
+def test_rattles_only_where_their_kpoints_are_affordable(plan):
+    """`rattled_kpoints` is the irreducible count of a P1 cell (spglib, time reversal only), and
+    every planned rattle stays within RATTLE_MAX_KPOINTS of them."""
+    import spglib
+
+    from esnet_tf.dft.demo import RATTLE_MAX_KPOINTS, parent_of, rattled_kpoints
+    from esnet_tf.dft.engine import kpoint_mesh, is_spin_polarized
+
+    by_id = {t.id: t for t in plan}
+    rattles = [t for t in plan if parent_of(t.id)[1] == "rattle"]
+    for t in rattles[:3] + rattles[-3:]:
+        s, mesh = t.structure, kpoint_mesh(t)
+        cell = (s.lattice.matrix, s.frac_coords, [site.specie.Z for site in s])
+        mapping, _ = spglib.get_ir_reciprocal_mesh(mesh, cell, is_shift=[0, 0, 0], is_time_reversal=True)
+        assert len(np.unique(mapping)) == rattled_kpoints(mesh), t.id
+    for t in rattles:
+        parent = by_id[parent_of(t.id)[0]]
+        assert len(parent.structure) == 2 and not is_spin_polarized(parent)
+        assert kpoint_mesh(t) == kpoint_mesh(parent) and rattled_kpoints(kpoint_mesh(t)) <= RATTLE_MAX_KPOINTS
+    assert rattled_kpoints((10, 10, 10)) == 504 and rattled_kpoints((5, 5, 5)) == 63
 
 
 def test_harder_compositions_have_competitors(plan):

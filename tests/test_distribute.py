@@ -173,7 +173,7 @@ def test_two_workers_equal_one_process(tmp_path):
     step sees the statistics of the whole global batch. Why not bit-identical: float32 sums are
     taken in another order (two partial sums all-reduced; oneDNN kernels on half batches), ~1e-7
     relative per step, which Adam carries forward. Tolerances (below) are per
-    epoch: epoch 0 to float32 order, later epochs looser, measured on the demo's first rows.
+    epoch: epoch 0 to float32 order, later epochs looser, measured on test_train.ROW_IDS.
     """
     ref = reference()
     run_dir = tmp_path / "mw"
@@ -199,7 +199,7 @@ def test_two_workers_equal_one_process(tmp_path):
     hist = read_history(run_dir / "history.csv")
     assert [int(h["epoch"]) for h in hist] == list(range(EPOCHS))
     # Epoch 0 is the structural check: same batches, halves all-reduced, synchronised BN, so it
-    # agrees to float32 summation order (measured 6e-7 relative on the 442-row demo's first rows).
+    # agrees to float32 summation order (measured 6e-7 relative on test_train.ROW_IDS).
     # Later epochs drift as Adam amplifies that noise (its update is ~lr * sign(g) for small g):
     # measured 1.8e-3 and 5.6e-3 relative in the loss at epochs 1 and 2, 1.7e-2 in val_loss at epoch 2.
     for mine, theirs in zip(hist, ref["history"]):

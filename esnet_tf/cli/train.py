@@ -66,6 +66,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=None,
                    help="with several replicas, BatchNormalization uses the statistics of the global batch "
                    "(as one process would) instead of each replica's [default: on]")
+    p.add_argument("--backups", action=argparse.BooleanOptionalAction, default=None,
+                   help="write a backup every epoch (for --resume) and best.keras at each improvement; "
+                   "--no-backups keeps the best weights in memory and writes best.keras once at the end "
+                   "(faster for short runs; a killed run starts over) [default: on]")
     p.add_argument("--precision", choices=PRECISIONS,
                    help="compute precision (variables and loss stay float32): auto = bfloat16 on a CPU with "
                    "native bf16 (AVX512_BF16/AMX), float16 mixed precision on a GPU, else float32; see "

@@ -9,7 +9,7 @@ Three parts (`part=` of `demo_tasks`, `--part` of `esnet dft demo`):
   (`relax="optimizer"`), each composition with cubic (EOS) competitors;
 - "augment": IS augmentation (Gibson et al., arXiv 2202.13947): for every relaxed structure,
   more initial structures (lattice scalings and a uniaxial strain drawn from the spread of the
-  contact rule's own error, rattled positions in small cells), each with its own IS single point
+  contact rule's own error, rattled positions in small cells with few k-points), each with its own IS single point
   and the relaxed label of its parent (`labels_augmented.csv`, not `labels.csv`).
 
 Formation energies are against the lowest computed elemental phase (O, F, Cl, N: the dimer in
@@ -135,9 +135,15 @@ CONTACT_RULE_SPREAD = 0.09
 #: Gaussian width (Å, per Cartesian component) of the rattled variant's displacements.
 RATTLE_SIGMA = 0.05
 #: Variants of every relaxed structure: two isotropic scalings (one compressed, one expanded),
-#: a uniaxial strain along z, and (2-atom, non-magnetic cells only: a rattle removes the crystal
-#: symmetry and multiplies the k-points ~10-20x) rattled positions.
+#: a uniaxial strain along z, and rattled positions where the symmetry loss is affordable
+#: (`wants_rattle`).
 VARIANTS = ("iso_a", "iso_b", "strain_c", "rattle")
+#: A rattle keeps time reversal as its only symmetry, so its single point costs in proportion to
+#: `rattled_kpoints` of the parent's mesh: 8.6x the parent's irreducible k-points (median over the
+#: 149 two-atom non-magnetic cells of the plan; 5.6-10.4x, 10th-90th percentile). Rattles are
+#: computed where that stays at most this many k-points (33 of those 149 cells; all 149 would
+#: cost about as much as 700 other variants).
+RATTLE_MAX_KPOINTS = 150
 #: separator of parent id and variant name in an augmented id: "NaCl_rocksalt__iso_a"
 VARIANT_SEP = "__"
 
@@ -183,17 +189,27 @@ def variant_structure(parent_id: str, structure, variant: str):
     return s
 
 
-def _wants_rattle(t: Task) -> bool:
-    from esnet_tf.dft.engine import is_spin_polarized
+def rattled_kpoints(mesh: tuple[int, int, int]) -> int:
+    """Irreducible k-points of a Gamma-centred mesh whose only symmetry is time reversal (k ~ -k)."""
+    n = int(np.prod(mesh))
+    self_conjugate = int(np.prod([1 if k % 2 else 2 for k in mesh]))  # k = -k: 0 and, if even, n/2
+    return (n + self_conjugate) // 2
 
-    return len(t.structure) == 2 and not is_spin_polarized(t)
+
+def wants_rattle(t: Task) -> bool:
+    """A rattled variant for 2-atom non-magnetic cells whose rattled mesh is affordable
+    (`rattled_kpoints` <= RATTLE_MAX_KPOINTS)."""
+    from esnet_tf.dft.engine import is_spin_polarized, kpoint_mesh
+
+    return (len(t.structure) == 2 and not is_spin_polarized(t)
+            and rattled_kpoints(kpoint_mesh(t)) <= RATTLE_MAX_KPOINTS)
 
 
 def variant_tasks(parent: Task, variants: tuple[str, ...] = VARIANTS) -> list[Task]:
     """Augmentation tasks of a relaxed parent: IS single points (relax="none") of its variants."""
     out = []
     for v in variants:
-        if v == "rattle" and not _wants_rattle(parent):
+        if v == "rattle" and not wants_rattle(parent):
             continue
         out.append(Task(id=f"{parent.id}{VARIANT_SEP}{v}", structure=variant_structure(parent.id, parent.structure, v),
                         settings=parent.settings, relax="none", kind=parent.kind, prototype=parent.prototype,
@@ -612,7 +628,8 @@ def assemble_augmented(data_dir: Path, outcomes: list, variants: list[Task], pro
             "variants": {"iso_a / iso_b": f"lattice constant x (1 -/+ {CONTACT_RULE_SPREAD} |z|), |z| in [0.3, 2]",
                          "strain_c": f"z axis x (1 +- {CONTACT_RULE_SPREAD} |z|)",
                          "rattle": f"Gaussian displacements, {RATTLE_SIGMA} A per component, 2-atom "
-                                   "non-magnetic cells", "seed": "sha256(parent id : variant)",
+                                   f"non-magnetic cells whose rattled mesh has <= {RATTLE_MAX_KPOINTS} "
+                                   "irreducible k-points (time reversal only)", "seed": "sha256(parent id : variant)",
                          "spread": "CONTACT_RULE_SPREAD = std of rs_scale over the EOS-relaxed examples"},
             "reference": "Gibson et al., arXiv:2202.13947 (IS augmentation)"}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from esnet_tf.dft.progress import Progress
 from esnet_tf.dft.settings import DFTSettings
 from esnet_tf.dft.tasks import OPTIMIZER, Task
 from esnet_tf.isdos import ORBITALS
@@ -253,21 +254,35 @@ def next_eos_scale(points: list[dict], step: float) -> float | None:
     return best + sign * step * float(np.clip(jump, 1.0, 3.0))
 
 
-def eos_scan(task: Task, is_point: dict, workdir: Path) -> tuple[float, list[dict]]:
-    """Isotropic lattice scan of `relax_eos` (no final single point): (vertex scale, points)."""
+def _journaled_point(task: Task, scale: float, workdir: Path, progress: Progress | None) -> dict:
+    """The single point (no DOS) at `scale`: from the task's progress journal, else computed and journaled."""
+    done = progress.get("eos_points", []) if progress is not None else []
+    for p in done:
+        if abs(p["scale"] - scale) < 1e-12:  # scales come from journaled values: the same floats
+            return p
+    point = single_point(task, scale, workdir / "gpaw.txt", None)
+    if progress is not None:
+        progress.put("eos_points", done + [point])
+    return point
+
+
+def eos_scan(task: Task, is_point: dict, workdir: Path, progress: Progress | None = None) -> tuple[float, list[dict]]:
+    """Isotropic lattice scan of `relax_eos` (no final single point): (vertex scale, points).
+
+    With `progress`, points an earlier run of the task finished are taken from its journal."""
     st = task.settings
     points = [is_point]
     for s in (1 - st.eos_step, 1 + st.eos_step):
-        points.append(single_point(task, s, workdir / "gpaw.txt", None))
+        points.append(_journaled_point(task, s, workdir, progress))
     for _ in range(st.eos_max_extra):
         nxt = next_eos_scale(points, st.eos_step)
         if nxt is None:
             break
-        points.append(single_point(task, nxt, workdir / "gpaw.txt", None))
+        points.append(_journaled_point(task, nxt, workdir, progress))
     return _parabola_min(points), points
 
 
-def relax_eos(task: Task, is_point: dict, workdir: Path) -> dict:
+def relax_eos(task: Task, is_point: dict, workdir: Path, progress: Progress | None = None) -> dict:
     """Isotropic EOS relaxation: scan the lattice constant and refine at the fitted minimum.
 
     Points at 1 +- eos_step around the IS, extended outward while the lowest point is at the
@@ -275,7 +290,7 @@ def relax_eos(task: Task, is_point: dict, workdir: Path) -> dict:
     the vertex of a parabola through the lowest three points
     (energy vs lattice scale), and a single point there (with DOS) gives the RS energy.
     """
-    s0, points = eos_scan(task, is_point, workdir)
+    s0, points = eos_scan(task, is_point, workdir, progress)
     rs = single_point(task, s0, workdir / "gpaw.txt", workdir / f"rs{GPAW_DOS_SUFFIX}")
     return {"scale": s0, "energy": rs["energy"], "rs_point": rs, "eos_points": points,
             "structure": _scaled(task, s0)}
@@ -312,7 +327,28 @@ class _VolumeRunaway(RuntimeError):
     pass
 
 
-def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None) -> dict:
+def _bfgs_state(opt, steps_before: int) -> dict:
+    """What BFGS needs to continue in another process: its coordinates (positions and cell
+    deformation of the filter), Hessian, previous point, step limit and step count."""
+    arr = lambda a: None if a is None else np.asarray(a).tolist()  # noqa: E731
+    return {"x": arr(opt.optimizable.get_x()), "hessian": arr(opt.state.hessian) if opt.state is not None else None,
+            "pos0": arr(opt.pos0), "forces0": arr(opt.forces0), "maxstep": float(opt.maxstep),
+            "nsteps": steps_before + int(opt.nsteps)}
+
+
+def _restore_bfgs(opt, saved: dict) -> int:
+    """Put a journaled `_bfgs_state` back into a new BFGS on the same filter; returns its step count."""
+    from ase.optimize.bfgs import BFGSMethod
+
+    opt.optimizable.set_x(np.array(saved["x"]))
+    if saved["hessian"] is not None:
+        opt.state = BFGSMethod(np.array(saved["hessian"]))
+        opt.pos0, opt.forces0 = np.array(saved["pos0"]), np.array(saved["forces0"])
+    opt.maxstep = saved["maxstep"]
+    return int(saved["nsteps"])
+
+
+def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, progress: Progress | None = None) -> dict:
     """General relaxation: an isotropic EOS scan, then BFGS on positions and cell (FrechetCellFilter),
     then a DOS single point.
 
@@ -327,6 +363,9 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None) -> 
     `volume_range` of the scan's vertex stops BFGS (flagged not converged); settings in
     `tasks.OPTIMIZER`. The k-point mesh of the initial cell is held throughout, including the final single point. The space group of the initial
     structure is kept (ASE FixSymmetry). `scale` is (V_RS / V_IS)^(1/3).
+
+    With `progress`, the EOS points, the corrections and the BFGS state after every step are
+    journaled, and a rerun of a killed task continues from them (the SCF in flight is redone).
     """
     from ase.filters import FrechetCellFilter
     from ase.optimize import BFGS
@@ -336,15 +375,19 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None) -> 
     mesh = kpoint_mesh(task)
     if is_point is None:
         is_point = single_point(task, 1.0, workdir / "gpaw.txt", None)
-    s0, points = eos_scan(task, is_point, workdir)
+    s0, points = eos_scan(task, is_point, workdir, progress)
     atoms = _atoms(task, s0)
     # GPAW symmetrises with the symmorphic operations only; hcp, wurtzite, NiAs, rutile and anatase are
     # non-symmorphic, and noise in the unconstrained force components lowers their symmetry (tiny-settings
     # hcp Mg ended in P-3m1). FixSymmetry symmetrises forces and stress with the full space group.
     from ase.constraints import FixSymmetry
 
-    atoms.set_constraint(FixSymmetry(atoms, symprec=1e-3))
+    atoms.set_constraint(FixSymmetry(atoms, symprec=1e-3))  # of the vertex, also when resumed
     v_ref = atoms.get_volume()
+    saved = dict((progress.get("bfgs") if progress is not None else None) or {})
+    if saved:  # the start of the stage in progress (or, when done, the relaxed geometry)
+        atoms.set_cell(np.array(saved["cell"]), scale_atoms=False, apply_constraint=False)
+        atoms.set_positions(np.array(saved["positions"]), apply_constraint=False)
     atoms.calc = _calculator(task, len(atoms), workdir / "gpaw.txt", mesh)
     fd_log = workdir / "gpaw_fd.tmp"  # ignored by git, like gpaw.txt
 
@@ -354,19 +397,35 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None) -> 
             raise _VolumeRunaway
 
     curvature = max(_parabola_curvature(points), 1e-3)  # d2E/ds2 of the scan, eV per cell
-    corrections, drifts, n_steps, converged = [], [], 0, False
+    corrections, drifts = list(saved.get("corrections", [])), list(saved.get("drifts", []))
+    n_steps, converged, done = int(saved.get("n_steps", 0)), bool(saved.get("converged", False)), saved.get("done", False)
+
+    def journal(stage_cell, stage_positions, **extra) -> None:
+        if progress is not None:
+            progress.put("bfgs", {"corrections": corrections, "drifts": drifts, "n_steps": n_steps,
+                                  "converged": converged, "done": done, "cell": stage_cell,
+                                  "positions": stage_positions, **extra})
+
     try:
-        corrections.append(-float(np.trace(atoms.get_stress(voigt=False))) / 3.0)
-        for _ in range(max_stages):
+        if not corrections:
+            corrections.append(-float(np.trace(atoms.get_stress(voigt=False))) / 3.0)
+        while not done:
+            if len(corrections) > max_stages:
+                converged = False  # still drifting after max_stages
+                break
+            stage_cell, stage_positions = atoms.cell.array.tolist(), atoms.positions.tolist()
             opt = BFGS(FrechetCellFilter(atoms, scalar_pressure=corrections[-1]), logfile=str(workdir / "relax.log"))
+            before = _restore_bfgs(opt, saved["opt"]) if saved.get("opt") else 0
+            saved.pop("opt", None)
             opt.attach(guard)
+            opt.attach(lambda: journal(stage_cell, stage_positions, opt=_bfgs_state(opt, before)))
             try:
-                converged = bool(opt.run(fmax=fmax, steps=steps - n_steps))
+                converged = bool(opt.run(fmax=fmax, steps=steps - n_steps - before))
             except _VolumeRunaway:
                 converged = False
-                n_steps += opt.nsteps
+                n_steps += before + opt.nsteps
                 break
-            n_steps += opt.nsteps
+            n_steps += before + opt.nsteps
             corrections.append(pulay_correction(task, atoms, fd_log, mesh))
             # energy cost of the stress error dc: 1/2 V dc^2 / B, with B V = E''(s) / 9 from the scan
             vol = atoms.get_volume()
@@ -374,8 +433,9 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None) -> 
             drifts.append(drift)
             if not converged or drift <= OPTIMIZER.pulay_drift_tol or n_steps >= steps:
                 break
-        else:
-            converged = False  # still drifting after max_stages
+            journal(atoms.cell.array.tolist(), atoms.positions.tolist())  # the next stage starts here
+        done = True
+        journal(atoms.cell.array.tolist(), atoms.positions.tolist())
     except DFTError:
         raise
     except Exception as exc:
@@ -400,11 +460,19 @@ def _scaled(task: Task, scale: float) -> dict:
 
 def compute(task: Task, workdir: Path) -> dict:
     """Run the task in `workdir`: IS single point with DOS, then the requested relaxation."""
+    t_start = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     check_setups(task)
-    t0, c0 = time.perf_counter(), time.process_time()
-    is_point = single_point(task, 1.0, workdir / "gpaw.txt", workdir / f"is{GPAW_DOS_SUFFIX}")
-    c_is = time.process_time() - c0
+    # relaxations journal their finished SCFs (progress.py): a killed run continues from them
+    progress = Progress(task, workdir) if task.relax != "none" else None
+    c0 = time.process_time()
+    is_point = progress.get("is_point") if progress is not None else None
+    if is_point is None or not (workdir / f"is{GPAW_DOS_SUFFIX}").is_file():
+        is_point = single_point(task, 1.0, workdir / "gpaw.txt", workdir / f"is{GPAW_DOS_SUFFIX}")
+        is_point["cpu_time"] = time.process_time() - c0
+        if progress is not None:
+            progress.put("is_point", is_point)
+    c_is = is_point.get("cpu_time", time.process_time() - c0)
     result = {
         "id": task.id, "prototype": task.prototype, "kind": task.kind,
         "formula": task.structure.composition.reduced_formula, "n_atoms": len(task.structure),
@@ -415,11 +483,12 @@ def compute(task: Task, workdir: Path) -> dict:
         "is_cpu_time": c_is,
     }
     if task.relax != "none":
-        t1 = time.perf_counter()
-        rel = relax_eos(task, is_point, workdir) if task.relax == "eos" else relax_optimizer(task, workdir, is_point)
+        rel = (relax_eos(task, is_point, workdir, progress) if task.relax == "eos"
+               else relax_optimizer(task, workdir, is_point, progress))
+        spent = progress.spent()  # of every run of this task
         result.update({
             "rs_energy": rel["energy"], "rs_structure": rel["structure"],
-            "relax_wall_time": time.perf_counter() - t1, "relax_cpu_time": time.process_time() - c0 - c_is,
+            "relax_wall_time": spent["wall"] - is_point["wall_time"], "relax_cpu_time": spent["cpu"] - c_is,
             "rs_dos": f"rs{GPAW_DOS_SUFFIX}",
             "rs_scale": rel["scale"], "rs_magmom": rel["rs_point"]["magmom"],
             "eos_points": [{k: p[k] for k in ("scale", "energy", "wall_time")}
@@ -440,5 +509,11 @@ def compute(task: Task, workdir: Path) -> dict:
         result["scf_fallback"] = fallback
     # the *_cpu_time fields (this single-threaded process's CPU seconds) are the cost without the
     # stretching that other load on the machine adds to the *_wall_time fields
-    result["wall_time"], result["cpu_time"] = time.perf_counter() - t0, time.process_time() - c0
+    if progress is None:
+        result["wall_time"], result["cpu_time"] = time.perf_counter() - t_start, time.process_time() - c0
+    else:
+        spent = progress.spent()
+        result["wall_time"], result["cpu_time"] = spent["wall"], spent["cpu"]
+        if progress.runs > 1:
+            result["progress_runs"] = progress.runs  # computed in this many runs (killed, then resumed)
     return result

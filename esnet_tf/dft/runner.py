@@ -2,7 +2,8 @@
 
 Results are cached in `cache_dir/<task_hash>/` (result.json + DOS files); a rerun skips
 tasks whose result exists. Failures and timeouts are written to `failure.json` and
-reported, and are retried only when asked.
+reported, and are retried only when asked. A relaxation that was killed or timed out continues
+from the SCFs its progress journal (`progress.json`, see progress.py) kept.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from esnet_tf.atomic import write_text
-from esnet_tf.dft.engine import SCF_ATTEMPTS
+from esnet_tf.dft.engine import GPAW_DOS_SUFFIX, SCF_ATTEMPTS
+from esnet_tf.dft.progress import PROGRESS_FILE
 from esnet_tf.dft.tasks import Task, task_hash
 
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -235,9 +237,12 @@ def run_task(task: Task, cache_dir: Path, retry_failed: bool = False, nice: int 
     cached = _read_cached(task, workdir, retry_failed)
     if cached is not None:
         return cached
-    if workdir.exists():
-        shutil.rmtree(workdir)  # partial output of an interrupted run
-    workdir.mkdir(parents=True)
+    if workdir.exists():  # partial output of an interrupted run: all but what it can continue from
+        keep = {PROGRESS_FILE, "is" + GPAW_DOS_SUFFIX} if (workdir / PROGRESS_FILE).is_file() else set()
+        for f in workdir.iterdir():
+            if f.name not in keep:
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
     write_text(workdir / "task.json", json.dumps(task.to_dict()))
     cmd = [sys.executable, "-m", "esnet_tf.dft.worker", str(workdir / "task.json"), str(workdir)]
     if nice:

@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp = workdir / "result.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(workdir / "result.json")
+    from esnet_tf.dft.progress import PROGRESS_FILE
+
+    (workdir / PROGRESS_FILE).unlink(missing_ok=True)  # the result holds everything the journal did
     return 0
 
 
