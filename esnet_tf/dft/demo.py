@@ -337,7 +337,8 @@ def assemble_cached(data_dir: Path, settings: DFTSettings | None = None) -> dict
     Writes labels.csv (relaxed structures: base and harder parts), labels_augmented.csv (those
     rows plus the finished augmentation variants whose parent is in labels.csv) and
     provenance.json. Relaxed structures not computed yet are listed in provenance.json
-    (`pending`); pending variants are counted under `augmentation`.
+    (`pending`; `in_progress`: those of them whose progress journal holds finished SCFs); pending
+    variants are counted under `augmentation`.
     """
     from esnet_tf.dft.runner import cached_outcome
 
@@ -356,7 +357,12 @@ def assemble_cached(data_dir: Path, settings: DFTSettings | None = None) -> dict
     base_ids = {t.id for t in _base_tasks(st, 1800.0)}
     done_ids = {o.task_id for o in outcomes if o.result is not None}
     prov["n_new_eos_done"] = sum(t.relax == "eos" and t.id not in base_ids and t.id in done_ids for t in relaxed_tasks)
-    prov.update(n_pending=len(pending), pending=pending,
+    from esnet_tf.dft.progress import PROGRESS_FILE
+    from esnet_tf.dft.tasks import task_hash
+
+    by_id = {t.id: t for t in relaxed_tasks}
+    in_progress = [i for i in pending if (data_dir / "calcs" / task_hash(by_id[i]) / PROGRESS_FILE).is_file()]
+    prov.update(n_pending=len(pending), pending=pending, in_progress=in_progress,
                 n_pending_by_part={"base": sum(i in base_ids for i in pending),
                                    "harder": sum(i not in base_ids for i in pending),
                                    "augment": aug["n_pending"]},
