@@ -726,7 +726,8 @@ def compute_unit(study: Study, args: argparse.Namespace, model: str, seed: int, 
            "tf_threads": args.threads}  # None: TensorFlow's default; a unit is bit-reproducible at the same count
     write_text(path, json.dumps(rec, indent=1))
     print(f"{tag}: MAE {metrics['mae']:.3f}  RMSE {metrics['rmse']:.3f}  polymorphs "
-          f"{metrics['polymorph_correct']:.1f}/{metrics['polymorph_total']}  F1 {metrics['f1']}  "
+          f"{metrics['polymorph_correct']:.1f}/{metrics['polymorph_total']}  F1 "
+          f"{'n/a' if metrics['f1'] is None else format(metrics['f1'], '.3f')}  "
           f"({rec['wall_s']:.0f} s)", flush=True)
     return rec
 

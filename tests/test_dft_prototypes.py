@@ -111,6 +111,8 @@ def test_plan_parts_augmentation_and_splits(plan):
     new = demo_tasks(part="new")
     assert [t.id for t in new] == [t.id for t in plan[365:]]  # everything after the base part, same order
     assert sum(t.relax == "optimizer" for t in plan) >= 60
+    assert {t.timeout for t in plan if t.relax == "optimizer"} == {6 * 1800.0}  # ~3 h for magnetic rutiles
+    assert {t.timeout for t in plan if t.relax == "eos"} == {1800.0}
     per_parent = Counter(parent_of(t.id)[0] for t in variants)
     assert all(per_parent[t.id] >= 3 for t in relaxed)  # every relaxed structure: >= 3 more IS
     for v in variants:
