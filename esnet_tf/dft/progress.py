@@ -31,20 +31,15 @@ class Progress:
     def __init__(self, task: Task, workdir: Path) -> None:
         self.path = Path(workdir) / PROGRESS_FILE
         self.key = task_hash(task)
-        self.data: dict[str, Any] = {}
-        if self.path.is_file():
-            try:
-                saved = json.loads(self.path.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                saved = {}
-            if saved.get("task_hash") == self.key and saved.get("version") == PROGRESS_VERSION:
-                self.data = saved.get("parts", {})
-                self.runs = int(saved.get("runs", 0)) + 1
-                self.spent_before = {k: float(v) for k, v in saved.get("spent_s", {}).items()}
-            else:
-                saved = {}
-        if not self.data:
-            self.runs, self.spent_before = 1, {"wall": 0.0, "cpu": 0.0}
+        try:
+            saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            saved = {}
+        if saved.get("task_hash") != self.key or saved.get("version") != PROGRESS_VERSION or not saved.get("parts"):
+            saved = {}  # none, truncated, or another task's: start afresh
+        self.data: dict[str, Any] = saved.get("parts", {})
+        self.runs = int(saved.get("runs", 0)) + 1
+        self.spent_before = {"wall": 0.0, "cpu": 0.0, **{k: float(v) for k, v in saved.get("spent_s", {}).items()}}
         self._t0, self._c0 = time.perf_counter(), time.process_time()
 
     @property
