@@ -239,6 +239,20 @@ def test_a_killed_relaxation_continues_from_its_progress_journal(mg_hcp_relaxed,
     assert r["wall_time"] > r["is_wall_time"] + sum(p["wall_time"] for p in r["eos_points"][1:])
 
 
+def test_an_optimizer_scf_that_does_not_converge_switches_the_mixer_and_continues(mg_hcp_relaxed, tmp_path,
+                                                                                  monkeypatch):
+    """A KohnShamConvergenceError inside the relaxation (the first attempt here stops after 2
+    iterations) moves it to the next of SCF_ATTEMPTS; it continues from its journal to the same answer."""
+    from esnet_tf.dft import engine
+
+    monkeypatch.setattr(engine, "SCF_ATTEMPTS", ({"maxiter": 2}, {"maxiter": engine.FIRST_ATTEMPT_MAXITER}))
+    r, ref = engine.compute(_mg_hcp(), tmp_path / "task"), mg_hcp_relaxed.result
+    assert {"point": "optimizer", "attempt": 2} in r["scf_fallback"] and {"point": "is", "scale": 1.0} in r["scf_fallback"]
+    assert r["relax_converged"] is True
+    assert r["rs_energy"] / r["n_atoms"] == pytest.approx(ref["rs_energy"] / ref["n_atoms"], abs=1e-3)
+    assert r["rs_scale"] == pytest.approx(ref["rs_scale"], abs=2e-3)
+
+
 def test_a_progress_journal_of_another_task_is_ignored(tmp_path):
     from esnet_tf.dft.progress import Progress
 

@@ -296,7 +296,7 @@ def relax_eos(task: Task, is_point: dict, workdir: Path, progress: Progress | No
             "structure": _scaled(task, s0)}
 
 
-def pulay_correction(task: Task, atoms, log: Path, mesh: tuple[int, int, int]) -> float:
+def pulay_correction(task: Task, atoms, log: Path, mesh: tuple[int, int, int], **scf) -> float:
     """Isotropic stress (eV/Å^3) to add to GPAW's analytic stress at `atoms` (which has a calculator).
 
     At a fixed plane-wave cutoff the energy that labels and EOS scans use depends on the cell
@@ -305,17 +305,22 @@ def pulay_correction(task: Task, atoms, log: Path, mesh: tuple[int, int, int]) -
     V tr(sigma) = +1.5 eV while the energy's volume derivative is -5.1 eV (the EOS expands the cell
     2.7 %, BFGS on the analytic stress shrank it and raised the energy by 20 meV/atom). The Pulay
     stress is isotropic, so one finite difference of the energy under uniform scaling,
-    dE/ds = sum_i dE/d eps_ii, calibrates it: c = (dE/ds - V tr sigma) / (3 V).
+    dE/ds = sum_i dE/d eps_ii, calibrates it: c = (dE/ds - V tr sigma) / (3 V). `scf`: GPAW mixer
+    parameters (one of SCF_ATTEMPTS); a KohnShamConvergenceError propagates.
     """
+    from gpaw import KohnShamConvergenceError
+
     e = []
     step = OPTIMIZER.pulay_fd_step
     for f in (1.0 - step, 1.0 + step):
         a = atoms.copy()
         a.set_cell(atoms.cell * f, scale_atoms=True)
         a.set_initial_magnetic_moments(atoms.get_initial_magnetic_moments())
-        a.calc = _calculator(task, len(a), log, mesh)
+        a.calc = _calculator(task, len(a), log, mesh, **scf)
         try:
             e.append(float(a.get_potential_energy()))
+        except KohnShamConvergenceError:
+            raise
         except Exception as exc:
             raise DFTError(f"task {task.id}: SCF failed in the stress calibration: {type(exc).__name__}: {exc}") from exc
     volume = atoms.get_volume()
@@ -366,7 +371,12 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, pro
 
     With `progress`, the EOS points, the corrections and the BFGS state after every step are
     journaled, and a rerun of a killed task continues from them (the SCF in flight is redone).
+    The SCFs of the relaxation use the mixer settings of SCF_ATTEMPTS in turn: one that does not
+    converge (hcp Fe at its EOS vertex, where the moment collapses, did not with GPAW's default
+    mixer) switches this and every later SCF of the task to the next, and the relaxation continues
+    from its journal; `scf_attempt` in the result says which was used last.
     """
+    from gpaw import KohnShamConvergenceError
     from ase.filters import FrechetCellFilter
     from ase.optimize import BFGS
     from pymatgen.io.ase import AseAtomsAdaptor
@@ -388,7 +398,9 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, pro
     if saved:  # the start of the stage in progress (or, when done, the relaxed geometry)
         atoms.set_cell(np.array(saved["cell"]), scale_atoms=False, apply_constraint=False)
         atoms.set_positions(np.array(saved["positions"]), apply_constraint=False)
-    atoms.calc = _calculator(task, len(atoms), workdir / "gpaw.txt", mesh)
+    attempt = int(progress.get("optimizer_scf_attempt", 1)) if progress is not None else 1
+    scf = SCF_ATTEMPTS[attempt - 1]
+    atoms.calc = _calculator(task, len(atoms), workdir / "gpaw.txt", mesh, **scf)
     fd_log = workdir / "gpaw_fd.tmp"  # ignored by git, like gpaw.txt
 
     def guard():
@@ -426,7 +438,7 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, pro
                 n_steps += before + opt.nsteps
                 break
             n_steps += before + opt.nsteps
-            corrections.append(pulay_correction(task, atoms, fd_log, mesh))
+            corrections.append(pulay_correction(task, atoms, fd_log, mesh, **scf))
             # energy cost of the stress error dc: 1/2 V dc^2 / B, with B V = E''(s) / 9 from the scan
             vol = atoms.get_volume()
             drift = 4.5 * vol ** 2 * (corrections[-1] - corrections[-2]) ** 2 / curvature / len(atoms)
@@ -438,6 +450,13 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, pro
         journal(atoms.cell.array.tolist(), atoms.positions.tolist())
     except DFTError:
         raise
+    except KohnShamConvergenceError as exc:
+        if progress is not None and attempt < len(SCF_ATTEMPTS):
+            progress.put("optimizer_scf_attempt", attempt + 1)  # and continue from the journal
+            return relax_optimizer(task, workdir, is_point, progress)
+        raise SCFNotConverged(f"task {task.id}: an SCF of the optimizer relaxation failed with mixer setting "
+                              f"{attempt} of the {len(SCF_ATTEMPTS)} of engine.SCF_ATTEMPTS: "
+                              f"{type(exc).__name__}: {exc}") from exc
     except Exception as exc:
         raise DFTError(f"task {task.id}: relaxation failed: {type(exc).__name__}: {exc}") from exc
     fd_log.unlink(missing_ok=True)
@@ -449,7 +468,7 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, pro
     return {"scale": scale, "energy": rs["energy"], "rs_point": rs, "converged": converged,
             "n_steps": n_steps, "structure": relaxed.as_dict(), "pulay_corrections": corrections,
             "pulay_drift_energy": drifts,
-            "eos_points": points, "eos_vertex": s0}
+            "eos_points": points, "eos_vertex": s0, "scf_attempt": attempt}
 
 
 def _scaled(task: Task, scale: float) -> dict:
@@ -505,6 +524,7 @@ def compute(task: Task, workdir: Path) -> dict:
         fallback += [{"point": "eos", "scale": p["scale"]} for p in rel.get("eos_points", [])
                      if p is not is_point and p["scf_attempt"] > 1]
         fallback += [{"point": "rs", "scale": rel["scale"]}] if rel["rs_point"]["scf_attempt"] > 1 else []
+        fallback += [{"point": "optimizer", "attempt": rel["scf_attempt"]}] if rel.get("scf_attempt", 1) > 1 else []
     if fallback:  # absent when every SCF converged with GPAW's default mixer
         result["scf_fallback"] = fallback
     # the *_cpu_time fields (this single-threaded process's CPU seconds) are the cost without the
