@@ -239,18 +239,36 @@ def test_a_killed_relaxation_continues_from_its_progress_journal(mg_hcp_relaxed,
     assert r["wall_time"] > r["is_wall_time"] + sum(p["wall_time"] for p in r["eos_points"][1:])
 
 
-def test_an_optimizer_scf_that_does_not_converge_switches_the_mixer_and_continues(mg_hcp_relaxed, tmp_path,
-                                                                                  monkeypatch):
-    """A KohnShamConvergenceError inside the relaxation (the first attempt here stops after 2
-    iterations) moves it to the next of SCF_ATTEMPTS; it continues from its journal to the same answer."""
+def test_an_optimizer_scf_that_does_not_converge_moves_to_the_next_setting_and_continues(mg_hcp_relaxed, tmp_path,
+                                                                                       monkeypatch):
+    """A KohnShamConvergenceError inside the relaxation (its journal says it is at the 2nd setting,
+    which stops after 2 iterations here) moves it to the last setting, the restart from the scan's
+    moment with GPAW's default mixer; it continues from its journal to the same answer."""
     from esnet_tf.dft import engine
+    from esnet_tf.dft.progress import Progress
 
-    monkeypatch.setattr(engine, "SCF_ATTEMPTS", ({"maxiter": 2}, {"maxiter": engine.FIRST_ATTEMPT_MAXITER}))
-    r, ref = engine.compute(_mg_hcp(), tmp_path / "task"), mg_hcp_relaxed.result
-    assert {"point": "optimizer", "attempt": 2} in r["scf_fallback"] and {"point": "is", "scale": 1.0} in r["scf_fallback"]
+    task = _mg_hcp()
+    monkeypatch.setattr(engine, "SCF_ATTEMPTS", ({"maxiter": engine.FIRST_ATTEMPT_MAXITER}, {"maxiter": 2}))
+    assert engine.scf_attempts_available(task) == 3
+    Progress(task, tmp_path / "task").put("optimizer_scf_attempt", 2)
+    r, ref = engine.compute(task, tmp_path / "task"), mg_hcp_relaxed.result
+    assert r["scf_fallback"] == [{"point": "optimizer", "attempt": 3}]  # the single points converged at once
     assert r["relax_converged"] is True
     assert r["rs_energy"] / r["n_atoms"] == pytest.approx(ref["rs_energy"] / ref["n_atoms"], abs=1e-3)
     assert r["rs_scale"] == pytest.approx(ref["rs_scale"], abs=2e-3)
+
+
+def test_the_moment_restart_starts_from_the_moment_of_the_nearest_scan_point():
+    from ase import Atoms
+
+    from esnet_tf.dft.engine import _moments_of_nearest_point
+
+    fe = Atoms("Fe2", positions=[(0, 0, 0), (1.2, 1.2, 1.2)], cell=[2.4] * 3, pbc=True, magmoms=[3.0, 3.0])
+    points = [{"scale": 0.87, "magmom": 0.0003}, {"scale": 0.96, "magmom": 5.5}, {"scale": 1.0, "magmom": 5.6}]
+    np.testing.assert_allclose(_moments_of_nearest_point(fe, points, 0.89), [0.00015, 0.00015])
+    np.testing.assert_allclose(_moments_of_nearest_point(fe, points, 0.95), [2.75, 2.75])
+    fe.set_initial_magnetic_moments([0.0, 0.0])  # a non-magnetic start stays one
+    np.testing.assert_allclose(_moments_of_nearest_point(fe, points, 0.95), [0.0, 0.0])
 
 
 def test_a_progress_journal_of_another_task_is_ignored(tmp_path):

@@ -81,3 +81,11 @@ def test_scf_failures_recorded_with_fewer_mixer_settings_are_computed_again(tmp_
         assert (out.status if out is not None else None) == status, name
     assert scf_attempts_tried(records["before the fallback"][0]) == 1
     assert scf_attempts_tried(records["a timeout"][0]) is None
+    # an optimizer relaxation has one setting more (the restart from the scan's moment)
+    relax = Task("Cu_fcc", prototype_structure("fcc", ["Cu"], 3.63), DFTSettings.tiny(), relax="optimizer")
+    (tmp_path / task_hash(relax)).mkdir()
+    for tried, status in ((len(SCF_ATTEMPTS), None), (len(SCF_ATTEMPTS) + 1, "failed")):
+        (tmp_path / task_hash(relax) / "failure.json").write_text(
+            json.dumps({"id": relax.id, "reason": "SCFNotConverged: ...", "scf_attempts": tried}))
+        out = cached_outcome(relax, tmp_path)
+        assert (out.status if out is not None else None) == status, tried

@@ -27,7 +27,11 @@ class DFTError(RuntimeError):
 
 
 class SCFNotConverged(DFTError):
-    """The SCF did not converge with any of the mixer settings of SCF_ATTEMPTS."""
+    """The SCF did not converge with any of the `attempts` settings the engine had for it."""
+
+    def __init__(self, message: str, attempts: int):
+        super().__init__(message)
+        self.attempts = attempts
 
 
 def check_setups(task: Task) -> None:
@@ -87,6 +91,12 @@ SCF_ATTEMPTS: tuple[dict, ...] = ({"maxiter": FIRST_ATTEMPT_MAXITER},
                                   {"mixer": {"beta": 0.02, "nmaxold": 5, "weight": 100.0}, "maxiter": 600})
 
 
+def scf_attempts_available(task: Task) -> int:
+    """How many SCF settings the engine tries for `task`: SCF_ATTEMPTS, and for optimizer
+    relaxations one more (GPAW's default mixer from the moment of the scan; `relax_optimizer`)."""
+    return len(SCF_ATTEMPTS) + (1 if task.relax == "optimizer" else 0)
+
+
 def _calculator(task: Task, natoms: int, log: Path, mesh: tuple[int, int, int] | None = None, **scf):
     from gpaw import GPAW, PW, FermiDirac
     from gpaw.setup import create_setup
@@ -123,7 +133,7 @@ def single_point(task: Task, scale: float, log: Path, dos_path: Path | None,
             if attempt == len(SCF_ATTEMPTS):
                 raise SCFNotConverged(f"task {task.id}: SCF failed at lattice scale {scale:.4f} with each of the "
                                f"{len(SCF_ATTEMPTS)} mixer settings of engine.SCF_ATTEMPTS: "
-                               f"{type(exc).__name__}: {exc}") from exc
+                               f"{type(exc).__name__}: {exc}", attempts=len(SCF_ATTEMPTS)) from exc
         except Exception as exc:  # GPAW raises others too
             raise DFTError(f"task {task.id}: SCF failed at lattice scale {scale:.4f}: "
                            f"{type(exc).__name__}: {exc}") from exc
@@ -328,6 +338,15 @@ def pulay_correction(task: Task, atoms, log: Path, mesh: tuple[int, int, int], *
     return float((dEds - volume * np.trace(atoms.get_stress(voigt=False))) / (3 * volume))
 
 
+def _moments_of_nearest_point(atoms, points: list[dict], s0: float) -> np.ndarray:
+    """Initial moments of `atoms` scaled to the total moment (muB) that the EOS point nearest the
+    vertex `s0` converged to (unchanged when they sum to zero)."""
+    near = min(points, key=lambda p: abs(p["scale"] - s0))
+    start = atoms.get_initial_magnetic_moments()
+    total = float(start.sum())
+    return start * (near["magmom"] / total) if abs(total) > 1e-9 else start
+
+
 class _VolumeRunaway(RuntimeError):
     pass
 
@@ -372,9 +391,11 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, pro
     With `progress`, the EOS points, the corrections and the BFGS state after every step are
     journaled, and a rerun of a killed task continues from them (the SCF in flight is redone).
     The SCFs of the relaxation use the mixer settings of SCF_ATTEMPTS in turn: one that does not
-    converge (hcp Fe at its EOS vertex, where the moment collapses, did not with GPAW's default
-    mixer) switches this and every later SCF of the task to the next, and the relaxation continues
-    from its journal; `scf_attempt` in the result says which was used last.
+    converge switches this and every later SCF of the task to the next, and the relaxation continues
+    from its journal; `scf_attempt` in the result says which was used last. The last attempt
+    (`scf_attempts_available`) is GPAW's default mixer started from the magnetic moment that the
+    scan point nearest the vertex converged to: hcp Fe, whose moment collapses between the scan's
+    points, oscillated between high- and low-moment states from the 3 muB start with both mixers.
     """
     from gpaw import KohnShamConvergenceError
     from ase.filters import FrechetCellFilter
@@ -387,6 +408,12 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, pro
         is_point = single_point(task, 1.0, workdir / "gpaw.txt", None)
     s0, points = eos_scan(task, is_point, workdir, progress)
     atoms = _atoms(task, s0)
+    attempt = int(progress.get("optimizer_scf_attempt", 1)) if progress is not None else 1
+    if attempt <= len(SCF_ATTEMPTS):
+        scf = SCF_ATTEMPTS[attempt - 1]
+    else:
+        scf = {"maxiter": FIRST_ATTEMPT_MAXITER}  # GPAW's default mixer
+        atoms.set_initial_magnetic_moments(_moments_of_nearest_point(atoms, points, s0))
     # GPAW symmetrises with the symmorphic operations only; hcp, wurtzite, NiAs, rutile and anatase are
     # non-symmorphic, and noise in the unconstrained force components lowers their symmetry (tiny-settings
     # hcp Mg ended in P-3m1). FixSymmetry symmetrises forces and stress with the full space group.
@@ -398,8 +425,6 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, pro
     if saved:  # the start of the stage in progress (or, when done, the relaxed geometry)
         atoms.set_cell(np.array(saved["cell"]), scale_atoms=False, apply_constraint=False)
         atoms.set_positions(np.array(saved["positions"]), apply_constraint=False)
-    attempt = int(progress.get("optimizer_scf_attempt", 1)) if progress is not None else 1
-    scf = SCF_ATTEMPTS[attempt - 1]
     atoms.calc = _calculator(task, len(atoms), workdir / "gpaw.txt", mesh, **scf)
     fd_log = workdir / "gpaw_fd.tmp"  # ignored by git, like gpaw.txt
 
@@ -451,12 +476,12 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, pro
     except DFTError:
         raise
     except KohnShamConvergenceError as exc:
-        if progress is not None and attempt < len(SCF_ATTEMPTS):
+        if progress is not None and attempt < scf_attempts_available(task):
             progress.put("optimizer_scf_attempt", attempt + 1)  # and continue from the journal
             return relax_optimizer(task, workdir, is_point, progress)
-        raise SCFNotConverged(f"task {task.id}: an SCF of the optimizer relaxation failed with mixer setting "
-                              f"{attempt} of the {len(SCF_ATTEMPTS)} of engine.SCF_ATTEMPTS: "
-                              f"{type(exc).__name__}: {exc}") from exc
+        raise SCFNotConverged(f"task {task.id}: an SCF of the optimizer relaxation failed with SCF setting "
+                              f"{attempt} of the engine's {scf_attempts_available(task)}: "
+                              f"{type(exc).__name__}: {exc}", attempts=attempt) from exc
     except Exception as exc:
         raise DFTError(f"task {task.id}: relaxation failed: {type(exc).__name__}: {exc}") from exc
     fd_log.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from esnet_tf.atomic import write_text
-from esnet_tf.dft.engine import GPAW_DOS_SUFFIX, SCF_ATTEMPTS
+from esnet_tf.dft.engine import GPAW_DOS_SUFFIX, scf_attempts_available
 from esnet_tf.dft.progress import PROGRESS_FILE
 from esnet_tf.dft.tasks import Task, task_hash
 
@@ -121,16 +121,17 @@ def _read_cached(task: Task, workdir: Path, retry_failed: bool) -> Outcome | Non
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
             return None  # a truncated record: compute again
         tried = scf_attempts_tried(record)
-        if tried is not None and tried < len(SCF_ATTEMPTS):
-            tqdm.write(f"{task.id}: its SCF failure was recorded after {tried} mixer setting(s); the engine now "
-                       f"has {len(SCF_ATTEMPTS)}: computing it again")
+        available = scf_attempts_available(task)
+        if tried is not None and tried < available:
+            tqdm.write(f"{task.id}: its SCF failure was recorded after {tried} SCF setting(s); the engine now "
+                       f"has {available}: computing it again")
             return None
         return Outcome(task.id, key, "failed", workdir, reason=f"(cached) {reason}")
     return None
 
 
 def scf_attempts_tried(failure: dict) -> int | None:
-    """How many mixer settings (engine.SCF_ATTEMPTS) a recorded SCF failure tried; None if the
+    """How many SCF settings (`engine.scf_attempts_available`) a recorded SCF failure tried; None if the
     failure is not an SCF non-convergence. Records from before the fallback (no `scf_attempts`
     key, GPAW's KohnShamConvergenceError in the reason) tried one."""
     if "scf_attempts" in failure:

@@ -39,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = compute(task, workdir)
     except Exception as exc:  # recorded, never silent
-        from esnet_tf.dft.engine import SCF_ATTEMPTS, SCFNotConverged
+        from esnet_tf.dft.engine import SCFNotConverged
 
         record = {"id": task.id, "reason": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
         if isinstance(exc, SCFNotConverged):  # a later engine with more mixer settings retries it
-            record["scf_attempts"] = len(SCF_ATTEMPTS)
+            record["scf_attempts"] = exc.attempts
         write_text(workdir / "failure.json", json.dumps(record, indent=1))
         return 3
     import datetime
