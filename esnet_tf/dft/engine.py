@@ -315,8 +315,8 @@ def pulay_correction(task: Task, atoms, log: Path, mesh: tuple[int, int, int], *
     V tr(sigma) = +1.5 eV while the energy's volume derivative is -5.1 eV (the EOS expands the cell
     2.7 %, BFGS on the analytic stress shrank it and raised the energy by 20 meV/atom). The Pulay
     stress is isotropic, so one finite difference of the energy under uniform scaling,
-    dE/ds = sum_i dE/d eps_ii, calibrates it: c = (dE/ds - V tr sigma) / (3 V). `scf`: GPAW mixer
-    parameters (one of SCF_ATTEMPTS); a KohnShamConvergenceError propagates.
+    dE/ds = sum_i dE/d eps_ii, calibrates it: c = (dE/ds - V tr sigma) / (3 V). `scf`: the GPAW SCF
+    parameters the relaxation is using (`relax_optimizer`); a KohnShamConvergenceError propagates.
     """
     from gpaw import KohnShamConvergenceError
 
