@@ -8,7 +8,9 @@ Data: the demo labels (`datasets/is_dos/demo/labels.csv`, one IS-DOS and one RS-
 structure) and `labels_augmented.csv` (the same rows plus IS-augmentation variants: IS single
 points of perturbed initial structures, each labelled with its parent's relaxed energy). Both are
 snapshot into --out on the first run (`--new-snapshot` takes a fresh copy: the DFT job may still
-be adding rows); every cached result is keyed by the snapshot's content hash.
+be adding rows); every cached result is keyed by the content hash of the snapshot files it reads:
+labels.csv's alone, or both for the models in AUGMENTED_MODELS (so IS-augmentation variants added
+later invalidate only the units that train on them).
 
 Folds: grouped k-fold by chemical system (`esnet_tf.splits.kfold_of(chemsys, folds, seed)`); the
 seed changes the fold assignment and the model initialisation. Models (MODELS below): the mean
@@ -75,6 +77,7 @@ MODELS = {
     "esnet_rs": "ESNet small on RS-DOS, trained and tested on RS-DOS (upper bound)",
 }
 COMPOSITION_MODELS = ("gbr_fraction", "gbr_magpie")
+AUGMENTED_MODELS = ("esnet_is_aug",)  # the models that read labels_augmented.csv
 RESIDUAL_BASELINE = "gbr_magpie"
 INNER_FOLDS = 5  # inner grouped cross-fitting of the residual's baseline
 TUNE_SPACE = ROOT / "benchmarks" / "accuracy_search_space.json"  # esnet_is_tuned's search space
@@ -171,15 +174,19 @@ def concat(*parts: dict) -> dict[str, np.ndarray]:
 
 
 class Study:
-    """The snapshot's arrays: `is_` and `rs` (one row per structure, same order), `aug` (variants only)."""
+    """The snapshot's arrays: `is_` and `rs` (one row per structure, same order), `aug` (variants only).
+
+    `hash`: labels.csv's snapshot; `aug_hash`: labels.csv's and labels_augmented.csv's together.
+    """
 
     def __init__(self, out: Path, work: Path) -> None:
         self.labels, self.aug_labels = out / SNAPSHOT, out / AUG_SNAPSHOT
-        self.hash = file_hash(self.labels, self.aug_labels)
+        self.hash = file_hash(self.labels)
+        self.aug_hash = file_hash(self.labels, self.aug_labels)
         t = time.time()
         self.is_ = cached_arrays(work, f"is_{self.hash}", lambda: load_rows(self.labels, "path"))
         self.rs = cached_arrays(work, f"rs_{self.hash}", lambda: load_rows(self.labels, "rs_path"))
-        self.aug = cached_arrays(work, f"aug_{self.hash}",
+        self.aug = cached_arrays(work, f"aug_{self.aug_hash}",
                                  lambda: load_rows(self.aug_labels, "path", only_variants=True))
         if not np.array_equal(self.is_["id"], self.rs["id"]):
             raise StudyError("IS and RS rows of the snapshot are not in the same order")
@@ -193,6 +200,10 @@ class Study:
             raise StudyError(f"variants {bad[:3]} do not share their parent's chemical system")
         self.featurize_s = time.time() - t
         self._costs = None
+
+    def key(self, model: str) -> str:
+        """The hash that `model`'s units are cached under: the snapshot files it reads."""
+        return self.aug_hash if model in AUGMENTED_MODELS else self.hash
 
     @property
     def y(self) -> np.ndarray:
@@ -551,8 +562,9 @@ def table_markdown(result: dict) -> str:
     s = result["summary"]
     best = s["best_composition_model"]
     lines = [
-        f"Snapshot `{result['snapshot_hash']}`: {result['n_structures']} structures, {result['n_variants']} "
-        f"IS-augmentation variants; grouped {result['folds']}-fold CV by chemical system, seeds "
+        f"Snapshot `{result['snapshot_hash']}` (labels.csv): {result['n_structures']} structures; "
+        f"`{result.get('augmented_snapshot_hash', result['snapshot_hash'])}` with labels_augmented.csv's "
+        f"{result['n_variants']} IS-augmentation variants ({', '.join(result.get('augmented_models', [])) or 'no model'}); grouped {result['folds']}-fold CV by chemical system, seeds "
         f"{','.join(map(str, result['seeds']))}, ESNet {result['epochs']} epochs max. MAE / RMSE in eV/atom on the "
         f"pooled out-of-fold predictions, 95 % bootstrap CI over structures (per seed, averaged over seeds); "
         f"ΔMAE = paired per (fold, seed) MAE difference to the best composition model ({best}), t-interval and "
@@ -720,7 +732,7 @@ def compute_unit(study: Study, args: argparse.Namespace, model: str, seed: int, 
                                                                 "+ elements at 0 eV/atom")
     metrics = unit_metrics(study, refs_cache[(seed, k)], test_idx, pred)
     rec = {"model": model, "fold": k, "folds": args.folds, "seed": seed, "epochs": args.epochs,
-           "batch_size": args.batch_size, "snapshot_hash": study.hash, "test_ids": study.is_["id"][test_idx].tolist(),
+           "batch_size": args.batch_size, "snapshot_hash": study.key(model), "test_ids": study.is_["id"][test_idx].tolist(),
            "pred": [float(p) for p in pred], "truth": [float(v) for v in study.y[test_idx]],
            "metrics": metrics, "notes": notes, "wall_s": time.time() - t,
            "tf_threads": args.threads}  # None: TensorFlow's default; a unit is bit-reproducible at the same count
@@ -775,7 +787,7 @@ def run(args: argparse.Namespace) -> dict:
     copied = take_snapshot(out, args.new_snapshot)
     LABELS = out / SNAPSHOT
     study = Study(out, out / "work")
-    print(f"snapshot {study.hash} ({'new copy' if copied else 'reused'}): {len(study.y)} structures, "
+    print(f"snapshot {study.hash} (with the variants {study.aug_hash}; {'new copy' if copied else 'reused'}): {len(study.y)} structures, "
           f"{len(study.aug['id'])} variants ({study.n_orphan_variants} without a parent in labels.csv left out); "
           f"features {study.featurize_s:.0f} s", flush=True)
     t0 = time.time()
@@ -788,7 +800,7 @@ def run(args: argparse.Namespace) -> dict:
     missing: dict[str, list[str]] = {}
     busy: list[str] = []
     for n, (model, seed, k) in enumerate(todo, 1):
-        path = unit_path(out, study.hash, model, k, args.folds, seed, args.epochs)
+        path = unit_path(out, study.key(model), model, k, args.folds, seed, args.epochs)
         tag = f"[{n}/{len(todo)}] {model} fold {k} seed {seed}"
         if path.is_file():
             units[model][(k, seed)] = json.loads(path.read_text())
@@ -819,7 +831,8 @@ def run(args: argparse.Namespace) -> dict:
 
     present = {Element.from_Z(int(z) + 1).symbol for z in np.flatnonzero(study.is_["composition"].sum(axis=0) > 0)}
     imputed = {p: sorted(set(v) & present) for p, v in element_property_table()[1].items() if set(v) & present}
-    result = {"snapshot_hash": study.hash, "snapshot": [SNAPSHOT, AUG_SNAPSHOT], "n_structures": int(len(study.y)),
+    result = {"snapshot_hash": study.hash, "augmented_snapshot_hash": study.aug_hash,
+              "augmented_models": [m for m in args.models if m in AUGMENTED_MODELS], "snapshot": [SNAPSHOT, AUG_SNAPSHOT], "n_structures": int(len(study.y)),
               "n_variants": int(len(study.aug["id"])), "folds": args.folds, "seeds": args.seeds,
               "epochs": args.epochs, "batch_size": args.batch_size, "models": args.models,
               "magpie_imputed_for_snapshot_elements": imputed,

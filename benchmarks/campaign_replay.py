@@ -186,8 +186,12 @@ def crossfit(out: Path, work: Path, folds: int, seeds: int, epochs: int, fold_se
     print(json.dumps({k: v for k, v in info.items() if k != "trainings"}, indent=1))
 
 
-def replay(out: Path, batch_size: int, kappa: float, seed: int) -> None:
-    """Every strategy without refit (OUT/replay), and the model-guided ones with `--refit residual` (OUT/replay_refit)."""
+def replay(out: Path, batch_size: int, kappa: float, seed: int, start_over: bool = False) -> None:
+    """Every strategy without refit (OUT/replay), and the model-guided ones with `--refit residual` (OUT/replay_refit).
+
+    `start_over` (after --new-snapshot): replace campaigns of an earlier snapshot (`--overwrite`);
+    otherwise a campaign folder of the same pool resumes and one of another pool is an error.
+    """
     base = [sys.executable, "-m", "esnet_tf.cli", "campaign", "replay",
             "--labels", str(out / "labels_snapshot.csv"),
             "--predictions", str(out / "oof_predictions.csv"),
@@ -196,7 +200,7 @@ def replay(out: Path, batch_size: int, kappa: float, seed: int) -> None:
     for strategies, extra, name in (("lcb,greedy,stable_per_cost,random,composition,oracle", [], "replay"),
                                     ("lcb,greedy,stable_per_cost,composition,oracle", ["--refit", "residual"],
                                      "replay_refit")):
-        cmd = base + ["--strategy", strategies, *extra, "--out", str(out / name)]
+        cmd = base + ["--strategy", strategies, *extra, "--out", str(out / name), *(["--overwrite"] if start_over else [])]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         write_text(out / name / "command.txt", " ".join(["esnet", *cmd[4:]]).replace(str(ROOT) + "/", "") + "\n")
@@ -223,7 +227,7 @@ def main() -> int:
                     help="train each member also on the IS-augmentation variants of its training structures")
     ap.add_argument("--new-snapshot", action="store_true",
                     help="copy the current demo labels into OUT/labels_snapshot.csv (the DFT job may have added "
-                         "rows); without it the committed snapshot is reused")
+                         "rows; the replays then start over); without it the committed snapshot is reused")
     args = ap.parse_args()
     out = Path(args.out)
     if args.step in ("all", "crossfit"):
@@ -232,7 +236,7 @@ def main() -> int:
         if args.only_seed is not None:
             return 0
     if args.step in ("all", "replay"):
-        replay(out, args.batch_size, args.kappa, args.seed)
+        replay(out, args.batch_size, args.kappa, args.seed, start_over=args.new_snapshot)
     return 0
 
 

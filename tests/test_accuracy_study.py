@@ -264,6 +264,32 @@ def test_a_unit_locked_by_another_process_is_left_to_it(tmp_path, acc):
     assert "gbr_fraction: 1 unit(s) not cached, left out (--summary-only): f1s0" in summary.stdout
 
 
+def test_new_variants_invalidate_only_the_units_that_train_on_them(tmp_path, acc):
+    import csv
+
+    _small_snapshot(tmp_path)
+    first = _study(tmp_path, "--units-only")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.count(" fold ") == 8
+    before = acc.Study(tmp_path, tmp_path / "work")
+    aug = tmp_path / acc.AUG_SNAPSHOT
+    with open(aug, newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows, fields = list(reader), reader.fieldnames
+    dropped = next(i for i, r in enumerate(rows) if r["id"] != r["parent_id"])
+    with open(aug, "w", newline="") as fh:  # one variant fewer, as if the DFT job had not finished it yet
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows[:dropped] + rows[dropped + 1:])
+    after = acc.Study(tmp_path, tmp_path / "work")
+    assert len(after.aug["id"]) == len(before.aug["id"]) - 1
+    assert after.key("esnet_is") == before.key("esnet_is") == after.hash
+    assert after.key("esnet_is_aug") not in (before.key("esnet_is_aug"), after.hash)
+    again = _study(tmp_path, "--units-only")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert " fold " not in again.stdout, again.stdout  # the mean and gbr units were all reused
+
+
 def test_terminating_the_study_stops_its_worker_processes(tmp_path):
     import signal
     import subprocess

@@ -176,7 +176,11 @@ def energy_or_skip(labels, not_done, key: str, col: str = "formation_energy_per_
 
 HCP_GROUND = ("Mg", "Ti", "Zr", "Y", "Sc", "Zn", "Co")  # hcp in experiment and PBE
 FCC_BELOW_HCP = ("Al", "Ni", "Pd", "Pt", "Cu")  # Ag and Au: within a few meV in PBE, not tested
-BCC_BELOW_HCP = ("V", "Nb", "Cr", "Fe")  # Fe: ferromagnetic bcc well below (non-magnetic) hcp
+BCC_BELOW_HCP = ("V", "Nb", "Cr", "Fe", "Ba")  # Fe: ferromagnetic bcc well below (non-magnetic) hcp
+# Not tested: the alkalis, whose close-packed and bcc phases lie within ~15 meV/atom. Here Li and Na come
+# out hcp < fcc < bcc (experiment: bcc at room temperature, close-packed martensites below ~70 K and
+# ~35 K, as PBE has it), and K fcc 5.5 meV/atom below bcc, where experiment has bcc at all temperatures
+# and converged PBE has bcc and fcc within ~1 meV/atom: inside these settings' accuracy, not a PBE result.
 
 
 @pytest.mark.parametrize("element,low,high", [
