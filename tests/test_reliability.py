@@ -270,7 +270,10 @@ def test_cached_result_with_a_truncated_dos_file_is_not_trusted(tmp_path):
 def test_killed_dft_parent_leaves_no_worker_and_a_second_run_is_refused(tmp_path):
     pytest.importorskip("gpaw")
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"structures": [{"prototype": "fcc", "species": ["Al"]}]}))
+    # several structures, so that the parent is still running (and holds the cache) when the second
+    # run starts: one tiny Al cell alone can finish first on a fast, idle machine
+    spec.write_text(json.dumps({"structures": [{"prototype": "fcc", "species": [el]}
+                                               for el in ("Al", "Cu", "Ag", "Pd", "Pt", "Au")]}))
     out = tmp_path / "out"
     parent = subprocess.Popen([sys.executable, "-m", "esnet_tf.cli", "dft", "run", str(spec), "--out", str(out),
                                "--tiny", "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -291,6 +294,7 @@ def test_killed_dft_parent_leaves_no_worker_and_a_second_run_is_refused(tmp_path
     while not workers() and time.time() < deadline and parent.poll() is None:
         time.sleep(0.2)
     assert workers(), "the worker did not start"
+    assert parent.poll() is None, "the first run finished before the second started: give it more structures"
     assert cli_main(["dft", "run", str(spec), "--out", str(out), "--tiny"]) == 2  # the cache is locked
     parent.send_signal(signal.SIGKILL)
     parent.wait()
