@@ -1,0 +1,1 @@
+"""The accuracy study: grouped k-fold cross-validation of ESNet against baselines (being moved here)."""
