@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from esnet_tf.isdos import INPUT_NAMES, OUTPUT_NAME
+from esnet_tf.isdos import ENERGY_INPUTS, INPUT_NAMES, OUTPUT_NAME
 
 #: second output of an ensemble: the standard deviation over the members (eV/atom)
 STD_OUTPUT_NAME = f"{OUTPUT_NAME}_std"
@@ -73,9 +73,11 @@ def build_ensemble(members: Sequence, *, std_scale: float = 1.0, name: str = "es
     if len(members) < 2:
         raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
     first = {t.name: t.shape for t in members[0].inputs}
-    if sorted(first) != sorted(INPUT_NAMES):
-        raise ValueError(f"members must take the ESNet inputs {list(INPUT_NAMES)}, got {sorted(first)}")
-    inputs = {k: keras.Input(shape=tuple(first[k][1:]), name=k, dtype="float32") for k in INPUT_NAMES}
+    names = INPUT_NAMES + tuple(e for e in ENERGY_INPUTS if e in first)  # energy inputs: DESIGN.md section 1
+    if sorted(first) != sorted(names):
+        raise ValueError(f"members must take the ESNet inputs {list(INPUT_NAMES)} (plus energy inputs), "
+                         f"got {sorted(first)}")
+    inputs = {k: keras.Input(shape=tuple(first[k][1:]), name=k, dtype="float32") for k in names}
     outs = []
     for i, member in enumerate(members):
         shapes = {t.name: t.shape for t in member.inputs}
@@ -94,11 +96,12 @@ def build_ensemble(members: Sequence, *, std_scale: float = 1.0, name: str = "es
 def member_predictions(model, inputs: dict, batch_size: int = 256) -> np.ndarray:
     """Each member's formation energy (eV/atom), float32 (N, n_members), of an ensemble `model`."""
     members = [layer for layer in model.layers if layer.name.startswith("member_")]
+    names = INPUT_NAMES + tuple(t.name for t in model.inputs if t.name in ENERGY_INPUTS)
     cols = []
     for m in members:
         parts = []
         for s in range(0, len(inputs["dos_up"]), batch_size):
-            batch = {k: np.asarray(inputs[k][s:s + batch_size], np.float32) for k in INPUT_NAMES}
+            batch = {k: np.asarray(inputs[k][s:s + batch_size], np.float32) for k in names}
             out = m.predict_on_batch(batch)
             parts.append(np.asarray(out[OUTPUT_NAME] if isinstance(out, dict) else out).reshape(-1))
         cols.append(np.concatenate(parts) if parts else np.zeros(0, np.float32))
