@@ -2,6 +2,7 @@
 
     esnet dft run STRUCTURES... --out DIR [--relax eos] [--workers 2]
     esnet dft demo [--out DIR] [--workers 2] [--part all|base|harder|augment|new]   # the demo dataset, resuming from the packaged one
+    esnet dft pool [--out DIR] [--workers 2]                  # the hypothetical screening pool (resumable)
     esnet dft compact DIR                                     # older DOS files rewritten at about half the size, same numbers
 """
 from __future__ import annotations
@@ -16,6 +17,8 @@ from esnet_tf.errors import UserError
 
 #: `esnet dft demo --out` default: under the current directory (never inside the installation)
 DEMO_OUT = "esnet_demo_data"
+#: `esnet dft pool --out` default (to extend the repository's data: --out datasets/is_dos/pool)
+POOL_OUT = "esnet_pool_data"
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -24,7 +27,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                      "its energy (eV) and wall time (s); optionally a relaxation. One single-threaded GPAW "
                      "process per structure; results cached by a hash of structure + settings, so reruns resume.")
     sub = p.add_subparsers(dest="dft_command", metavar="ACTION", required=True)
-    for name, help_ in (("run", "compute the given structures"), ("demo", "compute the embedded demo dataset")):
+    for name, help_ in (("run", "compute the given structures"), ("demo", "compute the embedded demo dataset"),
+                        ("pool", "compute the hypothetical screening pool (element substitution on ternary "
+                                 "prototypes, their competing binaries, new elements)")):
         q = sub.add_parser(name, help=help_, description=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if name == "run":
             q.add_argument("structures", nargs="+", metavar="FILE",
@@ -33,6 +38,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
             q.add_argument("--relax", choices=["none", "eos", "optimizer"], default="none",
                            help="none: single point only; eos: isotropic lattice scan (cubic cells without "
                                 "internal degrees of freedom); optimizer: BFGS on positions and cell")
+        elif name == "pool":
+            q.add_argument("--out", default=POOL_OUT, help="pool directory (labels.csv, provenance.json, calcs/ "
+                           "cache); to extend the repository's data: --out datasets/is_dos/pool")
+            q.add_argument("--demo-dir", default=None, help="demo dataset directory whose results the pool reuses "
+                           "and whose entries enter the hulls (default: the packaged demo)")
+            q.add_argument("--limit", type=int, default=None, help="only the first N tasks of the plan")
+            q.add_argument("--assemble-only", action="store_true",
+                           help="compute nothing: write labels.csv and provenance.json from the cached results")
         else:
             q.add_argument("--out", default=DEMO_OUT, help="dataset directory; a new one starts from a copy of the "
                            "packaged demo results, so only missing structures are computed (to extend the "
@@ -115,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--readme {args.readme}: {exc}") from None
     st = _settings(args)
     out = Path(args.out)
+    if args.dft_command == "pool":
+        return _pool(args, st, out)
     if args.dft_command == "demo":
         from esnet_tf.dft.demo import seed_from_package
 
@@ -189,4 +204,40 @@ def run(args: argparse.Namespace) -> int:
         return 1
     write_text(out / "outcomes.json", json.dumps(
         [{"id": o.task_id, "status": o.status, "key": o.key, "reason": o.reason} for o in outcomes], indent=1))
+    return 1 if failed else 0
+
+
+def _pool(args: argparse.Namespace, st: DFTSettings, out: Path) -> int:
+    """`esnet dft pool`: compute the pool plan's missing tasks (reusing the demo's cache), then assemble."""
+    from esnet_tf import resources
+    from esnet_tf.dft.pool import assemble_pool, pool_tasks
+    from esnet_tf.dft.runner import cached_outcome, run_tasks
+
+    demo = Path(args.demo_dir) if args.demo_dir else resources.demo_dir()
+    if not (demo / "calcs").is_dir():
+        raise UserError(f"--demo-dir {demo}: no calcs/ cache there; give the demo dataset directory "
+                        "(datasets/is_dos/demo in a checkout)")
+    out.mkdir(parents=True, exist_ok=True)
+    plan = pool_tasks(st, timeout=args.timeout)[: args.limit]
+    failed = []
+    if not args.assemble_only:
+        todo = [p.task for p in plan if cached_outcome(p.task, demo / "calcs") is None]
+        print(f"pool plan: {len(plan)} tasks, {len(plan) - len(todo)} already in the demo's cache")
+        if args.beam_pipeline_options:
+            from esnet_tf.dft.beam import run_tasks_beam
+
+            outcomes = run_tasks_beam(todo, out / "calcs", args.beam_pipeline_options, args.retry_failed)
+        else:
+            outcomes = run_tasks(todo, out / "calcs", workers=args.workers, retry_failed=args.retry_failed,
+                                 nice=args.nice)
+        failed = [o for o in outcomes if o.status == "failed"]
+        for o in failed:
+            print(f"FAILED {o.task_id}: {o.reason}")
+    prov = assemble_pool(out, demo, st)
+    fam = ", ".join(f"{k} {v['done']}/{v['planned']} (stable {v['stable']} of {v['hull_complete']} with complete hulls)"
+                    for k, v in prov["candidates"].items())
+    print(f"{prov['n_rows']} rows -> {out / 'labels.csv'}; {prov['n_pending']} of {prov['n_planned']} tasks pending; "
+          f"candidates: {fam}; {len(prov['elements'])} elements")
+    if not prov["n_rows"] and not args.assemble_only:
+        return 1
     return 1 if failed else 0

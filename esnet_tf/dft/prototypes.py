@@ -29,18 +29,20 @@ PROTOTYPES: dict[str, tuple[str, list[list[float]], str]] = {
     "perovskite": ("Pm-3m", [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]], "ABX3"),
     "heusler": ("Fm-3m", [[0.25, 0.25, 0.25], [0.5, 0.5, 0.5], [0, 0, 0]], "X2YZ"),
     "inverse_heusler": ("F-43m", [[0, 0, 0], [0.25, 0.25, 0.25], [0.5, 0.5, 0.5], [0.75, 0.75, 0.75]], "XXYZ"),
+    "half_heusler": ("F-43m", [[0, 0, 0], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]], "ABC"),
 }
 #: atoms per primitive cell, checked when building
 _N_PRIMITIVE = {"fcc": 1, "bcc": 1, "sc": 1, "diamond": 2, "rocksalt": 2, "cscl": 2,
                 "zincblende": 2, "l12": 4, "d03": 4, "fluorite": 3, "c15": 6, "perovskite": 5,
-                "heusler": 4, "inverse_heusler": 4}
+                "heusler": 4, "inverse_heusler": 4, "half_heusler": 3}
 
 
 def prototype_structure(name: str, species: list[str], scale: float | None = None) -> Structure:
     """Primitive cell of prototype `name` with `species` on its Wyckoff slots, in order.
 
     Slots: l12 (A3B) -> [A, B]; d03 (A3B) -> [A, A, B]; fluorite/c15 (AB2) -> [A, B];
-    perovskite -> [A, B, X]; heusler (X2YZ) -> [X, Y, Z]; inverse_heusler -> [X, X, Y, Z].
+    perovskite -> [A, B, X]; heusler (X2YZ) -> [X, Y, Z]; inverse_heusler -> [X, X, Y, Z];
+    half_heusler (C1_b) -> [4a, 4b, 4c]: XYZ with X on the tetrahedral 4c site is [Z, Y, X].
     `scale` is the conventional cubic lattice constant (Å); None applies the radii rule.
     """
     if name not in PROTOTYPES:
@@ -128,6 +130,9 @@ NONCUBIC_PROTOTYPES: dict[str, tuple[tuple, list[tuple[int, tuple]], str, str]] 
     "cdi2": ((1, 1, _SQ83, 90, 90, 120),
              [(0, (0, 0, 0)), (1, (1 / 3, 2 / 3, 0.25)), (1, (2 / 3, 1 / 3, 0.75))], "AB2",
              "C6 (CdI2, 1T layers): A in every other octahedral layer of hcp B, ideal c/a = sqrt(8/3), z = 1/4"),
+    "layered_abo2": ((1, 1, 2 * float(np.sqrt(6.0)), 90, 90, 120), [], "ABX2",
+                     "alpha-NaFeO2 (LiCoO2) layered rocksalt, R-3m: A 3b, B 3a, X 6c with the ideal rocksalt "
+                     "z = 1/4 and c/a = 2 sqrt(6); primitive cell of 4"),
     "perovskite_p4mm": ((1, 1, 1, 90, 90, 90),
                         [(0, (0, 0, 0)), (1, (0.5, 0.5, 0.52)), (2, (0.5, 0.5, 0)), (2, (0.5, 0, 0.5)),
                          (2, (0, 0.5, 0.5))], "ABX3",
@@ -135,7 +140,7 @@ NONCUBIC_PROTOTYPES: dict[str, tuple[tuple, list[tuple[int, tuple]], str, str]] 
                         "so the optimizer can find the ferroelectric distortion"),
 }
 _N_NONCUBIC = {"hcp": 2, "wurtzite": 4, "nias": 4, "l10": 2, "rutile": 6, "anatase": 6, "cdi2": 3,
-               "perovskite_p4mm": 5}
+               "perovskite_p4mm": 5, "layered_abo2": 4}
 
 
 def _anatase_unit(species: list[str]) -> Structure:
@@ -151,6 +156,14 @@ def _anatase_unit(species: list[str]) -> Structure:
     return conv.get_primitive_structure()
 
 
+def _layered_abo2_unit(species: list[str]) -> Structure:
+    """Primitive alpha-NaFeO2 cell (4 atoms) at hexagonal a = 1: A 3b (0,0,1/2), B 3a (0,0,0), X 6c (0,0,1/4)."""
+    par = NONCUBIC_PROTOTYPES["layered_abo2"][0]
+    conv = Structure.from_spacegroup("R-3m", Lattice.hexagonal(par[0], par[2]), list(species),
+                                     [[0, 0, 0.5], [0, 0, 0], [0, 0, 0.25]])
+    return conv.get_primitive_structure()
+
+
 def noncubic_structure(name: str, species: list[str], scale: float | None = None) -> Structure:
     """Cell of non-cubic prototype `name` with `species` on its slots (A, B[, X]).
 
@@ -160,11 +173,13 @@ def noncubic_structure(name: str, species: list[str], scale: float | None = None
     if name not in NONCUBIC_PROTOTYPES:
         raise ValueError(f"unknown non-cubic prototype {name!r}; known: {sorted(NONCUBIC_PROTOTYPES)}")
     par, sites, slots, _ = NONCUBIC_PROTOTYPES[name]
-    n_slots = len({k for k, _ in sites}) if sites else 2
+    n_slots = len({k for k, _ in sites}) if sites else len(slots.rstrip("0123456789"))
     if len(species) != n_slots:
         raise ValueError(f"prototype {name} takes {n_slots} species, got {species}")
     if name == "anatase":
         unit = _anatase_unit(species)
+    elif name == "layered_abo2":
+        unit = _layered_abo2_unit(species)
     else:
         unit = Structure(Lattice.from_parameters(*par), [species[k] for k, _ in sites], [c for _, c in sites])
     if len(unit) != _N_NONCUBIC[name]:
