@@ -367,14 +367,14 @@ def test_cpu_hours_count_cpu_time_where_recorded_and_wall_time_before(tmp_path):
                                                     "n_cpu_timed": 1}}
 
 
-def test_readme_dataset_paragraph_matches_the_committed_data(labels):
-    """The top-level README's demo paragraph is what `esnet dft demo --assemble-only --readme README.md` writes."""
+def test_docs_dataset_paragraph_matches_the_committed_data(labels):
+    """docs/dft.md's demo paragraph is what `esnet dft demo --assemble-only --readme docs/dft.md` writes."""
     from esnet_tf.dft.demo import SUMMARY_MARKERS, readme_with_summary, summary_paragraph
 
-    readme = (DEMO.parents[2] / "README.md").read_text(encoding="utf-8")
-    expected = readme_with_summary(readme, summary_paragraph(PROVENANCE, list(labels.values())))
-    assert readme == expected, ("README.md's demo-summary block is stale: run `esnet dft demo --assemble-only "
-                                "--out datasets/is_dos/demo --readme README.md`")
+    doc = (DEMO.parents[2] / "docs" / "dft.md").read_text(encoding="utf-8")
+    expected = readme_with_summary(doc, summary_paragraph(PROVENANCE, list(labels.values())))
+    assert doc == expected, ("docs/dft.md's demo-summary block is stale: run `esnet dft demo --assemble-only "
+                             "--out datasets/is_dos/demo --readme docs/dft.md`")
     with pytest.raises(ValueError, match="exactly one"):
         readme_with_summary("no markers here\n", "x")
-    assert SUMMARY_MARKERS[0] in readme
+    assert SUMMARY_MARKERS[0] in doc

@@ -59,7 +59,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                            help="compute nothing: write labels.csv from the cached results (pending ones listed)")
             q.add_argument("--readme", metavar="FILE",
                            help="with --assemble-only: rewrite the dataset paragraph between the demo-summary "
-                                "markers of FILE (the repository's README.md)")
+                                "markers of FILE (the repository's docs/dft.md)")
         q.add_argument("--workers", type=int, default=2, help="parallel single-threaded GPAW processes (lower it while running: "
                        "echo 1 > OUT/calcs/WORKERS)")
         q.add_argument("--timeout", type=float, default=1800.0, help="wall-time limit per structure, s")

@@ -423,11 +423,11 @@ def counts_markdown(prov: dict) -> str:
     return "\n".join(lines)
 
 
-#: how the top-level README names the non-cubic prototypes
+#: how docs/dft.md's demo paragraph names the non-cubic prototypes
 PROTOTYPE_NAMES = {"hcp": "hcp", "wurtzite": "wurtzite", "l10": "L1_0", "rutile": "rutile", "anatase": "anatase",
                    "cdi2": "CdI2-type", "nias": "NiAs-type", "perovskite_p4mm": "P4mm-distorted perovskite"}
 _N_ELEMENT_NAMES = {"1": "elemental phases", "2": "binaries", "3": "ternaries", "4": "quaternaries"}
-#: the markers of the dataset paragraph in the top-level README (`esnet dft demo --assemble-only --readme README.md`)
+#: the markers of the dataset paragraph in docs/dft.md (`esnet dft demo --assemble-only --readme docs/dft.md`)
 SUMMARY_MARKERS = ("<!-- demo-summary:start -->", "<!-- demo-summary:end -->")
 
 
@@ -436,7 +436,7 @@ def _and_join(items: list[str]) -> str:
 
 
 def summary_paragraph(prov: dict, labels: list[dict]) -> str:
-    """The top-level README's paragraph on the demo data, from provenance.json and labels.csv rows."""
+    """docs/dft.md's paragraph on the demo data, from provenance.json and labels.csv rows."""
     sm, aug, pend = prov["summary"], prov["augmentation"], prov["n_pending_by_part"]
     kinds = ", ".join(f"{n} {_N_ELEMENT_NAMES.get(k, f'{k}-element compounds')}"
                       for k, n in sorted(sm["per_n_elements"].items()))
