@@ -26,6 +26,7 @@ import numpy as np
 
 from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID, EnergyGrid, ISDOSExample
 from esnet_tf.isdos import INPUT_NAMES, OUTPUT_NAME
+from esnet_tf.featurize import energy_arrays, fill_energies  # energy inputs (issue 32): (N, 1) eV/atom, NaN unknown
 from esnet_tf.splits import DEFAULT_FRACTIONS, SPLITS, split_of
 from esnet_tf.errors import UserError
 from esnet_tf.labels import LabelRow, labels_by_id
@@ -76,6 +77,7 @@ def stack_examples(examples: Sequence[ISDOSExample], labels: Mapping[str, LabelR
         "formula": np.array([e.formula for e in examples], dtype=str),
         "chemsys": np.array([e.chemsys for e in examples], dtype=str),
         "code": np.array([e.code for e in examples], dtype=str),  # DFT code of each IS-DOS (the domain check reads it)
+        **energy_arrays(examples, labels),  # is_energy_per_atom, is_formation_energy_per_atom (N, 1) eV/atom
     }
 
 
@@ -102,6 +104,8 @@ def load_npz_arrays(spec: str, labels: str | Path | None = None, require_labels:
     for key in LABEL_KEYS:
         arrays[key] = np.array([rows.get(i, {}).get(key, math.nan) for i in arrays["id"]], dtype=np.float32)
     arrays["id"] = arrays["id"].astype(str)
+    arrays.update({k: np.concatenate([p[k] for p in parts]) for k in ("is_energy_per_atom", "is_formation_energy_per_atom")})
+    fill_energies(arrays, rows)  # a labels column of that name wins over the .npz value
     if require_labels:
         keep = np.array([i in rows for i in arrays["id"]], dtype=bool)
         if not keep.any():

@@ -6,7 +6,11 @@
   recorded in metadata;
 - non-spin-polarised input: up = down = total / 2;
 - divided by the number of atoms: states / eV / atom;
-- composition: atomic fraction of Z = 1..118.
+- composition: atomic fraction of Z = 1..118;
+- energies (spec v2): `is_energy_per_atom` = the source's IS total energy / atoms (eV/atom) and
+  `is_formation_energy_per_atom` against elemental references of the same code (eV/atom): the
+  producing engine's own (GPAW: the data directory's provenance.json), else the `references` the
+  caller names (`esnet_tf.references.load_references`; `--references FILE`); NaN where unknown.
 
 CLI: `esnet featurize PATH... --out features.npz` (`esnet_tf.cli.featurize`).
 """
@@ -15,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from esnet_tf.atomic import atomic_path
-from esnet_tf.isdos import N_ELEMENTS, PAPER_GRID, DOSInputError, EnergyGrid, ISDOSExample, ProjectedDOS
+from esnet_tf.isdos import (IS_ENERGY, IS_FORMATION_ENERGY, N_ELEMENTS, PAPER_GRID, DOSInputError, EnergyGrid,
+                            ISDOSExample, ProjectedDOS)
 from esnet_tf.readers import read_dos, source_kind
 
 _STRIP = (".gpawdos.npz", ".gz", ".xml", ".json")
@@ -53,8 +58,31 @@ def composition_vector(structure) -> np.ndarray:
     return (vec / vec.sum()).astype(np.float32)
 
 
-def featurize_dos(dos: ProjectedDOS, grid: EnergyGrid = PAPER_GRID, id: str | None = None) -> ISDOSExample:
-    """Turn one `ProjectedDOS` into an `ISDOSExample` on `grid`."""
+def is_energies(dos: ProjectedDOS, references: Mapping[str, float] | None = None) -> tuple[float, float, str, tuple]:
+    """(is_energy_per_atom, is_formation_energy_per_atom (eV/atom, NaN where unknown), their source, warnings).
+
+    The formation energy uses the producing code's own references (`dos.references`) when the reader
+    found them, else `references` (the user's, for the same code and settings)."""
+    from esnet_tf.references import formation_energy_per_atom
+
+    if dos.total_energy is None or not np.isfinite(dos.total_energy):
+        return float("nan"), float("nan"), "", ()
+    n_atoms = len(dos.structure)
+    per_atom = float(dos.total_energy) / n_atoms
+    refs, origin = (dos.references, "the engine's elemental references") if dos.references else \
+        (references, "the --references file") if references else (None, "")
+    if refs is None:
+        return per_atom, float("nan"), dos.energy_source, ()
+    comp = {el.symbol: float(k) for el, k in dos.structure.composition.element_composition.items()}
+    ef, missing = formation_energy_per_atom(float(dos.total_energy), comp, refs)
+    notes = (f"no elemental reference for {', '.join(missing)} in {origin}: {IS_FORMATION_ENERGY} unknown",) \
+        if missing else ()
+    return per_atom, ef, f"{dos.energy_source}; formation energy against {origin}", notes
+
+
+def featurize_dos(dos: ProjectedDOS, grid: EnergyGrid = PAPER_GRID, id: str | None = None,
+                  references: Mapping[str, float] | None = None) -> ISDOSExample:
+    """Turn one `ProjectedDOS` into an `ISDOSExample` on `grid` (energies: `is_energies`)."""
     if not np.isfinite(dos.efermi):
         raise DOSInputError(dos.source, f"Fermi level is {dos.efermi} (not a number)",
                             "give the document a finite efermi in eV; IS-DOS is aligned to E_F")
@@ -76,33 +104,74 @@ def featurize_dos(dos: ProjectedDOS, grid: EnergyGrid = PAPER_GRID, id: str | No
     else:
         up = down = resampled[0] / 2.0
     comp = dos.structure.composition
+    e_atom, e_form, source, notes = is_energies(dos, references)
     return ISDOSExample(
         dos_up=up.astype(np.float32), dos_down=down.astype(np.float32),
         composition=composition_vector(dos.structure), id=id or dos.doc_id or Path(dos.source).name,
         formula=comp.reduced_formula, chemsys=comp.chemical_system, n_atoms=n_atoms,
         efermi=float(dos.efermi), spin_polarized=dos.spin_polarized, source=dos.source, code=dos.code,
-        f_channels=dos.f_channels, warnings=dos.warnings, grid=grid)
+        f_channels=dos.f_channels, warnings=tuple(dos.warnings) + notes, grid=grid,
+        is_energy_per_atom=e_atom, is_formation_energy_per_atom=e_form, energy_source=source)
 
 
-def featurize_all(path: str | Path, grid: EnergyGrid = PAPER_GRID, id: str | None = None) -> list[ISDOSExample]:
+def featurize_all(path: str | Path, grid: EnergyGrid = PAPER_GRID, id: str | None = None,
+                  references: Mapping[str, float] | None = None) -> list[ISDOSExample]:
     """All IS-DOS examples in one file (MP files may hold several documents)."""
     doses = read_dos(path)
     base = id or default_id(Path(path))
     if len(doses) == 1:
-        return [featurize_dos(doses[0], grid, id or doses[0].doc_id or base)]
-    return [featurize_dos(d, grid, d.doc_id or f"{base}#{i}") for i, d in enumerate(doses)]
+        return [featurize_dos(doses[0], grid, id or doses[0].doc_id or base, references)]
+    return [featurize_dos(d, grid, d.doc_id or f"{base}#{i}", references) for i, d in enumerate(doses)]
 
 
-def featurize(path: str | Path, grid: EnergyGrid = PAPER_GRID, id: str | None = None) -> ISDOSExample:
+def featurize(path: str | Path, grid: EnergyGrid = PAPER_GRID, id: str | None = None,
+              references: Mapping[str, float] | None = None) -> ISDOSExample:
     """The IS-DOS example of one calculation (DESIGN.md section 1).
 
     `path`: vasprun.xml[.gz], DOSCAR (+POSCAR) file or directory, MP CompleteDos .json[.gz]
-    holding one document, or *.gpawdos.npz. Raises `DOSInputError` naming the file and the fix.
+    holding one document, or *.gpawdos.npz. `references`: {element: eV/atom} of the same code and
+    settings, for the IS formation energy where the source has no references of its own.
+    Raises `DOSInputError` naming the file and the fix.
     """
-    examples = featurize_all(path, grid, id)
+    examples = featurize_all(path, grid, id, references)
     if len(examples) != 1:
         raise DOSInputError(path, f"holds {len(examples)} DOS documents", "use featurize_all() for multi-document files")
     return examples[0]
+
+
+# ---------------------------------------------------------------- energy arrays (spec v2)
+
+#: the energy arrays every example set carries, (N, 1) float32 eV/atom, NaN where unknown
+ENERGY_ARRAYS: tuple[str, ...] = (IS_ENERGY, IS_FORMATION_ENERGY)
+
+
+def label_energy(row, name: str) -> float:
+    """A labels row's energy column `name` (eV/atom); NaN when the table has no such column or it is blank."""
+    if row is None:
+        return float("nan")
+    value = row.get(name) if hasattr(row, "get") else None
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return float("nan")
+    return row.float(name) if hasattr(row, "float") else float(value)
+
+
+def energy_arrays(examples: Sequence[ISDOSExample], labels: Mapping | None = None) -> dict[str, np.ndarray]:
+    """{name: (N, 1) float32 eV/atom} of `ENERGY_ARRAYS` for `examples`: a labels row's column of that name
+    where given (`labels` by id), else the example's own value (from its calculation), else NaN."""
+    labels = labels or {}
+    return {k: np.array([label_energy(labels.get(e.id), k) if np.isfinite(label_energy(labels.get(e.id), k))
+                         else e.energy(k) for e in examples], np.float32).reshape(-1, 1) for k in ENERGY_ARRAYS}
+
+
+def fill_energies(arrays: dict, labels: Mapping | None) -> dict:
+    """Give `arrays` (with 'id') the `ENERGY_ARRAYS`, (N, 1) float32 eV/atom: a labels row's column where
+    given, else the value already there (e.g. from `esnet featurize`), else NaN. Returns `arrays`."""
+    n = len(arrays["id"])
+    for k in ENERGY_ARRAYS:
+        have = np.asarray(arrays[k], np.float32).reshape(-1, 1) if k in arrays else np.full((n, 1), np.nan, np.float32)
+        given = np.array([label_energy((labels or {}).get(str(i)), k) for i in arrays["id"]], np.float32).reshape(-1, 1)
+        arrays[k] = np.where(np.isfinite(given), given, have).astype(np.float32)
+    return arrays
 
 
 # ---------------------------------------------------------------- npz I/O (no pickle)
@@ -111,6 +180,7 @@ def save_examples(examples: list[ISDOSExample], out: str | Path) -> Path:
     """Write examples to an .npz readable with `np.load(..., allow_pickle=False)`.
 
     Arrays: dos_up, dos_down (N, n_points, 9) float32 states/eV/atom; composition (N, 118);
+    is_energy_per_atom, is_formation_energy_per_atom (N, 1) float32 eV/atom, NaN where unknown;
     id, formula, chemsys, source, code (N,) unicode; n_atoms (N,) int32; efermi (N,) eV;
     spin_polarized (N,) bool; energies (n_points,) E - E_F in eV; metadata_json (N,) unicode.
     """
@@ -130,6 +200,7 @@ def _savez(fh, examples: list[ISDOSExample], grid: EnergyGrid, n: int) -> None:
         dos_up=np.stack([e.dos_up for e in examples]) if examples else np.zeros((0, n, 9), np.float32),
         dos_down=np.stack([e.dos_down for e in examples]) if examples else np.zeros((0, n, 9), np.float32),
         composition=np.stack([e.composition for e in examples]) if examples else np.zeros((0, N_ELEMENTS), np.float32),
+        **{k: np.array([[e.energy(k)] for e in examples], np.float32).reshape(-1, 1) for k in (IS_ENERGY, IS_FORMATION_ENERGY)},
         id=np.array([e.id for e in examples], dtype=str), formula=np.array([e.formula for e in examples], dtype=str),
         chemsys=np.array([e.chemsys for e in examples], dtype=str),
         source=np.array([e.source for e in examples], dtype=str), code=np.array([e.code for e in examples], dtype=str),
@@ -153,6 +224,11 @@ def load_examples(path: str | Path) -> dict[str, np.ndarray]:
     for key in ("dos_up", "dos_down", "composition", "id"):
         if key not in arrays:
             raise DOSInputError(path, f"missing array '{key}'", "write it with `esnet featurize --out`")
+    for key in (IS_ENERGY, IS_FORMATION_ENERGY):  # files written before spec v2: unknown (NaN)
+        if key in arrays:
+            arrays[key] = np.asarray(arrays[key], np.float32).reshape(-1, 1)
+        else:
+            arrays[key] = np.full((len(arrays["id"]), 1), np.nan, np.float32)
     return arrays
 
 
@@ -196,12 +272,13 @@ def default_workers() -> int:
     return max(1, min(8, n))
 
 
-def _featurize_file(job: tuple[Path, Path | None, EnergyGrid]) -> tuple[list[ISDOSExample] | None, tuple | None]:
-    """One file -> (examples, None) or (None, (path, problem, fix)); module level so a process pool can run it."""
-    path, root, grid = job
+def _featurize_file(job: tuple) -> tuple[list[ISDOSExample] | None, tuple | None]:
+    """One file -> (examples, None) or (None, (path, problem, fix)); module level so a process pool can run it.
+    `job`: (path, root, grid, references or None)."""
+    path, root, grid, references = job
     try:
         try:
-            return featurize_all(path, grid, id=default_id(path, root) if root else None), None
+            return featurize_all(path, grid, id=default_id(path, root) if root else None, references=references), None
         except (DOSInputError, MemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:  # a reader library failing on a malformed file: one line, not a traceback
@@ -214,14 +291,16 @@ def _featurize_file(job: tuple[Path, Path | None, EnergyGrid]) -> tuple[list[ISD
 def featurize_paths(paths: Sequence[str | Path], grid: EnergyGrid = PAPER_GRID, *, progress: bool = True,
                     on_result: Callable[[Path, list[ISDOSExample] | None, DOSInputError | None], None] | None = None,
                     on_note: Callable[[str], None] | None = None,
-                    workers: int | None = None) -> tuple[list[ISDOSExample], list[str]]:
+                    workers: int | None = None,
+                    references: Mapping[str, float] | None = None) -> tuple[list[ISDOSExample], list[str]]:
     """Featurize files and directories (walked); returns (examples, one-line failures).
 
     A file that cannot become IS-DOS (or does not exist) is reported in the failures (and to
     `on_result`), not raised; files left out as duplicates of a calculation go to `on_note`.
     Shows a progress bar over files. `workers` processes share the files (single-threaded each,
     results in input order, the same as serial); None = `default_workers()` from
-    AUTO_PARALLEL_FILES files on, else 1.
+    AUTO_PARALLEL_FILES files on, else 1. `references`: {element: eV/atom} for the IS formation
+    energy of files whose code brings no references of its own (`featurize`).
     """
     from tqdm.auto import tqdm
 
@@ -246,14 +325,14 @@ def featurize_paths(paths: Sequence[str | Path], grid: EnergyGrid = PAPER_GRID, 
         if p.is_dir() and not any(root == p or f == p for f, root in inputs):
             fail(p, DOSInputError(p, "no DFT output found in this directory", f"expected {SUPPORTED}"))
     seen: dict[Path, Path] = {}
-    jobs: list[tuple[Path, Path | None, EnergyGrid]] = []
+    jobs: list[tuple] = []
     for path, root in inputs:
         real = path.resolve()
         if real in seen:  # the same calculation twice would become two examples with one id
             fail(path, DOSInputError(path, f"given twice (also as {seen[real]})", "pass each calculation once"))
             continue
         seen[real] = path
-        jobs.append((path, root, grid))
+        jobs.append((path, root, grid, dict(references) if references else None))
     if workers is None:
         workers = default_workers() if len(jobs) >= AUTO_PARALLEL_FILES else 1
     workers = min(workers, max(1, len(jobs)))
@@ -262,7 +341,7 @@ def featurize_paths(paths: Sequence[str | Path], grid: EnergyGrid = PAPER_GRID, 
     with _pool(workers) as pool:
         results = (pool.imap(_featurize_file, jobs, chunksize=max(1, min(32, len(jobs) // (8 * workers))))
                    if pool is not None else map(_featurize_file, jobs))
-        for (path, _, _), (found, error) in zip(jobs, results):
+        for (path, *_), (found, error) in zip(jobs, results):
             bar.update(1)
             if error is not None:
                 fail(path, DOSInputError(*error))

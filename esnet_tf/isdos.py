@@ -17,6 +17,21 @@ N_ORBITALS = len(ORBITALS)
 N_ELEMENTS = 118
 #: Model input names (DESIGN.md section 5): the IS-DOS fields a model takes.
 INPUT_NAMES: tuple[str, ...] = ("dos_up", "dos_down", "composition")
+#: The IS total energy per atom of the single point that gave the IS-DOS (eV/atom; spec v2).
+IS_ENERGY = "is_energy_per_atom"
+#: The IS formation energy per atom against elemental references of the same code (eV/atom; spec v2).
+IS_FORMATION_ENERGY = "is_formation_energy_per_atom"
+#: Named scalar energy inputs (eV/atom, float32 (None, 1) each) a model may take beside
+#: INPUT_NAMES (DESIGN.md section 1, "Energy inputs"); NaN in the data means unknown.
+ENERGY_INPUTS: tuple[str, ...] = (IS_FORMATION_ENERGY, IS_ENERGY, "uip_formation_energy_per_atom")
+#: How to obtain each energy input when an example lacks it (the fix of the refusal).
+ENERGY_FIX = {
+    IS_FORMATION_ENERGY: "GPAW calculations take it from the engine's provenance.json; for VASP or Materials "
+                         "Project inputs give --references FILE (CSV element,energy_per_atom or MP ComputedEntry "
+                         "JSON), or an is_formation_energy_per_atom column in labels.csv",
+    IS_ENERGY: "use a source that holds the IS total energy (GPAW result, single-point vasprun.xml), or an "
+               "is_energy_per_atom column in labels.csv",
+}
 #: Model output (and label) name: relaxed formation energy, eV/atom.
 OUTPUT_NAME = "formation_energy_per_atom"
 #: Predictions CSV columns (DESIGN.md section 6), eV/atom.
@@ -75,6 +90,12 @@ class ProjectedDOS:
     f_channels: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     doc_id: str | None = None  # id stored in the file itself (MP task_id, GPAW task id)
+    #: total energy of the cell (eV) of the calculation that gave this DOS (its single point), None when
+    #: the source does not hold it; `energy_source` says where it came from
+    total_energy: float | None = None
+    energy_source: str = ""
+    #: the producing code's own elemental references {element: eV/atom} of the same settings (GPAW engine)
+    references: dict | None = None
 
 
 @dataclass
@@ -95,6 +116,17 @@ class ISDOSExample:
     f_channels: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     grid: EnergyGrid = field(default=PAPER_GRID)
+    #: IS total energy (eV/atom) and IS formation energy (eV/atom) against elemental references of the
+    #: same code; NaN where unknown (spec v2)
+    is_energy_per_atom: float = float("nan")
+    is_formation_energy_per_atom: float = float("nan")
+    energy_source: str = ""  # where is_energy_per_atom came from, and the references of the formation energy
+
+    def energy(self, name: str) -> float:
+        """The named energy input (eV/atom; NaN when unknown)."""
+        if name not in ENERGY_INPUTS:
+            raise KeyError(f"unknown energy input {name!r} (known: {', '.join(ENERGY_INPUTS)})")
+        return float(getattr(self, name, float("nan")))
 
     def metadata(self) -> dict:
         """JSON-serialisable metadata (everything but the arrays)."""
@@ -104,4 +136,38 @@ class ISDOSExample:
             "spin_polarized": self.spin_polarized, "source": self.source, "code": self.code,
             "f_channels": list(self.f_channels), "warnings": list(self.warnings),
             "grid": self.grid.to_dict(),
+            IS_ENERGY: _json_float(self.is_energy_per_atom),
+            IS_FORMATION_ENERGY: _json_float(self.is_formation_energy_per_atom),
+            "energy_source": self.energy_source,
         }
+
+
+def _json_float(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def missing_energy_message(name: str, where: str, ids) -> str:
+    """One line refusing examples whose energy input `name` is NaN: names them and the fix."""
+    ids = [str(i) for i in ids]
+    more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
+    fix = ENERGY_FIX.get(name, f"give the examples a {name} (eV/atom)")
+    return (f"{where + ': ' if where else ''}the model needs input '{name}' (eV/atom), unknown (NaN) for id "
+            f"{', '.join(ids[:3])}{more}; {fix}")
+
+
+def require_energies(arrays: dict, names, where: str = "") -> None:
+    """Refuse (`UserError`, one line) arrays lacking a finite value of each energy input in `names`."""
+    from esnet_tf.errors import UserError
+
+    for name in names:
+        n = len(arrays["composition"]) if "composition" in arrays else 0
+        if name not in arrays:
+            ids = [str(i) for i in arrays.get("id", range(n))]
+            raise UserError(missing_energy_message(name, where, ids or ["(all)"]))
+        values = np.asarray(arrays[name], dtype=np.float64).reshape(len(arrays[name]), -1)
+        bad = ~np.isfinite(values).all(axis=1)
+        if bad.any():
+            idx = np.flatnonzero(bad)
+            ids = [arrays["id"][i] if "id" in arrays else i for i in idx]
+            raise UserError(missing_energy_message(name, where, [i.decode() if isinstance(i, bytes) else i
+                                                                  for i in ids]))

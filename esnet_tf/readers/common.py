@@ -87,3 +87,27 @@ def not_m_resolved(path, orbital: str) -> DOSInputError:
     """The error for projections without m resolution (LORBIT=10 and the like)."""
     return DOSInputError(path, f"projections are not m-resolved (orbital '{orbital}')",
                          "rerun VASP with LORBIT=11 (LORBIT=10 writes s, p, d only)")
+
+
+def ionic_step_energy(step: dict, last_electronic: dict | None) -> float | None:
+    """Total energy (eV per cell, sigma -> 0) of one VASP ionic step, as pymatgen's `Vasprun.final_energy`
+    computes it: the step's `e_0_energy`, unless VASP 5's bug wrote it wrong (e.g. 0.0), then its
+    `e_fr_energy` plus (e_0 - e_fr) of the step's last electronic step. None when not written."""
+    try:
+        e0 = float(step["e_0_energy"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if last_electronic and "e_0_energy" in last_electronic and "e_fr_energy" in last_electronic \
+            and "e_fr_energy" in step:
+        fixed = round(float(last_electronic["e_0_energy"]) - float(last_electronic["e_fr_energy"])
+                      + float(step["e_fr_energy"]), 8)
+        if abs(e0 - fixed) > 1e-7:
+            return fixed
+    return e0 if np.isfinite(e0) else None
+
+
+def vasprun_energy_source(n_steps: int) -> str:
+    """Where a vasprun.xml example's IS total energy comes from (recorded in its metadata)."""
+    if n_steps <= 1:
+        return "vasprun.xml single point"
+    return f"vasprun.xml first ionic step of {n_steps} (the initial structure; the DOS is the final structure's)"

@@ -14,17 +14,27 @@ the structure (pymatgen Structure dict); `code`; `settings_json` (the DFT settin
 - full (before 2026-12, and for a non-uniform axis): `energies` (n_E,), `pdos`, `efermi`,
   `structure_json`, `code`, `settings_json`, `energy`, `id`.
 `compact_gpaw_dos` rewrites a full file in the compact layout.
+
+The IS total energy of an example is the file's `energy` (the single point that gave the DOS). The
+engine's own elemental references (eV/atom) come from the `provenance.json` that `esnet dft` writes
+at the top of its data directory (`elemental_references`), found in the file's parent folders and
+used only when its `settings` are the file's `settings_json` (same code, same settings).
 """
 from __future__ import annotations
 
 import json
 import zipfile
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from esnet_tf.isdos import N_ORBITALS, DOSInputError, ProjectedDOS
 
+#: provenance.json of an `esnet dft` data directory: the engine's settings and elemental references
+PROVENANCE_FILE = "provenance.json"
+#: how many parent folders of a *.gpawdos.npz are searched for PROVENANCE_FILE (data_dir/calcs/<key>/is.gpawdos.npz)
+PROVENANCE_DEPTH = 4
 #: largest |stored - uniform| energy (eV) for which an axis is written as start + step
 GRID_TOLERANCE_EV = 1e-9
 _FIX = "regenerate it with `esnet dft`"
@@ -86,7 +96,41 @@ def read_gpaw_dos(path: str | Path) -> ProjectedDOS:
                        structure=Structure.from_dict(c["structure"]), spin_polarized=pdos.shape[0] == 2,
                        source=str(path), code=str(c["code"]))
     dos.doc_id = str(c["id"]) if c["id"] is not None else None
+    energy = c.get("energy")
+    if energy is not None and np.isfinite(float(energy)):
+        dos.total_energy = float(energy)
+        dos.energy_source = "GPAW single point (esnet dft)"
+    if c.get("settings_json"):
+        dos.references = engine_references(path, str(c["settings_json"]))
     return dos
+
+
+def engine_references(path: str | Path, settings_json: str) -> dict[str, float] | None:
+    """The GPAW engine's elemental references {element: eV/atom} for a file computed with
+    `settings_json`: from the nearest `provenance.json` in its parent folders whose settings are
+    the same; None when there is none."""
+    try:
+        settings = json.dumps(json.loads(settings_json), sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+    for folder in list(Path(path).resolve().parents)[:PROVENANCE_DEPTH]:
+        candidate = folder / PROVENANCE_FILE
+        if candidate.is_file():
+            found = _provenance_references(str(candidate), candidate.stat().st_mtime_ns)
+            if found is not None and found[0] == settings:
+                return dict(found[1])
+    return None
+
+
+@lru_cache(maxsize=16)
+def _provenance_references(path: str, mtime_ns: int) -> tuple[str, tuple] | None:
+    """(canonical settings JSON, ((element, eV/atom), ...)) of one provenance.json (cached while unchanged)."""
+    try:
+        prov = json.loads(Path(path).read_text(encoding="utf-8"))
+        refs = tuple(sorted((str(el), float(v["energy_per_atom"])) for el, v in prov["elemental_references"].items()))
+        return json.dumps(prov["settings"], sort_keys=True), refs
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _layout(c: dict) -> dict[str, np.ndarray]:

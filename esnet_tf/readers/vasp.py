@@ -6,6 +6,10 @@ multi-step run (relaxation or MD) the DOS belongs to the final structure: the re
 returns it, attached to the final structure, and records the warning "DOS of the final
 structure of an N-step run, not IS-DOS" in the example's metadata. Unconverged runs are
 read with a warning recorded the same way, never silently.
+
+The IS total energy (`ProjectedDOS.total_energy`, eV per cell) is the first ionic step's energy
+(sigma -> 0, pymatgen's `final_energy` rule): the single point's, or, for a multi-step run, the
+initial structure's (not the final energy the DOS belongs to).
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import warnings as _warnings
 from pathlib import Path
 
 from esnet_tf.isdos import DOSInputError, ProjectedDOS
-from esnet_tf.readers.common import check_vasprun_run, from_complete_dos
+from esnet_tf.readers.common import check_vasprun_run, from_complete_dos, ionic_step_energy, vasprun_energy_source
 
 
 def read_vasprun(path: str | Path) -> ProjectedDOS:
@@ -37,4 +41,9 @@ def read_vasprun(path: str | Path) -> ProjectedDOS:
     cd = run.complete_dos
     dos = from_complete_dos(cd, path, code=f"VASP {run.vasp_version}", warnings=tuple(notes))
     dos.structure = run.final_structure if n_steps > 1 else run.initial_structure
+    if run.ionic_steps:  # the IS total energy: the first ionic step (the single point, or a run's initial structure)
+        first = run.ionic_steps[0]
+        electronic = first.get("electronic_steps") or [None]
+        dos.total_energy = ionic_step_energy(first, electronic[-1])
+        dos.energy_source = vasprun_energy_source(n_steps) if dos.total_energy is not None else ""
     return dos

@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from esnet_tf.isdos import F_ORBITALS, ORBITALS, DOSInputError, ProjectedDOS
-from esnet_tf.readers.common import check_vasprun_run, not_m_resolved, orbital_channel
+from esnet_tf.readers.common import (check_vasprun_run, ionic_step_energy, not_m_resolved, orbital_channel,
+                                     vasprun_energy_source)
 
 #: Decompressed bytes read per step (bytes).
 CHUNK_BYTES = 1 << 22
@@ -419,6 +420,8 @@ class _Run:
         self.in_calc = False
         self.scsteps: list[frozenset[str]] = []  # energy names of each electronic step, current calc
         self.last_scsteps: list[frozenset[str]] = []
+        self.last_sc_energy: dict | None = None  # energies of the current calculation's last electronic step
+        self.step_energies: list[float | None] = []  # total energy (eV per cell) of each ionic step
         self.dos: dict | None = None
         self.dos_error = False
         self.skipped = 0
@@ -436,6 +439,7 @@ class _Run:
             energy = elem.find("energy")
             if energy is not None:
                 self.scsteps.append(frozenset(i.get("name") for i in energy.findall("i")))
+                self.last_sc_energy = _energies(energy)
             elem.clear()
         elif tag == "calculation":
             if self.params is None:
@@ -443,6 +447,10 @@ class _Run:
             self.n_calc += 1
             self.in_calc = False
             self.last_scsteps = self.scsteps
+            step = elem.find("energy")
+            self.step_energies.append(ionic_step_energy(_energies(step), self.last_sc_energy)
+                                      if step is not None else None)
+            self.last_sc_energy = None
             elem.clear()
             parent = elem.getparent()
             while elem.getprevious() is not None:  # drop what is already read
@@ -490,6 +498,17 @@ class _Run:
         if self.symbols is None:
             raise AttributeError("'Vasprun' object has no attribute 'atomic_symbols'")
         return self.symbols
+
+
+def _energies(energy) -> dict:
+    """{name: value} of an <energy> block's <i> entries (values that do not parse are left out)."""
+    out = {}
+    for i in energy.findall("i"):
+        try:
+            out[i.get("name")] = float(i.text)
+        except (TypeError, ValueError):
+            pass
+    return out
 
 
 def _stream(path: Path, run: _Run) -> None:
@@ -665,9 +684,11 @@ def read_vasprun_fast(path: str | Path) -> ProjectedDOS:
             for col, ch in channels:
                 pdos[i, ch] += block[:, col]
     f_channels = tuple(sorted(f_seen, key=lambda s: F_ORBITALS.index(s) if s in F_ORBITALS else 99))
+    energy = run.step_energies[0] if run.step_energies else None  # the initial structure's (first ionic step)
     return ProjectedDOS(energies=energies, pdos=pdos, efermi=float(dos["efermi"]), structure=structure,
                         spin_polarized=len(spins) == 2, source=str(path), code=f"VASP {run.version}",
-                        f_channels=f_channels, warnings=tuple(notes))
+                        f_channels=f_channels, warnings=tuple(notes), total_energy=energy,
+                        energy_source=vasprun_energy_source(n_steps) if energy is not None else "")
 
 
 def read_vasprun_any(path: str | Path, reader: str | None = None) -> ProjectedDOS:
