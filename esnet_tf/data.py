@@ -17,10 +17,16 @@ id, formula, chemsys (strings).
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
+import hashlib
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -37,6 +43,79 @@ COMPOSITION_TOLERANCE = 1e-4
 #: DOS values (states/eV/atom) below -this are refused (tetrahedron-method dips are ~1e-4)
 NEGATIVE_DOS_TOLERANCE = 1e-2
 STRING_KEYS = ("id", "formula", "chemsys")
+
+
+# ---------------------------------------------------------------- data settings
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_split_fractions(values) -> tuple[float, float, float]:
+    """Three fractions >= 0 summing to 1 (the rule of esnet_tf.splits), as a tuple."""
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3 or min(out) < 0 or abs(sum(out) - 1.0) > 1e-9:
+        raise UserError(f"--split-fractions must be three fractions >= 0 summing to 1 (train, validation, "
+                        f"test), e.g. 0.8,0.1,0.1; got {values!r}")
+    return out
+
+
+def parse_split_fractions(text: str) -> tuple[float, float, float]:
+    """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1); `UserError` unless three fractions >= 0 summing to 1."""
+    try:
+        parts = [float(x) for x in str(text).split(",")]
+    except ValueError:
+        parts = text
+    return check_split_fractions(parts)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the examples come from and how they split into train / validation / test.
+
+    The data fields shared by `esnet_tf.train.TrainConfig` and `esnet_tf.tuning.search.TuneConfig`
+    (both extend this class; each field is a flag of the same name). Invalid values raise
+    `UserError` naming the flag.
+    """
+
+    dataset: str | None = None      #: features .npz (with `labels`), labels directory, or TFDS name/dir
+    labels: str | None = None       #: labels CSV for an .npz: id, formation_energy_per_atom (eV/atom)
+    data_dir: str | None = None     #: TFDS data_dir (TFDS datasets only)
+    split_fractions: tuple[float, float, float] | None = None  #: train/validation/test fractions of
+    #: chemical systems for .npz / labels-directory datasets (None: 0.8, 0.1, 0.1)
+    split_seed: int = 0             #: seed of the chemical-system split
+
+    def __post_init__(self) -> None:
+        for name in ("dataset", "labels", "data_dir"):
+            if isinstance(getattr(self, name), os.PathLike):
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
+        if self.split_fractions is not None:
+            object.__setattr__(self, "split_fractions", check_split_fractions(self.split_fractions))
+        for name in ("dataset", "labels", "data_dir"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise UserError(f"{_flag(name)} must be a path or name (a string), got {getattr(self, name)!r}")
+        seed = self.split_seed
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise UserError(f"--split-seed must be an integer >= 0, got {seed!r} (setting 'split_seed')")
+
+    def data_config(self) -> "DataConfig":
+        """Only the data fields, as a `DataConfig`."""
+        return DataConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataConfig)})
+
+    def split_options(self) -> dict:
+        """Keyword arguments of `load_split` (labels, data_dir, split fractions / seed)."""
+        return {"labels": self.labels, "data_dir": self.data_dir, "split_fractions": self.split_fractions,
+                "split_seed": int(self.split_seed)}
+
+
+def model_input_names(model_config: Any = None) -> tuple[str, ...]:
+    """The model inputs a pipeline feeds: dos_up, dos_down, composition, then the named scalar energy
+    inputs (eV/atom, (N, 1)) that `model_config` lists in `energy_inputs` (none for the paper's model)."""
+    extra = tuple(getattr(model_config, "energy_inputs", ()) or ())
+    return (*INPUT_NAMES, *extra)
 
 
 # ---------------------------------------------------------------- labels and raw sources
@@ -153,10 +232,14 @@ def select_split(arrays: dict[str, np.ndarray], split: str, fractions: tuple[flo
     return {k: v[keep] for k, v in arrays.items()}
 
 
-def check_finite(arrays: dict, source: str = "") -> None:
-    """Refuse NaN/inf in the model inputs, naming the first offending id and input; then
-    `check_values` (negative DOS, compositions that are not fractions)."""
-    for key in INPUT_NAMES:
+def check_finite(arrays: dict, source: str = "", input_names: Sequence[str] = INPUT_NAMES) -> None:
+    """Refuse NaN/inf in the model inputs (`input_names`: the IS-DOS fields and any energy inputs),
+    naming the first offending id and input; then `check_values` (negative DOS, compositions that
+    are not fractions)."""
+    for key in input_names:
+        if key not in arrays:
+            raise UserError(f"{source + ': ' if source else ''}missing model input '{key}' "
+                            f"(the model takes {', '.join(input_names)})")
         a = np.asarray(arrays[key])
         bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
         if bad.any():
@@ -253,24 +336,32 @@ def load_arrays(spec: str, *, labels: str | None = None, require_labels: bool = 
     return arrays
 
 
-def to_model_io(example: dict):
-    """(inputs dict, targets dict) from an example dict (a `tf.data` map function)."""
+def to_model_io(example: dict, input_names: Sequence[str] = INPUT_NAMES):
+    """(inputs dict, targets dict) from a batch of example dicts (a `tf.data` map function).
+
+    Inputs beyond the IS-DOS fields (named scalar energies, eV/atom) become (batch, 1) float32.
+    """
     import tensorflow as tf
 
-    inputs = {k: tf.cast(example[k], tf.float32) for k in INPUT_NAMES}
+    inputs = {k: tf.cast(example[k], tf.float32) for k in input_names}
+    for k in input_names:
+        if k not in INPUT_NAMES:
+            inputs[k] = tf.reshape(inputs[k], (-1, 1))
     target = tf.reshape(tf.cast(example[OUTPUT_NAME], tf.float32), (-1, 1))
     return inputs, {OUTPUT_NAME: target}
 
 
 def training_pipeline(ds, batch_size: int = 64, *, shuffle: bool = True, seed: int = 0,
-                      cache: str = "memory", shuffle_buffer: int = 10_000):
+                      cache: str = "memory", shuffle_buffer: int = 10_000,
+                      input_names: Sequence[str] = INPUT_NAMES):
     """examples -> cached, shuffled (each epoch), batched, prefetched (inputs, targets) pairs.
 
-    `cache`: 'memory', 'none', or a file prefix for `Dataset.cache(filename)`.
+    `cache`: 'memory', 'none', or a file prefix for `Dataset.cache(filename)`. `input_names`: the
+    model inputs taken from each example (`model_input_names`; extra ones are scalars, eV/atom).
     """
     import tensorflow as tf
 
-    keys = (*INPUT_NAMES, OUTPUT_NAME)
+    keys = (*input_names, OUTPUT_NAME)
     ds = ds.map(lambda e: {k: e[k] for k in keys}, num_parallel_calls=tf.data.AUTOTUNE)
     if cache == "memory":
         ds = ds.cache()
@@ -279,7 +370,8 @@ def training_pipeline(ds, batch_size: int = 64, *, shuffle: bool = True, seed: i
         ds = ds.cache(str(cache))
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(to_model_io, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).map(functools.partial(to_model_io, input_names=tuple(input_names)),
+                                  num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -292,22 +384,34 @@ def iterate_numpy(ds, batch_size: int = 256) -> Iterator[dict[str, np.ndarray]]:
         yield batch
 
 
-def scan(ds, source: str = "", *, statistics: bool = False, batch_size: int = 256) -> tuple[int, dict | None]:
+def scan(ds, source: str = "", *, statistics: bool = False, batch_size: int = 256,
+         input_names: Sequence[str] = INPUT_NAMES, digest: Any = None) -> tuple[int, dict | None]:
     """One streaming pass over a split: count examples, refuse NaN/inf inputs or missing targets
-    (naming the id), and with `statistics` fit the input normalisation (`model.dos_statistics`)."""
+    (naming the id), and with `statistics` fit the input normalisation (`model.dos_statistics`).
+
+    `digest` (a `hashlib` object) is updated with every example's inputs, target and id, in order:
+    the fingerprint that tells one dataset from another (a resumed run checks it).
+    """
     from esnet_tf.model import dos_statistics
 
     count = [0]
+    keys = (*input_names, OUTPUT_NAME)
 
     def checked():
         for batch in iterate_numpy(ds, batch_size):
-            check_finite(batch, source)
-            missing = ~np.isfinite(batch[OUTPUT_NAME])
+            n = len(batch[OUTPUT_NAME])
+            ids = batch["id"] if "id" in batch else np.array([str(count[0] + i) for i in range(n)])
+            check_finite({**batch, "id": ids}, source, input_names)
+            missing = ~np.isfinite(np.asarray(batch[OUTPUT_NAME], dtype=np.float64).reshape(n, -1)).all(axis=1)
             if missing.any():
-                bad = [batch["id"][i] for i in np.flatnonzero(missing)[:3]]
+                bad = [str(ids[i]) for i in np.flatnonzero(missing)[:3]]
                 raise UserError(f"{source}: formation_energy_per_atom is missing or not finite for id "
                                   f"{', '.join(bad)}")
-            count[0] += len(batch["id"])
+            if digest is not None:
+                for k in keys:
+                    digest.update(np.ascontiguousarray(batch[k], dtype=np.float32).tobytes())
+                digest.update("\0".join(map(str, ids)).encode())
+            count[0] += n
             yield batch
 
     if statistics:
@@ -321,14 +425,137 @@ def scan(ds, source: str = "", *, statistics: bool = False, batch_size: int = 25
     return count[0], None
 
 
-def train_and_validation(spec: str, split_options: dict, purpose: str):
-    """The train and validation splits of `spec`, scanned once: (train_ds, val_ds, n_train, n_val,
-    normalisation statistics of train). An empty validation split is refused, naming `purpose`
-    (what needs it: "model selection", "the tuning objective")."""
-    train_ds = load_split(spec, "train", **split_options)
-    val_ds = load_split(spec, "validation", **split_options)
-    n_train, stats = scan(train_ds, f"{spec} [train]", statistics=True)
-    n_val, _ = scan(val_ds, f"{spec} [validation]")
+class TrainingData(NamedTuple):
+    """The train and validation examples of one run, scanned (`train_and_validation`)."""
+
+    train: Any              #: unbatched tf.data.Dataset of example dicts
+    validation: Any         #: unbatched tf.data.Dataset of example dicts
+    n_train: int
+    n_validation: int
+    statistics: dict        #: input normalisation fitted on train (`model.dos_statistics`)
+    fingerprint: str        #: sha256 of both splits' inputs, targets and ids (in order)
+    source: str             #: the dataset spec, or "arrays" / "tf.data" for examples given directly
+
+
+def train_and_validation(spec: str | None, split_options: dict, purpose: str, *, train_data: Any = None,
+                         validation_data: Any = None, input_names: Sequence[str] = INPUT_NAMES) -> TrainingData:
+    """The train and validation splits, scanned once (checked, counted, fingerprinted; statistics of train).
+
+    Either `spec` (a dataset spec, split by `split_options`) or both `train_data` and
+    `validation_data` (examples given directly: a dict of numpy arrays or an unbatched
+    `tf.data.Dataset` of example dicts, see `examples_dataset`). An empty validation split is
+    refused, naming `purpose` (what needs it: "model selection", "the tuning objective").
+    """
+    given = train_data is not None or validation_data is not None
+    if given and spec:
+        raise UserError(f"give either a dataset ({spec}) or train/validation examples, not both")
+    if given:
+        if train_data is None or validation_data is None:
+            raise UserError(f"examples given directly need both the train and the validation examples; "
+                            f"{purpose} needs validation data")
+        source = "tf.data" if _is_tf_dataset(train_data) else "arrays"
+        train_ds = examples_dataset(train_data, f"{source} [train]")
+        val_ds = examples_dataset(validation_data, f"{source} [validation]")
+    elif spec:
+        source = str(spec)
+        train_ds = load_split(source, "train", **split_options)
+        val_ds = load_split(source, "validation", **split_options)
+    else:
+        raise UserError("--dataset is required (an .npz with --labels, a labels directory, or a TFDS name), "
+                        "or train and validation examples")
+    digest = hashlib.sha256()
+    n_train, stats = scan(train_ds, f"{source} [train]", statistics=True, input_names=input_names, digest=digest)
+    digest.update(b"|validation|")
+    n_val, _ = scan(val_ds, f"{source} [validation]", input_names=input_names, digest=digest)
     if n_val == 0:
-        raise UserError(f"{spec}: the validation split is empty; {purpose} needs validation data")
-    return train_ds, val_ds, n_train, n_val, stats
+        raise UserError(f"{source}: the validation split is empty; {purpose} needs validation data")
+    return TrainingData(train_ds, val_ds, n_train, n_val, stats, digest.hexdigest(), source)
+
+
+# ---------------------------------------------------------------- examples given directly
+
+def _is_tf_dataset(obj: Any) -> bool:
+    import sys
+
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(obj, tf.data.Dataset)
+
+
+def example_arrays(arrays: Mapping[str, Any], source: str = "arrays") -> dict[str, np.ndarray]:
+    """Examples given as arrays, checked and completed: the example dict layout of this module.
+
+    Needs dos_up, dos_down (N, n_points, 9) states/eV/atom, composition (N, 118) and
+    formation_energy_per_atom (N,) or (N, 1) eV/atom. Optional: id, formula, chemsys (N,) text
+    (default: the row number, ''), e_above_hull (N,) eV/atom (default NaN). Every other key passes
+    through unchanged in meaning: a numeric (N,) or (N, 1) array becomes (N, 1) float32, a named
+    scalar input such as `is_formation_energy_per_atom` (eV/atom) that a model takes when its
+    name is one of the model's inputs; other numeric arrays keep their shape, text stays text.
+    """
+    if not isinstance(arrays, Mapping):
+        raise UserError(f"{source}: examples must be a dict of numpy arrays or a tf.data.Dataset, "
+                        f"not {type(arrays).__name__}")
+    need = (*INPUT_NAMES, OUTPUT_NAME)
+    missing = [k for k in need if k not in arrays]
+    if missing:
+        raise UserError(f"{source}: missing array(s) {', '.join(missing)}; examples need {', '.join(need)} "
+                        "(IS-DOS states/eV/atom, atomic fractions, eV/atom)")
+    out: dict[str, np.ndarray] = {}
+    for k, v in arrays.items():
+        a = np.asarray(v)
+        if a.dtype == object and k in STRING_KEYS:
+            a = a.astype(str)
+        elif a.dtype == object or (k in need and not np.issubdtype(a.dtype, np.number)):
+            raise UserError(f"{source}: array '{k}' holds {a.dtype} values; give numbers (text only for "
+                            f"{', '.join(STRING_KEYS)})")
+        out[str(k)] = a
+    dos = out["dos_up"]
+    if dos.ndim != 3:
+        raise UserError(f"{source}: 'dos_up' has shape {dos.shape}, expected (N, n_points, {N_ORBITALS})")
+    check_shapes(out, dos.shape[1], source=source)
+    n = len(dos)
+    for k, a in out.items():
+        if a.ndim == 0 or len(a) != n:
+            raise UserError(f"{source}: array '{k}' has {a.shape[0] if a.ndim else 'no'} rows, the inputs {n}; "
+                            "give every array one row per example")
+    for k in ("dos_up", "dos_down", "composition"):
+        out[k] = out[k].astype(np.float32)
+    target = out[OUTPUT_NAME]
+    if target.shape not in ((n,), (n, 1)) or not np.issubdtype(target.dtype, np.number):
+        raise UserError(f"{source}: '{OUTPUT_NAME}' must be numbers of shape (N,) or (N, 1) eV/atom, "
+                        f"got {target.dtype} {target.shape}")
+    out[OUTPUT_NAME] = target.reshape(n).astype(np.float32)
+    out.setdefault("id", np.array([str(i) for i in range(n)]))
+    for k in ("formula", "chemsys"):
+        out.setdefault(k, np.full(n, "", dtype=str))
+    for k in STRING_KEYS:
+        out[k] = out[k].astype(str)
+    out["e_above_hull"] = np.asarray(out.get("e_above_hull", np.full(n, np.nan)), dtype=np.float32).reshape(n)
+    for k, a in out.items():
+        if k in (*INPUT_NAMES, *LABEL_KEYS, *STRING_KEYS) or not np.issubdtype(a.dtype, np.number):
+            continue
+        out[k] = a.reshape(n, 1).astype(np.float32) if a.shape in ((n,), (n, 1)) else a
+    return out
+
+
+def examples_dataset(examples: Any, source: str = "arrays"):
+    """An unbatched `tf.data.Dataset` of example dicts from examples given directly.
+
+    `examples`: a dict of numpy arrays (checked and completed by `example_arrays`), or an unbatched
+    `tf.data.Dataset` whose elements are dicts with at least dos_up (n_points, 9), dos_down,
+    composition (118,) and formation_energy_per_atom (eV/atom); its values are checked when scanned.
+    """
+    import tensorflow as tf
+
+    if isinstance(examples, tf.data.Dataset):
+        spec = examples.element_spec
+        if not isinstance(spec, Mapping):
+            raise UserError(f"{source}: a tf.data.Dataset of example dicts is needed (keys dos_up, dos_down, "
+                            f"composition, {OUTPUT_NAME}), got elements {spec}")
+        missing = [k for k in (*INPUT_NAMES, OUTPUT_NAME) if k not in spec]
+        if missing:
+            raise UserError(f"{source}: dataset elements lack {', '.join(missing)}")
+        if spec["dos_up"].shape.rank != 2:
+            raise UserError(f"{source}: 'dos_up' elements have shape {spec['dos_up'].shape}, expected "
+                            f"(n_points, {N_ORBITALS}); give an unbatched dataset (ds.unbatch())")
+        return examples
+    return tf.data.Dataset.from_tensor_slices(example_arrays(examples, source))

@@ -4,9 +4,16 @@
     config = TrainConfig(dataset="features.npz", labels="labels.csv", config="small", epochs=50)
     summary = train(config, "runs/esnet")          # eV/atom throughout
 
+    # or examples given directly (dicts of numpy arrays, or unbatched tf.data.Datasets of example dicts)
+    summary = train(TrainConfig(config="small", epochs=50), "runs/arrays",
+                    train_data={"dos_up": up, "dos_down": down, "composition": comp,
+                                "formation_energy_per_atom": y},
+                    validation_data={...same keys...})
+
 `TrainConfig` is the one place for training settings (defaults: the authors', Adam 1.5e-3,
 batch 64, log-cosh, ReduceLROnPlateau 0.5 / 15, EarlyStopping 35 on val_loss, up to 300 epochs).
-The `esnet train` command (`esnet_tf.cli.train`) turns its flags into one.
+The `esnet train` command (`esnet_tf.cli.train`) turns its flags into one; the run rules (lock,
+no overwrite unless asked, identity of a resumed run) live in `train` itself.
 
 Run directory:
     config.json        model config, training settings ("training": `TrainConfig.to_dict()`),
@@ -31,15 +38,19 @@ import math
 import numbers
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from esnet_tf.data import DataConfig, check_split_fractions, parse_split_fractions  # noqa: F401  (re-exported)
 from esnet_tf.distribute import STRATEGIES
 from esnet_tf.errors import UserError
+from esnet_tf.isdos import INPUT_NAMES
 from esnet_tf.model import LOSSES, compile_esnet
 from esnet_tf.precision import PRECISIONS
 
@@ -48,7 +59,8 @@ STATE_FILE = "callback_state.json"
 #: what a previous run leaves in a run directory besides config.json (removed by `clear_run`)
 #: ModelCheckpoint writes here; `PromoteBest` renames it onto best.keras once complete
 BEST_STAGING = ".best.staged.keras"
-RUN_OUTPUTS = (BACKUP, "logs", "history.csv", "best.keras", BEST_STAGING, "summary.json", "warmup_examples.npz")
+RUN_OUTPUTS = (BACKUP, "logs", "history.csv", "best.keras", BEST_STAGING, "summary.json", "warmup_examples.npz",
+               "precision_train.json")
 
 
 def _flag(name: str) -> str:
@@ -56,16 +68,14 @@ def _flag(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(DataConfig):
     """Training settings of one `train` run (every field is an `esnet train` flag of the same name).
 
-    Energies in eV/atom; epochs and patiences in epochs; batch sizes and buffers in examples.
-    Invalid values raise `UserError` naming the field, its flag and the fix.
+    The data fields (dataset, labels, data_dir, split_fractions, split_seed) come from
+    `esnet_tf.data.DataConfig`. Energies in eV/atom; epochs and patiences in epochs; batch sizes
+    and buffers in examples. Invalid values raise `UserError` naming the field, its flag and the fix.
     """
 
-    dataset: str | None = None      #: features .npz (with `labels`), labels directory, or TFDS name/dir
-    labels: str | None = None       #: labels CSV for an .npz: id, formation_energy_per_atom (eV/atom)
-    data_dir: str | None = None     #: TFDS data_dir (TFDS datasets only)
     config: str | dict = "paper"    #: ESNet config: 'paper', 'small', a JSON file, or an ESNetConfig dict
     epochs: int = 300               #: maximum epochs
     batch_size: int = 64            #: examples per (global) batch
@@ -80,9 +90,6 @@ class TrainConfig:
     shuffle_buffer: int = 10_000    #: shuffle buffer, examples
     dropout: float | None = None    #: dropout after the dense head layers (None: the config's)
     bn_momentum: float | None = None  #: BatchNormalization momentum (None: the config's)
-    split_fractions: tuple[float, float, float] | None = None  #: train/validation/test fractions of
-    #: chemical systems for .npz / labels-directory datasets (None: 0.8, 0.1, 0.1)
-    split_seed: int = 0             #: seed of the chemical-system split
     strategy: str = "default"       #: tf.distribute strategy: default, mirrored, multi-worker
     sync_batchnorm: bool = True     #: with several replicas, BatchNorm on global-batch statistics
     precision: str = "float32"      #: compute precision: auto, float32, bfloat16, mixed
@@ -91,14 +98,9 @@ class TrainConfig:
     #: starts over; ~14 % faster for short runs such as the units of benchmarks/accuracy.py)
 
     def __post_init__(self) -> None:
-        for name in ("dataset", "labels", "data_dir"):
-            value = getattr(self, name)
-            if isinstance(value, os.PathLike):
-                object.__setattr__(self, name, os.fspath(value))
+        super().__post_init__()
         if isinstance(self.config, os.PathLike):
             object.__setattr__(self, "config", os.fspath(self.config))
-        if self.split_fractions is not None:
-            object.__setattr__(self, "split_fractions", check_split_fractions(self.split_fractions))
         self.validate()
 
     def validate(self) -> None:
@@ -136,9 +138,6 @@ class TrainConfig:
             raise bad("cache", "must be 'memory', 'none' or a file prefix")
         if not (isinstance(self.config, dict) or (isinstance(self.config, str) and self.config)):
             raise bad("config", "must be paper, small, a JSON file of ESNetConfig fields, or such a dict")
-        for name in ("dataset", "labels", "data_dir"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
-                raise bad(name, "must be a path or name (a string)")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed (validated again)."""
@@ -162,11 +161,6 @@ class TrainConfig:
         given = {k: v for k, v in d.items() if k in known and not (v is None and getattr(defaults, k) is not None)}
         return cls(**given)
 
-    def split_options(self) -> dict:
-        """Keyword arguments of `esnet_tf.data.load_split` (labels, data_dir, split fractions / seed)."""
-        return {"labels": self.labels, "data_dir": self.data_dir, "split_fractions": self.split_fractions,
-                "split_seed": int(self.split_seed)}
-
     def esnet_config(self):
         """The `ESNetConfig` of `config`, with the `dropout` / `bn_momentum` overrides applied."""
         from esnet_tf.model import ESNetConfig
@@ -188,37 +182,31 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_split_fractions(values) -> tuple[float, float, float]:
-    """Three fractions >= 0 summing to 1 (the rule of esnet_tf.splits), as a tuple."""
-    try:
-        out = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        out = ()
-    if len(out) != 3 or min(out) < 0 or abs(sum(out) - 1.0) > 1e-9:
-        raise UserError(f"--split-fractions must be three fractions >= 0 summing to 1 (train, validation, "
-                        f"test), e.g. 0.8,0.1,0.1; got {values!r}")
-    return out
-
-
-def parse_split_fractions(text: str) -> tuple[float, float, float]:
-    """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1); `UserError` unless three fractions >= 0 summing to 1."""
-    try:
-        parts = [float(x) for x in str(text).split(",")]
-    except ValueError:
-        parts = text
-    return check_split_fractions(parts)
-
-
 #: transition alias: esnet_tf/evaluate.py imports it (use `parse_split_fractions`)
 _fractions = parse_split_fractions
 
 
 # ---------------------------------------------------------------- run directory
 
+#: settings that define the model and its data: a resumed run must keep them (its backup would not fit)
+IDENTITY_FIELDS = ("dataset", "labels", "data_dir", "config", "dropout", "bn_momentum", "split_fractions",
+                   "split_seed")
+#: the hidden directory beside RUN_DIR where `overwrite=True` writes the new run until it is complete
+OVERWRITE_STAGING = ".{name}.overwrite"
+#: marks a staging directory as written by `train` (only such a directory is ever removed)
+STAGING_MARK = ".esnet-train-staging"
+
+
 def stored_settings(run_dir: str | Path) -> dict | None:
     """The "training" entry of `run_dir`/config.json (None without one)."""
     path = Path(run_dir) / "config.json"
     return json.loads(path.read_text()).get("training") if path.is_file() else None
+
+
+def stored_config(run_dir: str | Path) -> TrainConfig | None:
+    """The `TrainConfig` a run in `run_dir` was started with (None without one): resume with it."""
+    stored = stored_settings(run_dir)
+    return TrainConfig.from_dict(stored) if stored else None
 
 
 def backup_epoch(run_dir: str | Path) -> int | None:
@@ -234,11 +222,71 @@ def run_finished(run_dir: str | Path) -> bool:
     return (Path(run_dir) / "summary.json").is_file() and backup_epoch(run_dir) is None
 
 
+def holds_run(run_dir: str | Path) -> bool:
+    """Whether `run_dir` holds a run (finished or not): its config.json."""
+    return (Path(run_dir) / "config.json").is_file()
+
+
 def clear_run(run_dir: str | Path) -> None:
-    """Remove the outputs of a previous run from `run_dir` (`RUN_OUTPUTS`; config.json is rewritten)."""
-    for name in RUN_OUTPUTS:
+    """Remove the outputs of a previous run from `run_dir` (`RUN_OUTPUTS` and config.json only)."""
+    for name in (*RUN_OUTPUTS, "config.json"):
         target = Path(run_dir) / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink(missing_ok=True)
+
+
+def check_same_run(config: TrainConfig, run_dir: str | Path, fingerprint: str | None = None) -> None:
+    """Refuse to resume the run in `run_dir` with settings (`IDENTITY_FIELDS`) or data (`fingerprint`,
+    of `esnet_tf.data.train_and_validation`) other than its own: one-line `UserError`."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        return
+    stored = json.loads(path.read_text())
+    if stored.get("training"):
+        old = TrainConfig.from_dict(stored["training"])
+        for name in IDENTITY_FIELDS:
+            if getattr(config, name) != getattr(old, name):
+                flag = _flag(name)
+                raise UserError(f"{run_dir}: this run was trained with {flag} {getattr(old, name)!r}, not "
+                                f"{getattr(config, name)!r}; resume it without {flag} (or with its stored value), "
+                                "or start a new run (another run directory, or overwrite)")
+    was = (stored.get("data") or {}).get("fingerprint")
+    if fingerprint is not None and was is not None and was != fingerprint:
+        raise UserError(f"{run_dir}: the train/validation examples differ from the ones this run was trained on "
+                        f"(fingerprint {fingerprint[:12]}, stored {was[:12]}); resume it with the same data, or "
+                        "start a new run (another run directory, or overwrite)")
+
+
+def _staging_dir(run_dir: Path) -> Path:
+    return run_dir.parent / OVERWRITE_STAGING.format(name=run_dir.name)
+
+
+def _fresh_staging(run_dir: Path) -> Path:
+    """An empty staging directory for `overwrite` (a stale one of a killed overwrite is removed,
+    but only if it carries `STAGING_MARK`)."""
+    staging = _staging_dir(run_dir)
+    if staging.exists():
+        if not (staging / STAGING_MARK).is_file() or staging.is_symlink():
+            raise UserError(f"{staging}: exists and was not written by esnet train; move it away to overwrite "
+                            f"{run_dir}")
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    (staging / STAGING_MARK).write_text(f"new run for {run_dir.name}, written by pid {os.getpid()}\n")
+    return staging
+
+
+def _replace_run(staging: Path, run_dir: Path) -> None:
+    """Move the complete new run in `staging` into `run_dir`: the old run's own outputs
+    (`RUN_OUTPUTS`, config.json) are moved aside first and removed after; any other file in
+    `run_dir` (not written by `train`) stays."""
+    (staging / STAGING_MARK).unlink()
+    old = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".replaced", dir=run_dir.parent))
+    for name in (*RUN_OUTPUTS, "config.json"):
+        if (run_dir / name).exists() or (run_dir / name).is_symlink():
+            os.replace(run_dir / name, old / name)
+    for entry in sorted(staging.iterdir()):
+        os.replace(entry, run_dir / entry.name)
+    staging.rmdir()
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -425,46 +473,108 @@ def _trim_history(path: Path, epochs: int) -> None:
     os.replace(tmp, path)
 
 
-def write_warmup_examples(ds, path: Path, n: int = 4) -> int:
-    """Save up to `n` real examples (inputs + id, formula) for `esnet export` warmup requests."""
+def write_warmup_examples(ds, path: Path, n: int = 4, input_names: Sequence[str] = INPUT_NAMES) -> int:
+    """Save up to `n` real examples (the model inputs + id, formula) for `esnet export` warmup requests."""
     from esnet_tf.data import iterate_numpy
 
     path = Path(path)
     for batch in iterate_numpy(ds.take(n), n):
+        k = len(batch["dos_up"])
+        extra = {"id": batch.get("id", np.array([str(i) for i in range(k)])),
+                 "formula": batch.get("formula", np.full(k, "", dtype=str))}
         tmp = path.with_name(f".{path.name}.tmp")
         with tmp.open("wb") as fh:
-            np.savez_compressed(fh, dos_up=batch["dos_up"], dos_down=batch["dos_down"],
-                                composition=batch["composition"], id=batch["id"], formula=batch["formula"])
+            np.savez_compressed(fh, **{name: batch[name] for name in input_names}, **extra)
         os.replace(tmp, path)
-        return len(batch["id"])
+        return k
     return 0
 
 
-def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, verbose: int = 2) -> dict:
+def train(config: TrainConfig, run_dir: str | Path, *, train_data: Any = None, validation_data: Any = None,
+          resume: bool = False, overwrite: bool = False, verbose: int = 2) -> dict:
     """Train per `config` into `run_dir`; returns the summary dict (also in summary.json).
 
-    With `resume`, continues the interrupted run stored in `run_dir` from its last completed epoch
-    (weights, optimizer, epoch and the callbacks' state), with the settings of `config`.
-    `config.strategy` picks the tf.distribute strategy (esnet_tf.distribute); under
-    multi-worker only the chief writes `run_dir`, the others a temporary dir removed at the end.
+    Data: `config.dataset` (a dataset spec, see `esnet_tf.data`), or the examples given directly as
+    `train_data` and `validation_data`: each a dict of numpy arrays (dos_up, dos_down (N, n_points, 9)
+    states/eV/atom, composition (N, 118), formation_energy_per_atom (N,) eV/atom; optional id, formula,
+    named scalar energy inputs; `esnet_tf.data.example_arrays`) or an unbatched `tf.data.Dataset` of
+    such example dicts. Model selection uses the validation examples only.
+
+    Run rules (the `esnet train` command relies on them): the run directory is locked for the
+    run (a second writer gets a one-line `UserError`); a directory that already holds a run
+    (config.json) is refused unless `resume` or `overwrite`. `resume` continues the interrupted
+    run from its last completed epoch (weights, optimizer, epoch and the callbacks' state) and
+    refuses settings (`IDENTITY_FIELDS`) or data (fingerprint) other than the run's; a finished run
+    returns its stored summary ("already_finished": True). `overwrite` loads and checks everything
+    and trains the new run in a hidden directory beside `run_dir`; only when it is complete are the
+    old run's own outputs replaced (files in `run_dir` that `train` did not write stay).
+    `config.strategy` picks the tf.distribute strategy (esnet_tf.distribute); under multi-worker
+    only the chief writes `run_dir`, the others a temporary dir removed at the end.
     `verbose`: Keras progress, 0 silent, 1 bar, 2 one line per epoch.
     """
     from esnet_tf import distribute
+    from esnet_tf.atomic import exclusive
 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"train() takes a TrainConfig, not {type(config).__name__} "
                         "(a settings dict: TrainConfig.from_dict(settings))")
-    if not config.dataset:
+    direct = train_data is not None or validation_data is not None
+    if direct and config.dataset:
+        raise UserError(f"give either config.dataset ({config.dataset}) or train_data/validation_data, not both")
+    if direct and (train_data is None or validation_data is None):
+        raise UserError("train_data and validation_data go together (model selection needs validation examples)")
+    if not direct and not config.dataset:
         raise UserError("--dataset is required (an .npz with --labels, a labels directory, or a TFDS name)")
+    if resume and overwrite:
+        raise UserError("resume (--resume) and overwrite (--overwrite) exclude each other: continue the run, "
+                        "or replace it")
+    if verbose not in (0, 1, 2):
+        raise UserError(f"--verbose must be 0, 1 or 2, got {verbose!r}")
     shared_dir = Path(run_dir)
+    if not distribute.env_is_chief(config.strategy):  # a non-chief worker never locks or writes the run dir
+        restore = _staging_dir(shared_dir) if overwrite else shared_dir
+        return _train_with_strategy(config, shared_dir, restore, train_data, validation_data, resume=resume,
+                                    verbose=verbose)
+    with exclusive(shared_dir, "run directory"):  # a second training into the same run is refused
+        if holds_run(shared_dir) and not (resume or overwrite):
+            raise UserError(f"{shared_dir} already holds a run; resume it (--resume), replace it once the new run "
+                            "is complete (--overwrite), or choose another run directory")
+        if resume and holds_run(shared_dir):
+            check_same_run(config, shared_dir)
+            if run_finished(shared_dir):
+                print(f"{shared_dir}: this run already finished (summary.json); nothing to resume")
+                summary = json.loads((shared_dir / "summary.json").read_text())
+                return {**summary, "already_finished": True}
+        if overwrite and holds_run(shared_dir):
+            staging = _fresh_staging(shared_dir)
+            try:
+                summary = _train_with_strategy(config, staging, staging, train_data, validation_data, resume=False,
+                                               verbose=verbose, final_dir=shared_dir)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)  # ours; the old run is untouched
+                raise
+            _replace_run(staging, shared_dir)
+            print(f"{shared_dir}: the previous run was replaced by the new one")
+            return summary
+        return _train_with_strategy(config, shared_dir, shared_dir, train_data, validation_data, resume=resume,
+                                    verbose=verbose)
+
+
+def _train_with_strategy(config: TrainConfig, shared_dir: Path, restore_dir: Path, train_data, validation_data, *,
+                         resume: bool, verbose: int, final_dir: Path | None = None) -> dict:
+    """Make the strategy, then `_train` in this process's directory (the chief: `shared_dir`)."""
+    from esnet_tf import distribute
+
     strategy = distribute.make_strategy(config.strategy)  # before any other TF op
     own_dir = distribute.worker_dir(shared_dir, strategy)
     if own_dir != shared_dir:
-        print(f"non-chief worker: writing to the temporary {own_dir} (removed at the end); the chief writes {shared_dir}")
+        print(f"non-chief worker: writing to the temporary {own_dir} (removed at the end); the chief writes "
+              f"{final_dir or shared_dir}")
     try:
-        return _train(config, own_dir, shared_dir, strategy, resume=resume, verbose=verbose)
+        return _train(config, own_dir, restore_dir, strategy, train_data, validation_data, resume=resume,
+                      verbose=verbose, final_dir=final_dir or shared_dir)
     except Exception as exc:
-        lost = distribute.lost_worker_message(exc, strategy, shared_dir)
+        lost = distribute.lost_worker_message(exc, strategy, final_dir or shared_dir)
         if lost:
             raise UserError(lost) from exc
         raise
@@ -472,23 +582,30 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ver
         distribute.remove_worker_dir(own_dir, shared_dir)
 
 
-def _train(config: TrainConfig, run_dir: Path, shared_dir: Path, strategy, *, resume: bool, verbose: int) -> dict:
-    """`train` in the directory this process writes (`run_dir`); backups are read from `shared_dir`."""
+def _train(config: TrainConfig, run_dir: Path, shared_dir: Path, strategy, train_data, validation_data, *,
+           resume: bool, verbose: int, final_dir: Path) -> dict:
+    """`train` in the directory this process writes (`run_dir`); backups are read from `shared_dir`;
+    `final_dir` is where the run ends up (the summary names its best.keras)."""
     import keras
 
     from esnet_tf import compat, data, distribute
     from esnet_tf.model import build_esnet
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     model_config = config.esnet_config()
+    input_names = data.model_input_names(model_config)
     keras.utils.set_random_seed(int(config.seed))
 
-    spec = str(config.dataset)
     split_opts = config.split_options()
-    train_ds, val_ds, n_train, n_val, stats = data.train_and_validation(spec, split_opts, "model selection")
+    loaded = data.train_and_validation(config.dataset, split_opts, "model selection", train_data=train_data,
+                                       validation_data=validation_data, input_names=input_names)
+    train_ds, val_ds, n_train, n_val, stats = loaded[:5]
+    spec = loaded.source
     print(f"train: {n_train} examples, validation: {n_val} examples ({spec}); config {model_config.name}")
+    if resume:
+        check_same_run(config, shared_dir, loaded.fingerprint)
+    run_dir.mkdir(parents=True, exist_ok=True)
 
     start = backup_epoch(shared_dir) if resume and config.backups else None
     if resume and not config.backups:
@@ -496,7 +613,8 @@ def _train(config: TrainConfig, run_dir: Path, shared_dir: Path, strategy, *, re
     if not resume or not (run_dir / "config.json").is_file():
         _write_json(run_dir / "config.json",
                     {"model": model_config.to_dict(), "training": config.to_dict(), "normalization": stats,
-                     "data": {"n_train": n_train, "n_validation": n_val}})
+                     "data": {"n_train": n_train, "n_validation": n_val, "source": spec,
+                              "fingerprint": loaded.fingerprint}})
     if start is None:
         (run_dir / "history.csv").unlink(missing_ok=True)
     else:
@@ -513,7 +631,8 @@ def _train(config: TrainConfig, run_dir: Path, shared_dir: Path, strategy, *, re
     seed, batch = int(config.seed), int(config.batch_size)
     val_cache = "memory" if config.cache == "memory" else "none"
     workers = distribute.num_workers(strategy)
-    per_worker_input = workers > 1 and not (data.is_npz_spec(spec) or data.is_labels_dir(spec))
+    per_worker_input = workers > 1 and config.dataset is not None \
+        and not (data.is_npz_spec(spec) or data.is_labels_dir(spec))
     distribute.check_batches({"train": n_train, "validation": n_val}, batch, strategy, per_worker_input)
     if per_worker_input:  # TFDS: each worker reads its own sub-split
         pipe_train = distribute.tfds_per_worker(strategy, spec, "train", n_train, batch, shuffle=True, seed=seed,
@@ -523,12 +642,12 @@ def _train(config: TrainConfig, run_dir: Path, shared_dir: Path, strategy, *, re
                                               cache=val_cache, shuffle_buffer=1, split_options=split_opts)
     else:
         pipe_train = data.training_pipeline(train_ds, batch, seed=seed, cache=config.cache,
-                                            shuffle_buffer=config.shuffle_buffer)
-        pipe_val = data.training_pipeline(val_ds, batch, shuffle=False, cache=val_cache)
+                                            shuffle_buffer=config.shuffle_buffer, input_names=input_names)
+        pipe_val = data.training_pipeline(val_ds, batch, shuffle=False, cache=val_cache, input_names=input_names)
         if workers > 1:  # same seeded global batches on every worker; each keeps its slice
             pipe_train, pipe_val = distribute.shard_by_data(pipe_train), distribute.shard_by_data(pipe_val)
     if not (run_dir / "warmup_examples.npz").is_file():
-        write_warmup_examples(val_ds, run_dir / "warmup_examples.npz")
+        write_warmup_examples(val_ds, run_dir / "warmup_examples.npz", input_names=input_names)
 
     throughput = distribute.throughput_callback(n_train)
     callbacks = [throughput] + _make_callbacks(run_dir, config, verbose, restore_dir=shared_dir)
@@ -544,9 +663,10 @@ def _train(config: TrainConfig, run_dir: Path, shared_dir: Path, strategy, *, re
         "stopped_early": bool(rows) and len(rows) < int(config.epochs),
         "n_train": n_train, "n_validation": n_val, "config": model_config.name,
         "params": int(model.count_params()), "wall_time_s_this_session": time.time() - t0,
-        "best_model": str(shared_dir / "best.keras"), "history_keys": sorted(history.history),
+        "best_model": str(Path(final_dir) / "best.keras"), "history_keys": sorted(history.history),
         "strategy": config.strategy, "replicas": replicas, "workers": workers,
         "chief": distribute.is_chief(strategy), "train_samples_per_s": throughput.samples_per_s(),
+        "data_fingerprint": loaded.fingerprint,
     }
     _write_json(run_dir / "summary.json", summary)
     return summary

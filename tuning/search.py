@@ -37,8 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from esnet_tf.data import DataConfig
 from esnet_tf.errors import UserError
-from esnet_tf.train import TrainConfig, check_split_fractions, write_warmup_examples
+from esnet_tf.train import TrainConfig, write_warmup_examples
 
 TUNERS = ("hyperband", "bayesian", "random")
 WORKER_FILE = "worker.json"
@@ -54,19 +55,15 @@ TOP = 5
 
 
 @dataclass(frozen=True)
-class TuneConfig:
+class TuneConfig(DataConfig):
     """Settings of one search (every field is an `esnet tune` flag of the same name).
 
-    The data fields mean what they mean in `esnet_tf.train.TrainConfig`; `epochs` is the budget of
+    The data fields (dataset, labels, data_dir, split_fractions, split_seed) are
+    `esnet_tf.data.DataConfig`'s, as in `esnet_tf.train.TrainConfig`; `epochs` is the budget of
     one trial (Hyperband: `max_epochs`). A rerun continues a project only with the same
     `IDENTITY_KEYS`. Invalid values raise `UserError` naming the field and its flag.
     """
 
-    dataset: str | None = None      #: features .npz (with `labels`), labels directory, or TFDS name/dir
-    labels: str | None = None       #: labels CSV for an .npz (id, formation_energy_per_atom in eV/atom)
-    data_dir: str | None = None     #: TFDS data_dir
-    split_fractions: tuple[float, float, float] | None = None  #: train/validation/test chemical-system fractions
-    split_seed: int = 0             #: seed of the chemical-system split
     tuner: str = "hyperband"        #: search algorithm: hyperband, bayesian, random
     max_trials: int = 20            #: maximum number of trials (model configurations)
     epochs: int = 30                #: training epochs per trial (Hyperband: the largest budget)
@@ -76,11 +73,9 @@ class TuneConfig:
     search_space: str | None = None  #: search-space JSON file (None: the packaged search_space.json)
 
     def __post_init__(self) -> None:
-        for name in ("dataset", "labels", "data_dir", "search_space"):
-            if isinstance(getattr(self, name), os.PathLike):
-                object.__setattr__(self, name, os.fspath(getattr(self, name)))
-        if self.split_fractions is not None:
-            object.__setattr__(self, "split_fractions", check_split_fractions(self.split_fractions))
+        super().__post_init__()
+        if isinstance(self.search_space, os.PathLike):
+            object.__setattr__(self, "search_space", os.fspath(self.search_space))
         if self.tuner not in TUNERS:
             raise UserError(f"--tuner {self.tuner!r}: unknown tuner; use one of {', '.join(TUNERS)}")
         for name, low in (("max_trials", 1), ("epochs", 1), ("batch_size", 1), ("hyperband_factor", 2),
@@ -97,17 +92,11 @@ class TuneConfig:
             d["split_fractions"] = list(self.split_fractions)
         return d
 
-    def split_options(self) -> dict:
-        """Keyword arguments of `esnet_tf.data.load_split`."""
-        return {"labels": self.labels, "data_dir": self.data_dir, "split_fractions": self.split_fractions,
-                "split_seed": int(self.split_seed)}
-
     def train_config(self, **changes: Any) -> TrainConfig:
         """A `TrainConfig` on the same data, batch size and seed (the authors' defaults otherwise),
         with `changes` (e.g. config=, epochs=, learning_rate=, loss=) applied."""
-        return TrainConfig(dataset=self.dataset, labels=self.labels, data_dir=self.data_dir,
-                           split_fractions=self.split_fractions, split_seed=self.split_seed,
-                           batch_size=self.batch_size, seed=self.seed, **changes)
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(DataConfig)}
+        return TrainConfig(**data, batch_size=self.batch_size, seed=self.seed, **changes)
 
 
 # ---------------------------------------------------------------- environment
@@ -188,11 +177,15 @@ def make_tuner(kind: str, hypermodel, *, max_trials: int, epochs: int, directory
 
 # ---------------------------------------------------------------- search
 
-def tune(config: TuneConfig, directory: str | Path, project_name: str, *, overwrite: bool = False,
+def tune(config: TuneConfig, directory: str | Path, project_name: str, *, train_data: Any = None,
+         validation_data: Any = None, overwrite: bool = False,
          retrain_epochs: int | None = None, export_dir: str | Path | None = "saved_models",
          export_name: str | None = None, export_version: int | None = None, top: int = TOP,
          verbose: int = 2) -> dict:
     """Run (or continue) a search; returns the summary dict (also in DIR/NAME/summary.json).
+
+    Data: `config.dataset`, or the examples given directly as `train_data` / `validation_data`
+    (dicts of numpy arrays or unbatched `tf.data.Dataset`s, as `esnet_tf.train.train` takes them).
 
     The project is `directory`/`project_name`; `overwrite` deletes it first (chief only).
     `retrain_epochs`: epochs to retrain the best trial with `esnet_tf.train.train` (None:
@@ -213,21 +206,22 @@ def tune(config: TuneConfig, directory: str | Path, project_name: str, *, overwr
         raise UserError("--overwrite is for the chief only (a worker would delete the shared project)")
     if not isinstance(config, TuneConfig):
         raise TypeError(f"tune() takes a TuneConfig, not {type(config).__name__}")
-    if not config.dataset:
+    direct = train_data is not None or validation_data is not None
+    if not config.dataset and not direct:
         raise UserError("--dataset is required (an .npz with --labels, a labels directory, or a TFDS name)")
     try:
         space = SearchSpace.load(config.search_space)
     except SearchSpaceError as exc:
         raise UserError(str(exc)) from None
     project = Path(directory) / project_name
-    identity = _identity(config, space)
+    keras.utils.set_random_seed(int(config.seed))
+    loaded = data.train_and_validation(config.dataset, config.split_options(), "the tuning objective",
+                                       train_data=train_data, validation_data=validation_data)
+    train_ds, val_ds, n_train, n_val, stats = loaded[:5]
+    spec = loaded.source
+    identity = _identity(config, space, loaded.fingerprint)
     if not overwrite:
         _check_same_search(project, identity)
-
-    keras.utils.set_random_seed(int(config.seed))
-    spec = str(config.dataset)
-    split_opts = config.split_options()
-    train_ds, val_ds, n_train, n_val, stats = data.train_and_validation(spec, split_opts, "the tuning objective")
     print(f"train: {n_train} examples, validation: {n_val} examples ({spec}); {who} "
           f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}")
 
@@ -252,7 +246,8 @@ def tune(config: TuneConfig, directory: str | Path, project_name: str, *, overwr
     print(format_table(summary["best_trials"]))
     best = summary["best_trials"][0]
     model_path, retrained = _best_model(tuner, best, config, project, val_ds,
-                                        config.epochs if retrain_epochs is None else retrain_epochs)
+                                        config.epochs if retrain_epochs is None else retrain_epochs,
+                                        train_data, validation_data)
     summary["best_model"] = {"path": str(model_path), **retrained}
     if export_dir is not None:
         summary["export"] = _export(model_path, project, best["trial_id"], export_dir,
@@ -261,7 +256,7 @@ def tune(config: TuneConfig, directory: str | Path, project_name: str, *, overwr
     return summary
 
 
-def _identity(config: TuneConfig, space) -> dict:
+def _identity(config: TuneConfig, space, fingerprint: str | None = None) -> dict:
     settings = config.to_dict()
     ident = {k: settings.get(k) for k in IDENTITY_KEYS if k != "search_space"}
     if ident["dataset"] and Path(str(ident["dataset"]).split(",")[0]).exists():
@@ -273,6 +268,7 @@ def _identity(config: TuneConfig, space) -> dict:
     if ident["tuner"] != "hyperband":
         ident["hyperband_factor"] = None
     ident["search_space"] = space.to_dict()
+    ident["data_fingerprint"] = fingerprint
     return ident
 
 
@@ -282,6 +278,8 @@ def _check_same_search(project: Path, identity: dict) -> None:
         return
     stored = json.loads(path.read_text())
     differ = [k for k in IDENTITY_KEYS if stored.get(k) != identity.get(k)]
+    if stored.get("data_fingerprint") not in (None, identity.get("data_fingerprint")):
+        differ.append("data (the train/validation examples differ)")  # projects before fingerprints: not checked
     if differ:
         raise UserError(f"{project} holds a search with other settings ({', '.join(differ)}); rerun with the "
                           "same ones to continue it, or use --overwrite or another --project-name")
@@ -347,7 +345,8 @@ def format_table(rows: list[dict]) -> str:
                       fmt.format(*("-" * w for w in widths)), *(fmt.format(*line) for line in lines)])
 
 
-def _best_model(tuner, best: dict, config: TuneConfig, project: Path, val_ds, retrain_epochs: int):
+def _best_model(tuner, best: dict, config: TuneConfig, project: Path, val_ds, retrain_epochs: int,
+                train_data=None, validation_data=None):
     """best/best.keras: the best trial retrained by `esnet train`, or (0 epochs) its checkpoint weights."""
     from esnet_tf.train import train
 
@@ -363,7 +362,7 @@ def _best_model(tuner, best: dict, config: TuneConfig, project: Path, val_ds, re
     if retrain_epochs > 0:
         run = config.train_config(config=best["config"], epochs=retrain_epochs, **best["training"])
         print(f"retraining trial {best['trial_id']} for {retrain_epochs} epochs -> {out}")
-        result = train(run, out, verbose=0)
+        result = train(run, out, train_data=train_data, validation_data=validation_data, verbose=0)
         info = {"retrained_val_mae_ev_per_atom": result["best_val_mae_ev_per_atom"],
                 "retrained_best_epoch": result["best_epoch"], "params": result["params"]}
     else:

@@ -1,7 +1,8 @@
 """`esnet train`: flags -> `esnet_tf.train.TrainConfig` -> `esnet_tf.train.train`.
 
-Also decides what to do with an existing `--run-dir` (refuse, `--resume`, `--overwrite`): on
-`--resume` the stored settings apply unless a flag gives them again. Parsing imports no TensorFlow.
+On `--resume` the run's stored settings apply unless a flag gives them again; the run rules
+(lock, refusal of an existing run, identity of a resumed run, a safe `--overwrite`) are
+`esnet_tf.train.train`'s. Parsing imports no TensorFlow.
 """
 from __future__ import annotations
 
@@ -77,7 +78,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", default="runs/esnet", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir from its "
                    "last completed epoch (its stored settings apply unless given again)")
-    p.add_argument("--overwrite", action="store_true", help="start afresh even if --run-dir holds a run")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --run-dir: the new "
+                   "run is checked and trained beside it and replaces the old run's outputs only once complete "
+                   "(other files in --run-dir stay)")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras progress: 0 silent, 1 bar, "
                    "2 one line per epoch [default: 1 on a terminal, else 2]")
 
@@ -99,59 +102,17 @@ def _raise_interrupt(signum, frame):  # SIGTERM -> KeyboardInterrupt: the CLI ex
 
 
 def run(args: argparse.Namespace) -> int:
-    from esnet_tf.distribute import env_is_chief
-
-    from esnet_tf.atomic import exclusive
+    from esnet_tf.train import stored_settings, train
 
     run_dir = Path(args.run_dir)
-    chief = env_is_chief(args.strategy)  # a non-chief worker never writes or clears the (shared) run dir
-    if not chief:
-        return _run(args, run_dir, chief)
-    with exclusive(run_dir, "run directory"):  # a second `esnet train` into the same run is refused
-        return _run(args, run_dir, chief)
-
-
-#: settings that define the model and its data: a resumed run must keep them (its backup would not fit)
-IDENTITY_FIELDS = ("dataset", "labels", "data_dir", "config", "dropout", "bn_momentum", "split_fractions",
-                   "split_seed")
-
-
-def _check_same_run(args: argparse.Namespace, stored: dict, run_dir: Path) -> None:
-    """Refuse --resume with a flag that changes what the stored run computes (one line, not a traceback)."""
-    old = TrainConfig.from_dict(stored)
-    for name in IDENTITY_FIELDS:
-        given = getattr(args, name, None)
-        if given is None:
-            continue
-        new = dataclasses.replace(old, **{name: given})
-        if getattr(new, name) != getattr(old, name):
-            flag = "--" + name.replace("_", "-")
-            raise UserError(f"{run_dir}: this run was trained with {flag} {getattr(old, name)!r}, not {given!r}; "
-                            f"resume it without {flag}, or start a new run (--run-dir, or --overwrite)")
-
-
-def _run(args: argparse.Namespace, run_dir: Path, chief: bool) -> int:
-    from esnet_tf.train import clear_run, run_finished, stored_settings, train
-
-    stored = None
-    if (run_dir / "config.json").is_file():
-        if args.resume:
-            stored = stored_settings(run_dir)
-            if stored:
-                _check_same_run(args, stored, run_dir)
-            if run_finished(run_dir):
-                print(f"{run_dir}: this run already finished (summary.json); nothing to resume")
-                return 0
-        elif chief and not args.overwrite:
-            raise UserError(f"{run_dir} already holds a run; use --resume to continue it, --overwrite "
-                            "to start afresh, or another --run-dir")
-        elif chief:
-            clear_run(run_dir)
+    stored = stored_settings(run_dir) if args.resume else None  # flags not given again keep the run's settings
     config = config_from_args(args, stored)
     verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_interrupt)
-    summary = train(config, run_dir, resume=args.resume, verbose=verbose)
+    summary = train(config, run_dir, resume=args.resume, overwrite=args.overwrite, verbose=verbose)
+    if summary.get("already_finished"):
+        return 0
     if not summary.get("chief", True):
         print(f"done (non-chief worker; the chief wrote {run_dir})")
         return 0
