@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("esnet_tf.cli.demo", "the whole pipeline on the embedded demo dataset"),
     "dft": ("esnet_tf.cli.dft", "GPAW single points / relaxations that write IS-DOS"),
     "campaign": ("esnet_tf.cli.campaign", "HTVS campaign: stable found vs DFT spent (replay or live GPAW), resumable"),
+    "uip": ("esnet_tf.cli.uip", "relax structures with a universal potential (CHGNet; extra uip): E, E_f in eV/atom"),
 }
 
 
