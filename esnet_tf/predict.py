@@ -11,7 +11,9 @@ e_above_hull (all eV/atom).
 from __future__ import annotations
 
 import csv
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +242,75 @@ def predict_files(model: str | Path, inputs: Sequence[str], *, labels: str | Non
     if not arrays:
         raise UserError("no input could be featurized" if failures else "no inputs")
     return arrays, predictor.predict(arrays, batch_size), predictor, failures
+
+
+# ---------------------------------------------------------------- `esnet predict`
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """What `esnet predict` does (each field is a flag of the same name; `predict_to_csv` runs it).
+
+    `model`: a shipped model's name or a path (.keras, SavedModel, TF Serving model dir). `inputs`:
+    DFT files/dirs, `.npz` features or labels directories. `out`: the predictions CSV (eV/atom).
+    Invalid values raise `UserError` naming the flag and the fix.
+    """
+
+    model: str | None = None
+    inputs: tuple[str, ...] = field(default_factory=tuple)
+    out: str = "preds.csv"
+    labels: str | None = None       #: labels CSV adding the truths (eV/atom)
+    batch_size: int = 256           #: examples per model call
+    workers: int | None = None      #: processes featurizing DFT files (None: automatic)
+    precision: str = "float32"      #: inference precision of a single .keras model: float32, bfloat16, auto
+    strict: bool = False            #: refuse inputs outside the model's training domain
+
+    def __post_init__(self) -> None:
+        import os
+
+        from esnet_tf.precision import PRECISIONS
+
+        object.__setattr__(self, "inputs", tuple(os.fspath(p) for p in self.inputs))
+        for name in ("model", "out", "labels"):
+            if isinstance(getattr(self, name), os.PathLike):
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
+        if not self.model:
+            raise UserError("no MODEL given: esnet predict MODEL INPUT... (or --model NAME INPUT...); "
+                            "`esnet models` lists the shipped ones")
+        if not self.inputs:
+            raise UserError(f"no INPUT given for model {self.model}: pass DFT files, .npz features or a labels "
+                            "directory")
+        if not self.out:
+            raise UserError("--out must name the predictions CSV to write")
+        if not _positive_int(self.batch_size):
+            raise UserError(f"--batch-size must be a positive number of examples, got {self.batch_size}")
+        if self.workers is not None and not _positive_int(self.workers):
+            raise UserError(f"--workers must be >= 1, got {self.workers}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
+def predict_to_csv(config: PredictConfig):
+    """Run `esnet predict`: load the model, featurize / read the inputs, predict, write `config.out`.
+
+    Returns (the `esnet_tf.pretrained.PredictionTable`, the model, the failures: inputs that could not
+    be featurized, one line each, also printed to stderr). No input featurized: `UserError`, no CSV.
+    """
+    from esnet_tf.pretrained import load_model
+
+    if not isinstance(config, PredictConfig):
+        raise TypeError(f"predict_to_csv() takes a PredictConfig, not {type(config).__name__}")
+    model = load_model(config.model)
+    model.predictor.precision = config.precision
+    arrays, failures = load_inputs(list(config.inputs), config.labels, model_grid(model.predictor.n_points),
+                                   workers=config.workers)
+    for f in failures:
+        print(f"FAIL {f}", file=sys.stderr)
+    if not arrays:
+        raise UserError("no input could be featurized" if failures else "no inputs")
+    table = model.predict_arrays(arrays, batch_size=config.batch_size, strict=config.strict, failures=failures)
+    table.to_csv(config.out)
+    return table, model, failures

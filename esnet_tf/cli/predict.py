@@ -35,41 +35,32 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    "model's training domain (DFT code, elements, DOS scale)")
 
 
+def config_from_args(args: argparse.Namespace):
+    """The `esnet_tf.predict.PredictConfig` of the flags (MODEL is the first positional unless --model)."""
+    from esnet_tf.predict import PredictConfig
+
+    items = list(args.items)
+    model_ref = args.model or (items.pop(0) if items else None)
+    return PredictConfig(model=model_ref, inputs=tuple(items), out=args.out, labels=args.labels,
+                         batch_size=args.batch_size, workers=args.workers, precision=args.precision,
+                         strict=args.strict)
+
+
 def run(args: argparse.Namespace) -> int:
-    from esnet_tf.errors import UserError
-    from esnet_tf.pretrained import load_model
-    from esnet_tf.predict import load_inputs, model_grid
+    from esnet_tf.predict import predict_to_csv
 
     if args.list:
         from esnet_tf.cli.models import print_models
 
         return print_models()
-    items = list(args.items)
-    model_ref = args.model or (items.pop(0) if items else None)
-    if model_ref is None:
-        raise UserError("no MODEL given: esnet predict MODEL INPUT... (or --model NAME INPUT...); "
-                        "`esnet models` lists the shipped ones")
-    if not items:
-        raise UserError(f"no INPUT given for model {model_ref}: pass DFT files, .npz features or a labels directory")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be a positive number of examples, got {args.batch_size}")
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers must be >= 1, got {args.workers}")
-    model = load_model(model_ref)
-    model.predictor.precision = args.precision
-    arrays, failures = load_inputs(items, args.labels, model_grid(model.predictor.n_points), workers=args.workers)
-    for f in failures:
-        print(f"FAIL {f}", file=sys.stderr)
-    if not arrays:
-        raise UserError("no input could be featurized" if failures else "no inputs")
-    table = model.predict_arrays(arrays, batch_size=args.batch_size, strict=args.strict, failures=failures)
-    out = table.to_csv(args.out)
+    config = config_from_args(args)
+    table, model, failures = predict_to_csv(config)
     flagged = table.out_of_domain()
     for i in flagged:
         print(f"warning: {table['id'][i]}: outside the training domain of {model.name}: {table['domain'][i]}",
               file=sys.stderr)
     kind = "ensemble" if model.is_ensemble else model.predictor.kind
-    print(f"{len(table)} prediction(s) (eV/atom) with {kind} model {model.name} -> {out}; "
+    print(f"{len(table)} prediction(s) (eV/atom) with {kind} model {model.name} -> {config.out}; "
           f"{len(failures)} input(s) failed; {len(flagged)} outside the training domain"
           + (" (see the 'domain' column)" if len(flagged) else "")
           + ("" if model.domain is not None else " (no training domain recorded: not checked)"))
