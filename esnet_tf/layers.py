@@ -24,12 +24,14 @@ class ShapeCheck(layers.Layer):
     """Identity that fails at run time, naming the input, when the non-batch shape is wrong.
 
     Keeps a SavedModel from silently accepting, e.g., a DOS on another energy grid (the network
-    is otherwise length-agnostic through its global pooling).
+    is otherwise length-agnostic through its global pooling). With `require_finite` it also
+    refuses NaN or inf (an energy input that is unknown for an example, DESIGN.md section 1).
     """
 
-    def __init__(self, input_name: str = "input", **kwargs) -> None:
+    def __init__(self, input_name: str = "input", require_finite: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.input_name = input_name
+        self.require_finite = bool(require_finite)
 
     def build(self, input_shape) -> None:
         self.expected = tuple(int(d) for d in input_shape[1:])
@@ -41,9 +43,16 @@ class ShapeCheck(layers.Layer):
             want = ", ".join(map(str, self.expected))
             check = tf.debugging.assert_equal(tf.shape(x)[1:], tf.constant(self.expected, dtype=tf.int32),
                                               message=f"input '{self.input_name}' must have shape (batch, {want})")
+            checks = [check] if check is not None else []
+            if self.require_finite:
+                with tf.control_dependencies(checks):
+                    finite = tf.debugging.Assert(
+                        tf.reduce_all(tf.math.is_finite(x)),
+                        [f"input '{self.input_name}' holds NaN or inf: the model needs it (eV/atom) for every example"])
+                checks.append(finite)
             # the output waits for the check, so that no op reads a wrong-shaped input first (in a
             # frozen graph a MatMul on `composition` otherwise ran, and failed, before the assert)
-            with tf.control_dependencies([check] if check is not None else []):
+            with tf.control_dependencies(checks):
                 return tf.identity(x)
         return x
 
@@ -51,7 +60,10 @@ class ShapeCheck(layers.Layer):
         return input_shape
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "input_name": self.input_name}
+        config = {**super().get_config(), "input_name": self.input_name}
+        if self.require_finite:  # only then, so that the paper model's saved config is unchanged
+            config["require_finite"] = True
+        return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -8,6 +8,17 @@
 
 Each input first passes a ShapeCheck (wrong shapes fail loudly in every saved form).
 
+Energy inputs (`ESNetConfig.energy_inputs`, DESIGN.md section 1 "Energy inputs"): each named scalar
+energy (None, 1) eV/atom, e.g. is_formation_energy_per_atom, passes a ShapeCheck that also refuses
+NaN, is standardised inside the model (an InputNormalization fitted on the training split, as the
+DOS is) and joins the pooled DOS features and the composition branch before the head:
+
+    is_formation_energy_per_atom (None, 1) -> InputNormalization --+-> concat -> head
+
+`target="relaxation_energy"`: the head's last Dense has a softplus, so it predicts the relaxation
+energy ΔE >= 0, and the output is E_f(IS) - ΔE (a keras Subtract of the raw input and ΔE), so a
+prediction never exceeds the IS formation energy. The output name and units do not change.
+
 SpinFeaturizer = stem Conv1D(64, 20, stride 2)-BN-ReLU-AvgPool(2), then 4 stages of 2 residual
 CBAM blocks of widths 64, 128, 256, 512 with AvgPool(2) between stages. The two spins have
 their own weights. `ESNetConfig.paper()` has ~9.75 M parameters; `ESNetConfig.small()` is the
@@ -26,7 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from esnet_tf.isdos import INPUT_NAMES, N_ELEMENTS, N_ORBITALS, OUTPUT_NAME, PAPER_GRID  # noqa: F401
+from esnet_tf.isdos import (ENERGY_INPUTS, INPUT_NAMES, IS_FORMATION_ENERGY, N_ELEMENTS, N_ORBITALS,  # noqa: F401
+                            OUTPUT_NAME, PAPER_GRID)
+
+#: what the head predicts: the relaxed formation energy directly, or the relaxation energy
+#: ΔE = E_f(IS) - E_f(relaxed) >= 0 (output E_f(IS) - ΔE)
+TARGETS = ("formation_energy", "relaxation_energy")
+#: initial bias of the relaxation head's softplus: softplus(-2.25) = 0.10 eV/atom, the order of the demo
+#: data's median relaxation energy (softplus(0) = 0.69 eV/atom would start far too high)
+RELAXATION_BIAS_INIT = -2.25
 
 
 @dataclass(frozen=True)
@@ -55,11 +74,29 @@ class ESNetConfig:
     #: the composition branch also sees the fraction-weighted mean and mean square of standardised
     #: pymatgen element properties (`element_property_features`), through fixed (non-trainable) weights
     element_properties: bool = False
+    #: named scalar energy inputs (`isdos.ENERGY_INPUTS`, eV/atom each) entering the head beside the pooled
+    #: DOS features and the composition branch; () is the paper's model (three inputs)
+    energy_inputs: tuple[str, ...] = ()
+    #: `TARGETS`: "formation_energy" (the head predicts E_f) or "relaxation_energy" (it predicts ΔE >= 0 and the
+    #: output is E_f(IS) - ΔE; needs "is_formation_energy_per_atom" in `energy_inputs`)
+    target: str = "formation_energy"
     name: str = field(default="paper", compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage_widths", tuple(int(w) for w in self.stage_widths))
         object.__setattr__(self, "head_units", tuple(int(u) for u in self.head_units))
+        if isinstance(self.energy_inputs, str):
+            raise ValueError(f"energy_inputs must be a list of names, got the string {self.energy_inputs!r}")
+        object.__setattr__(self, "energy_inputs", tuple(str(e) for e in self.energy_inputs))
+        unknown = [e for e in self.energy_inputs if e not in ENERGY_INPUTS]
+        if unknown or len(set(self.energy_inputs)) != len(self.energy_inputs):
+            raise ValueError(f"energy_inputs {list(self.energy_inputs)}: each must be one of {list(ENERGY_INPUTS)}, "
+                             "at most once")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {list(TARGETS)}, got {self.target!r}")
+        if self.target == "relaxation_energy" and IS_FORMATION_ENERGY not in self.energy_inputs:
+            raise ValueError(f"target 'relaxation_energy' predicts E_f(IS) - ΔE: add {IS_FORMATION_ENERGY!r} "
+                             "to energy_inputs")
         if not self.stage_widths or min(self.stage_widths) < 1 or self.blocks_per_stage < 1:
             raise ValueError(f"invalid ESNetConfig: stage_widths={self.stage_widths}, "
                              f"blocks_per_stage={self.blocks_per_stage}")
@@ -95,7 +132,13 @@ class ESNetConfig:
         d = dataclasses.asdict(self)
         d["stage_widths"] = list(self.stage_widths)
         d["head_units"] = list(self.head_units)
+        d["energy_inputs"] = list(self.energy_inputs)
         return d
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The model's input names: the IS-DOS inputs, then the energy inputs."""
+        return INPUT_NAMES + self.energy_inputs
 
     @classmethod
     def from_dict(cls, d: dict) -> "ESNetConfig":
@@ -122,9 +165,10 @@ def build_esnet(config: ESNetConfig | None = None, *, normalization: dict | None
     """Uncompiled ESNet `keras.Model`.
 
     Inputs (dict): dos_up, dos_down float32 (None, n_points, 9) states/eV/atom; composition
-    float32 (None, 118) atomic fractions. Output (dict): formation_energy_per_atom (None, 1)
-    in eV/atom. `normalization`: optional statistics from `dos_statistics` to store in the
-    model's InputNormalization layers (else identity until `set_normalization`).
+    float32 (None, 118) atomic fractions; one float32 (None, 1) eV/atom per `config.energy_inputs`.
+    Output (dict): formation_energy_per_atom (None, 1) in eV/atom. `normalization`: optional
+    statistics from `dos_statistics` to store in the model's InputNormalization layers (else
+    identity until `set_normalization`).
     """
     import keras
     from keras import layers
@@ -137,7 +181,9 @@ def build_esnet(config: ESNetConfig | None = None, *, normalization: dict | None
         "dos_down": keras.Input((c.n_points, c.n_orbitals), name="dos_down", dtype="float32"),
         "composition": keras.Input((c.n_elements,), name="composition", dtype="float32"),
     }
-    checked = {k: ShapeCheck(k, name=f"check_{k}")(v) for k, v in inputs.items()}
+    for e in c.energy_inputs:
+        inputs[e] = keras.Input((1,), name=e, dtype="float32")
+    checked = {k: ShapeCheck(k, require_finite=k in c.energy_inputs, name=f"check_{k}")(v) for k, v in inputs.items()}
     spins = []
     for spin in ("up", "down"):
         x = InputNormalization(name=f"normalize_{spin}")(checked[f"dos_{spin}"])
@@ -157,12 +203,18 @@ def build_esnet(config: ESNetConfig | None = None, *, normalization: dict | None
                  for kind in ("mean", "mean_square")]
         comp_in = layers.Concatenate(name="composition_features")([comp_in, *stats])
     comp = layers.Dense(c.composition_units, activation="relu", name="composition_dense")(comp_in)
-    x = layers.Concatenate(name="features")([x, comp])
+    energies = [InputNormalization(name=f"normalize_{e}")(checked[e]) for e in c.energy_inputs]
+    x = layers.Concatenate(name="features")([x, comp, *energies])
     for i, units in enumerate(c.head_units):
         x = layers.Dense(units, activation="relu", name=f"head_dense{i + 1}")(x)
         if c.dropout:
             x = layers.Dropout(c.dropout, name=f"head_dropout{i + 1}")(x)
-    out = layers.Dense(1, name=OUTPUT_NAME)(x)
+    if c.target == "relaxation_energy":
+        delta = layers.Dense(1, activation="softplus", name="relaxation_energy",
+                             bias_initializer=keras.initializers.Constant(RELAXATION_BIAS_INIT))(x)
+        out = layers.Subtract(name=OUTPUT_NAME)([checked[IS_FORMATION_ENERGY], delta])
+    else:
+        out = layers.Dense(1, name=OUTPUT_NAME)(x)
     model = keras.Model(inputs=inputs, outputs={OUTPUT_NAME: out}, name=name or f"esnet_{c.name}")
     if c.element_properties:
         model.get_layer("element_property_mean").set_weights([table])
@@ -173,16 +225,20 @@ def build_esnet(config: ESNetConfig | None = None, *, normalization: dict | None
 
 
 def dos_statistics(batches) -> dict:
-    """Per-channel mean and std (states/eV/atom) of dos_up and dos_down over examples and energies.
+    """Per-channel mean and std (states/eV/atom) of dos_up and dos_down over examples and energies,
+    and mean and std (eV/atom) of every energy input (`isdos.ENERGY_INPUTS`) the batches hold, over
+    its known (finite) values; an energy with no known value gets no statistics.
 
     `batches`: iterable of dicts holding at least 'dos_up' and 'dos_down' arrays (B, n_points, 9)
     (numpy or tensors). Streams (float64 sums), so it works on datasets larger than memory.
     """
     sums: dict[str, list] = {}
     for batch in batches:
-        for key in ("dos_up", "dos_down"):
+        for key in ("dos_up", "dos_down", *(e for e in ENERGY_INPUTS if e in batch)):
             a = np.asarray(batch[key], dtype=np.float64)
-            a = a.reshape(-1, a.shape[-1])
+            a = a.reshape(-1, a.shape[-1]) if key.startswith("dos_") else a.reshape(-1, 1)
+            if not key.startswith("dos_"):
+                a = a[np.isfinite(a[:, 0])]
             s = sums.setdefault(key, [0, np.zeros(a.shape[-1]), np.zeros(a.shape[-1])])
             s[0] += a.shape[0]
             s[1] += a.sum(axis=0)
@@ -191,17 +247,35 @@ def dos_statistics(batches) -> dict:
         raise ValueError("no training examples to fit the input normalisation on")
     out = {}
     for key, (n, s1, s2) in sums.items():
+        if n == 0:
+            continue
         mean = s1 / n
         var = np.maximum(s2 / n - mean * mean, 0.0)
         out[key] = {"mean": mean.tolist(), "std": np.sqrt(var).tolist()}
     return out
 
 
+def energy_inputs_of(model) -> tuple[str, ...]:
+    """The energy inputs a built ESNet (or ensemble) takes, in its input order; () for the paper's model."""
+    return tuple(t.name for t in model.inputs if t.name in ENERGY_INPUTS)
+
+
+def input_names_of(model) -> tuple[str, ...]:
+    """All inputs a built ESNet (or ensemble) takes: `INPUT_NAMES`, then its energy inputs."""
+    return INPUT_NAMES + energy_inputs_of(model)
+
+
 def set_normalization(model, stats: dict) -> None:
-    """Store `dos_statistics` output in the model's `normalize_up` / `normalize_down` layers."""
+    """Store `dos_statistics` output in the model's `normalize_up` / `normalize_down` layers and the
+    `normalize_<energy>` layer of each energy input (whose statistics must then be in `stats`)."""
     for spin in ("up", "down"):
         s = stats[f"dos_{spin}"]
         model.get_layer(f"normalize_{spin}").set_statistics(s["mean"], s["std"])
+    for name in energy_inputs_of(model):
+        if name not in stats:
+            raise ValueError(f"the model takes the energy input {name!r} but the training data hold no known "
+                             f"value of it (no normalisation statistics)")
+        model.get_layer(f"normalize_{name}").set_statistics(stats[name]["mean"], stats[name]["std"])
 
 
 def load_model(path: str | Path):

@@ -175,3 +175,128 @@ def test_element_property_branch_is_fixed_weighted_means_and_round_trips(tmp_pat
     np.testing.assert_array_equal(loaded.get_layer("element_property_mean_square").get_weights()[0], table ** 2)
     assert ESNetConfig.from_dict({k: v for k, v in ESNetConfig.small().to_dict().items()
                                   if k != "element_properties"}).element_properties is False  # older configs
+
+
+# ---------------------------------------------------------------- energy inputs (issue 32, DESIGN.md section 1)
+
+#: a tiny topology: the energy-input tests check wiring, not capacity
+TINY = dict(stem_filters=4, stage_widths=(4, 4), merge_filters=4, composition_units=4, head_units=(8,),
+            attention_ratio=2, spatial_kernel=3, name="tiny")
+
+
+@lru_cache(maxsize=1)
+def demo_energy_examples() -> dict:
+    """Six real demo examples (GPAW IS-DOS) with their IS energies from the engine's own references."""
+    from esnet_tf.export import demo_examples
+
+    return demo_examples(6)
+
+
+@lru_cache(maxsize=2)
+def energy_model(target: str = "relaxation_energy"):
+    """A tiny ESNet taking is_formation_energy_per_atom, its normalisation fitted on the demo examples."""
+    from esnet_tf import ESNetConfig, build_esnet
+    from esnet_tf.model import dos_statistics
+
+    config = ESNetConfig(**TINY, energy_inputs=("is_formation_energy_per_atom",), target=target)
+    return build_esnet(config, normalization=dos_statistics([demo_energy_examples()]))
+
+
+def energy_inputs(arrays: dict, n: int | None = None) -> dict:
+    keys = ("dos_up", "dos_down", "composition", "is_formation_energy_per_atom")
+    return {k: np.asarray(arrays[k][:n], np.float32) for k in keys}
+
+
+def test_energy_input_config_round_trips_and_is_checked():
+    from esnet_tf import ESNetConfig
+
+    c = ESNetConfig(**TINY, energy_inputs=["is_formation_energy_per_atom", "uip_formation_energy_per_atom"],
+                    target="relaxation_energy")
+    assert c.energy_inputs == ("is_formation_energy_per_atom", "uip_formation_energy_per_atom")
+    assert ESNetConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    assert c.input_names[3:] == c.energy_inputs and ESNetConfig.paper().input_names == (
+        "dos_up", "dos_down", "composition")
+    old = {k: v for k, v in ESNetConfig.small().to_dict().items() if k not in ("energy_inputs", "target")}
+    assert ESNetConfig.from_dict(old) == ESNetConfig.small()  # configs written before the energy inputs
+    with pytest.raises(ValueError, match="add 'is_formation_energy_per_atom' to energy_inputs"):
+        ESNetConfig(target="relaxation_energy")
+    with pytest.raises(ValueError, match="each must be one of"):
+        ESNetConfig(energy_inputs=("band_gap",))
+    with pytest.raises(ValueError, match="target must be one of"):
+        ESNetConfig(energy_inputs=("is_formation_energy_per_atom",), target="energy")
+
+
+def test_energy_input_model_builds_with_normalisation_inside():
+    from esnet_tf import ESNetConfig, build_esnet
+
+    model = energy_model()
+    shapes = {t.name: tuple(t.shape) for t in model.inputs}
+    assert shapes["is_formation_energy_per_atom"] == (None, 1) and len(shapes) == 4
+    ef = demo_energy_examples()["is_formation_energy_per_atom"].astype(np.float64)
+    norm = model.get_layer("normalize_is_formation_energy_per_atom")
+    np.testing.assert_allclose(norm.mean.numpy(), [ef.mean()], rtol=1e-5)
+    np.testing.assert_allclose(norm.std.numpy(), [ef.std()], rtol=1e-4)
+    # the energy joins the pooled DOS and composition features before the head
+    assert model.get_layer("features").output.shape[-1] == TINY["merge_filters"] + TINY["composition_units"] + 1
+    assert not any(type(layer).__name__ == "Lambda" for layer in model._flatten_layers())
+    two = build_esnet(ESNetConfig(**TINY, energy_inputs=("is_formation_energy_per_atom",
+                                                         "uip_formation_energy_per_atom")))
+    assert sorted(t.name for t in two.inputs)[-2:] == ["is_formation_energy_per_atom", "uip_formation_energy_per_atom"]
+    assert two.get_layer("features").output.shape[-1] == TINY["merge_filters"] + TINY["composition_units"] + 2
+    with pytest.raises(ValueError, match="no known value of it"):  # statistics without the energy
+        build_esnet(ESNetConfig(**TINY, energy_inputs=("is_formation_energy_per_atom",)),
+                    normalization={"dos_up": {"mean": [0.0] * 9, "std": [1.0] * 9},
+                                   "dos_down": {"mean": [0.0] * 9, "std": [1.0] * 9}})
+
+
+def test_energy_input_model_keras_round_trip_is_identical(tmp_path):
+    from esnet_tf.model import load_model
+
+    model = energy_model()
+    x = energy_inputs(demo_energy_examples())
+    before = np.asarray(model.predict_on_batch(x)["formation_energy_per_atom"])
+    model.save(tmp_path / "e.keras")
+    loaded = load_model(tmp_path / "e.keras")
+    np.testing.assert_array_equal(np.asarray(loaded.predict_on_batch(x)["formation_energy_per_atom"]), before)
+    assert [t.name for t in loaded.inputs] == [t.name for t in model.inputs]
+
+
+def test_relaxation_target_never_exceeds_the_is_formation_energy():
+    """ΔE >= 0 by construction (softplus): E_f <= E_f(IS) for any input, real or far outside the data."""
+    model = energy_model("relaxation_energy")
+    real = energy_inputs(demo_energy_examples())
+    y = np.asarray(model.predict_on_batch(real)["formation_energy_per_atom"])
+    assert np.all(y <= real["is_formation_energy_per_atom"])
+    rng = np.random.default_rng(1)
+    n = 64
+    comp = rng.dirichlet(np.ones(118) * 0.05, size=n).astype(np.float32)
+    wild = {"dos_up": (rng.random((n, 1500, 9)) * rng.choice([0.0, 1.0, 50.0], (n, 1, 1))).astype(np.float32),
+            "dos_down": (rng.random((n, 1500, 9)) * 3).astype(np.float32), "composition": comp,
+            "is_formation_energy_per_atom": rng.uniform(-20, 20, (n, 1)).astype(np.float32)}
+    y = np.asarray(model.predict_on_batch(wild)["formation_energy_per_atom"])
+    assert np.all(y <= wild["is_formation_energy_per_atom"]), (y - wild["is_formation_energy_per_atom"]).max()
+    direct = energy_model("formation_energy")
+    assert type(direct.get_layer("formation_energy_per_atom")).__name__ == "Dense"
+    assert type(model.get_layer("formation_energy_per_atom")).__name__ == "Subtract"
+
+
+def test_missing_energy_is_refused_in_one_line():
+    import tensorflow as tf
+
+    from esnet_tf.errors import UserError
+    from esnet_tf.isdos import require_energies
+
+    a = dict(demo_energy_examples())
+    a["is_formation_energy_per_atom"] = a["is_formation_energy_per_atom"].copy()
+    a["is_formation_energy_per_atom"][2] = np.nan
+    with pytest.raises(UserError) as err:
+        require_energies(a, ("is_formation_energy_per_atom",), "calcs/")
+    msg = str(err.value)
+    assert "\n" not in msg and a["id"][2] in msg and "--references FILE" in msg
+    assert "is_formation_energy_per_atom" in msg
+    with pytest.raises(UserError, match="needs input 'is_formation_energy_per_atom'"):
+        require_energies({k: v for k, v in a.items() if k != "is_formation_energy_per_atom"},
+                         ("is_formation_energy_per_atom",))
+    # the model itself refuses NaN (every saved form), naming the input
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"input \\?'is_formation_energy_per_atom\\?' holds NaN"):
+        energy_model().predict_on_batch(energy_inputs(a))
