@@ -120,11 +120,6 @@ def model_input_names(model_config: Any = None) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------- labels and raw sources
 
-def read_labels(path: str | Path) -> dict[str, LabelRow]:
-    """Rows of a labels CSV keyed by id (`esnet_tf.labels`; energies eV/atom, NaN if blank)."""
-    return labels_by_id(path, path_column=None, require_energy=False)
-
-
 def is_labels_dir(spec: str | Path) -> bool:
     """True for a directory holding labels.csv and calculation files."""
     return Path(spec).is_dir() and (Path(spec) / "labels.csv").is_file()
@@ -177,7 +172,7 @@ def load_npz_arrays(spec: str, labels: str | Path | None = None, require_labels:
                                       for p in parts]).astype(str)
     if labels is None and (paths[0].parent / "labels.csv").is_file():
         labels = paths[0].parent / "labels.csv"
-    rows = read_labels(labels) if labels is not None else {}
+    rows = labels_by_id(labels, path_column=None, require_energy=False) if labels is not None else {}
     if require_labels and not rows:
         raise UserError(f"{spec}: no labels; pass --labels CSV with columns id, formation_energy_per_atom (eV/atom)")
     for key in LABEL_KEYS:

@@ -31,7 +31,7 @@ import numpy as np
 
 from esnet_tf.errors import DatasetError, UserError
 from esnet_tf.labels import LABELS_FILE, LabelRow, label_float  # noqa: F401  (re-exported)
-from esnet_tf.labels import read_labels as _read_labels
+from esnet_tf.labels import read_labels  # noqa: F401  (re-exported: the one labels reader)
 from esnet_tf.isdos import DOSInputError, EnergyGrid
 from esnet_tf.splits import SPLITS, split_of
 
@@ -61,9 +61,10 @@ def skip_bad_inputs_default() -> bool:
     return os.environ.get(SKIP_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def read_labels(labels_csv: str | Path, path_column: str = "path") -> list[LabelRow]:
-    """Rows of a dataset's labels.csv (path and formation energy required; `esnet_tf.labels`)."""
-    rows = _read_labels(labels_csv, path_column=path_column, require_energy=True)
+def dataset_rows(labels_csv: str | Path, path_column: str = "path") -> list[LabelRow]:
+    """The rows a dataset is built from: `esnet_tf.labels.read_labels` with the calculation path and
+    the formation energy required, and at least one row."""
+    rows = read_labels(labels_csv, path_column=path_column, require_energy=True)
     if not rows:
         raise DatasetError(f"{labels_csv}: no rows (add one line per calculation)")
     return rows

@@ -161,7 +161,8 @@ def load_inputs(paths: Sequence[str], labels: str | None = None, grid: EnergyGri
     `.npz` whose stored energy axis differs is refused. DFT files are featurized on `workers`
     processes (`esnet_tf.featurize.featurize_paths`; None = automatic).
     """
-    from esnet_tf.data import LABEL_KEYS, is_labels_dir, load_dir_arrays, load_npz_arrays, read_labels, stack_examples
+    from esnet_tf.data import LABEL_KEYS, is_labels_dir, load_dir_arrays, load_npz_arrays, stack_examples
+    from esnet_tf.labels import labels_by_id
     from esnet_tf.featurize import featurize_paths
 
     parts, raw = [], []
@@ -184,7 +185,8 @@ def load_inputs(paths: Sequence[str], labels: str | None = None, grid: EnergyGri
     if raw:
         examples, failures = featurize_paths(raw, grid or PAPER_GRID, workers=workers)
         if examples:
-            part = stack_examples(examples, read_labels(labels) if labels else None)
+            truths = labels_by_id(labels, path_column=None, require_energy=False) if labels else None
+            part = stack_examples(examples, truths)
             parts.append(part)
     if not parts:
         return {}, failures

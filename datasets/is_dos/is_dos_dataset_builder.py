@@ -165,7 +165,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._labels = self.labels_path(dl_manager.manual_dir if cfg.source == "manual" else None)
         # digest before reading, so an edit made during the build makes the next build_dataset() rebuild
         self._labels_sha256 = isdos_data.labels_digest(self._labels) if self._labels.is_file() else ""
-        self._rows = isdos_data.read_labels(self._labels, cfg.path_column)
+        self._rows = isdos_data.dataset_rows(self._labels, cfg.path_column)
         if self._use_beam:  # featurize on the workers; rows routed by their formula column
             plan, self._rejected = isdos_data.route_rows(self._rows, cfg.grid, cfg.fractions, self.skip_bad_inputs)
         else:  # featurize once here to find each row's chemical system
