@@ -365,16 +365,10 @@ def _pool(workers: int):
         return
     import multiprocessing
 
-    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    os.environ.update({k: "1" for k in env})  # inherited by the spawned children
-    try:
+    from esnet_tf.threads import inherited_thread_env
+
+    with inherited_thread_env(1):  # inherited by the spawned children
         pool = multiprocessing.get_context("spawn").Pool(workers)
-    finally:
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     try:
         yield pool
         pool.close()

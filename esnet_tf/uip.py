@@ -44,6 +44,7 @@ import numpy as np
 
 from esnet_tf.atomic import atomic_path, write_text
 from esnet_tf.errors import UserError
+from esnet_tf.threads import SINGLE_THREAD_ENV
 
 #: Elements whose reference is fitted (no crystalline elemental phase in the demo data).
 GAS_ELEMENTS: tuple[str, ...] = ("N", "O", "F", "Cl")
@@ -54,7 +55,6 @@ CSV_COLUMNS = ("id", "formula", "uip_energy_per_atom", "uip_formation_energy_per
                "converged", "stop_reason", "model", "model_version", "error")
 #: Bumped when the relaxation procedure changes, so that old cache files are not reused.
 RELAX_REVISION = 1
-SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 INSTALL_HINT = "install esnet-tf[uip] (pip install 'esnet-tf[uip]'; CHGNet and a CPU build of torch)"
 
 

@@ -23,8 +23,8 @@ from esnet_tf.atomic import write_text
 from esnet_tf.dft.engine import GPAW_DOS_SUFFIX, scf_attempts_available
 from esnet_tf.dft.progress import PROGRESS_FILE
 from esnet_tf.dft.tasks import Task, task_hash
+from esnet_tf.threads import SINGLE_THREAD_ENV
 
-SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 WORKERS_FILE = "WORKERS"  # in the cache directory: an integer that lowers the worker count of a running job
 
 
