@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID, EnergyGrid, ISDOSExample
-from esnet_tf.isdos import INPUT_NAMES, OUTPUT_NAME
+from esnet_tf.isdos import INPUT_NAMES, OUTPUT_NAME, negative_dos_floor
 from esnet_tf.featurize import energy_arrays, fill_energies  # energy inputs (issue 32): (N, 1) eV/atom, NaN unknown
 from esnet_tf.splits import DEFAULT_FRACTIONS, SPLITS, split_of
 from esnet_tf.errors import UserError
@@ -40,8 +40,6 @@ from esnet_tf.labels import LabelRow, labels_by_id
 LABEL_KEYS = ("formation_energy_per_atom", "e_above_hull")
 #: |sum of a composition vector - 1| accepted (float32 rounding of 118 fractions)
 COMPOSITION_TOLERANCE = 1e-4
-#: DOS values (states/eV/atom) below -this are refused (tetrahedron-method dips are ~1e-4)
-NEGATIVE_DOS_TOLERANCE = 1e-2
 STRING_KEYS = ("id", "formula", "chemsys")
 
 
@@ -258,9 +256,9 @@ def check_values(arrays: dict, source: str = "") -> None:
         return ", ".join(names) + (f" and {len(idx) - 3} more" if len(idx) > 3 else "")
 
     for key in ("dos_up", "dos_down"):
-        a = np.asarray(arrays[key], dtype=np.float32)
-        low = a.reshape(len(a), -1).min(axis=1) if len(a) else np.zeros(0)
-        bad = low < -NEGATIVE_DOS_TOLERANCE
+        a = np.asarray(arrays[key], dtype=np.float32).reshape(len(arrays[key]), -1)
+        low = a.min(axis=1) if len(a) else np.zeros(0)
+        bad = low < negative_dos_floor(a, axis=1)  # the featurizer's rule (esnet_tf.isdos)
         if bad.any():
             raise UserError(f"{where}input '{key}' holds negative DOS (down to {low.min():.3g} states/eV/atom) "
                             f"for id {ids(bad)}; re-featurize those calculations")

@@ -26,13 +26,10 @@ import numpy as np
 
 from esnet_tf.atomic import atomic_path
 from esnet_tf.isdos import (IS_ENERGY, IS_FORMATION_ENERGY, N_ELEMENTS, PAPER_GRID, DOSInputError, EnergyGrid,
-                            ISDOSExample, ProjectedDOS)
+                            ISDOSExample, ProjectedDOS, negative_dos_floor)
 from esnet_tf.readers import read_dos, source_kind
 
 _STRIP = (".gpawdos.npz", ".gz", ".xml", ".json")
-#: DOS values below -max(tol, tol x max|DOS|) are refused; tetrahedron-method DOS dips slightly below 0
-#: (VASP Al: -3e-4 states/eV).
-NEGATIVE_DOS_TOLERANCE = 1e-2
 _GENERIC = {"vasprun", "doscar"}
 
 
@@ -92,7 +89,7 @@ def featurize_dos(dos: ProjectedDOS, grid: EnergyGrid = PAPER_GRID, id: str | No
     if not np.all(np.isfinite(dos.pdos)):
         raise DOSInputError(dos.source, "DOS holds NaN or inf values", "the file looks corrupt")
     lowest = float(dos.pdos.min()) if dos.pdos.size else 0.0
-    if lowest < -max(NEGATIVE_DOS_TOLERANCE, NEGATIVE_DOS_TOLERANCE * float(np.abs(dos.pdos).max())):
+    if lowest < negative_dos_floor(dos.pdos):
         raise DOSInputError(dos.source, f"negative DOS values (down to {lowest:.3g} states/eV)",
                             "a DOS is >= 0; the file looks corrupt or was written with a broken smearing")
     x = grid.energies()

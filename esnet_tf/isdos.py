@@ -38,6 +38,21 @@ OUTPUT_NAME = "formation_energy_per_atom"
 PREDICTION_COLUMN = f"predicted_{OUTPUT_NAME}"
 PREDICTION_STD_COLUMN = f"predicted_{OUTPUT_NAME}_std"
 DOMAIN_COLUMN = "domain"
+#: Negative DOS accepted as rounding (tetrahedron-method DOS dips slightly below 0; VASP Al: -3e-4
+#: states/eV): values below `negative_dos_floor` are refused, by the featurizer (per cell) and before
+#: training or prediction (per atom). Relative to the largest |DOS|, never tighter than this in absolute.
+NEGATIVE_DOS_TOLERANCE = 1e-2
+
+
+def negative_dos_floor(dos: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.ndarray | float:
+    """The lowest DOS value accepted in `dos` (states/eV, per cell or per atom):
+    -NEGATIVE_DOS_TOLERANCE x max(1, max |dos|), over `axis` (None: the whole array, a float)."""
+    dos = np.asarray(dos, dtype=np.float64)
+    peak = np.abs(dos).max(axis=axis, initial=0.0)
+    floor = -NEGATIVE_DOS_TOLERANCE * np.maximum(1.0, peak)
+    return float(floor) if axis is None else floor
+
+
 #: Names of the f channels (dropped from the 9 channels, recorded in metadata).
 F_ORBITALS: tuple[str, ...] = ("f_3", "f_2", "f_1", "f0", "f1", "f2", "f3")
 
