@@ -1,7 +1,6 @@
-"""The accuracy study's pieces (benchmarks/accuracy.py, esnet_tf/baselines.py); ESNet trains only in tiny configs."""
+"""The accuracy study (esnet_tf.study, benchmarks/accuracy.py) and esnet_tf/baselines.py; ESNet trains only in tiny configs."""
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,17 +9,15 @@ import numpy as np
 import pytest
 
 from esnet_tf import baselines
+from esnet_tf.errors import UserError
+from esnet_tf.study import data as study_data
+from esnet_tf.study import models as study_models
+from esnet_tf.study import report, stats
+from esnet_tf.study.metrics import polymorph_ranking
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "datasets" / "is_dos" / "demo"
-
-
-@pytest.fixture(scope="module")
-def acc():
-    spec = importlib.util.spec_from_file_location("esnet_accuracy_study", ROOT / "benchmarks" / "accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = ROOT / "benchmarks" / "accuracy.py"
 
 
 def _fractions(**atoms: float) -> np.ndarray:
@@ -89,7 +86,7 @@ def test_crossfit_never_uses_a_rows_own_group():
         baselines.crossfit(predict, idx, np.zeros(12))
 
 
-def test_residual_baseline_is_out_of_fold_within_the_training_folds(acc, monkeypatch):
+def test_residual_baseline_is_out_of_fold_within_the_training_folds(monkeypatch):
     chemsys = np.array([f"A-X{i % 9}" for i in range(40)])
     study = SimpleNamespace(is_={"chemsys": chemsys})
     train_idx = np.arange(0, 40, 2)  # the outer training rows
@@ -99,8 +96,8 @@ def test_residual_baseline_is_out_of_fold_within_the_training_folds(acc, monkeyp
         seen.append((fit.copy(), pred.copy()))
         return np.zeros(len(pred))
 
-    monkeypatch.setitem(baselines.BASELINES, acc.RESIDUAL_BASELINE, baseline)
-    oof, inner = acc.residual_targets(study, train_idx, seed=0)
+    monkeypatch.setitem(baselines.BASELINES, study_models.RESIDUAL_BASELINE, baseline)
+    oof, inner = study_models.residual_targets(study, train_idx, seed=0)
     assert len(oof) == len(train_idx) and len(seen) == len(np.unique(inner)) >= 2
     inner_of = dict(zip(train_idx.tolist(), inner.tolist()))
     predicted = []
@@ -112,85 +109,125 @@ def test_residual_baseline_is_out_of_fold_within_the_training_folds(acc, monkeyp
     assert sorted(predicted) == sorted(train_idx.tolist())
 
 
-def test_paired_comparison_known_case(acc):
-    r = acc.paired_comparison([1, 2, 3, 4, 5], [0, 0, 0, 0, 0])
+def test_paired_comparison_known_case():
+    r = stats.paired_comparison([1, 2, 3, 4, 5], [0, 0, 0, 0, 0])
     assert r["n_pairs"] == 5 and r["mean_diff"] == pytest.approx(3.0)
     half = 2.7764451 * math.sqrt(2.5) / math.sqrt(5)  # t(0.975, 4) x sd / sqrt(n)
     assert (r["ci_low"], r["ci_high"]) == (pytest.approx(3 - half, rel=1e-5), pytest.approx(3 + half, rel=1e-5))
     assert r["p_value"] == pytest.approx(2 / 2 ** 5)  # exact: all 5 differences positive, two-sided
-    assert acc.paired_comparison([1.0], [1.0])["p_value"] is None
+    assert stats.paired_comparison([1.0], [1.0])["p_value"] is None
 
 
-def test_bootstrap_ci(acc):
-    value, lo, hi = acc.bootstrap_ci(np.array([1.0, -1.0] * 10), acc.mae_of)
+def test_bootstrap_ci():
+    value, lo, hi = stats.bootstrap_ci(np.array([1.0, -1.0] * 10), stats.mae_of)
     assert (value, lo, hi) == (1.0, 1.0, 1.0)
     err = np.random.default_rng(1).normal(size=200)
-    value, lo, hi = acc.bootstrap_ci(err, acc.rmse_of)
+    value, lo, hi = stats.bootstrap_ci(err, stats.rmse_of)
     assert lo < value < hi and value == pytest.approx(np.sqrt(np.mean(err ** 2)))
 
 
-def test_polymorph_ranking_tie_rule(acc):
+def test_polymorph_ranking_tie_rule():
     formulas = np.array(["A", "A", "B", "B", "B", "C"])
     truth = np.array([0.0, -1.0, 0.0, -2.0, 1.0, 0.0])
     pred = np.array([0.5, -0.5, 0.0, 0.0, 1.0, 0.0])  # A right; B: true lowest among 2 tied -> 1/2; C single
-    assert acc.polymorph_ranking(formulas, truth, pred) == (1.5, 2)
-    assert acc.polymorph_ranking(formulas, truth, np.zeros(6)) == (pytest.approx(0.5 + 1 / 3), 2)
+    assert polymorph_ranking(formulas, truth, pred) == (1.5, 2)
+    assert polymorph_ranking(formulas, truth, np.zeros(6)) == (pytest.approx(0.5 + 1 / 3), 2)
 
 
-def test_readme_marker_rewrite(acc):
-    text = f"# T\n\nintro\n{acc.TABLE_START}\nold | table\n{acc.TABLE_END}\nafter\n"
-    new = acc.rewrite_readme(text, "| new |\n")
-    assert new == f"# T\n\nintro\n{acc.TABLE_START}\n| new |\n{acc.TABLE_END}\nafter\n"
-    assert acc.rewrite_readme(new, "| new |\n") == new
-    with pytest.raises(acc.StudyError, match="exactly one"):
-        acc.rewrite_readme("no markers", "x")
+def test_table_marker_rewrite():
+    start, end = report.TABLE_START, report.TABLE_END
+    text = f"# T\n\nintro\n{start}\nold | table\n{end}\nafter\n"
+    new = report.replace_table(text, "| new |\n")
+    assert new == f"# T\n\nintro\n{start}\n| new |\n{end}\nafter\n"
+    assert report.replace_table(new, "| new |\n") == new
+    with pytest.raises(UserError, match="exactly one"):
+        report.replace_table("no markers", "x")
+    with pytest.raises(UserError, match="exactly one"):
+        report.replace_table(f"{end}\n{start}\n", "x")  # out of order
 
 
-def test_bad_options_are_one_line_errors(acc, capsys, tmp_path):
-    assert acc.main(["--models", "esnet_is,bogus"]) == 2
-    err = capsys.readouterr().err
-    assert "unknown model(s) ['bogus']" in err and err.count("\n") == 1
-    assert acc.main(["--folds", "1"]) == 2
-    assert "--folds must be >= 2" in capsys.readouterr().err
-    assert acc.main(["--seeds", "0,x"]) == 2
-    capsys.readouterr()
+def test_bad_options_are_one_line_errors(capsys, tmp_path):
+    import subprocess
+    import sys
+
+    from esnet_tf.study import StudyConfig
+
+    base = {"out": tmp_path, "demo": DEMO}
+    with pytest.raises(UserError, match=r"unknown model\(s\) \['bogus'\]"):
+        StudyConfig(**base, models=("esnet_is", "bogus"))
+    with pytest.raises(UserError, match="--folds must be >= 2"):
+        StudyConfig(**base, folds=1)
+    with pytest.raises(UserError, match="--seeds must be distinct"):
+        StudyConfig(**base, seeds=(0, 0))
     (tmp_path / "R.md").write_text("no markers\n")
-    assert acc.main(["--summary-only", "--readme", str(tmp_path / "R.md")]) == 2  # checked before any work
-    assert "exactly one" in capsys.readouterr().err
+    with pytest.raises(UserError, match="exactly one"):  # checked before any work
+        StudyConfig(**base, table_file=tmp_path / "R.md")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--seeds", "0,x"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr == "accuracy.py: error: --seeds must be comma-separated integers, got '0,x'\n"
 
 
-def test_augmented_variants_never_train_on_a_test_fold_structure(acc):
-    from pymatgen.core import Composition
+def test_a_registered_model_is_one_more_row():
+    """A model added with `register` appears in the summary and the table, in registry order, and
+    an ESNet row is tested against the best baseline row."""
+    def record(pred, truth):
+        return {"pred": pred, "truth": truth, "wall_s": 1.0,
+                "metrics": {"mae": float(np.mean(np.abs(np.subtract(pred, truth)))), "rmse": 0.0,
+                            "polymorph_correct": 0.0, "polymorph_total": 0}}
 
-    from esnet_tf.labels import read_labels
+    truth = [0.0, 1.0]
+    try:
+        study_models.register("toy_baseline", "a baseline", group="baseline")(lambda unit: (None, {}))
+        study_models.register("toy_esnet", "an ESNet", group="esnet")(lambda unit: (None, {}))
+        with pytest.raises(ValueError, match="twice"):
+            study_models.register("toy_esnet", "again", group="esnet")
+        with pytest.raises(ValueError, match="group"):
+            study_models.register("toy_other", "x", group="nonsense")
+        units = {"toy_baseline": {(k, 0): record([0.5, 0.5], truth) for k in range(2)},
+                 "toy_esnet": {(0, 0): record([0.0, 0.9], truth), (1, 0): record([0.1, 1.0], truth)},
+                 "mean": {(k, 0): record([0.7, 0.7], truth) for k in range(2)}}
+        summary = report.summarise(units, folds=2, seeds=[0])
+        assert summary["best_composition_model"] == "toy_baseline"  # "mean" is a reference, never the comparator
+        vs = summary["models"]["toy_esnet"]["vs_best_composition"]
+        assert vs["baseline"] == "toy_baseline" and vs["n_pairs"] == 2
+        assert vs["mean_diff"] == pytest.approx(0.05 - 0.5)
+        assert "vs_best_composition" not in summary["models"]["mean"]
+        result = {"summary": summary, "snapshot_hash": "h", "n_structures": 2, "n_variants": 0, "folds": 2,
+                  "seeds": [0], "epochs": 1}
+        rows = [line.split(" | ")[0] for line in report.table_markdown(result).splitlines() if line.startswith("| ")]
+        assert rows == ["| model", "| mean", "| toy_baseline", "| toy_esnet"]
+    finally:
+        study_models.MODELS.pop("toy_baseline", None)
+        study_models.MODELS.pop("toy_esnet", None)
+
+
+def test_augmented_variants_never_train_on_a_test_fold_structure():
+    """On a small synthetic snapshot: every variant trains exactly in the folds where its parent does."""
     from esnet_tf.splits import kfold_of
 
-    def arrays(path, variants):
-        rows = read_labels(path, path_column=None, require_energy=False)
-        if variants:
-            rows = [r for r in rows if r.get("parent_id", r.id) not in ("", r.id)]
-        out = {"id": np.array([r.id for r in rows]),
-               "chemsys": np.array([Composition(r.formula).chemical_system for r in rows])}
-        if variants:
-            out["parent_id"] = np.array([r["parent_id"] for r in rows])
-        return out
-
-    is_, aug = arrays(DEMO / "labels.csv", False), arrays(DEMO / "labels_augmented.csv", True)
-    known = set(is_["id"].tolist())
-    keep = np.array([p in known for p in aug["parent_id"]])  # a variant may land before its parent's row
-    aug = {k: v[keep] for k, v in aug.items()}
-    assert len(aug["id"]) > 0
-    study = SimpleNamespace(is_=is_, aug=aug)
+    systems = [f"A-B{i}" for i in range(12)] + [f"C{i}-D" for i in range(8)]
+    is_ = {"id": np.array([f"s{i}" for i in range(40)]),
+           "chemsys": np.array([systems[i % len(systems)] for i in range(40)])}
+    parents = np.repeat(np.arange(40), 3)
+    aug = {"id": np.array([f"s{p}_v{j}" for j, p in enumerate(parents)]),
+           "parent_id": is_["id"][parents], "chemsys": is_["chemsys"][parents]}
+    data = SimpleNamespace(is_=is_, aug=aug)
     for seed in (0, 1, 2):
         fold = np.array([kfold_of(c, 5, seed) for c in is_["chemsys"]])
         used = set()
         for k in range(5):
-            sel = acc.augmented_training_rows(study, fold, k, 5, seed)
+            sel = study_data.augmented_training_rows(data, fold, k, 5, seed)
             test_ids = set(is_["id"][fold == k].tolist())
             assert not set(aug["parent_id"][sel].tolist()) & test_ids
-            assert not set(aug["chemsys"][sel].tolist()) & set(is_["chemsys"][fold == k].tolist())
+            assert set(aug["parent_id"][sel].tolist()) == set(is_["id"][fold != k].tolist())
             used |= set(sel.tolist())
-        assert used == set(range(len(aug["id"])))  # every variant trains in the folds where its parent does
+        assert used == set(range(len(aug["id"])))
+    wrong = dict(aug, chemsys=np.roll(aug["chemsys"], 3))  # variants filed under another chemical system
+    fold = np.array([kfold_of(c, 5, 0) for c in is_["chemsys"]])
+    with pytest.raises(AssertionError, match="test-fold structures"):
+        for k in range(5):
+            study_data.augmented_training_rows(SimpleNamespace(is_=is_, aug=wrong), fold, k, 5, 0)
 
 
 def _small_snapshot(out: Path, n: int = 40) -> None:
@@ -217,7 +254,7 @@ def _study(out: Path, *extra: str) -> "subprocess.CompletedProcess":
     import subprocess
     import sys
 
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--out", str(out), "--models", "mean,gbr_fraction",
+    cmd = [sys.executable, str(SCRIPT), "--out", str(out), "--models", "mean,gbr_fraction",
            "--folds", "2", "--seeds", "0,1", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
@@ -245,7 +282,7 @@ def test_jobs_share_the_units_and_match_one_process(tmp_path):
     assert a == b
 
 
-def test_a_unit_locked_by_another_process_is_left_to_it(tmp_path, acc):
+def test_a_unit_locked_by_another_process_is_left_to_it(tmp_path):
     from esnet_tf.atomic import exclusive
 
     _small_snapshot(tmp_path)
@@ -264,15 +301,18 @@ def test_a_unit_locked_by_another_process_is_left_to_it(tmp_path, acc):
     assert "gbr_fraction: 1 unit(s) not cached, left out (--summary-only): f1s0" in summary.stdout
 
 
-def test_new_variants_invalidate_only_the_units_that_train_on_them(tmp_path, acc):
+def test_new_variants_invalidate_only_the_units_that_train_on_them(tmp_path):
     import csv
 
     _small_snapshot(tmp_path)
     first = _study(tmp_path, "--units-only")
     assert first.returncode == 0, first.stderr[-2000:]
     assert first.stdout.count(" fold ") == 8
-    before = acc.Study(tmp_path, tmp_path / "work")
-    aug = tmp_path / acc.AUG_SNAPSHOT
+    from esnet_tf.study import StudyConfig
+
+    config = StudyConfig(out=tmp_path, demo=DEMO)
+    before = study_data.StudyData(tmp_path, tmp_path / "work", DEMO)
+    aug = tmp_path / study_data.AUG_SNAPSHOT
     with open(aug, newline="") as fh:
         reader = csv.DictReader(fh)
         rows, fields = list(reader), reader.fieldnames
@@ -281,10 +321,10 @@ def test_new_variants_invalidate_only_the_units_that_train_on_them(tmp_path, acc
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows[:dropped] + rows[dropped + 1:])
-    after = acc.Study(tmp_path, tmp_path / "work")
+    after = study_data.StudyData(tmp_path, tmp_path / "work", DEMO)
     assert len(after.aug["id"]) == len(before.aug["id"]) - 1
-    assert after.key("esnet_is") == before.key("esnet_is") == after.hash
-    assert after.key("esnet_is_aug") not in (before.key("esnet_is_aug"), after.hash)
+    assert config.key(after, "esnet_is") == config.key(before, "esnet_is") == after.hash
+    assert config.key(after, "esnet_is_aug") not in (config.key(before, "esnet_is_aug"), after.hash)
     again = _study(tmp_path, "--units-only")
     assert again.returncode == 0, again.stderr[-2000:]
     assert " fold " not in again.stdout, again.stdout  # the mean and gbr units were all reused
@@ -297,7 +337,7 @@ def test_terminating_the_study_stops_its_worker_processes(tmp_path):
     import time
 
     _small_snapshot(tmp_path)
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--out", str(tmp_path), "--models", "esnet_is",
+    cmd = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--models", "esnet_is",
            "--folds", "2", "--seeds", "0", "--epochs", "40", "--jobs", "2"]
     study = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -314,14 +354,15 @@ def test_terminating_the_study_stops_its_worker_processes(tmp_path):
     assert not alive, f"worker processes {alive} outlived the study"
 
 
-def test_tuned_esnet_is_chosen_by_a_search_on_the_training_rows_only(acc, tmp_path):
+def test_tuned_esnet_is_chosen_by_a_search_on_the_training_rows_only(tmp_path):
     """esnet_is_tuned: a real KerasTuner search on the training folds' rows; the best trial's config is kept."""
     import json
 
     from esnet_tf.model import ESNetConfig
+    from esnet_tf.study.fit import tune_esnet
 
     _small_snapshot(tmp_path / "out", n=120)  # enough chemical systems for a 10 % validation split
-    study = acc.Study(tmp_path / "out", tmp_path / "work")
+    study = study_data.StudyData(tmp_path / "out", tmp_path / "work", DEMO)
     fold = study.folds(2, 0)
     train_idx, test_idx = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
     space = tmp_path / "space.json"  # tiny models: 1 stage, 1 head layer
@@ -330,8 +371,8 @@ def test_tuned_esnet_is_chosen_by_a_search_on_the_training_rows_only(acc, tmp_pa
         "composition_units": 8, "head_layers": 1, "head_width": {"values": [8, 16]},
         "dropout": {"min": 0.0, "max": 0.2, "step": 0.1}}}))
     work = tmp_path / "search"
-    path, notes = acc.tune_esnet(acc.take(study.is_, train_idx), work, epochs=4, seed=0, batch_size=16, trials=2,
-                                 space=space)
+    path, notes = tune_esnet(study_data.take(study.is_, train_idx), work, epochs=4, seed=0, batch_size=16,
+                             space=space, trials=2)
     searched = np.load(work / "train.npz")["id"].tolist()
     assert sorted(searched) == sorted(study.is_["id"][train_idx].tolist())
     assert not set(searched) & set(study.is_["id"][test_idx].tolist())
@@ -344,9 +385,9 @@ def test_tuned_esnet_is_chosen_by_a_search_on_the_training_rows_only(acc, tmp_pa
     assert chosen.head_units == (notes["hyperparameters"]["head_width"],)
 
 
-def test_readme_table_is_the_summary_of_the_committed_units(tmp_path):
-    """README's accuracy table is what `accuracy.py --summary-only --readme README.md` writes from the
-    committed snapshot and unit records (run here on copies, so that nothing in the checkout changes)."""
+def test_study_doc_table_is_the_summary_of_the_committed_units(tmp_path):
+    """docs/study.md's accuracy table is what `accuracy.py --summary-only --doc docs/study.md` writes from
+    the committed snapshot and unit records (run here on copies, so that nothing in the checkout changes)."""
     import shutil
     import subprocess
     import sys
@@ -355,12 +396,14 @@ def test_readme_table_is_the_summary_of_the_committed_units(tmp_path):
     shutil.copytree(committed / "cache", tmp_path / "cache")
     for name in ("labels_snapshot.csv", "labels_augmented_snapshot.csv"):
         shutil.copy(committed / name, tmp_path / name)
-    readme = tmp_path / "README.md"
-    shutil.copy(ROOT / "README.md", readme)
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--out", str(tmp_path), "--summary-only",
-           "--readme", str(readme)]
+    doc = tmp_path / "study.md"
+    shutil.copy(ROOT / "docs" / "study.md", doc)
+    cmd = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--seeds", "0,1,2", "--epochs", "40",
+           "--summary-only", "--doc", str(doc)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert readme.read_text(encoding="utf-8") == (ROOT / "README.md").read_text(encoding="utf-8"), (
-        "README.md's accuracy table is stale: run `python benchmarks/accuracy.py --summary-only --readme README.md`")
+    assert (tmp_path / "table.md").read_text(encoding="utf-8") == (committed / "table.md").read_text(encoding="utf-8")
+    assert doc.read_text(encoding="utf-8") == (ROOT / "docs" / "study.md").read_text(encoding="utf-8"), (
+        "docs/study.md's accuracy table is stale: run `python benchmarks/accuracy.py --seeds 0,1,2 --epochs 40 "
+        "--summary-only --doc docs/study.md`")

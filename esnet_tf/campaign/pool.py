@@ -27,7 +27,7 @@ import numpy as np
 from esnet_tf.errors import UserError
 from esnet_tf.isdos import PREDICTION_COLUMN, PREDICTION_STD_COLUMN
 from esnet_tf.screening.cost import COST_COLUMNS
-from esnet_tf.screening.references import ReferenceSet, parse_formula
+from esnet_tf.screening.references import ReferenceSet, formation_energy_references, parse_formula
 
 
 @dataclass(frozen=True)
@@ -156,21 +156,12 @@ def elemental_references(rows: Sequence[tuple[str, str, float]], source: str,
     row in the demo data, their reference is implied); elemental polymorphs keep their own formation
     energy (>= 0). Energies of PDEntry objects are per cell (eV/atom x atoms).
     """
-    from pymatgen.analysis.phase_diagram import PDEntry
-    from pymatgen.core import Composition
-
-    entries, ids, symbols = [], [], set(elements)
+    known = []
     for id_, formula, ef in rows:
-        comp = parse_formula(formula)
         if not math.isfinite(ef):
             raise UserError(f"{source}: elemental reference {id_!r} has no formation energy")
-        entries.append(PDEntry(comp, ef * comp.num_atoms, name=id_))
-        ids.append(id_)
-        symbols.add(comp.elements[0].symbol)
-    for el in sorted(symbols):
-        entries.append(PDEntry(Composition(el), 0.0, name=f"__element_{el}"))
-        ids.append(f"__element_{el}")
-    return ReferenceSet(entries, ids, {el: 0.0 for el in symbols}, [source])
+        known.append((id_, parse_formula(formula), ef))
+    return formation_energy_references(known, source, elements)
 
 
 def read_predictions(path: str | Path, ids: Sequence[str], *, column: str = PREDICTION_COLUMN,

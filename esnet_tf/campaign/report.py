@@ -149,9 +149,9 @@ def table_markdown(rep: Mapping[str, Any]) -> str:
 def campaign_plot(rep: Mapping[str, Any], results: Mapping[str, CampaignResult], pool: Pool,
                   path: str | Path, *, threshold: float = 0.0) -> Path:
     """Stable found against cumulative DFT cost (s; top axis: relaxation equivalents), one line per strategy."""
-    from esnet_tf.screening.plots import _pyplot, _save
+    from esnet_tf.screening.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     unit = rep["relaxation_equivalent_s"]
     n_stable = rep["n_true_stable"]
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
@@ -179,7 +179,7 @@ def campaign_plot(rep: Mapping[str, Any], results: Mapping[str, CampaignResult],
     ax.set_ylim(0, n_stable * 1.03)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(f"HTVS campaign replay: {rep['n_candidates']} candidates", fontsize=9)
-    return _save(fig, Path(path), 150)
+    return save_figure(fig, Path(path), 150)
 
 
 def write_report(rep: Mapping[str, Any], results: Mapping[str, CampaignResult], pool: Pool,

@@ -27,13 +27,14 @@ from esnet_tf.screening.pipeline import (EF_COL, EHULL_COL, HULL_TOL, MODES, PRE
                                          ScreenConfig, ScreenResult, candidates_from_rows, merge_truths, screen,
                                          screen_rows)
 from esnet_tf.screening.plots import parity_plot, recall_cost_plot
-from esnet_tf.screening.references import (ReferenceHull, ReferenceSet, load_references, parse_formula,
-                                           references_from_labels)
+from esnet_tf.screening.references import (ReferenceHull, ReferenceSet, formation_energy_references,
+                                           load_references, parse_formula, references_from_labels)
 
 __all__ = [
     "Candidates", "Costs", "EF_COL", "EHULL_COL", "HULL_TOL", "Hull", "MODES", "PRED_COL", "ReferenceHull",
     "ReferenceSet", "STD_COL", "ScreenConfig", "ScreenResult", "candidates_from_rows", "classification_metrics",
-    "cost_at_recall", "cost_curve", "costs_from_labels", "e_above_hull_of_entries", "load_entries",
+    "cost_at_recall", "cost_curve", "costs_from_labels", "e_above_hull_of_entries", "formation_energy_references",
+    "load_entries",
     "load_references", "merge_truths", "parity_plot", "parse_formula", "read_csv_rows", "recall_cost_plot",
     "references_from_labels", "regression_metrics", "screen", "screen_rows", "stable_mask", "threshold_metrics",
     "write_outputs",

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from esnet_tf.screening.pipeline import ScreenResult
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,10 +25,11 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path, dpi: int) -> Path:
+def save_figure(fig: Any, path: Path, dpi: int) -> Path:
+    """Write `fig` as a PNG at `path` (temporary name, then rename) and close it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return Path(path)
 
 
@@ -38,7 +40,7 @@ def parity_plot(y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, *, qua
     `threshold` (eV/atom) draws the stability lines; `stable` (bool per point) colours truly
     stable points green, the others red. Pairs with a NaN are not drawn.
     """
-    plt = _pyplot()
+    plt = pyplot()
     y, p = np.asarray(y_true, float).ravel(), np.asarray(y_pred, float).ravel()
     ok = np.isfinite(y) & np.isfinite(p)
     colours: Any = None
@@ -61,12 +63,12 @@ def parity_plot(y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, *, qua
     ax.set_title(title or (f"n = {len(y)}" if len(y) else "no pairs to plot"), fontsize=9)
     ax.set_aspect("equal")
     fig.tight_layout()
-    return _save(fig, Path(path), 150)
+    return save_figure(fig, Path(path), 150)
 
 
 def recall_cost_plot(result: "ScreenResult", path: str | Path) -> Path:
     """Recall of truly stable candidates against the DFT cost fraction, model-threshold and target-recall points."""
-    plt = _pyplot()
+    plt = pyplot()
     c, m = result.curve, result.metrics
     cost = m["cost"]
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
@@ -87,7 +89,7 @@ def recall_cost_plot(result: "ScreenResult", path: str | Path) -> Path:
     ax.set_title(f"{m['n_candidates']} candidates, cost: {cost['source'].split(' from ')[0][:40]}", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    return _save(fig, Path(path), 120)
+    return save_figure(fig, Path(path), 120)
 
 
 def screen_plots(result: "ScreenResult", out_dir: str | Path) -> list[Path]:

@@ -61,20 +61,45 @@ def _entry_id(entry: Any, fallback: str) -> str:
     return str(getattr(entry, "entry_id", None) or getattr(entry, "name", None) or fallback)
 
 
-def references_from_labels(path: str | Path) -> ReferenceSet:
-    """A dataset labels.csv (`id`, `formula`, `formation_energy_per_atom` eV/atom) as a reference set.
+def formation_energy_references(rows: Iterable[tuple[str, Any, float]], source: str,
+                                elements: Iterable[str] = ()) -> ReferenceSet:
+    """The one reference set built from formation energies: (id, composition or formula, E_f eV/atom) rows.
 
-    Each row becomes a PDEntry with energy = E_f x atoms; every element seen gets a 0 eV entry.
-    Rows with an empty formation energy are skipped (they are not known references).
+    Each row becomes a PDEntry with energy E_f x atoms (eV per cell); every element of the rows and
+    of `elements` gets a 0 eV/atom entry (id `__element_<El>`) and mu = 0 eV/atom: formation
+    energies are relative to the elemental references by definition (gas-phase elements such as O,
+    F, Cl have no row in the demo data; their reference is implied). A non-finite E_f is an error
+    (ValueError): callers leave unknown rows out.
     """
     from pymatgen.analysis.phase_diagram import PDEntry
     from pymatgen.core import Composition
 
+    entries, ids, symbols = [], [], set(elements)
+    for id_, formula, ef in rows:
+        comp = parse_formula(formula) if isinstance(formula, str) else formula
+        if not math.isfinite(ef):
+            raise ValueError(f"reference {id_!r} has no formation energy")
+        entries.append(PDEntry(comp, float(ef) * comp.num_atoms, name=str(id_)))
+        ids.append(str(id_))
+        symbols.update(el.symbol for el in comp.elements)
+    for el in sorted(symbols):
+        entries.append(PDEntry(Composition(el), 0.0, name=f"{el} (element, 0 eV/atom)"))
+        ids.append(f"__element_{el}")
+    return ReferenceSet(entries, ids, {el: 0.0 for el in symbols}, [source])
+
+
+def references_from_labels(path: str | Path) -> ReferenceSet:
+    """A dataset labels.csv (`id`, `formula`, `formation_energy_per_atom` eV/atom) as a reference set.
+
+    Each row becomes a PDEntry with energy = E_f x atoms; every element seen gets a 0 eV entry
+    (`formation_energy_references`). Rows with an empty formation energy are skipped (they are not
+    known references).
+    """
     from esnet_tf.labels import read_labels
 
     path = Path(path)
     rows = read_labels(path, path_column=None, require_energy=False, required_columns=("formula",))
-    entries, ids, elements = [], [], set()
+    known = []
     for row in rows:
         ef = row.formation_energy_per_atom
         if not math.isfinite(ef):
@@ -83,13 +108,8 @@ def references_from_labels(path: str | Path) -> ReferenceSet:
             comp = parse_formula(row.formula)
         except Exception as exc:  # pymatgen raises several types on bad formulas
             raise UserError(f"{path}:{row.line}: id {row.id!r}: bad formula {row.formula!r} ({exc})") from None
-        entries.append(PDEntry(comp, ef * comp.num_atoms, name=row.id))
-        ids.append(row.id)
-        elements.update(el.symbol for el in comp.elements)
-    for el in sorted(elements):
-        entries.append(PDEntry(Composition(el), 0.0, name=f"{el} (element, 0 eV/atom)"))
-        ids.append(f"__element_{el}")
-    return ReferenceSet(entries, ids, {el: 0.0 for el in elements}, [str(path)])
+        known.append((row.id, comp, ef))
+    return formation_energy_references(known, str(path))
 
 
 def load_references(paths: Sequence[str | Path],

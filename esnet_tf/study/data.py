@@ -1,0 +1,185 @@
+"""The study's data: a snapshot of the labels files, featurized once, and the rows each unit trains on.
+
+A study reads a *snapshot* of the demo labels (`labels.csv`: one IS-DOS and one RS-DOS per relaxed
+structure; `labels_augmented.csv`: the same rows plus IS-augmentation variants, each an IS single
+point of a perturbed initial structure labelled with its parent's relaxed energy), copied into the
+study's folder once (the DFT job may still be adding rows). Every cached result is keyed by the
+content hash of the snapshot files it reads (`file_hash`). Energies in eV/atom.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from esnet_tf.errors import UserError
+
+#: the snapshot files in a study's folder
+SNAPSHOT, AUG_SNAPSHOT = "labels_snapshot.csv", "labels_augmented_snapshot.csv"
+#: the arrays a unit trains and predicts on (one row per example)
+ARRAY_KEYS = ("dos_up", "dos_down", "composition", "id", "formula", "chemsys", "formation_energy_per_atom",
+              "e_above_hull")
+
+
+def file_hash(*paths: str | Path) -> str:
+    """First 12 hex digits of the sha256 of the files' contents (in order, each followed by a NUL byte)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+def take_snapshot(out: Path, demo: Path, new: bool = False) -> bool:
+    """Copy demo/labels.csv and demo/labels_augmented.csv into `out` unless a snapshot is there and
+    `new` is false; True if copied."""
+    from esnet_tf.atomic import write_text
+
+    if not new and (out / SNAPSHOT).is_file() and (out / AUG_SNAPSHOT).is_file():
+        return False
+    for src, dst in ((demo / "labels.csv", SNAPSHOT), (demo / "labels_augmented.csv", AUG_SNAPSHOT)):
+        if not src.is_file():
+            raise UserError(f"{src}: no such labels file: give the demo dataset's folder (--demo DIR)")
+        write_text(out / dst, src.read_text(encoding="utf-8"))
+    return True
+
+
+def load_rows(labels: Path, column: str, demo: Path, *, only_variants: bool = False) -> dict[str, np.ndarray]:
+    """Featurize every row's DOS file (`path` = IS, `rs_path` = RS) of a labels snapshot into arrays.
+
+    Paths in the snapshot are relative to `demo`. `only_variants`: the augmented table's variant
+    rows (id != parent_id), with `parent_id` and `variant` columns.
+    """
+    from esnet_tf.data import stack_examples
+    from esnet_tf.featurize import featurize
+    from esnet_tf.labels import read_labels
+
+    rows = read_labels(labels, path_column=column)
+    if only_variants:
+        rows = [r for r in rows if r.get("parent_id", r.id) not in ("", r.id)]
+    arrays = stack_examples([featurize(demo / r.path, id=r.id) for r in rows], {r.id: r for r in rows})
+    arrays["prototype"] = np.array([r.prototype for r in rows], dtype=str)
+    if only_variants:
+        arrays["parent_id"] = np.array([r["parent_id"] for r in rows], dtype=str)
+        arrays["variant"] = np.array([r.get("variant", "") for r in rows], dtype=str)
+    return arrays
+
+
+def cached_arrays(work: Path, name: str, build: Callable[[], dict]) -> dict[str, np.ndarray]:
+    """Featurized arrays kept in work/<name>.npz (name carries the snapshot hash)."""
+    from esnet_tf.atomic import atomic_path
+
+    path = work / f"{name}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    arrays = build()
+    work.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
+    return arrays
+
+
+def take(arrays: dict, idx: np.ndarray, id_suffix: str = "") -> dict[str, np.ndarray]:
+    """The ARRAY_KEYS of some rows; ids suffixed (to keep ids unique when two views of a row are stacked)."""
+    out = {k: arrays[k][idx] for k in ARRAY_KEYS}
+    if id_suffix:
+        out["id"] = np.char.add(out["id"], id_suffix)
+    return out
+
+
+def concat(*parts: dict) -> dict[str, np.ndarray]:
+    """The ARRAY_KEYS of several row sets, stacked in order."""
+    return {k: np.concatenate([p[k] for p in parts]) for k in ARRAY_KEYS}
+
+
+def save_npz(arrays: dict, idx: np.ndarray, path: Path) -> Path:
+    """Rows `idx` of `arrays` as a compressed .npz (the features file `esnet_tf.train` reads)."""
+    np.savez_compressed(path, **{k: v[idx] for k, v in arrays.items()})
+    return path
+
+
+def write_labels(arrays: dict, idx: np.ndarray, path: Path) -> Path:
+    """Rows `idx` as a labels CSV (`id`, `formation_energy_per_atom` in eV/atom, 6 decimals)."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "formation_energy_per_atom"])
+        for i in idx:
+            w.writerow([arrays["id"][i], f"{arrays['formation_energy_per_atom'][i]:.6f}"])
+    return path
+
+
+def kfold(chemsys: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold index of each row: grouped k-fold by chemical system (`esnet_tf.splits.kfold_of`)."""
+    from esnet_tf.splits import kfold_of
+
+    return np.array([kfold_of(str(c), folds, seed) for c in chemsys], int)
+
+
+class StudyData:
+    """A snapshot's arrays: `is_` and `rs` (one row per structure, same order), `aug` (variants only).
+
+    `hash`: labels.csv's snapshot; `aug_hash`: labels.csv's and labels_augmented.csv's together.
+    Variants whose parent is not (yet) in labels.csv are left out (`n_orphan_variants`).
+    """
+
+    def __init__(self, out: Path, work: Path, demo: Path) -> None:
+        self.labels, self.aug_labels = out / SNAPSHOT, out / AUG_SNAPSHOT
+        self.hash = file_hash(self.labels)
+        self.aug_hash = file_hash(self.labels, self.aug_labels)
+        t = time.time()
+        self.is_ = cached_arrays(work, f"is_{self.hash}", lambda: load_rows(self.labels, "path", demo))
+        self.rs = cached_arrays(work, f"rs_{self.hash}", lambda: load_rows(self.labels, "rs_path", demo))
+        self.aug = cached_arrays(work, f"aug_{self.aug_hash}",
+                                 lambda: load_rows(self.aug_labels, "path", demo, only_variants=True))
+        if not np.array_equal(self.is_["id"], self.rs["id"]):
+            raise UserError(f"{self.labels}: IS and RS rows of the snapshot are not in the same order")
+        known = set(self.is_["id"].tolist())
+        keep = np.array([p in known for p in self.aug["parent_id"]], bool)
+        self.n_orphan_variants = int((~keep).sum())
+        self.aug = {k: v[keep] for k, v in self.aug.items()}
+        chemsys_of = dict(zip(self.is_["id"].tolist(), self.is_["chemsys"].tolist()))
+        bad = [v for v, p, c in zip(self.aug["id"], self.aug["parent_id"], self.aug["chemsys"]) if chemsys_of[p] != c]
+        if bad:
+            raise UserError(f"{self.aug_labels}: variants {bad[:3]} do not share their parent's chemical system")
+        self.featurize_s = time.time() - t
+        self._costs = None
+
+    @property
+    def y(self) -> np.ndarray:
+        """Relaxed formation energy of each structure (eV/atom)."""
+        return self.is_["formation_energy_per_atom"].astype(float)
+
+    def folds(self, folds: int, seed: int) -> np.ndarray:
+        """Fold of each structure (grouped by chemical system)."""
+        return kfold(self.is_["chemsys"], folds, seed)
+
+    def costs(self):
+        """DFT wall times by id (`esnet_tf.screening.Costs`) from the snapshot."""
+        from esnet_tf.screening import costs_from_labels
+
+        if self._costs is None:
+            self._costs = costs_from_labels(self.labels)
+        return self._costs
+
+
+def augmented_training_rows(data: StudyData, fold_of_is: np.ndarray, k: int, folds: int, seed: int) -> np.ndarray:
+    """Indices into data.aug of the variants allowed in fold k's training set (their chemsys outside fold k).
+
+    Raises AssertionError if a selected variant's parent is a test-fold structure or not a
+    training structure.
+    """
+    vfold = kfold(data.aug["chemsys"], folds, seed)
+    sel = np.flatnonzero(vfold != k)
+    test_ids = set(data.is_["id"][fold_of_is == k].tolist())
+    train_ids = set(data.is_["id"][fold_of_is != k].tolist())
+    parents = set(data.aug["parent_id"][sel].tolist())
+    if parents & test_ids:
+        raise AssertionError(f"variants of test-fold structures in training: {sorted(parents & test_ids)[:5]}")
+    if not parents <= train_ids:
+        raise AssertionError(f"variants whose parent is not a training structure: {sorted(parents - train_ids)[:5]}")
+    return sel

@@ -1,0 +1,257 @@
+"""The study's models: one registry entry each; adding a row to the study is one `register` call.
+
+A model is a function of a `Unit` (the data, the fold assignment, which fold is the test fold, the
+seed and the training settings) that returns the predictions (eV/atom) for the test fold's
+structures and a dict of notes. It may use the training folds' rows only (`unit.train_idx`, and the
+IS-augmentation variants of those structures); the unit checks nothing else was seen where it can
+(hull references, variant parents).
+
+Every entry says which group it belongs to:
+- `reference`: a trivial predictor (the mean);
+- `baseline`: a model the ESNet rows are tested against (the best of them by pooled MAE is the
+  comparator of the paired tests; today the composition-only gradient boosting);
+- `esnet`: an ESNet variant (trained per unit; its units depend on the epochs).
+and whether it reads the augmented snapshot (`augmented`: its units are keyed by both files).
+
+    from esnet_tf.study.models import register
+
+    @register("gbr_magpie_is", "gradient boosting on Magpie statistics + the IS formation energy",
+              group="baseline")
+    def _gbr_magpie_is(unit):
+        ...
+        return predictions, {}
+"""
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from esnet_tf.study.data import StudyData, augmented_training_rows, concat, take
+
+GROUPS = ("reference", "baseline", "esnet")
+#: the baseline whose cross-fitted predictions esnet_residual corrects
+RESIDUAL_BASELINE = "gbr_magpie"
+#: inner grouped cross-fitting folds of the residual's baseline
+INNER_FOLDS = 5
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One (model, fold, seed) unit: what a model function sees.
+
+    fold_of: fold of each structure (grouped by chemical system); k: the test fold; epochs,
+    batch_size: ESNet's maximum epochs and batch (examples); work: a scratch folder of this unit
+    (removed after it); tune_space: the KerasTuner search space of tuned variants.
+    """
+
+    data: StudyData
+    fold_of: np.ndarray
+    k: int
+    folds: int
+    seed: int
+    epochs: int
+    batch_size: int
+    work: Path
+    tune_space: Path | None = None
+
+    @property
+    def test_idx(self) -> np.ndarray:
+        return np.flatnonzero(self.fold_of == self.k)
+
+    @property
+    def train_idx(self) -> np.ndarray:
+        return np.flatnonzero(self.fold_of != self.k)
+
+    def esnet(self, train: dict, test: dict, config: Any = "small", work: Path | None = None) -> tuple[np.ndarray, dict]:
+        """`fit.fit_esnet` with this unit's settings; `config`: 'small', an ESNetConfig or its JSON path."""
+        from esnet_tf.study.fit import fit_esnet
+
+        return fit_esnet(train, test, work or self.work, config, self.epochs, self.seed, self.batch_size)
+
+
+ModelFn = Callable[[Unit], tuple[np.ndarray, dict]]
+
+
+@dataclass(frozen=True)
+class StudyModel:
+    """A registry entry: `fit_predict(unit)` -> (test predictions eV/atom, notes)."""
+
+    name: str
+    description: str
+    group: str
+    fit_predict: ModelFn
+    augmented: bool = False
+
+    @property
+    def uses_epochs(self) -> bool:
+        """Whether the units depend on the ESNet epochs (cached under e<epochs>; others under e0)."""
+        return self.group == "esnet"
+
+
+#: name -> entry, in the order of the study's table
+MODELS: dict[str, StudyModel] = {}
+
+
+def register(name: str, description: str, *, group: str, augmented: bool = False) -> Callable[[ModelFn], ModelFn]:
+    """Decorator: add `fn` to MODELS under `name` (names are unique; the table lists them in this order)."""
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+    if name in MODELS:
+        raise ValueError(f"study model {name!r} is registered twice")
+
+    def add(fn: ModelFn) -> ModelFn:
+        MODELS[name] = StudyModel(name, description, group, fn, augmented)
+        return fn
+
+    return add
+
+
+def run_model(name: str, unit: Unit) -> tuple[np.ndarray, dict]:
+    """Predictions (eV/atom) of model `name` for the unit's test structures, and its notes."""
+    try:
+        entry = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown study model {name!r}: choose from {', '.join(MODELS)}") from None
+    try:
+        return entry.fit_predict(unit)
+    finally:
+        if unit.work.exists():
+            shutil.rmtree(unit.work, ignore_errors=True)  # the predictions are cached; the models are not kept
+
+
+# ---------------------------------------------------------------- reference and baselines
+
+
+@register("mean", "mean of the training folds' labels", group="reference")
+def _mean(unit: Unit) -> tuple[np.ndarray, dict]:
+    return np.full(len(unit.test_idx), unit.data.y[unit.train_idx].mean()), {}
+
+
+def _baseline(name: str) -> ModelFn:
+    def fit_predict(unit: Unit) -> tuple[np.ndarray, dict]:
+        from esnet_tf.baselines import BASELINES
+
+        return BASELINES[name](unit.data.is_, unit.train_idx, unit.test_idx, unit.seed), {}
+
+    return fit_predict
+
+
+register("gbr_fraction", "gradient boosting on the fractional composition", group="baseline")(
+    _baseline("gbr_fraction"))
+register("gbr_magpie", "gradient boosting on Magpie-style element-property statistics", group="baseline")(
+    _baseline("gbr_magpie"))
+
+
+# ---------------------------------------------------------------- ESNet variants
+
+
+def _small(**changes: Any) -> Any:
+    from esnet_tf.model import ESNetConfig
+
+    return ESNetConfig.small().replace(**changes)
+
+
+def _esnet_notes(unit: Unit) -> dict:
+    return {"n_train": int(len(unit.train_idx))}
+
+
+def _on_is(config: Callable[[], Any] | str = "small") -> ModelFn:
+    """ESNet trained on the training folds' IS-DOS, tested on the test fold's."""
+    def fit_predict(unit: Unit) -> tuple[np.ndarray, dict]:
+        notes = _esnet_notes(unit)
+        cfg = config if isinstance(config, str) else config()
+        pred, notes["train"] = unit.esnet(take(unit.data.is_, unit.train_idx), take(unit.data.is_, unit.test_idx),
+                                          cfg)
+        return pred, notes
+
+    return fit_predict
+
+
+register("esnet_is", "ESNet small on IS-DOS", group="esnet")(_on_is())
+
+
+@register("esnet_is_aug", "ESNet small on IS-DOS + the training folds' IS-augmentation variants", group="esnet",
+          augmented=True)
+def _esnet_is_aug(unit: Unit) -> tuple[np.ndarray, dict]:
+    d = unit.data
+    sel = augmented_training_rows(d, unit.fold_of, unit.k, unit.folds, unit.seed)
+    notes = {**_esnet_notes(unit), "n_variants_in_training": int(len(sel))}
+    pred, notes["train"] = unit.esnet(concat(take(d.is_, unit.train_idx), take(d.aug, sel)),
+                                      take(d.is_, unit.test_idx))
+    return pred, notes
+
+
+@register("esnet_is_rs", "ESNet small on IS-DOS + the training folds' RS-DOS rows", group="esnet")
+def _esnet_is_rs(unit: Unit) -> tuple[np.ndarray, dict]:
+    d = unit.data
+    notes = _esnet_notes(unit)
+    pred, notes["train"] = unit.esnet(concat(take(d.is_, unit.train_idx), take(d.rs, unit.train_idx, "__rs")),
+                                      take(d.is_, unit.test_idx))
+    return pred, notes
+
+
+def residual_targets(data: StudyData, train_idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(out-of-fold baseline of each training row, inner fold of each training row).
+
+    The baseline of a training row comes from RESIDUAL_BASELINE fit on the training rows of the
+    other inner folds (grouped by chemical system), never on the row's own inner fold.
+    """
+    from esnet_tf.baselines import BASELINES, crossfit
+    from esnet_tf.study.data import kfold
+
+    base = BASELINES[RESIDUAL_BASELINE]
+    inner = kfold(data.is_["chemsys"][train_idx], INNER_FOLDS, 1000 + seed)
+    oof = crossfit(lambda fit, pred: base(data.is_, fit, pred, seed), train_idx, inner)
+    return oof, inner
+
+
+@register("esnet_residual", "gbr_magpie + ESNet small on IS-DOS trained on the cross-fitted residual", group="esnet")
+def _esnet_residual(unit: Unit) -> tuple[np.ndarray, dict]:
+    from esnet_tf.baselines import BASELINES
+
+    d, y, train_idx, test_idx = unit.data, unit.data.y, unit.train_idx, unit.test_idx
+    notes = _esnet_notes(unit)
+    oof, _ = residual_targets(d, train_idx, unit.seed)
+    base_test = BASELINES[RESIDUAL_BASELINE](d.is_, train_idx, test_idx, unit.seed)
+    train = take(d.is_, train_idx)
+    train["formation_energy_per_atom"] = (y[train_idx] - oof).astype(np.float32)
+    resid, notes["train"] = unit.esnet(train, take(d.is_, test_idx))
+    notes["inner_oof_baseline_mae"] = float(np.abs(oof - y[train_idx]).mean())
+    notes["baseline_test_mae"] = float(np.abs(base_test - y[test_idx]).mean())
+    return base_test + resid, notes
+
+
+@register("esnet_is_tuned", "ESNet on IS-DOS, size and regularisation chosen by KerasTuner on the training folds",
+          group="esnet")
+def _esnet_is_tuned(unit: Unit) -> tuple[np.ndarray, dict]:
+    from esnet_tf.errors import UserError
+    from esnet_tf.study.fit import tune_esnet
+
+    if unit.tune_space is None:
+        raise UserError("esnet_is_tuned needs a KerasTuner search space (StudyConfig.tune_space)")
+    d = unit.data
+    notes = _esnet_notes(unit)
+    train = take(d.is_, unit.train_idx)
+    config, notes["tuned"] = tune_esnet(train, unit.work / "search", unit.epochs, unit.seed, unit.batch_size,
+                                        unit.tune_space)
+    pred, notes["train"] = unit.esnet(train, take(d.is_, unit.test_idx), config, unit.work / "final")
+    return pred, notes
+
+
+register("esnet_is_no_attention", "ESNet small on IS-DOS without CBAM attention", group="esnet")(
+    _on_is(lambda: _small(use_attention=False)))
+register("esnet_is_elements", "ESNet small on IS-DOS, composition branch with element-property means",
+         group="esnet")(_on_is(lambda: _small(element_properties=True)))
+
+
+@register("esnet_rs", "ESNet small on RS-DOS, trained and tested on RS-DOS (upper bound)", group="esnet")
+def _esnet_rs(unit: Unit) -> tuple[np.ndarray, dict]:
+    d = unit.data
+    notes = _esnet_notes(unit)
+    pred, notes["train"] = unit.esnet(take(d.rs, unit.train_idx), take(d.rs, unit.test_idx))
+    return pred, notes

@@ -1,0 +1,182 @@
+"""The study's summary: pooled intervals and paired tests per model, the markdown table and the figure.
+
+`summarise` turns the unit records into per-model statistics (pooled out-of-fold MAE / RMSE with
+bootstrap intervals per complete seed, averaged over seeds; fold-level mean ± std; polymorph
+ranking; screening) and paired tests of every ESNet row against the best baseline row;
+`table_markdown` writes the table a document embeds between `TABLE_START` and `TABLE_END`
+(`replace_table`); `study_figure` draws MAE with intervals and a parity plot. eV/atom.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from esnet_tf.errors import UserError
+from esnet_tf.study.metrics import SCREEN_KEYS
+from esnet_tf.study.models import MODELS
+from esnet_tf.study.stats import bootstrap_ci, mae_of, mean_std, paired_comparison, rmse_of
+
+TABLE_START, TABLE_END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
+
+Units = Mapping[str, Mapping[tuple[int, int], Mapping[str, Any]]]
+"""model -> (fold, seed) -> unit record (`pred`, `truth`, `metrics`, `wall_s`, ...)."""
+
+
+def _group(model: str) -> str | None:
+    entry = MODELS.get(model)
+    return entry.group if entry is not None else None
+
+
+def summarise(units: Units, folds: int, seeds: Sequence[int]) -> dict[str, Any]:
+    """Per model: pooled out-of-fold MAE / RMSE with bootstrap CIs (per complete seed, then averaged
+    over seeds), fold-level mean ± std, polymorph ranking, screening; paired tests of the ESNet rows
+    against the best baseline row (`best_composition_model`)."""
+    summary: dict[str, Any] = {}
+    for model, got in units.items():
+        if not got:
+            continue
+        complete = [s for s in seeds if all((k, s) in got for k in range(folds))]
+        s_out: dict[str, Any] = {"units": len(got), "complete_seeds": complete}
+        cis: dict[str, list] = {"mae": [], "rmse": []}
+        for s in complete:
+            err = np.concatenate([np.asarray(got[(k, s)]["pred"]) - np.asarray(got[(k, s)]["truth"])
+                                  for k in range(folds)])
+            cis["mae"].append(bootstrap_ci(err, mae_of, seed=s))
+            cis["rmse"].append(bootstrap_ci(err, rmse_of, seed=s))
+        for key in ("mae", "rmse"):
+            s_out[f"pooled_{key}"] = ({"value": float(np.mean([c[0] for c in cis[key]])),
+                                       "ci_low": float(np.mean([c[1] for c in cis[key]])),
+                                       "ci_high": float(np.mean([c[2] for c in cis[key]])),
+                                       "per_seed": {str(s): c for s, c in zip(complete, cis[key])}}
+                                      if complete else None)
+        rows = list(got.values())
+        for key in ("mae", "rmse", *SCREEN_KEYS, "cost_reduction_at_90_recall",
+                    *(f"oof_hull_{k}" for k in SCREEN_KEYS)):
+            s_out[key] = mean_std([r["metrics"].get(key) for r in rows])
+        pc = sum(r["metrics"]["polymorph_correct"] for r in rows)
+        pt = sum(r["metrics"]["polymorph_total"] for r in rows)
+        s_out["polymorph_ranking"] = {"correct": pc, "total": pt, "fraction": pc / pt if pt else None}
+        s_out["wall_s"] = mean_std([r.get("wall_s") for r in rows])
+        summary[model] = s_out
+    comp = [m for m in MODELS if _group(m) == "baseline" and summary.get(m, {}).get("pooled_mae")]
+    best = min(comp, key=lambda m: summary[m]["pooled_mae"]["value"]) if comp else None
+    for model, s_out in summary.items():
+        if best and _group(model) == "esnet":
+            keys = sorted(set(units[model]) & set(units[best]))
+            s_out["vs_best_composition"] = {
+                "baseline": best, **paired_comparison([units[model][u]["metrics"]["mae"] for u in keys],
+                                                      [units[best][u]["metrics"]["mae"] for u in keys])}
+    return {"best_composition_model": best, "models": summary}
+
+
+def _ci(d: Mapping[str, Any] | None) -> str:
+    return "n/a" if not d else f"{d['value']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
+
+
+def _ms(d: Mapping[str, Any]) -> str:
+    return "n/a" if d["mean"] is None else f"{d['mean']:.2f} ± {d['std']:.2f}"
+
+
+def table_markdown(result: Mapping[str, Any]) -> str:
+    """The results table (markdown) with a caption line; rows in the registry's order."""
+    s = result["summary"]
+    best = s["best_composition_model"]
+    lines = [
+        f"Snapshot `{result['snapshot_hash']}` (labels.csv): {result['n_structures']} structures; "
+        f"`{result.get('augmented_snapshot_hash', result['snapshot_hash'])}` with labels_augmented.csv's "
+        f"{result['n_variants']} IS-augmentation variants ({', '.join(result.get('augmented_models', [])) or 'no model'}); grouped {result['folds']}-fold CV by chemical system, seeds "
+        f"{','.join(map(str, result['seeds']))}, ESNet {result['epochs']} epochs max. MAE / RMSE in eV/atom on the "
+        f"pooled out-of-fold predictions, 95 % bootstrap CI over structures (per seed, averaged over seeds); "
+        f"ΔMAE = paired per (fold, seed) MAE difference to the best composition model ({best}), t-interval and "
+        f"Wilcoxon signed-rank p; screening (E_hull <= 0, mean ± std over units) and polymorph ranking pooled "
+        f"over units.",
+        "",
+        "| model | seeds done (units) | MAE [95 % CI] | RMSE [95 % CI] | ΔMAE vs best composition [95 % CI], p "
+        "| polymorph ranking | precision | recall | F1 | DAF |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model in MODELS:
+        m = s["models"].get(model)
+        if m is None:
+            continue
+        v = m.get("vs_best_composition")
+        delta = "—"
+        if v and v["n_pairs"]:
+            ci = f" [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]" if v["ci_low"] is not None else ""
+            p = f", p = {v['p_value']:.3g}" if v["p_value"] is not None else ""
+            delta = f"{v['mean_diff']:+.3f}{ci}{p} (n = {v['n_pairs']})"
+        pr = m["polymorph_ranking"]
+        frac = f"{pr['fraction']:.2f} ({pr['correct']:.1f}/{pr['total']})" if pr["total"] else "n/a"
+        seeds = ",".join(map(str, m["complete_seeds"])) or "none"
+        lines.append(f"| {model} | {seeds} ({m['units']}) | {_ci(m['pooled_mae'])} | {_ci(m['pooled_rmse'])} | "
+                     f"{delta} | {frac} | {_ms(m['precision'])} | {_ms(m['recall'])} | {_ms(m['f1'])} | "
+                     f"{_ms(m['daf'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def study_figure(result: Mapping[str, Any], units: Units, path: Path) -> Path | None:
+    """Pooled out-of-fold MAE [95 % CI] per model (left), and predicted against true E_f of esnet_is
+    and the best baseline on one seed's out-of-fold predictions (right), as a PNG at `path`. None
+    when no model has a complete seed."""
+    from esnet_tf.screening.plots import pyplot, save_figure
+
+    models, best = result["summary"]["models"], result["summary"]["best_composition_model"]
+    rows = sorted(((m, s["pooled_mae"]) for m, s in models.items() if s.get("pooled_mae")),
+                  key=lambda r: -r[1]["value"])  # the lowest MAE at the top
+    if not rows:
+        return None
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.6), gridspec_kw={"width_ratios": [1.15, 1]})
+
+    def colour(model: str) -> str:
+        return {"esnet": "tab:blue", "baseline": "0.35"}.get(_group(model) or "", "0.65")
+
+    for i, (m, d) in enumerate(rows):
+        left.errorbar(d["value"], i, xerr=[[d["value"] - d["ci_low"]], [d["ci_high"] - d["value"]]], fmt="o",
+                      color=colour(m), capsize=3, ms=5)
+    left.set_yticks(range(len(rows)), [f"{m} ({_n(len(models[m]['complete_seeds']), 'seed')})" for m, _ in rows],
+                    fontsize=8)
+    if best:
+        left.axvline(models[best]["pooled_mae"]["value"], color="0.35", ls=":", lw=0.8)
+    left.set_xlabel("MAE (eV/atom), pooled out of fold, 95 % bootstrap CI")
+    left.set_title(f"{result['n_structures']} structures, grouped {result['folds']}-fold CV", fontsize=9)
+    shown = [m for m in (best, "esnet_is") if m and models.get(m, {}).get("complete_seeds")]
+    seeds = sorted(set.intersection(*(set(models[m]["complete_seeds"]) for m in shown))) if shown else []
+    lo, hi = math.inf, -math.inf
+    for m in shown if seeds else []:
+        got = [units[m][(k, seeds[0])] for k in range(result["folds"])]
+        truth = np.concatenate([r["truth"] for r in got])
+        pred = np.concatenate([r["pred"] for r in got])
+        right.scatter(truth, pred, s=9, alpha=0.6, edgecolors="none", color=colour(m),
+                      label=f"{m}: MAE {np.abs(pred - truth).mean():.3f}")
+        lo, hi = min(lo, truth.min(), pred.min()), max(hi, truth.max(), pred.max())
+    if seeds:
+        pad = 0.05 * (hi - lo)
+        right.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=0.8)
+        right.set_xlim(lo - pad, hi + pad)
+        right.set_ylim(lo - pad, hi + pad)
+        right.legend(fontsize=8, loc="upper left")
+        right.set_title(f"out-of-fold predictions, seed {seeds[0]}", fontsize=9)
+    right.set_xlabel("true formation energy (eV/atom)")
+    right.set_ylabel("predicted (eV/atom)")
+    fig.tight_layout()
+    return save_figure(fig, path, 120)
+
+
+def replace_table(text: str, table: str, source: str = "the document") -> str:
+    """`text` with the block between TABLE_START and TABLE_END replaced by `table`.
+
+    UserError unless the text holds exactly one pair of markers, in that order.
+    """
+    a, b = text.find(TABLE_START), text.find(TABLE_END)
+    if a < 0 or b < 0 or b < a or text.count(TABLE_START) != 1 or text.count(TABLE_END) != 1:
+        raise UserError(f"{source} needs exactly one {TABLE_START} ... {TABLE_END} pair (in that order)")
+    return text[:a + len(TABLE_START)] + "\n" + table.strip("\n") + "\n" + text[b:]
