@@ -162,10 +162,12 @@ def pool_tasks(settings: DFTSettings | None = None, timeout: float = 1800.0,
 
     st = settings or DFTSettings()
     opt_timeout = OPTIMIZER_TIMEOUT_FACTOR * timeout if optimizer_timeout is None else optimizer_timeout
-    demo_ids = {t.id for t in demo_tasks(st)}
+    demo = [t for t in demo_tasks(st)]
+    demo_ids = {t.id for t in demo}
     plan: list[PoolTask] = [PoolTask(t, "element") for t in element_tasks(st, timeout, opt_timeout)]
     seen = {p.task.id for p in plan} | demo_ids
-    systems = pool_systems()
+    systems = pool_systems({frozenset(el.symbol for el in t.structure.composition.elements) for t in demo})
+    pairs_done: set[frozenset[str]] = set()
     cursors = {fam: iter(systems[fam]) for fam in FAMILIES}
     while cursors:
         for fam in list(cursors):
@@ -175,6 +177,9 @@ def pool_tasks(settings: DFTSettings | None = None, timeout: float = 1800.0,
                 continue
             els = tuple(system) + (() if fam == "heusler" else (ANION,))
             for a, b in itertools.combinations(els, 2):
+                if frozenset((a, b)) in pairs_done:
+                    continue
+                pairs_done.add(frozenset((a, b)))
                 for t in pair_tasks(a, b, st, timeout):
                     if t.id not in seen:
                         seen.add(t.id)

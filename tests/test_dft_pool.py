@@ -1,0 +1,85 @@
+"""The hypothetical screening pool's plan (esnet_tf/dft/pool.py): fixed, out of the demo's systems,
+competitors before candidates, and the new prototypes it uses."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from esnet_tf.dft import pool
+from esnet_tf.dft.prototypes import noncubic_structure, prototype_structure
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return pool.pool_tasks()
+
+
+def test_half_heusler_and_layered_prototypes_have_their_space_groups():
+    hh = prototype_structure("half_heusler", ["Sn", "Ti", "Ni"])  # TiNiSn, Ni on the tetrahedral 4c site
+    assert hh.composition.reduced_formula == "TiNiSn" and hh.get_space_group_info()[1] == 216
+    lay = noncubic_structure("layered_abo2", ["Li", "Co", "O"])
+    assert len(lay) == 4 and lay.get_space_group_info()[1] == 166
+    # the contact rule: no pair closer than the sum of Slater radii (Li 1.45, Co 1.35, O 0.6 A); in the
+    # ideal rocksalt ordering Li-O and Co-O bonds are equally long, so the larger sum (Li-O) touches
+    def shortest(el: str) -> float:
+        return min(n.nn_distance for s in lay if s.specie.symbol == el for n in lay.get_neighbors(s, 4.0))
+
+    assert shortest("Li") == pytest.approx(1.45 + 0.6, abs=1e-6)
+    assert shortest("Co") == pytest.approx(1.45 + 0.6, abs=1e-6)
+
+
+def test_the_pool_is_large_enough_and_grows_the_domain(plan):
+    cands = [p for p in plan if p.role == "candidate"]
+    assert len(cands) >= 400
+    assert {p.family for p in cands} == set(pool.FAMILIES)
+    assert sum(p.task.relax == "optimizer" for p in cands) == pool.N_SYSTEMS["layered_abo2"]
+    from esnet_tf.dft.demo import demo_tasks
+
+    demo_elements = {el.symbol for t in demo_tasks() for el in t.structure.composition.elements}
+    pool_elements = {el.symbol for p in plan for el in p.task.structure.composition.elements}
+    assert len(pool_elements - demo_elements) >= 10
+    assert len(pool_elements | demo_elements) >= 45
+
+
+def test_no_candidate_system_is_a_demo_system_and_ids_are_unique(plan):
+    demo = pool.demo_systems()
+    ids = [p.task.id for p in plan]
+    assert len(ids) == len(set(ids))
+    for p in plan:
+        if p.role == "candidate":
+            assert frozenset(el.symbol for el in p.task.structure.composition.elements) not in demo, p.task.id
+
+
+def test_every_candidate_comes_after_the_competitors_of_its_system(plan):
+    position = {p.task.id: k for k, p in enumerate(plan)}
+    planned_pairs: dict[frozenset, int] = {}
+    for k, p in enumerate(plan):
+        els = frozenset(el.symbol for el in p.task.structure.composition.elements)
+        if p.role == "competitor":
+            planned_pairs[els] = min(planned_pairs.get(els, k), k)
+    checked = 0
+    for p in plan:
+        if p.role != "candidate":
+            continue
+        els = sorted(el.symbol for el in p.task.structure.composition.elements)
+        for pair in itertools.combinations(els, 2):
+            k = planned_pairs.get(frozenset(pair))
+            if k is not None:  # pairs the demo holds are read from its cache, not planned
+                assert k < position[p.task.id], (p.task.id, pair)
+                checked += 1
+    assert checked > 400
+
+
+def test_the_selection_does_not_depend_on_anything_but_the_seed():
+    a = pool.pool_systems(exclude=set())
+    b = pool.pool_systems(exclude=set())
+    assert a == b
+    assert {k: len(v) for k, v in a.items()} == pool.N_SYSTEMS
+    # a different seed draws other systems: the order is the seed's, not the element sets'
+    old = pool.POOL_SEED
+    try:
+        pool.POOL_SEED = old + 1
+        assert pool.pool_systems(exclude=set())["heusler"] != a["heusler"]
+    finally:
+        pool.POOL_SEED = old
