@@ -20,13 +20,16 @@ def test_half_heusler_and_layered_prototypes_have_their_space_groups():
     assert hh.composition.reduced_formula == "TiNiSn" and hh.get_space_group_info()[1] == 216
     lay = noncubic_structure("layered_abo2", ["Li", "Co", "O"])
     assert len(lay) == 4 and lay.get_space_group_info()[1] == 166
-    # the contact rule: no pair closer than the sum of Slater radii (Li 1.45, Co 1.35, O 0.6 A); in the
-    # ideal rocksalt ordering Li-O and Co-O bonds are equally long, so the larger sum (Li-O) touches
-    def shortest(el: str) -> float:
-        return min(n.nn_distance for s in lay if s.specie.symbol == el for n in lay.get_neighbors(s, 4.0))
+    # the contact rule: no pair closer than the sum of Slater radii, and one pair touching (here Li-Li
+    # in the Li layer: 2 x 1.45 A; Li-O would touch at 1.45 + 0.6 = 2.05 A, 0.6 mA further in)
+    from pymatgen.core import Element
 
-    assert shortest("Li") == pytest.approx(1.45 + 0.6, abs=1e-6)
-    assert shortest("Co") == pytest.approx(1.45 + 0.6, abs=1e-6)
+    gaps = [n.nn_distance - float(Element(s.specie.symbol).atomic_radius) - float(Element(n.specie.symbol).atomic_radius)
+            for s in lay for n in lay.get_neighbors(s, 4.0)]
+    assert min(gaps) == pytest.approx(0.0, abs=1e-6)
+    li_li = [n.nn_distance for s in lay if s.specie.symbol == "Li" for n in lay.get_neighbors(s, 4.0)
+             if n.specie.symbol == "Li"]
+    assert min(li_li) == pytest.approx(2.9, abs=1e-6)
 
 
 def test_the_pool_is_large_enough_and_grows_the_domain(plan):
