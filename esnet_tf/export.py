@@ -4,7 +4,10 @@ Written by `write_saved_model` (a frozen inference graph, no variables): signatu
 inputs dos_up (None, 1500, 9), dos_down (None, 1500, 9), composition (None, 118) float32 (raw
 IS-DOS; the normalisation is inside) and output formation_energy_per_atom (None, 1) in eV/atom
 (DESIGN.md section 5); an ensemble (`esnet_tf.ensemble`, or `export_ensemble` over member `.keras`
-files) adds the output formation_energy_per_atom_std (None, 1) in eV/atom.
+files) adds the output formation_energy_per_atom_std (None, 1) in eV/atom. A model with energy
+inputs (`ESNetConfig.energy_inputs`) adds one input (None, 1) float32 eV/atom per energy, e.g.
+is_formation_energy_per_atom, and its warmup requests carry it; warmup examples without a known
+value of it are refused.
 `assets.extra/tf_serving_warmup_requests` holds PredictionLog records
 (one PredictRequest per real example) that TF Serving replays at load time. After writing, the
 SavedModel is reloaded and checked against the .keras model on those examples.
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from esnet_tf.isdos import INPUT_NAMES, OUTPUT_NAME
+from esnet_tf.isdos import ENERGY_INPUTS, INPUT_NAMES, OUTPUT_NAME, require_energies
 from esnet_tf.atomic import atomic_dir
 from esnet_tf.errors import UserError
 
@@ -32,8 +35,10 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 TOLERANCE = 1e-5
 
 
-def warmup_requests(inputs: dict, model_name: str, n: int | None = None) -> list:
-    """PredictionLog protos, one PredictRequest (batch of 1) per example of `inputs`."""
+def warmup_requests(inputs: dict, model_name: str, n: int | None = None,
+                    input_names: tuple[str, ...] = INPUT_NAMES) -> list:
+    """PredictionLog protos, one PredictRequest (batch of 1) per example of `inputs`, holding the
+    model's `input_names` (the IS-DOS inputs, then any energy inputs, (1, 1) eV/atom)."""
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
@@ -42,8 +47,11 @@ def warmup_requests(inputs: dict, model_name: str, n: int | None = None) -> list
     for i in range(count):
         request = predict_pb2.PredictRequest(
             model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SIGNATURE))
-        for key in INPUT_NAMES:
-            request.inputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(inputs[key][i:i + 1], dtype=np.float32)))
+        for key in input_names:
+            value = np.asarray(inputs[key][i:i + 1], dtype=np.float32)
+            if key in ENERGY_INPUTS:
+                value = value.reshape(-1, 1)  # (1, 1): an energy array may be stored (N,)
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
         logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request)))
     return logs
 
@@ -174,8 +182,11 @@ def export(model_path: str | Path, out: str | Path = "saved_models", name: str =
         raise UserError(f"{target} exists; choose another --version or pass --overwrite")
     model = load_model(model_path)
     names = sorted(t.name for t in model.inputs)
-    if names != sorted(INPUT_NAMES):
-        raise UserError(f"{model_path}: inputs {names} are not the ESNet inputs {list(INPUT_NAMES)}")
+    energy_inputs = tuple(n for n in ENERGY_INPUTS if n in names)
+    input_names = INPUT_NAMES + energy_inputs
+    if names != sorted(input_names):
+        raise UserError(f"{model_path}: inputs {names} are not the ESNet inputs {list(INPUT_NAMES)} "
+                        f"(plus energy inputs among {list(ENERGY_INPUTS)})")
     n_points = int({t.name: t for t in model.inputs}["dos_up"].shape[1])
     outputs = list(model.output) if isinstance(model.output, dict) else list(model.output_names)
     checked = [OUTPUT_NAME] + ([STD_OUTPUT_NAME] if STD_OUTPUT_NAME in outputs else [])
@@ -188,18 +199,20 @@ def export(model_path: str | Path, out: str | Path = "saved_models", name: str =
         examples, result["warmup_source"] = warmup_examples(model_path, warmup_data, n_warmup, n_points)
         check_shapes(examples, n_points, source="warmup examples")
         check_finite(examples, "warmup examples")
+        require_energies(examples, energy_inputs, f"warmup examples ({result['warmup_source']})")
 
     with atomic_dir(target, overwrite=overwrite) as tmp:
         write_saved_model(model, tmp)
         signature = tf.saved_model.load(str(tmp)).signatures[SIGNATURE]  # it loads and answers, or we stop here
         probe = examples if examples is not None else {
             "dos_up": np.zeros((1, n_points, 9), np.float32), "dos_down": np.zeros((1, n_points, 9), np.float32),
-            "composition": np.eye(1, 118, dtype=np.float32)}
-        batch = {k: np.asarray(probe[k][:max(1, n_warmup)], np.float32) for k in INPUT_NAMES}
+            "composition": np.eye(1, 118, dtype=np.float32), **{e: np.zeros((1, 1), np.float32) for e in energy_inputs}}
+        batch = {k: np.asarray(probe[k][:max(1, n_warmup)], np.float32) for k in input_names}
+        batch.update({e: batch[e].reshape(-1, 1) for e in energy_inputs})
         ref_out = model.predict_on_batch(batch)
         reference = np.concatenate([np.asarray(ref_out[k]).reshape(-1) for k in checked])
         if examples is not None:
-            logs = warmup_requests(examples, name, n_warmup)
+            logs = warmup_requests(examples, name, n_warmup, input_names)
             write_warmup(tmp, logs)
             answers = {k: [] for k in checked}  # replay the warmup records through the reloaded signature
             for log in read_warmup(tmp / "assets.extra" / WARMUP_FILE):
@@ -213,6 +226,7 @@ def export(model_path: str | Path, out: str | Path = "saved_models", name: str =
             got = signature(**{k: tf.constant(v) for k, v in batch.items()})
             served = np.concatenate([got[k].numpy().reshape(-1) for k in checked])
         result["outputs"] = checked
+        result["inputs"] = list(input_names)
         diff = float(np.max(np.abs(served - reference)))
         if not diff <= TOLERANCE:
             raise RuntimeError(f"{target}: SavedModel and {model_path} disagree by {diff:.3g} eV/atom")
@@ -249,3 +263,4 @@ def export_ensemble(member_paths, out: str | Path = "saved_models", name: str = 
     result = export(keras_out, out, name, version, warmup_data=warmup_data, n_warmup=n_warmup, overwrite=overwrite)
     result["keras"] = str(keras_out)
     return result
+

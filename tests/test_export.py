@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_train import _workdir, real_data, trained_run
+from conftest import _workdir, real_data, trained_run
 
 INPUTS = {"dos_up": (None, 1500, 9), "dos_down": (None, 1500, 9), "composition": (None, 118)}
 
@@ -148,3 +148,106 @@ def test_export_cli_refuses_existing_version_and_non_keras(tmp_path):
     assert main(["export", "--model", best, "--out", str(e["dir"].parents[1]), "--name", "esnet",
                  "--version", "7"]) == 2
     assert main(["export", "--model", str(e["dir"]), "--out", str(tmp_path)]) == 2
+
+
+# ---------------------------------------------------------------- energy inputs (issue 32)
+
+ENERGY = "is_formation_energy_per_atom"
+
+
+@lru_cache(maxsize=1)
+def energy_export() -> dict:
+    """The tiny energy-input model of test_model saved as .keras and exported (warmup: embedded demo data)."""
+    from test_model import energy_model
+
+    from esnet_tf.export import export
+
+    work = _workdir() / "energy_export"
+    work.mkdir(parents=True, exist_ok=True)
+    keras_path = work / "energy.keras"
+    if not keras_path.is_file():
+        energy_model().save(keras_path)
+    result = export(keras_path, work / "saved_models", "esnet-is", 1, overwrite=True)
+    return {"keras": keras_path, "dir": Path(result["path"]), "result": result}
+
+
+def test_energy_input_signature_and_parity_with_keras():
+    import tensorflow as tf
+
+    from test_model import demo_energy_examples, energy_inputs
+
+    from esnet_tf.model import load_model
+
+    e = energy_export()
+    assert e["result"]["inputs"] == ["dos_up", "dos_down", "composition", ENERGY]
+    assert e["result"]["warmup_source"] == "the embedded demo data" and e["result"]["max_abs_diff"] < 1e-5
+    sig = tf.saved_model.load(str(e["dir"])).signatures["serving_default"]
+    specs = sig.structured_input_signature[1]
+    assert set(specs) == {*INPUTS, ENERGY}
+    assert specs[ENERGY].dtype == tf.float32 and tuple(specs[ENERGY].shape.as_list()) == (None, 1)
+    assert list(sig.structured_outputs) == ["formation_energy_per_atom"]
+    x = energy_inputs(demo_energy_examples())
+    served = sig(**{k: tf.constant(v) for k, v in x.items()})["formation_energy_per_atom"].numpy()
+    keras_out = np.asarray(load_model(e["keras"]).predict_on_batch(x)["formation_energy_per_atom"])
+    assert np.max(np.abs(served - keras_out)) < 1e-5
+    assert np.all(served <= x[ENERGY])  # relaxation target: E_f <= E_f(IS) in the SavedModel too
+    bad = {**x, ENERGY: x[ENERGY].copy()}
+    bad[ENERGY][0] = np.nan
+    with pytest.raises(tf.errors.InvalidArgumentError, match="holds NaN or inf"):
+        sig(**{k: tf.constant(v) for k, v in bad.items()})
+
+
+def test_energy_input_warmup_requests_carry_the_energy():
+    import tensorflow as tf
+
+    from test_model import demo_energy_examples
+
+    from esnet_tf.export import read_warmup
+
+    e = energy_export()
+    logs = read_warmup(e["dir"] / "assets.extra" / "tf_serving_warmup_requests")
+    assert len(logs) == e["result"]["n_warmup"] >= 1
+    real = demo_energy_examples()
+    for i, log in enumerate(logs):
+        feeds = {k: tf.make_ndarray(v) for k, v in log.predict_log.request.inputs.items()}
+        assert set(feeds) == {*INPUTS, ENERGY} and feeds[ENERGY].shape == (1, 1)
+        np.testing.assert_array_equal(feeds[ENERGY][0], real[ENERGY][i])  # the demo's own IS energy
+
+
+def test_energy_input_export_refuses_warmup_without_the_energy(tmp_path):
+    from test_model import demo_energy_examples
+
+    from esnet_tf.errors import UserError
+    from esnet_tf.export import export
+
+    a = demo_energy_examples()
+    npz = tmp_path / "warm.npz"
+    np.savez(npz, **{k: a[k] for k in (*INPUTS, "id")})  # written before the energy inputs: NaN energies
+    with pytest.raises(UserError) as err:
+        export(energy_export()["keras"], tmp_path / "out", "x", 1, warmup_data=str(npz), n_warmup=2)
+    assert "\n" not in str(err.value) and ENERGY in str(err.value) and "--references" in str(err.value)
+    assert not (tmp_path / "out" / "x" / "1").exists()
+
+
+def test_energy_input_ensemble_exports_mean_and_std(tmp_path):
+    import tensorflow as tf
+
+    from test_model import demo_energy_examples, energy_inputs, energy_model
+
+    from esnet_tf.export import export_ensemble
+
+    members = []
+    for i, target in enumerate(("relaxation_energy", "formation_energy")):
+        path = tmp_path / f"m{i}.keras"
+        energy_model(target).save(path)
+        members.append(path)
+    result = export_ensemble(members, tmp_path / "out", "ens", 1, n_warmup=2)
+    sig = tf.saved_model.load(result["path"]).signatures["serving_default"]
+    assert set(sig.structured_input_signature[1]) == {*INPUTS, ENERGY}
+    x = energy_inputs(demo_energy_examples())
+    out = sig(**{k: tf.constant(v) for k, v in x.items()})
+    each = np.stack([np.asarray(energy_model(t).predict_on_batch(x)["formation_energy_per_atom"]).reshape(-1)
+                     for t in ("relaxation_energy", "formation_energy")], axis=1)
+    np.testing.assert_allclose(out["formation_energy_per_atom"].numpy().reshape(-1), each.mean(1), atol=1e-5)
+    np.testing.assert_allclose(out["formation_energy_per_atom_std"].numpy().reshape(-1), each.std(1, ddof=1), atol=1e-5)
+    assert result["n_warmup"] == 2

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
                         n_warmup=n_warmup, overwrite=args.overwrite)
     check = (f"; {result['n_warmup']} warmup request(s) from {result['warmup_source']}" if result["n_warmup"]
              else "; no warmup file")
-    print(f"exported {args.model} -> {result['path']} (signature {SIGNATURE}: {', '.join(INPUT_NAMES)} -> "
+    print(f"exported {args.model} -> {result['path']} (signature {SIGNATURE}: {', '.join(result.get('inputs', INPUT_NAMES))} -> "
           f"{', '.join(result.get('outputs', [OUTPUT_NAME]))}){check}; SavedModel vs .keras max |diff| "
           f"{result['max_abs_diff']:.2g} eV/atom")
     if result["note"]:
