@@ -6,7 +6,7 @@ import json
 import pytest
 
 from esnet_tf.cli import main as cli_main
-from test_train import tiny_config_file
+from conftest import tiny_config_file
 
 
 def demo_argv(out) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_train import FRACTIONS, _workdir, read_history, real_data, tiny_config_file
+from conftest import FRACTIONS, _workdir, read_history, real_data, tiny_config_file
 
 BATCH = 8  # global batch (4 per worker)
 EPOCHS = 3

@@ -7,7 +7,7 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from test_train import real_data, trained_run
+from conftest import real_data, trained_run
 
 
 def reference_parameter_count() -> int:

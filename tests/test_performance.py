@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from test_model import paper_model
-from test_train import _workdir, real_data, settings_for, tiny_config_file
+from conftest import _workdir, real_data, settings_for, tiny_config_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_train import FRACTIONS, _workdir, real_data
+from conftest import FRACTIONS, _workdir, real_data
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SPACE = {

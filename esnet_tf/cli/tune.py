@@ -5,6 +5,7 @@ Parsing imports no TensorFlow or KerasTuner.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from esnet_tf.cli.train import fractions_arg
@@ -55,10 +56,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TuneConfig:
     """The `TuneConfig` of the parsed flags."""
-    return TuneConfig(dataset=args.dataset, labels=args.labels, data_dir=args.data_dir,
-                      split_fractions=args.split_fractions, split_seed=args.split_seed, tuner=args.tuner,
-                      max_trials=args.max_trials, epochs=args.epochs, batch_size=args.batch_size,
-                      hyperband_factor=args.hyperband_factor, seed=args.seed, search_space=args.search_space)
+    return TuneConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TuneConfig)})
 
 
 def run(args: argparse.Namespace) -> int:
