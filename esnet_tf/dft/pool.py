@@ -301,7 +301,39 @@ def assemble_pool(pool_dir: Path, demo_dir: Path, settings: DFTSettings | None =
         "summary": summarize(rows) if rows else {},
     }
     write_text(pool_dir / "provenance.json", json.dumps(out, indent=1, default=str))
+    readme = pool_dir / "README.md"
+    if readme.exists():
+        write_text(readme, readme_with_counts(readme.read_text(encoding="utf-8"), out))
     return out
+
+
+#: markers of the counts block in the pool README
+COUNTS_MARKERS = ("<!-- pool-counts:start", "<!-- pool-counts:end -->")
+
+
+def counts_markdown(prov: dict) -> str:
+    """Markdown table of provenance.json's per-family counts (stable fraction over complete hulls)."""
+    lines = ["| family | planned | done | complete hull | stable | stable fraction | process-h |",
+             "|---|---|---|---|---|---|---|"]
+    for fam, f in prov["candidates"].items():
+        frac = "" if f["stable_fraction"] is None else f"{f['stable_fraction']:.2f}"
+        lines.append(f"| {fam} | {f['planned']} | {f['done']} | {f['hull_complete']} | {f['stable']} | {frac} | "
+                     f"{f['process_hours']:.2f} |")
+    ce = prov["competitors_and_elements"]
+    lines += ["", f"Competitors and elemental phases done: {ce['done']} ({ce['process_hours']:.2f} process-hours). "
+              f"Tasks pending: {prov['n_pending']} of {prov['n_planned']}; failed: {prov['n_failed']}. "
+              f"Elements in the pool's rows and references: {len(prov['elements'])}. Assembled {prov['assembled']}."]
+    return "\n".join(lines)
+
+
+def readme_with_counts(text: str, prov: dict) -> str:
+    """`text` with the block between COUNTS_MARKERS replaced by `counts_markdown(prov)` (unchanged without them)."""
+    start, end = COUNTS_MARKERS
+    if start not in text or end not in text:
+        return text
+    i = text.index("-->", text.index(start)) + 3
+    j = text.index(end)
+    return text[:i] + "\n" + counts_markdown(prov) + "\n" + text[j:]
 
 
 def _subsystems(els: frozenset[str]) -> list[frozenset[str]]:
