@@ -50,8 +50,9 @@ def parse_args(argv: Sequence[str] | None):
         seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     except ValueError:
         raise UserError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     config = StudyConfig(out=Path(args.out), demo=Path(args.demo), folds=args.folds, seeds=seeds, epochs=args.epochs,
-                         batch_size=args.batch_size, models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
+                         batch_size=args.batch_size, models=models,
                          new_snapshot=args.new_snapshot, summary_only=args.summary_only, units_only=args.units_only,
                          jobs=args.jobs, threads=args.threads, tune_space=TUNE_SPACE,
                          table_file=Path(args.doc) if args.doc else None,

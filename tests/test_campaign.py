@@ -282,7 +282,13 @@ def test_live_campaign_with_tiny_gpaw_settings_finishes(tmp_path):
     assert all(math.isfinite(c["formation_energy_per_atom"]) and c["relax_wall_time_s"] > 0
                for r in res.rounds[1:] for c in r["chosen"])
     assert s["relaxation_equivalent_s"] == pytest.approx(s["relaxations_s"] / 2)
-    assert (tmp_path / "live" / "discovered_stable.csv").exists() and s["n_discovered"] >= 0
+    # Al and Cu at 0 eV/atom and two AlCu polymorphs: exactly the lower one is on the hull if its E_f < 0
+    ef = {c["id"]: c["formation_energy_per_atom"] for r in res.rounds[1:] for c in r["chosen"]}
+    lowest = min(ef, key=ef.get)
+    expected = [lowest] if ef[lowest] < 0 else []
+    assert [d["id"] for d in s["discovered"]] == expected and s["n_discovered"] == len(expected)
+    with (tmp_path / "live" / "discovered_stable.csv").open(newline="") as fh:
+        assert [r["id"] for r in csv.DictReader(fh)] == expected
 
 
 def test_esnet_fine_tune_refit_runs_and_changes_the_predictions(labels, tmp_path):
@@ -307,3 +313,23 @@ def test_esnet_fine_tune_refit_runs_and_changes_the_predictions(labels, tmp_path
     new = tune(pool, np.arange(4), pool.truth[:4])["esnet"]
     assert new.mean.shape == (pool.n,) and np.all(np.isfinite(new.mean))
     assert not np.allclose(new.mean, pool.sources["esnet"].mean)
+
+
+def test_report_follows_the_recommended_strategy(labels, tmp_path):
+    """The target check lists the recommended rule first and discovered_stable.csv is its list."""
+    from esnet_tf.campaign.strategies import ESNET_STRATEGIES, RECOMMENDED
+
+    assert ESNET_STRATEGIES[0] == RECOMMENDED == "stable_per_cost"
+    pool = _pool(labels)
+    res = run_strategies(pool, CampaignConfig(batch_size=3), ["lcb", "stable_per_cost", "oracle"], tmp_path / "r")
+    rep = compare(res, pool)
+    assert [k for k in rep["target"] if k in ESNET_STRATEGIES] == ["stable_per_cost", "lcb"]
+    write_report(rep, res, pool, tmp_path / "r")
+    top = (tmp_path / "r" / "discovered_stable.csv").read_text()
+    assert top == (tmp_path / "r" / "stable_per_cost" / "discovered_stable.csv").read_text()
+    assert top != (tmp_path / "r" / "lcb" / "discovered_stable.csv").read_text()
+    # the ideal row is the oracle's order without its round-0 cost (IS single points)
+    is_s = rep["strategies"]["oracle"]["is_single_points_s"]
+    for q in ("0.5", "0.9", "1"):
+        assert rep["strategies"]["ideal"][f"recall_{q}"]["cost_s"] == pytest.approx(
+            rep["strategies"]["oracle"][f"recall_{q}"]["cost_s"] - is_s)

@@ -29,13 +29,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from esnet_tf.atomic import exclusive, write_text
-from esnet_tf.campaign.hull import CampaignHull, true_e_above_hull
+from esnet_tf.campaign.hull import true_e_above_hull
 from esnet_tf.campaign.pool import Pool, Predictions, describe
 from esnet_tf.campaign.strategies import (PAYS_IS, SOURCE_OF, STRATEGIES, RoundView, estimated_relax_s,
                                           probability_stable, ranking, scores)
 from esnet_tf.errors import UserError
 from esnet_tf.screening.metrics import stable_mask
 from esnet_tf.screening.pipeline import HULL_TOL
+from esnet_tf.screening.references import ReferenceHull
 
 REFITS = ("none", "residual", "fine-tune")
 STATE_FILE = "campaign.json"
@@ -138,7 +139,8 @@ Refitter = Callable[[Pool, np.ndarray, np.ndarray], Mapping[str, Predictions]]
 
 def residual_refit(pool: Pool, base: Mapping[str, Predictions], relaxed: np.ndarray,
                    ef: np.ndarray) -> dict[str, Predictions]:
-    """Shift each source's predictions by the shrunk mean error of the relaxed candidates of the same chemical system."""
+    """Shift each source's predictions by the shrunk mean error of the relaxed candidates of the same
+    chemical system."""
     chemsys = np.array(pool.chemsys)
     out = {}
     for name, p in base.items():
@@ -277,7 +279,7 @@ class Campaign:
             self.progress(f"{cfg.strategy}: resuming after round {len(rounds) - 1}")
         relaxed: list[int] = []
         ef: list[float] = []
-        hull = CampaignHull(pool.references)
+        hull = ReferenceHull(pool.references)
         for r in rounds[1:]:
             for c in r["chosen"]:
                 relaxed.append(int(c["index"]))
@@ -346,7 +348,7 @@ class Campaign:
         self._sources_cache = (key, sources)
         return sources
 
-    def _view(self, k: int, index: np.ndarray, hull: CampaignHull, sources: Mapping[str, Predictions]) -> RoundView:
+    def _view(self, k: int, index: np.ndarray, hull: ReferenceHull, sources: Mapping[str, Predictions]) -> RoundView:
         src = self.config.source
         n = len(index)
         pred_eh, std = np.full(n, np.nan), np.full(n, np.nan)
@@ -366,7 +368,7 @@ class Campaign:
                          true_e_above_hull=self.true_e_hull[index], round=k, seed=self.config.seed, n_pool=self.pool.n,
                          estimated_relax_s=est, threshold=self.config.threshold, min_std=self.config.min_std)
 
-    def _expected_left(self, k: int, relaxed: list[int], ef: list[float], hull: CampaignHull) -> float | None:
+    def _expected_left(self, k: int, relaxed: list[int], ef: list[float], hull: ReferenceHull) -> float | None:
         src = self.config.source if self.config.source is not None else ("esnet" if "esnet" in self.pool.sources
                                                                           else None)
         if src is None or src not in self.pool.sources:
@@ -380,7 +382,7 @@ class Campaign:
         return expected_stable(eh, None if p.std is None else p.std[remaining], self.config.threshold,
                                self.config.min_std)
 
-    def _round_zero(self, hull: CampaignHull) -> dict[str, Any]:
+    def _round_zero(self, hull: ReferenceHull) -> dict[str, Any]:
         pool, cfg = self.pool, self.config
         is_s = float(np.nansum(pool.is_wall_time_s)) if cfg.pays_is else 0.0
         rec: dict[str, Any] = {"round": 0, "chosen": [], "is_single_points_s": is_s,
@@ -394,7 +396,7 @@ class Campaign:
                                                      hull.e_above_hull_many(pool.compositions, p.mean).tolist()))
         return rec
 
-    def _status(self, relaxed: list[int], ef: list[float], hull: CampaignHull, cost: float) -> dict[str, Any]:
+    def _status(self, relaxed: list[int], ef: list[float], hull: ReferenceHull, cost: float) -> dict[str, Any]:
         idx = np.array(relaxed, int)
         known_eh = hull.e_above_hull_many([self.pool.compositions[i] for i in idx], np.array(ef, float))
         out = {"n_relaxed": int(len(idx)), "cumulative_cost_s": float(cost),
@@ -452,7 +454,7 @@ class Campaign:
         return rec
 
     # ----- result ----------------------------------------------------------------------------
-    def _finish(self, rounds: list[dict[str, Any]], relaxed: list[int], ef: list[float], hull: CampaignHull,
+    def _finish(self, rounds: list[dict[str, Any]], relaxed: list[int], ef: list[float], hull: ReferenceHull,
                 stop: str) -> CampaignResult:
         pool, cfg = self.pool, self.config
         base = rounds[0]["cost_s"]

@@ -23,17 +23,27 @@ from esnet_tf.atomic import write_text
 from esnet_tf.campaign.engine import RECALL_LEVELS, CampaignResult, _json, cost_to_recall, write_discovered
 from esnet_tf.campaign.hull import true_e_above_hull
 from esnet_tf.campaign.pool import Pool
-from esnet_tf.campaign.strategies import ranking
+from esnet_tf.campaign.strategies import ESNET_STRATEGIES, ranking
 from esnet_tf.screening.metrics import stable_mask
 from esnet_tf.screening.pipeline import HULL_TOL
 
-#: strategies guided by ESNet (the ones the target is about), in order of preference for the summary
-ESNET_STRATEGIES = ("lcb", "greedy")
+#: the target check: an ESNet strategy reaches TARGET_RECALL of the stable at >= this fraction of the oracle's saving
 TARGET_FRACTION_OF_ORACLE = 0.8
 TARGET_RECALL = 0.9
 
 
-def _ideal(pool: Pool, threshold: float) -> dict[str, np.ndarray]:
+def _ideal(pool: Pool, threshold: float,
+           results: Mapping[str, CampaignResult] | None = None) -> dict[str, np.ndarray]:
+    """Cost (s) and stable found of the true order without any screening calculation.
+
+    When the oracle ran, its own acquisition order with its round-0 cost (IS single points,
+    references) taken off: the two rows then differ by exactly that cost (candidates with E_hull
+    equal up to round-off, e.g. all those on the hull, are not re-ordered by a fresh hull's noise).
+    """
+    if results is not None and "oracle" in results:
+        t = results["oracle"].trajectory
+        return {"cost_s": np.asarray(t["cost_s"], float) - float(t["cost_s"][0]),
+                "n_stable_found": np.asarray(t["n_stable_found"])}
     eh = true_e_above_hull(pool.references, pool.compositions, pool.truth, pool.ids)
     stable = stable_mask(eh, threshold, tol=HULL_TOL)
     order = ranking(eh)
@@ -70,7 +80,7 @@ def compare(results: Mapping[str, CampaignResult], pool: Pool, *, threshold: flo
                           res.summary["is_single_points_s"])
         rows[name].update({k: res.summary[k] for k in ("stop", "n_rounds", "n_relaxed", "n_discovered",
                                                         "total_cost_s", "total_cost_relaxations")})
-    ideal = _ideal(pool, threshold)
+    ideal = _ideal(pool, threshold, results)
     rows["ideal"] = _row("ideal (true order, no IS single points)", ideal["cost_s"], ideal["n_stable_found"],
                          n_stable, relax_all, unit, 0.0)
     oracle_saving = {q: (rows["oracle"][f"recall_{q:g}"].get("saving") if "oracle" in rows else None)
@@ -98,8 +108,8 @@ def _cost90(rows: Mapping[str, Any], name: str) -> float:
 
 
 def _target(rows: Mapping[str, Any]) -> dict[str, Any]:
-    """The issue's target: an ESNet strategy reaches 90 % of the stable at >= 80 % of the oracle's saving
-    and at lower cost than random and composition."""
+    """The target check, per ESNet strategy (the recommended one first): it reaches 90 % of the stable at
+    >= 80 % of the oracle's saving and at lower cost than random and composition."""
     out: dict[str, Any] = {"recall": TARGET_RECALL, "fraction_of_oracle_saving_needed": TARGET_FRACTION_OF_ORACLE}
     for name in ESNET_STRATEGIES:
         if name not in rows:
@@ -164,7 +174,7 @@ def campaign_plot(rep: Mapping[str, Any], results: Mapping[str, CampaignResult],
         r90 = rep["strategies"][name][f"recall_{TARGET_RECALL:g}"]
         label = name + (f" (90 %: {r90['saving']:.0%} saved)" if r90.get("saving") is not None else "")
         ax.step(t["cost_s"], t["n_stable_found"], where="post", color=colour, ls=ls, lw=1.4, label=label)
-    ideal = _ideal(pool, threshold)
+    ideal = _ideal(pool, threshold, results)
     ax.step(ideal["cost_s"], ideal["n_stable_found"], where="post", color="0.5", ls=":", lw=1.0,
             label="ideal (true order, no IS)")
     ax.axvline(rep["relax_all_s"], color="k", lw=0.7)
@@ -184,7 +194,8 @@ def campaign_plot(rep: Mapping[str, Any], results: Mapping[str, CampaignResult],
 
 def write_report(rep: Mapping[str, Any], results: Mapping[str, CampaignResult], pool: Pool,
                  out_dir: str | Path, *, threshold: float = 0.0) -> list[Path]:
-    """report.json, report.md, campaign.png (replay) and discovered_stable.csv (of the first ESNet strategy)."""
+    """report.json, report.md, campaign.png (replay) and discovered_stable.csv (of the recommended ESNet
+    strategy when it ran, else of the first ESNet strategy that ran, else of the first strategy)."""
     out = Path(out_dir)
     written = [write_text(out / "report.json", _json(rep))]
     written.append(write_text(out / "report.md", table_markdown(rep)))

@@ -30,12 +30,18 @@ from dataclasses import dataclass
 import numpy as np
 
 STRATEGIES = ("greedy", "lcb", "stable_per_cost", "random", "composition", "oracle")
+#: the rule the documentation recommends (cost-aware; the others spend more DFT to the same recall)
+RECOMMENDED = "stable_per_cost"
 #: the prediction source each strategy ranks by (None: none)
 SOURCE_OF = {"greedy": "esnet", "lcb": "esnet", "stable_per_cost": "esnet", "random": None,
              "composition": "composition", "oracle": None}
 #: whether a strategy computes the IS single points of every candidate in round 0
 PAYS_IS = {"greedy": True, "lcb": True, "stable_per_cost": True, "random": False, "composition": False,
            "oracle": True}
+#: the strategies guided by ESNet's predictions, the recommended one first
+ESNET_STRATEGIES = (RECOMMENDED, *(s for s in STRATEGIES if SOURCE_OF[s] == "esnet" and s != RECOMMENDED))
+#: the strategies guided by any model's predictions (the ones a refit can change)
+MODEL_GUIDED = tuple(s for s in STRATEGIES if SOURCE_OF[s] is not None)
 
 
 @dataclass(frozen=True)

@@ -152,31 +152,67 @@ def load_references(paths: Sequence[str | Path],
 
 
 class ReferenceHull:
-    """E_hull (eV/atom) of candidates against the reference hull (`esnet_tf.screening.hull.Hull`).
+    """E_hull (eV/atom) against reference entries plus entries added later: the one hull wrapper.
 
-    `exclude_ids`: reference ids left out of the hull (the candidates themselves).
-    `extra`: further (composition, formation energy per atom) points put into the hull, e.g. the
-    candidates' predicted entries when they are judged against each other too.
+    A composition's E_hull depends only on the entries inside its chemical system, so the hull is
+    built per chemical system (`esnet_tf.screening.hull.Hull`, pymatgen `PhaseDiagram`), on first
+    use, and rebuilt only where `add` put an entry. Screening uses it as built (`exclude_ids`:
+    reference ids left out, the candidates themselves; `extra`: (composition, E_f) points put into
+    the hull, e.g. the candidates' predicted entries); a campaign `add`s each relaxed candidate.
     """
 
     def __init__(self, refs: ReferenceSet, exclude_ids: Iterable[str] = (),
                  extra: Sequence[tuple[Any, float]] = ()) -> None:
-        from pymatgen.analysis.phase_diagram import PDEntry
-
         excl = set(exclude_ids)
         self.refs = refs
-        entries = [e for e, i in zip(refs.entries, refs.ids) if i not in excl]
-        self.n_excluded = len(refs.entries) - len(entries)
+        kept = [e for e, i in zip(refs.entries, refs.ids) if i not in excl]
+        self.n_excluded = len(refs.entries) - len(kept)
+        self._entries: list[tuple[frozenset[str], Any]] = [(_symbols(e.composition), e) for e in kept]
+        self._elements = {next(iter(s)) for s, e in self._entries if e.composition.is_element}
+        self._cache: dict[frozenset[str], tuple[int, Hull]] = {}
+        self._version: dict[frozenset[str], int] = {}
         for comp, ef in extra:
-            if all(el.symbol in refs.mu for el in comp.elements):
-                entries.append(PDEntry(comp, refs.total_energy_per_atom(comp, ef) * comp.num_atoms,
-                                       name="candidate"))
-        self.hull = Hull(entries)
+            if all(el.symbol in refs.mu for el in comp.elements) and math.isfinite(ef):
+                self.add(comp, ef, "candidate")
+
+    def add(self, comp: Any, formation_energy_per_atom: float, name: str) -> None:
+        """Put an entry (composition, E_f eV/atom) into the hull."""
+        from pymatgen.analysis.phase_diagram import PDEntry
+
+        e = PDEntry(comp, self.refs.total_energy_per_atom(comp, formation_energy_per_atom) * comp.num_atoms,
+                    name=name)
+        space = _symbols(comp)
+        self._entries.append((space, e))
+        self._version[space] = self._version.get(space, 0) + 1
+        if comp.is_element:
+            self._elements.add(next(iter(space)))
 
     def missing(self, comp: Any) -> list[str]:
         """Elements of `comp` with no elemental reference (hull entry or chemical potential)."""
-        return sorted({el.symbol for el in comp.elements} - (self.hull.elements & set(self.refs.mu)))
+        return sorted(_symbols(comp) - (self._elements & set(self.refs.mu)))
+
+    def _hull(self, space: frozenset[str]) -> Hull:
+        version = sum(v for s, v in self._version.items() if s <= space)
+        got = self._cache.get(space)
+        if got is None or got[0] != version:
+            got = (version, Hull([e for s, e in self._entries if s <= space]))
+            self._cache[space] = got
+        return got[1]
 
     def e_above_hull(self, comp: Any, formation_energy_per_atom: float) -> float:
-        """E_hull (eV/atom, negative below the hull) of a composition with the given E_f (eV/atom)."""
-        return self.hull.e_above_hull(comp, self.refs.total_energy_per_atom(comp, formation_energy_per_atom))
+        """E_hull (eV/atom, negative below the hull) of a composition with the given E_f (eV/atom); NaN
+        for a NaN E_f; ValueError when an element of `comp` has no elemental reference."""
+        if not math.isfinite(formation_energy_per_atom):
+            return math.nan
+        return self._hull(_symbols(comp)).e_above_hull(
+            comp, self.refs.total_energy_per_atom(comp, formation_energy_per_atom))
+
+    def e_above_hull_many(self, comps: Sequence[Any], formation_energy_per_atom: Sequence[float]) -> Any:
+        """`e_above_hull` of each (composition, E_f) pair (eV/atom), as a float array."""
+        import numpy as np
+
+        return np.array([self.e_above_hull(c, float(f)) for c, f in zip(comps, formation_energy_per_atom)], float)
+
+
+def _symbols(comp: Any) -> frozenset[str]:
+    return frozenset(el.symbol for el in comp.elements)

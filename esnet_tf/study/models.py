@@ -67,7 +67,8 @@ class Unit:
     def train_idx(self) -> np.ndarray:
         return np.flatnonzero(self.fold_of != self.k)
 
-    def esnet(self, train: dict, test: dict, config: Any = "small", work: Path | None = None) -> tuple[np.ndarray, dict]:
+    def esnet(self, train: dict, test: dict, config: Any = "small",
+              work: Path | None = None) -> tuple[np.ndarray, dict]:
         """`fit.fit_esnet` with this unit's settings; `config`: 'small', an ESNetConfig or its JSON path."""
         from esnet_tf.study.fit import fit_esnet
 

@@ -85,10 +85,12 @@ def table_markdown(result: Mapping[str, Any]) -> str:
     """The results table (markdown) with a caption line; rows in the registry's order."""
     s = result["summary"]
     best = s["best_composition_model"]
+    augmented = ", ".join(result.get("augmented_models", [])) or "no model"
     lines = [
         f"Snapshot `{result['snapshot_hash']}` (labels.csv): {result['n_structures']} structures; "
         f"`{result.get('augmented_snapshot_hash', result['snapshot_hash'])}` with labels_augmented.csv's "
-        f"{result['n_variants']} IS-augmentation variants ({', '.join(result.get('augmented_models', [])) or 'no model'}); grouped {result['folds']}-fold CV by chemical system, seeds "
+        f"{result['n_variants']} IS-augmentation variants ({augmented}); "
+        f"grouped {result['folds']}-fold CV by chemical system, seeds "
         f"{','.join(map(str, result['seeds']))}, ESNet {result['epochs']} epochs max. MAE / RMSE in eV/atom on the "
         f"pooled out-of-fold predictions, 95 % bootstrap CI over structures (per seed, averaged over seeds); "
         f"ΔMAE = paired per (fold, seed) MAE difference to the best composition model ({best}), t-interval and "

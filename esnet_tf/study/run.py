@@ -130,10 +130,12 @@ def compute_unit(data: StudyData, config: StudyConfig, model: str, seed: int, k:
 
 
 def run_jobs(jobs: int, command: Sequence[str], threads: int, log: Callable[[str], None] = _say) -> None:
-    """Run `jobs` copies of the worker `command` (a study with units_only) with `threads` OpenMP threads
-    each, sharing the units through their locks. A worker that fails fails the study; a SIGTERM to
+    """Run `jobs` copies of the worker `command` (a study with units_only) with `threads` math-library
+    threads each (`esnet_tf.threads.thread_env`), sharing the units through their locks. A worker that fails fails the study; a SIGTERM to
     this process stops the workers too (their finished units stay cached)."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    from esnet_tf.threads import thread_env
+
+    env = thread_env(threads)
     log(f"{jobs} worker processes, {threads} TensorFlow thread(s) each")
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # so that finally runs
     workers = [subprocess.Popen(list(command), env=env) for _ in range(jobs)]  # inherit stdout: one line per unit
