@@ -6,7 +6,7 @@ workers and the helpers the CLI uses:
 
     from esnet_tf.dataset import load_tfds_split
     ds = load_tfds_split("is_dos/demo", "train")          # builds on first use, reuses after
-    ds = load_tfds_split("~/tensorflow_datasets/is_dos/demo/1.0.0", "test")  # prepared dir
+    ds = load_tfds_split("~/tensorflow_datasets/is_dos/demo/1.1.0", "test")  # prepared dir
     ds = load_tfds_split("is_dos/manual", "train", manual_dir="my_calcs/")
 
 Bad inputs (files that cannot be featurized) fail the build with a message naming the file,
@@ -82,20 +82,24 @@ def formula_chemsys(formula: str) -> str:
     return Composition(formula).chemical_system
 
 
-def featurize_row(row: LabelRow, grid: EnergyGrid, text_columns: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
+def featurize_row(row: LabelRow, grid: EnergyGrid, text_columns: tuple[str, ...] = (),
+                  references: dict[str, float] | None = None) -> tuple[str, dict[str, Any]]:
     """(key, example dict) of one labels row in the `is_dos` feature layout.
 
     `text_columns`: further labels columns copied as text features (e.g. `parent_id`, `variant`).
+    `is_energy_per_atom` / `is_formation_energy_per_atom` (eV/atom, NaN unknown): the row's column of
+    that name where given, else from the calculation (`featurize`; `references` {element: eV/atom} for
+    codes without references of their own).
 
     Raises `DOSInputError` naming the file when it cannot be featurized, or when the row's
     `formula` column disagrees with the chemical system found in the file.
     """
-    from esnet_tf.featurize import featurize
+    from esnet_tf.featurize import energy_arrays, featurize
 
     if not row.path:
         raise DOSInputError(f"{LABELS_FILE} id {row.id}", "empty calculation path", "fill in the path column")
     try:
-        ex = featurize(row.file, grid=grid, id=row.id)
+        ex = featurize(row.file, grid=grid, id=row.id, references=references)
     except DOSInputError:
         raise
     except Exception as exc:  # a reader library failing on a malformed file
@@ -113,6 +117,7 @@ def featurize_row(row: LabelRow, grid: EnergyGrid, text_columns: tuple[str, ...]
         "formation_energy_per_atom": np.float32(row.formation_energy_per_atom),
         "e_above_hull": np.float32(row.e_above_hull),
         "id": row.id, "formula": ex.formula, "chemsys": ex.chemsys, "prototype": row.prototype,
+        **{k: np.float32(v[0, 0]) for k, v in energy_arrays([ex], {row.id: row}).items()},
         **{c: str(row.get(c) or "") for c in text_columns},
     }
 
@@ -182,12 +187,13 @@ def _reason(exc: Exception) -> str:
 
 
 def generate_split(rows: Iterable[LabelRow], split: str, grid: EnergyGrid,
-                   fractions: tuple[float, float, float], text_columns: tuple[str, ...] = ()) -> Iterator[tuple[str, dict]]:
+                   fractions: tuple[float, float, float], text_columns: tuple[str, ...] = (),
+                   references: dict[str, float] | None = None) -> Iterator[tuple[str, dict]]:
     """Examples of one split (plain, non-Beam generation); rows come from `plan_splits`, so a
     failure here means the file changed during the build and always fails it."""
     for row in rows:
         try:
-            key, ex = featurize_row(row, grid, text_columns)
+            key, ex = featurize_row(row, grid, text_columns, references)
         except Exception as exc:  # noqa: BLE001 - the file changed since plan_splits
             raise bad_input_error(row, exc) from None
         if split_of(ex["chemsys"], fractions) != split:
@@ -196,12 +202,12 @@ def generate_split(rows: Iterable[LabelRow], split: str, grid: EnergyGrid,
 
 
 def _beam_featurize(row: LabelRow, grid: EnergyGrid, split: str, fractions: tuple[float, float, float],
-                    skip: bool, text_columns: tuple[str, ...] = ()):
+                    skip: bool, text_columns: tuple[str, ...] = (), references: dict[str, float] | None = None):
     """Beam FlatMap body: the example when it belongs to `split`, or a tagged rejection."""
     import apache_beam as beam
 
     try:
-        key, ex = featurize_row(row, grid, text_columns)
+        key, ex = featurize_row(row, grid, text_columns, references)
     except Exception as exc:  # noqa: BLE001
         if not skip:
             raise bad_input_error(row, exc) from None
@@ -214,7 +220,7 @@ def _beam_featurize(row: LabelRow, grid: EnergyGrid, split: str, fractions: tupl
 
 def beam_split_transform(rows: list[LabelRow], split: str, grid: EnergyGrid,
                          fractions: tuple[float, float, float], skip: bool, rejected_prefix: str,
-                         text_columns: tuple[str, ...] = ()):
+                         text_columns: tuple[str, ...] = (), references: dict[str, float] | None = None):
     """A `beam.PTransform` (PBegin -> (key, example)) featurizing one split's rows (from
     `route_rows`) on Beam workers.
 
@@ -226,7 +232,7 @@ def beam_split_transform(rows: list[LabelRow], split: str, grid: EnergyGrid,
     @beam.ptransform_fn
     def _split(begin):
         outs = (begin | "Rows" >> beam.Create(list(rows), reshuffle=True)
-                | "Featurize" >> beam.FlatMap(_beam_featurize, grid, split, fractions, skip, text_columns)
+                | "Featurize" >> beam.FlatMap(_beam_featurize, grid, split, fractions, skip, text_columns, references)
                 .with_outputs("rejected", main="examples"))
         if skip:
             _ = outs.rejected | "WriteRejected" >> beam.io.WriteToText(rejected_prefix, num_shards=1)

@@ -21,8 +21,10 @@ from esnet_tf.isdos import DOSInputError
 ROOT = Path(__file__).resolve().parents[1]
 DUMMY = ROOT / "datasets" / "is_dos" / "dummy_data"
 TFDS_CLI = str(Path(sys.executable).with_name("tfds"))
+ENERGIES = ("is_energy_per_atom", "is_formation_energy_per_atom")  # eV/atom, NaN unknown (version 1.1.0)
 KEYS = {"dos_up", "dos_down", "composition", "formation_energy_per_atom", "e_above_hull",
-        "id", "formula", "chemsys", "prototype"}
+        "id", "formula", "chemsys", "prototype", *ENERGIES}
+VERSION = "1.1.0"
 
 # (id, fixture path, formation energy eV/atom (made-up labels: the files carry none), formula or '')
 GOOD = [
@@ -97,6 +99,8 @@ def _assert_contract(builder) -> None:
             assert np.isclose(ex["composition"].sum(), 1.0, atol=1e-5)
             assert ex["formation_energy_per_atom"].dtype == np.float32 and ex["formation_energy_per_atom"].shape == ()
             assert ex["e_above_hull"].dtype == np.float32
+            for key in ENERGIES:
+                assert ex[key].dtype == np.float32 and ex[key].shape == ()
             for key in ("id", "formula", "chemsys", "prototype"):
                 assert isinstance(ex[key], bytes)
 
@@ -215,7 +219,7 @@ def test_bad_file_fails_naming_it(fx_dirs, tmp_path, monkeypatch):
         isd.build_dataset("is_dos/manual", tmp_path, fx_dirs["bad"], verbose=False)
     msg = str(err.value)
     assert "bad.vasprun.xml.gz" in msg and "vasp_bad" in msg and isd.SKIP_ENV in msg
-    assert not (tmp_path / "is_dos" / "manual" / "1.0.0").exists()
+    assert not (tmp_path / "is_dos" / "manual" / VERSION).exists()
 
 
 def test_skip_writes_rejected_list(fx_skip_env, fx_plain):
@@ -286,7 +290,7 @@ def _tfds_build(*args: str) -> subprocess.CompletedProcess:
 
 def test_tfds_cli_build_demo_then_tfds_load_and_builder(tmp_path):
     _tfds_build("--config", "demo", "--data_dir", str(tmp_path))
-    version_dir = tmp_path / "is_dos" / "demo" / "1.0.0"
+    version_dir = tmp_path / "is_dos" / "demo" / VERSION
     source = json.loads((version_dir / isd.SOURCE_FILE).read_text())
     assert source["labels_csv"].endswith("datasets/is_dos/demo/labels.csv") and source["beam"] is False
     builder = tfds.builder("is_dos/demo", data_dir=str(tmp_path))
@@ -305,7 +309,7 @@ def test_tfds_cli_build_demo_then_tfds_load_and_builder(tmp_path):
 def test_tfds_cli_beam_build_equals_plain(tmp_path, dummy_plain):
     _tfds_build("--config", "manual", "--manual_dir", str(DUMMY), "--data_dir", str(tmp_path),
                 "--beam_pipeline_options=runner=DirectRunner")
-    beam = tfds.builder_from_directory(str(tmp_path / "is_dos" / "manual" / "1.0.0"))
+    beam = tfds.builder_from_directory(str(tmp_path / "is_dos" / "manual" / VERSION))
     _assert_same_examples(beam, dummy_plain)  # (protobuf map order may differ between processes)
 
 
@@ -334,3 +338,96 @@ def test_demo_augmented_config_builds_and_variants_share_their_parents_split(tmp
     n_plain = sum(1 for r, _ in rows if not r["variant"])
     with open(ROOT / "datasets" / "is_dos" / "demo" / "labels.csv") as fh:
         assert n_plain == sum(1 for _ in csv.DictReader(fh))  # every relaxed structure's own IS once
+
+
+# ------------------------------------------------------------------------------ IS energies (version 1.1.0)
+
+def _dummy_examples(builder) -> dict[str, dict]:
+    return {ex["id"].decode(): ex for split in _examples(builder).values() for ex in split}
+
+
+def test_dummy_is_energies_from_labels_column_or_engine_references(dummy_plain):
+    """Al_fcc and Si_diamond take the labels column, the others the GPAW engine's references in
+    dummy_data/provenance.json: all equal the demo's own labels (computed by `esnet dft`)."""
+    demo = {r.id: r for r in isd.read_labels(ROOT / "datasets" / "is_dos" / "demo" / "labels.csv")}
+    rows = isd.read_labels(DUMMY / "labels.csv")
+    assert {r.id for r in rows if r.get("is_formation_energy_per_atom")} == {"Al_fcc", "Si_diamond"}
+    exs = _dummy_examples(dummy_plain)
+    for r in rows:
+        for key in ENERGIES:
+            assert abs(float(exs[r.id][key]) - demo[r.id].float(key)) < 2e-6, (r.id, key)
+    assert exs["Al_fcc"]["is_formation_energy_per_atom"] > 0.9  # fcc Al at the IS lattice constant
+
+
+def _copy_calcs(dst: Path, with_column: bool = False) -> Path:
+    (dst / "calcs").mkdir(parents=True)
+    for f in (DUMMY / "calcs").iterdir():
+        (dst / "calcs" / f.name).write_bytes(f.read_bytes())
+    rows = list(csv.DictReader((DUMMY / "labels.csv").open()))
+    with (dst / "labels.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "path", "formation_energy_per_atom"])
+        w.writerows([r["id"], r["path"], r["formation_energy_per_atom"]] for r in rows)
+    return dst
+
+
+def test_manual_is_formation_energy_unknown_without_references_then_from_references_csv(tmp_path, dummy_plain):
+    """GPAW files away from their provenance.json and no references: NaN (unknown), never a guess; with
+    references.csv of the same engine's elemental energies: the same values as beside provenance.json."""
+    manual = _copy_calcs(tmp_path / "m")
+    bare = _dummy_examples(isd.build_dataset("is_dos/manual", tmp_path / "d1", manual, verbose=False))
+    assert all(np.isnan(ex["is_formation_energy_per_atom"]) for ex in bare.values())
+    assert all(np.isfinite(ex["is_energy_per_atom"]) for ex in bare.values())  # the file holds the IS energy
+    refs = json.loads((DUMMY / "provenance.json").read_text())["elemental_references"]
+    (manual / "references.csv").write_text("element,energy_per_atom\n" + "".join(
+        f"{el},{v['energy_per_atom']!r}\n" for el, v in refs.items()))
+    with_refs = _dummy_examples(isd.build_dataset("is_dos/manual", tmp_path / "d2", manual, verbose=False))
+    want = _dummy_examples(dummy_plain)
+    for id_, ex in with_refs.items():
+        assert abs(float(ex["is_formation_energy_per_atom"]) - float(want[id_]["is_formation_energy_per_atom"])) < 2e-6
+
+
+def test_manual_vasp_with_mp_references_json(tmp_path, fixtures_dir):
+    """VASP single points against the Materials Project elemental references (ComputedEntry JSON)."""
+    from esnet_tf.references import load_references
+
+    manual = _write_labels(tmp_path / "v", fixtures_dir, [GOOD[1], GOOD[2]])  # LiF, Si
+    mp = fixtures_dir / "mp" / "mp_elemental_reference_entries_2023-02-07.json.gz"
+    (manual / "references.json.gz").write_bytes(mp.read_bytes())
+    exs = _dummy_examples(isd.build_dataset("is_dos/manual", tmp_path / "d", manual, verbose=False))
+    mu = load_references(mp)
+    for id_, rel in (("vasp_LiF", GOOD[1][1]), ("vasp_Si", GOOD[2][1])):
+        ref = featurize(fixtures_dir / rel, id=id_, references=mu)
+        assert np.float32(ref.is_formation_energy_per_atom) == exs[id_]["is_formation_energy_per_atom"]
+        assert np.isfinite(ref.is_formation_energy_per_atom)
+
+
+def test_data_prepared_at_version_1_0_0_still_loads(tmp_path):
+    """TFDS keeps each version in its own directory and generates only the current one. A dataset
+    prepared at 1.0.0 (the builder as it was: the same code without the IS energies) loads with
+    today's builder by name (`is_dos/manual:1.0.0`) and by directory, beside a 1.1.0 build."""
+    builder_cls = isd.register_builder()
+    assert str(builder_cls.VERSION) == VERSION and "1.0.0" in builder_cls.RELEASE_NOTES
+    assert [str(v) for v in builder_cls.SUPPORTED_VERSIONS] == ["1.0.0"]
+
+    class Builder100(builder_cls, skip_registration=True):  # the 1.0.0 builder: version and layout of then
+        name = "is_dos"
+        VERSION = tfds.core.Version("1.0.0")
+        SUPPORTED_VERSIONS = []
+
+    old = Builder100(config="manual", data_dir=str(tmp_path))
+    old.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(DUMMY)))
+    old_dir = tmp_path / "is_dos" / "manual" / "1.0.0"
+    assert json.loads((old_dir / "dataset_info.json").read_text())["version"] == "1.0.0"
+    assert set(old.info.features.keys()) == KEYS - set(ENERGIES)
+    with pytest.raises(ValueError, match="too old"):  # today's builder does not write 1.0.0 ...
+        builder_cls(config="manual", version="1.0.0", data_dir=str(tmp_path / "x")).download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(DUMMY)))
+    by_name = tfds.load("is_dos/manual:1.0.0", data_dir=str(tmp_path), split="train", download=False)  # ... but reads it
+    by_dir = isd.load_tfds_split(str(old_dir), "train")
+    ids = sorted(ex["id"].numpy() for ex in by_dir)
+    assert sorted(ex["id"].numpy() for ex in by_name) == ids and len(ids) == 3
+    assert "is_formation_energy_per_atom" not in next(iter(by_dir))
+    new = isd.build_dataset("is_dos/manual", tmp_path, DUMMY, verbose=False)  # the current version beside it
+    assert Path(new.data_dir).name == VERSION and set(new.info.features.keys()) == KEYS
+    assert tfds.builder_from_directory(str(old_dir)).info.splits.total_num_examples == 5

@@ -3,6 +3,13 @@
 Configs (`IsDosConfig`, data not code): `demo` (the embedded GPAW demo set of this
 repository, no network), `demo_rs` (the same labels with the relaxed-structure DOS, for
 IS-vs-RS comparisons), `manual` (your labels.csv and calculation files).
+
+Every config carries the IS energies of DESIGN.md section 1 (spec v2, version 1.1.0):
+`is_energy_per_atom` and `is_formation_energy_per_atom` (eV/atom, NaN where unknown), from the
+labels column of that name where given, else from the calculation (GPAW: the engine's own
+references in provenance.json; other codes: the manual directory's references file). Version
+1.0.0 (without them) is a supported version: data prepared at 1.0.0 loads as it is
+(`tfds.load("is_dos/demo:1.0.0")`, or its directory); TFDS generates only the current version.
 """
 from __future__ import annotations
 
@@ -16,12 +23,18 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from esnet_tf import dataset as isdos_data
-from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID, EnergyGrid
+from esnet_tf.isdos import IS_ENERGY, IS_FORMATION_ENERGY, N_ELEMENTS, N_ORBITALS, PAPER_GRID, EnergyGrid
 from esnet_tf.splits import DEFAULT_FRACTIONS
 
 #: The embedded demo data: package data beside this module (read with importlib.resources; the
 #: package name depends on how TFDS imported the module, so it is taken from `__package__`).
 _DEMO_DIR = Path(str(importlib.resources.files(__package__ or "esnet_tf.datasets.is_dos"))) / "demo"
+#: elemental references (eV/atom) of the manual directory's code, for is_formation_energy_per_atom: the
+#: first of these files found in the manual directory (`esnet_tf.references.load_references`)
+REFERENCES_FILES = ("references.csv", "references.json", "references.json.gz")
+#: the first version with the IS energy features
+ENERGY_VERSION = tfds.core.Version("1.1.0")
+ENERGY_FEATURES = (IS_ENERGY, IS_FORMATION_ENERGY)
 
 
 @dataclasses.dataclass(eq=False)
@@ -48,10 +61,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     # README / CITATIONS.bib / TAGS.txt are read from this module's folder. TFDS would infer it
     # from the module name (esnet_tf/datasets/is_dos), which an editable install maps elsewhere.
     pkg_dir_path = epath.Path(__file__).resolve().parent
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = ENERGY_VERSION
+    SUPPORTED_VERSIONS = [tfds.core.Version("1.0.0")]  # loads when prepared (layout without the IS energies)
     RELEASE_NOTES = {
         "1.0.0": "Initial release: IS-DOS on E - E_F in [-20, 10] eV (1500 points, 9 orbitals), "
                  "splits grouped by chemical system, prototype feature.",
+        "1.1.0": "IS energies (IS-DOS spec v2): is_energy_per_atom and is_formation_energy_per_atom (eV/atom, "
+                 "NaN where unknown) in every config, from a labels column of that name or from the "
+                 "calculation (GPAW: the engine's references in provenance.json; manual: references.csv / "
+                 "references.json[.gz] in the manual directory). Same examples and splits as 1.0.0; data "
+                 "prepared at 1.0.0 still loads (`is_dos/<config>:1.0.0`).",
     }
     BUILDER_CONFIGS = [
         IsDosConfig(name="demo", source="demo",
@@ -80,9 +99,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                  id: unique string; path: calculation, relative to DIR (or absolute);
                                  formation_energy_per_atom, e_above_hull: eV/atom (e_above_hull may be
                                  empty = unknown); prototype: free text; formula: optional, checked
-                                 against the file. Other columns are ignored.
+                                 against the file; is_formation_energy_per_atom, is_energy_per_atom:
+                                 optional, eV/atom (empty = from the calculation). Other columns are
+                                 ignored.
       DIR/<path>               vasprun.xml[.gz] | DOSCAR[.gz] (+POSCAR) file or directory |
                                Materials Project CompleteDos .json[.gz] (one document) | *.gpawdos.npz
+      DIR/references.csv       optional: element,energy_per_atom (eV/atom) of the same code and settings
+                               (or references.json[.gz]: Materials Project ComputedEntry dicts), for
+                               is_formation_energy_per_atom of files whose code brings no references
+                               (GPAW files of `esnet dft` use the engine's provenance.json)
 
     Files that fail to featurize stop the build with a message naming the file; set
     {isdos_data.SKIP_ENV}=1 (or pass skip_bad_inputs=True to the builder) to skip them instead:
@@ -120,11 +145,32 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "formula": tfds.features.Text(doc="reduced formula read from the calculation"),
                 "chemsys": tfds.features.Text(doc="chemical system, e.g. Fe-O (split key)"),
                 "prototype": tfds.features.Text(doc="structure prototype, '' when unknown"),
+                **({IS_ENERGY: tfds.features.Scalar(np.float32, doc="IS total energy, eV/atom, NaN when unknown"),
+                    IS_FORMATION_ENERGY: tfds.features.Scalar(
+                        np.float32, doc="IS formation energy against elemental references of the same code, "
+                                        "eV/atom, NaN when unknown")} if self.has_energies else {}),
                 **{c: tfds.features.Text(doc=f"labels column {c!r}") for c in self.builder_config.text_columns},
             }),
             supervised_keys=None,
             homepage="https://github.com/ekdms-S/ESNet",
         )
+
+    @property
+    def has_energies(self) -> bool:
+        """Whether this version carries the IS energy features (1.1.0 on)."""
+        return tfds.core.Version(str(self.version)) >= ENERGY_VERSION
+
+    def references(self, manual_dir: str | os.PathLike | None) -> dict[str, float] | None:
+        """{element: eV/atom} of the manual directory's references file, None when it has none (or for the demo)."""
+        from esnet_tf.references import load_references
+
+        if self.builder_config.source != "manual" or manual_dir is None:
+            return None
+        root = Path(os.fspath(manual_dir)).expanduser()
+        for name in REFERENCES_FILES:
+            if (root / name).is_file():
+                return load_references(root / name)
+        return None
 
     def labels_path(self, manual_dir: str | os.PathLike | None = None) -> Path:
         """The labels.csv this config reads (the demo's, or the one in `manual_dir`)."""
@@ -165,6 +211,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._labels = self.labels_path(dl_manager.manual_dir if cfg.source == "manual" else None)
         # digest before reading, so an edit made during the build makes the next build_dataset() rebuild
         self._labels_sha256 = isdos_data.labels_digest(self._labels) if self._labels.is_file() else ""
+        self._references = self.references(dl_manager.manual_dir if cfg.source == "manual" else None)
         self._rows = isdos_data.dataset_rows(self._labels, cfg.path_column)
         if self._use_beam:  # featurize on the workers; rows routed by their formula column
             plan, self._rejected = isdos_data.route_rows(self._rows, cfg.grid, cfg.fractions, self.skip_bad_inputs)
@@ -179,8 +226,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, rows, split):
         """(id, example) pairs of one split: a generator, or a `beam.PTransform` in Beam builds."""
         cfg = self.builder_config
+        drop = () if self.has_energies else ENERGY_FEATURES  # version 1.0.0: the layout without them
         if self._use_beam:
-            return isdos_data.beam_split_transform(rows, split, cfg.grid, cfg.fractions, self.skip_bad_inputs,
-                                                   os.path.join(self._rejected_parts_dir(), split),
-                                                   cfg.text_columns)
-        return isdos_data.generate_split(rows, split, cfg.grid, cfg.fractions, cfg.text_columns)
+            import apache_beam as beam
+
+            transform = isdos_data.beam_split_transform(rows, split, cfg.grid, cfg.fractions, self.skip_bad_inputs,
+                                                        os.path.join(self._rejected_parts_dir(), split),
+                                                        cfg.text_columns, self._references)
+            return transform | "Layout" >> beam.Map(_without, drop) if drop else transform
+        return (_without(kv, drop) for kv in isdos_data.generate_split(rows, split, cfg.grid, cfg.fractions,
+                                                                         cfg.text_columns, self._references))
+
+
+def _without(key_example: tuple[str, dict], keys: tuple[str, ...]) -> tuple[str, dict]:
+    """(key, example) with the features `keys` left out (an older version's layout)."""
+    key, example = key_example
+    return key, {k: v for k, v in example.items() if k not in keys}
