@@ -106,3 +106,71 @@ def member_predictions(model, inputs: dict, batch_size: int = 256) -> np.ndarray
             parts.append(np.asarray(out[OUTPUT_NAME] if isinstance(out, dict) else out).reshape(-1))
         cols.append(np.concatenate(parts) if parts else np.zeros(0, np.float32))
     return np.stack(cols, axis=1).astype(np.float32)
+
+
+# ---------------------------------------------------------------- σ recalibration and calibration metrics
+
+#: fraction of a Gaussian within ±1σ and ±2σ
+IDEAL_GAUSSIAN = {"within_1_sigma": 0.683, "within_2_sigma": 0.954}
+
+
+def fit_std_scale(truth: np.ndarray, members: np.ndarray, *, floor: float = 1e-6) -> float:
+    """Variance-scaling factor s of the members' sample std (ddof = 1), fitted on held-out rows.
+
+    truth: (N,) eV/atom; members: (N, M) each member's prediction (eV/atom), M >= 2. Returns
+    s = sqrt(mean(z^2)) with z = (truth - mean) / max(raw std, `floor`): the maximum-likelihood
+    scale of a Gaussian N(mean, (s x raw std)^2), so that the scaled σ has mean squared z-score 1
+    on these rows. `build_ensemble(..., std_scale=s)` applies it.
+    """
+    truth = np.asarray(truth, np.float64).reshape(-1)
+    members = np.asarray(members, np.float64)
+    if members.ndim != 2 or members.shape[1] < 2 or members.shape[0] != len(truth) or not len(truth):
+        raise ValueError(f"members must be (N, M >= 2) predictions for N = {len(truth)} truths, got {members.shape}")
+    z = (truth - members.mean(axis=1)) / np.maximum(members.std(axis=1, ddof=1), floor)
+    return float(np.sqrt(np.mean(z ** 2)))
+
+
+def miscalibration_area(z: np.ndarray, n_levels: int = 101) -> float:
+    """Area between the observed and the expected coverage of centred Gaussian intervals.
+
+    For each expected coverage p in linspace(0, 1, n_levels), the observed coverage is the fraction
+    of |z| <= Φ^-1((1 + p) / 2); the area is the trapezoidal integral of |observed - p| over p: 0 for
+    z distributed as N(0, 1), 0.5 at most (σ far too large, or far too small).
+    """
+    from scipy.stats import norm
+
+    z = np.abs(np.asarray(z, np.float64).reshape(-1))
+    p = np.linspace(0.0, 1.0, n_levels)
+    with np.errstate(over="ignore"):
+        bounds = norm.ppf((1.0 + p) / 2.0)  # 0 ... inf
+    observed = (z[None, :] <= bounds[:, None]).mean(axis=1)
+    gap = np.abs(observed - p)
+    return float(np.sum((gap[1:] + gap[:-1]) / 2.0 * np.diff(p)))
+
+
+def calibration_metrics(truth: np.ndarray, pred: np.ndarray, std: np.ndarray) -> dict:
+    """How well σ (eV/atom) describes the errors |pred - truth| (eV/atom) on some rows.
+
+    within_1_sigma / within_2_sigma: fractions with |error| <= σ, 2σ (Gaussian: 0.683, 0.954);
+    spearman_abs_error_vs_sigma (+ its p-value): rank correlation of |error| and σ (does σ rank the
+    errors?; None when either is constant); mean_squared_z: mean of (error / σ)^2 (1 for a calibrated
+    Gaussian σ; > 1: σ too small);
+    miscalibration_area (`miscalibration_area` of z = error / σ); mean_sigma (eV/atom).
+    """
+    from scipy.stats import spearmanr
+
+    err = np.asarray(pred, np.float64).reshape(-1) - np.asarray(truth, np.float64).reshape(-1)
+    std = np.asarray(std, np.float64).reshape(-1)
+    if len(std) != len(err) or not len(err):
+        raise ValueError(f"{len(err)} errors but {len(std)} sigmas")
+    if not np.all(std > 0):
+        raise ValueError("every sigma must be > 0")
+    abs_err = np.abs(err)
+    z = err / std
+    rank_defined = len(err) > 2 and np.ptp(abs_err) > 0 and np.ptp(std) > 0  # else Spearman is undefined (None)
+    rho = spearmanr(abs_err, std) if rank_defined else None
+    return {"within_1_sigma": float(np.mean(abs_err <= std)), "within_2_sigma": float(np.mean(abs_err <= 2 * std)),
+            "spearman_abs_error_vs_sigma": float(rho.statistic) if rho is not None else None,
+            "spearman_p_value": float(rho.pvalue) if rho is not None else None,
+            "mean_squared_z": float(np.mean(z ** 2)), "miscalibration_area": miscalibration_area(z),
+            "mean_sigma": float(std.mean()), "ideal_gaussian": dict(IDEAL_GAUSSIAN)}

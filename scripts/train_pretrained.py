@@ -10,8 +10,9 @@ continues where it stopped):
    the train split (chemical systems by `esnet_tf.splits.split_of`, 0.8/0.1/0.1, seed 0), early
    stopping on the validation split; a finished member (summary.json) is skipped, an interrupted
    one resumes from its backup;
-3. ship: the ensemble (`esnet_tf.ensemble.build_ensemble`, std recalibrated on the validation
-   split) as `OUT/NAME/model.keras`, its TF Serving SavedModel `OUT/NAME/1/` with warmup requests,
+3. ship: the ensemble (`esnet_tf.ensemble.build_ensemble`, σ recalibrated on the validation split
+   with `esnet_tf.ensemble.fit_std_scale`, calibration scored with `calibration_metrics`) as
+   `OUT/NAME/model.keras`, its TF Serving SavedModel `OUT/NAME/1/` with warmup requests,
    `splits.json` (ids and truths of every split), `domain.json` (training domain), `metrics.json`
    and `README.md`.
 """
@@ -103,19 +104,6 @@ def regression_metrics(truth: np.ndarray, pred: np.ndarray) -> dict:
     return {"n": int(len(err)), "mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err ** 2)))}
 
 
-def calibration(truth: np.ndarray, pred: np.ndarray, std: np.ndarray) -> dict:
-    """Fractions of truths within 1 and 2 sigma, Spearman(|error|, sigma), mean sigma (eV/atom)."""
-    from scipy.stats import spearmanr
-
-    err = np.abs(np.asarray(pred, np.float64) - np.asarray(truth, np.float64))
-    std = np.asarray(std, np.float64)
-    rho = spearmanr(err, std)
-    return {"within_1_sigma": float(np.mean(err <= std)), "within_2_sigma": float(np.mean(err <= 2 * std)),
-            "spearman_abs_error_vs_sigma": float(rho.statistic if hasattr(rho, "statistic") else rho[0]),
-            "spearman_p_value": float(rho.pvalue if hasattr(rho, "pvalue") else rho[1]),
-            "mean_sigma": float(std.mean()), "ideal_gaussian": {"within_1_sigma": 0.683, "within_2_sigma": 0.954}}
-
-
 def screening_metrics(table, labels: Path, weight: float = 0.0) -> dict:
     """E_hull <= 0 screening of the rows of `table` against the hull of the other labelled rows
     (the accuracy benchmark's convention), ranking by E_hull - weight x sigma."""
@@ -132,14 +120,6 @@ def screening_metrics(table, labels: Path, weight: float = 0.0) -> dict:
         | {"n_candidates": int(m.get("n_candidates", len(rows))), "uncertainty_weight": weight}
 
 
-def fit_std_scale(truth: np.ndarray, members: np.ndarray) -> float:
-    """Variance scaling on validation: s = sqrt(mean(z^2)), z = error / raw sample std (Gaussian NLL optimum)."""
-    mean = members.mean(axis=1)
-    raw = members.std(axis=1, ddof=1)
-    z = (truth - mean) / np.maximum(raw, 1e-6)
-    return float(np.sqrt(np.mean(z ** 2)))
-
-
 def ship_ensemble(members: list[Path], npz: Path, labels: Path, out: Path, name: str, *, command: str,
                   settings: dict) -> dict:
     """Build, export, evaluate and document the ensemble in `out/name/`; returns its model.json."""
@@ -147,7 +127,7 @@ def ship_ensemble(members: list[Path], npz: Path, labels: Path, out: Path, name:
     from esnet_tf import resources
     from esnet_tf.atomic import write_text
     from esnet_tf.domain import Domain
-    from esnet_tf.ensemble import build_ensemble, member_predictions
+    from esnet_tf.ensemble import build_ensemble, calibration_metrics, fit_std_scale, member_predictions
     from esnet_tf.export import export_ensemble
     from esnet_tf.model import load_model
     from esnet_tf.pretrained import ESNetModel, load_split_arrays
@@ -188,8 +168,8 @@ def ship_ensemble(members: list[Path], npz: Path, labels: Path, out: Path, name:
         truth = part["formation_energy_per_atom"]
         metrics[split] = regression_metrics(truth, table["predicted_formation_energy_per_atom"])
         std = table["predicted_formation_energy_per_atom_std"]
-        calib[split] = calibration(truth, table["predicted_formation_energy_per_atom"], std)
-        calib_raw[split] = calibration(truth, table["predicted_formation_energy_per_atom"], std / std_scale)
+        calib[split] = calibration_metrics(truth, table["predicted_formation_energy_per_atom"], std)
+        calib_raw[split] = calibration_metrics(truth, table["predicted_formation_energy_per_atom"], std / std_scale)
         per = member_predictions(model.keras_model, part)
         member_mae[split] = [regression_metrics(truth, per[:, j])["mae"] for j in range(per.shape[1])]
         if split == "test":
@@ -245,12 +225,14 @@ def model_readme(meta: dict, domain) -> str:
              f"- Split by chemical system (`esnet_tf.splits.split_of`, 0.8/0.1/0.1 of the systems, seed 0): "
              f"train {d['n_train']}, validation {d['n_validation']}, test {d['n_test']} rows.", "",
              "## Errors (eV/atom)", "",
-             "| split | n | MAE | RMSE | within ±1σ | within ±2σ | Spearman(abs err, σ) |",
-             "|---|---|---|---|---|---|---|"]
+             "| split | n | MAE | RMSE | within ±1σ | within ±2σ | Spearman(abs err, σ) | mean z² | "
+             "miscalibration area |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in ("train", "validation", "test"):
         lines.append(f"| {s} | {m[s]['n']} | {m[s]['mae']:.4f} | {m[s]['rmse']:.4f} | "
                      f"{c[s]['within_1_sigma']:.2f} | {c[s]['within_2_sigma']:.2f} | "
-                     f"{c[s]['spearman_abs_error_vs_sigma']:.2f} |")
+                     f"{_f(c[s]['spearman_abs_error_vs_sigma'], 2)} | {c[s]['mean_squared_z']:.2f} | "
+                     f"{c[s]['miscalibration_area']:.3f} |")
     sc = meta["screening_test"]
     mm = meta["member_mae"]["test"]
     lines += ["",
@@ -264,7 +246,7 @@ def model_readme(meta: dict, domain) -> str:
               "Hull of the labelled rows outside the candidates (the accuracy benchmark's convention); ranking "
               "by E_hull − κσ (`esnet screen --uncertainty-weight κ`):", "",
               "| κ | precision | recall | F1 | DAF |", "|---|---|---|---|---|"]
-    for k, v in sc.items():
+    for v in sc.values():
         lines.append(f"| {v['uncertainty_weight']:g} | {_f(v['precision'])} | {_f(v['recall'])} | {_f(v['f1'])} | "
                      f"{_f(v['daf'])} |")
     lines += ["", "## Training domain (`domain.json`)", "",

@@ -221,3 +221,49 @@ def test_ensemble_round_trip_and_export(tmp_path):
     assert got["formation_energy_per_atom_std"].shape == (2, 1)
     with pytest.raises(ValueError):
         build_ensemble([load_keras(paths[0])])
+
+
+def test_calibration_metrics_known_answers():
+    from esnet_tf.ensemble import calibration_metrics
+
+    truth = np.zeros(4)
+    pred = np.array([0.5, -1.5, 2.5, 0.1])  # errors in units of σ = 1
+    m = calibration_metrics(truth, pred, np.ones(4))
+    assert (m["within_1_sigma"], m["within_2_sigma"]) == (0.5, 0.75)
+    assert m["mean_squared_z"] == pytest.approx((0.25 + 2.25 + 6.25 + 0.01) / 4)
+    assert m["mean_sigma"] == 1.0 and m["spearman_abs_error_vs_sigma"] is None  # a constant σ ranks nothing
+    # σ that ranks the errors perfectly
+    m = calibration_metrics(truth, np.array([0.1, 0.2, -0.4, 0.8]), np.array([0.1, 0.3, 0.35, 2.0]))
+    assert m["spearman_abs_error_vs_sigma"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="> 0"):
+        calibration_metrics(truth, pred, np.array([1.0, 0.0, 1.0, 1.0]))
+
+
+def test_miscalibration_area_known_answers():
+    from scipy.stats import norm
+
+    from esnet_tf.ensemble import miscalibration_area
+
+    n = 4000
+    exact_gaussian = norm.ppf((1 + (np.arange(n) + 0.5) / n) / 2)  # |z| at the quantiles of |N(0, 1)|
+    assert miscalibration_area(exact_gaussian) == pytest.approx(0.0, abs=1e-3)
+    # σ far too large: every interval holds every error -> ∫ (1 - p) dp = 0.5
+    assert miscalibration_area(np.zeros(10)) == pytest.approx(0.5)
+    # σ far too small: no interval but the infinite one holds any -> ∫ p dp = 0.5 less the last trapezoid's half
+    assert miscalibration_area(np.full(10, 1e9), n_levels=101) == pytest.approx(0.5 - 0.5 / 100)
+    # half the errors at 0, half far out: |observed - p| = |0.5 - p| -> 0.25
+    assert miscalibration_area(np.r_[np.zeros(50), np.full(50, 1e9)], n_levels=1001) == pytest.approx(0.25, abs=1e-3)
+
+
+def test_std_scale_recalibrates_to_unit_mean_squared_z():
+    from esnet_tf.ensemble import calibration_metrics, fit_std_scale
+
+    mean = np.array([0.0, 1.0, -2.0, 0.5])
+    members = np.stack([mean - 1.0, mean + 1.0], axis=1)  # raw sample std sqrt(2) on every row
+    truth = mean + np.array([2.0, -2.0, 2.0, -2.0]) * np.sqrt(2)  # every error is 2 raw σ
+    scale = fit_std_scale(truth, members)
+    assert scale == pytest.approx(2.0)
+    m = calibration_metrics(truth, members.mean(axis=1), scale * members.std(axis=1, ddof=1))
+    assert m["mean_squared_z"] == pytest.approx(1.0) and m["within_1_sigma"] == 1.0
+    with pytest.raises(ValueError, match="M >= 2"):
+        fit_std_scale(truth, members[:, :1])
