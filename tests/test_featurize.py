@@ -258,3 +258,152 @@ def test_parallel_featurization_gives_the_serial_result(tmp_path):
         assert np.array_equal(a.dos_up, b.dos_up) and np.array_equal(a.composition, b.composition)
     with pytest.raises(ValueError, match="workers"):
         featurize_paths(inputs, workers=0)
+
+
+# ----------------------------------------------------------------- IS energies (spec v2, issue 32)
+
+MP_REFS = "mp/mp_elemental_reference_entries_2023-02-07.json.gz"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpaw_demo_energies_from_the_engines_references():
+    """A demo calculation: IS energy from the GPAW result, formation energy against the engine's own
+    references (the demo's provenance.json), equal to what `esnet dft` wrote to labels.csv."""
+    from esnet_tf.labels import read_labels
+
+    rows = read_labels(ROOT / "datasets" / "is_dos" / "demo" / "labels.csv")[:6]
+    for row in rows:
+        ex = featurize(row.file, id=row.id)
+        result = json.loads((Path(row.file).parent / "result.json").read_text())
+        assert ex.is_energy_per_atom == pytest.approx(result["is_energy"] / result["n_atoms"], abs=1e-12)
+        assert ex.is_energy_per_atom == pytest.approx(row.float("is_energy_per_atom"), abs=2e-6)
+        assert ex.is_formation_energy_per_atom == pytest.approx(row.float("is_formation_energy_per_atom"), abs=2e-6)
+        assert "engine's elemental references" in ex.energy_source
+
+
+def test_gpaw_references_need_the_same_settings(tmp_path):
+    """A provenance.json of other settings is not the engine's references for this file: NaN, not a guess."""
+    from esnet_tf.labels import read_labels
+
+    row = read_labels(ROOT / "datasets" / "is_dos" / "demo" / "labels.csv")[0]
+    prov = json.loads((ROOT / "datasets" / "is_dos" / "demo" / "provenance.json").read_text())
+    (tmp_path / "calcs").mkdir()
+    (tmp_path / "calcs" / "is.gpawdos.npz").write_bytes(Path(row.file).read_bytes())
+    prov["settings"]["ecut"] = 400.0
+    (tmp_path / "provenance.json").write_text(json.dumps(prov))
+    ex = featurize(tmp_path / "calcs" / "is.gpawdos.npz")
+    assert np.isfinite(ex.is_energy_per_atom) and np.isnan(ex.is_formation_energy_per_atom)
+
+
+def test_vasp_single_point_energy_and_mp_references(fixtures_dir):
+    """LiF single point: the final (only) ionic step's energy sigma -> 0, as pymatgen's final_energy;
+    its formation energy against the Materials Project references fixture."""
+    from pymatgen.io.vasp import Vasprun
+
+    from esnet_tf.references import load_references
+
+    path = fixtures_dir / "vasp" / "LiF.vasprun.xml.gz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = Vasprun(str(path), parse_dos=False, parse_eigen=False, parse_potcar_file=False)
+    plain = featurize(path)
+    assert plain.is_energy_per_atom == pytest.approx(float(run.final_energy) / 2, abs=1e-9)
+    assert np.isnan(plain.is_formation_energy_per_atom)  # no references: unknown
+    mu = load_references(fixtures_dir / MP_REFS)
+    ex = featurize(path, references=mu)
+    assert ex.is_formation_energy_per_atom == pytest.approx(
+        (float(run.final_energy) - mu["Li"] - mu["F"]) / 2, abs=1e-9)
+    assert -4 < ex.is_formation_energy_per_atom < -2  # LiF is strongly bound
+
+
+def test_vasp_multistep_run_takes_the_first_ionic_step(fixtures_dir):
+    """The IS energy of a relaxation is its first ionic step (the initial structure), not the final energy."""
+    from pymatgen.io.vasp import Vasprun
+
+    path = fixtures_dir / "vasp" / "magmom_ldau.vasprun.xml.gz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = Vasprun(str(path), parse_dos=False, parse_eigen=False, parse_potcar_file=False)
+    assert len(run.ionic_steps) == 3
+    first = run.ionic_steps[0]
+    want = first["e_fr_energy"] + first["electronic_steps"][-1]["e_0_energy"] - first["electronic_steps"][-1]["e_fr_energy"]
+    ex = featurize(path)
+    assert ex.is_energy_per_atom == pytest.approx(want / len(run.initial_structure), abs=1e-7)
+    total = ex.is_energy_per_atom * len(run.initial_structure)
+    assert abs(total - float(run.final_energy)) > 1e-4  # -66.61356 eV (first step) vs -66.61335 eV (final)
+    assert "first ionic step of 3" in ex.energy_source
+    from esnet_tf.readers.vasp import read_vasprun
+    assert read_vasprun(path).total_energy == pytest.approx(ex.is_energy_per_atom * ex.n_atoms, abs=1e-6)
+
+
+def test_materials_project_task_document_energy_where_present(fixtures_dir, tmp_path):
+    """CompleteDos documents carry no energy (NaN); a task document with output.energy_per_atom does."""
+    src = fixtures_dir / "mp" / "mp-823888_WO2_mp-1686587_Si_complete_dos.json.gz"
+    docs = json.loads(gzip.decompress(src.read_bytes()))
+    assert all(np.isnan(e.is_energy_per_atom) for e in featurize_all(src))
+    docs[1]["output"] = {"energy_per_atom": -5.4233}  # as in emmet's TaskDoc
+    (tmp_path / "task.json").write_text(json.dumps(docs))
+    a, b = featurize_all(tmp_path / "task.json")
+    assert np.isnan(a.is_energy_per_atom) and b.is_energy_per_atom == pytest.approx(-5.4233)
+    docs[1]["output"] = {"energy_per_atom": "high"}
+    (tmp_path / "task.json").write_text(json.dumps(docs))
+    with pytest.raises(DOSInputError, match="energy_per_atom 'high' is not a number"):
+        featurize_all(tmp_path / "task.json")
+
+
+def test_references_files_csv_and_mp_json(fixtures_dir, tmp_path):
+    from esnet_tf.errors import UserError
+    from esnet_tf.references import formation_energy_per_atom, load_references
+
+    mu = load_references(fixtures_dir / MP_REFS)
+    assert len(mu) == 89 and mu["Si"] == pytest.approx(-5.42531803)
+    csv_path = tmp_path / "refs.csv"
+    csv_path.write_text("element,energy_per_atom\nSi,-5.4\nO,-4.9\n")
+    assert load_references(csv_path) == {"Si": -5.4, "O": -4.9}
+    ef, missing = formation_energy_per_atom(-25.0, {"Si": 1, "O": 2, "Ti": 1}, {"Si": -5.4, "O": -4.9})
+    assert np.isnan(ef) and missing == ["Ti"]
+    for text, words in (("el,e\nSi,1\n", "expected element,energy_per_atom"),
+                        ("element,energy_per_atom\nXx,1\n", "'Xx' is not an element"),
+                        ("element,energy_per_atom\nSi,abc\n", "not a number"),
+                        ("element,energy_per_atom\nSi,1\nSi,2\n", "given twice"),
+                        ('[{"energy": 1}]', "not a ComputedEntry")):
+        csv_path.write_text(text)
+        with pytest.raises(UserError, match=words) as err:
+            load_references(csv_path)
+        assert "\n" not in str(err.value) and str(csv_path) in str(err.value)
+    with pytest.raises(UserError, match="not found"):
+        load_references(tmp_path / "nope.csv")
+
+
+def test_cli_writes_energy_arrays_and_takes_references(fixtures_dir, tmp_path, capsys):
+    paths = [str(fixtures_dir / "vasp" / f) for f in ("LiF.vasprun.xml.gz", "indirect.vasprun.xml.gz")]
+    gpaw = str(ROOT / "datasets" / "is_dos" / "dummy_data" / "calcs" / "Mg_fcc.gpawdos.npz")
+    out = tmp_path / "f.npz"
+    assert cli_main(["featurize", *paths, gpaw, "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "is_formation_energy_per_atom known for 1" in text and "--references FILE" in text
+    a = load_examples(out)
+    assert a["is_energy_per_atom"].shape == (3, 1) and a["is_energy_per_atom"].dtype == np.float32
+    assert np.isfinite(a["is_energy_per_atom"]).all()
+    ef = dict(zip(a["id"], a["is_formation_energy_per_atom"][:, 0]))
+    assert np.isnan(ef["LiF.vasprun"]) and np.isnan(ef["indirect.vasprun"])  # VASP without --references: unknown
+    assert ef["Mg_fcc"] == pytest.approx(0.116743, abs=2e-6)  # the GPAW engine's references (dummy provenance)
+    assert cli_main(["featurize", *paths, "--out", str(out), "--quiet", "--references",
+                     str(fixtures_dir / MP_REFS)]) == 0
+    a = load_examples(out)
+    assert np.isfinite(a["is_formation_energy_per_atom"]).all()
+    with np.load(out, allow_pickle=False) as raw:  # stored as the model inputs: (N, 1) float32 eV/atom
+        assert raw["is_formation_energy_per_atom"].shape == (2, 1)
+    capsys.readouterr()
+    assert cli_main(["featurize", *paths, "--out", str(out), "--references", str(tmp_path / "no.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no.csv" in err
+
+
+def test_npz_written_before_the_energies_loads_with_nan(tmp_path):
+    a = {"dos_up": np.zeros((2, 1500, 9), np.float32), "dos_down": np.zeros((2, 1500, 9), np.float32),
+         "composition": np.eye(2, 118, dtype=np.float32), "id": np.array(["a", "b"])}
+    np.savez(tmp_path / "old.npz", **a)
+    loaded = load_examples(tmp_path / "old.npz")
+    assert loaded["is_formation_energy_per_atom"].shape == (2, 1)
+    assert np.isnan(loaded["is_formation_energy_per_atom"]).all() and np.isnan(loaded["is_energy_per_atom"]).all()
