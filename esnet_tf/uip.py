@@ -195,7 +195,8 @@ def read_inputs(paths: Iterable[str | Path]) -> list[tuple[str, Any]]:
                 raise UserError(f"{p}: structure id {id_!r} is also given by {seen[id_]}; rename one of the files")
             if not s.is_ordered:
                 raise UserError(f"{p}: structure {id_!r} is disordered (partial occupancies); a potential needs "
-                                "an ordered cell (order it first, e.g. pymatgen's OrderDisorderedStructureTransformation)")
+                                "an ordered cell (order it first, e.g. with pymatgen's "
+                                "OrderDisorderedStructureTransformation)")
             seen[id_] = str(p)
             out.append((id_, s))
     return out
@@ -376,6 +377,7 @@ def relax_structures(structures: Sequence[tuple[str, Any]], config: UIPConfig | 
         elif todo:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures.process import BrokenProcessPool
 
             for k, v in SINGLE_THREAD_ENV.items():  # inherited by the spawned workers before torch loads
                 os.environ.setdefault(k, v)
@@ -384,10 +386,15 @@ def relax_structures(structures: Sequence[tuple[str, Any]], config: UIPConfig | 
                                      initializer=_worker_init, initargs=(config.to_dict(),)) as pool:
                 futures = {pool.submit(_relax_one, id_, s.as_dict(), config.to_dict()): (n, id_, s, key)
                            for n, id_, s, key in todo}
-                for fut in as_completed(futures):
-                    n, id_, s, key = futures[fut]
-                    _store(n, id_, s, key, fut.result())
-                    bar.update(1)
+                try:
+                    for fut in as_completed(futures):
+                        n, id_, s, key = futures[fut]
+                        _store(n, id_, s, key, fut.result())
+                        bar.update(1)
+                except BrokenProcessPool:
+                    raise UserError(f"a uip worker process died (out of memory? {config.workers} workers): rerun "
+                                    f"with fewer --workers; the {len(results)} finished relaxations are cached in "
+                                    f"{cache}") from None
     finally:
         bar.close()
     return [results[n] for n in range(len(structures))]
@@ -615,8 +622,8 @@ def demo_references(config: UIPConfig, *, cache_dir: str | Path | None = None,
     shipped = demo_uip_csv(config.model).with_suffix(".json")
     try:
         meta = json.loads(shipped.read_text())
-        same = {k: v for k, v in meta["settings"].items() if k in config.key()} == config.key() \
-            and meta["model_version"] == config.model_version and meta["package_version"] == package_version(config.model)
+        same = ({k: v for k, v in meta["settings"].items() if k in config.key()} == config.key()
+                and meta["package_version"] == package_version(config.model))
         if same:
             return dict(meta["elemental_references"])
     except (OSError, ValueError, KeyError, TypeError):

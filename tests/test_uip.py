@@ -150,7 +150,7 @@ def test_demo_initial_structures_are_the_tasks_structures():
     items = uip.demo_structures()
     rows = read_labels(demo_labels())
     assert [i for i, _ in items] == [r.id for r in rows]
-    for (id_, s), row in zip(items[:20], rows[:20]):
+    for (_id, s), row in zip(items[:20], rows[:20]):
         assert s.composition.reduced_formula == row.formula
 
 
@@ -167,7 +167,7 @@ def test_committed_demo_column_covers_every_row():
     table = uip.read_table()
     assert table.meta["model"] == "chgnet" and table.meta["n_structures"] == len(rows)
     ef = table.formation_energies()
-    for el, ref in table.meta["elemental_references"].items():
+    for ref in table.meta["elemental_references"].values():
         assert ef[ref["id"]] == pytest.approx(0.0, abs=1e-6)  # the reference phase itself
     gas = [d for d in data if set(table.compositions[d["id"]]) & set(uip.GAS_ELEMENTS)]
     assert gas and all(d["uip_formation_energy_per_atom"] == "" for d in gas)  # only with fitted references

@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     uip.write_metadata(results, out.with_suffix(".json"), config, refs, {k: v for k, v in meta_extra.items() if v})
     failed = [r for r in results if r.error]
     n_conv = sum(r.converged for r in results)
-    print(f"esnet uip: {len(results)} structures ({sum(r.cached for r in results)} from the cache), {n_conv} converged, "
+    n_cached = sum(r.cached for r in results)
+    print(f"esnet uip: {len(results)} structures ({n_cached} from the cache), {n_conv} converged, "
           f"{len(failed)} failed -> {out}")
     if failed:
         print(f"esnet uip: error: {len(failed)} relaxation(s) failed (their rows in {out} have an empty energy and "
