@@ -209,12 +209,21 @@ def _savez(fh, examples: list[ISDOSExample], grid: EnergyGrid, n: int) -> None:
     )
 
 
+#: the arrays of a features .npz (`save_examples`); `load_examples` reads these and no other member
+FEATURE_ARRAYS = ("dos_up", "dos_down", "composition", IS_ENERGY, IS_FORMATION_ENERGY, "id", "formula", "chemsys",
+                  "source", "code", "n_atoms", "efermi", "spin_polarized", "energies", "metadata_json")
+
+
 def load_examples(path: str | Path) -> dict[str, np.ndarray]:
-    """Read an .npz written by `save_examples` (or `esnet featurize`) without pickle."""
+    """Read an .npz written by `save_examples` (or `esnet featurize`) without pickle: only the arrays
+    `save_examples` writes, within the per-file limit of `esnet_tf.readers.limits.load_npz`."""
+    from esnet_tf.readers.limits import InputLimitError, load_npz
+
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+        arrays = load_npz(path, FEATURE_ARRAYS)
+    except InputLimitError:
+        raise
     except Exception as exc:
         raise DOSInputError(path, f"cannot read features npz ({type(exc).__name__}: {exc})",
                             "write it with `esnet featurize --out`") from None

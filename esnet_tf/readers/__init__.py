@@ -3,7 +3,8 @@
     read_dos(path) -> list[ProjectedDOS]
 
 dispatches on the path: `vasprun*.xml[.gz]` (VASP: `vasp_stream.py`, a streaming reader
-checked equal to the pymatgen `Vasprun` path of `vasp.py`, which `ESNET_VASPRUN_READER=pymatgen` selects), `DOSCAR[.gz]` or a directory
+checked equal to the pymatgen `Vasprun` path of `vasp.py`, which `ESNET_VASPRUN_READER=pymatgen`
+selects), `DOSCAR[.gz]` or a directory
 holding one (VASP, `doscar.py`), `*.json[.gz]` (Materials Project CompleteDos documents,
 `materials_project.py`), `*.gpawdos.npz` (this project's GPAW engine, `gpaw.py`).
 Every problem raises `DOSInputError` naming the file and the fix.

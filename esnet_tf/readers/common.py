@@ -49,7 +49,8 @@ def from_complete_dos(cd, path: Path, code: str, warnings: tuple[str, ...] = ())
                 continue
             for i, spin in enumerate(spins):
                 if spin not in dens:
-                    raise DOSInputError(path, f"orbital {label} lacks spin {spin.name} data", "the file looks truncated")
+                    raise DOSInputError(path, f"orbital {label} lacks spin {spin.name} data",
+                                        "the file looks truncated")
                 pdos[i, ch] += np.asarray(dens[spin])
     f_channels = tuple(sorted(f_seen, key=lambda s: F_ORBITALS.index(s) if s in F_ORBITALS else 99))
     try:

@@ -7,13 +7,13 @@ this reader does not guess: pass a single-point directory.
 """
 from __future__ import annotations
 
-import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from esnet_tf.isdos import DOSInputError, ProjectedDOS
-from esnet_tf.readers.common import from_complete_dos
+from esnet_tf.isdos import F_ORBITALS, ORBITALS, DOSInputError, ProjectedDOS
+from esnet_tf.readers.limits import open_bounded
 
 
 def _find(directory: Path, names: tuple[str, ...]) -> Path | None:
@@ -25,14 +25,17 @@ def _find(directory: Path, names: tuple[str, ...]) -> Path | None:
 
 
 def _structure(directory: Path, doscar: Path):
-    from pymatgen.core import Structure
     from pymatgen.io.vasp import Poscar, Vasprun
+
+    from esnet_tf.readers.limits import check_size, read_bounded
 
     poscar = _find(directory, ("POSCAR",))
     if poscar is not None:
-        return Poscar.from_file(str(poscar)).structure
+        text = read_bounded(poscar, 0.125).decode("utf-8", errors="replace")
+        return Poscar.from_str(text).structure
     vrun = _find(directory, ("vasprun.xml",))
     if vrun is not None:
+        check_size(vrun, 0.25)
         return Vasprun(str(vrun), parse_dos=False, parse_eigen=False, parse_potcar_file=False).initial_structure
     raise DOSInputError(doscar, "no POSCAR (or vasprun.xml) beside the DOSCAR to name the atoms",
                         "copy the run's POSCAR into the same directory")
@@ -43,23 +46,49 @@ def _structure(directory: Path, doscar: Path):
 _LM_COUNTS = (9, 16)
 
 
-def _read_lines(doscar: Path) -> list[str]:
-    opener = gzip.open if doscar.name.endswith(".gz") else open
-    try:
-        with opener(doscar, "rt", encoding="utf-8", errors="replace") as fh:
-            return fh.read().splitlines()
-    except (OSError, EOFError) as exc:
-        raise DOSInputError(doscar, f"cannot read ({type(exc).__name__}: {exc})", "the file is truncated or corrupt") from None
+#: longest DOSCAR line read (bytes; VASP writes at most 33 columns of about 13 characters)
+MAX_LINE_BYTES = 4096
+#: largest NEDOS accepted from a DOSCAR header (VASP's default is 301; DOS runs use a few thousand)
+MAX_NEDOS = 200_000
+_NOT_DOSCAR = "not a VASP DOSCAR: pass the DOSCAR written by VASP"
 
 
-def _block(lines: list[str], start: int, nedos: int, doscar: Path) -> np.ndarray:
-    try:
-        rows = [[float(x) for x in line.split()] for line in lines[start:start + nedos]]
-        arr = np.array(rows, dtype=np.float64)
-    except ValueError:
-        arr = None
-    if arr is None or arr.ndim != 2 or len(arr) != nedos:
-        raise DOSInputError(doscar, f"DOS block at line {start + 1} is incomplete", "the file is truncated: copy it again")
+class _Lines:
+    """The DOSCAR's lines, streamed (bounded: `esnet_tf.readers.limits.open_bounded`), one held at a time."""
+
+    def __init__(self, fh, doscar: Path) -> None:
+        self.fh, self.doscar, self.n = fh, doscar, 0
+
+    def next(self) -> str | None:
+        try:
+            line = self.fh.readline(MAX_LINE_BYTES + 1)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DOSInputError(self.doscar, f"cannot read ({type(exc).__name__}: {exc})",
+                                "the file is truncated or corrupt") from None
+        if not line:
+            return None
+        self.n += 1
+        if len(line) > MAX_LINE_BYTES:
+            raise DOSInputError(self.doscar, f"line {self.n} is longer than {MAX_LINE_BYTES} bytes", _NOT_DOSCAR)
+        return line.decode("utf-8", errors="replace")
+
+
+def _block(lines: _Lines, nedos: int, doscar: Path, first: str | None = None) -> np.ndarray:
+    """The next `nedos` rows as a float array (`first`: its first line, already read)."""
+    start = lines.n + (0 if first is not None else 1)
+    arr = None
+    for i in range(nedos):
+        line = first if i == 0 and first is not None else lines.next()
+        try:
+            row = [float(x) for x in line.split()] if line is not None else None
+        except ValueError:
+            row = None
+        if row is None or not row or (arr is not None and len(row) != arr.shape[1]) or len(row) > 33:
+            raise DOSInputError(doscar, f"DOS block at line {start} is incomplete",
+                                "the file is truncated: copy it again")
+        if arr is None:
+            arr = np.empty((nedos, len(row)), dtype=np.float64)
+        arr[i] = row
     return arr
 
 
@@ -79,45 +108,63 @@ def read_doscar(path: str | Path) -> ProjectedDOS:
     """Read `DOSCAR[.gz]` or a directory holding one, with the structure from POSCAR.
 
     pymatgen no longer ships a VASP DOSCAR parser (its `Doscar` is LOBSTER's), so this module
-    parses the fixed VASP layout and builds a pymatgen `CompleteDos` from it.
+    parses the fixed VASP layout, streamed: each atom's block is summed into the 9 channels as it
+    is read (the sums `common.from_complete_dos` forms from a CompleteDos, bit for bit), so memory
+    holds one block, whatever the file's size; the file is read through `esnet_tf.readers.limits`
+    (special files refused, at most the per-file limit inflated).
     """
-    from pymatgen.electronic_structure.core import Orbital, Spin
-    from pymatgen.electronic_structure.dos import CompleteDos, Dos
-
     path = Path(path)
     directory = path if path.is_dir() else path.parent
     doscar = _find(directory, ("DOSCAR",)) if path.is_dir() else path
     if doscar is None or not doscar.exists():
         raise DOSInputError(path, "no DOSCAR found", "pass a DOSCAR file or a directory holding one")
-    lines = _read_lines(doscar)
+    with open_bounded(doscar) as fh:
+        return _read_stream(_Lines(fh, doscar), directory, doscar)
+
+
+def _read_stream(lines: _Lines, directory: Path, doscar: Path) -> ProjectedDOS:
+    """Parse the streamed DOSCAR, summing each atom's projections into the 9 channels as they come
+    (what `common.from_complete_dos` computes from a CompleteDos, without holding every site's block)."""
+    from pymatgen.electronic_structure.core import Orbital
+
+    head = [lines.next() for _ in range(6)]
     try:
-        natoms = int(lines[0].split()[0])
-        emax, emin, nedos, efermi = lines[5].split()[:4]
+        natoms = int(head[0].split()[0])
+        emax, emin, nedos, efermi = head[5].split()[:4]
         nedos, efermi = int(float(nedos)), float(efermi)
-    except (IndexError, ValueError):
+    except (AttributeError, IndexError, ValueError):
         raise DOSInputError(doscar, "not a VASP DOSCAR (bad header)", "pass the DOSCAR written by VASP") from None
-    total = _block(lines, 6, nedos, doscar)
+    if not 1 <= nedos <= MAX_NEDOS or natoms < 1:
+        raise DOSInputError(doscar, f"header declares {natoms} atoms and NEDOS={nedos} (accepted: NEDOS 1 to "
+                            f"{MAX_NEDOS})", _NOT_DOSCAR)
+    total = _block(lines, nedos, doscar)
     spin_polarized = total.shape[1] == 5
     if total.shape[1] not in (3, 5):
         raise DOSInputError(doscar, f"total DOS has {total.shape[1]} columns", "not a VASP DOSCAR")
-    if len(lines) <= 6 + nedos + 1:
+    header, first = lines.next(), None
+    if header is not None:
+        first = lines.next()
+    if first is None:
         raise DOSInputError(doscar, "no projected DOS in the file (total DOS only)",
                             "rerun VASP with LORBIT=11 to write m-resolved projections")
     structure = _structure(directory, doscar)
     if len(structure) != natoms:
         raise DOSInputError(doscar, f"DOSCAR is for {natoms} atoms but the structure has {len(structure)}",
                             "use the POSCAR of the same run")
-    energies = total[:, 0]
-    spins = [Spin.up, Spin.down] if spin_polarized else [Spin.up]
-    pdos = {}
+    energies = np.asarray(total[:, 0], dtype=np.float64)
+    pdos = np.zeros((2 if spin_polarized else 1, len(ORBITALS), nedos))
+    f_seen: set[str] = set()
     for a in range(natoms):
-        start = 6 + nedos + 1 + a * (nedos + 1)
-        block = _block(lines, start, nedos, doscar)
-        cols = _columns(block.shape[1] - 1, spin_polarized, doscar)
-        site_pdos: dict = {}
-        for j, (orb, s) in enumerate(cols):
-            site_pdos.setdefault(Orbital(orb), {})[spins[s]] = block[:, j + 1]
-        pdos[structure[a]] = site_pdos
-    tdos = Dos(efermi, energies, {sp: total[:, 1 + i] for i, sp in enumerate(spins)})
-    cd = CompleteDos(structure, tdos, pdos)
-    return from_complete_dos(cd, doscar, code="VASP (DOSCAR)")
+        if a > 0:
+            lines.next()  # the atom's header line
+        block = _block(lines, nedos, doscar, first)
+        first = None
+        for j, (orb, s) in enumerate(_columns(block.shape[1] - 1, spin_polarized, doscar)):
+            if orb < len(ORBITALS):  # s, py, pz, px, dxy, dyz, dz2, dxz, dx2-y2: the channel order
+                pdos[s, orb] += block[:, j + 1]
+            else:
+                f_seen.add(Orbital(orb).name)
+    f_channels = tuple(sorted(f_seen, key=lambda name: F_ORBITALS.index(name) if name in F_ORBITALS else 99))
+    return ProjectedDOS(energies=energies, pdos=pdos, efermi=efermi, structure=structure,
+                        spin_polarized=spin_polarized, source=str(doscar), code="VASP (DOSCAR)",
+                        f_channels=f_channels)

@@ -49,13 +49,25 @@ def _pdos_from_bytes(planes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(planes, 0, -1)).view("<f4")[..., 0]
 
 
+#: the arrays of both layouts; nothing else in a file is read
+_MEMBERS = ("pdos_bytes", "meta_json", "energies", "pdos", "efermi", "structure_json", "code", "settings_json",
+            "energy", "id")
+
+
 def _arrays(path: Path) -> dict[str, np.ndarray]:
+    """The layouts' arrays of `path` (others never inflated), bounded by `esnet_tf.readers.limits`:
+    special files refused, at most an eighth of the per-file limit read, no pickle."""
+    from esnet_tf.readers.limits import InputLimitError, load_npz
+
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise DOSInputError(path, f"cannot read npz ({type(exc).__name__}: {exc})",
-                            "the file is truncated: rerun `esnet dft` (the cache resumes)") from None
+        return load_npz(path, _MEMBERS, fraction=0.125)
+    except InputLimitError:
+        raise
+    except DOSInputError as exc:
+        if not Path(path).is_file():
+            raise
+        raise DOSInputError(path, exc.problem, "the file is truncated or corrupt: rerun `esnet dft` (the cache "
+                            "resumes)") from None
 
 
 def _content(path: Path, arrays: dict[str, np.ndarray]) -> dict:
@@ -71,7 +83,8 @@ def _content(path: Path, arrays: dict[str, np.ndarray]) -> dict:
             content = {k: meta[k] for k in _META + ("structure",)}
             start, step = float(meta["energy_start"]), float(meta["energy_step"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise DOSInputError(path, f"meta_json is missing or incomplete ({type(exc).__name__}: {exc})", _FIX) from None
+            raise DOSInputError(path, f"meta_json is missing or incomplete ({type(exc).__name__}: {exc})",
+                                _FIX) from None
         pdos = _pdos_from_bytes(planes)
         return {**content, "pdos": pdos, "energies": start + step * np.arange(pdos.shape[-1])}
     missing = [k for k in ("energies", "pdos", "efermi", "structure_json", "code") if k not in arrays]

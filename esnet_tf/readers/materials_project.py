@@ -5,12 +5,14 @@ as the MP API returns them; `.json` or `.json.gz`. Where a task document holds t
 calculation (`energy_per_atom`, or `output.energy_per_atom` as in emmet's TaskDoc; eV/atom), the
 example carries it as the IS total energy. Parsed with json (never pickle) and
 pymatgen's `CompleteDos.from_dict`, after `esnet_tf.safe_json.check_modules` refused any nested
-`@module` outside pymatgen's data classes (pymatgen would import it through MontyDecoder).
+`@module` outside pymatgen's data classes (pymatgen would import it through MontyDecoder). The file
+is read through `esnet_tf.readers.limits` (special files refused; decoded whole, so at most an
+eighth of the per-file limit $ESNET_MAX_INFLATED_BYTES may inflate).
 """
 from __future__ import annotations
 
-import gzip
 import json
+import zlib
 from pathlib import Path
 
 from esnet_tf.isdos import DOSInputError, ProjectedDOS
@@ -21,20 +23,23 @@ def read_complete_dos_json(path: str | Path) -> list[ProjectedDOS]:
     """Read every CompleteDos in the file; ids are the documents' task_id where given."""
     from pymatgen.electronic_structure.dos import CompleteDos
 
+    from esnet_tf.readers.limits import read_bounded
+    from esnet_tf.safe_json import UnsafeJSONError, check_modules, loads
+
     path = Path(path)
-    opener = gzip.open if path.name.endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = loads(read_bounded(path, 0.125).decode("utf-8"), path)  # decoded whole: an eighth of the limit
+    except UnsafeJSONError as exc:
+        raise DOSInputError(path, str(exc).split(": ", 1)[1], "pass a plain Materials Project CompleteDos document") \
+            from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DOSInputError(path, f"not valid JSON ({type(exc).__name__}: {str(exc)[:100]})",
                             "pass a Materials Project CompleteDos document") from None
-    from esnet_tf.safe_json import UnsafeJSONError, check_modules
-
     try:
         check_modules(doc, path)
     except UnsafeJSONError as exc:
-        raise DOSInputError(path, str(exc).split(": ", 1)[1], "pass a plain Materials Project CompleteDos document") from None
+        raise DOSInputError(path, str(exc).split(": ", 1)[1],
+                            "pass a plain Materials Project CompleteDos document") from None
     docs = doc if isinstance(doc, list) else [doc]
     out = []
     for i, d in enumerate(docs):

@@ -10,6 +10,10 @@ read with a warning recorded the same way, never silently.
 The IS total energy (`ProjectedDOS.total_energy`, eV per cell) is the first ionic step's energy
 (sigma -> 0, pymatgen's `final_energy` rule): the single point's, or, for a multi-step run, the
 initial structure's (not the final energy the DOS belongs to).
+
+pymatgen holds the whole run in memory, so the file is first streamed once through
+`esnet_tf.readers.limits` (special files refused; at most a quarter of the per-file limit,
+$ESNET_MAX_INFLATED_BYTES, may inflate) before pymatgen opens it.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from esnet_tf.isdos import DOSInputError, ProjectedDOS
 from esnet_tf.readers.common import check_vasprun_run, from_complete_dos, ionic_step_energy, vasprun_energy_source
+from esnet_tf.readers.limits import check_size
 
 
 def read_vasprun(path: str | Path) -> ProjectedDOS:
@@ -25,6 +30,7 @@ def read_vasprun(path: str | Path) -> ProjectedDOS:
     from pymatgen.io.vasp import Vasprun
 
     path = Path(path)
+    check_size(path, 0.25)
     try:
         with _warnings.catch_warnings():
             _warnings.simplefilter("ignore")
@@ -36,8 +42,8 @@ def read_vasprun(path: str | Path) -> ProjectedDOS:
         raise DOSInputError(path, f"cannot parse vasprun.xml ({type(exc).__name__}: {str(exc)[:120]})",
                             "the file is truncated or corrupt: rerun or copy it again") from None
     n_steps = len(run.ionic_steps)
-    notes = check_vasprun_run(path, run.parameters, bool(getattr(run, "tdos", None)) or bool(run.complete_dos.densities),
-                              n_steps, run.converged_electronic, run.converged_ionic)
+    has_dos = bool(getattr(run, "tdos", None)) or bool(run.complete_dos.densities)
+    notes = check_vasprun_run(path, run.parameters, has_dos, n_steps, run.converged_electronic, run.converged_ionic)
     cd = run.complete_dos
     dos = from_complete_dos(cd, path, code=f"VASP {run.vasp_version}", warnings=tuple(notes))
     dos.structure = run.final_structure if n_steps > 1 else run.initial_structure

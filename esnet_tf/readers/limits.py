@@ -1,0 +1,325 @@
+"""Bounded reading: what a reader may inflate, read and hold per input file.
+
+A small compressed file can expand to gigabytes (a gzip bomb), an `.npz` can hold members nobody
+asked for, and a path can name a device (`/dev/zero`) or a FIFO that never ends. Every reader
+opens its input through this module:
+
+- `regular_file(path)` refuses anything but a regular file, after resolving symlinks;
+- `open_bounded(path)` streams the decompressed bytes (`.gz`, `.bz2`, `.xz`, `.Z`, or plain) and
+  stops with `InputLimitError` as soon as they pass the limit: never more than the limit is
+  inflated, and the reader holds only what it keeps of it;
+- `read_bounded(path, fraction)` returns the whole content of a file the reader decodes at once
+  (JSON, POSCAR), with a smaller share of the limit;
+- `load_npz(path, names)` reads only the named members of an `.npz`, without pickle, after
+  checking each member's uncompressed size in the zip directory and its `.npy` header.
+
+The limit: `ESNET_MAX_INFLATED_BYTES` (bytes, or with a unit: `4GiB`, `500MB`), default 2 GiB per
+input file (`DEFAULT_MAX_INFLATED_BYTES`). What each reader may hold in memory is a share of it:
+a quarter for what the vasprun.xml reader parses and keeps, an eighth for a JSON document (decoded
+whole: Python objects take about 4x the text) and for a POSCAR; the DOSCAR reader sums as it
+streams and holds one line. Peak memory of a reader therefore stays below about its share times
+four (see docs/input.md). The error names the file, the limit that was hit and how to raise it.
+"""
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import os
+import re
+import stat
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from esnet_tf.errors import DOSInputError, UserError
+
+#: environment variable overriding the per-file limit (bytes; units B, KB, MB, GB, KiB, MiB, GiB accepted)
+LIMIT_ENV = "ESNET_MAX_INFLATED_BYTES"
+#: default per-file limit on inflated (decompressed) bytes: 2 GiB
+DEFAULT_MAX_INFLATED_BYTES = 2 << 30
+#: compressed bytes handed to the decompressor per step
+_RAW_CHUNK = 1 << 16
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10 ** 6, "mb": 10 ** 6, "g": 10 ** 9, "gb": 10 ** 9,
+          "t": 10 ** 12, "tb": 10 ** 12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+class InputLimitError(DOSInputError):
+    """An input file passes a size limit of bounded reading (the message names the limit and the fix)."""
+
+
+def human(n: int | float) -> str:
+    """Bytes as '2 GiB', '512 MiB', '1.5 KiB'."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def max_inflated_bytes() -> int:
+    """The per-file limit (bytes): $ESNET_MAX_INFLATED_BYTES, else 2 GiB. A bad value raises UserError."""
+    raw = os.environ.get(LIMIT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_INFLATED_BYTES
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]*)?(?:[eE][0-9]+)?)\s*([A-Za-z]*)", raw)
+    unit = m and _UNITS.get(m.group(2).lower())
+    if not m or unit is None or float(m.group(1)) * unit < 1:
+        raise UserError(f"{LIMIT_ENV}={raw!r}: give a positive number of bytes, e.g. 4GiB or 500MB")
+    return int(float(m.group(1)) * unit)
+
+
+def limit_error(path: Path | str, limit: int, what: str = "inflates past", share: str = "") -> InputLimitError:
+    """The one-line refusal: which limit was hit, and how to raise it."""
+    total = max_inflated_bytes()
+    where = (f"{share} of the {human(total)} per-file limit of bounded reading (the share a reader may hold "
+             "in memory)") if share else "the per-file limit of bounded reading"
+    return InputLimitError(path, f"{what} {human(limit)}, {where}",
+                           f"if the file is genuine, raise the limit with the environment variable {LIMIT_ENV}, "
+                           f"e.g. {LIMIT_ENV}={_spec(2 * total)}")
+
+
+def _spec(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{-(-n // size)}{unit}"
+    return str(n)
+
+
+def _share(fraction: float) -> tuple[int, str]:
+    total = max_inflated_bytes()
+    if fraction >= 1:
+        return total, ""
+    return max(1, int(total * fraction)), {0.5: "half", 0.25: "a quarter", 0.125: "an eighth"}.get(
+        fraction, f"{fraction:g}")
+
+
+def regular_file(path: str | Path) -> Path:
+    """`path` when it is (or links to) a regular file; else `DOSInputError` naming what it is.
+
+    FIFOs, sockets and devices (`/dev/zero`, `/dev/urandom`, also behind a symlink) never end or
+    block: they are refused before anything is read.
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)  # follows symlinks
+    except FileNotFoundError:
+        raise DOSInputError(path, "no such file", "check the path") from None
+    except OSError as exc:
+        raise DOSInputError(path, f"cannot read ({exc.strerror or exc})", "check the path and its permissions") from None
+    if stat.S_ISREG(st.st_mode):
+        return path
+    kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+            else "a character device" if stat.S_ISCHR(st.st_mode) else "a block device" if stat.S_ISBLK(st.st_mode)
+            else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+    target = os.path.realpath(path)
+    via = f" (the link resolves to {target})" if target != os.path.abspath(path) else ""
+    raise DOSInputError(path, f"is {kind}{via}, not a regular file", "pass the DFT output file itself")
+
+
+class _Inflate(io.RawIOBase):
+    """Decompressed bytes of a gzip file (every member; each member's CRC-32 and size checked by zlib),
+    produced at most `size` bytes per read: a bomb never inflates more than asked for."""
+
+    def __init__(self, fh) -> None:
+        self._fh = fh
+        self._z = _decompressor()
+        self._in = b""
+        self._fed = False
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        size = 1 << 22 if size is None or size < 0 else size
+        out = bytearray()
+        while len(out) < size and not self._done:
+            if not self._in:
+                self._in = self._fh.read(_RAW_CHUNK)
+                if not self._in:
+                    if self._fed and not self._z.eof:
+                        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+                    self._done = True
+                    break
+            if self._z.eof:  # a member ended: zero padding, or the next member
+                rest = self._in.lstrip(b"\0")
+                self._in = rest
+                if not rest:
+                    continue
+                self._z = _decompressor()
+            self._fed = True
+            out += self._z.decompress(self._in, size - len(out))
+            self._in = self._z.unused_data if self._z.eof else self._z.unconsumed_tail
+        return bytes(out)
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+def _decompressor():
+    """ISA-L's gzip decompressor (same API and checks as zlib's, about 2x faster), else zlib's."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return zlib.decompressobj(31)
+    return isal_zlib.decompressobj(31)
+
+
+class _Counted(io.RawIOBase):
+    """A byte stream that raises `InputLimitError` once more than `limit` bytes have come out of it."""
+
+    def __init__(self, inner, path: Path, limit: int, share: str) -> None:
+        self._inner = inner
+        self._path = path
+        self.limit = limit
+        self._share = share
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        room = self.limit + 1 - self.count  # one byte past the limit proves it is passed
+        size = room if size is None or size < 0 else min(size, room)
+        if size <= 0:
+            raise limit_error(self._path, self.limit, share=self._share)
+        data = self._inner.read(size)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise limit_error(self._path, self.limit, share=self._share)
+        return data
+
+    def readall(self) -> bytes:
+        parts = []
+        while True:
+            data = self.read(1 << 22)
+            if not data:
+                return b"".join(parts)
+            parts.append(data)
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
+
+
+def open_bounded(path: str | Path, fraction: float = 1.0) -> io.BufferedReader:
+    """A buffered binary stream of `path`'s decompressed content (by suffix: .gz, .bz2, .xz/.lzma, .Z,
+    else plain) that raises `InputLimitError` once it passes `fraction` of the per-file limit.
+
+    Special files are refused first (`regular_file`); a plain file larger than the limit is
+    refused from its size, before reading.
+    """
+    path = regular_file(path)
+    limit, share = _share(fraction)
+    suffix = path.suffix.upper()
+    if suffix not in (".GZ", ".Z", ".BZ2", ".XZ", ".LZMA") and path.stat().st_size > limit:
+        raise limit_error(path, limit, what=f"is {human(path.stat().st_size)}, past", share=share)
+    fh = open(path, "rb")
+    try:
+        inner = (_Inflate(fh) if suffix == ".GZ" else gzip.GzipFile(fileobj=fh) if suffix == ".Z"
+                 else bz2.BZ2File(fh) if suffix == ".BZ2" else lzma.LZMAFile(fh) if suffix in (".XZ", ".LZMA")
+                 else fh)
+    except Exception:
+        fh.close()
+        raise
+    return io.BufferedReader(_Counted(inner, path, limit, share), buffer_size=1 << 20)
+
+
+def read_bounded(path: str | Path, fraction: float = 0.125) -> bytes:
+    """The whole decompressed content of `path` (for formats decoded at once), at most `fraction` of the limit."""
+    with open_bounded(path, fraction) as fh:
+        return fh.read()
+
+
+def check_size(path: str | Path, fraction: float = 0.25) -> Path:
+    """Stream `path` once, keeping nothing, and raise `InputLimitError` if it inflates past `fraction`
+    of the per-file limit: for libraries (pymatgen) that then read the whole file themselves."""
+    if not Path(path).exists():
+        return Path(path)  # the library's own 'no such file' applies
+    with open_bounded(path, fraction) as fh:
+        while fh.read(1 << 22):
+            pass
+    return Path(path)
+
+
+# ---------------------------------------------------------------- .npz
+
+def npz_members(path: str | Path) -> dict[str, zipfile.ZipInfo]:
+    """{array name: zip entry} of an `.npz` (the zip directory only; nothing is inflated)."""
+    path = regular_file(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise DOSInputError(path, f"cannot read npz ({type(exc).__name__}: {exc})",
+                            "the file is truncated or not an .npz: write it again") from None
+    return {i.filename[:-4] if i.filename.endswith(".npy") else i.filename: i for i in infos}
+
+
+def load_npz(path: str | Path, names, *, required=(), fraction: float = 1.0) -> dict[str, np.ndarray]:
+    """The members `names` of an `.npz` that exist (those in `required` must), as arrays, without pickle.
+
+    Other members are never inflated. Before a member is read, its uncompressed size in the zip
+    directory, and the size its `.npy` header declares, must be within `fraction` of the per-file
+    limit (together, for all the members read); object arrays are refused.
+    """
+    path = Path(path)
+    members = npz_members(path)
+    missing = [n for n in required if n not in members]
+    if missing:
+        raise DOSInputError(path, f"missing arrays {missing}", "write it again with esnet-tf")
+    limit, share = _share(fraction)
+    wanted = [n for n in dict.fromkeys(names) if n in members]
+    declared = sum(members[n].file_size for n in wanted)
+    if declared > limit:
+        big = max(wanted, key=lambda n: members[n].file_size)
+        raise limit_error(path, limit, what=f"member {big!r} ({human(members[big].file_size)} uncompressed) "
+                          f"brings the arrays read to {human(declared)}, past", share=share)
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name in wanted:
+                info = members[name]
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                    elif version == (2, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+                    else:
+                        raise ValueError(f"member {name!r}: .npy format {version} is not read here")
+                    if dtype.hasobject:
+                        raise DOSInputError(path, f"member {name!r} holds Python objects (pickle)",
+                                            "esnet-tf never unpickles; write it again with esnet-tf")
+                    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                    if nbytes > info.file_size:
+                        raise DOSInputError(path, f"member {name!r} declares {human(nbytes)} of data in "
+                                            f"{human(info.file_size)}", "the file is corrupt: write it again")
+                    buf = bytearray(nbytes)
+                    view, got = memoryview(buf), 0
+                    while got < nbytes:
+                        n = fh.readinto(view[got:got + (1 << 24)])
+                        if not n:
+                            raise EOFError(f"member {name!r} is cut short")
+                        got += n
+                    out[name] = np.frombuffer(buf, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    except DOSInputError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
+        raise DOSInputError(path, f"cannot read npz ({type(exc).__name__}: {str(exc)[:150]})",
+                            "the file is truncated or corrupt: write it again") from None
+    return out
