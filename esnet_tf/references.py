@@ -26,6 +26,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
+from esnet_tf import safe_json
 from esnet_tf.errors import UserError
 
 _FIX = "give a CSV with header element,energy_per_atom (eV/atom) or a JSON list of MP ComputedEntry dicts"
@@ -103,7 +104,7 @@ def load_references(path: str | Path) -> dict[str, float]:
     name = path.name.lower()
     if name.endswith((".json", ".json.gz")) or text.lstrip()[:1] in ("[", "{"):
         try:
-            doc = json.loads(text)
+            doc = safe_json.loads(text, path)  # too deep: one line, not a RecursionError
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); {_FIX}") from None
         refs = _from_entries(doc, path)

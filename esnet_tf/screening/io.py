@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from esnet_tf import safe_json
 from esnet_tf.atomic import atomic_path, write_text
 from esnet_tf.errors import UserError
 
@@ -81,7 +82,7 @@ def load_entries(path: str | Path) -> list:
         raise FileNotFoundError(f"{path}: no such file")
     try:
         with _open_text(path) as fh:
-            data = json.load(fh)
+            data = safe_json.load(fh, path)  # too deep: one line, not a RecursionError
     except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as exc:
         raise UserError(f"{path}: not a readable JSON file ({exc})") from None
     if isinstance(data, dict) and "entries" in data:
