@@ -52,7 +52,7 @@ GAS_ELEMENTS: tuple[str, ...] = ("N", "O", "F", "Cl")
 MODELS: dict[str, tuple[str, tuple[str, ...]]] = {"chgnet": ("chgnet", ("0.3.0", "0.2.0", "r2scan"))}
 #: Columns of the CSV `write_csv` writes (energies eV/atom, wall time s).
 CSV_COLUMNS = ("id", "formula", "uip_energy_per_atom", "uip_formation_energy_per_atom", "steps", "wall_time_s",
-               "converged", "stop_reason", "model", "model_version", "error")
+               "cpu_time_s", "converged", "stop_reason", "model", "model_version", "error")
 #: Bumped when the relaxation procedure changes, so that old cache files are not reused.
 RELAX_REVISION = 1
 INSTALL_HINT = "install esnet-tf[uip] (pip install 'esnet-tf[uip]'; CHGNet and a CPU build of torch)"
@@ -107,7 +107,8 @@ class UIPConfig:
 class UIPResult:
     """One relaxation. `energy_per_atom`: the potential's energy of the relaxed structure, eV/atom
     (NaN on error); `structure`: the relaxed structure (pymatgen dict); `steps`: optimizer steps;
-    `wall_time_s`: wall time of the relaxation, s; `converged`: max force below fmax; `stop_reason`:
+    `wall_time_s`: wall time of the relaxation, s; `cpu_time_s`: CPU time of the (single-threaded) process
+    during it, s (NaN in cache files written before it was recorded); `converged`: max force below fmax; `stop_reason`:
     "converged", "step limit", "time limit" or "error"; `error`: why it failed ('' when it did not)."""
 
     id: str
@@ -124,6 +125,7 @@ class UIPResult:
     key: str = ""
     cached: bool = False
     error: str = ""
+    cpu_time_s: float = math.nan
     composition: dict[str, float] = field(default_factory=dict)  # atomic fractions
 
     def to_dict(self) -> dict:
@@ -273,7 +275,7 @@ def _relax_one(id_: str, structure_dict: dict, config_dict: dict) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = _load_model(config)  # once per process, before the clock starts
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), time.process_time()
     out: dict[str, Any] = {"id": id_, "formula": s.composition.reduced_formula, "energy_per_atom": math.nan,
                            "structure": None, "steps": 0, "converged": False, "stop_reason": "error", "error": ""}
     try:
@@ -311,6 +313,7 @@ def _relax_one(id_: str, structure_dict: dict, config_dict: dict) -> dict:
     except Exception as exc:  # one structure's failure is recorded in its row, not fatal to the run
         out["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
     out["wall_time_s"] = time.monotonic() - t0
+    out["cpu_time_s"] = time.process_time() - c0
     return out
 
 
@@ -407,7 +410,8 @@ def _result(d: Mapping[str, Any], id_: str, s: Any, config: UIPConfig, version: 
                      structure=d.get("structure"), steps=int(d["steps"]), wall_time_s=float(d["wall_time_s"]),
                      converged=bool(d["converged"]), stop_reason=str(d["stop_reason"]), model=config.model,
                      model_version=config.model_version, package_version=version, key=key, cached=cached,
-                     error=str(d.get("error", "")), composition={str(e): float(x) for e, x in comp.items()})
+                     error=str(d.get("error", "")), cpu_time_s=float(d.get("cpu_time_s", math.nan)),
+                     composition={str(e): float(x) for e, x in comp.items()})
 
 
 def default_cache_dir() -> Path:
@@ -489,7 +493,8 @@ def write_csv(results: Sequence[UIPResult], out: str | Path, mu: Mapping[str, fl
         for r in results:
             ef = formation_energy(r.energy_per_atom, r.composition, mu)
             w.writerow([r.id, r.formula, _num(r.energy_per_atom), _num(ef), r.steps, f"{r.wall_time_s:.3f}",
-                        r.converged, r.stop_reason, r.model, r.model_version, r.error])
+                        f"{r.cpu_time_s:.3f}" if math.isfinite(r.cpu_time_s) else "", r.converged, r.stop_reason,
+                        r.model, r.model_version, r.error])
     return out
 
 
@@ -522,6 +527,8 @@ def write_metadata(results: Sequence[UIPResult], out: str | Path, config: UIPCon
         "n_structures": len(results), "n_converged": sum(r.converged for r in results),
         "n_failed": sum(bool(r.error) for r in results),
         "total_wall_time_s": round(sum(r.wall_time_s for r in results), 3),
+        "total_cpu_time_s": round(sum(r.cpu_time_s for r in results), 3)
+        if all(math.isfinite(r.cpu_time_s) for r in results) else None,
     }
     doc.update(extra or {})
     return write_text(out, json.dumps(doc, indent=1) + "\n")
@@ -632,6 +639,28 @@ def demo_references(config: UIPConfig, *, cache_dir: str | Path | None = None,
     return elemental_references(relax_structures(elementals, config, cache_dir=cache_dir, progress=progress))
 
 
+def cross_fitted_formation_energies(table: UIPTable, dft_formation: Mapping[str, float],
+                                    fold_of: Mapping[str, int]) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Each row's E_f (eV/atom) predicted as a test row: for every fold k, the gas references are fitted
+    on the rows of the other folds (`fit_gas_references`) and applied to fold k's rows.
+
+    `fold_of`: id -> fold index (e.g. `esnet_tf.splits.kfold_of` of its chemical system); the ids are
+    the rows predicted. Returns (id -> E_f, the fitted mu of each fold in fold order). This is what a
+    study row or a campaign strategy built on the potential uses, so no row informs its own prediction.
+    """
+    ids = list(fold_of)
+    pred: dict[str, float] = {}
+    mus = []
+    for k in sorted(set(fold_of.values())):
+        train = [i for i in ids if fold_of[i] != k]
+        mu = fit_gas_references(train, table.energies, table.compositions, {i: dft_formation[i] for i in train},
+                                table.crystal_mu)
+        mus.append(mu)
+        ef = table.formation_energies(mu)
+        pred.update({i: ef[i] for i in ids if fold_of[i] == k})
+    return pred, mus
+
+
 def evaluate(table: UIPTable, dft_formation: Mapping[str, float], chemsys: Mapping[str, str], *,
              folds: int = 5, seeds: Sequence[int] = (0,)) -> dict[str, Any]:
     """MAE (eV/atom) of the potential's formation energies against DFT ones.
@@ -651,17 +680,8 @@ def evaluate(table: UIPTable, dft_formation: Mapping[str, float], chemsys: Mappi
         "n": len(ok), "mae": float(np.mean([abs(crystal[i] - dft_formation[i]) for i in ok])) if ok else math.nan}}
     per_seed = []
     for seed in seeds:
-        fold = {i: kfold_of(chemsys[i], folds, seed) for i in ids}
-        pred: dict[str, float] = {}
-        mus = []
-        for k in range(folds):
-            train = [i for i in ids if fold[i] != k]
-            test = [i for i in ids if fold[i] == k]
-            mu = fit_gas_references(train, table.energies, table.compositions,
-                                    {i: dft_formation[i] for i in train}, table.crystal_mu)
-            mus.append(mu)
-            ef = table.formation_energies(mu)
-            pred.update({i: ef[i] for i in test})
+        pred, mus = cross_fitted_formation_energies(table, dft_formation, {i: kfold_of(chemsys[i], folds, seed)
+                                                                           for i in ids})
         have = [i for i in ids if math.isfinite(pred[i])]
         gas = [i for i in have if any(el in GAS_ELEMENTS for el in table.compositions[i])]
         per_seed.append({"seed": seed, "n": len(have), "n_missing": len(ids) - len(have),

@@ -132,6 +132,24 @@ def test_gas_references_are_fitted_on_training_rows_only():
     assert ef2["test_MgF2_b"] == pytest.approx(-3.1)
 
 
+def test_cross_fitted_prediction_never_sees_its_own_label():
+    """Changing one row's DFT label changes the fits of the other folds, never that row's own prediction."""
+    mu_true = {"Mg": -1.5, "Ti": -7.8, "O": -4.9}
+    comps = {f"r{i}": {"Mg": x, "O": 1 - x} if i % 2 else {"Ti": x, "O": 1 - x}
+             for i, x in enumerate([0.5, 0.4, 1 / 3, 0.25, 0.6, 0.45, 0.3, 0.55])}
+    dft = {i: -2.0 - 0.1 * n for n, i in enumerate(comps)}
+    energies = {i: dft[i] + 0.05 * (n % 3) + sum(x * mu_true[el] for el, x in comps[i].items())
+                for n, i in enumerate(comps)}
+    table = uip.UIPTable(energies, comps, {"Mg": -1.5, "Ti": -7.8}, {})
+    fold_of = {i: n % 4 for n, i in enumerate(comps)}
+    pred, mus = uip.cross_fitted_formation_energies(table, dft, fold_of)
+    assert len(mus) == 4 and all(math.isfinite(v) for v in pred.values())
+    for i in comps:
+        poisoned, _ = uip.cross_fitted_formation_energies(table, {**dft, i: 1e3}, fold_of)
+        assert poisoned[i] == pred[i]
+        assert any(poisoned[j] != pred[j] for j in comps if fold_of[j] != fold_of[i])
+
+
 def test_elemental_references_take_the_lowest_crystal():
     def res(id_, comp, e, error=""):
         return uip.UIPResult(id_, id_, e, None, 1, 0.1, True, "converged", "chgnet", "0.3.0", "0", composition=comp,

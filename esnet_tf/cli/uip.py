@@ -25,7 +25,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                        description="Relax structures (FIRE on positions and cell) and write OUT (columns id, "
                        "formula, uip_energy_per_atom [eV/atom], uip_formation_energy_per_atom [eV/atom; empty "
                        "where an element has no reference: N, O, F, Cl need fitted references, see --references], "
-                       "steps, wall_time_s [s], converged, stop_reason, model, model_version, error) and OUT "
+                       "steps, wall_time_s [s], cpu_time_s [s], converged, stop_reason, model, model_version, error) "
+                       "and OUT "
                        "with suffix .json (model, versions, settings, elemental references).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     q.add_argument("structures", nargs="*", metavar="FILE", help="CIF, POSCAR, or pymatgen Structure JSON files")
