@@ -1,7 +1,8 @@
 """Evaluate a saved ESNet on one split: regression and stability metrics, predictions, parity plot.
 
-Writes to `out`: metrics.json (MAE, RMSE, R^2 in eV/atom; precision, recall, F1, accuracy, DAF
-for "formation energy < threshold"), predictions.csv and parity.png. The metrics and the parity
+Writes to `out`: metrics.json (MAE, RMSE, R^2 in eV/atom; precision, recall, F1, accuracy, DAF and
+the counts tp, fp, fn, tn for "formation energy < threshold", from the one stability-metrics function
+`esnet_tf.screening.metrics.threshold_metrics`), predictions.csv and parity.png. The metrics and the parity
 plot are the ones `esnet screen` uses (`esnet_tf.screening.metrics` / `.plots`): a NaN prediction
 is predicted unstable and stays in the classification denominators (Matbench Discovery). This is
 the only command that reads the test split. The CLI is `esnet_tf.cli.evaluate`.
@@ -20,20 +21,10 @@ from esnet_tf.errors import UserError
 from esnet_tf.screening.metrics import regression_metrics, threshold_metrics
 from esnet_tf.screening.plots import parity_plot
 
-__all__ = ["classification_metrics", "evaluate", "regression_metrics"]
+__all__ = ["CLASSIFICATION_KEYS", "evaluate", "regression_metrics"]
 
-
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, threshold: float = 0.0) -> dict[str, Any]:
-    """Precision, recall, F1, accuracy, DAF of 'formation energy < threshold' (eV/atom); None where undefined.
-
-    `esnet_tf.screening.metrics.threshold_metrics` under evaluate's metrics.json names
-    (`threshold_ev_per_atom`, `true_positives`, ...); a NaN prediction is predicted unstable.
-    """
-    m = threshold_metrics(y_true, y_pred, threshold)
-    return {"threshold_ev_per_atom": threshold,
-            **{k: m[k] for k in ("precision", "recall", "f1", "accuracy", "prevalence", "daf")},
-            "true_positives": m["tp"], "false_positives": m["fp"], "false_negatives": m["fn"],
-            "true_negatives": m["tn"]}
+#: the stability metrics of metrics.json: `esnet_tf.screening.metrics.threshold_metrics`' keys
+CLASSIFICATION_KEYS = ("precision", "recall", "f1", "accuracy", "prevalence", "daf", "tp", "fp", "fn", "tn")
 
 
 def evaluate(model: str | Path, dataset: str, split: str = "test", out: str | Path = "eval", *,
@@ -73,9 +64,11 @@ def evaluate(model: str | Path, dataset: str, split: str = "test", out: str | Pa
     y, p = arrays[OUTPUT_NAME][known].astype(float), np.asarray(arrays["pred"], float)[known]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    stability = threshold_metrics(y, p, threshold)
     metrics = {"model": str(predictor.path), "dataset": str(dataset), "split": split, "units": "eV/atom",
                **regression_metrics(y, p), "n": int(len(y)), "n_missing_prediction": int(np.sum(~np.isfinite(p))),
-               **classification_metrics(y, p, threshold), "n_without_truth": int((~known).sum())}
+               "threshold_ev_per_atom": threshold, **{k: stability[k] for k in CLASSIFICATION_KEYS},
+               "n_without_truth": int((~known).sum())}
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     write_predictions(out / "predictions.csv", arrays, arrays["pred"])
     mae = metrics["mae"]

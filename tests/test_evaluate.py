@@ -51,8 +51,8 @@ def test_evaluate_uses_the_shared_metrics_and_parity_plot(setup, capsys):
     p = np.array([float(r["predicted_formation_energy_per_atom"]) for r in table])
     reg, cls = regression_metrics(y, p), threshold_metrics(y, p, -0.2)
     assert m["mae"] == pytest.approx(reg["mae"], abs=2e-6) and m["rmse"] == pytest.approx(reg["rmse"], abs=2e-6)
-    assert (m["true_positives"], m["false_positives"], m["false_negatives"], m["true_negatives"]) == (
-        cls["tp"], cls["fp"], cls["fn"], cls["tn"])
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (cls["tp"], cls["fp"], cls["fn"], cls["tn"])
+    assert m["threshold_ev_per_atom"] == -0.2
     for key in ("precision", "recall", "f1", "accuracy", "daf"):
         assert m[key] == cls[key], key
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(m))
@@ -68,3 +68,20 @@ def test_evaluate_uses_the_shared_metrics_and_parity_plot(setup, capsys):
         main(["evaluate", "--model", "m.keras", "--dataset", "d.npz", "--split-fractions", "0.8,0.2"])
     assert exc.value.code == 2
     assert "three fractions" in capsys.readouterr().err
+
+
+def test_threshold_metrics_by_hand():
+    """evaluate's stability metrics are the screening module's threshold_metrics: known answers."""
+    import math
+
+    from esnet_tf.screening import regression_metrics, threshold_metrics
+
+    m = threshold_metrics([-0.5, -0.1, 0.2, 0.3, -0.2], [-0.4, 0.1, -0.1, 0.4, -0.3], threshold=0.0)
+    # truth stable: 0,1,4; predicted stable: 0,2,4 -> tp 2, fp 1, fn 1, tn 1
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (2, 1, 1, 1)
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3) and m["accuracy"] == pytest.approx(0.6)
+    assert m["daf"] == pytest.approx((2 / 3) / (3 / 5))
+    r = regression_metrics([1.0, 2.0, 3.0], [1.5, 2.0, 2.0])
+    assert r["mae"] == pytest.approx(0.5) and r["rmse"] == pytest.approx(math.sqrt(1.25 / 3))
+    assert r["r2"] == pytest.approx(1 - 1.25 / 2.0)

@@ -334,12 +334,9 @@ def test_nan_prediction_is_predicted_unstable_and_stays_in_the_denominators():
     # the cost curve keeps it too, ranked last: recall reaches 1 only when all 4 are relaxed
     assert list(res.curve["recall"]) == [0.0, 0.5, 0.5, 0.5, 1.0]
     assert res.metrics["cost"]["at_target_recall"]["n_relaxed"] == 4
-    # the same numbers through the metrics function and evaluate's adapter
-    assert S.threshold_metrics([-0.5, -0.3, 0.2, 0.4], [-0.4, np.nan, 0.1, -0.1])["daf"] == 1.0
-    from esnet_tf.evaluate import classification_metrics as eval_metrics
-
-    e = eval_metrics([-0.5, -0.3, 0.2, 0.4], [-0.4, np.nan, 0.1, -0.1], threshold=0.0)
-    assert (e["true_positives"], e["false_positives"], e["false_negatives"], e["true_negatives"]) == (1, 1, 1, 1)
+    # the same numbers through the energy-threshold form (what `esnet evaluate` reports)
+    e = S.threshold_metrics([-0.5, -0.3, 0.2, 0.4], [-0.4, np.nan, 0.1, -0.1], threshold=0.0)
+    assert (e["tp"], e["fp"], e["fn"], e["tn"]) == (1, 1, 1, 1)
     assert e["recall"] == 0.5 and e["daf"] == 1.0
 
 
@@ -425,3 +422,14 @@ def test_shared_hull_reproduces_the_demo_labels_e_above_hull():
     got = S.e_above_hull_of_entries(entries)[:len(rows)]
     # labels are written with 6 decimals: formation energies and E_hull each round by 5e-7
     np.testing.assert_allclose(got, [r.e_above_hull for r in rows], atol=1.5e-6)
+
+
+def test_cost_at_recall_known_answers():
+    """The one cost-to-recall rule (screening and campaigns): first k with found >= ceil(level x n)."""
+    cost, found = np.array([0.0, 1.0, 3.0, 6.0, 10.0]), np.array([0, 1, 1, 2, 3])
+    half = S.cost_at_recall(cost, found, 3, 0.5, relax_all_s=10.0, unit_s=2.0)
+    assert half == {"recall": 0.5, "reached": True, "n_relaxed": 3, "cost_s": 6.0, "cost_relaxations": 3.0,
+                    "cost_fraction": 0.6, "saving": pytest.approx(0.4)}
+    assert S.cost_at_recall(cost, found, 3, 0.9)["n_relaxed"] == 4  # ceil(2.7) = 3 found
+    assert S.cost_at_recall(cost, found, 3, 2 / 3)["n_relaxed"] == 3  # exactly 2 of 3, not 3 of 3
+    assert S.cost_at_recall(cost, found, 4, 1.0) == {"recall": 1.0, "reached": False, "cost_s": None}

@@ -34,6 +34,7 @@ from esnet_tf.campaign.pool import Pool, Predictions, describe
 from esnet_tf.campaign.strategies import (PAYS_IS, SOURCE_OF, STRATEGIES, RoundView, estimated_relax_s,
                                           probability_stable, ranking, scores)
 from esnet_tf.errors import UserError
+from esnet_tf.screening.cost import cost_at_recall
 from esnet_tf.screening.metrics import stable_mask
 from esnet_tf.screening.pipeline import HULL_TOL
 from esnet_tf.screening.references import ReferenceHull
@@ -483,8 +484,9 @@ class Campaign:
         summary["total_cost_relaxations"] = summary["total_cost_s"] / self.unit_s if self._has_unit() else None
         summary["saving"] = 1 - summary["total_cost_s"] / relax_all if relax_all else None
         if found is not None and self.n_true_stable:
-            summary["cost_to_recall"] = {str(q): cost_to_recall(cost_curve, found, self.n_true_stable, q, relax_all,
-                                                                 self.unit_s) for q in RECALL_LEVELS}
+            summary["cost_to_recall"] = {str(q): cost_at_recall(cost_curve, found, self.n_true_stable, q,
+                                                                 relax_all_s=relax_all, unit_s=self.unit_s)
+                                         for q in RECALL_LEVELS}
         traj = {"cost_s": cost_curve, "ids": np.array([c["id"] for c in steps], str)}
         if found is not None:
             traj["n_stable_found"] = found
@@ -492,24 +494,6 @@ class Campaign:
             write_text(self.out / "result.json", _json(summary))
             write_discovered(discovered, self.out / "discovered_stable.csv")
         return CampaignResult(cfg, rounds, summary, self.out, traj)
-
-
-def cost_to_recall(cost_curve: np.ndarray, found: np.ndarray, n_stable: int, level: float,
-                   relax_all: float | None, unit_s: float) -> dict[str, Any]:
-    """DFT cost (s, relaxation equivalents, fraction of relaxing all) when `level` of the stable are found.
-
-    Candidates count one by one in acquisition order (a round's batch in rank order). None if never reached.
-    """
-    need = math.ceil(level * n_stable - 1e-9)
-    hit = np.nonzero(found >= need)[0]
-    if not len(hit):
-        return {"recall": level, "reached": False, "cost_s": None}
-    k = int(hit[0])
-    c = float(cost_curve[k])
-    return {"recall": level, "reached": True, "n_relaxed": k, "cost_s": c,
-            "cost_relaxations": c / unit_s if unit_s else None,
-            "cost_fraction": c / relax_all if relax_all else None,
-            "saving": 1 - c / relax_all if relax_all else None}
 
 
 def write_discovered(discovered: Sequence[Mapping[str, Any]], path: str | Path) -> Path:

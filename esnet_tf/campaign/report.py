@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 
 from esnet_tf.atomic import write_text
-from esnet_tf.campaign.engine import RECALL_LEVELS, CampaignResult, _json, cost_to_recall, write_discovered
+from esnet_tf.campaign.engine import RECALL_LEVELS, CampaignResult, _json, write_discovered
 from esnet_tf.campaign.hull import true_e_above_hull
 from esnet_tf.campaign.pool import Pool
 from esnet_tf.campaign.strategies import ESNET_STRATEGIES, ranking
+from esnet_tf.screening.cost import cost_at_recall
 from esnet_tf.screening.metrics import stable_mask
 from esnet_tf.screening.pipeline import HULL_TOL
 
@@ -56,8 +57,8 @@ def _row(name: str, cost: np.ndarray, found: np.ndarray, n_stable: int, relax_al
          is_s: float) -> dict[str, Any]:
     row: dict[str, Any] = {"strategy": name, "is_single_points_s": is_s}
     for q in RECALL_LEVELS:
-        row[f"recall_{q:g}"] = cost_to_recall(cost, found, n_stable, q, relax_all, unit_s)
-        rel = cost_to_recall(cost - is_s, found, n_stable, q, relax_all, unit_s)
+        row[f"recall_{q:g}"] = cost_at_recall(cost, found, n_stable, q, relax_all_s=relax_all, unit_s=unit_s)
+        rel = cost_at_recall(cost - is_s, found, n_stable, q, relax_all_s=relax_all, unit_s=unit_s)
         row[f"recall_{q:g}_relaxations_only"] = {k: rel.get(k) for k in ("cost_s", "cost_fraction", "saving")}
     return row
 

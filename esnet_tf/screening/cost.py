@@ -71,7 +71,8 @@ def cost_curve(score: np.ndarray, true_stable: np.ndarray, relax_cost: np.ndarra
 
     Candidates are ranked by ascending `score` (more stable first, ties in input order; NaN,
     a missing prediction, last). `relax_cost_fraction` = relaxations spent / relaxing everything
-    (ends at 1); `cost_fraction` additionally counts the IS single points of all candidates.
+    (ends at 1); `cost_fraction` additionally counts the IS single points of all candidates;
+    `n_found`: truly stable among the k relaxed.
     """
     s = np.asarray(score, float)
     order = np.argsort(np.where(np.isnan(s), np.inf, s), kind="stable")
@@ -81,11 +82,12 @@ def cost_curve(score: np.ndarray, true_stable: np.ndarray, relax_cost: np.ndarra
     is_total = float(np.sum(is_cost))
     n_pos = t.sum()
     k = np.arange(len(t) + 1)
-    found = np.concatenate([[0], np.cumsum(t)])
+    found = np.concatenate([[0], np.cumsum(t)]).astype(int)
     spent = np.concatenate([[0.0], np.cumsum(rc)])
     return {
         "order": order,
         "k": k,
+        "n_found": found,
         "fraction_sent": k / max(len(t), 1),
         "recall": found / n_pos if n_pos else np.full(len(k), np.nan),
         "relax_cost_fraction": spent / total_relax if total_relax else np.zeros(len(k)),
@@ -105,10 +107,32 @@ def curve_point(curve: dict[str, np.ndarray], k: int) -> dict[str, Any]:
     }.items()}
 
 
-def cost_at_recall(curve: dict[str, np.ndarray], target: float) -> dict[str, Any] | None:
-    """The cheapest point of the curve reaching `target` recall (None without stable truths)."""
-    rec = curve["recall"]
-    if not np.any(np.isfinite(rec)):
+def cost_at_recall(cost: np.ndarray, found: np.ndarray, n_stable: int, level: float, *,
+                   relax_all_s: float | None = None, unit_s: float | None = None) -> dict[str, Any]:
+    """The first point of a cumulative curve at which `level` of the `n_stable` truly stable are found.
+
+    cost[k], found[k]: DFT cost (s, or a fraction) and stable found after the k-th acquisition
+    (k = 0: before any). The one rule of "cost to recall" for screening and campaigns: the first k
+    with found[k] >= ceil(level x n_stable). Returns recall (the level asked), reached, n_relaxed (k),
+    cost_s (cost[k]), cost_relaxations (/ unit_s), cost_fraction (/ relax_all_s) and saving
+    (1 - cost_fraction); None where a divisor is not given or the level is not reached.
+    """
+    need = math.ceil(level * n_stable - 1e-9)
+    hit = np.nonzero(np.asarray(found) >= need)[0]
+    if not len(hit):
+        return {"recall": level, "reached": False, "cost_s": None}
+    k = int(hit[0])
+    c = float(np.asarray(cost, float)[k])
+    return {"recall": level, "reached": True, "n_relaxed": k, "cost_s": c,
+            "cost_relaxations": c / unit_s if unit_s else None,
+            "cost_fraction": c / relax_all_s if relax_all_s else None,
+            "saving": 1 - c / relax_all_s if relax_all_s else None}
+
+
+def curve_at_recall(curve: dict[str, np.ndarray], target: float) -> dict[str, Any] | None:
+    """`curve_point` of a `cost_curve` where `cost_at_recall` first reaches `target` (None without stable truths)."""
+    n_pos = int(curve["n_found"][-1])
+    if not n_pos:
         return None
-    k = int(np.argmax(rec >= target - 1e-12))
-    return {"target_recall": target, **curve_point(curve, k)}
+    hit = cost_at_recall(curve["cost_fraction"], curve["n_found"], n_pos, target)
+    return {"target_recall": target, **curve_point(curve, hit["n_relaxed"])}

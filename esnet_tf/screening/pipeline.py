@@ -31,8 +31,8 @@ import numpy as np
 
 from esnet_tf.errors import UserError
 from esnet_tf.isdos import OUTPUT_NAME, PREDICTION_COLUMN, PREDICTION_STD_COLUMN
-from esnet_tf.screening.cost import (COST_COLUMNS, UNIT_COST_SOURCE, Costs, cost_at_recall, cost_curve,
-                                     costs_from_columns, costs_from_labels, curve_point)
+from esnet_tf.screening.cost import (COST_COLUMNS, UNIT_COST_SOURCE, Costs, cost_curve, costs_from_columns,
+                                     costs_from_labels, curve_at_recall, curve_point)
 from esnet_tf.screening.metrics import classification_metrics, regression_metrics, stable_mask
 from esnet_tf.screening.references import ReferenceHull, ReferenceSet, parse_formula
 
@@ -415,7 +415,7 @@ def screen(candidates: Candidates, refs: ReferenceSet | None = None, config: Scr
             "is_single_point_total_s": float(is_c.sum()) if costs is not None else 0.0,
             "relax_all_total_s": float(rx_c.sum()) if costs is not None else None,
             "at_model_threshold": curve_point(curve, int(np.sum(decision[ev] == "relax"))),
-            "at_target_recall": cost_at_recall(curve, config.target_recall),
+            "at_target_recall": curve_at_recall(curve, config.target_recall),
         }
         if metrics["cost"]["at_target_recall"] is None:
             metrics["cost"]["note"] = "no truly stable candidate among the evaluated ones: recall undefined"
