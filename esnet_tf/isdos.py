@@ -26,9 +26,10 @@ IS_FORMATION_ENERGY = "is_formation_energy_per_atom"
 ENERGY_INPUTS: tuple[str, ...] = (IS_FORMATION_ENERGY, IS_ENERGY, "uip_formation_energy_per_atom")
 #: How to obtain each energy input when an example lacks it (the fix of the refusal).
 ENERGY_FIX = {
-    IS_FORMATION_ENERGY: "GPAW calculations take it from the engine's provenance.json; for VASP or Materials "
-                         "Project inputs give --references FILE (CSV element,energy_per_atom or MP ComputedEntry "
-                         "JSON), or an is_formation_energy_per_atom column in labels.csv",
+    IS_FORMATION_ENERGY: "GPAW calculations of `esnet dft` take it from the engine's provenance.json; for VASP or "
+                         "Materials Project inputs run `esnet featurize ... --references FILE --out x.npz` (FILE: CSV "
+                         "element,energy_per_atom or MP ComputedEntry JSON of the same code and settings) and use "
+                         "the .npz, or give an is_formation_energy_per_atom column in labels.csv",
     IS_ENERGY: "use a source that holds the IS total energy (GPAW result, single-point vasprun.xml), or an "
                "is_energy_per_atom column in labels.csv",
 }

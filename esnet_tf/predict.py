@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from esnet_tf.isdos import ENERGY_INPUTS, require_energies
 from esnet_tf.isdos import (DOMAIN_COLUMN, INPUT_NAMES, OUTPUT_NAME, PAPER_GRID, PREDICTION_COLUMN,
                             PREDICTION_STD_COLUMN, EnergyGrid)
 from esnet_tf.atomic import atomic_path
@@ -84,6 +85,7 @@ class Predictor:
         missing = [k for k in INPUT_NAMES if k not in shapes]
         if missing:
             raise UserError(f"{path}: model lacks inputs {missing}; is it an ESNet model?")
+        self.energy_inputs = tuple(k for k in ENERGY_INPUTS if k in shapes)  # (None, 1) eV/atom each (issue 32)
         self.n_points = int(shapes["dos_up"][1])
         self.has_std = STD_OUTPUT_NAME in outputs
 
@@ -94,7 +96,7 @@ class Predictor:
         A single `.keras` model runs through `esnet_tf.precision.inference_function` (the one fast
         inference path the benchmark times) in `self.precision`.
         """
-        if self.kind == "keras" and not self.has_std:
+        if self.kind == "keras" and not self.has_std and not self.energy_inputs:
             from esnet_tf.data import check_finite, check_shapes
             from esnet_tf.precision import INFERENCE_BATCH, inference_function
 
@@ -114,10 +116,13 @@ class Predictor:
 
         check_shapes(inputs, self.n_points, source=source)
         check_finite(inputs, source)
+        require_energies(inputs, self.energy_inputs, source)
         n = len(inputs["dos_up"])
         out, spread = [], []
         for start in range(0, n, batch_size):
             batch = {k: np.asarray(inputs[k][start:start + batch_size], dtype=np.float32) for k in INPUT_NAMES}
+            batch.update({k: np.asarray(inputs[k][start:start + batch_size], np.float32).reshape(-1, 1)
+                          for k in self.energy_inputs})
             if self.kind == "keras":
                 y = self.model.predict_on_batch(batch)
             else:
@@ -163,7 +168,7 @@ def load_inputs(paths: Sequence[str], labels: str | None = None, grid: EnergyGri
     """
     from esnet_tf.data import LABEL_KEYS, is_labels_dir, load_dir_arrays, load_npz_arrays, stack_examples
     from esnet_tf.labels import labels_by_id
-    from esnet_tf.featurize import featurize_paths
+    from esnet_tf.featurize import ENERGY_ARRAYS, featurize_paths
 
     parts, raw = [], []
     for spec in paths:
@@ -190,7 +195,7 @@ def load_inputs(paths: Sequence[str], labels: str | None = None, grid: EnergyGri
             parts.append(part)
     if not parts:
         return {}, failures
-    keys = ("dos_up", "dos_down", "composition", "id", "formula", "code", *LABEL_KEYS)
+    keys = ("dos_up", "dos_down", "composition", "id", "formula", "code", *LABEL_KEYS, *ENERGY_ARRAYS)
     for i, p in enumerate(parts):
         shapes = {k: np.shape(p[k])[1:] for k in ("dos_up", "dos_down", "composition")}
         if shapes != {k: np.shape(parts[0][k])[1:] for k in shapes}:
