@@ -231,6 +231,9 @@ def export(model_path: str | Path, out: str | Path = "saved_models", name: str =
         if not diff <= TOLERANCE:
             raise RuntimeError(f"{target}: SavedModel and {model_path} disagree by {diff:.3g} eV/atom")
         result["max_abs_diff"] = diff
+        from esnet_tf.trust import write_manifest  # issue 36 (helper D): marks the SavedModel as exported by esnet-tf
+
+        result["manifest"] = str(target / write_manifest(tmp).name)
     return result
 
 
