@@ -134,7 +134,8 @@ def print_summary(out: Path, report: dict, sm: dict) -> None:
     print(f"  screening (E_hull <= threshold): precision {_fmt(sm.get('precision'))}  recall "
           f"{_fmt(sm.get('recall'))}  F1 {_fmt(sm.get('f1'))}  DAF {_fmt(sm.get('daf'))}")
     cost = sm.get("cost") or {}
-    for key, label in (("at_model_threshold", "at the model's threshold"), ("at_target_recall", "at the target recall")):
+    for key, label in (("at_model_threshold", "at the model's threshold"),
+                       ("at_target_recall", "at the target recall")):
         c = cost.get(key) if isinstance(cost, dict) else None
         if isinstance(c, dict) and c.get("cost_reduction") is not None:
             print(f"  DFT cost {label}: {100 * c['cost_reduction']:.0f}% saved (recall {_fmt(c.get('recall'))})")

@@ -49,7 +49,7 @@ def tf_config() -> dict:
         cfg = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"TF_CONFIG is not valid JSON ({exc}); expected "
-                          '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}') from None
+                        '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}') from None
     if not isinstance(cfg, dict) or "cluster" not in cfg or "task" not in cfg:
         raise UserError('TF_CONFIG needs "cluster" and "task" keys, e.g. {"cluster": {"worker": '
                           '["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}')
@@ -290,5 +290,5 @@ def check_batches(counts: dict[str, int], global_batch: int, strategy, per_worke
     suggest = f"; e.g. --batch-size {min(good, key=lambda b: (abs(b - global_batch), b))}" if good else ""
     sizes = ", ".join(f"{name} {counts[name]}" for name in bad)
     raise UserError(f"--batch-size {global_batch} over {replicas} replicas leaves a replica without examples in the "
-                      f"last step of {sizes} examples (Keras cannot train on an empty batch); pick a global batch whose "
-                      f"remainder is 0 or at least the number of replicas{suggest}")
+                    f"last step of {sizes} examples (Keras cannot train on an empty batch); pick a global batch whose "
+                    f"remainder is 0 or at least the number of replicas{suggest}")

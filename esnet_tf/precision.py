@@ -76,7 +76,8 @@ def describe(policy: str) -> str:
     where = "GPU" if policy == "mixed_float16" else "CPU"
     native = native_bf16_cpu()
     flags = ",".join(f for f in BF16_CPU_FLAGS if f in cpu_flags()) or "none"
-    return f"precision {policy} ({where}; native bf16 CPU flags: {flags}{'' if native or flags == 'none' else ', oneDNN off'})"
+    onednn = "" if native or flags == "none" else ", oneDNN off"
+    return f"precision {policy} ({where}; native bf16 CPU flags: {flags}{onednn})"
 
 
 def _keep_float32(layer_config: dict, output_names: set[str]) -> bool:

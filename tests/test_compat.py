@@ -274,7 +274,8 @@ def test_tf_op_statistics_used_by_flops():
     nested = compat.graph_functions(graph)
     assert nested, "nested tf.function bodies are no longer in Graph._functions"
     matmuls = [op for g in nested for op in g.get_operations() if op.type == "MatMul"]
-    assert [compat.op_flops(g, op) for g in nested for op in g.get_operations() if op.type == "MatMul"] == [2 * 3 * 4 * 5]
+    assert [compat.op_flops(g, op) for g in nested for op in g.get_operations()
+            if op.type == "MatMul"] == [2 * 3 * 4 * 5]
     assert matmuls and all(compat.op_flops(graph, op) is None for op in ops if op.type == "Placeholder")
 
 

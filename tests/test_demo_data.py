@@ -265,7 +265,8 @@ def test_augmented_variants_carry_their_parents_labels_and_split(labels, augment
     chemsys = lambda f: "-".join(sorted(el.symbol for el in Composition(f).elements))  # noqa: E731
     for v in variants:
         p = labels[v["parent_id"]]
-        assert v["id"] == f"{v['parent_id']}__{v['variant']}" and v["variant"] in ("iso_a", "iso_b", "strain_c", "rattle")
+        assert v["id"] == f"{v['parent_id']}__{v['variant']}"
+        assert v["variant"] in ("iso_a", "iso_b", "strain_c", "rattle")
         assert Composition(v["formula"]) == Composition(p["formula"])
         assert chemsys(v["formula"]) == chemsys(p["formula"])  # same chemical system ...
         assert split_of(chemsys(v["formula"])) == split_of(chemsys(p["formula"]))  # ... hence the same split

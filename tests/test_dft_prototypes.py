@@ -19,7 +19,7 @@ CASES = [("hcp", ["Mg"], "P6_3/mmc", 2), ("wurtzite", ["Zn", "O"], "P6_3mc", 4),
 def _closest_pair_ratio(s) -> float:
     """max over pairs of (r_i + r_j) / d_ij: 1 when the tightest pair touches at the Slater radii."""
     best = 0.0
-    for i, site in enumerate(s):
+    for site in s:
         for nb in s.get_neighbors(site, 6.5):
             r = float(Element(site.specie.symbol).atomic_radius) + float(Element(nb.specie.symbol).atomic_radius)
             best = max(best, r / nb.nn_distance)

@@ -326,7 +326,8 @@ def test_vasp_multistep_run_takes_the_first_ionic_step(fixtures_dir):
         run = Vasprun(str(path), parse_dos=False, parse_eigen=False, parse_potcar_file=False)
     assert len(run.ionic_steps) == 3
     first = run.ionic_steps[0]
-    want = first["e_fr_energy"] + first["electronic_steps"][-1]["e_0_energy"] - first["electronic_steps"][-1]["e_fr_energy"]
+    last_scf = first["electronic_steps"][-1]
+    want = first["e_fr_energy"] + last_scf["e_0_energy"] - last_scf["e_fr_energy"]
     ex = featurize(path)
     assert ex.is_energy_per_atom == pytest.approx(want / len(run.initial_structure), abs=1e-7)
     total = ex.is_energy_per_atom * len(run.initial_structure)

@@ -340,7 +340,8 @@ def _tiny_run(tmp_path: Path) -> tuple[list[str], Path]:
         head_units=(16,), name="tiny").to_dict()))
     run_dir = tmp_path / "run"
     return ["train", "--dataset", str(ROOT / "datasets" / "is_dos" / "dummy_data"), "--config", str(cfg),
-            "--batch-size", "2", "--split-fractions", "0.6,0.4,0.0", "--run-dir", str(run_dir), "--verbose", "0"], run_dir
+            "--batch-size", "2", "--split-fractions", "0.6,0.4,0.0", "--run-dir", str(run_dir),
+            "--verbose", "0"], run_dir
 
 
 def test_resume_with_another_config_is_one_line_and_best_keras_is_promoted_whole(tmp_path, capsys):

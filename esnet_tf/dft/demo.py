@@ -405,7 +405,8 @@ def counts_markdown(prov: dict) -> str:
               f"| base (cubic, EOS) | {prov['summary']['per_relax_kind'].get('eos', 0) - _n_new_eos(prov)} | "
               f"{pend['base']} | {hours['base_eos']:.2f} | {cpu_cell('base_eos')} |",
               f"| harder: optimizer | {prov['summary']['per_relax_kind'].get('optimizer', 0)} | "
-              f"{pend['harder']} (with competitors) | {hours['harder_optimizer']:.2f} | {cpu_cell('harder_optimizer')} |",
+              f"{pend['harder']} (with competitors) | {hours['harder_optimizer']:.2f} | "
+              f"{cpu_cell('harder_optimizer')} |",
               f"| harder: EOS competitors | {_n_new_eos(prov)} | | {hours['harder_eos_competitors']:.2f} | "
               f"{cpu_cell('harder_eos_competitors')} |",
               f"| augmentation single points | {aug['n_variants']} (of {aug['n_parents_with_variants']} parents) | "
@@ -618,7 +619,8 @@ def assemble_augmented(data_dir: Path, outcomes: list, variants: list[Task], pro
         row.update({
             "id": t.id, "path": f"calcs/{out.key}/{r['is_dos']}", "n_atoms": r["n_atoms"],
             "is_energy_per_atom": f"{r['is_energy'] / n:.6f}",
-            "is_formation_energy_per_atom": f"{(r['is_energy'] - sum(k * mu[el] for el, k in r['composition'].items())) / n:.6f}",
+            "is_formation_energy_per_atom":
+                f"{(r['is_energy'] - sum(k * mu[el] for el, k in r['composition'].items())) / n:.6f}",
             "rs_scale": f"{(rs_volume / t.structure.volume) ** (1 / 3):.6f}",
             "spin_polarized": r["spin_polarized"], "is_wall_time_s": f"{r['is_wall_time']:.6f}",
             "relax_wall_time_s": f"{0.0:.6f}", "parent_id": pid, "variant": v,

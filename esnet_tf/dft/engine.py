@@ -6,7 +6,6 @@ differences at identical settings are meaningful).
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -14,9 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from esnet_tf.dft.progress import Progress
-from esnet_tf.dft.settings import DFTSettings
 from esnet_tf.dft.tasks import OPTIMIZER, Task
-from esnet_tf.isdos import ORBITALS
 
 #: File suffix of the engine's DOS output, read by `esnet_tf.readers.gpaw`.
 GPAW_DOS_SUFFIX = ".gpawdos.npz"
@@ -332,7 +329,8 @@ def pulay_correction(task: Task, atoms, log: Path, mesh: tuple[int, int, int], *
         except KohnShamConvergenceError:
             raise
         except Exception as exc:
-            raise DFTError(f"task {task.id}: SCF failed in the stress calibration: {type(exc).__name__}: {exc}") from exc
+            raise DFTError(f"task {task.id}: SCF failed in the stress calibration: "
+                           f"{type(exc).__name__}: {exc}") from exc
     volume = atoms.get_volume()
     dEds = (e[1] - e[0]) / (2 * step)
     return float((dEds - volume * np.trace(atoms.get_stress(voigt=False))) / (3 * volume))
@@ -385,8 +383,8 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, pro
     is recalibrated by a finite difference of the energy; when its change would move the energy by
     more than `pulay_drift_tol` another stage follows (at most `max_stages`). A volume leaving
     `volume_range` of the scan's vertex stops BFGS (flagged not converged); settings in
-    `tasks.OPTIMIZER`. The k-point mesh of the initial cell is held throughout, including the final single point. The space group of the initial
-    structure is kept (ASE FixSymmetry). `scale` is (V_RS / V_IS)^(1/3).
+    `tasks.OPTIMIZER`. The k-point mesh of the initial cell is held throughout, including the final
+    single point. The space group of the initial structure is kept (ASE FixSymmetry). `scale` is (V_RS / V_IS)^(1/3).
 
     With `progress`, the EOS points, the corrections and the BFGS state after every step are
     journaled, and a rerun of a killed task continues from them (the SCF in flight is redone).
@@ -435,7 +433,8 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, pro
 
     curvature = max(_parabola_curvature(points), 1e-3)  # d2E/ds2 of the scan, eV per cell
     corrections, drifts = list(saved.get("corrections", [])), list(saved.get("drifts", []))
-    n_steps, converged, done = int(saved.get("n_steps", 0)), bool(saved.get("converged", False)), saved.get("done", False)
+    n_steps, converged = int(saved.get("n_steps", 0)), bool(saved.get("converged", False))
+    done = saved.get("done", False)
 
     def journal(stage_cell, stage_positions, **extra) -> None:
         if progress is not None:
@@ -455,7 +454,8 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, pro
             before = _restore_bfgs(opt, saved["opt"]) if saved.get("opt") else 0
             saved.pop("opt", None)
             opt.attach(guard)
-            opt.attach(lambda: journal(stage_cell, stage_positions, opt=_bfgs_state(opt, before)))
+            # called only by this stage's opt.run below, so the loop variables are this stage's
+            opt.attach(lambda: journal(stage_cell, stage_positions, opt=_bfgs_state(opt, before)))  # noqa: B023
             try:
                 converged = bool(opt.run(fmax=fmax, steps=steps - n_steps - before))
             except _VolumeRunaway:

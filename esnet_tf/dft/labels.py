@@ -204,7 +204,8 @@ def assemble(outcomes: list[Outcome], data_dir: Path, settings: DFTSettings) -> 
         "python": platform.python_version(),
         "initial_structure_rule": "closest pair at the sum of Slater atomic radii (see esnet_tf/dft/prototypes.py)",
         "relaxation": {"eos": "isotropic EOS scan (steps of eos_step), parabola vertex, single point there",
-                       "optimizer": "isotropic EOS scan as for eos, then ASE BFGS on positions and cell (FrechetCellFilter) "
+                       "optimizer": "isotropic EOS scan as for eos, then ASE BFGS on positions and cell "
+                                    "(FrechetCellFilter) "
                                     "from its vertex, GPAW stress plus an isotropic Pulay correction calibrated "
                                     f"against the fixed-cutoff energy, fmax {OPTIMIZER.fmax} eV/A, at most "
                                     f"{OPTIMIZER.steps} steps, k-mesh of the initial cell held; single point at the "

@@ -79,7 +79,7 @@ def contact_lattice_constant(unit: Structure) -> float:
     `unit` is the structure at conventional lattice constant 1.
     """
     ratios = []
-    for i, site in enumerate(unit):
+    for site in unit:
         for nb in unit.get_neighbors(site, 1.5):
             ri = Element(site.specie.symbol).atomic_radius
             rj = Element(nb.specie.symbol).atomic_radius

@@ -108,7 +108,8 @@ def regular_file(path: str | Path) -> Path:
     except FileNotFoundError:
         raise DOSInputError(path, "no such file", "check the path") from None
     except OSError as exc:
-        raise DOSInputError(path, f"cannot read ({exc.strerror or exc})", "check the path and its permissions") from None
+        raise DOSInputError(path, f"cannot read ({exc.strerror or exc})",
+                            "check the path and its permissions") from None
     if stat.S_ISREG(st.st_mode):
         return path
     kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
