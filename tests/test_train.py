@@ -490,19 +490,6 @@ def test_labels_csv_with_bad_number_or_duplicate_id_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- evaluate / predict
 
-def test_classification_metrics_by_hand():
-    from esnet_tf.evaluate import classification_metrics, regression_metrics
-
-    m = classification_metrics([-0.5, -0.1, 0.2, 0.3, -0.2], [-0.4, 0.1, -0.1, 0.4, -0.3], threshold=0.0)
-    # truth stable: 0,1,4; predicted stable: 0,2,4 -> tp 2, fp 1, fn 1, tn 1
-    assert (m["true_positives"], m["false_positives"], m["false_negatives"], m["true_negatives"]) == (2, 1, 1, 1)
-    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
-    assert m["f1"] == pytest.approx(2 / 3) and m["accuracy"] == pytest.approx(0.6)
-    r = regression_metrics([1.0, 2.0, 3.0], [1.5, 2.0, 2.0])
-    assert r["mae"] == pytest.approx(0.5) and r["rmse"] == pytest.approx(math.sqrt(1.25 / 3))
-    assert r["r2"] == pytest.approx(1 - 1.25 / 2.0)
-
-
 def test_evaluate_cli_writes_metrics_and_parity(tmp_path, demo_data, small_run):
     from esnet_tf.cli import main
 
