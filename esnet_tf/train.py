@@ -182,8 +182,6 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-#: transition alias: esnet_tf/evaluate.py imports it (use `parse_split_fractions`)
-_fractions = parse_split_fractions
 
 
 # ---------------------------------------------------------------- run directory

@@ -448,6 +448,24 @@ def test_nan_inputs_refused_with_id(tmp_path, demo_data, small_run):
     assert code == 2 and not (tmp_path / "p.csv").exists()
 
 
+def test_negative_dos_rule_is_the_featurizers_on_arrays(demo_data):
+    """One tolerance (esnet_tf.isdos.negative_dos_floor): relative to the largest |DOS| of the example,
+    never tighter than 1e-2 states/eV; the array check before training/prediction applies the same rule."""
+    from esnet_tf.data import check_values
+    from esnet_tf.errors import UserError
+    from esnet_tf.isdos import negative_dos_floor
+
+    assert negative_dos_floor(np.array([0.0, 0.5])) == -1e-2  # small DOS: the absolute floor
+    assert negative_dos_floor(np.array([0.0, 30.0, -1.0])) == pytest.approx(-0.3)  # relative to the peak
+    arrays = {k: v[:3].copy() for k, v in demo_data["arrays"].items()}
+    peak = float(np.abs(arrays["dos_up"][1]).max())
+    arrays["dos_up"][1, 5, 0] = 0.9 * negative_dos_floor(arrays["dos_up"][1])  # a rounding dip: accepted
+    check_values(arrays, "demo")
+    arrays["dos_up"][1, 5, 0] = -0.02 * max(1.0, peak)  # beyond the rule: refused, naming the id
+    with pytest.raises(UserError, match=f"'dos_up' holds negative DOS .* for id {arrays['id'][1]}"):
+        check_values(arrays, "demo")
+
+
 def test_labels_dir_and_missing_labels(tmp_path, demo_data):
     from esnet_tf.errors import UserError
     from esnet_tf.data import load_arrays
@@ -512,6 +530,29 @@ def test_evaluate_cli_writes_metrics_and_parity(tmp_path, demo_data, small_run):
 
     chemsys = {str(i): str(c) for i, c in zip(d["arrays"]["id"], d["arrays"]["chemsys"])}
     assert all(split_of(chemsys[r["id"]], FRACTIONS, d["split_seed"]) == "test" for r in rows)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"model": None}, "no MODEL given"),
+    ({"inputs": ()}, "no INPUT given for model m"),
+    ({"batch_size": 0}, "--batch-size must be a positive number"),
+    ({"workers": 0}, "--workers must be >= 1"),
+    ({"precision": "float64"}, "--precision 'float64'"),
+])
+def test_predict_config_checks_its_arguments(fields, message):
+    """The checks of `esnet predict` live in the library (PredictConfig); the CLI only converts flags."""
+    from esnet_tf.cli import build_parser
+    from esnet_tf.cli.predict import config_from_args
+    from esnet_tf.errors import UserError
+    from esnet_tf.predict import PredictConfig
+
+    with pytest.raises(UserError, match=message):
+        PredictConfig(**{"model": "m", "inputs": ("a.npz",), **fields})
+    argv = ["predict", "m", "a.npz", "b.npz", "--batch-size", "7"]
+    config = config_from_args(build_parser(argv).parse_args(argv))
+    assert (config.model, config.inputs, config.batch_size) == ("m", ("a.npz", "b.npz"), 7)
+    argv = ["predict", "--model", "m", "a.npz"]
+    assert config_from_args(build_parser(argv).parse_args(argv)).inputs == ("a.npz",)
 
 
 def test_predict_cli_npz_and_raw_files(tmp_path, demo_data, small_run):
