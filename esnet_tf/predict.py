@@ -46,10 +46,11 @@ class Predictor:
     ensemble's standard deviation (eV/atom; None for a single model, `has_std` False).
     """
 
-    def __init__(self, path: str | Path, precision: str = "float32") -> None:
+    def __init__(self, path: str | Path, precision: str = "float32", *, trust_model_code: bool = False) -> None:
         """`precision` of a single `.keras` model's inference: float32 (default: the same numbers on
         every machine), bfloat16, or auto (measured once per machine, never slower than float32;
-        within 5 meV/atom of float32)."""
+        within 5 meV/atom of float32). A SavedModel loads only when `esnet_tf.trust` trusts it
+        (shipped, or exported by esnet-tf) or with `trust_model_code` (it runs the model's code)."""
         from esnet_tf.precision import PRECISIONS
 
         if precision not in PRECISIONS:
@@ -62,18 +63,18 @@ class Predictor:
         saved = resolve_saved_model_dir(path) if path.is_dir() else None
         if path.suffix == ".keras" and path.is_file():
             import esnet_tf.ensemble  # noqa: F401  (registers the ensemble layer)
-            from esnet_tf.model import load_model
+            from esnet_tf.trust import load_keras
 
             self.kind = "keras"
-            self.model = load_model(path)
+            self.model = load_keras(path)  # Keras safe mode; a hostile or broken archive: one line
             shapes = {t.name: t.shape for t in self.model.inputs}
             outputs = list(self.model.output) if isinstance(self.model.output, dict) else list(self.model.output_names)
         elif saved is not None:
-            import tensorflow as tf
+            from esnet_tf.trust import load_saved_model
 
             self.kind = "saved_model"
             self.path = saved
-            self.model = tf.saved_model.load(str(saved))
+            self.model = load_saved_model(saved, trust_model_code)  # refused unless trusted (issue 36)
             if "serving_default" not in self.model.signatures:
                 raise UserError(f"{saved}: SavedModel has no 'serving_default' signature")
             self.signature = self.model.signatures["serving_default"]
@@ -270,6 +271,7 @@ class PredictConfig:
     workers: int | None = None      #: processes featurizing DFT files (None: automatic)
     precision: str = "float32"      #: inference precision of a single .keras model: float32, bfloat16, auto
     strict: bool = False            #: refuse inputs outside the model's training domain
+    trust_model_code: bool = False  #: load a SavedModel esnet-tf neither ships nor exported (runs its code)
 
     def __post_init__(self) -> None:
         import os
@@ -310,7 +312,7 @@ def predict_to_csv(config: PredictConfig):
 
     if not isinstance(config, PredictConfig):
         raise TypeError(f"predict_to_csv() takes a PredictConfig, not {type(config).__name__}")
-    model = load_model(config.model)
+    model = load_model(config.model, trust_model_code=config.trust_model_code)
     model.predictor.precision = config.precision
     arrays, failures = load_inputs(list(config.inputs), config.labels, model_grid(model.predictor.n_points),
                                    workers=config.workers)

@@ -12,7 +12,8 @@ A shipped model is a folder `ESNet-<Data>-<YYYY.MM>-<Target>/` of `esnet_tf.save
 `model.keras`, `domain.json` (`esnet_tf.domain.Domain`), `splits.json` (ids and truths of the
 train / validation / test rows it was trained and evaluated on) and TF Serving versions
 `<VERSION>/`. `load_model` takes a shipped name, a shipped folder, a `.keras` file or a SavedModel
-(directory); a model without a `domain.json` predicts with an empty domain column.
+(directory); a model without a `domain.json` predicts with an empty domain column. SavedModels
+that esnet-tf neither ships nor exported need `trust_model_code=True` (`esnet_tf.trust`).
 """
 from __future__ import annotations
 
@@ -195,7 +196,8 @@ class ESNetModel:
     model that is not shipped).
     """
 
-    def __init__(self, reference: str | Path, *, root: str | Path | None = None) -> None:
+    def __init__(self, reference: str | Path, *, root: str | Path | None = None,
+                 trust_model_code: bool = False) -> None:
         from esnet_tf.domain import find_domain
         from esnet_tf.predict import Predictor
 
@@ -203,7 +205,7 @@ class ESNetModel:
         self.name = path.name if (path / METADATA_FILE).is_file() else str(reference)
         self.path = path
         self.info = read_metadata(path if path.is_dir() else path.parent)
-        self.predictor = Predictor(model_file(path) if path.is_dir() else path)
+        self.predictor = Predictor(model_file(path) if path.is_dir() else path, trust_model_code=trust_model_code)
         self.domain = find_domain(path)
 
     @property
@@ -263,9 +265,16 @@ def check_strict(arrays: dict, domain: np.ndarray, model: str) -> None:
                         f"{shown}; drop --strict to predict them with a 'domain' column")
 
 
-def load_model(name_or_path: str | Path, *, root: str | Path | None = None) -> ESNetModel:
-    """A shipped model by name (`esnet models` lists them), or a `.keras` / SavedModel path."""
-    return ESNetModel(name_or_path, root=root)
+def load_model(name_or_path: str | Path, *, root: str | Path | None = None,
+               trust_model_code: bool = False) -> ESNetModel:
+    """A shipped model by name (`esnet models` lists them), or a `.keras` / SavedModel path.
+
+    A SavedModel loads only when it is shipped or was exported by esnet-tf (`esnet_tf.trust`); any
+    other is refused with one line unless `trust_model_code=True`, which runs that model's code
+    (TensorFlow: running an untrusted model is equivalent to running untrusted code). `.keras`
+    files load in Keras's safe mode; a malicious or broken one raises one `UserError` line.
+    """
+    return ESNetModel(name_or_path, root=root, trust_model_code=trust_model_code)
 
 
 def predict_formation_energy(model: str | Path | ESNetModel, inputs, *, batch_size: int = 256,

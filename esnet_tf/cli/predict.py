@@ -31,6 +31,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="inference precision of a single .keras model: float32 (the same numbers everywhere), "
                    "bfloat16, or auto (measured once per machine and cached; never slower than float32, within "
                    "5 meV/atom of it)")
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="load a SavedModel that esnet-tf neither ships nor exported. TensorFlow's warning: models are "
+                   "programs; a SavedModel can read and write files, use the network and start processes, and running "
+                   "an untrusted model is equivalent to running untrusted code. Use only with models from people you "
+                   "trust (.keras files always load in Keras's safe mode)")
     p.add_argument("--strict", action="store_true", help="refuse (exit 2, no CSV) when any input is outside the "
                    "model's training domain (DFT code, elements, DOS scale)")
 
@@ -43,7 +48,7 @@ def config_from_args(args: argparse.Namespace):
     model_ref = args.model or (items.pop(0) if items else None)
     return PredictConfig(model=model_ref, inputs=tuple(items), out=args.out, labels=args.labels,
                          batch_size=args.batch_size, workers=args.workers, precision=args.precision,
-                         strict=args.strict)
+                         strict=args.strict, trust_model_code=args.trust_model_code)
 
 
 def run(args: argparse.Namespace) -> int:
