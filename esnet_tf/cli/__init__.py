@@ -5,11 +5,17 @@ This package is the only place that knows argparse. Each verb lives in its own m
 flags into the library's typed config objects and calls library functions. Verb modules are
 imported lazily so `esnet --help` stays fast. Errors a user can fix (`esnet_tf.errors.UserError`:
 bad input files, missing datasets) end as one line on stderr and exit code 2.
+
+Negative numbers in scientific notation (`--threshold -1e-3`, `--e-min -2E+1`, `-inf`) are values,
+not options: argparse only recognises `-1` and `-0.5` as negative numbers, so `main` joins such a
+value to the option before it (`--threshold=-1e-3`) for every verb, in one place
+(`join_negative_numbers`).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from esnet_tf.errors import UserError
@@ -30,6 +36,27 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "campaign": ("esnet_tf.cli.campaign", "HTVS campaign: stable found vs DFT spent (replay or live GPAW), resumable"),
     "uip": ("esnet_tf.cli.uip", "relax structures with a universal potential (CHGNet; extra uip): E, E_f in eV/atom"),
 }
+
+
+#: a negative number argparse would take for an option: scientific notation, or -inf
+_NEGATIVE_NUMBER = re.compile(r"^-(?:(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+|inf(?:inity)?)$", re.IGNORECASE)
+
+
+def join_negative_numbers(argv: list[str]) -> list[str]:
+    """`argv` with each negative number in scientific notation (or -inf) that follows an option
+    joined to it: ['--threshold', '-1e-3'] -> ['--threshold=-1e-3'] (argparse would read '-1e-3' as an
+    option and report "expected one argument"). Anything after '--' is left alone."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + list(argv[i:])
+        prev = out[-1] if out else ""
+        if _NEGATIVE_NUMBER.match(arg) and prev.startswith("-") and prev != "-" and "=" not in prev \
+                and not _NEGATIVE_NUMBER.match(prev):
+            out[-1] = f"{prev}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -76,7 +103,7 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = join_negative_numbers(sys.argv[1:] if argv is None else list(argv))
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
