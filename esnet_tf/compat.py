@@ -32,8 +32,12 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
+
+if TYPE_CHECKING:  # annotations only: TensorFlow is imported where it is used
+    import tensorflow as tf
 
 #: the versions these workarounds were checked on (tests/test_compat.py checks the behaviour itself)
 CHECKED_KERAS = "3.15.1"
@@ -46,7 +50,7 @@ STATE_SUFFIX = ".state.npz"
 
 # ---------------------------------------------------------------- the epoch fit starts from
 
-def initial_epoch(model) -> int:
+def initial_epoch(model: keras.Model) -> int:
     """The epoch `model.fit` starts from when it was set by a restore (0 otherwise).
 
     Keras 3.15.1: `Trainer.__init__` sets `model._initial_epoch = None`; `BackupAndRestore`'s
@@ -57,7 +61,7 @@ def initial_epoch(model) -> int:
     return int(getattr(model, "_initial_epoch", None) or 0)
 
 
-def set_initial_epoch(model, epoch: int) -> None:
+def set_initial_epoch(model: keras.Model, epoch: int) -> None:
     """Make the next `model.fit` start at `epoch` (what `BackupAndRestore._load_model` does).
 
     Keras 3.15.1: `fit` reads `model._initial_epoch` after `callbacks.on_train_begin()`, so a
@@ -147,7 +151,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
 # ---------------------------------------------------------------- layers
 
-def flatten_layers(model) -> list:
+def flatten_layers(model: keras.Model | keras.layers.Layer) -> list[keras.layers.Layer]:
     """Every layer of `model`, nested ones (inside custom layers and sub-models) included.
 
     Keras 3.15.1: `Layer._flatten_layers(include_self=False, recursive=True)`; `model.layers`
@@ -158,7 +162,7 @@ def flatten_layers(model) -> list:
 
 # ---------------------------------------------------------------- tf.distribute
 
-def num_workers(strategy) -> int:
+def num_workers(strategy: tf.distribute.Strategy) -> int:
     """Number of worker processes (input pipelines) of a `tf.distribute.Strategy`.
 
     TensorFlow 2.21.0: `strategy.extended._num_workers` (1 for the default and mirrored
@@ -170,7 +174,7 @@ def num_workers(strategy) -> int:
 
 
 @contextlib.contextmanager
-def fit_scope(model, strategy) -> Iterator[None]:
+def fit_scope(model: keras.Model, strategy: tf.distribute.Strategy) -> Iterator[None]:
     """Context for `model.fit` / `evaluate` under `strategy`, working around two Keras 3 bugs
     (present through Keras 3.15.1 with TF 2.21.0), both only when there is a strategy:
 
@@ -223,7 +227,7 @@ def fit_scope(model, strategy) -> Iterator[None]:
 
 # ---------------------------------------------------------------- TF op statistics (esnet_tf.flops)
 
-def op_flops(graph, op) -> int | None:
+def op_flops(graph: tf.Graph, op: tf.Operation) -> int | None:
     """FLOPs TensorFlow registers for `op` of `graph` (None where no statistic is registered).
 
     TensorFlow 2.21.0: `tensorflow.python.framework.ops.get_stats_for_node_def(graph, node_def,
@@ -239,7 +243,7 @@ def op_flops(graph, op) -> int | None:
     return int(stats.value) if stats is not None and stats.value else None
 
 
-def graph_functions(graph) -> list:
+def graph_functions(graph: tf.Graph) -> list[tf.Graph]:
     """The function graphs nested in `graph` (tf.function bodies, while/cond branches).
 
     TensorFlow 2.21.0: `Graph._functions` ({name: AtomicFunction}, each with `.graph`); no public
@@ -278,7 +282,8 @@ def flat_op_names() -> Iterator[None]:
         core.name_scope.__init__ = original
 
 
-def freeze(concrete_function):
+def freeze(concrete_function: tf.types.experimental.ConcreteFunction
+           ) -> tf.types.experimental.ConcreteFunction:
     """The concrete function with every captured variable replaced by a constant of its value."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 

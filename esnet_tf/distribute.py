@@ -34,8 +34,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from esnet_tf.errors import UserError
+
+if TYPE_CHECKING:  # annotations only: TensorFlow is imported where it is used
+    import keras
+    import tensorflow as tf
 
 STRATEGIES = ("default", "mirrored", "multi-worker")
 
@@ -74,7 +79,7 @@ def env_is_chief(strategy: str | None) -> bool:
     return kind == "worker" and index == 0
 
 
-def make_strategy(name: str | None):
+def make_strategy(name: str | None) -> tf.distribute.Strategy:
     """The `tf.distribute.Strategy` of a `--strategy` name. Call before any other TensorFlow op:
     MultiWorkerMirroredStrategy must configure the collective ops at program start."""
     import tensorflow as tf
@@ -101,7 +106,7 @@ def make_strategy(name: str | None):
                           "TensorFlow operation (start a fresh process)") from None
 
 
-def is_chief(strategy) -> bool:
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process is the chief of `strategy` (always True without multi-worker)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not getattr(resolver, "cluster_spec", None):
@@ -113,14 +118,14 @@ def is_chief(strategy) -> bool:
     return kind == "chief" or (kind == "worker" and index == 0 and not has_chief)
 
 
-def num_workers(strategy) -> int:
+def num_workers(strategy: tf.distribute.Strategy) -> int:
     """Number of worker processes (input pipelines) of `strategy`."""
     from esnet_tf import compat
 
     return compat.num_workers(strategy)
 
 
-def worker_dir(run_dir: Path, strategy) -> Path:
+def worker_dir(run_dir: Path, strategy: tf.distribute.Strategy) -> Path:
     """Where this process writes: `run_dir` for the chief, a fresh temporary directory otherwise."""
     if is_chief(strategy):
         return Path(run_dir)
@@ -134,7 +139,7 @@ def remove_worker_dir(path: Path, run_dir: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def shard_by_data(ds):
+def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
     """`ds` with tf.data auto-sharding by data: each worker keeps its slice of every (global) batch."""
     import tensorflow as tf
 
@@ -162,8 +167,9 @@ def worker_split(split: str, n_examples: int, num_pipelines: int, pipeline_id: i
     return f"{split}[{lo}:{hi}]"
 
 
-def tfds_worker_pipeline(ctx, spec: str, split: str, n_examples: int, global_batch: int, *, shuffle: bool,
-                         seed: int, cache: str, shuffle_buffer: int, split_options: dict):
+def tfds_worker_pipeline(ctx: tf.distribute.InputContext, spec: str, split: str, n_examples: int, global_batch: int,
+                         *, shuffle: bool, seed: int, cache: str, shuffle_buffer: int,
+                         split_options: dict) -> tf.data.Dataset:
     """The batched (inputs, targets) pipeline of one worker (`ctx`: a `tf.distribute.InputContext`):
     its own sub-split (`worker_split`), shuffled with seed + pipeline id, per-replica batches."""
     from esnet_tf import data
@@ -176,7 +182,8 @@ def tfds_worker_pipeline(ctx, spec: str, split: str, n_examples: int, global_bat
                                   cache=worker_cache, shuffle_buffer=shuffle_buffer)
 
 
-def tfds_per_worker(strategy, spec: str, split: str, n_examples: int, global_batch: int, **kwargs):
+def tfds_per_worker(strategy: tf.distribute.Strategy, spec: str, split: str, n_examples: int, global_batch: int,
+                    **kwargs: Any) -> tf.distribute.DistributedDataset:
     """A distributed dataset where each worker reads only its own sub-split of a TFDS split
     (`tfds_worker_pipeline` through `strategy.distribute_datasets_from_function`)."""
     if global_batch % strategy.num_replicas_in_sync:
@@ -187,7 +194,7 @@ def tfds_per_worker(strategy, spec: str, split: str, n_examples: int, global_bat
     return strategy.distribute_datasets_from_function(fn)
 
 
-def synchronize_batchnorm(model) -> int:
+def synchronize_batchnorm(model: keras.Model) -> int:
     """Make every BatchNormalization layer of `model` use global-batch statistics across replicas
     (Keras `synchronized=True`); returns how many layers were changed. Call before the first step."""
     import keras
@@ -202,7 +209,7 @@ def synchronize_batchnorm(model) -> int:
     return n
 
 
-def throughput_callback(n_train: int):
+def throughput_callback(n_train: int) -> keras.callbacks.Callback:
     """A Keras callback timing the training part of each epoch (validation excluded);
     `.samples_per_s()` is the median of n_train / time over the epochs after the first (which
     includes tracing), or of the first when only one ran."""
@@ -237,7 +244,7 @@ def throughput_callback(n_train: int):
     return Throughput()
 
 
-def lost_worker_message(exc: BaseException, strategy, run_dir: Path) -> str | None:
+def lost_worker_message(exc: BaseException, strategy: tf.distribute.Strategy, run_dir: Path) -> str | None:
     """A one-line explanation when `exc` is a collective failure caused by a lost peer worker
     (None otherwise): what happened and how to continue from the last backup."""
     import tensorflow as tf
@@ -275,7 +282,8 @@ def _empty_replica_step(n: int, global_batch: int, workers: int, replicas: int, 
     return len(steps) > 1
 
 
-def check_batches(counts: dict[str, int], global_batch: int, strategy, per_worker_input: bool) -> None:
+def check_batches(counts: dict[str, int], global_batch: int, strategy: tf.distribute.Strategy,
+                  per_worker_input: bool) -> None:
     """Refuse (one line, with working batch sizes) a global batch that would leave a replica
     with no example in some step of a split (`counts`: split name -> examples)."""
     replicas, workers = int(strategy.num_replicas_in_sync), num_workers(strategy)

@@ -23,6 +23,7 @@ factor `ratio_factor`, before they are applied.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,8 @@ class Domain:
     # ------------------------------------------------------------ fit / io
 
     @classmethod
-    def fit(cls, arrays: dict, codes, *, grid: EnergyGrid = PAPER_GRID, dft_settings: dict | None = None,
+    def fit(cls, arrays: dict, codes: Iterable[str], *, grid: EnergyGrid = PAPER_GRID,
+            dft_settings: dict | None = None,
             margin: float = DEFAULT_MARGIN) -> "Domain":
         """The domain of training `arrays` (dos_up, dos_down, composition) whose inputs came from `codes`."""
         comp = np.asarray(arrays["composition"], np.float64)

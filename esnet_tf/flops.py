@@ -11,7 +11,12 @@ included in that estimate).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from esnet_tf.model import ESNetConfig
+
+if TYPE_CHECKING:
+    import keras
 
 
 def _conv_out(length: int, stride: int) -> int:
@@ -69,7 +74,7 @@ MATMUL_OPS = ("Conv2D", "Conv1D", "MatMul", "BatchMatMul", "BatchMatMulV2", "Bat
               "_FusedMatMul", "DepthwiseConv2dNative")
 
 
-def graph_flops(model, batch_size: int = 1) -> dict[str, int]:
+def graph_flops(model: keras.Model, batch_size: int = 1) -> dict[str, int]:
     """FLOPs per example from TensorFlow's registered op statistics (the tf.compat.v1 profiler's source).
 
     Traces `model(inputs, training=False)` at a fixed batch size and sums `flops` statistics over

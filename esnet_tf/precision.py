@@ -15,7 +15,15 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: TensorFlow and Keras are imported where they are used
+    import keras
+    import numpy as np
+
+    from esnet_tf.model import ESNetConfig
 
 #: values of `esnet train --precision`
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16", "mixed")
@@ -84,7 +92,7 @@ def _keep_float32(layer_config: dict, output_names: set[str]) -> bool:
     return layer_config.get("class_name") in FLOAT32_LAYERS or layer_config.get("name") in output_names
 
 
-def with_policy(model, policy: str):
+def with_policy(model: keras.Model, policy: str) -> keras.Model:
     """A copy of the functional `model` computing under `policy`, with the same weights.
 
     The input checks, the input normalisation and the output layers stay float32. Works in both
@@ -124,7 +132,7 @@ def _output_entries(spec) -> list:
     return list(spec)
 
 
-def compute_dtypes(model) -> dict[str, str]:
+def compute_dtypes(model: keras.Model) -> dict[str, str]:
     """{layer name: compute dtype} of every layer of `model`, nested layers included."""
     out = {}
     from esnet_tf.compat import flatten_layers
@@ -297,8 +305,8 @@ def _measure_infer(model, batch_size: int, rounds: int) -> dict[str, list[float]
     return _time_alternating(steps, rounds)
 
 
-def choose_precision(model_or_config, kind: str = "train", *, batch_size: int = 64, rounds: int = 4,
-                     run_dir: str | Path | None = None) -> dict:
+def choose_precision(model_or_config: keras.Model | ESNetConfig | dict, kind: str = "train", *, batch_size: int = 64,
+                     rounds: int = 4, run_dir: str | Path | None = None) -> dict:
     """Measure, on this machine, which precision runs ESNet fastest for `kind` ('train' or 'infer').
 
     `model_or_config`: an `ESNetConfig` (or its dict) for 'train' (a fresh model of that config is
@@ -369,8 +377,8 @@ def choose_precision(model_or_config, kind: str = "train", *, batch_size: int = 
     return entry
 
 
-def train_policy(precision: str, model_config, *, batch_size: int = 64, run_dir: str | Path | None = None
-                 ) -> tuple[str, dict | None]:
+def train_policy(precision: str, model_config: ESNetConfig | dict, *, batch_size: int = 64,
+                 run_dir: str | Path | None = None) -> tuple[str, dict | None]:
     """(Keras policy, auto's record or None) for training under `--precision`; 'auto' measures."""
     if precision != "auto":
         return resolve_policy(precision), None
@@ -384,7 +392,7 @@ def train_policy(precision: str, model_config, *, batch_size: int = 64, run_dir:
 #: batches of 32-64 ran 1.2-1.3x faster per example than 256, in bf16 and in float32
 INFERENCE_BATCH = 64
 
-def frozen_inference(model, policy: str):
+def frozen_inference(model: keras.Model, policy: str) -> Callable[[dict], dict]:
     """Frozen inference graph: maps a dict of float32 arrays (batch, ...) to the model's float32
     outputs dict, computed under `policy` ('float32' or 'bfloat16': bf16 weights; the input
     normalisation and the output layer stay float32). `.concrete` is the frozen ConcreteFunction.
@@ -426,7 +434,8 @@ def frozen_inference(model, policy: str):
     return graph
 
 
-def inference_function(model, precision: str = "auto", *, batch_size: int = 64, run_dir: str | Path | None = None):
+def inference_function(model: keras.Model, precision: str = "auto", *, batch_size: int = 64,
+                       run_dir: str | Path | None = None) -> tuple[Callable[[dict], np.ndarray], str]:
     """(callable, policy): the one fast inference path (esnet predict, the benchmark, export).
 
     The callable maps a dict of input arrays (any N; float32 IS-DOS) to float32 (N,) eV/atom,
@@ -453,8 +462,10 @@ def inference_function(model, precision: str = "auto", *, batch_size: int = 64, 
         n = len(inputs[INPUT_NAMES[0]])
         parts: dict[str, list] = {}
         for start in range(0, n, batch_size):
-            y = graph({k: tf.convert_to_tensor(np.asarray(inputs[k][start:start + batch_size], dtype=np.float32))
-                       for k in INPUT_NAMES})
+            # every input the model takes: the IS-DOS fields and any energy inputs ((N, 1) eV/atom, issue 32)
+            y = graph({k: tf.convert_to_tensor(np.asarray(inputs[k][start:start + batch_size], dtype=np.float32)
+                                               .reshape((-1, *spec.shape[1:])))
+                       for k, spec in graph.specs.items()})
             for k, v in y.items():
                 parts.setdefault(k, []).append(v.numpy().reshape(-1))
         return {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()} if parts else \

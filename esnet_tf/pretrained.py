@@ -20,14 +20,22 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
 from esnet_tf.errors import UserError
 from esnet_tf.isdos import DOMAIN_COLUMN, PREDICTION_COLUMN, PREDICTION_STD_COLUMN, ISDOSExample
+
+if TYPE_CHECKING:
+    import keras
+    import pandas
+
+#: what `predict` takes: a path, an ISDOSExample, a sequence of them, or an arrays dict
+Inputs = Union[str, Path, ISDOSExample, Sequence[Union[str, Path, ISDOSExample]], Mapping[str, np.ndarray]]
 
 #: shipped-model names: ESNet-<Data>-<YYYY.MM>-<Target>
 NAME_PATTERN = re.compile(r"^ESNet-[A-Za-z0-9]+-\d{4}\.\d{2}-[A-Za-z0-9]+$")
@@ -141,7 +149,7 @@ class PredictionTable:
         """Row indices whose domain column is not empty."""
         return np.flatnonzero([bool(d) for d in self.columns.get(DOMAIN_COLUMN, [""] * len(self))])
 
-    def to_pandas(self):
+    def to_pandas(self) -> pandas.DataFrame:
         """A pandas DataFrame (units in `df.attrs["units"]`)."""
         import pandas as pd
 
@@ -213,14 +221,14 @@ class ESNetModel:
         return self.predictor.has_std
 
     @property
-    def keras_model(self):
+    def keras_model(self) -> keras.Model:
         """The underlying keras.Model (for `.keras` models; a SavedModel loads as a TF object)."""
         return self.predictor.model
 
     def __repr__(self) -> str:
         return f"ESNetModel({self.name!r}, ensemble={self.is_ensemble}, domain={'yes' if self.domain else 'no'})"
 
-    def predict(self, inputs, *, batch_size: int = 256, strict: bool = False) -> PredictionTable:
+    def predict(self, inputs: Inputs, *, batch_size: int = 256, strict: bool = False) -> PredictionTable:
         """Predict `inputs` (a path, an ISDOSExample, a sequence of them, or an arrays dict).
 
         With `strict`, inputs outside the training domain raise `UserError` (naming them).
@@ -277,7 +285,7 @@ def load_model(name_or_path: str | Path, *, root: str | Path | None = None,
     return ESNetModel(name_or_path, root=root, trust_model_code=trust_model_code)
 
 
-def predict_formation_energy(model: str | Path | ESNetModel, inputs, *, batch_size: int = 256,
+def predict_formation_energy(model: str | Path | ESNetModel, inputs: Inputs, *, batch_size: int = 256,
                              strict: bool = False) -> PredictionTable:
     """Formation energies (eV/atom) of `inputs` (paths, ISDOSExamples, one or many) with `model`."""
     if not isinstance(model, ESNetModel):

@@ -21,6 +21,7 @@ import hashlib
 import json
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from esnet_tf.dft.prototypes import DIMER_BONDS, molecule_in_box, noncubic_struc
 from esnet_tf.dft.labels import assemble
 from esnet_tf.dft.settings import DFTSettings
 from esnet_tf.dft.tasks import Task
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
 
 GASES = ("O", "F", "Cl")
 #: molecular references added with the non-cubic part (nitrides)
@@ -158,7 +162,7 @@ def _spread_draw(rng: np.random.Generator) -> float:
     return float(np.clip(abs(rng.standard_normal()), 0.3, 2.0))
 
 
-def variant_structure(parent_id: str, structure, variant: str):
+def variant_structure(parent_id: str, structure: Structure, variant: str) -> Structure:
     """The `variant` initial structure of a parent's initial structure (deterministic per id).
 
     iso_a / iso_b: lattice constant times 1 - sigma|z| / 1 + sigma|z|; strain_c: the z axis

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,7 +267,8 @@ def run_task(task: Task, cache_dir: Path, retry_failed: bool = False, nice: int 
 
 
 def run_tasks(tasks: list[Task], cache_dir: Path, workers: int = 2, retry_failed: bool = False,
-              nice: int = 0, progress: bool = True, on_result=None) -> list[Outcome]:
+              nice: int = 0, progress: bool = True,
+              on_result: Callable[[Outcome], None] | None = None) -> list[Outcome]:
     """Run tasks with `workers` parallel single-threaded processes; progress bar with ETA.
 
     Returns one Outcome per task, in the order of `tasks`.

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pymatgen.electronic_structure.dos import CompleteDos
 
 from esnet_tf.isdos import F_ORBITALS, ORBITALS, DOSInputError, ProjectedDOS
 
@@ -26,7 +30,7 @@ def orbital_channel(name: str) -> int | None:
     raise KeyError(name)
 
 
-def from_complete_dos(cd, path: Path, code: str, warnings: tuple[str, ...] = ()) -> ProjectedDOS:
+def from_complete_dos(cd: CompleteDos, path: Path, code: str, warnings: tuple[str, ...] = ()) -> ProjectedDOS:
     """Sum a pymatgen CompleteDos over sites into the 9 m-resolved channels (states/eV per cell)."""
     from pymatgen.electronic_structure.core import Spin
 
@@ -84,7 +88,7 @@ def check_vasprun_run(path: Path, params: dict, has_dos: bool, n_steps: int, con
     return notes
 
 
-def not_m_resolved(path, orbital: str) -> DOSInputError:
+def not_m_resolved(path: str | Path, orbital: str) -> DOSInputError:
     """The error for projections without m resolution (LORBIT=10 and the like)."""
     return DOSInputError(path, f"projections are not m-resolved (orbital '{orbital}')",
                          "rerun VASP with LORBIT=11 (LORBIT=10 writes s, p, d only)")
