@@ -9,11 +9,16 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from esnet_tf.dft.progress import Progress
 from esnet_tf.dft.tasks import OPTIMIZER, Task
+
+if TYPE_CHECKING:  # annotations only: GPAW and ASE are imported in the worker process
+    from ase import Atoms
+    from gpaw import GPAW
 
 #: File suffix of the engine's DOS output, read by `esnet_tf.readers.gpaw`.
 GPAW_DOS_SUFFIX = ".gpawdos.npz"
@@ -143,7 +148,7 @@ def single_point(task: Task, scale: float, log: Path, dos_path: Path | None,
     return out
 
 
-def write_dos(task: Task, atoms, calc, path: Path, energy: float) -> None:
+def write_dos(task: Task, atoms: Atoms, calc: GPAW, path: Path, energy: float) -> None:
     """Write the orbital-projected DOS summed over sites (states/eV per cell) as `*.gpawdos.npz`."""
     from gpaw import __version__ as gpaw_version
     from pymatgen.io.ase import AseAtomsAdaptor
@@ -160,7 +165,7 @@ def write_dos(task: Task, atoms, calc, path: Path, energy: float) -> None:
                    settings_json=st.key(), energy=energy, doc_id=task.id)
 
 
-def symmetrized_pdos(calc, rel_energies: np.ndarray, width: float) -> np.ndarray:
+def symmetrized_pdos(calc: GPAW, rel_energies: np.ndarray, width: float) -> np.ndarray:
     """m-resolved PDOS (s, p, d; VASP m order) summed over atoms, states/eV per cell.
 
     Returns (n_spin, 9, n_E) on `rel_energies` (eV relative to E_F). Projections exist only
@@ -303,7 +308,7 @@ def relax_eos(task: Task, is_point: dict, workdir: Path, progress: Progress | No
             "structure": _scaled(task, s0)}
 
 
-def pulay_correction(task: Task, atoms, log: Path, mesh: tuple[int, int, int], **scf) -> float:
+def pulay_correction(task: Task, atoms: Atoms, log: Path, mesh: tuple[int, int, int], **scf: Any) -> float:
     """Isotropic stress (eV/Å^3) to add to GPAW's analytic stress at `atoms` (which has a calculator).
 
     At a fixed plane-wave cutoff the energy that labels and EOS scans use depends on the cell

@@ -31,6 +31,7 @@ import re
 import stat
 import zipfile
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -271,7 +272,8 @@ def npz_members(path: str | Path) -> dict[str, zipfile.ZipInfo]:
     return {i.filename[:-4] if i.filename.endswith(".npy") else i.filename: i for i in infos}
 
 
-def load_npz(path: str | Path, names, *, required=(), fraction: float = 1.0) -> dict[str, np.ndarray]:
+def load_npz(path: str | Path, names: Iterable[str], *, required: Iterable[str] = (),
+             fraction: float = 1.0) -> dict[str, np.ndarray]:
     """The members `names` of an `.npz` that exist (those in `required` must), as arrays, without pickle.
 
     Other members are never inflated. Before a member is read, its uncompressed size in the zip
