@@ -8,7 +8,6 @@ content hash of the snapshot files it reads (`file_hash`). Energies in eV/atom.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import time
 from collections.abc import Callable
@@ -95,22 +94,6 @@ def take(arrays: dict, idx: np.ndarray, id_suffix: str = "") -> dict[str, np.nda
 def concat(*parts: dict) -> dict[str, np.ndarray]:
     """The ARRAY_KEYS of several row sets, stacked in order."""
     return {k: np.concatenate([p[k] for p in parts]) for k in ARRAY_KEYS}
-
-
-def save_npz(arrays: dict, idx: np.ndarray, path: Path) -> Path:
-    """Rows `idx` of `arrays` as a compressed .npz (the features file `esnet_tf.train` reads)."""
-    np.savez_compressed(path, **{k: v[idx] for k, v in arrays.items()})
-    return path
-
-
-def write_labels(arrays: dict, idx: np.ndarray, path: Path) -> Path:
-    """Rows `idx` as a labels CSV (`id`, `formation_energy_per_atom` in eV/atom, 6 decimals)."""
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["id", "formation_energy_per_atom"])
-        for i in idx:
-            w.writerow([arrays["id"][i], f"{arrays['formation_energy_per_atom'][i]:.6f}"])
-    return path
 
 
 def kfold(chemsys: np.ndarray, folds: int, seed: int) -> np.ndarray:
