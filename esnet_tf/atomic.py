@@ -10,6 +10,7 @@ either the old file or the new one, never a truncated mix.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -21,17 +22,35 @@ from pathlib import Path
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """A temporary path beside `target` (same suffix); renamed onto `target` if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{''.join(target.suffixes[-1:])}",
-                               dir=target.parent)
+    with _naming(target, target.parent / f".{target.name}."):  # errors name `target`, not the temporary
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{''.join(target.suffixes[-1:])}",
+                                   dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets the usual permissions
     try:
-        yield tmp_path
-        os.replace(tmp_path, target)
+        with _naming(target, tmp_path):
+            yield tmp_path
+            os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _naming(target: Path, tmp: Path) -> Iterator[None]:
+    """OSErrors about the hidden temporary `tmp` (a name starting with it), or a full disk, re-raised
+    naming the user's `target` (issue 36: `--out` errors named the temporary file)."""
+    try:
+        yield
+    except OSError as exc:
+        names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+        if any(n.startswith(str(tmp)) for n in names) or (not names and exc.errno in _DISK_FULL):
+            raise type(exc)(exc.errno, exc.strerror or str(exc), str(target)) from None
+        raise
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _umask() -> int:
@@ -58,15 +77,17 @@ def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    with _naming(target, target.parent / f".{target.name}."):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.replace(target, old / target.name)
-        os.replace(tmp, target)
+        with _naming(target, tmp):
+            yield tmp
+            old = None
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+                os.replace(target, old / target.name)
+            os.replace(tmp, target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

@@ -93,6 +93,19 @@ def _one_line(exc: BaseException) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _os_hint(exc: OSError) -> str:
+    """The fix for an OSError on an output path (the errno decides)."""
+    import errno
+
+    if exc.errno == errno.EISDIR:
+        return "that path is a directory: name a file, or pass another path"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return "a part of that path is a file, not a directory: choose another path"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "the path is not writable: choose a writable directory"
+    return "check that the disk has space and the path is writable"
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -120,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:  # read-only or full disks, permissions: the file and the reason, not a traceback
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        print(f"esnet {args.command}: error: {where}{exc.strerror or exc} (check that the disk has space "
-              "and the path is writable)", file=sys.stderr)
+        print(f"esnet {args.command}: error: {where}{exc.strerror or exc} ({_os_hint(exc)})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"esnet {args.command}: interrupted", file=sys.stderr)
