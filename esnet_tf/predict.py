@@ -97,12 +97,13 @@ class Predictor:
         A single `.keras` model runs through `esnet_tf.precision.inference_function` (the one fast
         inference path the benchmark times) in `self.precision`.
         """
-        if self.kind == "keras" and not self.has_std and not self.energy_inputs:
+        if self.kind == "keras" and not self.has_std:
             from esnet_tf.data import check_finite, check_shapes
             from esnet_tf.precision import INFERENCE_BATCH, inference_function
 
             check_shapes(inputs, self.n_points, source=source)
             check_finite(inputs, source)
+            require_energies(inputs, self.energy_inputs, source)
             micro = min(batch_size, INFERENCE_BATCH)  # 64 measured faster per example than 256 (bf16 and f32)
             if getattr(self, "_fast", None) is None or self._fast.batch_size != micro:
                 self._fast = inference_function(self.model, self.precision, batch_size=micro)[0]
