@@ -408,3 +408,22 @@ def test_npz_written_before_the_energies_loads_with_nan(tmp_path):
     loaded = load_examples(tmp_path / "old.npz")
     assert loaded["is_formation_energy_per_atom"].shape == (2, 1)
     assert np.isnan(loaded["is_formation_energy_per_atom"]).all() and np.isnan(loaded["is_energy_per_atom"]).all()
+
+
+def test_training_arrays_carry_the_energies_labels_column_first(tmp_path):
+    """Arrays of a labels directory and of an .npz + labels carry both energies, (N, 1) float32 eV/atom:
+    a labels column where given, else the calculation's value."""
+    from esnet_tf.data import load_dir_arrays, load_npz_arrays
+
+    dummy = ROOT / "datasets" / "is_dos" / "dummy_data"
+    arrays = load_dir_arrays(dummy)
+    ef = dict(zip(arrays["id"], arrays["is_formation_energy_per_atom"][:, 0]))
+    assert arrays["is_formation_energy_per_atom"].shape == (5, 1) and np.isfinite(list(ef.values())).all()
+    assert ef["Al_fcc"] == np.float32(0.916687) and ef["Mg_fcc"] == pytest.approx(0.116743, abs=2e-6)
+    assert cli_main(["featurize", str(dummy / "calcs"), "--out", str(tmp_path / "f.npz"), "--quiet"]) == 0
+    (tmp_path / "labels.csv").write_text("id,formation_energy_per_atom,is_formation_energy_per_atom\n"
+                                         "Al_fcc,0.0,0.5\nMg_fcc,0.014928,\n")
+    npz = load_npz_arrays(str(tmp_path / "f.npz"), tmp_path / "labels.csv")
+    got = dict(zip(npz["id"], npz["is_formation_energy_per_atom"][:, 0]))
+    assert set(got) == {"Al_fcc", "Mg_fcc"} and got["Al_fcc"] == np.float32(0.5)  # the column wins
+    assert got["Mg_fcc"] == pytest.approx(0.116743, abs=2e-6)  # blank: the featurized value

@@ -300,3 +300,18 @@ def test_missing_energy_is_refused_in_one_line():
     # the model itself refuses NaN (every saved form), naming the input
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"input \\?'is_formation_energy_per_atom\\?' holds NaN"):
         energy_model().predict_on_batch(energy_inputs(a))
+
+
+def test_predictor_serves_energy_input_models_and_refuses_missing_energy(tmp_path):
+    from esnet_tf.errors import UserError
+    from esnet_tf.predict import Predictor
+
+    energy_model().save(tmp_path / "e.keras")
+    p = Predictor(tmp_path / "e.keras")
+    a = demo_energy_examples()
+    assert p.energy_inputs == ("is_formation_energy_per_atom",)
+    want = np.asarray(energy_model().predict_on_batch(energy_inputs(a))["formation_energy_per_atom"]).reshape(-1)
+    np.testing.assert_allclose(p.predict(a), want, atol=1e-5)  # the frozen fast path
+    bad = {**a, "is_formation_energy_per_atom": np.full_like(a["is_formation_energy_per_atom"], np.nan)}
+    with pytest.raises(UserError, match=f"needs input 'is_formation_energy_per_atom'.*id {a['id'][0]}"):
+        p.predict(bad, source="calcs/")
