@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     if not prov.get("n_examples"):
         print(f"esnet dft: no labelled example in {out / 'labels.csv'}: "
               f"{prov.get('note') or 'formation energies need the elemental references of every element'}; "
-              "add the elements themselves to the structures (see README)")
+              "add the elements themselves to the structures (see docs/dft.md)")
         return 1
     write_text(out / "outcomes.json", json.dumps(
         [{"id": o.task_id, "status": o.status, "key": o.key, "reason": o.reason} for o in outcomes], indent=1))
