@@ -430,3 +430,298 @@ def test_null_fermi_level_is_one_line(fixtures_dir, tmp_path, capsys):
     assert cli_main(["featurize", str(path), "--out", str(tmp_path / "f.npz"), "--quiet"]) == 1
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and "null_efermi.json: Fermi level is None, not a number" in err[0]
+
+
+# ---------------------------------------------------------------- 9. hostile inputs (issue 36)
+# Bounded reading: each payload is a few MB at most and inflates to 1 GiB or never ends. A child
+# process reads them all under a 1.5 GiB address-space limit (RLIMIT_AS) with a 64 MiB per-file
+# limit: every one must end in one UserError line, never a MemoryError.
+
+GIB = 1 << 30
+_BOUNDED_CHILD = textwrap.dedent("""
+    import resource, sys
+    resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
+    from esnet_tf.errors import UserError
+    from esnet_tf.featurize import load_examples
+    from esnet_tf.readers import read_dos
+    for path in sys.argv[1:]:
+        try:
+            arrays = (load_examples if path.endswith(".features.npz") else read_dos)(path)
+            print("OK", path, flush=True)
+        except UserError as exc:
+            print("ERR", " ".join(str(exc).split()), flush=True)
+""")
+
+
+def _gz_bomb(path: Path, prefix: bytes, unit: bytes, n_units: int, suffix: bytes = b"") -> Path:
+    """A gzip file of concatenated members: `prefix`, `n_units` copies of one member of `unit`, `suffix`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = gzip.compress(unit, compresslevel=9, mtime=0)
+    with open(path, "wb") as fh:
+        fh.write(gzip.compress(prefix, mtime=0))
+        fh.write(block * n_units)
+        fh.write(gzip.compress(suffix, mtime=0))
+    return path
+
+
+def _npz_with_member(path: Path, name: str, shape: tuple, data: bytes = bytes(1 << 20)) -> Path:
+    """Add a member whose .npy header declares `shape` float64 but holds only `data`."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf, zf.open(f"{name}.npy", "w") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f8", "fortran_order": False, "shape": shape})
+        fh.write(data)
+    return path
+
+
+def _hostile_payloads(root: Path) -> list[tuple[Path, str]]:
+    """(payload, regex its one line must match) for every bounded-reading probe class."""
+    from esnet_tf import featurize as fz
+
+    row = b"<r>  -3.1341  0.0000  0.0000  0.0000  0.0000  0.0000  0.0000  0.0000  0.0000  0.0000 </r>\n"
+    mib_rows = row * ((1 << 20) // len(row))
+    head = b'<?xml version="1.0" encoding="ISO-8859-1"?>\n<modeling>\n<calculation>\n'
+    cases = [
+        (_gz_bomb(root / "partial" / "vasprun.xml.gz", head + b"<dos>\n<partial>\n<array>\n<set>\n", mib_rows, 1024),
+         r"parsed content .* passes 16 MiB, a quarter of the 64 MiB per-file limit"),
+        (_gz_bomb(root / "projected" / "vasprun.xml.gz", head + b"<projected>\n<array>\n<set>\n", mib_rows, 1024),
+         r"inflates past 64 MiB, the per-file limit"),
+        (_gz_bomb(root / "doscar_line" / "DOSCAR.gz", b"", b"0.1 " * (1 << 18), 1024),
+         r"line 1 is longer than 4096 bytes"),
+        (_gz_bomb(root / "mp.json.gz", b'{"energies": [', b"0," * (1 << 19), 1024, b"0]}"),
+         r"inflates past 8 MiB, an eighth of the 64 MiB per-file limit"),
+    ]
+    zero = root / "devzero"
+    zero.mkdir()
+    os.symlink("/dev/zero", zero / "DOSCAR")
+    cases.append((zero, r"DOSCAR: is a character device \(the link resolves to /dev/zero\), not a regular file"))
+    fifo = root / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "DOSCAR")
+    cases.append((fifo / "DOSCAR", r"is a FIFO \(named pipe\), not a regular file"))
+    plain = root / "plain" / "vasprun.xml"
+    plain.parent.mkdir()
+    with open(plain, "wb") as fh:
+        fh.truncate(100 << 20)  # sparse: 100 MiB that take no disk
+    cases.append((plain, r"is 100 MiB, past 64 MiB, the per-file limit"))
+    features = fz.save_examples(demo_examples(1), root / "extra.features.npz")
+    cases.append((_npz_with_member(features, "junk", (1 << 37,)), r"^OK"))  # a member nobody reads: never inflated
+    liar = fz.save_examples(demo_examples(1), root / "liar.features.npz")
+    import zipfile
+
+    with zipfile.ZipFile(liar) as src, zipfile.ZipFile(root / "lying.features.npz", "w") as dst:
+        for info in src.infolist():
+            if info.filename != "dos_up.npy":
+                dst.writestr(info, src.read(info))
+    cases.append((_npz_with_member(root / "lying.features.npz", "dos_up", (1 << 37, 1500, 9)),
+                  r"member 'dos_up' \(1 MiB uncompressed\)|member 'dos_up' declares"))
+    gpaw = root / "extra.gpawdos.npz"
+    gpaw.write_bytes(next(DEMO.glob("calcs/*/is.gpawdos.npz")).read_bytes())
+    cases.append((_npz_with_member(gpaw, "junk", (1 << 37,)), r"^OK"))
+    return cases
+
+
+def test_hostile_inputs_are_read_within_bounded_memory_and_refused_in_one_line(tmp_path):
+    cases = _hostile_payloads(tmp_path)
+    assert max(p.stat().st_size for p, _ in cases if p.is_file() and p.suffix == ".gz") < 8 << 20  # a few MB
+    env = dict(os.environ, ESNET_MAX_INFLATED_BYTES="64MiB", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", _BOUNDED_CHILD.format(cap=3 * GIB // 2), *map(str, (p for p, _ in cases))],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # no MemoryError, no traceback
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(cases)
+    for line, (path, expected) in zip(lines, cases):
+        import re
+
+        assert re.search(expected, line), (path, line)
+        assert "truncated" not in line  # a bomb is not reported as a cut file
+        if line.startswith("ERR"):
+            assert str(path) in line
+            if "limit" in line:
+                assert "ESNET_MAX_INFLATED_BYTES=128MiB" in line  # how to raise it
+
+
+def test_the_per_file_limit_is_documented_and_overridable(monkeypatch):
+    from esnet_tf.readers import limits
+
+    monkeypatch.delenv(limits.LIMIT_ENV, raising=False)
+    assert limits.max_inflated_bytes() == 2 * GIB == limits.DEFAULT_MAX_INFLATED_BYTES
+    assert limits.LIMIT_ENV in limits.__doc__ and "2 GiB" in limits.__doc__
+    for value, expected in (("4GiB", 4 * GIB), ("500MB", 500_000_000), ("1048576", 1 << 20)):
+        monkeypatch.setenv(limits.LIMIT_ENV, value)
+        assert limits.max_inflated_bytes() == expected
+    monkeypatch.setenv(limits.LIMIT_ENV, "lots")
+    with pytest.raises(UserError, match="ESNET_MAX_INFLATED_BYTES='lots': give a positive number of bytes"):
+        limits.max_inflated_bytes()
+
+
+def test_bounded_readers_give_the_same_numbers(fixtures_dir):
+    """The DOSCAR reader now sums while streaming: the same arrays as the CompleteDos path."""
+    from esnet_tf.readers.common import from_complete_dos
+    from esnet_tf.readers.doscar import read_doscar
+
+    run = fixtures_dir / "doscar" / "hea_spin_polarized"
+    dos = read_doscar(run)
+    from pymatgen.electronic_structure.core import Orbital, Spin
+    from pymatgen.electronic_structure.dos import CompleteDos, Dos
+
+    lines = gzip.decompress((run / "DOSCAR.gz").read_bytes()).decode().splitlines()
+    natoms, nedos = int(lines[0].split()[0]), int(float(lines[5].split()[2]))
+    total = np.array([[float(x) for x in ln.split()] for ln in lines[6:6 + nedos]])
+    pdos = {}
+    for a in range(natoms):
+        start = 6 + nedos + 1 + a * (nedos + 1)
+        block = np.array([[float(x) for x in ln.split()] for ln in lines[start:start + nedos]])
+        pdos[dos.structure[a]] = {Orbital(o): {Spin.up: block[:, 1 + 2 * o], Spin.down: block[:, 2 + 2 * o]}
+                                  for o in range((block.shape[1] - 1) // 2)}
+    tdos = Dos(dos.efermi, total[:, 0], {Spin.up: total[:, 1], Spin.down: total[:, 2]})
+    ref = from_complete_dos(CompleteDos(dos.structure, tdos, pdos), run / "DOSCAR.gz", code="VASP (DOSCAR)")
+    assert np.array_equal(dos.pdos, ref.pdos) and np.array_equal(dos.energies, ref.energies)
+
+
+# Trust boundary for models
+
+def _evil_saved_model(path: Path, secret: Path, stolen: Path) -> Path:
+    """A SavedModel that answers like an ESNet and, when served, copies `secret` to `stolen`."""
+    import tensorflow as tf
+
+    class Evil(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 1500, 9], tf.float32, name="dos_up"),
+                                      tf.TensorSpec([None, 1500, 9], tf.float32, name="dos_down"),
+                                      tf.TensorSpec([None, 118], tf.float32, name="composition")])
+        def serve(self, dos_up, dos_down, composition):
+            tf.io.write_file(str(stolen), tf.io.read_file(str(secret)))
+            return {"formation_energy_per_atom": tf.reduce_sum(composition, axis=1, keepdims=True) - 2.0}
+
+    module = Evil()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def test_untrusted_saved_model_is_refused_without_the_flag_and_runs_with_it(tmp_path, capsys):
+    from esnet_tf import trust
+
+    secret, stolen = tmp_path / "secret.txt", tmp_path / "stolen.txt"
+    secret.write_text("private")
+    evil = _evil_saved_model(tmp_path / "evil" / "1", secret, stolen)
+    gpaw = str(next(DEMO.glob("calcs/*/is.gpawdos.npz")))
+    out = tmp_path / "p.csv"
+    capsys.readouterr()
+    assert cli_main(["predict", str(evil), gpaw, "--out", str(out)]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "refusing to load this SavedModel" in err[0] and "--trust-model-code" in err[0]
+    assert "equivalent to running untrusted code" in err[0]
+    assert not stolen.exists() and not out.exists()  # nothing of the model ran
+    trust.write_manifest(evil)  # a forged manifest: the graph still reads and writes files
+    with pytest.raises(trust.UntrustedModelError, match="ops ReadFile, WriteFile"):
+        trust.check_saved_model(evil)
+    assert cli_main(["predict", str(evil), gpaw, "--out", str(out), "--trust-model-code"]) == 0
+    assert stolen.read_text() == "private"  # the flag runs the model's code, as its help says
+    assert "untrusted code" in trust.TF_WARNING
+
+
+def test_shipped_saved_model_loads_without_the_flag():
+    from esnet_tf import trust
+    from esnet_tf.pretrained import list_models, load_model
+    from esnet_tf.resources import saved_models_dir
+
+    shipped = list_models()[0]
+    version = next(p for p in sorted(shipped.path.iterdir()) if p.name.isdigit())
+    assert trust.is_shipped(version) and trust.untrusted_reason(version) is None
+    assert trust.graph_problems(version) == []  # and its graph passes the export check as well
+    model = load_model(version)
+    assert model.predictor.kind == "saved_model"
+    assert str(version.resolve()).startswith(str(saved_models_dir().resolve()))
+
+
+def test_exported_saved_model_is_trusted_until_changed(tmp_path, capsys):
+    from esnet_tf import trust
+    from esnet_tf.model import ESNetConfig, build_esnet
+
+    model = build_esnet(ESNetConfig.small().replace(stem_filters=8, stage_widths=(8, 16), blocks_per_stage=1,
+                                                    merge_filters=16, composition_units=8, head_units=(16,)))
+    model.save(tmp_path / "m.keras")
+    assert cli_main(["export", "--model", str(tmp_path / "m.keras"), "--out", str(tmp_path / "served"),
+                     "--name", "m", "--version", "1", "--n-warmup", "1"]) == 0
+    version = tmp_path / "served" / "m" / "1"
+    assert (version / trust.MANIFEST_FILE).is_file() and trust.untrusted_reason(version) is None
+    gpaw = str(next(DEMO.glob("calcs/*/is.gpawdos.npz")))
+    assert cli_main(["predict", str(version), gpaw, "--out", str(tmp_path / "p.csv")]) == 0
+    (version / "fingerprint.pb").write_bytes(b"changed")
+    capsys.readouterr()
+    assert cli_main(["predict", str(version), gpaw, "--out", str(tmp_path / "p2.csv")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "files changed since export: fingerprint.pb" in err[0]
+
+
+def test_malicious_or_broken_keras_files_give_one_line(tmp_path, capsys):
+    import zipfile
+
+    import keras
+
+    lam = keras.Sequential([keras.Input((118,)), keras.layers.Lambda(lambda x: x * 2.0)])
+    lam.save(tmp_path / "lambda.keras")
+    good = tmp_path / "lambda.keras"
+    config = zipfile.ZipFile(good).read("config.json")
+    variants = {"lambda.keras": None,
+                "os_system.keras": json.dumps({"module": "os", "class_name": "system", "config": {"command": "id"},
+                                               "registered_name": "os>system"}).encode(),
+                "not_json.keras": b"{not json", "list.keras": b"[1, 2]",
+                "deep.keras": b'{"a":' * 5000 + b"1" + b"}" * 5000}
+    for name, cfg in variants.items():
+        if cfg is None:
+            continue
+        with zipfile.ZipFile(good) as src, zipfile.ZipFile(tmp_path / name, "w") as dst:
+            for info in src.infolist():
+                dst.writestr(info, cfg if info.filename == "config.json" else src.read(info))
+    assert config
+    gpaw = str(next(DEMO.glob("calcs/*/is.gpawdos.npz")))
+    for name in variants:
+        capsys.readouterr()
+        assert cli_main(["predict", str(tmp_path / name), gpaw, "--out", str(tmp_path / "p.csv")]) == 2, name
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "WARNING" not in ln]
+        assert len(err) == 1 and f"{name}: cannot load the .keras model" in err[0], (name, err)
+    assert not (tmp_path / "p.csv").exists()
+
+
+# One line, right target
+
+def test_deep_references_json_is_one_line(tmp_path, capsys):
+    refs = tmp_path / "refs.json"
+    refs.write_text("[" * 100_000 + "]" * 100_000)
+    preds = tmp_path / "preds.csv"
+    preds.write_text("id,formula,predicted_formation_energy_per_atom\na,Fe2O3,-1.0\n")
+    assert cli_main(["screen", "--predictions", str(preds), "--references", str(refs),
+                     "--out", str(tmp_path / "o")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and f"{refs}: refusing to decode: the JSON nests deeper than 100 levels" in err[0]
+    from esnet_tf.safe_json import UnsafeJSONError, check_modules
+
+    nested: list = []
+    for _ in range(150):
+        nested = [nested]
+    with pytest.raises(UnsafeJSONError, match="nests deeper than 100"):
+        check_modules(nested, "doc.json")
+
+
+def test_negative_numbers_in_scientific_notation_are_values(tmp_path):
+    from esnet_tf.cli import join_negative_numbers
+
+    preds = tmp_path / "preds.csv"
+    preds.write_text("id,formula,predicted_formation_energy_per_atom\na,Fe2O3,-1.0\n")
+    assert cli_main(["screen", "--predictions", str(preds), "--mode", "formation-energy", "--threshold", "-1e-3",
+                     "--out", str(tmp_path / "o")]) == 0
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["threshold_eV_per_atom"] == -1e-3
+    assert join_negative_numbers(["x", "--a", "-2.5E+1", "--b", "-1", "--c", "-inf", "--", "--d", "-1e3"]) == \
+        ["x", "--a=-2.5E+1", "--b", "-1", "--c=-inf", "--", "--d", "-1e3"]
+
+
+def test_out_errors_name_the_users_path_not_the_temporary(tmp_path, capsys):
+    gpaw = str(next(DEMO.glob("calcs/*/is.gpawdos.npz")))
+    out = tmp_path / "x.npz"
+    out.mkdir()  # --out names a directory
+    assert cli_main(["featurize", gpaw, "--out", str(out), "--quiet"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith(f"esnet featurize: error: {out}: Is a directory"), err
+    assert ".tmp" not in err[0] and "name a file" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["x.npz"]
