@@ -1,4 +1,4 @@
-"""Composition-only baselines for the accuracy study (`benchmarks/accuracy.py`).
+"""Composition-only baselines of the accuracy study (`esnet_tf.study`) and the campaign replay.
 
 - `magpie_features`: Magpie-style element-property statistics of a composition: for each of
   `ELEMENT_PROPERTIES` the fraction-weighted mean, min, max, range (max - min) and mean absolute

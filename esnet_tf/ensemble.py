@@ -16,6 +16,7 @@ the SavedModel's `serving_default` returns both outputs (DESIGN.md section 5).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -46,7 +47,7 @@ class EnsembleMeanStd(keras.layers.Layer):
         self.statistic = statistic
         self.std_scale = float(std_scale)
 
-    def call(self, inputs):
+    def call(self, inputs: Sequence) -> Any:
         stacked = keras.ops.concatenate([keras.ops.cast(x, "float32") for x in inputs], axis=-1)
         n = len(inputs)
         mean = keras.ops.mean(stacked, axis=-1, keepdims=True)
@@ -57,14 +58,14 @@ class EnsembleMeanStd(keras.layers.Layer):
         var = keras.ops.sum(keras.ops.square(stacked - mean), axis=-1, keepdims=True) / (n - 1)
         return keras.ops.sqrt(var) * self.std_scale
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Sequence) -> tuple:
         return tuple(input_shape[0])
 
     def get_config(self) -> dict:
         return {**super().get_config(), "statistic": self.statistic, "std_scale": self.std_scale}
 
 
-def build_ensemble(members: Sequence, *, std_scale: float = 1.0, name: str = "esnet_ensemble"):
+def build_ensemble(members: Sequence, *, std_scale: float = 1.0, name: str = "esnet_ensemble") -> keras.Model:
     """A `keras.Model` over trained ESNet `members` (>= 2) with outputs mean and std (eV/atom).
 
     Each member is wrapped as a nested model named `member_<i>` (the members' own names may
@@ -93,7 +94,7 @@ def build_ensemble(members: Sequence, *, std_scale: float = 1.0, name: str = "es
     return keras.Model(inputs, {OUTPUT_NAME: mean, STD_OUTPUT_NAME: std}, name=name)
 
 
-def member_predictions(model, inputs: dict, batch_size: int = 256) -> np.ndarray:
+def member_predictions(model: keras.Model, inputs: dict, batch_size: int = 256) -> np.ndarray:
     """Each member's formation energy (eV/atom), float32 (N, n_members), of an ensemble `model`."""
     members = [layer for layer in model.layers if layer.name.startswith("member_")]
     names = INPUT_NAMES + tuple(t.name for t in model.inputs if t.name in ENERGY_INPUTS)

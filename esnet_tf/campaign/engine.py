@@ -167,7 +167,9 @@ class CampaignResult:
     trajectory: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _json(obj: Any) -> str:
+def json_text(obj: Any) -> str:
+    """`obj` as indented JSON text (numpy values as Python numbers, NaN / inf as null), newline-terminated."""
+
     def clean(x: Any) -> Any:
         if isinstance(x, dict):
             return {str(k): clean(v) for k, v in x.items()}
@@ -275,7 +277,7 @@ class Campaign:
         cfg, pool = self.config, self.pool
         rounds = self._load_rounds()
         if self.out is not None:
-            write_text(self.out / STATE_FILE, _json(self._header()))
+            write_text(self.out / STATE_FILE, json_text(self._header()))
         if rounds:
             self.progress(f"{cfg.strategy}: resuming after round {len(rounds) - 1}")
         relaxed: list[int] = []
@@ -449,9 +451,9 @@ class Campaign:
         return None
 
     def _record(self, rec: dict[str, Any]) -> dict[str, Any]:
-        rec = json.loads(_json(rec))  # what a resumed campaign reads back: the same numbers
+        rec = json.loads(json_text(rec))  # what a resumed campaign reads back: the same numbers
         if self.out is not None:
-            write_text(self._round_path(rec["round"]), _json(rec))
+            write_text(self._round_path(rec["round"]), json_text(rec))
         return rec
 
     # ----- result ----------------------------------------------------------------------------
@@ -491,7 +493,7 @@ class Campaign:
         if found is not None:
             traj["n_stable_found"] = found
         if self.out is not None:
-            write_text(self.out / "result.json", _json(summary))
+            write_text(self.out / "result.json", json_text(summary))
             write_discovered(discovered, self.out / "discovered_stable.csv")
         return CampaignResult(cfg, rounds, summary, self.out, traj)
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from esnet_tf.atomic import write_text
-from esnet_tf.campaign.engine import RECALL_LEVELS, CampaignResult, _json, write_discovered
+from esnet_tf.campaign.engine import RECALL_LEVELS, CampaignResult, json_text, write_discovered
 from esnet_tf.campaign.hull import true_e_above_hull
 from esnet_tf.campaign.pool import Pool
 from esnet_tf.campaign.strategies import ESNET_STRATEGIES, ranking
@@ -198,7 +198,7 @@ def write_report(rep: Mapping[str, Any], results: Mapping[str, CampaignResult], 
     """report.json, report.md, campaign.png (replay) and discovered_stable.csv (of the recommended ESNet
     strategy when it ran, else of the first ESNet strategy that ran, else of the first strategy)."""
     out = Path(out_dir)
-    written = [write_text(out / "report.json", _json(rep))]
+    written = [write_text(out / "report.json", json_text(rep))]
     written.append(write_text(out / "report.md", table_markdown(rep)))
     if rep.get("replay"):
         written.append(campaign_plot(rep, results, pool, out / "campaign.png", threshold=threshold))

@@ -14,12 +14,13 @@ from esnet_tf.errors import UserError
 
 def _common(p: argparse.ArgumentParser) -> None:
     from esnet_tf.campaign.engine import REFITS
-    from esnet_tf.campaign.strategies import STRATEGIES
+    from esnet_tf.campaign.strategies import RECOMMENDED, STRATEGIES
 
-    p.add_argument("--strategy", default="lcb", metavar="NAME[,NAME...]",
+    p.add_argument("--strategy", default=RECOMMENDED, metavar="NAME[,NAME...]",
                    help=f"acquisition rule(s), comma-separated, each run in OUT/NAME/: {', '.join(STRATEGIES)} "
-                   "(greedy: lowest predicted E_hull; lcb: E_hull - kappa sigma; random; composition: a "
-                   "composition-only model's E_hull; oracle: true E_hull, replay only)")
+                   "(stable_per_cost, the recommended rule: P(stable) per estimated relaxation second; greedy: "
+                   "lowest predicted E_hull; lcb: E_hull - kappa sigma; random; composition: a composition-only "
+                   "model's E_hull; oracle: true E_hull, replay only)")
     p.add_argument("--batch-size", type=int, default=10, metavar="N", help="candidates relaxed per round")
     p.add_argument("--kappa", type=float, default=1.0, metavar="K",
                    help="LCB weight on the predicted std sigma (eV/atom)")

@@ -12,10 +12,14 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from esnet_tf.errors import UserError
+
+if TYPE_CHECKING:
+    from esnet_tf.screening.cost import Costs
 
 #: the snapshot files in a study's folder
 SNAPSHOT, AUG_SNAPSHOT = "labels_snapshot.csv", "labels_augmented_snapshot.csv"
@@ -83,17 +87,26 @@ def cached_arrays(work: Path, name: str, build: Callable[[], dict]) -> dict[str,
     return arrays
 
 
+def _keys(arrays: dict) -> tuple[str, ...]:
+    """ARRAY_KEYS plus the named energy inputs present (`esnet_tf.isdos.ENERGY_INPUTS`, (N, 1) eV/atom)."""
+    from esnet_tf.isdos import ENERGY_INPUTS
+
+    return ARRAY_KEYS + tuple(k for k in ENERGY_INPUTS if k in arrays)
+
+
 def take(arrays: dict, idx: np.ndarray, id_suffix: str = "") -> dict[str, np.ndarray]:
-    """The ARRAY_KEYS of some rows; ids suffixed (to keep ids unique when two views of a row are stacked)."""
-    out = {k: arrays[k][idx] for k in ARRAY_KEYS}
+    """The ARRAY_KEYS (and energy inputs) of some rows; ids suffixed (to keep ids unique when two views of
+    a row are stacked)."""
+    out = {k: arrays[k][idx] for k in _keys(arrays)}
     if id_suffix:
         out["id"] = np.char.add(out["id"], id_suffix)
     return out
 
 
 def concat(*parts: dict) -> dict[str, np.ndarray]:
-    """The ARRAY_KEYS of several row sets, stacked in order."""
-    return {k: np.concatenate([p[k] for p in parts]) for k in ARRAY_KEYS}
+    """The ARRAY_KEYS (and the energy inputs all parts have) of several row sets, stacked in order."""
+    keys = [k for k in _keys(parts[0]) if all(k in p for p in parts)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
 
 def kfold(chemsys: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -141,7 +154,7 @@ class StudyData:
         """Fold of each structure (grouped by chemical system)."""
         return kfold(self.is_["chemsys"], folds, seed)
 
-    def costs(self):
+    def costs(self) -> "Costs":
         """DFT wall times by id (`esnet_tf.screening.Costs`) from the snapshot."""
         from esnet_tf.screening import costs_from_labels
 

@@ -53,7 +53,10 @@ def fit_esnet(train_arrays: dict, test_arrays: dict, work: Path, config: Any, ep
                            backups=False)  # a killed unit starts over anyway; saves ~14 % of a unit
     summary = train(settings, work / "run", train_data=fit_rows, validation_data=val_rows, verbose=0)
     pred = Predictor(work / "run" / "best.keras")
-    batch = {k: test_arrays[k] for k in ("dos_up", "dos_down", "composition", "id")}
+    from esnet_tf.isdos import ENERGY_INPUTS
+
+    batch = {k: test_arrays[k] for k in ("dos_up", "dos_down", "composition", "id", *ENERGY_INPUTS)
+             if k in test_arrays}  # the energy inputs for a model that takes them
     out = np.asarray(pred.predict(batch, source=str(work))).reshape(-1).astype(float)
     keep = {k: summary.get(k) for k in ("epochs_run", "best_epoch", "best_val_loss", "best_val_mae_ev_per_atom")}
     return out, keep
