@@ -282,6 +282,35 @@ def test_rerun_with_other_settings_is_refused():
     assert code == 2 and "other settings (epochs)" in out
 
 
+def test_overwrite_checks_first_and_replaces_only_its_own_files(tmp_path):
+    """--overwrite (issue 36): bad data is refused with the old project untouched byte for byte; a
+    completed new search replaces the old records and keeps a file the user put in the project."""
+    import shutil
+
+    s = search3()
+    directory = tmp_path / "tune"
+    shutil.copytree(s["project"], directory / "p")
+    (directory / "p" / "notes.txt").write_text("mine\n")
+    tree = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    before = tree(directory)
+    d = real_data()
+    with np.load(d["npz"], allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["composition"][0] = np.nan
+    np.savez(tmp_path / "bad.npz", **arrays)
+    argv = tune_argv(directory, "p", "--tuner", "random", "--max-trials", "1", "--retrain-epochs", "0",
+                     "--no-export", "--overwrite")
+    bad = list(argv)
+    bad[bad.index("--dataset") + 1] = str(tmp_path / "bad.npz")
+    code, out = run_cli(bad)
+    assert code == 2 and "NaN" in out
+    assert tree(directory) == before
+    code, out = run_cli(argv)
+    assert code == 0, out
+    assert len(trial_records(directory / "p")) == 1 and (directory / "p" / "notes.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in directory.iterdir()) == ["p"]  # nothing set aside is left
+
+
 def test_resume_continues_the_same_search_then_retrains_and_exports():
     import tensorflow as tf
 

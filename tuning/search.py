@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -187,7 +188,9 @@ def tune(config: TuneConfig, directory: str | Path, project_name: str, *, train_
     Data: `config.dataset`, or the examples given directly as `train_data` / `validation_data`
     (dicts of numpy arrays or unbatched `tf.data.Dataset`s, as `esnet_tf.train.train` takes them).
 
-    The project is `directory`/`project_name`; `overwrite` deletes it first (chief only).
+    The project is `directory`/`project_name`; `overwrite` (chief only) starts a new search: once the
+    data and settings are checked, the old project is set aside, put back if the search fails, and
+    removed once the new one completes (files a user put in the project move to the new one).
     `retrain_epochs`: epochs to retrain the best trial with `esnet_tf.train.train` (None:
     `config.epochs`; 0 keeps the trial's own weights). `export_dir=None`: no SavedModel export
     (else EXPORT_DIR/(`export_name` or `project_name`)/(`export_version` or the next free integer)).
@@ -226,9 +229,34 @@ def tune(config: TuneConfig, directory: str | Path, project_name: str, *, train_
           f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}")
 
     hypermodel = ESNetHyperModel(space, normalization=stats)
+    # --overwrite: everything above is checked; the old project is set aside (not deleted) while the
+    # new search runs, put back if it fails, and removed only once the new one is complete
+    aside = _set_aside(project) if overwrite and who != "worker" else None
+    try:
+        summary = _search(config, hypermodel, directory, project_name, who, identity, train_ds, val_ds,
+                          n_train, n_val, retrain_epochs, train_data, validation_data, export_dir, export_name,
+                          export_version, top, verbose)
+    except BaseException:
+        if aside is not None:
+            _put_back(aside, project)
+        raise
+    if aside is not None:
+        _finish_replacement(aside, project)
+    return summary
+
+
+def _search(config: TuneConfig, hypermodel, directory, project_name: str, who: str, identity: dict, train_ds,
+            val_ds, n_train: int, n_val: int, retrain_epochs, train_data, validation_data, export_dir,
+            export_name, export_version, top: int, verbose: int) -> dict:
+    """The search of `tune` once everything is checked: run, summarize, retrain / keep, export."""
+    import keras
+
+    from esnet_tf import data
+
+    project = Path(directory) / project_name
     tuner = make_tuner(config.tuner, hypermodel, max_trials=config.max_trials, epochs=config.epochs,
                        directory=directory, project_name=project_name, seed=config.seed,
-                       hyperband_factor=config.hyperband_factor, overwrite=overwrite)
+                       hyperband_factor=config.hyperband_factor, overwrite=False)
     if who != "worker":
         _write_json(project / SETTINGS_FILE, identity)
     pipe_train = data.training_pipeline(train_ds, config.batch_size, seed=config.seed)
@@ -254,6 +282,39 @@ def tune(config: TuneConfig, directory: str | Path, project_name: str, *, train_
                                     export_name or project_name, export_version)
     _write_json(project / SUMMARY_FILE, summary)
     return summary
+
+
+def _own_entry(name: str) -> bool:
+    """Whether a project entry is written by the search (KerasTuner's records or this module's files)."""
+    return name.startswith("trial_") or name in ("oracle.json", SETTINGS_FILE, SUMMARY_FILE, BEST_DIR) \
+        or (name.endswith(".json") and (name.startswith("tuner") or name.startswith("chief")))
+
+
+def _set_aside(project: Path) -> Path | None:
+    """Move an existing project into a hidden directory beside it (None if there is none)."""
+    if not project.exists():
+        return None
+    aside = Path(tempfile.mkdtemp(prefix=f".{project.name}.", suffix=".replaced", dir=project.parent))
+    os.replace(project, aside / project.name)
+    print(f"--overwrite: the previous project is kept in {aside} until the new search completes")
+    return aside
+
+
+def _put_back(aside: Path, project: Path) -> None:
+    """The new search failed: remove what it wrote, put the previous project back."""
+    if project.exists():
+        shutil.rmtree(project)
+    os.replace(aside / project.name, project)
+    aside.rmdir()
+
+
+def _finish_replacement(aside: Path, project: Path) -> None:
+    """The new search completed: the previous project's own files go, files a user put there move over."""
+    old = aside / project.name
+    for entry in sorted(old.iterdir()):
+        if not _own_entry(entry.name) and not (project / entry.name).exists():
+            os.replace(entry, project / entry.name)
+    shutil.rmtree(aside)
 
 
 def _identity(config: TuneConfig, space, fingerprint: str | None = None) -> dict:
