@@ -129,6 +129,24 @@ def gbr_magpie(arrays: dict, train_idx: np.ndarray, test_idx: np.ndarray, seed: 
     return fit_predict_gbr(x[train_idx], y[train_idx], x[test_idx], seed)
 
 
+def with_energies(features: np.ndarray, *energies: np.ndarray) -> np.ndarray:
+    """(N, F) features with one column appended per energy (eV/atom, (N,) or (N, 1)): the inputs of the
+    energy baselines (Magpie or fractional composition + the IS or the potential's formation energy).
+
+    ValueError when an energy column has another length or holds NaN/inf (a baseline never guesses a
+    missing energy)."""
+    x = np.asarray(features, dtype=float)
+    cols = []
+    for j, e in enumerate(energies):
+        e = np.asarray(e, dtype=float).reshape(-1)
+        if len(e) != len(x):
+            raise ValueError(f"energy column {j} has {len(e)} rows, the features {len(x)}")
+        if not np.all(np.isfinite(e)):
+            raise ValueError(f"energy column {j} has {int(np.sum(~np.isfinite(e)))} missing (NaN/inf) value(s)")
+        cols.append(e[:, None])
+    return np.hstack([x, *cols])
+
+
 BASELINES: dict[str, Callable[[dict, np.ndarray, np.ndarray, int], np.ndarray]] = {
     "gbr_fraction": gbr_fraction, "gbr_magpie": gbr_magpie}
 

@@ -419,3 +419,118 @@ def test_study_doc_table_is_the_summary_of_the_committed_units(tmp_path):
     assert doc.read_text(encoding="utf-8") == (ROOT / "docs" / "study.md").read_text(encoding="utf-8"), (
         "docs/study.md's accuracy table is stale: run `python benchmarks/accuracy.py --seeds 0,1,2 --epochs 40 "
         "--summary-only --doc docs/study.md`")
+
+
+# ---------------------------------------------------------------- baselines with an energy input (issues 32, 33)
+
+
+def _energy_study(y, is_ef, chemsys=None, composition=None, uip_table=None, n_folds=2):
+    """A tiny synthetic StudyData: labels y, IS formation energies, two folds (fold 1 = test)."""
+    n = len(y)
+    ids = np.array([f"s{i}" for i in range(n)])
+    comp = composition if composition is not None else np.tile(_fractions(Fe=1, O=1), (n, 1))
+    data = SimpleNamespace(
+        y=np.asarray(y, float), is_formation_energy=np.asarray(is_ef, float), labels=Path("labels_snapshot.csv"),
+        is_={"id": ids, "chemsys": np.asarray(chemsys if chemsys is not None else [f"Fe-O{i % 7}" for i in range(n)]),
+             "composition": comp}, uip_table=lambda: uip_table)
+    fold = np.arange(n) % n_folds
+    return data, study_models.Unit(data, fold, 1, n_folds, 0, 1, 4, Path("unused"))
+
+
+def test_is_shift_is_the_is_energy_minus_the_training_median_relaxation_energy():
+    y = np.array([-1.0, -2.0, -1.0, -2.0, -1.0, -2.0])
+    rel = np.array([0.1, 9.0, 0.3, 9.0, 0.2, 9.0])  # the test rows' own relaxation energy (9) must not count
+    _, unit = _energy_study(y, y + rel)
+    pred, notes = study_models.run_model("is_shift", unit)
+    assert notes["median_relaxation_energy"] == pytest.approx(0.2)
+    np.testing.assert_allclose(pred, (y + rel)[1::2] - 0.2)
+    nan = (y + rel).copy()
+    nan[3] = np.nan
+    with pytest.raises(UserError, match="is_formation_energy_per_atom"):
+        study_models.run_model("is_shift", _energy_study(y, nan)[1])
+
+
+def test_gbr_with_the_is_energy_reads_it():
+    """Same composition everywhere: the composition-only baseline predicts one value, the one with the IS
+    energy follows it (y = E_f(IS) - 0.1)."""
+    rng = np.random.default_rng(0)
+    is_ef = rng.uniform(-2, 0, 40)
+    y = is_ef - 0.1
+    data, unit = _energy_study(y, is_ef)
+    arrays = {"composition": data.is_["composition"], "formation_energy_per_atom": y}
+    flat = baselines.gbr_magpie(arrays, unit.train_idx, unit.test_idx, 0)
+    assert np.ptp(flat) < 1e-9
+    for name in ("gbr_magpie_is", "gbr_fraction_is"):
+        pred, _ = study_models.run_model(name, unit)
+        assert np.abs(pred - y[unit.test_idx]).mean() < 0.1 * np.abs(flat - y[unit.test_idx]).mean(), name
+    with pytest.raises(ValueError, match="missing"):
+        baselines.with_energies(np.zeros((2, 3)), np.array([0.0, np.nan]))
+
+
+def _uip_table(energies: dict, compositions: dict):
+    from esnet_tf.uip import UIPTable
+
+    return UIPTable(energies=energies, compositions=compositions, crystal_mu={"Fe": -8.0}, meta={"model": "chgnet"})
+
+
+def test_uip_references_never_see_a_test_row():
+    """Fe-O rows whose potential energies put mu_O at -5 exactly on the training rows: the test rows' E_f
+    follow from it whatever their labels (poisoned here), and a test-only gas element gets no reference."""
+    n = 12
+    x_o = np.linspace(0.2, 0.7, n)
+    ef_true = -0.5 * x_o
+    comps = {f"s{i}": {"Fe": 1 - x_o[i], "O": x_o[i]} for i in range(n)}
+    energies = {f"s{i}": ef_true[i] + (1 - x_o[i]) * -8.0 + x_o[i] * -5.0 for i in range(n)}
+    y = ef_true.copy()
+    y[1::2] = 1e3  # the test fold's labels: any use of them would move mu_O
+    _, unit = _energy_study(y, y, uip_table=_uip_table(energies, comps))
+    pred, notes = study_models.run_model("uip", unit)
+    assert notes["fitted_mu"]["O"] == pytest.approx(-5.0)
+    np.testing.assert_allclose(pred, ef_true[1::2], atol=1e-9)
+    comps["s1"] = {"Fe": 0.5, "F": 0.5}  # F only in a test row: no reference fitted, refused
+    with pytest.raises(AssertionError, match="without a potential formation energy"):
+        study_models.run_model("uip", _energy_study(y, y, uip_table=_uip_table(energies, comps))[1])
+
+
+def test_gbr_uip_training_energies_are_cross_fitted():
+    """A training row's potential E_f does not move with its own label (its gas reference comes from the
+    other inner folds); the test rows get references fitted on all training rows."""
+    n = 40
+    x_o = np.linspace(0.2, 0.7, n)
+    comps = {f"s{i}": {"Fe": 1 - x_o[i], "O": x_o[i]} for i in range(n)}
+    energies = {f"s{i}": -0.5 * x_o[i] + (1 - x_o[i]) * -8.0 + x_o[i] * -5.0 for i in range(n)}
+    y = -0.5 * x_o
+    chemsys = [f"Fe-O{i % 10}" for i in range(n)]
+    table = _uip_table(energies, comps)
+    _, unit = _energy_study(y, y, chemsys=chemsys, uip_table=table)
+    base, fallback = study_models.uip_training_energies(unit)
+    assert fallback == 0
+    np.testing.assert_allclose(base, y[unit.train_idx], atol=1e-9)
+    moved = y.copy()
+    moved[unit.train_idx[0]] += 1.0  # one training label off: only the other rows' references move
+    got, _ = study_models.uip_training_energies(_energy_study(moved, moved, chemsys=chemsys, uip_table=table)[1])
+    assert got[0] == pytest.approx(base[0], abs=1e-12)
+    assert not np.allclose(got[1:], base[1:])
+    pred, notes = study_models.run_model("gbr_uip", _energy_study(y, y, chemsys=chemsys, uip_table=table)[1])
+    assert len(pred) == len(unit.test_idx) and notes["training_rows_not_cross_fitted"] == 0
+
+
+def test_cpu_seconds_per_candidate(tmp_path):
+    """Per-step means from the calculations' result.json (CPU time, else wall time) and the potential's CSV;
+    a row's cell sums its steps."""
+    import json
+
+    for name, doc in (("a", {"is_cpu_time": 10.0, "is_wall_time": 11.0, "relax_cpu_time": 100.0}),
+                      ("b", {"is_wall_time": 30.0, "relax_wall_time": 50.0}), ("c", {"is_cpu_time": 1e6})):
+        (tmp_path / "calcs" / name).mkdir(parents=True)
+        (tmp_path / "calcs" / name / "result.json").write_text(json.dumps(doc))
+    (tmp_path / "labels.csv").write_text("id,path\nA,calcs/a/is.npz\nB,calcs/b/is.npz\nC,calcs/c/is.npz\n")
+    (tmp_path / "uip_chgnet.csv").write_text("id,cpu_time_s\nA,0.5\nB,1.5\nC,99\n")
+    costs = study_data.candidate_cpu_seconds(tmp_path, ["A", "B"])  # C is not a study structure
+    assert costs["is_single_point"] == {"mean_s": 20.0, "n": 2, "n_cpu_timed": 1}
+    assert costs["dft_relaxation"]["mean_s"] == 75.0 and costs["uip_relaxation"]["mean_s"] == 1.0
+    assert report._cpu_cell("gbr_magpie", costs) == "~0"
+    assert report._cpu_cell("uip", costs) == "1.0"
+    assert report._cpu_cell("gbr_magpie_is", costs) == report._cpu_cell("esnet_is", costs) == "20.0"
+    assert report._cpu_cell("esnet_rs", costs) == "95.0"
+    assert report._cpu_cell("esnet_is", {}) == "n/a"

@@ -20,6 +20,7 @@ from esnet_tf.errors import UserError
 
 if TYPE_CHECKING:
     from esnet_tf.screening.cost import Costs
+    from esnet_tf.uip import UIPTable
 
 #: the snapshot files in a study's folder
 SNAPSHOT, AUG_SNAPSHOT = "labels_snapshot.csv", "labels_augmented_snapshot.csv"
@@ -144,6 +145,8 @@ class StudyData:
             raise UserError(f"{self.aug_labels}: variants {bad[:3]} do not share their parent's chemical system")
         self.featurize_s = time.time() - t
         self._costs = None
+        self.demo = Path(demo)
+        self._add_is_energies()
 
     @property
     def y(self) -> np.ndarray:
@@ -153,6 +156,40 @@ class StudyData:
     def folds(self, folds: int, seed: int) -> np.ndarray:
         """Fold of each structure (grouped by chemical system)."""
         return kfold(self.is_["chemsys"], folds, seed)
+
+    # ------------------------------------------------ energy inputs of the cheap baselines (issues 32, 33)
+
+    def _add_is_energies(self) -> None:
+        """Give `is_` and `aug` the IS energies of their snapshot rows (`esnet_tf.featurize.fill_energies`:
+        is_formation_energy_per_atom, is_energy_per_atom, (N, 1) eV/atom, NaN where a row has none); the
+        featurized arrays cached before the energy inputs existed lack them."""
+        from esnet_tf.featurize import fill_energies
+        from esnet_tf.labels import labels_by_id
+
+        fill_energies(self.is_, labels_by_id(self.labels, path_column=None, require_energy=False))
+        if len(self.aug["id"]):
+            fill_energies(self.aug, labels_by_id(self.aug_labels, path_column=None, require_energy=False))
+
+    @property
+    def is_formation_energy(self) -> np.ndarray:
+        """IS single point's formation energy of each structure (eV/atom; NaN where unknown)."""
+        from esnet_tf.isdos import IS_FORMATION_ENERGY
+
+        return self.is_[IS_FORMATION_ENERGY].reshape(-1).astype(float)
+
+    def uip_table(self, model: str = "chgnet") -> "UIPTable":
+        """The potential's relaxations of the demo's initial structures (`<demo>/uip_<model>.csv` and its JSON,
+        `esnet_tf.uip.read_table`); UserError naming the file when absent. Read once."""
+        from esnet_tf.uip import read_table
+
+        cache = self.__dict__.setdefault("_uip", {})
+        if model not in cache:
+            cache[model] = read_table(self.demo / f"uip_{model}.csv")
+        missing = [i for i in self.is_["id"].tolist() if i not in cache[model].energies]
+        if missing:
+            raise UserError(f"{self.demo / f'uip_{model}.csv'}: no relaxation of {len(missing)} snapshot structure(s) "
+                            f"({', '.join(missing[:3])}): rerun `esnet uip relax` on the demo")
+        return cache[model]
 
     def costs(self) -> "Costs":
         """DFT wall times by id (`esnet_tf.screening.Costs`) from the snapshot."""
@@ -179,3 +216,47 @@ def augmented_training_rows(data: StudyData, fold_of_is: np.ndarray, k: int, fol
     if not parents <= train_ids:
         raise AssertionError(f"variants whose parent is not a training structure: {sorted(parents - train_ids)[:5]}")
     return sel
+
+
+# ---------------------------------------------------------------- CPU seconds per candidate (issue 33)
+
+
+def candidate_cpu_seconds(demo: Path, ids: list[str] | np.ndarray) -> dict[str, dict]:
+    """Mean CPU seconds per structure of each per-candidate calculation, over the `ids` of the demo at `demo`.
+
+    `is_single_point`: the DFT IS single point (`is_cpu_time` of the calculation's result.json; where a result
+    predates CPU timing, its `is_wall_time`: the engine runs serially, CPU / wall = 0.99 in the median where
+    both are recorded); `dft_relaxation`: the DFT relaxation after it (`relax_cpu_time`, else
+    `relax_wall_time`); `uip_relaxation`: CHGNet's relaxation (`cpu_time_s` of `uip_chgnet.csv`). Each:
+    {"mean_s", "n", "n_cpu_timed"}; a step with no id found is left out.
+    """
+    import csv
+    import json
+
+    wanted = {str(i) for i in ids}
+    by_step: dict[str, list[tuple[float, bool]]] = {"is_single_point": [], "dft_relaxation": [], "uip_relaxation": []}
+    labels = demo / "labels.csv"
+    if labels.is_file():
+        with open(labels, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("id") not in wanted or not row.get("path"):
+                    continue
+                result = demo / Path(row["path"]).parent / "result.json"
+                try:
+                    doc = json.loads(result.read_text())
+                except (OSError, ValueError):
+                    continue
+                for step, key in (("is_single_point", "is"), ("dft_relaxation", "relax")):
+                    cpu, wall = doc.get(f"{key}_cpu_time"), doc.get(f"{key}_wall_time")
+                    value = cpu if cpu is not None else wall
+                    if value is not None:
+                        by_step[step].append((float(value), cpu is not None))
+    uip = demo / "uip_chgnet.csv"
+    if uip.is_file():
+        with open(uip, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("id") in wanted and (row.get("cpu_time_s") or "").strip():
+                    by_step["uip_relaxation"].append((float(row["cpu_time_s"]), True))
+    return {step: {"mean_s": float(np.mean([v for v, _ in got])), "n": len(got),
+                   "n_cpu_timed": int(sum(c for _, c in got))}
+            for step, got in by_step.items() if got}

@@ -256,3 +256,136 @@ def _esnet_rs(unit: Unit) -> tuple[np.ndarray, dict]:
     notes = _esnet_notes(unit)
     pred, notes["train"] = unit.esnet(take(d.rs, unit.train_idx), take(d.rs, unit.test_idx))
     return pred, notes
+
+
+# ---------------------------------------------------------------- baselines with an energy input (issues 32, 33)
+#
+# The IS single point that gives ESNet its IS-DOS also gives the IS formation energy; a universal
+# potential (CHGNet, `esnet_tf.uip`) relaxes the initial structure without DFT. These rows use
+# those numbers with no ESNet: what an energy-input ESNet has to beat.
+
+#: the per-candidate calculations a row can need (their CPU seconds: `report.candidate_cpu_seconds`):
+#: the DFT IS single point, the potential's relaxation, the DFT relaxation after the IS single point
+CANDIDATE_STEPS = ("is_single_point", "uip_relaxation", "dft_relaxation")
+#: rows whose candidates need more (or other) than their group's default (`candidate_needs`)
+CANDIDATE_NEEDS: dict[str, tuple[str, ...]] = {"esnet_rs": ("is_single_point", "dft_relaxation")}
+
+
+def candidate_needs(name: str) -> tuple[str, ...]:
+    """The CANDIDATE_STEPS each candidate of row `name` needs: CANDIDATE_NEEDS, else the IS single point for
+    an ESNet row (its IS-DOS) and nothing for the composition-only rows."""
+    if name in CANDIDATE_NEEDS:
+        return CANDIDATE_NEEDS[name]
+    entry = MODELS.get(name)
+    return ("is_single_point",) if entry is not None and entry.group == "esnet" else ()
+
+
+def _is_energy(unit: Unit) -> np.ndarray:
+    """IS formation energy of every structure (eV/atom); UserError when a training or test row has none."""
+    from esnet_tf.errors import UserError
+
+    e = unit.data.is_formation_energy
+    rows = np.concatenate([unit.train_idx, unit.test_idx])
+    bad = rows[~np.isfinite(e[rows])]
+    if len(bad):
+        raise UserError(f"{unit.data.labels}: {len(bad)} row(s) without is_formation_energy_per_atom "
+                        f"({', '.join(unit.data.is_['id'][bad][:3])}): take a snapshot of labels.csv that has it "
+                        "(--new-snapshot)")
+    return e
+
+
+@register("is_shift", "IS formation energy minus the training folds' median relaxation energy E_f(IS) - E_f(RS)",
+          group="baseline")
+def _is_shift(unit: Unit) -> tuple[np.ndarray, dict]:
+    e, y = _is_energy(unit), unit.data.y
+    shift = float(np.median(e[unit.train_idx] - y[unit.train_idx]))
+    return e[unit.test_idx] - shift, {"median_relaxation_energy": shift}
+
+
+def _gbr_with_is(features: Callable[[np.ndarray], np.ndarray]) -> ModelFn:
+    """Gradient boosting (GBR_PARAMS) on features(composition) + the IS formation energy."""
+    def fit_predict(unit: Unit) -> tuple[np.ndarray, dict]:
+        from esnet_tf.baselines import fit_predict_gbr, with_energies
+
+        x = with_energies(features(unit.data.is_["composition"]), _is_energy(unit))
+        y = unit.data.y
+        return fit_predict_gbr(x[unit.train_idx], y[unit.train_idx], x[unit.test_idx], unit.seed), {}
+
+    return fit_predict
+
+
+def _magpie(composition: np.ndarray) -> np.ndarray:
+    from esnet_tf.baselines import magpie_features
+
+    return magpie_features(composition)
+
+
+register("gbr_magpie_is", "gradient boosting on Magpie statistics + the IS formation energy", group="baseline")(
+    _gbr_with_is(_magpie))
+register("gbr_fraction_is", "gradient boosting on the fractional composition + the IS formation energy",
+         group="baseline")(_gbr_with_is(lambda composition: np.asarray(composition, float)))
+
+
+def uip_test_energies(unit: Unit) -> tuple[np.ndarray, dict]:
+    """The potential's formation energy (eV/atom) of the test rows, the gas references (N, O, F, Cl) fitted on
+    the training rows only (`UIPTable.fold_formation_energies`), and notes (references, potential)."""
+    d = unit.data
+    table = d.uip_table()
+    ids = d.is_["id"]
+    train = {str(ids[i]): float(d.y[i]) for i in unit.train_idx}  # only training labels are handed over
+    mu_fit = table.fold_formation_energies(list(train), train)
+    pred = np.array([mu_fit[str(i)] for i in ids[unit.test_idx]], float)
+    if not np.all(np.isfinite(pred)):
+        raise AssertionError(f"{int(np.sum(~np.isfinite(pred)))} test row(s) without a potential formation energy "
+                             "(an element no training row holds, or a failed relaxation)")
+    from esnet_tf.uip import GAS_ELEMENTS, fit_gas_references
+
+    mu = fit_gas_references(list(train), table.energies, table.compositions, train, table.crystal_mu)
+    notes = {"potential": f"{table.meta.get('model')} {table.meta.get('model_version')} "
+                          f"({table.meta.get('package')} {table.meta.get('package_version')})",
+             "fitted_mu": {el: mu[el] for el in GAS_ELEMENTS if el in mu}}
+    return pred, notes
+
+
+@register("uip", "CHGNet's relaxed formation energy (gas references fitted on the training folds)", group="baseline")
+def _uip(unit: Unit) -> tuple[np.ndarray, dict]:
+    return uip_test_energies(unit)
+
+
+def uip_training_energies(unit: Unit) -> tuple[np.ndarray, int]:
+    """The potential's formation energy (eV/atom) of each training row, cross-fitted: the gas references of a
+    row come from the training rows of the other inner folds (grouped by chemical system, as the
+    residual's), never from the row itself; a row whose cross-fitted value is missing (its gas element
+    only in its own inner fold) gets the value with references fitted on all training rows (counted)."""
+    from esnet_tf.study.data import kfold
+    from esnet_tf.uip import cross_fitted_formation_energies
+
+    d = unit.data
+    table = d.uip_table()
+    ids = [str(i) for i in d.is_["id"][unit.train_idx]]
+    train = dict(zip(ids, d.y[unit.train_idx].tolist()))
+    inner = kfold(d.is_["chemsys"][unit.train_idx], INNER_FOLDS, 1000 + unit.seed)
+    cross, _ = cross_fitted_formation_energies(table, train, dict(zip(ids, inner.tolist())))
+    fallback = table.fold_formation_energies(ids, train)
+    out = np.array([cross[i] if np.isfinite(cross[i]) else fallback[i] for i in ids], float)
+    return out, int(sum(not np.isfinite(cross[i]) for i in ids))
+
+
+@register("gbr_uip", "gradient boosting on Magpie statistics + CHGNet's formation energy (training rows cross-fitted)",
+          group="baseline")
+def _gbr_uip(unit: Unit) -> tuple[np.ndarray, dict]:
+    from esnet_tf.baselines import fit_predict_gbr, magpie_features, with_energies
+
+    d = unit.data
+    e_test, notes = uip_test_energies(unit)
+    e_train, n_fallback = uip_training_energies(unit)
+    x = magpie_features(d.is_["composition"])
+    pred = fit_predict_gbr(with_energies(x[unit.train_idx], e_train), d.y[unit.train_idx],
+                           with_energies(x[unit.test_idx], e_test), unit.seed)
+    notes["training_rows_not_cross_fitted"] = n_fallback
+    return pred, notes
+
+
+CANDIDATE_NEEDS.update({"is_shift": ("is_single_point",), "gbr_magpie_is": ("is_single_point",),
+                        "gbr_fraction_is": ("is_single_point",), "uip": ("uip_relaxation",),
+                        "gbr_uip": ("uip_relaxation",)})

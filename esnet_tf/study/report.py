@@ -21,9 +21,9 @@ from esnet_tf.study.models import MODELS
 from esnet_tf.study.stats import bootstrap_ci, mae_of, mean_std, paired_comparison, rmse_of
 
 TABLE_START, TABLE_END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
-#: how the table names the comparator of the paired tests (the best `baseline` row); every baseline
-#: registered so far is composition-only: say "best baseline" once another kind joins
-COMPARATOR = "best composition model"
+#: how the table names the comparator of the paired tests: the best `baseline` row by pooled MAE, whatever its
+#: inputs (composition only, the IS energy or the potential's energy)
+COMPARATOR = "best baseline"
 
 Units = Mapping[str, Mapping[tuple[int, int], Mapping[str, Any]]]
 """model -> (fold, seed) -> unit record (`pred`, `truth`, `metrics`, `wall_s`, ...)."""
@@ -73,7 +73,7 @@ def summarise(units: Units, folds: int, seeds: Sequence[int]) -> dict[str, Any]:
             s_out["vs_best_composition"] = {
                 "baseline": best, **paired_comparison([units[model][u]["metrics"]["mae"] for u in keys],
                                                       [units[best][u]["metrics"]["mae"] for u in keys])}
-    return {"best_composition_model": best, "models": summary}
+    return {"best_composition_model": best, "models": summary, "cpu_s_per_candidate": _cpu_costs(units)}
 
 
 def _ci(d: Mapping[str, Any] | None) -> str:
@@ -98,12 +98,12 @@ def table_markdown(result: Mapping[str, Any]) -> str:
         f"pooled out-of-fold predictions, 95 % bootstrap CI over structures (per seed, averaged over seeds); "
         f"ΔMAE = paired per (fold, seed) MAE difference to the {COMPARATOR} ({best}), t-interval and "
         f"Wilcoxon signed-rank p; screening (E_hull <= 0, mean ± std over units) and polymorph ranking pooled "
-        f"over units.",
+        f"over units. {_cost_caption(s.get('cpu_s_per_candidate') or {})}",
         "",
         f"| model | seeds done (units) | MAE [95 % CI] | RMSE [95 % CI] | ΔMAE vs {COMPARATOR.removesuffix(' model')} "
         "[95 % CI], p "
-        "| polymorph ranking | precision | recall | F1 | DAF |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| polymorph ranking | precision | recall | F1 | DAF | CPU s per candidate |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model in MODELS:
         m = s["models"].get(model)
@@ -120,7 +120,7 @@ def table_markdown(result: Mapping[str, Any]) -> str:
         seeds = ",".join(map(str, m["complete_seeds"])) or "none"
         lines.append(f"| {model} | {seeds} ({m['units']}) | {_ci(m['pooled_mae'])} | {_ci(m['pooled_rmse'])} | "
                      f"{delta} | {frac} | {_ms(m['precision'])} | {_ms(m['recall'])} | {_ms(m['f1'])} | "
-                     f"{_ms(m['daf'])} |")
+                     f"{_ms(m['daf'])} | {_cpu_cell(model, s.get('cpu_s_per_candidate') or {})} |")
     return "\n".join(lines) + "\n"
 
 
@@ -186,3 +186,38 @@ def replace_table(text: str, table: str, source: str = "the document") -> str:
     if a < 0 or b < 0 or b < a or text.count(TABLE_START) != 1 or text.count(TABLE_END) != 1:
         raise UserError(f"{source} needs exactly one {TABLE_START} ... {TABLE_END} pair (in that order)")
     return text[:a + len(TABLE_START)] + "\n" + table.strip("\n") + "\n" + text[b:]
+
+
+# ---------------------------------------------------------------- CPU seconds per candidate (issue 33)
+
+
+def _cpu_costs(units: Units) -> dict[str, Any]:
+    """Mean CPU seconds per structure of each per-candidate calculation (`data.candidate_cpu_seconds`) over
+    the structures the units test, from the committed demo's calculations; {} when the units name none."""
+    from esnet_tf.resources import demo_dir
+    from esnet_tf.study.data import candidate_cpu_seconds
+
+    ids = sorted({i for got in units.values() for r in got.values() for i in r.get("test_ids", ())})
+    return candidate_cpu_seconds(demo_dir(), ids) if ids else {}
+
+
+def _cpu_cell(model: str, costs: Mapping[str, Any]) -> str:
+    """The CPU seconds one candidate of `model` needs: the sum of its steps' means (`models.candidate_needs`)."""
+    from esnet_tf.study.models import candidate_needs
+
+    needs = candidate_needs(model)
+    if not needs:
+        return "~0"
+    if any(n not in costs for n in needs):
+        return "n/a"
+    return f"{sum(costs[n]['mean_s'] for n in needs):.1f}"
+
+
+def _cost_caption(costs: Mapping[str, Any]) -> str:
+    names = {"is_single_point": "DFT IS single point (GPAW)", "uip_relaxation": "CHGNet relaxation",
+             "dft_relaxation": "DFT relaxation after it"}
+    got = [f"{names.get(k, k)} {v['mean_s']:.2f} s ({v['n_cpu_timed']} of {v['n']} CPU-timed, the rest wall)"
+           if v["n_cpu_timed"] < v["n"] else f"{names.get(k, k)} {v['mean_s']:.2f} s"
+           for k, v in costs.items()]
+    return ("CPU s per candidate: the mean CPU seconds of the calculations a row needs per candidate (~0: composition "
+            "only), summed: " + "; ".join(got) + ".") if got else "CPU s per candidate: not measured."
