@@ -291,7 +291,10 @@ def test_overwrite_checks_first_and_replaces_only_its_own_files(tmp_path):
     directory = tmp_path / "tune"
     shutil.copytree(s["project"], directory / "p")
     (directory / "p" / "notes.txt").write_text("mine\n")
-    tree = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    def tree(root):
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
     before = tree(directory)
     d = real_data()
     with np.load(d["npz"], allow_pickle=False) as z:
