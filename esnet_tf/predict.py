@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -303,7 +304,7 @@ def _positive_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
-def predict_to_csv(config: PredictConfig):
+def predict_to_csv(config: PredictConfig) -> tuple[Any, Any, list[str]]:
     """Run `esnet predict`: load the model, featurize / read the inputs, predict, write `config.out`.
 
     Returns (the `esnet_tf.pretrained.PredictionTable`, the model, the failures: inputs that could not
