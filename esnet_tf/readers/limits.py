@@ -195,11 +195,10 @@ class _Counted(io.RawIOBase):
         return len(data)
 
     def read(self, size: int = -1) -> bytes:
-        room = self.limit + 1 - self.count  # one byte past the limit proves it is passed
-        size = room if size is None or size < 0 else min(size, room)
-        if size <= 0:
-            raise limit_error(self._path, self.limit, share=self._share)
-        data = self._inner.read(size)
+        if size == 0:
+            return b""
+        room = self.limit + 1 - self.count  # one byte past the limit proves it is passed (room >= 1 here)
+        data = self._inner.read(room if size is None or size < 0 else min(size, room))
         self.count += len(data)
         if self.count > self.limit:
             raise limit_error(self._path, self.limit, share=self._share)
