@@ -9,15 +9,15 @@ IS-augmentation variants of those structures); the unit checks nothing else was 
 Every entry says which group it belongs to:
 - `reference`: a trivial predictor (the mean);
 - `baseline`: a model the ESNet rows are tested against (the best of them by pooled MAE is the
-  comparator of the paired tests; today the composition-only gradient boosting);
+  comparator of the paired tests; today `gbr_uip`, gradient boosting on Magpie + CHGNet's E_f);
 - `esnet`: an ESNet variant (trained per unit; its units depend on the epochs).
 and whether it reads the augmented snapshot (`augmented`: its units are keyed by both files).
 
     from esnet_tf.study.models import register
 
-    @register("gbr_magpie_is", "gradient boosting on Magpie statistics + the IS formation energy",
+    @register("gbr_my_features", "gradient boosting on my features",
               group="baseline")
-    def _gbr_magpie_is(unit):
+    def _gbr_my_features(unit):
         ...
         return predictions, {}
 """

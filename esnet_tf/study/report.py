@@ -2,7 +2,7 @@
 
 `summarise` turns the unit records into per-model statistics (pooled out-of-fold MAE / RMSE with
 bootstrap intervals per complete seed, averaged over seeds; fold-level mean ± std; polymorph
-ranking; screening) and paired tests of every ESNet row against the best baseline row;
+ranking; screening) and paired tests of every ESNet and baseline row against the best baseline row;
 `table_markdown` writes the table a document embeds between `TABLE_START` and `TABLE_END`
 (`replace_table`); `study_figure` draws MAE with intervals and a parity plot. eV/atom.
 """
@@ -36,7 +36,7 @@ def _group(model: str) -> str | None:
 
 def summarise(units: Units, folds: int, seeds: Sequence[int]) -> dict[str, Any]:
     """Per model: pooled out-of-fold MAE / RMSE with bootstrap CIs (per complete seed, then averaged
-    over seeds), fold-level mean ± std, polymorph ranking, screening; paired tests of the ESNet rows
+    over seeds), fold-level mean ± std, polymorph ranking, screening; paired tests of the ESNet and other baseline rows
     against the best baseline row (`best_composition_model`)."""
     summary: dict[str, Any] = {}
     for model, got in units.items():
@@ -68,7 +68,7 @@ def summarise(units: Units, folds: int, seeds: Sequence[int]) -> dict[str, Any]:
     comp = [m for m in MODELS if _group(m) == "baseline" and summary.get(m, {}).get("pooled_mae")]
     best = min(comp, key=lambda m: summary[m]["pooled_mae"]["value"]) if comp else None
     for model, s_out in summary.items():
-        if best and _group(model) == "esnet":
+        if best and model != best and _group(model) in ("esnet", "baseline"):  # every row but the reference
             keys = sorted(set(units[model]) & set(units[best]))
             s_out["vs_best_composition"] = {
                 "baseline": best, **paired_comparison([units[model][u]["metrics"]["mae"] for u in keys],
