@@ -42,8 +42,8 @@ from esnet_tf.errors import DOSInputError, UserError
 LIMIT_ENV = "ESNET_MAX_INFLATED_BYTES"
 #: default per-file limit on inflated (decompressed) bytes: 2 GiB
 DEFAULT_MAX_INFLATED_BYTES = 2 << 30
-#: compressed bytes handed to the decompressor per step
-_RAW_CHUNK = 1 << 16
+#: compressed bytes read per step (the output of each step is capped separately)
+_RAW_CHUNK = 1 << 20
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10 ** 6, "mb": 10 ** 6, "g": 10 ** 9, "gb": 10 ** 9,
           "t": 10 ** 12, "tb": 10 ** 12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
 
@@ -142,8 +142,9 @@ class _Inflate(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         size = 1 << 22 if size is None or size < 0 else size
-        out = bytearray()
-        while len(out) < size and not self._done:
+        out: list[bytes] = []
+        n = 0
+        while n < size and not self._done:
             if not self._in:
                 self._in = self._fh.read(_RAW_CHUNK)
                 if not self._in:
@@ -158,9 +159,11 @@ class _Inflate(io.RawIOBase):
                     continue
                 self._z = _decompressor()
             self._fed = True
-            out += self._z.decompress(self._in, size - len(out))
+            piece = self._z.decompress(self._in, size - n)
             self._in = self._z.unused_data if self._z.eof else self._z.unconsumed_tail
-        return bytes(out)
+            out.append(piece)
+            n += len(piece)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def close(self) -> None:
         self._fh.close()
