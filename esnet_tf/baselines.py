@@ -7,6 +7,8 @@
 - `gbr_fraction` / `gbr_magpie`: scikit-learn gradient boosting on the fractional composition or
   on those statistics; `crossfit`: out-of-fold predictions over given groups (the inner
   cross-fitting of a residual model, so no row's baseline is fit on that row's own fold).
+- `with_energies`: features plus energy columns (the IS single point's or a potential's formation
+  energy), the inputs of the study's energy baselines (`esnet_tf.study.models`: gbr_magpie_is, gbr_uip, ...).
 
 Missing element properties (pymatgen has no value, e.g. the electronegativity of He, Ne, Ar or
 the atomic radius of Kr, Xe) are imputed with the median of that property over the elements
