@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID, EnergyGrid, ISDOSExample
-from esnet_tf.isdos import INPUT_NAMES, OUTPUT_NAME, negative_dos_floor
+from esnet_tf.isdos import ENERGY_FIX, INPUT_NAMES, OUTPUT_NAME, negative_dos_floor
 from esnet_tf.featurize import energy_arrays, fill_energies  # energy inputs (issue 32): (N, 1) eV/atom, NaN unknown
 from esnet_tf.splits import DEFAULT_FRACTIONS, SPLITS, split_of
 from esnet_tf.errors import UserError
@@ -240,8 +240,9 @@ def check_finite(arrays: dict, source: str = "", input_names: Sequence[str] = IN
             ids = [_str(arrays["id"][i]) for i in idx[:3]] if "id" in arrays else [str(i) for i in idx[:3]]
             more = f" and {len(idx) - 3} more" if len(idx) > 3 else ""
             where = f"{source}: " if source else ""
-            raise UserError(f"{where}input '{key}' holds NaN or inf for id {', '.join(ids)}{more}; "
-                              "re-featurize those calculations")
+            fix = "re-featurize those calculations" if key in INPUT_NAMES else \
+                ENERGY_FIX.get(key, f"give every example a finite {key} (eV/atom)")
+            raise UserError(f"{where}input '{key}' holds NaN or inf for id {', '.join(ids)}{more}; {fix}")
     check_values(arrays, source)
 
 

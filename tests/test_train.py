@@ -353,6 +353,33 @@ def test_examples_given_as_arrays_are_checked(demo_data, change, message):
     assert out["is_formation_energy_per_atom"].shape == (len(arrays["dos_down"]), 1)  # a named scalar input
 
 
+def test_named_energy_inputs_pass_from_the_arrays_to_the_model(tmp_path, tiny_config, demo_data):
+    """An extra (N,) array named as one of the model's energy inputs (eV/atom) is fed to it as (N, 1);
+    NaN there is refused naming the id and how to obtain the energy."""
+    from esnet_tf.data import select_split
+    from esnet_tf.errors import UserError
+    from esnet_tf.model import ESNetConfig, load_model
+    from esnet_tf.train import train
+
+    d = demo_data
+    config = ESNetConfig.from_dict(json.loads(Path(tiny_config).read_text()))
+    config = config.replace(energy_inputs=("is_formation_energy_per_atom",)).to_dict()
+    arrays = {**d["arrays"], "is_formation_energy_per_atom": d["arrays"]["formation_energy_per_atom"] + 0.1}
+    tr, va = (select_split(arrays, n, FRACTIONS, d["split_seed"]) for n in ("train", "validation"))
+    settings = settings_for(config, 1).replace(dataset=None, labels=None)
+    train(settings, tmp_path / "run", train_data=tr, validation_data=va, verbose=0)
+    model = load_model(tmp_path / "run" / "best.keras")
+    assert "is_formation_energy_per_atom" in {t.name for t in model.inputs}
+    with np.load(tmp_path / "run" / "warmup_examples.npz") as warm:
+        assert warm["is_formation_energy_per_atom"].shape[1:] == (1,)
+    va = {**va, "is_formation_energy_per_atom": va["is_formation_energy_per_atom"].copy()}
+    va["is_formation_energy_per_atom"][0] = np.nan
+    with pytest.raises(UserError, match=f"'is_formation_energy_per_atom' holds NaN or inf for id {va['id'][0]}; "
+                                        ".*references"):
+        train(settings, tmp_path / "run2", train_data=tr, validation_data=va, verbose=0)
+    assert not (tmp_path / "run2").exists()
+
+
 def test_train_refuses_a_locked_run_directory(tmp_path, demo_data):
     from esnet_tf.atomic import exclusive
     from esnet_tf.errors import UserError
