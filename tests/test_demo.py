@@ -46,7 +46,14 @@ def test_every_artefact_exists_and_loads(demo_out):
     assert (demo_out / "saved_models" / "esnet_demo" / "1" / "assets.extra" / "tf_serving_warmup_requests").is_file()
 
     metrics = json.loads((demo_out / "eval" / "metrics.json").read_text())
-    assert metrics["n"] > 0 and metrics["mae"] >= 0
+    # metrics.json agrees with the predictions it was computed from
+    import csv
+
+    with open(demo_out / "eval" / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    errors = [abs(float(r["predicted_formation_energy_per_atom"]) - float(r["formation_energy_per_atom"])) for r in rows]
+    assert metrics["n"] == len(rows) > 0
+    assert metrics["mae"] == pytest.approx(float(np.mean(errors)), abs=1e-5)
     screen = json.loads((demo_out / "screen" / "metrics.json").read_text())
     assert screen["n_candidates"] == metrics["n"]
     for png in ("eval/parity.png", "screen/recall_vs_cost.png", "screen/predicted_vs_true.png"):

@@ -297,26 +297,38 @@ def test_contact_rule_spread_constant_matches_the_data(labels):
 
 
 def test_pending_estimate_scales_the_finished_tasks_cost_per_atom(tmp_path):
-    """provenance.json's process_hours_pending_estimate, on a cache of two finished variants and one pending."""
+    """provenance.json's process_hours_pending_estimate on a cache whose two finished variants took
+    exactly one hour per atom: a pending non-magnetic 2-atom variant is then 2 h, a magnetic one
+    (spin-polarised SCF, counted 3x) 6 h."""
+    import json
     import shutil
 
     from esnet_tf.dft import demo
     from esnet_tf.dft.runner import cached_outcome
     from esnet_tf.dft.tasks import task_hash
 
+    magnetic = set("Cr Mn Fe Co Ni".split())
+
+    def is_magnetic(t) -> bool:
+        return bool({el.symbol for el in t.structure.composition.elements} & magnetic)
+
     variants = [t for t in demo.demo_tasks() if demo.parent_of(t.id)[1]]
-    done = [t for t in variants if cached_outcome(t, DEMO / "calcs") is not None
+    done = [t for t in variants if not is_magnetic(t) and cached_outcome(t, DEMO / "calcs") is not None
             and cached_outcome(t, DEMO / "calcs").result is not None][:2]
     if len(done) < 2:
-        pytest.skip("fewer than 2 finished variants in the demo cache")
-    pending = next(t for t in variants if t not in done and demo._cost_rank(t) != demo._cost_rank(done[0]))
+        pytest.skip("fewer than 2 finished non-magnetic variants in the demo cache")
     for t in done:
         shutil.copytree(DEMO / "calcs" / task_hash(t), tmp_path / task_hash(t))
-    est = demo._pending_estimate(done + [pending], {t.id: cached_outcome(t, tmp_path) for t in done + [pending]}, set())
-    hours = sum(cached_outcome(t, tmp_path).result["wall_time"] for t in done) / 3600
-    per_unit = hours / sum(demo._cost_rank(t) for t in done)
-    assert est["per_part"] == {"augmentation_single_points": round(per_unit * demo._cost_rank(pending), 2)}
-    assert est["total"] == round(per_unit * demo._cost_rank(pending), 1)
+        res = json.loads((tmp_path / task_hash(t) / "result.json").read_text())
+        res["wall_time"] = 3600.0 * len(t.structure)  # one hour per atom
+        (tmp_path / task_hash(t) / "result.json").write_text(json.dumps(res))
+    plain = next(t for t in variants if t not in done and len(t.structure) == 2 and not is_magnetic(t))
+    spin = next(t for t in variants if len(t.structure) == 2 and is_magnetic(t))
+    for pending, hours in ((plain, 2.0), (spin, 6.0)):
+        est = demo._pending_estimate(done + [pending], {t.id: cached_outcome(t, tmp_path) for t in done + [pending]},
+                                     set())
+        assert est["per_part"] == {"augmentation_single_points": hours}
+        assert est["total"] == hours
 
 
 def test_wall_over_cpu_time_of_the_tasks_that_recorded_both(tmp_path):
