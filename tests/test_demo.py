@@ -51,7 +51,8 @@ def test_every_artefact_exists_and_loads(demo_out):
 
     with open(demo_out / "eval" / "predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    errors = [abs(float(r["predicted_formation_energy_per_atom"]) - float(r["formation_energy_per_atom"])) for r in rows]
+    errors = [abs(float(r["predicted_formation_energy_per_atom"]) - float(r["formation_energy_per_atom"]))
+              for r in rows]
     assert metrics["n"] == len(rows) > 0
     assert metrics["mae"] == pytest.approx(float(np.mean(errors)), abs=1e-5)
     screen = json.loads((demo_out / "screen" / "metrics.json").read_text())
