@@ -200,7 +200,8 @@ def check_saved_model(saved_model_dir: str | Path, trust_model_code: bool = Fals
     reason = untrusted_reason(saved_model_dir)
     if reason is not None:
         raise UntrustedModelError(
-            f"{saved_model_dir}: refusing to load this SavedModel, which esnet-tf neither ships nor exported ({reason}). "
+            f"{saved_model_dir}: refusing to load this SavedModel, which esnet-tf neither ships nor exported "
+            f"({reason}). "
             f"{TF_WARNING}. If you trust its author, pass {TRUST_FLAG} (Python: trust_model_code=True)")
 
 
