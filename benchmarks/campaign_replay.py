@@ -3,6 +3,7 @@
     python benchmarks/campaign_replay.py                 # both steps
     python benchmarks/campaign_replay.py --step crossfit # only the out-of-fold predictions
     python benchmarks/campaign_replay.py --step replay   # only the campaigns (needs the CSVs)
+    python benchmarks/campaign_replay.py --step replay --overwrite   # start them over (a strategy was added)
     python benchmarks/campaign_replay.py --new-snapshot --seeds 2   # on the demo labels as they are now
 
 Step 1 (crossfit): `esnet_tf.study.crossfit.crossfit`, grouped k-fold cross-fitting by chemical
@@ -12,7 +13,8 @@ regressor. Writes, in --out: labels_snapshot.csv, oof_predictions.csv, compositi
 and crossfit.json. Members finished are kept in --work, so a killed run continues.
 
 Step 2 (replay): `esnet campaign replay` with every strategy on the snapshot and these predictions
-(OUT/replay), and the model-guided strategies again with `--refit residual` (OUT/replay_refit);
+(OUT/replay; the uip strategy reads the demo's CHGNet relaxations, copied to OUT/uip_chgnet.csv
+and .json), and the model-guided strategies again with `--refit residual` (OUT/replay_refit);
 each writes report.json, report.md, campaign.png, discovered_stable.csv, command.txt and one
 folder per strategy (its rounds).
 """
@@ -29,12 +31,28 @@ from esnet_tf.atomic import write_text
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "datasets" / "is_dos" / "demo"
 OUT = ROOT / "benchmarks" / "results" / "campaign"
+UIP_CSV = "uip_chgnet.csv"
+
+
+def snapshot_uip(out: Path, new: bool) -> None:
+    """Copy the demo's CHGNet relaxations (`esnet uip relax` CSV and JSON) into OUT beside the labels
+    snapshot, when it is missing or `new` (--new-snapshot): the replay then reads committed files only."""
+    import shutil
+
+    for suffix in (".csv", ".json"):
+        src, dst = (DEMO / UIP_CSV).with_suffix(suffix), (out / UIP_CSV).with_suffix(suffix)
+        if new or not dst.exists():
+            tmp = dst.with_name(dst.name + ".tmp")
+            shutil.copyfile(src, tmp)
+            tmp.replace(dst)
 
 
 def replay(out: Path, batch_size: int, kappa: float, seed: int, start_over: bool = False) -> None:
     """Every strategy without refit (OUT/replay), and the model-guided ones with `--refit residual` (OUT/replay_refit).
 
-    `start_over` (after --new-snapshot): replace campaigns of an earlier snapshot (`--overwrite`);
+    The uip strategy reads OUT/uip_chgnet.csv (+ .json), the potential's relaxations of the snapshot's
+    structures (`snapshot_uip`), its N/O/F/Cl references fitted on the other folds of oof_predictions.csv.
+    `start_over` (after --new-snapshot, or --overwrite): replace campaigns of an earlier pool (`--overwrite`);
     otherwise a campaign folder of the same pool resumes and one of another pool is an error.
     """
     from esnet_tf.campaign.strategies import STRATEGIES
@@ -43,6 +61,7 @@ def replay(out: Path, batch_size: int, kappa: float, seed: int, start_over: bool
             "--labels", str(out / "labels_snapshot.csv"),
             "--predictions", str(out / "oof_predictions.csv"),
             "--composition-predictions", str(out / "composition_predictions.csv"),
+            "--uip", str(out / UIP_CSV),
             "--batch-size", str(batch_size), "--kappa", str(kappa), "--seed", str(seed)]
     refittable = [s for s in STRATEGIES if s != "random"]  # a refit does not change the random order
     for strategies, extra, name in ((",".join(STRATEGIES), [], "replay"),
@@ -73,6 +92,8 @@ def main() -> int:
                     help="ESNet variant of the members (esnet_tf.study.crossfit.ESNET_VARIANTS)")
     ap.add_argument("--augmented", action="store_true",
                     help="train each member also on the IS-augmentation variants of its training structures")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="start the replays over (e.g. after a strategy or a prediction source was added)")
     ap.add_argument("--new-snapshot", action="store_true",
                     help="copy the current demo labels into OUT/labels_snapshot.csv (the DFT job may have added "
                          "rows; the replays then start over); without it the committed snapshot is reused")
@@ -89,7 +110,8 @@ def main() -> int:
             return 0
         print(json.dumps({k: v for k, v in info.items() if k != "trainings"}, indent=1))
     if args.step in ("all", "replay"):
-        replay(out, args.batch_size, args.kappa, args.seed, start_over=args.new_snapshot)
+        snapshot_uip(out, args.new_snapshot)
+        replay(out, args.batch_size, args.kappa, args.seed, start_over=args.new_snapshot or args.overwrite)
     return 0
 
 

@@ -333,3 +333,92 @@ def test_report_follows_the_recommended_strategy(labels, tmp_path):
     for q in ("0.5", "0.9", "1"):
         assert rep["strategies"]["ideal"][f"recall_{q}"]["cost_s"] == pytest.approx(
             rep["strategies"]["oracle"][f"recall_{q}"]["cost_s"] - is_s)
+
+
+# ----- the uip strategy: a universal potential's E_hull, no IS single point ---------------------------------------
+#: the potential's formation energy (eV/atom) per candidate of ROWS: an order unlike the DFT one
+UIP_EF = {"AlNi_cscl": -0.30, "AlNi_rocksalt": -0.55, "AlNi_zincblende": 0.12, "AlNi3_l12": -0.41,
+          "Al3Ni_l12": -0.05, "AlTi_cscl": -0.62, "AlTi_rocksalt": 0.20, "Al3Ti_l12": -0.18, "AlTi3_l12": -0.33,
+          "NiTi_cscl": -0.12, "NiTi_rocksalt": 0.07, "NiTi_zincblende": -0.48, "Ni3Ti_l12": -0.26}
+UIP_MU = {"Al": -3.0, "Ni": -5.0, "Ti": -7.0}  # the potential's elemental references, eV/atom
+
+
+def _uip_csv(tmp_path: Path) -> tuple[Path, float, float]:
+    """An `esnet uip relax` CSV + JSON for ROWS: energies = references + UIP_EF; returns (csv, candidates' CPU s,
+    elemental structures' CPU s)."""
+    from pymatgen.core import Composition
+
+    path = tmp_path / "uip_chgnet.csv"
+    cand_cpu = elem_cpu = 0.0
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "formula", "uip_energy_per_atom", "uip_formation_energy_per_atom", "cpu_time_s"])
+        for k, (id_, formula, *_rest) in enumerate(ROWS):
+            comp = Composition(formula).fractional_composition
+            ef = UIP_EF.get(id_, 0.0)
+            e = ef + sum(x * UIP_MU[str(el)] for el, x in comp.items())
+            cpu = 0.5 + 0.1 * k
+            if id_ in UIP_EF:
+                cand_cpu += cpu
+            else:
+                elem_cpu += cpu
+            w.writerow([id_, formula, f"{e:.6f}", f"{ef:.6f}", f"{cpu:.3f}"])
+    path.with_suffix(".json").write_text(json.dumps(
+        {"model": "chgnet", "elemental_references": {el: {"energy_per_atom": v, "id": f"{el}_x"}
+                                                     for el, v in UIP_MU.items()}}))
+    return path, cand_cpu, elem_cpu
+
+
+def test_uip_strategy_ranks_by_the_potentials_e_hull_and_pays_no_is(labels, tmp_path):
+    from esnet_tf.campaign.pool import uip_predictions
+    from esnet_tf.campaign.strategies import PAYS_IS, SOURCE_OF, STRATEGIES
+
+    assert "uip" in STRATEGIES and SOURCE_OF["uip"] == "uip" and PAYS_IS["uip"] is False
+    path, cand_cpu, elem_cpu = _uip_csv(tmp_path)
+    pool = _pool(labels)
+    pool.sources["uip"] = uip_predictions(path, pool)
+    assert dict(zip(pool.ids, pool.sources["uip"].mean)) == pytest.approx(UIP_EF, abs=1e-6)
+    # one round relaxing all: against the elemental references alone E_hull = E_f, so the order is UIP_EF's
+    res = run_campaign(pool, CampaignConfig(strategy="uip", batch_size=pool.n, max_rounds=1))
+    chosen = res.rounds[1]["chosen"]
+    assert [c["id"] for c in chosen] == sorted(UIP_EF, key=UIP_EF.get)
+    assert [c["predicted_e_above_hull"] for c in chosen] == pytest.approx(sorted(UIP_EF.values()), abs=1e-6)
+    # round 0: no IS single point, the potential's CPU seconds (candidates + elemental structures) instead
+    s = res.summary
+    assert s["is_single_points_s"] == 0.0
+    assert s["screening_s"] == pytest.approx(cand_cpu + elem_cpu)
+    assert s["total_cost_s"] == pytest.approx(cand_cpu + elem_cpu + sum(r[4] for r in ROWS[4:]))
+    # the report takes the CPU seconds off in 'relaxations only' and names them
+    both = run_strategies(pool, CampaignConfig(batch_size=2), ["uip", "greedy", "oracle"], None)
+    rep = compare(both, pool)
+    row = rep["strategies"]["uip"]
+    assert row["screening_s"] == pytest.approx(cand_cpu + elem_cpu) and rep["strategies"]["greedy"]["screening_s"] == 0
+    assert row["recall_1"]["cost_s"] - row["recall_1_relaxations_only"]["cost_s"] == pytest.approx(cand_cpu + elem_cpu)
+    assert "CPU s of the potential" in table_markdown(rep)
+
+
+def test_cli_replay_accepts_uip_without_torch_and_refuses_a_missing_csv(labels, tmp_path, capsys):
+    from esnet_tf.cli import main
+
+    path, _, _ = _uip_csv(tmp_path)
+    base = ["campaign", "replay", "--labels", str(labels), "--batch-size", "3"]
+    assert main(base + ["--strategy", "uip", "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--uip CSV" in err and len(err.splitlines()) == 1
+    assert main(base + ["--strategy", "uip", "--uip", str(tmp_path / "gone.csv"), "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "gone.csv" in err and len(err.splitlines()) == 1
+    # the replay with the potential's CSV alone, torch and chgnet made unimportable
+    code = ("import sys\n"
+            "class NoTorch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('torch', 'chgnet'):\n"
+            "            raise ImportError(f'{name} blocked by the test')\n"
+            "sys.meta_path.insert(0, NoTorch())\n"
+            "from esnet_tf.cli import main\nsys.exit(main(sys.argv[1:]))")
+    run = subprocess.run([sys.executable, "-c", code, *base, "--strategy", "uip,random", "--uip", str(path),
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "| uip | 0 (+ " in run.stdout
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["strategies"]["uip"]["is_single_points_s"] == 0 and rep["strategies"]["uip"]["screening_s"] > 0

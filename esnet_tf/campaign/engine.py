@@ -6,11 +6,13 @@
     result.summary["cost_to_recall"]["0.9"]["cost_s"]
 
 Round 0 counts the IS single points of every candidate (for the strategies that need IS-DOS, see
-`strategies.PAYS_IS`) and the references' cost, and places every prediction on the hull of the
-references. Each further round ranks the remaining candidates by the strategy's score on the
-*current* hull (references + everything relaxed so far), relaxes the best `batch_size` (a replay
-reveals the known label and wall time; a live campaign runs GPAW), puts the results into the
-hull, optionally refits the predictions (`refit`), and writes `rounds/round_NNNN.json` atomically.
+`strategies.PAYS_IS`), the screening cost of the strategy's prediction source where it has one
+(`Predictions.cost_s`: a potential's CPU seconds) and the references' cost, and places every
+prediction on the hull of the references. Each further round ranks the remaining candidates by
+the strategy's score on the *current* hull (references + everything relaxed so far), relaxes
+the best `batch_size` (a replay reveals the known label and wall time; a live campaign runs
+GPAW), puts the results into the hull, optionally refits the predictions (`refit`), and writes
+`rounds/round_NNNN.json` atomically.
 A rerun on the same `out_dir` reads the finished rounds and continues after the last one, so a
 kill between (or during) rounds loses at most the round in progress; the out dir is locked.
 
@@ -31,8 +33,8 @@ import numpy as np
 from esnet_tf.atomic import exclusive, write_text
 from esnet_tf.campaign.hull import true_e_above_hull
 from esnet_tf.campaign.pool import Pool, Predictions, describe
-from esnet_tf.campaign.strategies import (PAYS_IS, SOURCE_OF, STRATEGIES, RoundView, estimated_relax_s,
-                                          probability_stable, ranking, scores)
+from esnet_tf.campaign.strategies import (PAYS_IS, SOURCE_FLAG, SOURCE_OF, STRATEGIES, RoundView,
+                                          estimated_relax_s, probability_stable, ranking, scores)
 from esnet_tf.errors import UserError
 from esnet_tf.screening.cost import cost_at_recall
 from esnet_tf.screening.metrics import stable_mask
@@ -152,7 +154,7 @@ def residual_refit(pool: Pool, base: Mapping[str, Predictions], relaxed: np.ndar
                 m = chemsys[relaxed] == cs
                 e = err[m][np.isfinite(err[m])]
                 shift[chemsys == cs] = e.sum() / (len(e) + 1.0)
-        out[name] = Predictions(p.mean - shift, p.std, p.source + " (residual refit)")
+        out[name] = Predictions(p.mean - shift, p.std, p.source + " (residual refit)", p.cost_s, p.extra_cost_s)
     return out
 
 
@@ -211,8 +213,8 @@ class Campaign:
         src = config.source
         if src is not None and src not in pool.sources:
             raise UserError(f"strategy {config.strategy!r} ranks by the {src!r} predictions, which the pool lacks: "
-                            + ("give --composition-predictions CSV" if src == "composition"
-                               else "give --predictions CSV or --model PATH"))
+                            + ("give --predictions CSV or --model PATH" if src == "esnet"
+                               else f"give {SOURCE_FLAG.get(src, src)}"))
         if refitter is not None and config.refit != "fine-tune":
             raise UserError(f"a refitter was given but refit is {config.refit!r}: use refit='fine-tune'")
         if config.refit == "fine-tune" and refitter is None:
@@ -252,7 +254,10 @@ class Campaign:
         if self.out is None or not (self.out / STATE_FILE).exists():
             return []
         head = json.loads((self.out / STATE_FILE).read_text())
-        if head.get("pool", {}).get("fingerprint") != describe(self.pool)["fingerprint"]:
+        # sources added to the pool since (e.g. "uip") cannot have changed a finished round: check the ones it had
+        had = sorted(head.get("pool", {}).get("sources") or {})
+        if head.get("pool", {}).get("fingerprint") != self.pool.fingerprint(
+                had if set(had) <= set(self.pool.sources) else None):
             raise UserError(f"{self.out}: holds a campaign over another pool (other candidates, costs or "
                             "predictions): use a new --out, or --overwrite to start again")
         if head.get("choice_settings") != self.config.choice_settings():
@@ -388,9 +393,12 @@ class Campaign:
     def _round_zero(self, hull: ReferenceHull) -> dict[str, Any]:
         pool, cfg = self.pool, self.config
         is_s = float(np.nansum(pool.is_wall_time_s)) if cfg.pays_is else 0.0
+        # a source with its own cost (a potential's CPU seconds) is paid by the strategy that ranks by it
+        screen_s = pool.sources[cfg.source].screening_cost_s if cfg.source is not None else 0.0
         rec: dict[str, Any] = {"round": 0, "chosen": [], "is_single_points_s": is_s,
                                "reference_cost_s": float(pool.reference_cost_s),
-                               "cost_s": is_s + float(pool.reference_cost_s), "relax_cost_s": 0.0}
+                               "cost_s": is_s + screen_s + float(pool.reference_cost_s), "relax_cost_s": 0.0,
+                               "screening_s": screen_s}
         rec.update(self._status([], [], hull, rec["cost_s"]))
         rec["expected_stable_left"] = self._expected_left(0, [], [], hull)
         if cfg.source is not None:
@@ -478,6 +486,7 @@ class Campaign:
             "strategy": cfg.strategy, "config": cfg.to_dict(), "stop": stop, "finished": stop != "max_rounds",
             "n_rounds": len(rounds) - 1, "n_candidates": pool.n, "n_relaxed": int(len(idx)),
             "is_single_points_s": rounds[0]["is_single_points_s"], "reference_cost_s": rounds[0]["reference_cost_s"],
+            "screening_s": rounds[0].get("screening_s", 0.0),
             "relaxations_s": float(sum(c["relax_wall_time_s"] for c in steps)),
             "total_cost_s": float(cost_curve[-1]), "relax_all_s": relax_all,
             "relaxation_equivalent_s": self.unit_s,

@@ -32,11 +32,24 @@ from esnet_tf.screening.references import ReferenceSet, formation_energy_referen
 
 @dataclass(frozen=True)
 class Predictions:
-    """One prediction source over the pool, in pool order: mean and std (NaN = none) in eV/atom."""
+    """One prediction source over the pool, in pool order: mean and std (NaN = none) in eV/atom.
+
+    cost_s: what making these predictions costs per candidate (s; e.g. a potential's CPU seconds),
+    None when the source is free or its cost is the IS single points (`strategies.PAYS_IS`);
+    extra_cost_s: a one-off cost of the source (s; e.g. the potential's elemental references).
+    A strategy ranking by the source pays both in round 0.
+    """
 
     mean: np.ndarray
     std: np.ndarray | None = None
     source: str = ""
+    cost_s: np.ndarray | None = None
+    extra_cost_s: float = 0.0
+
+    @property
+    def screening_cost_s(self) -> float:
+        """The source's total screening cost (s): per-candidate costs plus the one-off cost."""
+        return (0.0 if self.cost_s is None else float(np.nansum(self.cost_s))) + float(self.extra_cost_s)
 
     @property
     def has_std(self) -> bool:
@@ -112,20 +125,26 @@ class Pool:
         v = self.relax_wall_time_s[np.isfinite(self.relax_wall_time_s)]
         return float(v.mean()) if len(v) else math.nan
 
-    def fingerprint(self) -> str:
-        """A hash of what the campaign's result depends on (ids, formulas, costs, truths, predictions, references)."""
+    def fingerprint(self, sources: Sequence[str] | None = None) -> str:
+        """A hash of what the campaign's result depends on (ids, formulas, costs, truths, predictions, references).
+
+        `sources`: the prediction sources hashed (default: all); a campaign written before a source was
+        added to the pool is checked over the sources it had (`engine.Campaign` resumes it)."""
         h = hashlib.sha256()
         for arr in (self.ids, self.formulas):
             h.update("\x1f".join(arr.tolist()).encode())
         for arr in (self.is_wall_time_s, self.relax_wall_time_s, self.truth):
             if arr is not None:
                 h.update(np.round(np.nan_to_num(arr, nan=-1e30), 6).tobytes())
-        for name in sorted(self.sources):
+        for name in sorted(self.sources if sources is None else sources):
             p = self.sources[name]
             h.update(name.encode())
             h.update(np.round(np.nan_to_num(p.mean, nan=-1e30), 6).tobytes())
             if p.std is not None:
                 h.update(np.round(np.nan_to_num(p.std, nan=-1e30), 6).tobytes())
+            if p.cost_s is not None:  # sources without a cost keep the earlier fingerprint
+                h.update(np.round(np.nan_to_num(p.cost_s, nan=-1e30), 6).tobytes())
+                h.update(repr(round(float(p.extra_cost_s), 6)).encode())
         h.update(json.dumps(sorted(self.references.ids)).encode())
         if any(self.cost_group.tolist()):  # pools without relaxation kinds keep their earlier fingerprint
             h.update("\x1f".join(map(str, self.cost_group.tolist())).encode())
@@ -136,7 +155,8 @@ class Pool:
         idx = np.arange(self.n)[keep]
         return Pool(self.ids[idx], self.formulas[idx], self.is_wall_time_s[idx], self.relax_wall_time_s[idx],
                     self.references, None if self.truth is None else self.truth[idx],
-                    {k: Predictions(p.mean[idx], None if p.std is None else p.std[idx], p.source)
+                    {k: Predictions(p.mean[idx], None if p.std is None else p.std[idx], p.source,
+                                    None if p.cost_s is None else p.cost_s[idx], p.extra_cost_s)
                      for k, p in self.sources.items()}, self.reference_cost_s, self.origin, self.cost_group[idx])
 
 
@@ -238,6 +258,75 @@ def pool_from_labels(labels: Sequence[str | Path], *, predictions: Mapping[str, 
         if len(pool.sources[name].mean) != pool.n:
             raise UserError(f"predictions {name!r}: {len(pool.sources[name].mean)} values for {pool.n} candidates")
     return pool
+
+
+def uip_predictions(path: str | Path, pool: Pool, fold_of: Mapping[str, int] | None = None, *,
+                    folds: int = 5, fold_seed: int = 0) -> Predictions:
+    """The "uip" source of a replay pool: a universal potential's cross-fitted formation energies (eV/atom).
+
+    `path`: an `esnet uip relax` CSV (id, formula, uip_energy_per_atom, cpu_time_s) with its JSON
+    beside it (the potential's crystalline elemental references), read by `esnet_tf.uip.read_table`
+    (no torch). The references of N, O, F, Cl are fitted (`esnet_tf.uip.cross_fitted_formation_energies`)
+    for each fold on the relaxed DFT labels of the other folds' candidates only, so no candidate's
+    label informs its own prediction. `fold_of`: candidate id -> fold (the folds of the ESNet
+    out-of-fold predictions, `fold_column`); without it, grouped k-fold by chemical system
+    (`esnet_tf.splits.kfold_of(chemsys, folds, fold_seed)`, the replay's default split).
+    Candidates missing from the CSV get NaN (ranked last). Cost: the CPU seconds of each candidate's
+    relaxation (`cost_s`) and of the CSV's elemental structures, from which the references are taken
+    (`extra_cost_s`).
+    """
+    from esnet_tf.screening.io import read_csv_rows
+    from esnet_tf.splits import kfold_of
+    from esnet_tf.uip import cross_fitted_formation_energies, read_table
+
+    if pool.truth is None:
+        raise UserError(f"{path}: the uip source needs the relaxed labels of the pool (a replay) to fit the "
+                        "N/O/F/Cl references on the training folds")
+    table = read_table(path)
+    rows = read_csv_rows(path, required=("id", "formula", "cpu_time_s"))
+    cpu: dict[str, float] = {}
+    for line, r in enumerate(rows, start=2):
+        try:
+            cpu[r["id"]] = float(r["cpu_time_s"])
+        except (TypeError, ValueError):
+            raise UserError(f"{path}:{line}: id {r['id']!r}: cpu_time_s {r['cpu_time_s']!r} is not a number of "
+                            "seconds: remake the CSV with `esnet uip relax`") from None
+    ids = [str(i) for i in pool.ids]
+    have = [i for i in ids if i in table.energies]
+    if not have:
+        raise UserError(f"{path}: no row for any candidate of the pool (ids such as {ids[:3]}): give the "
+                        "`esnet uip relax` CSV of these structures")
+    if fold_of is None:
+        fold_of = {i: kfold_of(cs, folds, fold_seed) for i, cs in zip(ids, pool.chemsys)}
+    missing_fold = [i for i in have if i not in fold_of]
+    if missing_fold:
+        raise UserError(f"fold of {len(missing_fold)} candidate(s) unknown (e.g. {missing_fold[0]!r}): give a "
+                        "fold for every candidate of the uip CSV")
+    truth = dict(zip(ids, pool.truth.tolist()))
+    pred, _mus = cross_fitted_formation_energies(table, truth, {i: int(fold_of[i]) for i in have})
+    mean = np.array([pred.get(i, math.nan) for i in ids], float)
+    cost = np.array([cpu.get(i, 0.0) if i in table.energies else 0.0 for i in ids], float)
+    elemental = sum(cpu.get(i, 0.0) for i, c in table.compositions.items() if len(c) == 1)
+    if not np.any(np.isfinite(mean)):
+        raise UserError(f"{path}: no formation energy for any candidate (no usable references): check its .json")
+    return Predictions(mean, None, str(path), cost, float(elemental))
+
+
+def fold_column(path: str | Path, column: str = "fold") -> dict[str, int] | None:
+    """id -> fold from a predictions CSV's `fold` column (benchmarks/campaign_replay.py writes one);
+    None when the CSV has no such column."""
+    from esnet_tf.screening.io import read_csv_rows
+
+    rows = read_csv_rows(path, required=("id",))
+    if not rows or column not in rows[0]:
+        return None
+    out = {}
+    for line, r in enumerate(rows, start=2):
+        try:
+            out[r["id"]] = int(r[column])
+        except (TypeError, ValueError):
+            raise UserError(f"{path}:{line}: {column} {r[column]!r} is not a fold number (an integer)") from None
+    return out
 
 
 def describe(pool: Pool) -> dict[str, Any]:

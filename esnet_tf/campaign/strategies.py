@@ -10,6 +10,7 @@ first (ties broken by pool order, i.e. by id). Energies in eV/atom.
 | `random` | a seeded random order (baseline) | no |
 | `composition` | predicted E_hull of a composition-only model | no (composition is free) |
 | `stable_per_cost` | -P(E_hull <= threshold) / estimated relaxation cost: the expected stable found per second | yes |
+| `uip` | predicted E_hull of a universal potential's relaxed E_f (CHGNet) | no (its CPU seconds instead) |
 | `oracle` | true E_hull (relaxes in true order: the best any model could do) | yes |
 
 `stable_per_cost` takes P(stable) from the ESNet mean and sigma (floored at `min_std`) on the current
@@ -18,6 +19,11 @@ the median relaxation / IS ratio of the candidates already relaxed with the same
 (`Pool.cost_group`; all relaxed ones while none of its kind is, and 1 before any), so that it learns,
 for example, that an optimizer relaxation costs ~15 IS single points and an EOS scan ~4. It defers
 expensive candidates: the stable ones it finds last are the costliest to relax.
+
+`uip` ranks like `greedy` but by the potential's predictions (source "uip", no sigma): a replay
+builds them with `pool.uip_predictions` from an `esnet uip relax` CSV, the N/O/F/Cl references
+fitted on the other folds only. Instead of the IS single points it pays the potential's CPU time per
+candidate (and per elemental reference structure), `Predictions.cost_s`, counted in round 0.
 
 `oracle` pays for the IS single points as the ESNet strategies do, so "fraction of the oracle's
 saving" measures the ranking alone; the report also gives the saving of a perfect ranking that
@@ -29,15 +35,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STRATEGIES = ("greedy", "lcb", "stable_per_cost", "random", "composition", "oracle")
+STRATEGIES = ("greedy", "lcb", "stable_per_cost", "random", "composition", "uip", "oracle")
 #: the rule the documentation recommends (cost-aware; the others spend more DFT to the same recall)
 RECOMMENDED = "stable_per_cost"
 #: the prediction source each strategy ranks by (None: none)
 SOURCE_OF = {"greedy": "esnet", "lcb": "esnet", "stable_per_cost": "esnet", "random": None,
-             "composition": "composition", "oracle": None}
+             "composition": "composition", "uip": "uip", "oracle": None}
 #: whether a strategy computes the IS single points of every candidate in round 0
 PAYS_IS = {"greedy": True, "lcb": True, "stable_per_cost": True, "random": False, "composition": False,
-           "oracle": True}
+           "uip": False, "oracle": True}
+#: how a replay gets each prediction source: the CLI flag that gives it (one place for the error messages)
+SOURCE_FLAG = {"esnet": "--predictions CSV", "composition": "--composition-predictions CSV",
+               "uip": "--uip CSV (an `esnet uip relax` CSV with its .json beside it)"}
 #: the strategies guided by ESNet's predictions, the recommended one first
 ESNET_STRATEGIES = (RECOMMENDED, *(s for s in STRATEGIES if SOURCE_OF[s] == "esnet" and s != RECOMMENDED))
 #: the strategies guided by any model's predictions (the ones a refit can change)
@@ -93,7 +102,7 @@ def estimated_relax_s(is_s: np.ndarray, group: np.ndarray, relaxed_is_s: np.ndar
 
 def scores(strategy: str, view: RoundView, kappa: float = 1.0) -> np.ndarray:
     """Score per remaining candidate (lower = relax first; NaN = last)."""
-    if strategy in ("greedy", "composition"):
+    if strategy in ("greedy", "composition", "uip"):
         return view.predicted_e_above_hull.copy()
     if strategy == "lcb":
         std = np.where(np.isfinite(view.predicted_std), view.predicted_std, 0.0)

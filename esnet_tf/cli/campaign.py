@@ -20,7 +20,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help=f"acquisition rule(s), comma-separated, each run in OUT/NAME/: {', '.join(STRATEGIES)} "
                    "(stable_per_cost, the recommended rule: P(stable) per estimated relaxation second; greedy: "
                    "lowest predicted E_hull; lcb: E_hull - kappa sigma; random; composition: a composition-only "
-                   "model's E_hull; oracle: true E_hull, replay only)")
+                   "model's E_hull; uip: a universal potential's E_hull, no IS single point (replay: --uip CSV); "
+                   "oracle: true E_hull, replay only)")
     p.add_argument("--batch-size", type=int, default=10, metavar="N", help="candidates relaxed per round")
     p.add_argument("--kappa", type=float, default=1.0, metavar="K",
                    help="LCB weight on the predicted std sigma (eV/atom)")
@@ -60,6 +61,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                     "out-of-fold for an honest replay (benchmarks/campaign_replay.py makes one)")
     rp.add_argument("--composition-predictions", metavar="CSV",
                     help="a composition-only model's predictions CSV, for the composition strategy")
+    rp.add_argument("--uip", metavar="CSV",
+                    help="an `esnet uip relax` CSV (its .json beside it) for the uip strategy: the potential's "
+                    "formation energies, its N/O/F/Cl references fitted on the other folds' labels only (the "
+                    "`fold` column of --predictions when it has one, else --uip-folds grouped by chemical system); "
+                    "its CPU seconds are the strategy's screening cost. Needs no torch")
+    rp.add_argument("--uip-folds", type=int, default=5, metavar="K",
+                    help="grouped folds (by chemical system) for --uip when --predictions has no fold column")
+    rp.add_argument("--uip-fold-seed", type=int, default=0, metavar="S", help="seed of those folds")
     rp.add_argument("--target-recall", type=float, metavar="R",
                     help="stop when this fraction of the truly stable candidates is found (default: run until "
                     "every candidate is relaxed, which gives the whole curve)")
@@ -114,7 +123,18 @@ def run(args: argparse.Namespace) -> int:
         from esnet_tf.campaign import pool_from_labels
 
         preds = {k: v for k, v in (("esnet", args.predictions), ("composition", args.composition_predictions)) if v}
+        if "uip" in strategies and not args.uip:
+            raise UserError("--strategy uip needs --uip CSV: the `esnet uip relax` CSV of the pool's structures "
+                            "(its .json beside it)")
         pool = pool_from_labels(args.labels, predictions=preds)
+        if args.uip:
+            from esnet_tf.campaign.pool import fold_column, uip_predictions
+
+            if args.uip_folds < 2:
+                raise UserError(f"--uip-folds must be >= 2, got {args.uip_folds}")
+            folds = fold_column(args.predictions) if args.predictions else None
+            pool.sources["uip"] = uip_predictions(args.uip, pool, folds, folds=args.uip_folds,
+                                                  fold_seed=args.uip_fold_seed)
     else:
         from esnet_tf.campaign.live import live_pool
         from esnet_tf.dft.settings import DFTSettings
