@@ -1,7 +1,7 @@
 """HTVS campaigns: screen a pool with ESNet, relax in rounds, count the DFT spent and the stable found.
 
 - `pool`: the candidates (compositions, DFT wall times in s, predictions in eV/atom, replay truths)
-- `strategies`: acquisition rules (greedy, lcb, random, composition, oracle)
+- `strategies`: acquisition rules (stable_per_cost, greedy, lcb, random, composition, uip, oracle)
 - `hull`: references + relaxed candidates, one pymatgen PhaseDiagram per chemical system
 - `engine`: `CampaignConfig`, `run_campaign` (rounds, atomic per-round state, resume, stops)
 - `report`: strategies compared (cost to 50/90/100 % of the stable, fraction of the oracle's saving), JSON, PNG
