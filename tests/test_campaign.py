@@ -422,3 +422,23 @@ def test_cli_replay_accepts_uip_without_torch_and_refuses_a_missing_csv(labels, 
     assert "| uip | 0 (+ " in run.stdout
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     assert rep["strategies"]["uip"]["is_single_points_s"] == 0 and rep["strategies"]["uip"]["screening_s"] > 0
+
+
+def test_adding_the_uip_source_keeps_finished_campaigns_and_a_changed_source_does_not(labels, tmp_path):
+    from esnet_tf.campaign.pool import uip_predictions
+
+    pool = _pool(labels)
+    first = run_strategies(pool, CampaignConfig(batch_size=3), ["greedy"], tmp_path / "r")
+    before = _files(tmp_path / "r" / "greedy" / "rounds")
+    path, _, _ = _uip_csv(tmp_path)
+    pool.sources["uip"] = uip_predictions(path, pool)
+    said: list[str] = []
+    both = run_strategies(pool, CampaignConfig(batch_size=3), ["greedy", "uip"], tmp_path / "r", progress=said.append)
+    assert any(m.startswith("greedy: resuming") for m in said)
+    assert _files(tmp_path / "r" / "greedy" / "rounds") == before
+    assert both["greedy"].summary["cost_to_recall"] == first["greedy"].summary["cost_to_recall"]
+    assert both["uip"].summary["n_relaxed"] == pool.n
+    changed = _pool(labels, seed=4)  # other ESNet predictions: the finished campaign is not this one's
+    changed.sources["uip"] = pool.sources["uip"]
+    with pytest.raises(UserError, match="another pool"):
+        run_strategies(changed, CampaignConfig(batch_size=3), ["greedy"], tmp_path / "r")
