@@ -25,6 +25,11 @@ def demo_dir() -> Path:
     return is_dos_dir() / "demo"
 
 
+def pool_dir() -> Path:
+    """The hypothetical screening pool (`esnet dft pool`): labels.csv, calcs/, provenance.json (read only)."""
+    return is_dos_dir() / "pool"
+
+
 def demo_labels() -> Path:
     """labels.csv of the embedded demo dataset."""
     return demo_dir() / "labels.csv"

@@ -38,7 +38,7 @@ PYEOF
 "$WORK/venv/bin/esnet" demo --out demo_out --epochs 1 --early-stopping-patience 1
 test -f demo_out/run/best.keras && test -f demo_out/saved_models/esnet_demo/1/saved_model.pb
 "$WORK/venv/bin/tfds" build is_dos --imports esnet_tf.datasets --config demo --data_dir tfds_data
-test -f tfds_data/is_dos/demo/1.0.0/dataset_info.json
+test -f tfds_data/is_dos/demo/1.1.0/dataset_info.json
 "$PY" -c "
 import esnet_tf.datasets, tensorflow_datasets as tfds
 n = sum(1 for _ in tfds.load('is_dos/demo', split='train', data_dir='tfds_load'))
