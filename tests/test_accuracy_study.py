@@ -534,3 +534,101 @@ def test_cpu_seconds_per_candidate(tmp_path):
     assert report._cpu_cell("gbr_magpie_is", costs) == report._cpu_cell("esnet_is", costs) == "20.0"
     assert report._cpu_cell("esnet_rs", costs) == "95.0"
     assert report._cpu_cell("esnet_is", {}) == "n/a"
+
+
+# ---------------------------------------------------------------- ESNet with an energy input (issue 32)
+
+
+def _energy_esnet_data(n: int = 24, n_variants: int = 2) -> Any:
+    """A tiny synthetic StudyData with IS-DOS arrays, IS formation energies, a UIP table and IS-augmentation
+    variants (each variant with its own IS energy, its parent's label)."""
+    from esnet_tf.isdos import PAPER_GRID
+
+    rng = np.random.default_rng(0)
+    ids = np.array([f"s{i}" for i in range(n)])
+    chemsys = np.array([f"Fe-O{i}" for i in range(n)])  # one structure per system: every grouped split has rows
+    y = rng.uniform(-2.0, -0.5, n)
+    is_ef = y + rng.uniform(0.0, 0.3, n)
+
+    def rows(m: int, row_ids, systems, labels, energies) -> dict:
+        return {"dos_up": rng.uniform(0, 1, (m, PAPER_GRID.n_points, 9)).astype(np.float32),
+                "dos_down": rng.uniform(0, 1, (m, PAPER_GRID.n_points, 9)).astype(np.float32),
+                "composition": np.tile(_fractions(Fe=0.5, O=0.5), (m, 1)).astype(np.float32),
+                "id": np.asarray(row_ids), "formula": np.full(m, "FeO"), "chemsys": np.asarray(systems),
+                "formation_energy_per_atom": np.asarray(labels, np.float32),
+                "e_above_hull": np.zeros(m, np.float32),
+                "is_formation_energy_per_atom": np.asarray(energies, np.float32).reshape(-1, 1)}
+
+    parents = np.repeat(np.arange(n), n_variants)
+    aug = rows(len(parents), [f"{ids[p]}_v{j}" for j, p in enumerate(parents)], chemsys[parents], y[parents],
+               is_ef[parents] + rng.uniform(0.0, 0.2, len(parents)))
+    aug["parent_id"] = ids[parents]
+    table = _uip_table({str(i): float(e) - 6.5 for i, e in zip(ids, y)},  # mu_Fe = -8, mu_O fitted: -5
+                       {str(i): {"Fe": 0.5, "O": 0.5} for i in ids})
+    return SimpleNamespace(is_=rows(n, ids, chemsys, y, is_ef), aug=aug, y=y, is_formation_energy=is_ef,
+                           labels=Path("labels_snapshot.csv"), aug_labels=Path("labels_augmented_snapshot.csv"),
+                           uip_table=lambda: table)
+
+
+class _Built(Exception):
+    """Raised once a row's model is built (the rows not trained in the test)."""
+
+
+def test_energy_input_esnet_rows_build_a_model_with_the_energy_input(tmp_path, monkeypatch):
+    """Each energy-input ESNet row builds (tiny topology) a model that takes its named energy inputs with its
+    target; the augmented and the two-input rows also train 1 epoch on their rows (the augmented one with the
+    variants, each with its own IS energy) and predict every test row; a row without its IS energy is refused in
+    one line."""
+    from esnet_tf.model import ESNetConfig, build_esnet, energy_inputs_of, load_model
+    from esnet_tf.splits import kfold_of
+    from esnet_tf.study import fit as study_fit
+
+    def tiny(**changes: Any) -> ESNetConfig:
+        return ESNetConfig.small().replace(stem_filters=8, stage_widths=(8, 16), blocks_per_stage=1, merge_filters=16,
+                                           composition_units=8, head_units=(16,), name="tiny", **changes)
+
+    trained = ("esnet_is_relax_aug", "esnet_uip_relax")
+    seen: dict = {}
+    real_fit = study_fit.fit_esnet
+
+    def fit_and_look(train, test, work, config, *args, **kwargs):
+        assert all(k in train and k in test for k in config.energy_inputs)
+        if seen["name"] not in trained:
+            seen["got"] = (energy_inputs_of(build_esnet(config)), config.target, config.element_properties, None)
+            raise _Built
+        out = real_fit(train, test, work, config, *args, **kwargs)
+        model = load_model(work / "run" / "best.keras")
+        seen["got"] = (energy_inputs_of(model), config.target, config.element_properties, len(train["id"]))
+        return out
+
+    monkeypatch.setattr(study_models, "_small", tiny)
+    monkeypatch.setattr(study_fit, "fit_esnet", fit_and_look)
+    data = _energy_esnet_data()
+    fold = np.array([kfold_of(c, 2, 0) for c in data.is_["chemsys"]])
+    is_ef, uip_ef = "is_formation_energy_per_atom", "uip_formation_energy_per_atom"
+    want = {"esnet_is_energy": ((is_ef,), "formation_energy", False),
+            "esnet_is_relax": ((is_ef,), "relaxation_energy", False),
+            "esnet_is_relax_elements": ((is_ef,), "relaxation_energy", True),
+            "esnet_is_relax_aug": ((is_ef,), "relaxation_energy", False),
+            "esnet_uip_relax": ((is_ef, uip_ef), "relaxation_energy", False),
+            "esnet_uip_is": ((is_ef, uip_ef), "formation_energy", False)}
+    n_test, n_train = int((fold == 1).sum()), int((fold == 0).sum())
+    for name, (inputs, target, elements) in want.items():
+        assert study_models.MODELS[name].group == "esnet"
+        seen.clear()
+        seen["name"] = name
+        unit = study_models.Unit(data, fold, 1, 2, 0, 1, 4, tmp_path / name)
+        if name not in trained:
+            with pytest.raises(_Built):
+                study_models.run_model(name, unit)
+            assert seen["got"] == (inputs, target, elements, None), name
+            continue
+        pred, _ = study_models.run_model(name, unit)
+        assert pred.shape == (n_test,) and np.all(np.isfinite(pred)), name
+        rows = n_train * 3 if name == "esnet_is_relax_aug" else n_train  # + its 2 variants per training structure
+        assert seen["got"] == (inputs, target, elements, rows), name
+    assert study_models.MODELS["esnet_is_relax_aug"].augmented
+    assert study_models.candidate_needs("esnet_uip_relax") == ("is_single_point", "uip_relaxation")
+    missing = SimpleNamespace(**{**vars(data), "is_formation_energy": np.where(fold == 1, np.nan, data.y)})
+    with pytest.raises(UserError, match="is_formation_energy_per_atom"):
+        study_models.run_model("esnet_is_relax", study_models.Unit(missing, fold, 1, 2, 0, 1, 4, tmp_path / "x"))

@@ -389,3 +389,91 @@ def _gbr_uip(unit: Unit) -> tuple[np.ndarray, dict]:
 CANDIDATE_NEEDS.update({"is_shift": ("is_single_point",), "gbr_magpie_is": ("is_single_point",),
                         "gbr_fraction_is": ("is_single_point",), "uip": ("uip_relaxation",),
                         "gbr_uip": ("uip_relaxation",)})
+
+
+# ---------------------------------------------------------------- ESNet with an energy input (issue 32)
+#
+# The IS single point's formation energy (and, for the uip rows, CHGNet's) enters ESNet's head as a
+# named energy input (`ESNetConfig.energy_inputs`); the target is the relaxed E_f directly or the
+# relaxation energy ΔE >= 0 (output E_f(IS) - ΔE). Each IS-augmentation variant carries the IS energy of
+# its own single point (`StudyData.aug`), labelled with its parent's relaxed E_f.
+
+#: the IS single point's formation energy input (eV/atom; `esnet_tf.isdos.IS_FORMATION_ENERGY`)
+_IS_EF = "is_formation_energy_per_atom"
+
+#: the potential's formation energy input (eV/atom): `uip_test_energies` / `uip_training_energies`
+UIP_EF = "uip_formation_energy_per_atom"
+
+
+def _on_is_energy(config: Callable[[], Any]) -> ModelFn:
+    """ESNet (config()) on the training folds' IS-DOS with their IS formation energies, tested on the test fold's."""
+    def fit_predict(unit: Unit) -> tuple[np.ndarray, dict]:
+        _is_energy(unit)  # every training and test row has its IS energy, else one line naming the fix
+        d = unit.data
+        notes = _esnet_notes(unit)
+        pred, notes["train"] = unit.esnet(take(d.is_, unit.train_idx), take(d.is_, unit.test_idx), config())
+        return pred, notes
+
+    return fit_predict
+
+
+register("esnet_is_energy", "ESNet small on IS-DOS + the IS formation energy, relaxed E_f predicted directly",
+         group="esnet")(_on_is_energy(lambda: _small(energy_inputs=(_IS_EF,))))
+register("esnet_is_relax", "ESNet small on IS-DOS + the IS formation energy, predicting the relaxation energy",
+         group="esnet")(_on_is_energy(lambda: _small(energy_inputs=(_IS_EF,), target="relaxation_energy")))
+register("esnet_is_relax_elements", "esnet_is_relax with element-property means in the composition branch",
+         group="esnet")(_on_is_energy(lambda: _small(energy_inputs=(_IS_EF,), target="relaxation_energy",
+                                                     element_properties=True)))
+
+
+@register("esnet_is_relax_aug", "esnet_is_relax + the training folds' IS-augmentation variants (each with its own "
+          "IS formation energy)", group="esnet", augmented=True)
+def _esnet_is_relax_aug(unit: Unit) -> tuple[np.ndarray, dict]:
+    from esnet_tf.errors import UserError
+
+    _is_energy(unit)
+    d = unit.data
+    sel = augmented_training_rows(d, unit.fold_of, unit.k, unit.folds, unit.seed)
+    e_var = d.aug[_IS_EF].reshape(-1)[sel]
+    if not np.all(np.isfinite(e_var)):
+        raise UserError(f"{d.aug_labels}: {int(np.sum(~np.isfinite(e_var)))} variant(s) without {_IS_EF}: take a "
+                        "snapshot of labels_augmented.csv that has it (--new-snapshot)")
+    notes = {**_esnet_notes(unit), "n_variants_in_training": int(len(sel))}
+    pred, notes["train"] = unit.esnet(concat(take(d.is_, unit.train_idx), take(d.aug, sel)),
+                                      take(d.is_, unit.test_idx),
+                                      _small(energy_inputs=(_IS_EF,), target="relaxation_energy"))
+    return pred, notes
+
+
+def _with_uip(unit: Unit) -> tuple[dict, dict, dict]:
+    """(training rows, test rows, notes) of the IS-DOS with UIP_EF added: the test rows' with gas references
+    fitted on the training rows (`uip_test_energies`), the training rows' cross-fitted on inner folds
+    (`uip_training_energies`), as gbr_uip's."""
+    d = unit.data
+    e_test, notes = uip_test_energies(unit)
+    e_train, notes["training_rows_not_cross_fitted"] = uip_training_energies(unit)
+    train, test = take(d.is_, unit.train_idx), take(d.is_, unit.test_idx)
+    train[UIP_EF] = e_train.astype(np.float32).reshape(-1, 1)
+    test[UIP_EF] = e_test.astype(np.float32).reshape(-1, 1)
+    return train, test, notes
+
+
+def _on_is_uip(config: Callable[[], Any]) -> ModelFn:
+    def fit_predict(unit: Unit) -> tuple[np.ndarray, dict]:
+        _is_energy(unit)
+        train, test, uip_notes = _with_uip(unit)
+        notes = {**_esnet_notes(unit), "uip": uip_notes}
+        pred, notes["train"] = unit.esnet(train, test, config())
+        return pred, notes
+
+    return fit_predict
+
+
+register("esnet_uip_relax", "ESNet small on IS-DOS + the IS and CHGNet formation energies, predicting the "
+         "relaxation energy", group="esnet")(
+    _on_is_uip(lambda: _small(energy_inputs=(_IS_EF, UIP_EF), target="relaxation_energy")))
+register("esnet_uip_is", "ESNet small on IS-DOS + the IS and CHGNet formation energies, relaxed E_f predicted "
+         "directly", group="esnet")(_on_is_uip(lambda: _small(energy_inputs=(_IS_EF, UIP_EF))))
+
+CANDIDATE_NEEDS.update({"esnet_uip_relax": ("is_single_point", "uip_relaxation"),
+                        "esnet_uip_is": ("is_single_point", "uip_relaxation")})
