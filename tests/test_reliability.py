@@ -491,6 +491,8 @@ def _hostile_payloads(root: Path) -> list[tuple[Path, str]]:
          r"line 1 is longer than 4096 bytes"),
         (_gz_bomb(root / "mp.json.gz", b'{"energies": [', b"0," * (1 << 19), 1024, b"0]}"),
          r"inflates past 8 MiB, an eighth of the 64 MiB per-file limit"),
+        (_gz_bomb(root / "dense.json.gz", b"[", b"[]," * (1 << 20), 2, b"[]]"),  # 6 MiB, 20x that decoded
+         r"would decode to about .* of Python objects, past 32 MiB, half of the 64 MiB per-file limit"),
     ]
     zero = root / "devzero"
     zero.mkdir()

@@ -15,10 +15,10 @@ opens its input through this module:
 
 The limit: `ESNET_MAX_INFLATED_BYTES` (bytes, or with a unit: `4GiB`, `500MB`), default 2 GiB per
 input file (`DEFAULT_MAX_INFLATED_BYTES`). What each reader may hold in memory is a share of it:
-a quarter for what the vasprun.xml reader parses and keeps, an eighth for a JSON document (decoded
-whole: Python objects take about 4x the text) and for a POSCAR; the DOSCAR reader sums as it
-streams and holds one line. Peak memory of a reader therefore stays below about its share times
-four (see docs/input.md). The error names the file, the limit that was hit and how to raise it.
+a quarter for what the vasprun.xml reader parses and keeps; an eighth for the text of a JSON document
+or a POSCAR (decoded whole; `check_json_size` also caps a JSON's estimated Python objects at half the
+limit); the DOSCAR reader sums as it streams and holds one line and one atom's block. With the
+default limit, the bomb probes of issue 36 peaked below 0.7 GB (see docs/input.md). The error names the file, the limit that was hit and how to raise it.
 """
 from __future__ import annotations
 
@@ -258,6 +258,18 @@ def check_size(path: str | Path, fraction: float = 0.25) -> Path:
         while fh.read(1 << 22):
             pass
     return Path(path)
+
+
+def check_json_size(data: bytes, path: str | Path, fraction: float = 0.5) -> bytes:
+    """`data` (a JSON text) unless the Python objects it decodes to would take more than `fraction` of the
+    per-file limit: estimated from its brackets and commas (about 64 bytes per list or dict, 32 per
+    element), since `[[],[],...]` takes 20 times its text once decoded."""
+    estimate = len(data) + 64 * (data.count(b"[") + data.count(b"{")) + 32 * data.count(b",")
+    limit, share = _share(fraction)
+    if estimate > limit:
+        raise limit_error(path, limit, what=f"would decode to about {human(estimate)} of Python objects, past",
+                          share=share)
+    return data
 
 
 # ---------------------------------------------------------------- .npz

@@ -23,12 +23,13 @@ def read_complete_dos_json(path: str | Path) -> list[ProjectedDOS]:
     """Read every CompleteDos in the file; ids are the documents' task_id where given."""
     from pymatgen.electronic_structure.dos import CompleteDos
 
-    from esnet_tf.readers.limits import read_bounded
+    from esnet_tf.readers.limits import check_json_size, read_bounded
     from esnet_tf.safe_json import UnsafeJSONError, check_modules, loads
 
     path = Path(path)
     try:
-        doc = loads(read_bounded(path, 0.125).decode("utf-8"), path)  # decoded whole: an eighth of the limit
+        text = check_json_size(read_bounded(path, 0.125), path)  # decoded whole: an eighth of the limit,
+        doc = loads(text.decode("utf-8"), path)  # and about half of it once decoded
     except UnsafeJSONError as exc:
         raise DOSInputError(path, str(exc).split(": ", 1)[1], "pass a plain Materials Project CompleteDos document") \
             from None
