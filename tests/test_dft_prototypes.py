@@ -13,7 +13,8 @@ from esnet_tf.dft.prototypes import NONCUBIC_PROTOTYPES, noncubic_structure, pro
 CASES = [("hcp", ["Mg"], "P6_3/mmc", 2), ("wurtzite", ["Zn", "O"], "P6_3mc", 4),
          ("nias", ["Ni", "As"], "P6_3/mmc", 4), ("l10", ["Cu", "Au"], "P4/mmm", 2),
          ("rutile", ["Ti", "O"], "P4_2/mnm", 6), ("anatase", ["Ti", "O"], "I4_1/amd", 6),
-         ("cdi2", ["Mg", "Cl"], "P-3m1", 3), ("perovskite_p4mm", ["Ba", "Ti", "O"], "P4mm", 5)]
+         ("cdi2", ["Mg", "Cl"], "P-3m1", 3), ("perovskite_p4mm", ["Ba", "Ti", "O"], "P4mm", 5),
+         ("layered_abo2", ["Li", "Co", "O"], "R-3m", 4)]
 
 
 def _closest_pair_ratio(s) -> float:
