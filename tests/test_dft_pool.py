@@ -86,3 +86,11 @@ def test_the_selection_does_not_depend_on_anything_but_the_seed():
         assert pool.pool_systems(exclude=set())["heusler"] != a["heusler"]
     finally:
         pool.POOL_SEED = old
+
+
+def test_pool_cli_refuses_a_demo_dir_without_a_cache_in_one_line(tmp_path, capsys):
+    from esnet_tf.cli import main as cli_main
+
+    rc = cli_main(["dft", "pool", "--out", str(tmp_path / "pool"), "--demo-dir", str(tmp_path), "--assemble-only"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--demo-dir" in err[0] and "calcs/" in err[0]

@@ -103,7 +103,6 @@ def _compact(target: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from esnet_tf.dft.labels import assemble
-    from esnet_tf.dft.runner import run_tasks
     from esnet_tf.dft.structures import StructureInputError, read_structures
     from esnet_tf.dft.tasks import Task
 
@@ -175,13 +174,7 @@ def run(args: argparse.Namespace) -> int:
         if dup:
             raise UserError(f"duplicate structure ids {dup[:5]}: give the files distinct names")
     out.mkdir(parents=True, exist_ok=True)
-    if args.beam_pipeline_options:
-        from esnet_tf.dft.beam import run_tasks_beam
-
-        outcomes = run_tasks_beam(tasks, out / "calcs", args.beam_pipeline_options, args.retry_failed)
-    else:
-        outcomes = run_tasks(tasks, out / "calcs", workers=args.workers, retry_failed=args.retry_failed,
-                             nice=args.nice)
+    outcomes = _compute(tasks, out, args)
     failed = [o for o in outcomes if o.status == "failed"]
     try:
         if args.dft_command == "demo":  # labels.csv without the IS variants, labels_augmented.csv with them
@@ -207,11 +200,22 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _compute(tasks: list, out: Path, args: argparse.Namespace) -> list:
+    """Run `tasks` into `out`/calcs: Apache Beam with --beam-pipeline-options, else local worker processes."""
+    if args.beam_pipeline_options:
+        from esnet_tf.dft.beam import run_tasks_beam
+
+        return run_tasks_beam(tasks, out / "calcs", args.beam_pipeline_options, args.retry_failed)
+    from esnet_tf.dft.runner import run_tasks
+
+    return run_tasks(tasks, out / "calcs", workers=args.workers, retry_failed=args.retry_failed, nice=args.nice)
+
+
 def _pool(args: argparse.Namespace, st: DFTSettings, out: Path) -> int:
     """`esnet dft pool`: compute the pool plan's missing tasks (reusing the demo's cache), then assemble."""
     from esnet_tf import resources
     from esnet_tf.dft.pool import assemble_pool, pool_tasks
-    from esnet_tf.dft.runner import cached_outcome, run_tasks
+    from esnet_tf.dft.runner import cached_outcome
 
     demo = Path(args.demo_dir) if args.demo_dir else resources.demo_dir()
     if not (demo / "calcs").is_dir():
@@ -223,14 +227,7 @@ def _pool(args: argparse.Namespace, st: DFTSettings, out: Path) -> int:
     if not args.assemble_only:
         todo = [p.task for p in plan if cached_outcome(p.task, demo / "calcs") is None]
         print(f"pool plan: {len(plan)} tasks, {len(plan) - len(todo)} already in the demo's cache")
-        if args.beam_pipeline_options:
-            from esnet_tf.dft.beam import run_tasks_beam
-
-            outcomes = run_tasks_beam(todo, out / "calcs", args.beam_pipeline_options, args.retry_failed)
-        else:
-            outcomes = run_tasks(todo, out / "calcs", workers=args.workers, retry_failed=args.retry_failed,
-                                 nice=args.nice)
-        failed = [o for o in outcomes if o.status == "failed"]
+        failed = [o for o in _compute(todo, out, args) if o.status == "failed"]
         for o in failed:
             print(f"FAILED {o.task_id}: {o.reason}")
     prov = assemble_pool(out, demo, st)
