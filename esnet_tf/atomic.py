@@ -40,7 +40,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def _naming(target: Path, tmp: Path) -> Iterator[None]:
     """OSErrors about the hidden temporary `tmp` (a name starting with it), or a full disk, re-raised
-    naming the user's `target` (issue 36: `--out` errors named the temporary file)."""
+    naming the user's `target`, not the hidden temporary file."""
     try:
         yield
     except OSError as exc:

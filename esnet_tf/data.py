@@ -32,7 +32,7 @@ import numpy as np
 
 from esnet_tf.isdos import N_ELEMENTS, N_ORBITALS, PAPER_GRID, EnergyGrid, ISDOSExample
 from esnet_tf.isdos import ENERGY_FIX, INPUT_NAMES, OUTPUT_NAME, negative_dos_floor
-from esnet_tf.featurize import energy_arrays, fill_energies  # energy inputs (issue 32): (N, 1) eV/atom, NaN unknown
+from esnet_tf.featurize import energy_arrays, fill_energies  # energy inputs: (N, 1) eV/atom, NaN unknown
 from esnet_tf.splits import DEFAULT_FRACTIONS, SPLITS, split_of
 from esnet_tf.errors import UserError
 from esnet_tf.labels import LabelRow, labels_by_id

@@ -231,7 +231,7 @@ def export(model_path: str | Path, out: str | Path = "saved_models", name: str =
         if not diff <= TOLERANCE:
             raise RuntimeError(f"{target}: SavedModel and {model_path} disagree by {diff:.3g} eV/atom")
         result["max_abs_diff"] = diff
-        from esnet_tf.trust import write_manifest  # issue 36 (helper D): marks the SavedModel as exported by esnet-tf
+        from esnet_tf.trust import write_manifest  # marks the SavedModel as exported by esnet-tf (esnet_tf.trust)
 
         result["manifest"] = str(target / write_manifest(tmp).name)
     return result

@@ -462,7 +462,7 @@ def inference_function(model: keras.Model, precision: str = "auto", *, batch_siz
         n = len(inputs[INPUT_NAMES[0]])
         parts: dict[str, list] = {}
         for start in range(0, n, batch_size):
-            # every input the model takes: the IS-DOS fields and any energy inputs ((N, 1) eV/atom, issue 32)
+            # every input the model takes: the IS-DOS fields and any energy inputs ((N, 1) eV/atom)
             y = graph({k: tf.convert_to_tensor(np.asarray(inputs[k][start:start + batch_size], dtype=np.float32)
                                                .reshape((-1, *spec.shape[1:])))
                        for k, spec in graph.specs.items()})

@@ -75,7 +75,7 @@ class Predictor:
 
             self.kind = "saved_model"
             self.path = saved
-            self.model = load_saved_model(saved, trust_model_code)  # refused unless trusted (issue 36)
+            self.model = load_saved_model(saved, trust_model_code)  # refused unless trusted (esnet_tf.trust)
             if "serving_default" not in self.model.signatures:
                 raise UserError(f"{saved}: SavedModel has no 'serving_default' signature")
             self.signature = self.model.signatures["serving_default"]
@@ -87,7 +87,7 @@ class Predictor:
         missing = [k for k in INPUT_NAMES if k not in shapes]
         if missing:
             raise UserError(f"{path}: model lacks inputs {missing}; is it an ESNet model?")
-        self.energy_inputs = tuple(k for k in ENERGY_INPUTS if k in shapes)  # (None, 1) eV/atom each (issue 32)
+        self.energy_inputs = tuple(k for k in ENERGY_INPUTS if k in shapes)  # (None, 1) eV/atom each
         self.n_points = int(shapes["dos_up"][1])
         self.has_std = STD_OUTPUT_NAME in outputs
 

@@ -18,7 +18,7 @@ input file (`DEFAULT_MAX_INFLATED_BYTES`). What each reader may hold in memory i
 a quarter for what the vasprun.xml reader parses and keeps; an eighth for the text of a JSON document
 or a POSCAR (decoded whole; `check_json_size` also caps a JSON's estimated Python objects at half the
 limit); the DOSCAR reader sums as it streams and holds one line and one atom's block. With the
-default limit, the bomb probes of issue 36 peaked below 0.7 GB (see docs/input.md). The error names
+default limit, the compressed-bomb probes peaked below 0.7 GB (see docs/input.md). The error names
 the file, the limit that was hit and how to raise it.
 """
 from __future__ import annotations

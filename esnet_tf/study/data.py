@@ -218,7 +218,7 @@ def augmented_training_rows(data: StudyData, fold_of_is: np.ndarray, k: int, fol
     return sel
 
 
-# ---------------------------------------------------------------- CPU seconds per candidate (issue 33)
+# ---------------------------------------------------------------- CPU seconds per candidate
 
 
 def candidate_cpu_seconds(demo: Path, ids: list[str] | np.ndarray) -> dict[str, dict]:

@@ -391,7 +391,7 @@ CANDIDATE_NEEDS.update({"is_shift": ("is_single_point",), "gbr_magpie_is": ("is_
                         "gbr_uip": ("uip_relaxation",)})
 
 
-# ---------------------------------------------------------------- ESNet with an energy input (issue 32)
+# ---------------------------------------------------------------- ESNet with an energy input
 #
 # The IS single point's formation energy (and, for the uip rows, CHGNet's) enters ESNet's head as a
 # named energy input (`ESNetConfig.energy_inputs`); the target is the relaxed E_f directly or the

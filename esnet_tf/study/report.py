@@ -188,7 +188,7 @@ def replace_table(text: str, table: str, source: str = "the document") -> str:
     return text[:a + len(TABLE_START)] + "\n" + table.strip("\n") + "\n" + text[b:]
 
 
-# ---------------------------------------------------------------- CPU seconds per candidate (issue 33)
+# ---------------------------------------------------------------- CPU seconds per candidate
 
 
 def _cpu_costs(units: Units) -> dict[str, Any]:
