@@ -122,7 +122,19 @@ def regular_file(path: str | Path) -> Path:
     raise DOSInputError(path, f"is {kind}{via}, not a regular file", "pass the DFT output file itself")
 
 
-class _Inflate(io.RawIOBase):
+class _ReadStream(io.RawIOBase):
+    """A readable raw stream whose subclasses implement only `read(size)`."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+class _Inflate(_ReadStream):
     """Decompressed bytes of a gzip file (every member; each member's CRC-32 and size checked by zlib),
     produced at most `size` bytes per read: a bomb never inflates more than asked for."""
 
@@ -132,14 +144,6 @@ class _Inflate(io.RawIOBase):
         self._in = b""
         self._fed = False
         self._done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
     def read(self, size: int = -1) -> bytes:
         size = 1 << 22 if size is None or size < 0 else size
@@ -180,7 +184,7 @@ def _decompressor():
     return isal_zlib.decompressobj(31)
 
 
-class _Counted(io.RawIOBase):
+class _Counted(_ReadStream):
     """A byte stream that raises `InputLimitError` once more than `limit` bytes have come out of it."""
 
     def __init__(self, inner, path: Path, limit: int, share: str) -> None:
@@ -189,14 +193,6 @@ class _Counted(io.RawIOBase):
         self.limit = limit
         self._share = share
         self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
     def read(self, size: int = -1) -> bytes:
         if size == 0:
