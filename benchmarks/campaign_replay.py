@@ -5,12 +5,18 @@
     python benchmarks/campaign_replay.py --step replay   # only the campaigns (needs the CSVs)
     python benchmarks/campaign_replay.py --step replay --overwrite   # start them over (a strategy was added)
     python benchmarks/campaign_replay.py --new-snapshot --seeds 2   # on the demo labels as they are now
+    python benchmarks/campaign_replay.py --from-study esnet_is_relax_elements   # a study row's predictions
 
 Step 1 (crossfit): `esnet_tf.study.crossfit.crossfit`, grouped k-fold cross-fitting by chemical
 system with the accuracy study's protocol: each compound is predicted by `--seeds` ESNet members
 that never saw its chemical system (mean and spread), and by a composition-only gradient-boosting
 regressor. Writes, in --out: labels_snapshot.csv, oof_predictions.csv, composition_predictions.csv
 and crossfit.json. Members finished are kept in --work, so a killed run continues.
+
+With --from-study MODEL, step 1 trains nothing: the out-of-fold predictions are the accuracy study's
+cached units of that registry row (`esnet_tf.study.crossfit.oof_from_study`; the study's snapshot must
+be the campaign's), written with both replays into OUT/MODEL/ (the composition predictions and CHGNet
+relaxations of OUT are reused).
 
 Step 2 (replay): `esnet campaign replay` with every strategy on the snapshot and these predictions
 (OUT/replay; the uip strategy reads the demo's CHGNet relaxations, copied to OUT/uip_chgnet.csv
@@ -47,7 +53,8 @@ def snapshot_uip(out: Path, new: bool) -> None:
             tmp.replace(dst)
 
 
-def replay(out: Path, batch_size: int, kappa: float, seed: int, start_over: bool = False) -> None:
+def replay(out: Path, batch_size: int, kappa: float, seed: int, start_over: bool = False,
+           shared: Path | None = None) -> None:
     """Every strategy without refit (OUT/replay), and the model-guided ones with `--refit residual` (OUT/replay_refit).
 
     The uip strategy reads OUT/uip_chgnet.csv (+ .json), the potential's relaxations of the snapshot's
@@ -57,11 +64,12 @@ def replay(out: Path, batch_size: int, kappa: float, seed: int, start_over: bool
     """
     from esnet_tf.campaign.strategies import STRATEGIES
 
+    shared = shared or out  # labels snapshot, composition predictions and CHGNet relaxations
     base = [sys.executable, "-m", "esnet_tf.cli", "campaign", "replay",
-            "--labels", str(out / "labels_snapshot.csv"),
+            "--labels", str(shared / "labels_snapshot.csv"),
             "--predictions", str(out / "oof_predictions.csv"),
-            "--composition-predictions", str(out / "composition_predictions.csv"),
-            "--uip", str(out / UIP_CSV),
+            "--composition-predictions", str(shared / "composition_predictions.csv"),
+            "--uip", str(shared / UIP_CSV),
             "--batch-size", str(batch_size), "--kappa", str(kappa), "--seed", str(seed)]
     refittable = [s for s in STRATEGIES if s != "random"]  # a refit does not change the random order
     for strategies, extra, name in ((",".join(STRATEGIES), [], "replay"),
@@ -94,11 +102,32 @@ def main() -> int:
                     help="train each member also on the IS-augmentation variants of its training structures")
     ap.add_argument("--overwrite", action="store_true",
                     help="start the replays over (e.g. after a strategy or a prediction source was added)")
+    ap.add_argument("--from-study", metavar="MODEL",
+                    help="out-of-fold predictions from the accuracy study's cached units of this registry row "
+                         "(no training; --seeds 3 means study seeds 0,1,2); outputs in OUT/MODEL/")
+    ap.add_argument("--study-out", default=str(ROOT / "benchmarks" / "results" / "accuracy"),
+                    help="the accuracy study's folder (its cache/ and labels_snapshot.csv)")
+    ap.add_argument("--study-epochs", type=int, default=40, help="the study units' epochs")
     ap.add_argument("--new-snapshot", action="store_true",
                     help="copy the current demo labels into OUT/labels_snapshot.csv (the DFT job may have added "
                          "rows; the replays then start over); without it the committed snapshot is reused")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.from_study:
+        from esnet_tf.study.crossfit import oof_from_study
+
+        if args.new_snapshot:
+            raise SystemExit("--from-study reuses the committed snapshot: drop --new-snapshot")
+        sub = out / args.from_study
+        if args.step in ("all", "crossfit"):
+            info = oof_from_study(sub, Path(args.study_out), args.from_study, seeds=tuple(range(args.seeds)),
+                                  folds=args.folds, epochs=args.study_epochs, snapshot=out / "labels_snapshot.csv",
+                                  command=" ".join(["python", *sys.argv]))
+            print(json.dumps(info, indent=1))
+        if args.step in ("all", "replay"):
+            snapshot_uip(out, False)
+            replay(sub, args.batch_size, args.kappa, args.seed, start_over=args.overwrite, shared=out)
+        return 0
     if args.step in ("all", "crossfit"):
         from esnet_tf.study.crossfit import crossfit
 
@@ -116,4 +145,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from esnet_tf.errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as err:
+        sys.exit(f"campaign_replay: {err}")

@@ -25,8 +25,10 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # `auto` precision caches its measurements; tests never write (or read) the user's ~/.cache
-os.environ.setdefault("ESNET_PRECISION_CACHE", str(Path(tempfile.mkdtemp(prefix="esnet-precision-"))
-                                                  / "precision.json"))
+if "ESNET_PRECISION_CACHE" not in os.environ:
+    _precision_dir = tempfile.mkdtemp(prefix="esnet-precision-")
+    atexit.register(shutil.rmtree, _precision_dir, True)
+    os.environ["ESNET_PRECISION_CACHE"] = str(Path(_precision_dir) / "precision.json")
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("ESNET_FIXTURES", ROOT.parent / "shared" / "fixtures"))

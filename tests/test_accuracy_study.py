@@ -632,3 +632,46 @@ def test_energy_input_esnet_rows_build_a_model_with_the_energy_input(tmp_path, m
     missing = SimpleNamespace(**{**vars(data), "is_formation_energy": np.where(fold == 1, np.nan, data.y)})
     with pytest.raises(UserError, match="is_formation_energy_per_atom"):
         study_models.run_model("esnet_is_relax", study_models.Unit(missing, fold, 1, 2, 0, 1, 4, tmp_path / "x"))
+
+
+def test_campaign_predictions_from_study_units_are_their_out_of_fold_ensemble(tmp_path):
+    """oof_from_study: members = a candidate's units under each seed (mean, std ddof=1), fold = its
+    first seed's fold, elements left out; a missing unit or another snapshot is a one-line error."""
+    import csv
+    import json
+
+    from esnet_tf.study.crossfit import oof_from_study
+    from esnet_tf.study.data import SNAPSHOT, file_hash
+    from esnet_tf.study.run import unit_path
+
+    study, camp = tmp_path / "study", tmp_path / "camp"
+    study.mkdir()
+    camp.mkdir()
+    header = "id,formula,formation_energy_per_atom,e_above_hull\n"
+    body = "Al_fcc,Al,0,0\nAlN_wurtzite,AlN,-1.2,0\nNaCl_rocksalt,NaCl,-2.0,0\nNaCl_cscl,NaCl,-1.9,0.1\n"
+    (study / SNAPSHOT).write_text(header + body)
+    (camp / SNAPSHOT).write_text(header + body)
+    key = file_hash(study / SNAPSHOT)
+    folds = {0: [["Al_fcc", "AlN_wurtzite"], ["NaCl_rocksalt", "NaCl_cscl"]],
+             1: [["NaCl_rocksalt", "NaCl_cscl", "Al_fcc"], ["AlN_wurtzite"]]}
+    preds = {0: {"Al_fcc": 0.1, "AlN_wurtzite": -1.0, "NaCl_rocksalt": -1.8, "NaCl_cscl": -1.7},
+             1: {"Al_fcc": 0.0, "AlN_wurtzite": -1.4, "NaCl_rocksalt": -2.2, "NaCl_cscl": -1.5}}
+    for seed, parts in folds.items():
+        for k, ids in enumerate(parts):
+            path = unit_path(study, key, "esnet_is", k, 2, seed, 40)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"test_ids": ids, "pred": [preds[seed][i] for i in ids], "wall_s": 1.0}))
+    info = oof_from_study(camp / "out", study, "esnet_is", seeds=(0, 1), folds=2, snapshot=camp / SNAPSHOT)
+    rows = {r["id"]: r for r in csv.DictReader((camp / "out" / "oof_predictions.csv").open())}
+    assert set(rows) == {"AlN_wurtzite", "NaCl_rocksalt", "NaCl_cscl"}  # elements are references
+    assert math.isclose(float(rows["AlN_wurtzite"]["predicted_formation_energy_per_atom"]), -1.2)
+    assert math.isclose(float(rows["AlN_wurtzite"]["predicted_formation_energy_per_atom_std"]),
+                        float(np.std([-1.0, -1.4], ddof=1)), rel_tol=1e-5)
+    assert [rows[i]["fold"] for i in ("AlN_wurtzite", "NaCl_cscl")] == ["0", "1"]
+    assert info["n_candidates"] == 3 and info["training_wall_s"] == 4.0
+    with pytest.raises(UserError, match=r"1 study unit\(s\) of esnet_is missing.*--units-only"):
+        unit_path(study, key, "esnet_is", 1, 2, 1, 40).unlink()
+        oof_from_study(camp / "out", study, "esnet_is", seeds=(0, 1), folds=2, snapshot=camp / SNAPSHOT)
+    (camp / SNAPSHOT).write_text(header + body + "KCl_rocksalt,KCl,-2.1,0\n")
+    with pytest.raises(UserError, match="is not the study's snapshot"):
+        oof_from_study(camp / "out", study, "esnet_is", seeds=(0, 1), folds=2, snapshot=camp / SNAPSHOT)

@@ -150,3 +150,82 @@ def crossfit(out: Path, work: Path, demo: Path, *, folds: int = 5, seeds: int = 
             "wall_s_this_session": time.time() - t0, "trainings": timing, "command": command}
     write_text(out / "crossfit.json", json.dumps(info, indent=1) + "\n")
     return info
+
+
+def oof_from_study(out: Path, study_out: Path, model: str, *, seeds: tuple[int, ...] = (0, 1, 2), folds: int = 5,
+                   epochs: int = 40, snapshot: Path | None = None, command: str = "") -> dict[str, Any]:
+    """`out`/oof_predictions.csv from the accuracy study's cached units of `model` (no training).
+
+    The study's units are out-of-fold by construction: seed s predicts every row with a model that
+    never saw its chemical system (grouped k-fold, fold assignment s). The members of a candidate are
+    its predictions under `seeds` (mean, std ddof=1); `fold` is its seed-`seeds[0]` fold. The study's
+    snapshot (`study_out`/labels_snapshot.csv) must be the campaign's (`snapshot`, by default
+    `out`/labels_snapshot.csv): same hash. Candidates: the rows with more than one element.
+    Returns crossfit.json's content.
+    """
+    from esnet_tf.errors import UserError
+    from esnet_tf.isdos import PREDICTION_COLUMN, PREDICTION_STD_COLUMN
+    from pymatgen.core import Composition
+
+    from esnet_tf.study.models import MODELS
+    from esnet_tf.study.run import unit_path
+
+    if model not in MODELS:
+        raise UserError(f"unknown study model {model!r}: use one of {', '.join(MODELS)}")
+    if len(seeds) < 2:
+        raise UserError(f"--seeds {','.join(map(str, seeds))}: an ensemble spread needs at least two seeds")
+    snapshot, study_snapshot = snapshot or out / SNAPSHOT, study_out / SNAPSHOT
+    out.mkdir(parents=True, exist_ok=True)
+    for path in (snapshot, study_snapshot):
+        if not path.is_file():
+            raise UserError(f"{path} not found: run the campaign crossfit step / the study once first")
+    key = file_hash(snapshot)
+    if file_hash(study_snapshot) != key:
+        raise UserError(f"{snapshot} (hash {key}) is not the study's snapshot {study_snapshot} (hash "
+                        f"{file_hash(study_snapshot)}): rerun the study on the same labels (--new-snapshot)")
+    if MODELS[model].augmented:
+        key = file_hash(snapshot, study_out / AUG_SNAPSHOT)
+    rows = list(csv.DictReader(snapshot.open(newline="", encoding="utf-8")))
+    ids = [r["id"] for r in rows]
+    position = {i: n for n, i in enumerate(ids)}
+    members = np.full((len(seeds), len(ids)), np.nan)
+    fold = np.full(len(ids), -1)
+    missing, wall = [], 0.0
+    for s_i, seed in enumerate(seeds):
+        for k in range(folds):
+            path = unit_path(study_out, key, model, k, folds, seed, epochs)
+            if not path.is_file():
+                missing.append(path.name)
+                continue
+            unit = json.loads(path.read_text())
+            wall += float(unit.get("wall_s") or 0.0)
+            for i, p in zip(unit["test_ids"], unit["pred"]):
+                if i in position:
+                    members[s_i, position[i]] = p
+                    if s_i == 0:
+                        fold[position[i]] = k
+    if missing:
+        raise UserError(f"{len(missing)} study unit(s) of {model} missing in {study_out}/cache/{key} "
+                        f"({', '.join(missing[:3])}...): compute them with `python benchmarks/accuracy.py "
+                        f"--models {model} --seeds {','.join(map(str, seeds))} --epochs {epochs} --units-only`")
+    idx = [n for n, r in enumerate(rows) if len(Composition(r["formula"]).elements) > 1]
+    if np.isnan(members[:, idx]).any():
+        raise UserError(f"the study units of {model} do not cover every candidate of {snapshot}")
+    mean = members[:, idx].mean(axis=0)
+    std = members[:, idx].std(axis=0, ddof=1)
+    y = np.array([float(rows[i]["formation_energy_per_atom"]) for i in idx])
+    eh = np.array([float(rows[i]["e_above_hull"]) for i in idx])
+    _write_csv(out / "oof_predictions.csv",
+               ["id", "formula", "fold", PREDICTION_COLUMN, PREDICTION_STD_COLUMN,
+                *[f"member_{s}" for s in range(len(seeds))], "formation_energy_per_atom", "e_above_hull"],
+               [[ids[i], rows[i]["formula"], int(fold[i]), f"{m:.6f}", f"{sd:.6f}",
+                 *[f"{members[s, i]:.6f}" for s in range(len(seeds))], f"{y_:.6f}", f"{e:.6f}"]
+                for i, m, sd, y_, e in zip(idx, mean, std, y, eh)])
+    info = {"snapshot_hash": file_hash(snapshot), "n_rows": len(ids), "n_candidates": len(idx),
+            "n_references": len(ids) - len(idx), "folds": folds, "fold_seed": "the study seed of each member",
+            "seeds": list(seeds), "epochs": epochs, "config": f"study model {model}",
+            "source": f"{study_out.name}/cache/{key}: {model} units (out-of-fold by chemical system)",
+            "oof_mae_esnet": float(np.abs(mean - y).mean()), "mean_std_esnet": float(std.mean()),
+            "training_wall_s": wall, "command": command}
+    write_text(out / "crossfit.json", json.dumps(info, indent=1) + "\n")
+    return info
