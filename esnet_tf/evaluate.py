@@ -30,13 +30,14 @@ CLASSIFICATION_KEYS = ("precision", "recall", "f1", "accuracy", "prevalence", "d
 def evaluate(model: str | Path, dataset: str, split: str = "test", out: str | Path = "eval", *,
              threshold: float = 0.0, batch_size: int = 256, labels: str | None = None,
              data_dir: str | None = None, split_fractions: Sequence[float] | None = None,
-             split_seed: int = 0) -> dict[str, Any]:
+             split_seed: int = 0, trust_model_code: bool = False) -> dict[str, Any]:
     """Predict one split with a saved model; write metrics.json, predictions.csv, parity.png to `out`.
 
     model: .keras file or SavedModel dir. dataset: features .npz (with `labels`), a directory with a
     labels.csv, or a TFDS name / dir (`data_dir`). threshold: stable means E_f < threshold (eV/atom).
     split_fractions / split_seed: the chemical-system split of .npz / labels-dir datasets, as in
-    training. Returns the metrics (energies in eV/atom).
+    training. trust_model_code: load a SavedModel that esnet-tf neither ships nor exported
+    (`esnet_tf.trust`; it runs that model's code). Returns the metrics (energies in eV/atom).
     """
     from esnet_tf import data
     from esnet_tf.isdos import OUTPUT_NAME
@@ -44,7 +45,7 @@ def evaluate(model: str | Path, dataset: str, split: str = "test", out: str | Pa
 
     if batch_size < 1:
         raise UserError(f"batch size must be a positive number of examples, got {batch_size}")
-    predictor = Predictor(model)
+    predictor = Predictor(model, trust_model_code=trust_model_code)
     fractions = tuple(float(f) for f in split_fractions) if split_fractions is not None else None
     ds = data.load_split(dataset, split, labels=labels, data_dir=data_dir, split_fractions=fractions,
                          split_seed=split_seed)

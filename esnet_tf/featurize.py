@@ -240,18 +240,68 @@ def load_examples(path: str | Path) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------- many inputs
 
-def collect_inputs(paths: list[str], notes: list[str] | None = None) -> list[tuple[Path, Path | None]]:
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def collect_inputs(paths: list[str], notes: list[str] | None = None, *, follow_symlinks: bool = False,
+                   errors: list[DOSInputError] | None = None) -> list[tuple[Path, Path | None]]:
     """Expand directories (walked recursively) into (file, root) pairs; files pass through.
 
     A walked folder holding both a vasprun.xml and a DOSCAR holds one calculation: only the
     vasprun.xml is read (one example per calculation), and the DOSCAR is named in `notes`.
+
+    Symbolic links: a path given explicitly is always followed. Inside a walked directory, a link
+    to a directory that lies inside the walked root is skipped (its files are read at their real
+    path), and a link (to a file or a directory) that leads outside the root is skipped unless
+    `follow_symlinks`: a listing never leaves the directory it was given without being asked to.
+    Each skipped link is named in `notes`; with `follow_symlinks` a directory reached twice (a
+    link loop) is walked once. A directory that cannot be listed goes to `errors`.
     """
     out: list[tuple[Path, Path | None]] = []
     for p in map(Path, paths):
         if p.is_dir() and source_kind(p) is None or p.is_dir() and any(x.is_dir() for x in p.iterdir()):
-            for dirpath, dirnames, filenames in os.walk(p):
+            root = p.resolve()
+            visited: set[Path] = set()
+
+            def unreadable(exc: OSError, top: Path = p) -> None:
+                if errors is not None:
+                    errors.append(DOSInputError(exc.filename or top, f"cannot list this directory ({exc.strerror})",
+                                                "check its permissions; its calculations were not read"))
+
+            for dirpath, dirnames, filenames in os.walk(p, followlinks=follow_symlinks, onerror=unreadable):
+                here = Path(dirpath)
+                visited.add(here.resolve())
                 dirnames.sort()
-                found = [Path(dirpath) / f for f in sorted(filenames) if source_kind(Path(dirpath) / f) is not None]
+                for d in list(dirnames):
+                    link = here / d
+                    if not link.is_symlink():
+                        continue
+                    real = link.resolve()
+                    why = ("its target lies inside the walked directory: read there" if _inside(real, root)
+                           else f"it leads outside {p} (to {real}): pass it explicitly or use --follow-symlinks"
+                           if not follow_symlinks else "" if real not in visited else "already walked (a link loop)")
+                    if _inside(real, root) or not follow_symlinks or real in visited:
+                        dirnames.remove(d)
+                        if notes is not None:
+                            notes.append(f"{link}: symbolic link to a directory skipped: {why}")
+                    else:
+                        visited.add(real)
+                found = []
+                for f in sorted(filenames):
+                    fp = here / f
+                    if source_kind(fp) is None:
+                        continue
+                    if fp.is_symlink() and not follow_symlinks and not _inside(fp.resolve(), root):
+                        if notes is not None:
+                            notes.append(f"{fp}: symbolic link skipped: it leads outside {p} (to {fp.resolve()}): "
+                                         "pass it explicitly or use --follow-symlinks")
+                        continue
+                    found.append(fp)
                 kinds = {source_kind(f) for f in found}
                 for fp in found:
                     if source_kind(fp) == "doscar" and "vasprun" in kinds:
@@ -298,7 +348,8 @@ def featurize_paths(paths: Sequence[str | Path], grid: EnergyGrid = PAPER_GRID, 
                     on_result: Callable[[Path, list[ISDOSExample] | None, DOSInputError | None], None] | None = None,
                     on_note: Callable[[str], None] | None = None,
                     workers: int | None = None,
-                    references: Mapping[str, float] | None = None) -> tuple[list[ISDOSExample], list[str]]:
+                    references: Mapping[str, float] | None = None,
+                    follow_symlinks: bool = False) -> tuple[list[ISDOSExample], list[str]]:
     """Featurize files and directories (walked); returns (examples, one-line failures).
 
     A file that cannot become IS-DOS (or does not exist) is reported in the failures (and to
@@ -306,7 +357,8 @@ def featurize_paths(paths: Sequence[str | Path], grid: EnergyGrid = PAPER_GRID, 
     Shows a progress bar over files. `workers` processes share the files (single-threaded each,
     results in input order, the same as serial); None = `default_workers()` from
     AUTO_PARALLEL_FILES files on, else 1. `references`: {element: eV/atom} for the IS formation
-    energy of files whose code brings no references of its own (`featurize`).
+    energy of files whose code brings no references of its own (`featurize`). Symbolic links met
+    while walking: `collect_inputs` (skipped and named in the notes unless `follow_symlinks`).
     """
     from tqdm.auto import tqdm
 
@@ -315,7 +367,8 @@ def featurize_paths(paths: Sequence[str | Path], grid: EnergyGrid = PAPER_GRID, 
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     notes: list[str] = []
-    inputs = collect_inputs([str(p) for p in paths], notes)
+    walk_errors: list[DOSInputError] = []
+    inputs = collect_inputs([str(p) for p in paths], notes, follow_symlinks=follow_symlinks, errors=walk_errors)
     for note in notes:
         if on_note is not None:
             on_note(note)
@@ -326,6 +379,9 @@ def featurize_paths(paths: Sequence[str | Path], grid: EnergyGrid = PAPER_GRID, 
         failures.append(str(exc))
         if on_result is not None:
             on_result(path, None, exc)
+
+    for exc in walk_errors:  # a directory that could not be listed: its calculations are missing
+        fail(Path(exc.path), exc)
 
     for p in map(Path, paths):  # a directory that holds nothing readable is a failure, not silence
         if p.is_dir() and not any(root == p or f == p for f, root in inputs):

@@ -17,7 +17,7 @@ labels through `read_labels`; errors name `file:line`. `.csv.gz` is read too.
 from __future__ import annotations
 
 import csv
-import gzip
+import zlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -84,9 +84,24 @@ def label_float(value: str | float | None, labels: Path, line: int, column: str,
         raise DatasetError(f"{labels}:{line}: '{column}' is {text!r}, not a number ({unit})") from None
 
 
+#: the share of the per-file limit of bounded reading (`esnet_tf.readers.limits`) a CSV table may inflate to:
+#: an eighth (256 MiB of text by default, some millions of rows), as for a JSON document
+TABLE_FRACTION = 0.125
+
+
+def open_table(path: str | Path):
+    """A CSV table (plain or .gz) as text, streamed through `esnet_tf.readers.limits.open_bounded`: a special
+    file is refused and the text stops with one line at `TABLE_FRACTION` of the per-file limit (a gzip bomb
+    never inflates past it)."""
+    import io
+
+    from esnet_tf.readers.limits import open_bounded
+
+    return io.TextIOWrapper(open_bounded(path, TABLE_FRACTION), encoding="utf-8", newline="")
+
+
 def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8", newline="") if path.name.endswith(".gz") \
-        else path.open(newline="", encoding="utf-8")
+    return open_table(path)
 
 
 def read_labels(labels_csv: str | Path, *, path_column: str | None = "path", require_energy: bool = True,
@@ -140,8 +155,8 @@ def read_labels(labels_csv: str | Path, *, path_column: str | None = "path", req
                     line=line))
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{labels}: not a UTF-8 text CSV ({exc.reason})") from None
-    except csv.Error as exc:
-        raise DatasetError(f"{labels}: not a readable CSV ({exc})") from None
+    except (csv.Error, OSError, EOFError, zlib.error) as exc:  # a corrupt .gz too
+        raise DatasetError(f"{labels}: not a readable CSV ({type(exc).__name__}: {exc})") from None
     return rows
 
 

@@ -42,14 +42,24 @@ def _element(symbol: str, path: Path, where: str) -> str:
 
 
 def _read_text(path: Path) -> str:
+    """The file's text, read within bounds (`esnet_tf.readers.limits`): special files refused, at most an
+    eighth of the per-file limit, also once inflated (gzip by suffix or by its magic bytes)."""
+    import zlib
+
+    from esnet_tf.readers.limits import limit_error, max_inflated_bytes, read_bounded
+
+    if not path.exists():
+        raise UserError(f"{path}: references file not found; {_FIX}")
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        raw = read_bounded(path, 0.125)  # a .gz is inflated within the bound by the reader itself
+        if raw[:2] == b"\x1f\x8b":  # gzip without the .gz suffix: inflate at most the same bound
+            limit = max(1, max_inflated_bytes() // 8)
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as fh:
+                raw = fh.read(limit + 1)
+            if len(raw) > limit:
+                raise limit_error(path, limit, share="an eighth")
         return raw.decode("utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: references file not found; {_FIX}") from None
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
         raise UserError(f"{path}: cannot read the references file ({type(exc).__name__}: {exc}); {_FIX}") from None
 
 
@@ -104,6 +114,9 @@ def load_references(path: str | Path) -> dict[str, float]:
     name = path.name.lower()
     if name.endswith((".json", ".json.gz")) or text.lstrip()[:1] in ("[", "{"):
         try:
+            from esnet_tf.readers.limits import check_json_size
+
+            check_json_size(text.encode("utf-8"), path)  # [[],[],...] decodes to 20 times its text
             doc = safe_json.loads(text, path)  # too deep: one line, not a RecursionError
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); {_FIX}") from None

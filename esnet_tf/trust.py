@@ -15,7 +15,7 @@ SavedModel only when it is trusted:
   op check is what keeps a forged manifest from passing.
 
 Any other SavedModel is refused with one line, unless the caller passes `trust_model_code=True`
-(CLI: `esnet predict --trust-model-code`). `.keras` files are loaded with Keras's safe mode on (no
+(CLI: `--trust-model-code` of `esnet predict`, `esnet evaluate` and `esnet campaign live`). `.keras` files are loaded with Keras's safe mode on (no
 Lambda layers, no arbitrary code); a malicious or broken one ends in one line (`load_keras`).
 """
 from __future__ import annotations
@@ -33,8 +33,14 @@ MANIFEST_FORMAT = "esnet-tf SavedModel manifest v1"
 #: TensorFlow's warning, repeated wherever a model's code may be trusted by hand
 TF_WARNING = ("TensorFlow models are programs: a SavedModel can read and write files, use the network and "
               "start processes, and running an untrusted model is equivalent to running untrusted code")
-#: the CLI flag (esnet predict) that loads an untrusted SavedModel anyway
+#: the CLI flag that loads an untrusted SavedModel anyway: every verb that loads a user's model has it
+#: (esnet predict, esnet evaluate, esnet campaign live)
 TRUST_FLAG = "--trust-model-code"
+#: its help text, one for every verb
+TRUST_HELP = ("load a SavedModel that esnet-tf neither ships nor exported. TensorFlow's warning: models are programs; "
+              "a SavedModel can read and write files, use the network and start processes, and running an untrusted "
+              "model is equivalent to running untrusted code. Use only with models from people you trust (.keras "
+              "files always load in Keras's safe mode)")
 
 #: ops of the serving graphs `esnet export` writes (ESNet single models, ensembles, energy inputs):
 #: arithmetic, shapes and control of function calls; nothing that touches files, the network or Python

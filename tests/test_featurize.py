@@ -389,14 +389,20 @@ def test_cli_writes_energy_arrays_and_takes_references(fixtures_dir, tmp_path, c
     ef = dict(zip(a["id"], a["is_formation_energy_per_atom"][:, 0]))
     assert np.isnan(ef["LiF.vasprun"]) and np.isnan(ef["indirect.vasprun"])  # VASP without --references: unknown
     assert ef["Mg_fcc"] == pytest.approx(0.116743, abs=2e-6)  # the GPAW engine's references (dummy provenance)
+    capsys.readouterr()
     assert cli_main(["featurize", *paths, "--out", str(out), "--quiet", "--references",
-                     str(fixtures_dir / MP_REFS)]) == 0
+                     str(fixtures_dir / MP_REFS)]) == 2  # an existing output is refused in one line
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(out) in err and "--overwrite" in err
+    assert cli_main(["featurize", *paths, "--out", str(out), "--quiet", "--references",
+                     str(fixtures_dir / MP_REFS), "--overwrite"]) == 0
     a = load_examples(out)
     assert np.isfinite(a["is_formation_energy_per_atom"]).all()
     with np.load(out, allow_pickle=False) as raw:  # stored as the model inputs: (N, 1) float32 eV/atom
         assert raw["is_formation_energy_per_atom"].shape == (2, 1)
     capsys.readouterr()
-    assert cli_main(["featurize", *paths, "--out", str(out), "--references", str(tmp_path / "no.csv")]) == 2
+    assert cli_main(["featurize", *paths, "--out", str(out), "--references", str(tmp_path / "no.csv"),
+                     "--overwrite"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no.csv" in err
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -32,10 +34,11 @@ import numpy as np
 
 from esnet_tf.atomic import exclusive, write_text
 from esnet_tf.campaign.hull import true_e_above_hull
-from esnet_tf.campaign.pool import Pool, Predictions, describe
+from esnet_tf.campaign.pool import LOWER_COLUMN, Pool, Predictions, describe, prediction_warnings
 from esnet_tf.campaign.strategies import (PAYS_IS, SOURCE_FLAG, SOURCE_OF, STRATEGIES, RoundView,
                                           estimated_relax_s, probability_stable, ranking, scores)
 from esnet_tf.errors import UserError
+from esnet_tf.isdos import PREDICTION_STD_COLUMN
 from esnet_tf.screening.cost import cost_at_recall
 from esnet_tf.screening.metrics import stable_mask
 from esnet_tf.screening.pipeline import HULL_TOL
@@ -154,7 +157,7 @@ def residual_refit(pool: Pool, base: Mapping[str, Predictions], relaxed: np.ndar
                 m = chemsys[relaxed] == cs
                 e = err[m][np.isfinite(err[m])]
                 shift[chemsys == cs] = e.sum() / (len(e) + 1.0)
-        out[name] = Predictions(p.mean - shift, p.std, p.source + " (residual refit)", p.cost_s, p.extra_cost_s)
+        out[name] = p.replace_mean(p.mean - shift, p.source + " (residual refit)")
     return out
 
 
@@ -215,6 +218,19 @@ class Campaign:
             raise UserError(f"strategy {config.strategy!r} ranks by the {src!r} predictions, which the pool lacks: "
                             + ("give --predictions CSV or --model PATH" if src == "esnet"
                                else f"give {SOURCE_FLAG.get(src, src)}"))
+        if src is not None:
+            p = pool.sources[src]
+            if config.strategy == "lcb" and not p.has_std:
+                raise UserError(f"{p.source}: strategy lcb ranks by E_hull - kappa sigma, but these predictions have "
+                                f"no std ({PREDICTION_STD_COLUMN}): give an ensemble's predictions (`esnet predict` "
+                                "of an ensemble writes the column), or use --strategy greedy")
+            if config.strategy == "lower_bound" and not p.has_lower:
+                raise UserError(f"{p.source}: strategy lower_bound ranks by the 90 % interval's lower bound, but these "
+                                f"predictions have no {LOWER_COLUMN}: give a calibrated ensemble's predictions, or use "
+                                "--strategy lcb (mean - kappa sigma)")
+            if config.strategy == "lower_bound" and config.refit == "fine-tune":
+                raise UserError("strategy lower_bound with --refit fine-tune: the fine-tuned model has no calibrated "
+                                "interval; use --refit residual or --strategy lcb")
         if refitter is not None and config.refit != "fine-tune":
             raise UserError(f"a refitter was given but refit is {config.refit!r}: use refit='fine-tune'")
         if config.refit == "fine-tune" and refitter is None:
@@ -312,6 +328,7 @@ class Campaign:
                 stop = "budget"
                 break
             results = self.relaxer(pool, [int(i) for i in batch])
+            flagged = self._flagged()
             chosen = []
             score_of = dict(zip(view.index.tolist(), scores(cfg.strategy, view, cfg.kappa).tolist()))
             pos = {int(i): j for j, i in enumerate(view.index)}
@@ -327,6 +344,8 @@ class Campaign:
                                "relax_wall_time_s": float(rx_s),
                                "true_e_above_hull": self.true_e_hull[i] if pool.is_replay else None,
                                "truly_stable": bool(self.true_stable[i]) if pool.is_replay else None})
+                if flagged is not None:
+                    chosen[-1]["needs_dft"] = bool(flagged[i])
             for c in chosen:
                 relaxed.append(c["index"])
                 ef.append(c["formation_energy_per_atom"])
@@ -359,13 +378,15 @@ class Campaign:
     def _view(self, k: int, index: np.ndarray, hull: ReferenceHull, sources: Mapping[str, Predictions]) -> RoundView:
         src = self.config.source
         n = len(index)
-        pred_eh, std = np.full(n, np.nan), np.full(n, np.nan)
+        pred_eh, std, lower_eh = np.full(n, np.nan), np.full(n, np.nan), None
         if src is not None:
             p = sources[src]
             comps = [self.pool.compositions[i] for i in index]
             pred_eh = hull.e_above_hull_many(comps, p.mean[index])
             if p.std is not None:
                 std = p.std[index].astype(float)
+            if p.lower is not None:  # E_hull moves one for one with the candidate's E_f on the current hull
+                lower_eh = pred_eh - (p.mean[index] - p.lower[index])
         est = None
         if self.config.strategy == "stable_per_cost":
             done = np.setdiff1d(np.arange(self.pool.n), index)
@@ -374,7 +395,8 @@ class Campaign:
                                     self.relax_s[done], pool.cost_group[done])
         return RoundView(index=index, predicted_e_above_hull=pred_eh, predicted_std=std,
                          true_e_above_hull=self.true_e_hull[index], round=k, seed=self.config.seed, n_pool=self.pool.n,
-                         estimated_relax_s=est, threshold=self.config.threshold, min_std=self.config.min_std)
+                         estimated_relax_s=est, threshold=self.config.threshold, min_std=self.config.min_std,
+                         predicted_lower_e_above_hull=lower_eh)
 
     def _expected_left(self, k: int, relaxed: list[int], ef: list[float], hull: ReferenceHull) -> float | None:
         src = self.config.source if self.config.source is not None else ("esnet" if "esnet" in self.pool.sources
@@ -406,6 +428,46 @@ class Campaign:
             rec["predicted_e_above_hull"] = dict(zip(pool.ids.tolist(),
                                                      hull.e_above_hull_many(pool.compositions, p.mean).tolist()))
         return rec
+
+    def _report_source(self) -> str | None:
+        """The prediction source the campaign reports on: the strategy's, else ESNet's when the pool has it."""
+        src = self.config.source if self.config.source is not None else "esnet"
+        return src if src in self.pool.sources else None
+
+    def _flagged(self) -> np.ndarray | None:
+        src = self._report_source()
+        return None if src is None else self.pool.sources[src].flagged
+
+    def _prediction_report(self, rounds: list[dict[str, Any]], relaxed: np.ndarray) -> dict[str, Any]:
+        """What the summary says about the predictions: the checks of the file (`prediction_checks`: counts of
+        missing, NaN and unknown ids; lines in `warnings`) and, with a domain column, `needs_dft`: the
+        candidates whose prediction is flagged outside the model's domain, how many of them the predictions
+        alone call stable (round 0, on the reference hull) and which were never relaxed."""
+        src = self._report_source()
+        if src is None:
+            return {}
+        p = self.pool.sources[src]
+        warnings = prediction_warnings(p)
+        if self.config.strategy == "stable_per_cost" and not p.has_std:
+            warnings.append(f"{p.source}: no std: stable_per_cost takes P(stable) with sigma = --min-std "
+                            f"{self.config.min_std} eV/atom for every candidate")
+        out: dict[str, Any] = {"prediction_checks": {"source": src, **dict(p.audit)}, "warnings": warnings}
+        flagged = p.flagged
+        if flagged is not None:
+            eh0 = rounds[0].get("predicted_e_above_hull") if rounds else None
+            if eh0 and self.config.source == src:
+                eh = np.array([_num(eh0.get(str(i))) for i in self.pool.ids], float)
+            else:
+                eh = ReferenceHull(self.pool.references).e_above_hull_many(self.pool.compositions, p.mean)
+            stable0 = stable_mask(eh, self.config.threshold, tol=HULL_TOL)
+            left = np.setdiff1d(np.flatnonzero(flagged), relaxed)
+            out["needs_dft"] = {
+                "rule": "a candidate whose prediction is flagged outside the model's domain (a non-empty domain "
+                        "column) counts as stable only once DFT has relaxed it",
+                "n_flagged": int(flagged.sum()), "n_flagged_predicted_stable": int((flagged & stable0).sum()),
+                "n_predicted_stable": int(stable0.sum()), "n_flagged_not_relaxed": int(len(left)),
+                "flagged_not_relaxed": [str(self.pool.ids[i]) for i in left[:20]]}
+        return out
 
     def _status(self, relaxed: list[int], ef: list[float], hull: ReferenceHull, cost: float) -> dict[str, Any]:
         idx = np.array(relaxed, int)
@@ -492,6 +554,7 @@ class Campaign:
             "relaxation_equivalent_s": self.unit_s,
             "n_true_stable": self.n_true_stable, "n_stable_found": int(found[-1]) if found is not None else None,
             "n_discovered": len(discovered), "discovered": discovered}
+        summary.update(self._prediction_report(rounds, idx))
         summary["total_cost_relaxations"] = summary["total_cost_s"] / self.unit_s if self._has_unit() else None
         summary["saving"] = 1 - summary["total_cost_s"] / relax_all if relax_all else None
         if found is not None and self.n_true_stable:
@@ -529,29 +592,84 @@ def run_campaign(pool: Pool, config: CampaignConfig, out_dir: str | Path | None 
     return Campaign(pool, config, out_dir, relaxer=relaxer, refitter=refitter, progress=progress).run()
 
 
-def clear_campaign(out_dir: str | Path) -> None:
-    """Remove a campaign's state from `out_dir` (campaign.json, rounds/, result.json, discovered_stable.csv)."""
-    import shutil
+#: the files a campaign writes in its directory (besides rounds/round_NNNN.json): nothing else is ever removed
+OWN_FILES = (STATE_FILE, "result.json", "discovered_stable.csv")
+_OWN_ROUND = re.compile(r"^round_\d{4,}\.json$")
+#: the hidden directory beside a campaign where `--overwrite` runs the new campaign until it is complete
+OVERWRITE_STAGING = ".{name}.overwrite"
 
+
+def campaign_files(out_dir: str | Path) -> list[Path]:
+    """The files a campaign wrote in `out_dir`: campaign.json, result.json, discovered_stable.csv and
+    rounds/round_NNNN.json. Files a user put there (also inside rounds/) are not among them."""
+    out = Path(out_dir)
+    own = [out / name for name in OWN_FILES if (out / name).is_file()]
+    rounds = out / ROUNDS_DIR
+    if rounds.is_dir() and not rounds.is_symlink():
+        own += sorted(p for p in rounds.iterdir() if _OWN_ROUND.match(p.name) and p.is_file() and not p.is_symlink())
+    return own
+
+
+def clear_campaign(out_dir: str | Path) -> None:
+    """Remove a campaign's own files from `out_dir` (`campaign_files`); rounds/ only when that leaves it empty."""
     out = Path(out_dir)
     with exclusive(out / STATE_FILE, "campaign"):
-        shutil.rmtree(out / ROUNDS_DIR, ignore_errors=True)
-        for name in (STATE_FILE, "result.json", "discovered_stable.csv"):
-            (out / name).unlink(missing_ok=True)
+        _remove_own(out)
+
+
+def _remove_own(out: Path, keep: set[str] = frozenset()) -> None:
+    for f in campaign_files(out):
+        if f.relative_to(out).as_posix() not in keep:
+            f.unlink(missing_ok=True)
+    try:
+        (out / ROUNDS_DIR).rmdir()  # only when empty: a user's files inside stay, and so does the folder
+    except OSError:
+        pass
+
+
+def _promote(staging: Path, target: Path) -> None:
+    """Move the complete campaign in `staging` onto `target`'s own files (each by an atomic rename), then
+    remove `target`'s own files the new campaign did not write; other files in `target` are left alone."""
+    import shutil
+
+    new = campaign_files(staging)
+    names = {f.relative_to(staging).as_posix() for f in new}
+    (target / ROUNDS_DIR).mkdir(parents=True, exist_ok=True)
+    for f in sorted(new, key=lambda f: f.name == STATE_FILE):  # the header last: it says which rounds belong
+        os.replace(f, target / f.relative_to(staging))
+    _remove_own(target, keep=names)
+    shutil.rmtree(staging, ignore_errors=True)  # only what this overwrite wrote (a lock file, empty rounds/)
 
 
 def run_strategies(pool: Pool, config: CampaignConfig, strategies: Sequence[str], out_dir: str | Path | None, *,
                    relaxer: Relaxer = replay_relaxer, refitter: Refitter | None = None,
                    progress: Callable[[str], None] | None = None,
                    overwrite: bool = False) -> dict[str, CampaignResult]:
-    """One campaign per strategy (the same settings otherwise), each in `out_dir/<strategy>/`."""
+    """One campaign per strategy (the same settings otherwise), each in `out_dir/<strategy>/`.
+
+    A rerun continues the campaigns found there. `overwrite`: every campaign is first checked (its
+    pool and settings, as a fresh start), then run from round 0 in a hidden staging directory beside
+    it; only when it is complete do its files replace the old campaign's own files
+    (`campaign_files`). A failure or a kill before that leaves the old campaign as it was, and files
+    a user put into a campaign's folder (also inside rounds/) are never removed.
+    """
     from dataclasses import replace
 
+    configs = {s: replace(config, strategy=s) for s in strategies}
+    for cfg in configs.values():  # everything checked before anything runs or is replaced
+        Campaign(pool, cfg, None, relaxer=relaxer, refitter=refitter)
     results = {}
-    for s in strategies:
+    for s, cfg in configs.items():
         sub = None if out_dir is None else Path(out_dir) / s
-        if overwrite and sub is not None and sub.exists():
-            clear_campaign(sub)
-        results[s] = run_campaign(pool, replace(config, strategy=s), sub, relaxer=relaxer, refitter=refitter,
-                                  progress=progress)
+        if not overwrite or sub is None or not campaign_files(sub):
+            results[s] = run_campaign(pool, cfg, sub, relaxer=relaxer, refitter=refitter, progress=progress)
+            continue
+        staging = sub.parent / OVERWRITE_STAGING.format(name=sub.name)
+        with exclusive(sub / STATE_FILE, "campaign"):  # nobody resumes the old campaign meanwhile
+            if staging.exists():  # a killed overwrite's leftovers: start the new campaign again
+                _remove_own(staging)
+            res = run_campaign(pool, cfg, staging, relaxer=relaxer, refitter=refitter, progress=progress)
+            _promote(staging, sub)
+        res.out_dir = sub
+        results[s] = res
     return results

@@ -72,12 +72,14 @@ class LiveRelaxer:
 
 def live_pool(structure_files: Sequence[str | Path], *, cache_dir: str | Path, settings: Any = None,
               model: str | Path | None = None, predictions: str | Path | None = None, relax: str = "eos",
-              workers: int = 2) -> tuple[Pool, LiveRelaxer]:
+              workers: int = 2, trust_model_code: bool = False) -> tuple[Pool, LiveRelaxer]:
     """The pool of a live campaign and its relaxer (see the module docstring).
 
     `model`: a `.keras` file or SavedModel (an ensemble's std is used where it has one); or
     `predictions`: a predictions CSV for the candidates' ids. One of them is needed for the
-    ESNet strategies; without either, only `random` can run.
+    ESNet strategies; without either, only `random` can run. The model is loaded before any DFT runs:
+    a SavedModel that esnet-tf neither ships nor exported is refused unless `trust_model_code`
+    (`esnet_tf.trust`: it runs that model's code).
     """
     from pymatgen.analysis.phase_diagram import PDEntry
     from pymatgen.core import Composition
@@ -106,6 +108,11 @@ def live_pool(structure_files: Sequence[str | Path], *, cache_dir: str | Path, s
     compounds = sorted(i for i, s, _ in items if len(s.composition.elements) > 1)
     if not compounds:
         raise UserError("structures: no compound among them (elements are references, not candidates)")
+    predictor = None
+    if model is not None:  # refused (untrusted, broken) before hours of DFT, not after
+        from esnet_tf.predict import Predictor
+
+        predictor = Predictor(model, trust_model_code=trust_model_code)
     # references: the elements, relaxed
     ref_outs = _outcomes([Task(i, structures[i], settings, relax=relax, prototype=protos[i]) for i in elements],
                          cache, workers, "reference relaxation") if elements else []
@@ -128,21 +135,21 @@ def live_pool(structure_files: Sequence[str | Path], *, cache_dir: str | Path, s
                 relax_wall_time_s=np.full(len(compounds), np.nan), references=refs, truth=None,
                 reference_cost_s=ref_cost, origin=", ".join(map(str, structure_files)))
     relaxer = LiveRelaxer(structures, mu, settings, cache, relax, workers, protos)
-    if model is not None:
-        pool.sources["esnet"], relaxer.inputs = _predict(model, [o.workdir / o.result["is_dos"] for o in is_outs],
+    if predictor is not None:
+        pool.sources["esnet"], relaxer.inputs = _predict(predictor, [o.workdir / o.result["is_dos"] for o in is_outs],
                                                          compounds)
     elif predictions is not None:
         pool.sources["esnet"] = read_predictions(predictions, compounds, name=str(predictions))
     return pool, relaxer
 
 
-def _predict(model: str | Path, dos_files: Sequence[Path], ids: Sequence[str]) -> tuple[Predictions, dict]:
-    """ESNet mean (and an ensemble's std) in eV/atom of the IS-DOS files, and their input arrays."""
+def _predict(pred: Any, dos_files: Sequence[Path], ids: Sequence[str]) -> tuple[Predictions, dict]:
+    """ESNet mean (and an ensemble's std) in eV/atom of the IS-DOS files (`pred`: an `esnet_tf.predict.Predictor`),
+    and their input arrays."""
     from esnet_tf.data import stack_examples
     from esnet_tf.featurize import featurize
-    from esnet_tf.predict import Predictor
 
-    pred = Predictor(model)
+    model = pred.path
     arrays = stack_examples([featurize(f, id=i) for f, i in zip(dos_files, ids)])
     mean, std = pred.predict_with_std(arrays, source=str(model))
     inputs = {k: arrays[k] for k in ("dos_up", "dos_down", "composition")}

@@ -25,9 +25,13 @@ from typing import Any
 import numpy as np
 
 from esnet_tf.errors import UserError
-from esnet_tf.isdos import PREDICTION_COLUMN, PREDICTION_STD_COLUMN
+from esnet_tf.isdos import DOMAIN_COLUMN, PREDICTION_COLUMN, PREDICTION_STD_COLUMN
 from esnet_tf.screening.cost import COST_COLUMNS
 from esnet_tf.screening.references import ReferenceSet, formation_energy_references, parse_formula
+
+
+#: the lower bound of the calibrated 90 % interval in a predictions CSV (eV/atom; `esnet predict` of an ensemble)
+LOWER_COLUMN = f"{PREDICTION_COLUMN}_lower"
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,10 @@ class Predictions:
     None when the source is free or its cost is the IS single points (`strategies.PAYS_IS`);
     extra_cost_s: a one-off cost of the source (s; e.g. the potential's elemental references).
     A strategy ranking by the source pays both in round 0.
+    lower: the lower bound of the calibrated 90 % interval (eV/atom; NaN = none), for `lower_bound`;
+    domain: per candidate why its prediction lies outside the model's domain ('' = inside): such a
+    candidate needs DFT before it may count as stable; audit: what `read_predictions` found in the
+    file (counts of missing, NaN and unknown ids), reported with the campaign.
     """
 
     mean: np.ndarray
@@ -45,6 +53,24 @@ class Predictions:
     source: str = ""
     cost_s: np.ndarray | None = None
     extra_cost_s: float = 0.0
+    lower: np.ndarray | None = None
+    domain: np.ndarray | None = None
+    audit: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_lower(self) -> bool:
+        return self.lower is not None and bool(np.any(np.isfinite(self.lower)))
+
+    @property
+    def flagged(self) -> np.ndarray | None:
+        """True where the prediction is flagged outside the model's domain (needs DFT); None without a domain column."""
+        return None if self.domain is None else np.array([bool(str(d).strip()) for d in self.domain], bool)
+
+    def replace_mean(self, mean: np.ndarray, source: str) -> "Predictions":
+        """The same source with its mean (and the interval's lower bound with it) moved to `mean` (eV/atom)."""
+        lower = None if self.lower is None else self.lower + (np.asarray(mean, float) - self.mean)
+        return Predictions(np.asarray(mean, float), self.std, source, self.cost_s, self.extra_cost_s, lower,
+                           self.domain, self.audit)
 
     @property
     def screening_cost_s(self) -> float:
@@ -145,6 +171,9 @@ class Pool:
             if p.cost_s is not None:  # sources without a cost keep the earlier fingerprint
                 h.update(np.round(np.nan_to_num(p.cost_s, nan=-1e30), 6).tobytes())
                 h.update(repr(round(float(p.extra_cost_s), 6)).encode())
+            if p.lower is not None:  # likewise sources without an interval
+                h.update(b"lower")
+                h.update(np.round(np.nan_to_num(p.lower, nan=-1e30), 6).tobytes())
         h.update(json.dumps(sorted(self.references.ids)).encode())
         if any(self.cost_group.tolist()):  # pools without relaxation kinds keep their earlier fingerprint
             h.update("\x1f".join(map(str, self.cost_group.tolist())).encode())
@@ -156,7 +185,9 @@ class Pool:
         return Pool(self.ids[idx], self.formulas[idx], self.is_wall_time_s[idx], self.relax_wall_time_s[idx],
                     self.references, None if self.truth is None else self.truth[idx],
                     {k: Predictions(p.mean[idx], None if p.std is None else p.std[idx], p.source,
-                                    None if p.cost_s is None else p.cost_s[idx], p.extra_cost_s)
+                                    None if p.cost_s is None else p.cost_s[idx], p.extra_cost_s,
+                                    None if p.lower is None else p.lower[idx],
+                                    None if p.domain is None else p.domain[idx], p.audit)
                      for k, p in self.sources.items()}, self.reference_cost_s, self.origin, self.cost_group[idx])
 
 
@@ -186,29 +217,91 @@ def elemental_references(rows: Sequence[tuple[str, str, float]], source: str,
 
 def read_predictions(path: str | Path, ids: Sequence[str], *, column: str = PREDICTION_COLUMN,
                      std_column: str = PREDICTION_STD_COLUMN, name: str = "") -> Predictions:
-    """Mean (and std where the column exists) in eV/atom by id from a predictions CSV, in `ids` order.
+    """Mean (and std, the interval's lower bound and the domain flag where those columns exist) in
+    eV/atom by id from a predictions CSV, in `ids` order.
 
-    Ids of the pool missing from the CSV, or a cell that is not a number, get NaN (ranked last, as
-    the screening convention's 'predicted unstable'); extra ids in the CSV are ignored.
+    Nothing is used silently: a cell that is not a number, a negative std and a lower bound above the
+    mean are refused (file:line); ids of the pool missing from the CSV and empty / NaN predictions get
+    NaN (ranked last, the screening convention's 'predicted unstable') and are counted, like the CSV's
+    ids that are not in the pool, in `Predictions.audit` (`prediction_warnings` words them).
     """
     from esnet_tf.screening.io import read_csv_rows
 
     rows = read_csv_rows(path, required=("id", column))
+    cols = set(rows[0]) if rows else set()
+    line_of = {r["id"]: line for line, r in enumerate(rows, start=2)}
     by_id = {r["id"]: r for r in rows}
-    has_std = std_column in (rows[0] if rows else {})
 
-    def num(text: str | None) -> float:
-        try:
-            return float(text) if text not in (None, "") else math.nan
-        except ValueError:
+    def num(r: Mapping[str, str] | None, col: str) -> float:
+        text = None if r is None else (r.get(col) or "").strip()
+        if not text or text.lower() in ("nan", "none", "null"):
             return math.nan
+        try:
+            v = float(text)
+        except ValueError:
+            raise UserError(f"{path}:{line_of[r['id']]}: {col} {text!r} is not a number (eV/atom): fix the cell, "
+                            "or leave it empty for 'no prediction'") from None
+        if not math.isfinite(v):
+            raise UserError(f"{path}:{line_of[r['id']]}: {col} is {text!r}: give a finite number (eV/atom) or leave "
+                            "it empty for 'no prediction'")
+        return v
 
-    mean = np.array([num(by_id.get(i, {}).get(column)) for i in ids], float)
-    std = np.array([num(by_id.get(i, {}).get(std_column)) for i in ids], float) if has_std else None
+    rows_in = [by_id.get(i) for i in ids]
+    mean = np.array([num(r, column) for r in rows_in], float)
+    std = np.array([num(r, std_column) for r in rows_in], float) if std_column in cols else None
+    lower = np.array([num(r, LOWER_COLUMN) for r in rows_in], float) if LOWER_COLUMN in cols else None
+    domain = (np.array([(r or {}).get(DOMAIN_COLUMN) or "" for r in rows_in], dtype=object)
+              if DOMAIN_COLUMN in cols else None)
+    for arr, bad, what in ((std, lambda j: std[j] < 0, f"{std_column} is negative: a standard deviation is >= 0"),
+                           (lower, lambda j: lower[j] > mean[j] + 1e-9,
+                            f"{LOWER_COLUMN} lies above {column}: the interval's lower bound is <= the mean")):
+        if arr is None:
+            continue
+        with np.errstate(invalid="ignore"):
+            wrong = [j for j in range(len(ids)) if np.isfinite(arr[j]) and bad(j)]
+        if wrong:
+            j = wrong[0]
+            raise UserError(f"{path}:{line_of[ids[j]]}: id {ids[j]!r}: {what} ({len(wrong)} row(s) like it): remake "
+                            "the file with `esnet predict`")
     if not np.any(np.isfinite(mean)):
         raise UserError(f"{path}: no prediction for any candidate of the pool (column {column!r}, ids such as "
                         f"{list(ids)[:3]}): give the predictions of these candidates")
-    return Predictions(mean, std, name or str(path))
+    wanted = set(map(str, ids))
+    missing = [i for i in ids if i not in by_id]
+    nan_pred = [i for i, r, m in zip(ids, rows_in, mean) if r is not None and not math.isfinite(m)]
+    unknown = [r["id"] for r in rows if r["id"] not in wanted]
+    audit: dict[str, Any] = {"file": str(path), "n_candidates": len(ids), "n_missing_id": len(missing),
+                             "missing_ids": missing[:5], "n_nan_prediction": len(nan_pred),
+                             "nan_prediction_ids": nan_pred[:5], "n_unknown_id": len(unknown),
+                             "unknown_ids": unknown[:5], "has_std": std is not None,
+                             "has_lower": lower is not None, "has_domain": domain is not None}
+    if std is not None:
+        audit["n_nan_std"] = int(np.sum(np.isfinite(mean) & ~np.isfinite(std)))
+    if domain is not None:
+        audit["n_flagged"] = int(sum(bool(str(d).strip()) for d in domain))
+    return Predictions(mean, std, name or str(path), lower=lower, domain=domain, audit=audit)
+
+
+def prediction_warnings(p: Predictions) -> list[str]:
+    """One line per problem `read_predictions` counted in a source (missing ids, NaN predictions, ids
+    unknown to the pool, NaN std, flagged predictions): what a campaign prints and records."""
+    a, src, out = p.audit, p.audit.get("file", p.source), []
+    if a.get("n_missing_id"):
+        out.append(f"{src}: {a['n_missing_id']} of {a['n_candidates']} candidate(s) have no row (e.g. "
+                   f"{a['missing_ids'][:3]}): no prediction, ranked last as predicted unstable")
+    if a.get("n_nan_prediction"):
+        out.append(f"{src}: {a['n_nan_prediction']} candidate(s) have an empty or NaN prediction (e.g. "
+                   f"{a['nan_prediction_ids'][:3]}): ranked last as predicted unstable")
+    if a.get("n_unknown_id"):
+        out.append(f"{src}: {a['n_unknown_id']} row(s) name ids that are not candidates of the pool (e.g. "
+                   f"{a['unknown_ids'][:3]}): not used")
+    if a.get("n_nan_std"):
+        out.append(f"{src}: {a['n_nan_std']} prediction(s) have no std: uncertainty rules treat them as certain "
+                   "(lcb: sigma 0; stable_per_cost and the expected-stable stop: the floor --min-std)")
+    if a.get("n_flagged"):
+        out.append(f"{src}: {a['n_flagged']} prediction(s) are flagged outside the model's domain (domain column): "
+                   "they need DFT before they count as stable (needs_dft in the result)")
+    return out
 
 
 def pool_from_labels(labels: Sequence[str | Path], *, predictions: Mapping[str, str | Path | Predictions] = (),

@@ -7,6 +7,7 @@ first (ties broken by pool order, i.e. by id). Energies in eV/atom.
 |---|---|---|
 | `greedy` | predicted E_hull (ESNet mean on the current hull) | yes (IS-DOS is the input) |
 | `lcb` | predicted E_hull - kappa x sigma (lower confidence bound: optimistic) | yes |
+| `lower_bound` | predicted E_hull of the calibrated 90 % interval's lower bound (`_lower` column) | yes |
 | `random` | a seeded random order (baseline) | no |
 | `composition` | predicted E_hull of a composition-only model | no (composition is free) |
 | `stable_per_cost` | -P(E_hull <= threshold) / estimated relaxation cost: the expected stable found per second | yes |
@@ -19,6 +20,11 @@ the median relaxation / IS ratio of the candidates already relaxed with the same
 (`Pool.cost_group`; all relaxed ones while none of its kind is, and 1 before any), so that it learns,
 for example, that an optimizer relaxation costs ~15 IS single points and an EOS scan ~4. It defers
 expensive candidates: the stable ones it finds last are the costliest to relax.
+
+`lcb` needs a std, `lower_bound` the interval's lower bound (`predicted_formation_energy_per_atom_lower`,
+which `esnet predict` writes for a calibrated ensemble): a campaign refuses to run them without one.
+On the current hull E_hull moves one for one with the candidate's E_f, so the lower bound's E_hull
+is the mean's E_hull minus (mean - lower).
 
 `uip` ranks like `greedy` but by the potential's predictions (source "uip", no sigma): a replay
 builds them with `pool.uip_predictions` from an `esnet uip relax` CSV, the N/O/F/Cl references
@@ -35,15 +41,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STRATEGIES = ("greedy", "lcb", "stable_per_cost", "random", "composition", "uip", "oracle")
+STRATEGIES = ("greedy", "lcb", "lower_bound", "stable_per_cost", "random", "composition", "uip", "oracle")
 #: the rule the documentation recommends (cost-aware; the others spend more DFT to the same recall)
 RECOMMENDED = "stable_per_cost"
 #: the prediction source each strategy ranks by (None: none)
-SOURCE_OF = {"greedy": "esnet", "lcb": "esnet", "stable_per_cost": "esnet", "random": None,
-             "composition": "composition", "uip": "uip", "oracle": None}
+SOURCE_OF = {"greedy": "esnet", "lcb": "esnet", "lower_bound": "esnet", "stable_per_cost": "esnet",
+             "random": None, "composition": "composition", "uip": "uip", "oracle": None}
 #: whether a strategy computes the IS single points of every candidate in round 0
-PAYS_IS = {"greedy": True, "lcb": True, "stable_per_cost": True, "random": False, "composition": False,
-           "uip": False, "oracle": True}
+PAYS_IS = {"greedy": True, "lcb": True, "lower_bound": True, "stable_per_cost": True, "random": False,
+           "composition": False, "uip": False, "oracle": True}
 #: how a replay gets each prediction source: the CLI flag that gives it (one place for the error messages)
 SOURCE_FLAG = {"esnet": "--predictions CSV", "composition": "--composition-predictions CSV",
                "uip": "--uip CSV (an `esnet uip relax` CSV with its .json beside it)"}
@@ -61,7 +67,8 @@ class RoundView:
     NaN = no prediction); true_e_above_hull: the final truth (oracle only; NaN otherwise);
     index: their positions in the pool; round: the round number (1 = first acquisition);
     estimated_relax_s: the estimated relaxation wall time (s; `stable_per_cost` only);
-    threshold, min_std: the stability threshold and std floor (eV/atom).
+    threshold, min_std: the stability threshold and std floor (eV/atom);
+    predicted_lower_e_above_hull: E_hull of the interval's lower bound (eV/atom; `lower_bound` only).
     """
 
     index: np.ndarray
@@ -74,6 +81,7 @@ class RoundView:
     estimated_relax_s: np.ndarray | None = None
     threshold: float = 0.0
     min_std: float = 0.05
+    predicted_lower_e_above_hull: np.ndarray | None = None
 
 
 def probability_stable(mean_e_hull: np.ndarray, std: np.ndarray | None, threshold: float,
@@ -107,6 +115,10 @@ def scores(strategy: str, view: RoundView, kappa: float = 1.0) -> np.ndarray:
     if strategy == "lcb":
         std = np.where(np.isfinite(view.predicted_std), view.predicted_std, 0.0)
         return view.predicted_e_above_hull - kappa * std
+    if strategy == "lower_bound":
+        if view.predicted_lower_e_above_hull is None:
+            raise ValueError("lower_bound needs predicted_lower_e_above_hull")
+        return view.predicted_lower_e_above_hull.copy()
     if strategy == "stable_per_cost":
         p_stable = probability_stable(view.predicted_e_above_hull, view.predicted_std, view.threshold, view.min_std)
         cost = view.estimated_relax_s if view.estimated_relax_s is not None else np.ones(len(view.index))

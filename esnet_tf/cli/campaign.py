@@ -19,7 +19,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default=RECOMMENDED, metavar="NAME[,NAME...]",
                    help=f"acquisition rule(s), comma-separated, each run in OUT/NAME/: {', '.join(STRATEGIES)} "
                    "(stable_per_cost, the recommended rule: P(stable) per estimated relaxation second; greedy: "
-                   "lowest predicted E_hull; lcb: E_hull - kappa sigma; random; composition: a composition-only "
+                   "lowest predicted E_hull; lcb: E_hull - kappa sigma (needs a std column); lower_bound: E_hull of "
+                   "the calibrated 90 %% interval's lower bound (needs predicted_formation_energy_per_atom_lower); "
+                   "random; composition: a composition-only "
                    "model's E_hull; uip: a universal potential's E_hull, no IS single point (replay: --uip CSV); "
                    "oracle: true E_hull, replay only)")
     p.add_argument("--batch-size", type=int, default=10, metavar="N", help="candidates relaxed per round")
@@ -45,7 +47,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="campaign directory: one folder per strategy with campaign.json, rounds/round_NNNN.json, "
                    "result.json, discovered_stable.csv; report.json, report.md, campaign.png; a rerun resumes")
-    p.add_argument("--overwrite", action="store_true", help="start the campaigns in --out again from round 0")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the campaigns in --out again from round 0: each new campaign runs in a hidden folder "
+                   "beside the old one and replaces the old one's own files (campaign.json, rounds/round_NNNN.json, "
+                   "result.json, discovered_stable.csv) only once it is complete; other files are never removed. "
+                   "Without it, a rerun continues the campaigns in --out")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +86,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                     "among them are the references (relaxed first)")
     lv.add_argument("--model", metavar="PATH", help="ESNet .keras or SavedModel (an ensemble's std is used)")
     lv.add_argument("--predictions", metavar="CSV", help="instead of --model: predictions CSV by id")
+    from esnet_tf.trust import TRUST_FLAG, TRUST_HELP
+
+    lv.add_argument(TRUST_FLAG, action="store_true", help=TRUST_HELP)
     lv.add_argument("--relax", choices=("eos", "optimizer"), default="eos", help="relaxation of the chosen")
     lv.add_argument("--tiny", action="store_true", help="GPAW's tiny settings (seconds per structure; tests)")
     lv.add_argument("--workers", type=int, default=2, help="parallel single-threaded GPAW processes")
@@ -144,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         pool, relaxer = live_pool(args.structures, cache_dir=Path(args.out) / "calcs",
                                   settings=DFTSettings.tiny() if args.tiny else DFTSettings(),
                                   model=args.model, predictions=args.predictions, relax=args.relax,
-                                  workers=args.workers)
+                                  workers=args.workers, trust_model_code=args.trust_model_code)
         if args.refit == "fine-tune":
             from esnet_tf.campaign.refit import ESNetFineTune
 
@@ -159,8 +168,18 @@ def run(args: argparse.Namespace) -> int:
                                  progress=lambda m: print(m, file=sys.stderr), **kw)
         rep = compare(results, pool, threshold=config.threshold)
         written = write_report(rep, results, pool, out, threshold=config.threshold)
+    said: set[str] = set()
     for name, res in results.items():
         s = res.summary
+        for line in s.get("warnings", []):  # the same source's checks once, not once per strategy
+            if line not in said:
+                said.add(line)
+                print(f"warning: {line}", file=sys.stderr)
+        nd = s.get("needs_dft")
+        if nd:
+            print(f"{name}: needs DFT: {nd['n_flagged']} candidate(s) flagged outside the model's domain, "
+                  f"{nd['n_flagged_predicted_stable']} of the {nd['n_predicted_stable']} predicted stable; "
+                  f"{nd['n_flagged_not_relaxed']} flagged never relaxed (see needs_dft in {name}/result.json)")
         print(f"{name}: stop {s['stop']} after {s['n_rounds']} rounds, relaxed {s['n_relaxed']}/{s['n_candidates']}, "
               f"DFT {s['total_cost_s']:.0f} s, on the hull {s['n_discovered']}"
               + (f", truly stable found {s['n_stable_found']}/{s['n_true_stable']}" if s["n_true_stable"] else ""))

@@ -4,7 +4,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from esnet_tf.cli.featurize import OVERWRITE_HELP, refuse_existing
 from esnet_tf.cli.train import fractions_arg
+from esnet_tf.trust import TRUST_FLAG, TRUST_HELP
+
+#: the files `esnet evaluate` writes in --out (nothing else there is touched)
+OUTPUTS = ("metrics.json", "predictions.csv", "parity.png")
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -22,15 +27,21 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.0, help="stable means formation energy < threshold (eV/atom)")
     p.add_argument("--batch-size", type=int, default=256, help="examples per model call")
     p.add_argument("--out", default="eval", help="output directory (metrics.json, predictions.csv, parity.png)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.format(", ".join(OUTPUTS)))
+    p.add_argument(TRUST_FLAG, action="store_true", help=TRUST_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     """`esnet evaluate`: write metrics.json, predictions.csv and parity.png to --out."""
+    from pathlib import Path
+
     from esnet_tf.evaluate import evaluate
 
+    refuse_existing([Path(args.out) / name for name in OUTPUTS], args.overwrite)
     m = evaluate(args.model, args.dataset, args.split, args.out, threshold=args.threshold,
                  batch_size=args.batch_size, labels=args.labels, data_dir=args.data_dir,
-                 split_fractions=args.split_fractions, split_seed=args.split_seed)
+                 split_fractions=args.split_fractions, split_seed=args.split_seed,
+                 trust_model_code=args.trust_model_code)
 
     def fmt(v: Any) -> str:
         return "n/a" if v is None else f"{v:.4f}"

@@ -3,8 +3,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
+from pathlib import Path
 
 from esnet_tf.isdos import PAPER_GRID
+
+#: the help of `--overwrite` in the verbs that write files (featurize, evaluate, screen)
+OVERWRITE_HELP = ("replace the outputs of an earlier run ({}): each is replaced only when its new version is "
+                  "complete; other files are left alone. Without it an existing output is refused")
+
+
+def refuse_existing(paths: Iterable[str | Path], overwrite: bool, flag: str = "--out") -> None:
+    """One line naming the first of `paths` (this command's own outputs) that exists, unless `overwrite`;
+    checked before any work, so that a refused run costs nothing."""
+    from esnet_tf.errors import UserError
+
+    if overwrite:
+        return
+    found = [Path(p) for p in paths if Path(p).exists() or Path(p).is_symlink()]
+    if found:
+        more = f" (and {len(found) - 1} more output(s) of an earlier run)" if len(found) > 1 else ""
+        raise UserError(f"{found[0]}: exists{more}: pass --overwrite to replace it, or choose another {flag}")
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -18,6 +37,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "(provenance.json of `esnet dft`), else --references; NaN where unknown.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or directories")
     p.add_argument("--out", default="features.npz", help="output .npz (numpy, no pickle)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.format("the --out file"))
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="in the directories given, also walk symbolic links that lead outside them (default: such "
+                   "links are skipped and listed; links inside a directory are read at their real path; paths "
+                   "given on the command line are always followed)")
     p.add_argument("--e-min", type=float, default=PAPER_GRID.e_min, help="grid start, E - E_F in eV")
     p.add_argument("--e-max", type=float, default=PAPER_GRID.e_max, help="grid end, E - E_F in eV")
     p.add_argument("--n-points", type=int, default=PAPER_GRID.n_points, help="grid points")
@@ -47,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(f"--e-min/--e-max/--n-points: {exc}") from None
     references = load_references(args.references) if args.references else None
+    refuse_existing([args.out], args.overwrite)
 
     def report(path, examples, error) -> None:
         if error is not None:
@@ -65,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     with exclusive(args.out, "features file"):  # a second `esnet featurize --out` of the same file is refused
         examples, failures = featurize_paths(args.paths, grid, progress=not args.quiet, on_result=report,
                                              on_note=lambda note: tqdm.write(f"note: {note}", file=sys.stderr),
-                                             workers=args.workers, references=references)
+                                             workers=args.workers, references=references,
+                                             follow_symlinks=args.follow_symlinks)
         if examples:
             save_examples(examples, args.out)
     n_files = len({e.source for e in examples})

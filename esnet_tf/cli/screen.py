@@ -5,6 +5,7 @@ import argparse
 import sys
 from typing import Any
 
+from esnet_tf.cli.featurize import OVERWRITE_HELP, refuse_existing
 from esnet_tf.errors import UserError
 from esnet_tf.screening import (MODES, PRED_COL, STD_COL, ScreenConfig, candidates_from_rows, costs_from_labels,
                                 load_references, merge_truths, read_csv_rows, screen, write_outputs)
@@ -37,6 +38,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="relax candidates whose score <= threshold + margin (eV/atom)")
     parser.add_argument("--uncertainty-weight", type=float, default=0.0, metavar="K",
                         help=f"score = prediction - K x {STD_COL} (eV/atom column in the predictions)")
+    parser.add_argument("--rank-by", choices=("mean", "lower"), default="mean",
+                        help="rank (and decide) by the prediction, or by the calibrated 90 %% interval's lower bound "
+                        "(column predicted_formation_energy_per_atom_lower of a calibrated ensemble's `esnet predict`)")
     parser.add_argument("--candidates-in-hull", action="store_true",
                         help="also put the candidates' predicted entries into the hull (judge them "
                         "against each other too)")
@@ -49,6 +53,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="fail on any candidate that cannot be screened instead of reporting it")
     parser.add_argument("--out", default="screen", metavar="DIR",
                         help="output directory: candidates.csv, metrics.json, PNGs")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=OVERWRITE_HELP.format("candidates.csv, metrics.json and the PNGs in --out"))
 
 
 def config_from_args(args: argparse.Namespace) -> ScreenConfig:
@@ -58,7 +64,7 @@ def config_from_args(args: argparse.Namespace) -> ScreenConfig:
     return ScreenConfig(mode=args.mode, threshold=args.threshold, margin=args.margin,
                         uncertainty_weight=args.uncertainty_weight, candidates_in_hull=args.candidates_in_hull,
                         keep_overlapping_references=args.keep_overlapping_references,
-                        target_recall=args.target_recall)
+                        target_recall=args.target_recall, rank_by=args.rank_by)
 
 
 def _f(x: Any) -> str:
@@ -67,7 +73,12 @@ def _f(x: Any) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """`esnet screen`: write candidates.csv, metrics.json and plots to --out."""
+    from pathlib import Path
+
+    from esnet_tf.screening.io import OUTPUT_FILES
+
     config = config_from_args(args)
+    refuse_existing([Path(args.out) / name for name in OUTPUT_FILES], args.overwrite)
     if args.elemental_references and not args.references:
         raise UserError("--elemental-references needs --references")
     rows = read_csv_rows(args.predictions, ("id", PRED_COL))
@@ -87,13 +98,21 @@ def run(args: argparse.Namespace) -> int:
     m = res.metrics
     if bad:
         counts = {k: v for k, v in m["status_counts"].items() if k != "ok"}
+        i = bad[0]
         print(f"warning: {len(bad)} of {len(statuses)} candidates not ok {counts}: "
               f"{m['n_missing_prediction']} with a truth but no usable prediction count as predicted unstable, "
-              f"{len(statuses) - m['n_candidates']} without a truth are not in the metrics; see status/reason "
-              f"in {files[0]}", file=sys.stderr)
+              f"{len(statuses) - m['n_candidates']} without a truth are not in the metrics; e.g. "
+              f"{res.table['id'][i]!r}: {res.table['reason'][i]}; see status/reason in {files[0]}", file=sys.stderr)
     print(f"{m['n_candidates']} candidates ({m['mode']}): precision {_f(m['precision'])}, recall "
           f"{_f(m['recall'])}, F1 {_f(m['f1'])}, accuracy {_f(m['accuracy'])}, DAF {_f(m['daf'])}, "
           f"MAE {_f(m.get('mae'))} eV/atom")
+    nd = m.get("needs_dft")
+    if nd is not None:
+        w, wo = nd["with_flag"], nd["without_flag"]
+        print(f"needs DFT: {nd['n_flagged']} candidate(s) flagged outside the model's domain, "
+              f"{nd['n_flagged_predicted_stable']} of the {nd['n_predicted_stable']} predicted stable (column "
+              f"needs_dft); flagged not counted as stable: precision {_f(w['precision'])}, recall {_f(w['recall'])}; "
+              f"counted: precision {_f(wo['precision'])}, recall {_f(wo['recall'])}")
     if "cost" in m:
         pt, tr = m["cost"]["at_model_threshold"], m["cost"]["at_target_recall"]
         print(f"cost ({m['cost']['source']}): at the threshold {pt['n_relaxed']} relaxed, recall "

@@ -7,9 +7,9 @@ Every output is written to a temporary name beside its target and renamed into p
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import math
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +27,11 @@ ENTRY_CLASSES = ("ComputedEntry", "ComputedStructureEntry", "PDEntry")
 
 
 def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8", newline="") if path.name.endswith(".gz") \
-        else open(path, newline="", encoding="utf-8")
+    """The file's text (plain or .gz), bounded (`esnet_tf.labels.open_table`: special files refused, an eighth
+    of the per-file limit of bounded reading)."""
+    from esnet_tf.labels import open_table
+
+    return open_table(path)
 
 
 def read_csv_rows(path: str | Path, required: Sequence[str] = ("id",)) -> list[dict[str, str]]:
@@ -41,7 +44,7 @@ def read_csv_rows(path: str | Path, required: Sequence[str] = ("id",)) -> list[d
             reader = csv.DictReader(fh)
             rows = list(reader)
             cols = reader.fieldnames or []
-    except (UnicodeDecodeError, csv.Error, OSError, EOFError) as exc:
+    except (UnicodeDecodeError, csv.Error, OSError, EOFError, zlib.error) as exc:
         raise UserError(f"{path}: not a readable CSV ({exc})") from None
     missing = [c for c in required if c not in cols]
     if missing:
@@ -80,10 +83,14 @@ def load_entries(path: str | Path) -> list:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    from esnet_tf.readers.limits import check_json_size
+
     try:
         with _open_text(path) as fh:
-            data = safe_json.load(fh, path)  # too deep: one line, not a RecursionError
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as exc:
+            text = fh.read()
+        check_json_size(text.encode("utf-8"), path)  # [[],[],...] decodes to 20 times its text
+        data = safe_json.loads(text, path)  # too deep: one line, not a RecursionError
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:
         raise UserError(f"{path}: not a readable JSON file ({exc})") from None
     if isinstance(data, dict) and "entries" in data:
         data = data["entries"]
@@ -115,12 +122,23 @@ def write_candidates(result: "ScreenResult", path: str | Path) -> Path:
     return Path(path)
 
 
+#: the files `write_outputs` writes in its directory (nothing else there is touched)
+OUTPUT_FILES = ("candidates.csv", "metrics.json", "recall_vs_cost.png", "predicted_vs_true.png")
+
+
 def write_outputs(result: "ScreenResult", out_dir: str | Path) -> list[Path]:
-    """candidates.csv, metrics.json, recall_vs_cost.png (with a cost curve), predicted_vs_true.png in `out_dir`."""
+    """candidates.csv, metrics.json, recall_vs_cost.png (with a cost curve), predicted_vs_true.png in `out_dir`.
+
+    Each is written atomically; an output of `OUTPUT_FILES` an earlier screen left there and this one
+    does not write (a cost plot without costs now) is removed, so the folder never mixes two runs.
+    """
     from esnet_tf.screening.plots import screen_plots
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [write_candidates(result, out_dir / "candidates.csv"),
                write_text(out_dir / "metrics.json", json.dumps(result.metrics, indent=2) + "\n")]
-    return written + screen_plots(result, out_dir)
+    written += screen_plots(result, out_dir)
+    for name in set(OUTPUT_FILES) - {p.name for p in written}:
+        (out_dir / name).unlink(missing_ok=True)
+    return written

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from esnet_tf.errors import UserError
-from esnet_tf.isdos import OUTPUT_NAME, PREDICTION_COLUMN, PREDICTION_STD_COLUMN
+from esnet_tf.isdos import DOMAIN_COLUMN, OUTPUT_NAME, PREDICTION_COLUMN, PREDICTION_STD_COLUMN
 from esnet_tf.screening.cost import (COST_COLUMNS, UNIT_COST_SOURCE, Costs, cost_curve, costs_from_columns,
                                      costs_from_labels, curve_at_recall, curve_point)
 from esnet_tf.screening.metrics import classification_metrics, regression_metrics, stable_mask
@@ -42,10 +42,17 @@ MODES = ("ehull", "formation-energy")
 EF_COL = OUTPUT_NAME
 EHULL_COL = "e_above_hull"
 PRED_COL, STD_COL = PREDICTION_COLUMN, PREDICTION_STD_COLUMN
+#: the lower bound of the calibrated 90 % interval (eV/atom), written by `esnet predict` for a calibrated ensemble
+LOWER_COL = f"{PREDICTION_COLUMN}_lower"
+#: how `screen` may rank: by the mean prediction, or by the interval's lower bound
+RANK_BY = ("mean", "lower")
+NEEDS_DFT_RULE = ("a candidate whose prediction is flagged outside the model's domain (non-empty domain column) "
+                  "needs DFT: the with_flag metrics do not count it as predicted stable, the without_flag ones do")
 PRED_EHULL_COL, TRUE_EHULL_COL = "predicted_e_above_hull", "true_e_above_hull"
 #: candidates.csv columns, in order (the E_hull ones only with references).
 CANDIDATE_COLUMNS = ("id", "formula", "status", "reason", PRED_COL, PRED_EHULL_COL, "score", "rank", "decision",
-                     "predicted_stable", EF_COL, EHULL_COL, TRUE_EHULL_COL, "true_stable", *COST_COLUMNS)
+                     "predicted_stable", "needs_dft", DOMAIN_COLUMN, EF_COL, EHULL_COL, TRUE_EHULL_COL, "true_stable",
+                     *COST_COLUMNS)
 MISSING_PREDICTION_RULE = ("a candidate with a truth whose prediction is missing or NaN (any status but ok) is "
                            "predicted unstable and stays in every denominator (Matbench Discovery)")
 
@@ -60,6 +67,8 @@ class ScreenConfig:
     candidates_in_hull: also put the candidates' predicted entries into the hull.
     keep_overlapping_references: keep reference entries whose id is a candidate id (checks only).
     target_recall: report the cost reduction at this recall (0 < r <= 1).
+    rank_by: 'mean' (the prediction) or 'lower' (the calibrated 90 % interval's lower bound, `LOWER_COL`:
+    score = prediction - (mean - lower), optimistic like the uncertainty weight but calibrated).
     """
 
     mode: str = "ehull"
@@ -69,10 +78,16 @@ class ScreenConfig:
     candidates_in_hull: bool = False
     keep_overlapping_references: bool = False
     target_recall: float = 0.9
+    rank_by: str = "mean"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise UserError(f"unknown mode {self.mode!r}: use one of {MODES}")
+        if self.rank_by not in RANK_BY:
+            raise UserError(f"unknown rank_by {self.rank_by!r}: use one of {RANK_BY}")
+        if self.rank_by == "lower" and self.uncertainty_weight:
+            raise UserError("rank by the interval's lower bound or by prediction - weight x std, not both: drop "
+                            "--uncertainty-weight or --rank-by lower")
         if not 0 < self.target_recall <= 1:
             raise UserError(f"target recall must be in (0, 1], got {self.target_recall}")
         for name in ("threshold", "margin", "uncertainty_weight"):
@@ -106,7 +121,9 @@ class Candidates:
     predicted: predicted formation energy (NaN = missing); std: its predicted std; formulas: needed
     against references; formation_energy / e_above_hull: truths (NaN = unknown); is_wall_time_s /
     relax_wall_time_s: DFT wall times (s) beside the predictions; problems: per-candidate input
-    problem ('' = none), such a candidate is reported as `nan_prediction`.
+    problem ('' = none), such a candidate is reported as `nan_prediction`; lower: the calibrated 90 %
+    interval's lower bound (eV/atom); domain: why a prediction lies outside the model's domain ('' =
+    inside), such a candidate needs DFT. A negative std or a lower bound above the prediction is refused.
     """
 
     ids: np.ndarray
@@ -118,6 +135,8 @@ class Candidates:
     is_wall_time_s: np.ndarray | None = None
     relax_wall_time_s: np.ndarray | None = None
     problems: np.ndarray | None = None
+    lower: np.ndarray | None = None
+    domain: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.ids = np.asarray(self.ids, dtype=str).ravel()
@@ -130,10 +149,19 @@ class Candidates:
         if dup:
             raise UserError(f"candidates: duplicate id(s) {dup[:5]}: ids must be unique")
         self.predicted = _array(self.predicted, n, "predicted")
-        for f in ("std", "formation_energy", "e_above_hull", "is_wall_time_s", "relax_wall_time_s"):
+        for f in ("std", "formation_energy", "e_above_hull", "is_wall_time_s", "relax_wall_time_s", "lower"):
             setattr(self, f, _array(getattr(self, f), n, f))
         self.formulas = _array(self.formulas, n, "formulas", str)
         self.problems = _array(self.problems, n, "problems", object)
+        self.domain = _array(self.domain, n, "domain", object)
+        with np.errstate(invalid="ignore"):
+            for arr, wrong, what in ((self.std, lambda: self.std < 0, "predicted std is negative (a std is >= 0)"),
+                                     (self.lower, lambda: self.lower > self.predicted + 1e-9,
+                                      "the interval's lower bound lies above the prediction")):
+                bad = np.flatnonzero(wrong()) if arr is not None else []
+                if len(bad):
+                    raise UserError(f"candidate {self.ids[bad[0]]!r}: {what} ({len(bad)} candidate(s) like it): "
+                                    "remake the predictions with `esnet predict`")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -151,7 +179,8 @@ def candidates_from_rows(rows: Sequence[Mapping[str, str]], *, with_std: bool = 
     """Predictions-CSV rows (`esnet predict` columns, text cells) -> `Candidates`.
 
     A cell that is not a number makes that candidate's values NaN with the problem recorded
-    (status `nan_prediction`); `with_std` reads `predicted_formation_energy_per_atom_std`.
+    (status `nan_prediction`); `with_std` reads `predicted_formation_energy_per_atom_std`; the
+    interval's lower bound (`LOWER_COL`) and the `domain` flag are read where the columns exist.
     """
     if not rows:
         raise UserError(f"{source}: no candidates")
@@ -161,7 +190,7 @@ def candidates_from_rows(rows: Sequence[Mapping[str, str]], *, with_std: bool = 
         raise UserError(f"{source}: missing column(s) {missing}")
     n = len(rows)
     has_costs = all(c in cols for c in COST_COLUMNS)
-    values = {k: np.full(n, np.nan) for k in ("pred", "std", "ef", "eh", "is", "rx")}
+    values = {k: np.full(n, np.nan) for k in ("pred", "std", "ef", "eh", "is", "rx", "lower")}
     problems = np.full(n, "", dtype=object)
     for i, r in enumerate(rows):
         try:
@@ -169,8 +198,9 @@ def candidates_from_rows(rows: Sequence[Mapping[str, str]], *, with_std: bool = 
             values["ef"][i] = _number(r.get(EF_COL))
             values["eh"][i] = _number(r.get(EHULL_COL))
             values["std"][i] = _number(r.get(STD_COL)) if with_std else 0.0
+            values["lower"][i] = _number(r.get(LOWER_COL))
         except ValueError as exc:
-            for k in ("pred", "ef", "eh"):
+            for k in ("pred", "ef", "eh", "lower"):
                 values[k][i] = math.nan
             values["std"][i] = 0.0
             problems[i] = f"not a number: {exc}"
@@ -179,13 +209,17 @@ def candidates_from_rows(rows: Sequence[Mapping[str, str]], *, with_std: bool = 
                 values["is"][i], values["rx"][i] = (_number(r.get(c)) for c in COST_COLUMNS)
             except ValueError as exc:
                 raise UserError(f"{source}: id {r['id']!r}: bad wall time ({exc})") from None
-    return Candidates(
-        ids=[r["id"] for r in rows], predicted=values["pred"],
-        formulas=[r.get("formula") or "" for r in rows] if "formula" in cols else None,
-        std=values["std"] if with_std and STD_COL in cols else None,
-        formation_energy=values["ef"], e_above_hull=values["eh"],
-        is_wall_time_s=values["is"] if has_costs else None, relax_wall_time_s=values["rx"] if has_costs else None,
-        problems=problems)
+    try:
+        return Candidates(
+            ids=[r["id"] for r in rows], predicted=values["pred"],
+            formulas=[r.get("formula") or "" for r in rows] if "formula" in cols else None,
+            std=values["std"] if with_std and STD_COL in cols else None,
+            formation_energy=values["ef"], e_above_hull=values["eh"],
+            is_wall_time_s=values["is"] if has_costs else None, relax_wall_time_s=values["rx"] if has_costs else None,
+            problems=problems, lower=values["lower"] if LOWER_COL in cols else None,
+            domain=[(r.get(DOMAIN_COLUMN) or "").strip() for r in rows] if DOMAIN_COLUMN in cols else None)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
 
 
 def merge_truths(rows: Sequence[Mapping[str, str]], truths_path: str | Path) -> list[dict[str, str]]:
@@ -316,6 +350,9 @@ def screen(candidates: Candidates, refs: ReferenceSet | None = None, config: Scr
     if config.uncertainty_weight and c.std is None:
         raise UserError(f"uncertainty weight {config.uncertainty_weight} needs predicted stds: a {STD_COL!r} "
                         "column in the predictions (an ensemble model's output)")
+    if config.rank_by == "lower" and (c.lower is None or not np.any(np.isfinite(c.lower))):
+        raise UserError(f"ranking by the interval's lower bound needs a {LOWER_COL!r} column in the predictions "
+                        "(`esnet predict` of a calibrated ensemble writes it), or rank by the mean")
     nan = np.full(n, np.nan)
     status, reason = np.full(n, "ok", dtype=object), np.full(n, "", dtype=object)
     pred = c.predicted.copy()
@@ -332,6 +369,8 @@ def screen(candidates: Candidates, refs: ReferenceSet | None = None, config: Scr
             status[i], reason[i] = "nan_prediction", "predicted formation energy is NaN or empty"
         elif not math.isfinite(std[i]):
             status[i], reason[i] = "nan_prediction", "predicted std is NaN or empty"
+        elif config.rank_by == "lower" and not math.isfinite(c.lower[i]):
+            status[i], reason[i] = "nan_prediction", "the interval's lower bound is NaN or empty"
     comps: list = [None] * n
     if refs is not None:
         for i, formula in enumerate(c.formulas):
@@ -350,6 +389,8 @@ def screen(candidates: Candidates, refs: ReferenceSet | None = None, config: Scr
     screened = status == "ok"
     pred_value = np.where(screened, pred_value, np.nan)
     score = pred_value - config.uncertainty_weight * std
+    if config.rank_by == "lower":  # E_hull moves one for one with the candidate's E_f on the reference hull
+        score = pred_value - (pred - c.lower)
     predicted_stable = config.stable(score)  # a missing prediction is predicted unstable
     decision = np.where(screened, np.where(config.stable(score, config.threshold + config.margin),
                                            "relax", "skip"), "unscreened").astype(object)
@@ -370,6 +411,12 @@ def screen(candidates: Candidates, refs: ReferenceSet | None = None, config: Scr
     columns = [col for col in CANDIDATE_COLUMNS if refs is not None or col not in (PRED_EHULL_COL, TRUE_EHULL_COL)]
     if refs is not None:
         table[PRED_EHULL_COL], table[TRUE_EHULL_COL] = pred_eh, true_eh
+    flagged = None
+    if c.domain is not None:
+        flagged = np.array([bool(d) for d in c.domain], bool)
+        table["needs_dft"], table[DOMAIN_COLUMN] = flagged, c.domain
+    else:
+        columns = [col for col in columns if col not in ("needs_dft", DOMAIN_COLUMN)]
 
     ev = has_truth  # in the metrics: every candidate with a truth, screened or not
     metrics: dict[str, Any] = {
@@ -390,6 +437,9 @@ def screen(candidates: Candidates, refs: ReferenceSet | None = None, config: Scr
         metrics["truth_e_above_hull"] = ("recomputed from the true formation energy on the same hull as "
                                          "the predictions; the given e_above_hull where that is missing")
     metrics.update(classification_metrics(true_stable[ev], predicted_stable[ev], truth[ev], pred_value[ev]))
+    metrics["rank_by"] = config.rank_by
+    if flagged is not None:
+        metrics["needs_dft"] = _needs_dft(flagged, predicted_stable, true_stable, ev)
     metrics["n_missing_prediction"] = int(np.sum(ev & ~screened))
     if refs is not None and mode == "ehull":
         reg = regression_metrics(ef_true[ev], np.where(screened, pred, np.nan)[ev])
@@ -420,6 +470,20 @@ def screen(candidates: Candidates, refs: ReferenceSet | None = None, config: Scr
         if metrics["cost"]["at_target_recall"] is None:
             metrics["cost"]["note"] = "no truly stable candidate among the evaluated ones: recall undefined"
     return ScreenResult(table, metrics, curve, tuple(columns))
+
+
+def _needs_dft(flagged: np.ndarray, predicted_stable: np.ndarray, true_stable: np.ndarray,
+               ev: np.ndarray) -> dict[str, Any]:
+    """The 'needs DFT' block of metrics.json: counts of flagged candidates and precision / recall with the flag
+    (a flagged candidate is not predicted stable: it goes to DFT) and without it (the model's calls as they are)."""
+    keys = ("precision", "recall", "f1", "daf", "tp", "fp", "fn")
+    with_flag = classification_metrics(true_stable[ev], (predicted_stable & ~flagged)[ev])
+    without = classification_metrics(true_stable[ev], predicted_stable[ev])
+    return {"rule": NEEDS_DFT_RULE, "n_flagged": int(flagged.sum()),
+            "n_flagged_predicted_stable": int((flagged & predicted_stable).sum()),
+            "n_predicted_stable": int(predicted_stable.sum()),
+            "n_flagged_truly_stable": int((flagged & true_stable & ev).sum()),
+            "with_flag": {k: with_flag[k] for k in keys}, "without_flag": {k: without[k] for k in keys}}
 
 
 _CONFIG_FIELDS = {f.name for f in fields(ScreenConfig)}

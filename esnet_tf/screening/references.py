@@ -20,7 +20,13 @@ from esnet_tf.screening.io import load_entries
 
 
 def parse_formula(formula: str) -> Any:
-    """A pymatgen Composition of real elements with atoms; ValueError otherwise."""
+    """A pymatgen Composition of real elements with atoms; ValueError otherwise.
+
+    Every element the formula names must keep a positive count: pymatgen reads `Fe0O` as `O` (it
+    drops zero amounts), which would screen another compound under the candidate's name.
+    """
+    import re
+
     from pymatgen.core import Composition, Element
 
     comp = Composition(formula)
@@ -29,6 +35,10 @@ def parse_formula(formula: str) -> Any:
     bad = [str(e) for e in comp.elements if not isinstance(e, Element)]
     if bad:
         raise ValueError(f"{', '.join(bad)} not chemical element(s)")
+    kept = {e.symbol for e in comp.elements}
+    zero = sorted(set(re.findall(r"[A-Z][a-z]*", str(formula))) - kept)
+    if zero:
+        raise ValueError(f"{', '.join(zero)} with a zero count: give every element a positive count, or leave it out")
     return comp
 
 
@@ -119,18 +129,33 @@ def load_references(paths: Sequence[str | Path],
         raise UserError("no reference entries given (--references FILE)")
     entries, ids, mu, sources = [], [], {}, []
     json_given = False
+    seen: dict[str, tuple[Path, Any]] = {}  # id -> (file, entry): one id, one energy, across every file
+
+    def take(p: Path, got: Sequence[Any], got_ids: Sequence[str]) -> None:
+        for e, i in zip(got, got_ids):
+            if i in seen:
+                first, other = seen[i]
+                if other.composition.reduced_formula == e.composition.reduced_formula \
+                        and abs(other.energy_per_atom - e.energy_per_atom) <= 1e-6:
+                    continue  # the same entry given twice: kept once
+                raise UserError(f"reference {i!r} is {other.composition.reduced_formula} at "
+                                f"{other.energy_per_atom:.6g} eV/atom in {first} but {e.composition.reduced_formula} "
+                                f"at {e.energy_per_atom:.6g} eV/atom in {p}: keep one of them (ids must name one "
+                                "entry across every --references file)")
+            seen[i] = (p, e)
+            entries.append(e)
+            ids.append(i)
+
     for p in paths:
         p = Path(p)
         if p.name.endswith((".csv", ".csv.gz")):
             ref = references_from_labels(p)
-            entries += ref.entries
-            ids += ref.ids
+            take(p, ref.entries, ref.ids)
             mu.update(ref.mu)
         else:
             json_given = True
             got = load_entries(p)
-            entries += got
-            ids += [_entry_id(e, f"{p.name}#{i}") for i, e in enumerate(got)]
+            take(p, got, [_entry_id(e, f"{p.name}#{i}") for i, e in enumerate(got)])
         sources.append(str(p))
     if json_given and mu:
         raise UserError("mixing labels.csv (elements at 0 eV/atom) and computed-entry JSON "

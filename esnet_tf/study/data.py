@@ -33,7 +33,9 @@ def file_hash(*paths: str | Path) -> str:
     """First 12 hex digits of the sha256 of the files' contents (in order, each followed by a NUL byte)."""
     h = hashlib.sha256()
     for p in paths:
-        h.update(Path(p).read_bytes())
+        with open(p, "rb") as fh:  # streamed: the hash never holds a whole file
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
         h.update(b"\0")
     return h.hexdigest()[:12]
 
@@ -42,13 +44,14 @@ def take_snapshot(out: Path, demo: Path, new: bool = False) -> bool:
     """Copy demo/labels.csv and demo/labels_augmented.csv into `out` unless a snapshot is there and
     `new` is false; True if copied."""
     from esnet_tf.atomic import write_text
+    from esnet_tf.readers.limits import read_bounded
 
     if not new and (out / SNAPSHOT).is_file() and (out / AUG_SNAPSHOT).is_file():
         return False
     for src, dst in ((demo / "labels.csv", SNAPSHOT), (demo / "labels_augmented.csv", AUG_SNAPSHOT)):
         if not src.is_file():
             raise UserError(f"{src}: no such labels file: give the demo dataset's folder (--demo DIR)")
-        write_text(out / dst, src.read_text(encoding="utf-8"))
+        write_text(out / dst, read_bounded(src, 0.125).decode("utf-8"))  # bounded, like every labels table
     return True
 
 
@@ -79,8 +82,9 @@ def cached_arrays(work: Path, name: str, build: Callable[[], dict]) -> dict[str,
 
     path = work / f"{name}.npz"
     if path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        from esnet_tf.readers.limits import load_npz, npz_members
+
+        return load_npz(path, list(npz_members(path)))  # bounded; no pickle
     arrays = build()
     work.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -233,18 +237,21 @@ def candidate_cpu_seconds(demo: Path, ids: list[str] | np.ndarray) -> dict[str, 
     import csv
     import json
 
+    from esnet_tf.labels import open_table
+    from esnet_tf.readers.limits import read_bounded
+
     wanted = {str(i) for i in ids}
     by_step: dict[str, list[tuple[float, bool]]] = {"is_single_point": [], "dft_relaxation": [], "uip_relaxation": []}
     labels = demo / "labels.csv"
     if labels.is_file():
-        with open(labels, newline="", encoding="utf-8") as fh:
+        with open_table(labels) as fh:
             for row in csv.DictReader(fh):
                 if row.get("id") not in wanted or not row.get("path"):
                     continue
                 result = demo / Path(row["path"]).parent / "result.json"
                 try:
-                    doc = json.loads(result.read_text())
-                except (OSError, ValueError):
+                    doc = json.loads(read_bounded(result, 0.125))
+                except (OSError, ValueError):  # missing, unreadable, too large (InputLimitError), not JSON
                     continue
                 for step, key in (("is_single_point", "is"), ("dft_relaxation", "relax")):
                     cpu, wall = doc.get(f"{key}_cpu_time"), doc.get(f"{key}_wall_time")
@@ -253,7 +260,7 @@ def candidate_cpu_seconds(demo: Path, ids: list[str] | np.ndarray) -> dict[str, 
                         by_step[step].append((float(value), cpu is not None))
     uip = demo / "uip_chgnet.csv"
     if uip.is_file():
-        with open(uip, newline="", encoding="utf-8") as fh:
+        with open_table(uip) as fh:
             for row in csv.DictReader(fh):
                 if row.get("id") in wanted and (row.get("cpu_time_s") or "").strip():
                     by_step["uip_relaxation"].append((float(row["cpu_time_s"]), True))
