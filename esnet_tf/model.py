@@ -17,7 +17,10 @@ DOS is) and joins the pooled DOS features and the composition branch before the 
 
 `target="relaxation_energy"`: the head's last Dense has a softplus, so it predicts the relaxation
 energy ΔE >= 0, and the output is E_f(IS) - ΔE (a keras Subtract of the raw input and ΔE), so a
-prediction never exceeds the IS formation energy. The output name and units do not change.
+prediction never exceeds the IS formation energy. `target="uip_correction"`: the output is the
+universal potential's formation energy plus a learned correction (a keras Add of the raw
+uip_formation_energy_per_atom input and a Dense(1) that starts at zero, so the untrained model is
+the potential). The output name and units do not change.
 
 SpinFeaturizer = stem Conv1D(64, 20, stride 2)-BN-ReLU-AvgPool(2), then 4 stages of 2 residual
 CBAM blocks of widths 64, 128, 256, 512 with AvgPool(2) between stages. The two spins have
@@ -40,9 +43,12 @@ import numpy as np
 from esnet_tf.isdos import (ENERGY_INPUTS, INPUT_NAMES, IS_FORMATION_ENERGY, N_ELEMENTS, N_ORBITALS,  # noqa: F401
                             OUTPUT_NAME, PAPER_GRID)
 
-#: what the head predicts: the relaxed formation energy directly, or the relaxation energy
-#: ΔE = E_f(IS) - E_f(relaxed) >= 0 (output E_f(IS) - ΔE)
-TARGETS = ("formation_energy", "relaxation_energy")
+#: what the head predicts: the relaxed formation energy directly, the relaxation energy
+#: ΔE = E_f(IS) - E_f(relaxed) >= 0 (output E_f(IS) - ΔE), or a correction to the universal potential's
+#: formation energy (output E_f(UIP) + correction)
+TARGETS = ("formation_energy", "relaxation_energy", "uip_correction")
+#: the energy input that `target="uip_correction"` corrects (eV/atom)
+UIP_FORMATION_ENERGY = "uip_formation_energy_per_atom"
 #: initial bias of the relaxation head's softplus: softplus(-2.25) = 0.10 eV/atom, the order of the demo
 #: data's median relaxation energy (softplus(0) = 0.69 eV/atom would start far too high)
 RELAXATION_BIAS_INIT = -2.25
@@ -77,8 +83,9 @@ class ESNetConfig:
     #: named scalar energy inputs (`isdos.ENERGY_INPUTS`, eV/atom each) entering the head beside the pooled
     #: DOS features and the composition branch; () is the paper's model (three inputs)
     energy_inputs: tuple[str, ...] = ()
-    #: `TARGETS`: "formation_energy" (the head predicts E_f) or "relaxation_energy" (it predicts ΔE >= 0 and the
-    #: output is E_f(IS) - ΔE; needs "is_formation_energy_per_atom" in `energy_inputs`)
+    #: `TARGETS`: "formation_energy" (the head predicts E_f), "relaxation_energy" (it predicts ΔE >= 0 and the
+    #: output is E_f(IS) - ΔE; needs "is_formation_energy_per_atom" in `energy_inputs`) or "uip_correction"
+    #: (output E_f(UIP) + correction; needs "uip_formation_energy_per_atom")
     target: str = "formation_energy"
     name: str = field(default="paper", compare=False)
 
@@ -97,6 +104,9 @@ class ESNetConfig:
         if self.target == "relaxation_energy" and IS_FORMATION_ENERGY not in self.energy_inputs:
             raise ValueError(f"target 'relaxation_energy' predicts E_f(IS) - ΔE: add {IS_FORMATION_ENERGY!r} "
                              "to energy_inputs")
+        if self.target == "uip_correction" and UIP_FORMATION_ENERGY not in self.energy_inputs:
+            raise ValueError(f"target 'uip_correction' predicts E_f(UIP) + correction: add "
+                             f"{UIP_FORMATION_ENERGY!r} to energy_inputs")
         if not self.stage_widths or min(self.stage_widths) < 1 or self.blocks_per_stage < 1:
             raise ValueError(f"invalid ESNetConfig: stage_widths={self.stage_widths}, "
                              f"blocks_per_stage={self.blocks_per_stage}")
@@ -213,6 +223,9 @@ def build_esnet(config: ESNetConfig | None = None, *, normalization: dict | None
         delta = layers.Dense(1, activation="softplus", name="relaxation_energy",
                              bias_initializer=keras.initializers.Constant(RELAXATION_BIAS_INIT))(x)
         out = layers.Subtract(name=OUTPUT_NAME)([checked[IS_FORMATION_ENERGY], delta])
+    elif c.target == "uip_correction":
+        correction = layers.Dense(1, name="uip_correction", kernel_initializer="zeros")(x)
+        out = layers.Add(name=OUTPUT_NAME)([checked[UIP_FORMATION_ENERGY], correction])
     else:
         out = layers.Dense(1, name=OUTPUT_NAME)(x)
     model = keras.Model(inputs=inputs, outputs={OUTPUT_NAME: out}, name=name or f"esnet_{c.name}")

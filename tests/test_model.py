@@ -280,6 +280,31 @@ def test_relaxation_target_never_exceeds_the_is_formation_energy():
     assert type(model.get_layer("formation_energy_per_atom")).__name__ == "Subtract"
 
 
+def test_uip_correction_target_starts_at_the_potential_and_round_trips(tmp_path):
+    """target="uip_correction": output = E_f(UIP) + a Dense correction initialised at zero, so the
+    untrained model returns the potential's energy exactly; .keras round trip identical."""
+    from esnet_tf import ESNetConfig, build_esnet
+    from esnet_tf.model import dos_statistics, load_model
+
+    with pytest.raises(ValueError, match="add 'uip_formation_energy_per_atom' to energy_inputs"):
+        ESNetConfig(energy_inputs=("is_formation_energy_per_atom",), target="uip_correction")
+    x = dict(energy_inputs(demo_energy_examples()))
+    x["uip_formation_energy_per_atom"] = (x["is_formation_energy_per_atom"] - 0.3).astype(np.float32)
+    config = ESNetConfig(**TINY, energy_inputs=("is_formation_energy_per_atom", "uip_formation_energy_per_atom"),
+                         target="uip_correction")
+    model = build_esnet(config, normalization=dos_statistics([x]))
+    y = np.asarray(model.predict_on_batch(x)["formation_energy_per_atom"])
+    np.testing.assert_allclose(y, x["uip_formation_energy_per_atom"], atol=1e-6)
+    assert type(model.get_layer("formation_energy_per_atom")).__name__ == "Add"
+    model.get_layer("uip_correction").set_weights([np.full((TINY["head_units"][-1], 1), 0.01, np.float32),
+                                                   np.array([0.05], np.float32)])
+    moved = np.asarray(model.predict_on_batch(x)["formation_energy_per_atom"])
+    assert np.all(np.abs(moved - y) > 0)
+    model.save(tmp_path / "u.keras")
+    np.testing.assert_array_equal(
+        np.asarray(load_model(tmp_path / "u.keras").predict_on_batch(x)["formation_energy_per_atom"]), moved)
+
+
 def test_missing_energy_is_refused_in_one_line():
     import tensorflow as tf
 

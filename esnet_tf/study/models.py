@@ -475,5 +475,10 @@ register("esnet_uip_relax", "ESNet small on IS-DOS + the IS and CHGNet formation
 register("esnet_uip_is", "ESNet small on IS-DOS + the IS and CHGNet formation energies, relaxed E_f predicted "
          "directly", group="esnet")(_on_is_uip(lambda: _small(energy_inputs=(_IS_EF, UIP_EF))))
 
+register("esnet_uip_correction", "ESNet small (element-property means) on IS-DOS + the IS and CHGNet formation "
+         "energies, predicting a correction to CHGNet's E_f", group="esnet")(
+    _on_is_uip(lambda: _small(energy_inputs=(_IS_EF, UIP_EF), target="uip_correction", element_properties=True)))
+
 CANDIDATE_NEEDS.update({"esnet_uip_relax": ("is_single_point", "uip_relaxation"),
-                        "esnet_uip_is": ("is_single_point", "uip_relaxation")})
+                        "esnet_uip_is": ("is_single_point", "uip_relaxation"),
+                        "esnet_uip_correction": ("is_single_point", "uip_relaxation")})
