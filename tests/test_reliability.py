@@ -729,3 +729,296 @@ def test_out_errors_name_the_users_path_not_the_temporary(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith(f"esnet featurize: error: {out}: Is a directory"), err
     assert ".tmp" not in err[0] and "name a file" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["x.npz"]
+
+
+# ---------------------------------------------------------------- 10. no data loss, no silent wrong answers (issue 36)
+
+_P = "predicted_formation_energy_per_atom"
+# (id, formula, E_f eV/atom, IS s, relax s): 3 elements (the references) and 7 candidates
+_POOL = [("Al_fcc", "Al", 0.0, 1.0, 3.0), ("Ni_fcc", "Ni", 0.0, 1.0, 4.0), ("Ti_bcc", "Ti", 0.0, 1.0, 4.0),
+         ("AlNi_cscl", "AlNi", -0.62, 2.0, 11.0), ("AlNi_rocksalt", "AlNi", -0.20, 2.5, 9.0),
+         ("AlNi3_l12", "AlNi3", -0.45, 3.0, 15.0), ("AlTi_cscl", "AlTi", -0.35, 2.0, 10.0),
+         ("AlTi_rocksalt", "AlTi", 0.10, 2.0, 12.0), ("NiTi_cscl", "NiTi", -0.33, 2.0, 10.5),
+         ("NiTi_rocksalt", "NiTi", 0.05, 2.0, 9.5)]
+_CANDIDATES = [r for r in _POOL if r[1] not in ("Al", "Ni", "Ti")]
+
+
+def _csv(path: Path, header: list[str], rows: list) -> Path:
+    import csv
+
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def _pool_files(tmp_path: Path) -> tuple[Path, Path]:
+    labels = _csv(tmp_path / "labels.csv", ["id", "formula", "formation_energy_per_atom", "is_wall_time_s",
+                                             "relax_wall_time_s"], _POOL)
+    preds = _csv(tmp_path / "preds.csv", ["id", _P, _P + "_std"],
+                 [(r[0], r[2] + 0.05 * (-1) ** k, 0.1) for k, r in enumerate(_CANDIDATES)])
+    return labels, preds
+
+
+def _one_line(capsys) -> str:
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and not ln.startswith("pool: ")]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_campaign_overwrite_replaces_only_its_own_files_once_the_new_campaign_is_complete(tmp_path, capsys):
+    from esnet_tf.campaign import CampaignConfig, pool_from_labels
+    from esnet_tf.campaign.engine import run_strategies
+
+    labels, preds = _pool_files(tmp_path)
+    out = tmp_path / "camp"
+    argv = ["campaign", "replay", "--labels", str(labels), "--predictions", str(preds), "--strategy", "greedy",
+            "--batch-size", "2", "--out", str(out)]
+    assert cli_main(argv + ["--max-rounds", "1"]) == 0
+    mine = {out / "greedy" / "rounds" / "notes.txt": "my notes", out / "greedy" / "mine.txt": "mine"}
+    for path, text in mine.items():
+        path.write_text(text)
+    old = {p: p.read_bytes() for p in (out / "greedy").rglob("*.json")}
+    # a new campaign that cannot start (a negative std) is refused before anything is replaced
+    bad = _csv(tmp_path / "neg.csv", ["id", _P, _P + "_std"], [(r[0], r[2], -0.1) for r in _CANDIDATES])
+    capsys.readouterr()
+    assert cli_main(argv[:5] + [str(bad)] + argv[6:] + ["--overwrite"]) == 2
+    assert "is negative" in _one_line(capsys)
+    assert {p: p.read_bytes() for p in old} == old
+    # one that fails in a round (the relaxer dies) leaves the old campaign as it was
+    pool = pool_from_labels([labels], predictions={"esnet": preds})
+
+    def dies(pool, indices):
+        raise RuntimeError("the cluster went down")
+
+    with pytest.raises(RuntimeError, match="cluster"):
+        run_strategies(pool, CampaignConfig(batch_size=2), ["greedy"], out, relaxer=dies, overwrite=True)
+    assert {p: p.read_bytes() for p in old} == old
+    # a complete one replaces the old rounds; the user's files stay, no staging folder is left
+    assert cli_main(argv + ["--overwrite"]) == 0
+    assert all(path.read_text() == text for path, text in mine.items())
+    result = json.loads((out / "greedy" / "result.json").read_text())
+    assert result["stop"] == "exhausted" and result["n_relaxed"] == len(_CANDIDATES)
+    rounds = sorted(p.name for p in (out / "greedy" / "rounds").glob("round_*.json"))
+    assert len(rounds) == result["n_rounds"] + 1 == 5
+    assert not [p for p in out.iterdir() if p.name.endswith(".overwrite")]
+
+
+def test_campaign_refuses_or_reports_every_unusable_prediction(tmp_path, capsys):
+    labels, preds = _pool_files(tmp_path)
+    base = ["campaign", "replay", "--labels", str(labels), "--batch-size", "3"]
+    # lcb without a std would run as greedy under lcb's name: refused, naming the file and the fix
+    nostd = _csv(tmp_path / "nostd.csv", ["id", _P], [(r[0], r[2]) for r in _CANDIDATES])
+    capsys.readouterr()
+    assert cli_main(base + ["--predictions", str(nostd), "--strategy", "lcb", "--out", str(tmp_path / "a")]) == 2
+    line = _one_line(capsys)
+    assert str(nostd) in line and "no std" in line and "--strategy greedy" in line
+    # a negative std and a cell that is not a number are refused at their line
+    for name, cell, expected in (("neg", ("0.1", "-0.2"), "is negative"), ("text", ("abc", "0.1"), "not a number")):
+        rows = [(r[0], r[2], 0.1) for r in _CANDIDATES]
+        rows[2] = (rows[2][0], *cell)
+        path = _csv(tmp_path / f"{name}.csv", ["id", _P, _P + "_std"], rows)
+        assert cli_main(base + ["--predictions", str(path), "--strategy", "lcb", "--out", str(tmp_path / name)]) == 2
+        line = _one_line(capsys)
+        assert f"{path}:4:" in line and expected in line
+    # a NaN prediction, a candidate without a row and an id the pool lacks: counted, said, recorded
+    rows = [(r[0], r[2], 0.1) for r in _CANDIDATES[:-1]] + [("ghost", -1.0, 0.1)]
+    rows[0] = (rows[0][0], "nan", 0.1)
+    odd = _csv(tmp_path / "odd.csv", ["id", _P, _P + "_std"], rows)
+    assert cli_main(base + ["--predictions", str(odd), "--strategy", "lcb", "--out", str(tmp_path / "odd")]) == 0
+    err = capsys.readouterr().err
+    assert "1 of 7 candidate(s) have no row (e.g. ['NiTi_rocksalt'])" in err
+    assert "1 candidate(s) have an empty or NaN prediction (e.g. ['AlNi_cscl'])" in err
+    assert "1 row(s) name ids that are not candidates of the pool (e.g. ['ghost'])" in err
+    checks = json.loads((tmp_path / "odd" / "lcb" / "result.json").read_text())["prediction_checks"]
+    assert (checks["n_missing_id"], checks["n_nan_prediction"], checks["n_unknown_id"]) == (1, 1, 1)
+    order = [c["id"] for k in range(1, 4) for c in
+             json.loads((tmp_path / "odd" / "lcb" / "rounds" / f"round_{k:04d}.json").read_text())["chosen"]]
+    assert set(order[-2:]) == {"AlNi_cscl", "NiTi_rocksalt"}  # no prediction: ranked last, as predicted unstable
+
+
+def test_formulas_with_a_zero_count_are_refused(tmp_path, capsys):
+    from esnet_tf.screening.references import parse_formula
+
+    for formula in ("Fe0O", "FeO0", "Fe0.0O2", "Fe(O0)2"):
+        with pytest.raises(ValueError, match="zero count"):
+            parse_formula(formula)  # pymatgen reads Fe0O as O
+    assert parse_formula("Fe2O3").reduced_formula == "Fe2O3"
+    labels, preds = _pool_files(tmp_path)
+    with labels.open("a") as fh:
+        fh.write("FeO_bad,Fe0O,-1.0,1.0,5.0\nFe_bcc,Fe,0.0,1.0,3.0\n")
+    capsys.readouterr()
+    assert cli_main(["campaign", "replay", "--labels", str(labels), "--predictions", str(preds), "--strategy",
+                     "greedy", "--out", str(tmp_path / "c")]) == 2
+    line = _one_line(capsys)
+    assert f"{labels}:12: id 'FeO_bad': bad formula 'Fe0O'" in line and "zero count" in line
+    screened = _csv(tmp_path / "s.csv", ["id", "formula", _P], [("FeO_bad", "Fe0O", -1.0), ("AlNi_x", "AlNi", -0.6)])
+    assert cli_main(["screen", "--predictions", str(screened), "--references", str(labels),
+                     "--out", str(tmp_path / "s")]) == 2  # as a reference too
+    assert f"{labels}:12: id 'FeO_bad': bad formula 'Fe0O'" in _one_line(capsys)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    refs, _ = _pool_files(clean)
+    assert cli_main(["screen", "--predictions", str(screened), "--references", str(refs), "--strict",
+                     "--out", str(tmp_path / "s")]) == 2
+    line = _one_line(capsys)
+    assert "'FeO_bad': bad_formula (formula 'Fe0O': Fe with a zero count" in line
+
+
+def test_conflicting_reference_energies_across_files_are_refused_naming_both(tmp_path, capsys):
+    labels, _ = _pool_files(tmp_path)
+    header = ["id", "formula", "formation_energy_per_atom"]
+    a = _csv(tmp_path / "a.csv", header, [("AlNi_ref", "AlNi", -0.62)])
+    b = _csv(tmp_path / "b.csv", header, [("AlNi_ref", "AlNi", -0.30)])
+    same = _csv(tmp_path / "same.csv", header, [("AlNi_ref", "AlNi", -0.62)])
+    preds = _csv(tmp_path / "p.csv", ["id", "formula", _P], [("AlNi3_x", "AlNi3", -0.5)])
+    argv = ["screen", "--predictions", str(preds), "--references", str(labels)]
+    capsys.readouterr()
+    assert cli_main(argv + ["--references", str(a), "--references", str(b), "--out", str(tmp_path / "o")]) == 2
+    line = _one_line(capsys)
+    assert "'AlNi_ref'" in line and str(a) in line and str(b) in line and "-0.62" in line and "-0.3" in line
+    assert cli_main(argv + ["--references", str(a), "--references", str(same), "--out", str(tmp_path / "o")]) == 0
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["references"]["n_entries"] == 1 + len(_POOL) + 3  # AlNi_ref once, the labels' rows, 3 implied zeros
+
+
+def test_featurize_never_leaves_a_walked_directory_through_a_symlink_unasked(tmp_path, capsys):
+    import shutil
+
+    calcs = ROOT / "datasets" / "is_dos" / "dummy_data" / "calcs"
+    root, outside, other = tmp_path / "root", tmp_path / "outside", tmp_path / "other"
+    for d in (root / "a", outside, other):
+        d.mkdir(parents=True)
+    shutil.copy(calcs / "Mg_fcc.gpawdos.npz", root / "a")
+    shutil.copy(calcs / "Al_fcc.gpawdos.npz", outside)
+    shutil.copy(calcs / "Si_diamond.gpawdos.npz", other)
+    os.symlink(outside, root / "elsewhere")  # a directory link leading out of the root
+    os.symlink(root / "a", root / "again")  # one leading back inside: read once, at its real path
+    os.symlink(other / "Si_diamond.gpawdos.npz", root / "a" / "Si_link.gpawdos.npz")  # a file link leading out
+    capsys.readouterr()
+
+    def ids(path: Path) -> list[str]:
+        with np.load(path, allow_pickle=False) as z:
+            return sorted(z["id"].tolist())
+
+    assert cli_main(["featurize", str(root), "--out", str(tmp_path / "f.npz"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert ids(tmp_path / "f.npz") == ["a/Mg_fcc"]
+    assert f"{root / 'elsewhere'}: symbolic link to a directory skipped: it leads outside {root}" in err
+    assert f"{root / 'again'}: symbolic link to a directory skipped: its target lies inside" in err
+    assert f"{root / 'a' / 'Si_link.gpawdos.npz'}: symbolic link skipped: it leads outside" in err
+    assert cli_main(["featurize", str(root), "--follow-symlinks", "--out", str(tmp_path / "g.npz"), "--quiet"]) == 0
+    assert ids(tmp_path / "g.npz") == ["a/Mg_fcc", "a/Si_link", "elsewhere/Al_fcc"]
+    # a link given explicitly is the user's choice: followed
+    assert cli_main(["featurize", str(root / "elsewhere"), "--out", str(tmp_path / "h.npz"), "--quiet"]) == 0
+    assert ids(tmp_path / "h.npz") == ["Al_fcc"]
+
+
+def test_verbs_refuse_an_existing_output_and_overwrite_only_their_own_files(tmp_path, capsys):
+    labels, _ = _pool_files(tmp_path)
+    preds = _csv(tmp_path / "p.csv", ["id", "formula", _P, "formation_energy_per_atom"],
+                 [("AlNi3_x", "AlNi3", -0.5, -0.45), ("NiTi_x", "NiTi", -0.1, -0.3)])
+    out = tmp_path / "scr"
+    argv = ["screen", "--predictions", str(preds), "--references", str(labels), "--out", str(out)]
+    assert cli_main(argv) == 0
+    (out / "notes.txt").write_text("mine")
+    assert (out / "recall_vs_cost.png").exists()
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    line = _one_line(capsys)
+    assert f"{out / 'candidates.csv'}: exists" in line and "--overwrite" in line
+    nocost = _csv(tmp_path / "q.csv", ["id", "formula", _P], [("AlNi3_x", "AlNi3", -0.5)])
+    assert cli_main(["screen", "--predictions", str(nocost), "--references", str(labels), "--out", str(out),
+                     "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"  # not ours: kept
+    assert not (out / "recall_vs_cost.png").exists()  # ours, from the earlier run, not written now: removed
+    assert len((out / "candidates.csv").read_text().splitlines()) == 2
+    gpaw = str(next(DEMO.glob("calcs/*/is.gpawdos.npz")))
+    f = tmp_path / "f.npz"
+    assert cli_main(["featurize", gpaw, "--out", str(f), "--quiet"]) == 0
+    before = f.read_bytes()
+    capsys.readouterr()
+    assert cli_main(["featurize", gpaw, "--out", str(f), "--quiet"]) == 2
+    assert f"{f}: exists" in _one_line(capsys) and f.read_bytes() == before
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    (ev / "metrics.json").write_text("{}")
+    assert cli_main(["evaluate", "--model", str(tmp_path / "none.keras"), "--dataset", "x", "--out", str(ev)]) == 2
+    assert f"{ev / 'metrics.json'}: exists" in _one_line(capsys)  # checked before the model is even looked for
+
+
+def test_every_verb_that_loads_a_user_model_has_the_trust_flag(tmp_path, capsys):
+    from esnet_tf.featurize import save_examples
+
+    secret, stolen = tmp_path / "secret.txt", tmp_path / "stolen.txt"
+    secret.write_text("private")
+    evil = _evil_saved_model(tmp_path / "evil" / "1", secret, stolen)
+    examples = demo_examples(3)
+    npz = save_examples(examples, tmp_path / "f.npz")
+    labels = _csv(tmp_path / "l.csv", ["id", "formation_energy_per_atom"], [(e.id, -0.1) for e in examples])
+    argv = ["evaluate", "--model", str(evil), "--dataset", str(npz), "--labels", str(labels), "--split", "all"]
+    capsys.readouterr()
+    assert cli_main(argv + ["--out", str(tmp_path / "e1")]) == 2
+    line = _one_line(capsys)
+    assert "refusing to load this SavedModel" in line and "--trust-model-code" in line and not stolen.exists()
+    assert cli_main(argv + ["--out", str(tmp_path / "e2"), "--trust-model-code"]) == 0
+    assert stolen.read_text() == "private"  # the flag runs the model's code, as its help says
+    assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["n"] == 3
+    stolen.unlink()
+    # a live campaign loads its model before any DFT: refused at once, nothing computed
+    spec = tmp_path / "pool.json"
+    spec.write_text(json.dumps({"structures": [{"prototype": "fcc", "species": ["Cu"]},
+                                               {"prototype": "cscl", "species": ["Cu", "Al"]}]}))
+    out = tmp_path / "live"
+    assert cli_main(["campaign", "live", str(spec), "--model", str(evil), "--tiny", "--out", str(out)]) == 2
+    line = _one_line(capsys)
+    assert "refusing to load this SavedModel" in line and "--trust-model-code" in line
+    assert not (out / "calcs").exists() and not stolen.exists()
+    from esnet_tf.cli import build_parser
+
+    live_argv = ["campaign", "live", str(spec), "--model", str(evil), "--out", str(out), "--trust-model-code"]
+    ns = build_parser(live_argv).parse_args(live_argv)
+    assert ns.trust_model_code is True
+
+
+_TABLE_CHILD = textwrap.dedent("""
+    import resource, sys
+    resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
+    from esnet_tf.errors import UserError
+    from esnet_tf.labels import read_labels
+    from esnet_tf.references import load_references
+    from esnet_tf.screening.io import load_entries, read_csv_rows
+    readers = {{"labels": lambda p: read_labels(p, path_column=None, require_energy=False), "rows": read_csv_rows,
+               "refs": load_references, "entries": load_entries}}
+    for arg in sys.argv[1:]:
+        kind, path = arg.split("=", 1)
+        try:
+            readers[kind](path)
+            print("OK", path, flush=True)
+        except (UserError, FileNotFoundError) as exc:
+            print("ERR", " ".join(str(exc).split()), flush=True)
+""")
+
+
+def test_tables_and_references_are_read_within_bounded_memory(tmp_path):
+    unit = b"x" * (1 << 20)
+    cases = [
+        ("labels", _gz_bomb(tmp_path / "labels.csv.gz", b"id,formula\na,Fe2O3\nb,", unit, 1024)),
+        ("rows", _gz_bomb(tmp_path / "preds.csv.gz", b"id,predicted_formation_energy_per_atom\na,", unit, 1024)),
+        ("refs", _gz_bomb(tmp_path / "refs.csv", b"element,energy_per_atom\nAl,-3.7\n#", unit, 1024)),  # no .gz
+        ("entries", _gz_bomb(tmp_path / "entries.json.gz", b"[", b"0," * (1 << 19), 1024, b"0]")),
+    ]
+    zero = tmp_path / "zero.csv"
+    os.symlink("/dev/zero", zero)
+    cases.append(("labels", zero))
+    env = dict(os.environ, ESNET_MAX_INFLATED_BYTES="64MiB", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", _TABLE_CHILD.format(cap=3 * GIB // 2),
+                           *(f"{k}={p}" for k, p in cases)], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # no MemoryError, no traceback
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(cases), proc.stdout
+    for line, (_, path) in zip(lines[:4], cases):
+        assert line.startswith(f"ERR {path}: inflates past 8 MiB, an eighth of the 64 MiB per-file limit"), line
+        assert "ESNET_MAX_INFLATED_BYTES=128MiB" in line
+    assert "no labels file" in lines[4] or "not a regular file" in lines[4], lines[4]

@@ -330,6 +330,10 @@ def pool_from_labels(labels: Sequence[str | Path], *, predictions: Mapping[str, 
                 continue
             if r.id in cand or any(r.id == e[0] for e in elem):
                 raise UserError(f"{path}:{r.line}: id {r.id!r} is in two labels files: give each row once")
+            try:
+                parse_formula(r.formula)
+            except Exception as exc:  # pymatgen raises several types; a zero count (Fe0O) is refused here
+                raise UserError(f"{path}:{r.line}: id {r.id!r}: bad formula {r.formula!r} ({exc})") from None
             if _is_element(r.formula):
                 elem.append((r.id, r.formula, r.formation_energy_per_atom))
                 continue

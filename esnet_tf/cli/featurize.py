@@ -20,7 +20,7 @@ def refuse_existing(paths: Iterable[str | Path], overwrite: bool, flag: str = "-
 
     if overwrite:
         return
-    found = [Path(p) for p in paths if Path(p).exists() or Path(p).is_symlink()]
+    found = [Path(p) for p in paths if Path(p).is_file() or Path(p).is_symlink()]  # a directory: the write's own line
     if found:
         more = f" (and {len(found) - 1} more output(s) of an earlier run)" if len(found) > 1 else ""
         raise UserError(f"{found[0]}: exists{more}: pass --overwrite to replace it, or choose another {flag}")

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     bad = [i for i, s in enumerate(statuses) if s != "ok"]
     if bad and args.strict:
         i = bad[0]
-        raise UserError(f"{args.predictions}: {len(bad)} candidate(s) not screened, e.g. {res.table['id'][i]!r}: "
+        raise UserError(f"{args.predictions}: {len(bad)} candidate(s) not screened, e.g. {str(res.table['id'][i])!r}: "
                         f"{statuses[i]} ({res.table['reason'][i]})")
     files = write_outputs(res, args.out)
     m = res.metrics
@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {len(bad)} of {len(statuses)} candidates not ok {counts}: "
               f"{m['n_missing_prediction']} with a truth but no usable prediction count as predicted unstable, "
               f"{len(statuses) - m['n_candidates']} without a truth are not in the metrics; e.g. "
-              f"{res.table['id'][i]!r}: {res.table['reason'][i]}; see status/reason in {files[0]}", file=sys.stderr)
+              f"{str(res.table['id'][i])!r}: {res.table['reason'][i]}; see status/reason in {files[0]}",
+              file=sys.stderr)
     print(f"{m['n_candidates']} candidates ({m['mode']}): precision {_f(m['precision'])}, recall "
           f"{_f(m['recall'])}, F1 {_f(m['f1'])}, accuracy {_f(m['accuracy'])}, DAF {_f(m['daf'])}, "
           f"MAE {_f(m.get('mae'))} eV/atom")

@@ -377,7 +377,7 @@ def screen(candidates: Candidates, refs: ReferenceSet | None = None, config: Scr
             try:
                 comps[i] = parse_formula(formula)
             except Exception as exc:  # pymatgen raises several types on bad formulas
-                _hull_problem(status, reason, i, mode, "bad_formula", f"formula {formula!r}: {exc}")
+                _hull_problem(status, reason, i, mode, "bad_formula", f"formula {str(formula)!r}: {exc}")
     pred_eh = true_eh = None
     n_excluded = 0
     if refs is not None:
