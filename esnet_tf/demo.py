@@ -1,9 +1,11 @@
 """`esnet demo`: the whole pipeline on the embedded demo dataset, with no network.
 
-Steps (each reused on a rerun unless `--fresh`): build the TFDS dataset `is_dos/demo`, train the
-`small` ESNet, evaluate it on the test split (metrics + parity plot), export a TF Serving
-SavedModel, and screen the test split for stability against the hull of the other entries
-(metrics + recall-vs-DFT-cost plot). Your own data: `manual_dir` with a labels.csv and
+Steps (each reused on a rerun unless `--fresh`): build the TFDS dataset `is_dos/demo`, train an
+ESNet (by default `is_relax`: the configuration of the shipped IS-energy model,
+`esnet_tf.pretrained.is_relax_config`, with its batch and epochs), evaluate it on the test split
+(metrics + parity plot), export a TF Serving SavedModel, and screen the test split for stability
+against the hull of the other entries (metrics + recall-vs-DFT-cost plot). Your own data: `manual_dir`
+with a labels.csv and
 calculation files (see the is_dos README). CLI: `esnet demo` (`esnet_tf.cli.demo`).
 """
 from __future__ import annotations
@@ -24,10 +26,10 @@ class DemoConfig:
 
     out: Path = Path("demo_out")
     manual_dir: Path | None = None  # your labels.csv + calculations instead of the embedded demo
-    config: str = "small"  # model config: small, paper, or a JSON file
-    epochs: int = 200  # maximum training epochs (early stopping on validation)
-    early_stopping_patience: int = 35  # epochs without validation improvement
-    batch_size: int = 64  # examples per batch
+    config: str = "is_relax"  # model config: is_relax (IS-DOS + IS formation energy), small, paper, or a JSON file
+    epochs: int = 40  # maximum training epochs (early stopping on validation)
+    early_stopping_patience: int = 20  # epochs without validation improvement
+    batch_size: int = 16  # examples per batch
     seed: int = 0
     threshold: float = 0.0  # stability threshold on E_hull, eV/atom
     fresh: bool = False  # redo every step instead of reusing what is built
@@ -38,6 +40,16 @@ class DemoConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.early_stopping_patience < 0:
             raise UserError(f"--early-stopping-patience must be >= 0, got {self.early_stopping_patience}")
+
+
+def model_config(name: str) -> str | dict:
+    """What TrainConfig.config gets for the demo's `--config`: 'is_relax' -> the shipped IS-energy model's
+    ESNetConfig (as a dict); anything else ('small', 'paper', a JSON file) as it is."""
+    if name == "is_relax":
+        from esnet_tf.pretrained import is_relax_config
+
+        return is_relax_config().to_dict()
+    return name
 
 
 def _step(n: int, title: str) -> float:
@@ -71,8 +83,8 @@ def run_demo(args: DemoConfig) -> dict:
 
     t = _step(2, f"train ESNet ({args.config}) -> {out / 'run'}")
     run_dir = out / "run"
-    settings = TrainConfig(dataset=name, data_dir=str(out / "tfds"), config=args.config, epochs=args.epochs,
-                           batch_size=args.batch_size, seed=args.seed,
+    settings = TrainConfig(dataset=name, data_dir=str(out / "tfds"), config=model_config(args.config),
+                           epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                            early_stopping_patience=args.early_stopping_patience)
     summary_path = run_dir / "summary.json"
     if summary_path.is_file() and (run_dir / "best.keras").is_file():

@@ -5,6 +5,10 @@
     out = ensemble.predict_on_batch(inputs)
     out["formation_energy_per_atom"], out["formation_energy_per_atom_std"]   # (N, 1) eV/atom each
 
+With `interval_scale=q` (`fit_interval_scale`: the split-conformal quantile of |error| / σ on
+held-out rows) it has two more outputs, formation_energy_per_atom_lower / _upper = mean ∓ q σ
+(eV/atom): the calibrated interval (90 % by default).
+
 The ensemble is a functional `keras.Model` with the ESNet inputs (dos_up, dos_down, composition)
 whose members are nested models; `EnsembleMeanStd` (a registered layer, no Lambda; one instance
 per output) turns the members' (N, 1) outputs into the mean and the sample std (ddof = 1) times
@@ -25,6 +29,11 @@ from esnet_tf.isdos import ENERGY_INPUTS, INPUT_NAMES, OUTPUT_NAME
 
 #: second output of an ensemble: the standard deviation over the members (eV/atom)
 STD_OUTPUT_NAME = f"{OUTPUT_NAME}_std"
+#: the calibrated interval's bounds (eV/atom), outputs of ensembles built with an `interval_scale`
+LOWER_OUTPUT_NAME = f"{OUTPUT_NAME}_lower"
+UPPER_OUTPUT_NAME = f"{OUTPUT_NAME}_upper"
+#: the interval's nominal coverage of `fit_interval_scale`
+DEFAULT_COVERAGE = 0.9
 
 
 @keras.saving.register_keras_serializable(package="esnet_tf")
@@ -32,20 +41,25 @@ class EnsembleMeanStd(keras.layers.Layer):
     """Members' predictions, a list of (N, 1) tensors (eV/atom) -> one (N, 1) statistic over them.
 
     `statistic="mean"`: the mean; `statistic="std"`: the sample standard deviation over the
-    members (ddof = 1) times `std_scale`. (Two instances, one per output: a layer with one output
-    keeps the functional graph and the SavedModel signature simple.)
+    members (ddof = 1) times `std_scale`; `"lower"` / `"upper"`: mean ∓ `interval_scale` × that std
+    (the calibrated interval). (One instance per output: a layer with one output keeps the
+    functional graph and the SavedModel signature simple.)
     """
 
-    STATISTICS = ("mean", "std")
+    STATISTICS = ("mean", "std", "lower", "upper")
 
-    def __init__(self, statistic: str = "mean", std_scale: float = 1.0, **kwargs) -> None:
+    def __init__(self, statistic: str = "mean", std_scale: float = 1.0, interval_scale: float = 1.0,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         if statistic not in self.STATISTICS:
             raise ValueError(f"statistic must be one of {self.STATISTICS}, got {statistic!r}")
         if not std_scale > 0:
             raise ValueError(f"std_scale must be > 0, got {std_scale}")
+        if not interval_scale > 0:
+            raise ValueError(f"interval_scale must be > 0, got {interval_scale}")
         self.statistic = statistic
         self.std_scale = float(std_scale)
+        self.interval_scale = float(interval_scale)
 
     def call(self, inputs: Sequence) -> Any:
         stacked = keras.ops.concatenate([keras.ops.cast(x, "float32") for x in inputs], axis=-1)
@@ -56,17 +70,25 @@ class EnsembleMeanStd(keras.layers.Layer):
         if n < 2:
             return keras.ops.zeros_like(mean)
         var = keras.ops.sum(keras.ops.square(stacked - mean), axis=-1, keepdims=True) / (n - 1)
-        return keras.ops.sqrt(var) * self.std_scale
+        std = keras.ops.sqrt(var) * self.std_scale
+        if self.statistic == "std":
+            return std
+        half = std * self.interval_scale
+        return mean - half if self.statistic == "lower" else mean + half
 
     def compute_output_shape(self, input_shape: Sequence) -> tuple:
         return tuple(input_shape[0])
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "statistic": self.statistic, "std_scale": self.std_scale}
+        return {**super().get_config(), "statistic": self.statistic, "std_scale": self.std_scale,
+                "interval_scale": self.interval_scale}
 
 
-def build_ensemble(members: Sequence, *, std_scale: float = 1.0, name: str = "esnet_ensemble") -> keras.Model:
-    """A `keras.Model` over trained ESNet `members` (>= 2) with outputs mean and std (eV/atom).
+def build_ensemble(members: Sequence, *, std_scale: float = 1.0, interval_scale: float | None = None,
+                   name: str = "esnet_ensemble") -> keras.Model:
+    """A `keras.Model` over trained ESNet `members` (>= 2) with outputs mean and std (eV/atom), and with
+    `interval_scale` (a multiple of the scaled std, `fit_interval_scale`) the interval's lower and upper
+    bounds (eV/atom).
 
     Each member is wrapped as a nested model named `member_<i>` (the members' own names may
     coincide); inputs are the ESNet inputs of the first member (all must agree).
@@ -91,7 +113,12 @@ def build_ensemble(members: Sequence, *, std_scale: float = 1.0, name: str = "es
         outs.append(wrapped(inputs)[OUTPUT_NAME])
     mean = EnsembleMeanStd("mean", name="ensemble_mean")(outs)
     std = EnsembleMeanStd("std", std_scale=std_scale, name="ensemble_std")(outs)
-    return keras.Model(inputs, {OUTPUT_NAME: mean, STD_OUTPUT_NAME: std}, name=name)
+    outputs = {OUTPUT_NAME: mean, STD_OUTPUT_NAME: std}
+    if interval_scale is not None:
+        for stat, key in (("lower", LOWER_OUTPUT_NAME), ("upper", UPPER_OUTPUT_NAME)):
+            outputs[key] = EnsembleMeanStd(stat, std_scale=std_scale, interval_scale=interval_scale,
+                                           name=f"ensemble_{stat}")(outs)
+    return keras.Model(inputs, outputs, name=name)
 
 
 def member_predictions(model: keras.Model, inputs: dict, batch_size: int = 256) -> np.ndarray:
@@ -129,6 +156,40 @@ def fit_std_scale(truth: np.ndarray, members: np.ndarray, *, floor: float = 1e-6
         raise ValueError(f"members must be (N, M >= 2) predictions for N = {len(truth)} truths, got {members.shape}")
     z = (truth - members.mean(axis=1)) / np.maximum(members.std(axis=1, ddof=1), floor)
     return float(np.sqrt(np.mean(z ** 2)))
+
+
+def fit_interval_scale(truth: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                       coverage: float = DEFAULT_COVERAGE) -> float:
+    """Split-conformal multiplier q of σ for a `coverage` interval mean ± q σ, from held-out rows.
+
+    truth, mean, std: (N,) eV/atom on rows used neither for training nor for early stopping. The
+    nonconformity score is |truth - mean| / σ; q is its ceil((N + 1) coverage)-th smallest value
+    (the finite-sample conformal quantile: for exchangeable new rows the interval covers with
+    probability >= `coverage`). Raises ValueError when N is too small for that rank (N + 1 >
+    N / (1 - coverage)), or on σ <= 0.
+    """
+    truth = np.asarray(truth, np.float64).reshape(-1)
+    mean = np.asarray(mean, np.float64).reshape(-1)
+    std = np.asarray(std, np.float64).reshape(-1)
+    if not (len(truth) == len(mean) == len(std)) or not len(truth):
+        raise ValueError(f"truth, mean and std must have one equal length > 0, got {len(truth)}, {len(mean)}, "
+                         f"{len(std)}")
+    if not 0 < coverage < 1:
+        raise ValueError(f"coverage must be in (0, 1), got {coverage}")
+    if not np.all(std > 0):
+        raise ValueError("every sigma must be > 0")
+    scores = np.sort(np.abs(truth - mean) / std)
+    rank = int(np.ceil((len(scores) + 1) * coverage))
+    if rank > len(scores):
+        raise ValueError(f"{len(scores)} held-out rows are too few for a {coverage:.0%} conformal interval "
+                         f"(need >= {int(np.ceil(coverage / (1 - coverage)))})")
+    return float(scores[rank - 1])
+
+
+def interval_coverage(truth: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
+    """Fraction of rows with lower <= truth <= upper (all eV/atom)."""
+    truth = np.asarray(truth, np.float64).reshape(-1)
+    return float(np.mean((np.asarray(lower).reshape(-1) <= truth) & (truth <= np.asarray(upper).reshape(-1))))
 
 
 def miscalibration_area(z: np.ndarray, n_levels: int = 101) -> float:

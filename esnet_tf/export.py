@@ -4,7 +4,9 @@ Written by `write_saved_model` (a frozen inference graph, no variables): signatu
 inputs dos_up (None, 1500, 9), dos_down (None, 1500, 9), composition (None, 118) float32 (raw
 IS-DOS; the normalisation is inside) and output formation_energy_per_atom (None, 1) in eV/atom
 (DESIGN.md section 5); an ensemble (`esnet_tf.ensemble`, or `export_ensemble` over member `.keras`
-files) adds the output formation_energy_per_atom_std (None, 1) in eV/atom. A model with energy
+files) adds the output formation_energy_per_atom_std (None, 1) in eV/atom, and an ensemble built with
+an interval (`export_ensemble(..., interval_scale=q)`) the outputs formation_energy_per_atom_lower /
+_upper (None, 1) eV/atom, its calibrated interval. A model with energy
 inputs (`ESNetConfig.energy_inputs`) adds one input (None, 1) float32 eV/atom per energy, e.g.
 is_formation_energy_per_atom, and its warmup requests carry it; warmup examples without a known
 value of it are refused.
@@ -107,15 +109,16 @@ def demo_examples(n: int, n_points: int = 1500) -> dict:
 
 def warmup_examples(model_path: Path, source: str | None, n: int, n_points: int = 1500) -> tuple[dict, str]:
     """Real examples for warmup and where they came from: `source` (.npz / labels dir / DFT files),
-    else the run dir's warmup_examples.npz, else the embedded demo data."""
+    else the run dir's warmup_examples.npz, else the embedded demo data. Files are read bounded
+    (`esnet_tf.readers.limits`): only the model's input arrays of the .npz, within the per-file limit."""
     from esnet_tf.predict import load_inputs
+    from esnet_tf.readers.limits import load_npz
 
     if source is None:
         default = model_path.parent / "warmup_examples.npz"
         if not default.is_file():
             return demo_examples(n, n_points), "the embedded demo data"
-        with np.load(default, allow_pickle=False) as d:
-            arrays = {k: d[k] for k in d.files}
+        arrays = load_npz(default, INPUT_NAMES + ENERGY_INPUTS + ("id",), required=INPUT_NAMES)
         origin = str(default)
     else:
         arrays, failures = load_inputs([str(s) for s in source.split(",")])
@@ -168,7 +171,7 @@ def export(model_path: str | Path, out: str | Path = "saved_models", name: str =
 
     import esnet_tf.ensemble  # noqa: F401  (registers the ensemble layer)
     from esnet_tf.data import check_finite, check_shapes
-    from esnet_tf.ensemble import STD_OUTPUT_NAME
+    from esnet_tf.ensemble import LOWER_OUTPUT_NAME, STD_OUTPUT_NAME, UPPER_OUTPUT_NAME
     from esnet_tf.model import load_model
 
     model_path = Path(model_path)
@@ -189,7 +192,7 @@ def export(model_path: str | Path, out: str | Path = "saved_models", name: str =
                         f"(plus energy inputs among {list(ENERGY_INPUTS)})")
     n_points = int({t.name: t for t in model.inputs}["dos_up"].shape[1])
     outputs = list(model.output) if isinstance(model.output, dict) else list(model.output_names)
-    checked = [OUTPUT_NAME] + ([STD_OUTPUT_NAME] if STD_OUTPUT_NAME in outputs else [])
+    checked = [OUTPUT_NAME] + [k for k in (STD_OUTPUT_NAME, LOWER_OUTPUT_NAME, UPPER_OUTPUT_NAME) if k in outputs]
     result = {"path": str(target), "n_warmup": 0, "max_abs_diff": None, "warmup_source": None, "note": ""}
     examples = None
     if n_warmup > 0 and not serving_api_available():
@@ -238,10 +241,12 @@ def export(model_path: str | Path, out: str | Path = "saved_models", name: str =
 
 
 def export_ensemble(member_paths, out: str | Path = "saved_models", name: str = "esnet-ensemble", version: int = 1, *,
-                    std_scale: float = 1.0, keras_out: str | Path | None = None, warmup_data: str | None = None,
+                    std_scale: float = 1.0, interval_scale: float | None = None,
+                    keras_out: str | Path | None = None, warmup_data: str | None = None,
                     n_warmup: int = 4, overwrite: bool = False) -> dict:
     """Build the deep ensemble of the member `.keras` files (`esnet_tf.ensemble.build_ensemble`), save it as
-    `keras_out` (default `out/name/model.keras`) and export it like `export` (outputs mean and std, eV/atom)."""
+    `keras_out` (default `out/name/model.keras`) and export it like `export` (outputs mean and std, eV/atom;
+    with `interval_scale` also the interval's lower and upper bounds)."""
     from esnet_tf.atomic import atomic_path
     from esnet_tf.ensemble import build_ensemble
     from esnet_tf.model import deflate_keras, load_model
@@ -254,7 +259,7 @@ def export_ensemble(member_paths, out: str | Path = "saved_models", name: str = 
         raise UserError(f"--members needs at least 2 .keras files for an ensemble, got {len(paths)}")
     check_model_name(name)
     try:
-        ensemble = build_ensemble([load_model(p) for p in paths], std_scale=std_scale)
+        ensemble = build_ensemble([load_model(p) for p in paths], std_scale=std_scale, interval_scale=interval_scale)
     except ValueError as exc:
         raise UserError(f"--members: {exc}") from None
     keras_out = Path(keras_out) if keras_out is not None else Path(out) / name / "model.keras"

@@ -4,7 +4,9 @@ MODEL: a shipped model's name (`esnet models`), a `.keras` file, a SavedModel di
 Serving model directory (`saved_models/<name>/`, the highest version is used). INPUT: raw DFT files
 or directories (any format `esnet featurize` reads), `.npz` features, or a directory with
 labels.csv + calculations. CSV columns: id, formula, predicted_formation_energy_per_atom, for
-ensembles predicted_formation_energy_per_atom_std, for models with a recorded training domain
+ensembles predicted_formation_energy_per_atom_std, for ensembles with a calibrated interval
+predicted_formation_energy_per_atom_lower and _upper (its bounds, 90 % for the shipped models), for
+models with a recorded training domain
 `domain` ('' inside it, else why), and where known the truths formation_energy_per_atom,
 e_above_hull (all eV/atom).
 """
@@ -28,6 +30,9 @@ from esnet_tf.errors import UserError
 PRED_COLUMN = PREDICTION_COLUMN
 #: second output of an ensemble model (eV/atom)
 STD_OUTPUT_NAME = f"{OUTPUT_NAME}_std"
+#: the calibrated interval's outputs of an ensemble that has them (eV/atom), and their CSV columns
+LOWER_OUTPUT_NAME, UPPER_OUTPUT_NAME = f"{OUTPUT_NAME}_lower", f"{OUTPUT_NAME}_upper"
+PREDICTION_LOWER_COLUMN, PREDICTION_UPPER_COLUMN = f"{PREDICTION_COLUMN}_lower", f"{PREDICTION_COLUMN}_upper"
 
 
 def resolve_saved_model_dir(path: Path) -> Path | None:
@@ -90,6 +95,7 @@ class Predictor:
         self.energy_inputs = tuple(k for k in ENERGY_INPUTS if k in shapes)  # (None, 1) eV/atom each
         self.n_points = int(shapes["dos_up"][1])
         self.has_std = STD_OUTPUT_NAME in outputs
+        self.has_interval = LOWER_OUTPUT_NAME in outputs and UPPER_OUTPUT_NAME in outputs
 
     def predict(self, inputs: dict, batch_size: int = 256, source: str = "") -> np.ndarray:
         """Formation energies (eV/atom), float32 (N,), for raw IS-DOS inputs (an ensemble's mean).
@@ -115,13 +121,21 @@ class Predictor:
     def predict_with_std(self, inputs: dict, batch_size: int = 256,
                          source: str = "") -> tuple[np.ndarray, np.ndarray | None]:
         """(mean, std) formation energies (eV/atom), float32 (N,) each; std None for a single model."""
+        out = self.predict_outputs(inputs, batch_size, source)
+        return out[OUTPUT_NAME], out.get(STD_OUTPUT_NAME)
+
+    def predict_outputs(self, inputs: dict, batch_size: int = 256, source: str = "") -> dict[str, np.ndarray]:
+        """Every output the model serves, float32 (N,) eV/atom each: the mean (`OUTPUT_NAME`) and, where the
+        model has them, its std and the calibrated interval's lower / upper bounds."""
         from esnet_tf.data import check_finite, check_shapes
 
         check_shapes(inputs, self.n_points, source=source)
         check_finite(inputs, source)
         require_energies(inputs, self.energy_inputs, source)
+        keys = [OUTPUT_NAME] + ([STD_OUTPUT_NAME] if self.has_std else []) \
+            + ([LOWER_OUTPUT_NAME, UPPER_OUTPUT_NAME] if self.has_interval else [])
+        parts: dict[str, list] = {k: [] for k in keys}
         n = len(inputs["dos_up"])
-        out, spread = [], []
         for start in range(0, n, batch_size):
             batch = {k: np.asarray(inputs[k][start:start + batch_size], dtype=np.float32) for k in INPUT_NAMES}
             batch.update({k: np.asarray(inputs[k][start:start + batch_size], np.float32).reshape(-1, 1)
@@ -132,13 +146,9 @@ class Predictor:
                 import tensorflow as tf
 
                 y = self.signature(**{k: tf.constant(v) for k, v in batch.items()})
-            out.append(np.asarray(y[OUTPUT_NAME], dtype=np.float32).reshape(-1))
-            if self.has_std:
-                spread.append(np.asarray(y[STD_OUTPUT_NAME], dtype=np.float32).reshape(-1))
-        mean = np.concatenate(out) if out else np.zeros(0, np.float32)
-        if not self.has_std:
-            return mean, None
-        return mean, np.concatenate(spread) if spread else np.zeros(0, np.float32)
+            for k in keys:
+                parts[k].append(np.asarray(y[k], dtype=np.float32).reshape(-1))
+        return {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in parts.items()}
 
 
 def model_grid(n_points: int) -> EnergyGrid:
@@ -159,28 +169,80 @@ def _check_npz_grid(spec: str, stored: np.ndarray | None, grid: EnergyGrid) -> N
                         f"--e-max {grid.e_max:g} --n-points {grid.n_points}`")
 
 
+#: an `esnet dft` calculation directory: the IS single point's IS-DOS beside the task / result records
+DFT_IS_FILE = "is.gpawdos.npz"
+DFT_CALC_MARKERS = ("task.json", "result.json")
+
+
+def is_dft_calc_dir(path: str | Path) -> bool:
+    """True for an `esnet dft` calculation directory (is.gpawdos.npz beside task.json or result.json)."""
+    p = Path(path)
+    return p.is_dir() and (p / DFT_IS_FILE).is_file() and any((p / m).is_file() for m in DFT_CALC_MARKERS)
+
+
+def dft_calc_inputs(directory: str | Path) -> list[str] | None:
+    """The inputs of a directory of `esnet dft` calculations, or None when it holds none.
+
+    A calculation directory stands for its initial structure: its is.gpawdos.npz (the IS single point,
+    with the IS energy), not rs.gpawdos.npz (the relaxed structure) nor the JSON records. `directory`
+    may be one calculation or hold several (walked, symbolic links not followed); DFT files outside
+    the calculation directories are kept as inputs of their own.
+    """
+    import os
+
+    from esnet_tf.readers import source_kind
+
+    root = Path(directory)
+    if is_dft_calc_dir(root):
+        return [str(root / DFT_IS_FILE)]
+    calcs: list[str] = []
+    others: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        dirnames.sort()
+        if is_dft_calc_dir(here):
+            calcs.append(str(here / DFT_IS_FILE))
+            dirnames[:] = []
+            continue
+        others += [str(here / f) for f in sorted(filenames) if source_kind(here / f) is not None]
+        for d in list(dirnames):
+            sub = here / d
+            if sub.is_symlink():
+                dirnames.remove(d)
+            elif not is_dft_calc_dir(sub) and source_kind(sub) is not None:
+                others.append(str(sub))  # a VASP run directory: one input
+                dirnames.remove(d)
+    return calcs + others if calcs else None
+
+
 def load_inputs(paths: Sequence[str], labels: str | None = None, grid: EnergyGrid | None = None, *,
-                workers: int | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
+                workers: int | None = None,
+                references: dict[str, float] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """Arrays (inputs, id, formula, code, truths) of every INPUT, and the failures (one line each).
 
     INPUT: `.npz` features of `esnet featurize`, a directory with labels.csv, or DFT files and
-    directories (featurized here, on `grid`). Truths come from `labels` (a labels CSV) where given.
+    directories (featurized here, on `grid`); an `esnet dft` calculation directory, or a directory of
+    them, stands for the initial structures (`dft_calc_inputs`). Truths come from `labels` (a labels CSV) where given.
     `code` is the DFT code of each row ('' where unknown), for the domain check. With `grid`, an
     `.npz` whose stored energy axis differs is refused. DFT files are featurized on `workers`
-    processes (`esnet_tf.featurize.featurize_paths`; None = automatic).
+    processes (`esnet_tf.featurize.featurize_paths`; None = automatic); `references` ({element:
+    eV/atom}, `--references`) give the IS formation energy of DFT files whose code brings none (VASP,
+    MP). Every file is read bounded (`esnet_tf.readers.limits`: only the arrays used, within the
+    per-file limit).
     """
     from esnet_tf.data import LABEL_KEYS, is_labels_dir, load_dir_arrays, load_npz_arrays, stack_examples
     from esnet_tf.labels import labels_by_id
     from esnet_tf.featurize import ENERGY_ARRAYS, featurize_paths
+    from esnet_tf.readers.limits import load_npz
 
     parts, raw = [], []
     for spec in paths:
         if spec.endswith(".npz") and not spec.endswith(".gpawdos.npz"):
             part = dict(load_npz_arrays(spec, labels, require_labels=False))
-            with np.load(spec, allow_pickle=False) as d:
-                part["code"] = d["code"].astype(str) if "code" in d.files else np.full(len(part["id"]), "")
-                if grid is not None:
-                    _check_npz_grid(spec, d["energies"] if "energies" in d.files else None, grid)
+            d = load_npz(spec, ("code", "energies"))
+            part["code"] = d["code"].astype(str) if "code" in d else np.full(len(part["id"]), "")
+            if grid is not None:
+                _check_npz_grid(spec, d.get("energies"), grid)
             parts.append(part)
         elif is_labels_dir(spec):
             part = dict(load_dir_arrays(spec, grid or PAPER_GRID))
@@ -188,10 +250,11 @@ def load_inputs(paths: Sequence[str], labels: str | None = None, grid: EnergyGri
         else:
             if not Path(spec).exists():
                 raise FileNotFoundError(f"{spec}: input not found")
-            raw.append(spec)
+            calcs = dft_calc_inputs(spec) if Path(spec).is_dir() else None
+            raw += calcs if calcs is not None else [spec]
     failures: list[str] = []
     if raw:
-        examples, failures = featurize_paths(raw, grid or PAPER_GRID, workers=workers)
+        examples, failures = featurize_paths(raw, grid or PAPER_GRID, workers=workers, references=references)
         if examples:
             truths = labels_by_id(labels, path_column=None, require_energy=False) if labels else None
             part = stack_examples(examples, truths)
@@ -208,16 +271,21 @@ def load_inputs(paths: Sequence[str], labels: str | None = None, grid: EnergyGri
 
 
 def write_predictions(path: str | Path, arrays: dict, predictions: np.ndarray, *, std: np.ndarray | None = None,
-                      domain: Sequence[str] | None = None) -> Path:
-    """CSV of id, formula, predicted_formation_energy_per_atom [, its _std] [, domain] (+ known truths).
+                      domain: Sequence[str] | None = None, lower: np.ndarray | None = None,
+                      upper: np.ndarray | None = None) -> Path:
+    """CSV of id, formula, predicted_formation_energy_per_atom [, its _std] [, _lower, _upper] [, domain]
+    (+ known truths).
 
-    Energies in eV/atom; `std` (ensembles) adds predicted_formation_energy_per_atom_std, `domain`
-    (models with a recorded training domain) the `domain` column ('' inside the domain, else why).
+    Energies in eV/atom; `std` (ensembles) adds predicted_formation_energy_per_atom_std, `lower` and
+    `upper` (ensembles with a calibrated interval) its _lower and _upper bounds, `domain` (models with a
+    recorded training domain) the `domain` column ('' inside the domain, else why).
     """
     path = Path(path)
     truths = [k for k in ("formation_energy_per_atom", "e_above_hull")
               if k in arrays and np.isfinite(np.asarray(arrays[k], dtype=float)).any()]
+    interval = lower is not None and upper is not None
     header = ["id", "formula", PRED_COLUMN] + ([PREDICTION_STD_COLUMN] if std is not None else []) \
+        + ([PREDICTION_LOWER_COLUMN, PREDICTION_UPPER_COLUMN] if interval else []) \
         + ([DOMAIN_COLUMN] if domain is not None else []) + truths
     with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -226,6 +294,8 @@ def write_predictions(path: str | Path, arrays: dict, predictions: np.ndarray, *
             row = [arrays["id"][i], arrays["formula"][i] if "formula" in arrays else "", f"{predictions[i]:.6f}"]
             if std is not None:
                 row.append(f"{std[i]:.6f}")
+            if interval:
+                row += [f"{lower[i]:.6f}", f"{upper[i]:.6f}"]
             if domain is not None:
                 row.append(domain[i])
             for k in truths:
@@ -274,6 +344,8 @@ class PredictConfig:
     precision: str = "float32"      #: inference precision of a single .keras model: float32, bfloat16, auto
     strict: bool = False            #: refuse inputs outside the model's training domain
     trust_model_code: bool = False  #: load a SavedModel esnet-tf neither ships nor exported (runs its code)
+    references: str | None = None   #: elemental references (CSV element,energy_per_atom or MP entries JSON)
+    #: for the IS formation energy of VASP / MP inputs (GPAW calculations of `esnet dft` bring their own)
 
     def __post_init__(self) -> None:
         import os
@@ -281,7 +353,7 @@ class PredictConfig:
         from esnet_tf.precision import PRECISIONS
 
         object.__setattr__(self, "inputs", tuple(os.fspath(p) for p in self.inputs))
-        for name in ("model", "out", "labels"):
+        for name in ("model", "out", "labels", "references"):
             if isinstance(getattr(self, name), os.PathLike):
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
         if not self.model:
@@ -304,6 +376,25 @@ def _positive_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
+def check_energy_inputs(arrays: dict, names: Sequence[str], model: str, references: str | None = None) -> None:
+    """Refuse, in one line, inputs without a finite value of an energy input `names` the model takes:
+    it names the rows, their DFT code and the fix (`--references FILE` for VASP / MP inputs)."""
+    for name in names:
+        values = np.asarray(arrays.get(name, np.full(len(arrays["id"]), np.nan)), np.float64).reshape(
+            len(arrays["id"]), -1)
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        if not len(bad):
+            continue
+        ids = ", ".join(str(arrays["id"][i]) for i in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        codes = sorted({str(arrays["code"][i]).split(" ")[0] for i in bad if "code" in arrays} - {""})
+        fix = ("the --references file lacks an element of theirs or does not match: give a reference for every "
+               "element" if references else
+               "pass --references FILE (CSV element,energy_per_atom, or an MP ComputedEntry JSON, of the same code "
+               "and settings); GPAW calculations of `esnet dft` bring their own references")
+        raise UserError(f"{len(bad)} of {len(arrays['id'])} input(s) ({ids}; code {'/'.join(codes) or 'unknown'}) "
+                        f"have no {name} (eV/atom), which model {model} takes: {fix}")
+
+
 def predict_to_csv(config: PredictConfig) -> tuple[Any, Any, list[str]]:
     """Run `esnet predict`: load the model, featurize / read the inputs, predict, write `config.out`.
 
@@ -316,12 +407,18 @@ def predict_to_csv(config: PredictConfig) -> tuple[Any, Any, list[str]]:
         raise TypeError(f"predict_to_csv() takes a PredictConfig, not {type(config).__name__}")
     model = load_model(config.model, trust_model_code=config.trust_model_code)
     model.predictor.precision = config.precision
+    references = None
+    if config.references:
+        from esnet_tf.references import load_references
+
+        references = load_references(config.references)
     arrays, failures = load_inputs(list(config.inputs), config.labels, model_grid(model.predictor.n_points),
-                                   workers=config.workers)
+                                   workers=config.workers, references=references)
     for f in failures:
         print(f"FAIL {f}", file=sys.stderr)
     if not arrays:
         raise UserError("no input could be featurized" if failures else "no inputs")
+    check_energy_inputs(arrays, model.predictor.energy_inputs, model.name, config.references)
     table = model.predict_arrays(arrays, batch_size=config.batch_size, strict=config.strict, failures=failures)
     table.to_csv(config.out)
     return table, model, failures

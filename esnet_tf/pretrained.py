@@ -6,6 +6,7 @@
     table = model.predict(["run1/vasprun.xml.gz", example])   # paths, ISDOSExamples, one or many
     table["predicted_formation_energy_per_atom"], table.units  # eV/atom
     table["domain"]                                           # '' inside the training domain, else why
+    table["predicted_formation_energy_per_atom_lower"]        # the calibrated 90 % interval (models that have it)
 
 A shipped model is a folder `ESNet-<Data>-<YYYY.MM>-<Target>/` of `esnet_tf.saved_models`
 (`resources.saved_models_dir()`) with `model.json` (metadata, metrics), `README.md`,
@@ -40,8 +41,26 @@ Inputs = Union[str, Path, ISDOSExample, Sequence[Union[str, Path, ISDOSExample]]
 #: shipped-model names: ESNet-<Data>-<YYYY.MM>-<Target>
 NAME_PATTERN = re.compile(r"^ESNet-[A-Za-z0-9]+-\d{4}\.\d{2}-[A-Za-z0-9]+$")
 METADATA_FILE = "model.json"
-UNITS = {PREDICTION_COLUMN: "eV/atom", PREDICTION_STD_COLUMN: "eV/atom", "formation_energy_per_atom": "eV/atom",
+LOWER_COLUMN, UPPER_COLUMN = f"{PREDICTION_COLUMN}_lower", f"{PREDICTION_COLUMN}_upper"
+UNITS = {PREDICTION_COLUMN: "eV/atom", PREDICTION_STD_COLUMN: "eV/atom", LOWER_COLUMN: "eV/atom",
+         UPPER_COLUMN: "eV/atom", "formation_energy_per_atom": "eV/atom",
          "e_above_hull": "eV/atom", DOMAIN_COLUMN: "text ('' = inside the training domain)", "id": "", "formula": ""}
+
+
+#: the shipped model trained on the IS energy (`scripts/train_pretrained.py --recipe is_relax`)
+IS_RELAX_MODEL = "ESNet-GPAWDemo-2026.12-EFormPerAtomFromISEnergy"
+
+
+def is_relax_config():
+    """The ESNetConfig of the study's `esnet_is_relax_elements` (its best ESNet row): `small` plus the IS
+    formation energy (eV/atom) as an input, the relaxation-energy target (output E_f(IS) - ΔE, eV/atom)
+    and element-property means in the composition branch. The shipped IS-energy model and `esnet demo`
+    train it."""
+    from esnet_tf.isdos import IS_FORMATION_ENERGY
+    from esnet_tf.model import ESNetConfig
+
+    return ESNetConfig.small().replace(energy_inputs=(IS_FORMATION_ENERGY,), target="relaxation_energy",
+                                       element_properties=True)
 
 
 @dataclass(frozen=True)
@@ -120,7 +139,8 @@ class PredictionTable:
     """Predictions, one row per input: columns of numpy arrays with `units` (eV/atom).
 
     Columns: id, formula, predicted_formation_energy_per_atom, (ensembles)
-    predicted_formation_energy_per_atom_std, domain ('' inside the training domain, else why), and
+    predicted_formation_energy_per_atom_std, (ensembles with a calibrated interval) its _lower and
+    _upper bounds, domain ('' inside the training domain, else why), and
     the truths formation_energy_per_atom, e_above_hull where known. `failures`: inputs that could
     not be featurized (one line each).
     """
@@ -164,7 +184,8 @@ class PredictionTable:
 
         return write_predictions(path, self.columns, self.columns[PREDICTION_COLUMN],
                                  std=self.columns.get(PREDICTION_STD_COLUMN),
-                                 domain=self.columns.get(DOMAIN_COLUMN))
+                                 domain=self.columns.get(DOMAIN_COLUMN), lower=self.columns.get(LOWER_COLUMN),
+                                 upper=self.columns.get(UPPER_COLUMN))
 
 
 def _as_arrays(inputs, grid=None) -> tuple[dict, list[str]]:
@@ -243,17 +264,25 @@ class ESNetModel:
     def predict_arrays(self, arrays: dict, *, batch_size: int = 256, strict: bool = False,
                        failures: Sequence[str] = ()) -> PredictionTable:
         """`predict` on stacked arrays (dos_up, dos_down, composition, id; optional formula, code, truths)."""
+        from esnet_tf.predict import LOWER_OUTPUT_NAME, OUTPUT_NAME, STD_OUTPUT_NAME, UPPER_OUTPUT_NAME
+
         n = len(arrays["dos_up"])
-        domain = self.domain.check(arrays) if self.domain is not None else None
-        if strict and domain is not None:
+        if strict and self.domain is not None:  # refuse before predicting what the inputs alone put outside
+            check_strict(arrays, self.domain.check(arrays), self.name)
+        out = self.predictor.predict_outputs(arrays, batch_size, source=self.name)
+        std = out.get(STD_OUTPUT_NAME)
+        domain = self.domain.check(arrays, std) if self.domain is not None else None
+        if strict and domain is not None:  # the σ rule
             check_strict(arrays, domain, self.name)
-        mean, std = self.predictor.predict_with_std(arrays, batch_size, source=self.name)
         cols: dict[str, np.ndarray] = {
             "id": np.asarray(arrays.get("id", np.arange(n).astype(str))).astype(str),
             "formula": np.asarray(arrays.get("formula", np.full(n, ""))).astype(str),
-            PREDICTION_COLUMN: mean.astype(np.float64)}
+            PREDICTION_COLUMN: out[OUTPUT_NAME].astype(np.float64)}
         if std is not None:
             cols[PREDICTION_STD_COLUMN] = std.astype(np.float64)
+        if LOWER_OUTPUT_NAME in out:
+            cols[LOWER_COLUMN] = out[LOWER_OUTPUT_NAME].astype(np.float64)
+            cols[UPPER_COLUMN] = out[UPPER_OUTPUT_NAME].astype(np.float64)
         if domain is not None:
             cols[DOMAIN_COLUMN] = np.asarray(domain, dtype=object)
         for k in ("formation_energy_per_atom", "e_above_hull"):

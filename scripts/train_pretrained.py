@@ -1,20 +1,31 @@
-"""Train, evaluate and ship the pretrained ESNet ensemble `ESNet-GPAWDemo-<YYYY.MM>-EFormPerAtom`.
+"""Train, evaluate and ship a pretrained ESNet ensemble of `esnet_tf.saved_models`.
 
-    .venv/bin/python scripts/train_pretrained.py --work runs/pretrained --out saved_models
+    nice -n 5 .venv/bin/python scripts/train_pretrained.py                       # the current recipe
+    .venv/bin/python scripts/train_pretrained.py --recipe eform --name ESNet-GPAWDemo-2026.12-EFormPerAtom
+
+Recipes (`RECIPES`):
+- `is_relax` (default, `ESNet-GPAWDemo-2026.12-EFormPerAtomFromISEnergy`): the study's
+  `esnet_is_relax_elements` (`esnet_tf.pretrained.is_relax_config`: ESNet `small` + the IS formation
+  energy as an input, relaxation-energy target, element-property means), the study's training
+  settings (batch 16, at most 40 epochs, early stopping after 20, ReduceLROnPlateau after 10);
+  output E_f per atom (eV/atom) as every model's. The train split of the 0.8/0.1/0.1 chemical-system
+  split is divided once more by chemical system (`split_of(chemsys, (0.8, 0.2, 0.0), seed=1)`):
+  its 'validation' part is the calibration split, never used for training or early stopping; σ,
+  the 90 % interval and the σ threshold of the domain flag are fitted on it.
+- `eform` (the first shipped model, `ESNet-GPAWDemo-2026.12-EFormPerAtom`): ESNet `small`, batch 64,
+  trained on the whole train split, σ recalibrated on the validation split (its early-stopping split).
 
 Stages (each resumes: a finished stage's outputs are reused, so a rerun after an interruption
 continues where it stopped):
 1. snapshot: the demo dataset's labels.csv as it is now (the DFT job may add rows later) and the
    IS-DOS of every row, `WORK/features.npz` + `WORK/labels.csv`;
-2. members: `--members` ESNet `small` models, seeds 0..M-1, trained with `esnet_tf.train.train` on
-   the train split (chemical systems by `esnet_tf.splits.split_of`, 0.8/0.1/0.1, seed 0), early
-   stopping on the validation split; a finished member (summary.json) is skipped, an interrupted
-   one resumes from its backup;
-3. ship: the ensemble (`esnet_tf.ensemble.build_ensemble`, σ recalibrated on the validation split
-   with `esnet_tf.ensemble.fit_std_scale`, calibration scored with `calibration_metrics`) as
-   `OUT/NAME/model.keras`, its TF Serving SavedModel `OUT/NAME/1/` with warmup requests,
-   `splits.json` (ids and truths of every split), `domain.json` (training domain), `metrics.json`
-   and `README.md`.
+2. members: `--members` ESNet models, seeds 0..M-1, trained with `esnet_tf.train.train`, early
+   stopping on the validation split (chemical systems by `esnet_tf.splits.split_of`, 0.8/0.1/0.1,
+   seed 0); a finished member (summary.json) is skipped, an interrupted one resumes from its backup;
+3. ship: the ensemble (`esnet_tf.ensemble.build_ensemble`) as `OUT/NAME/model.keras`, its TF Serving
+   SavedModel `OUT/NAME/1/` with warmup requests, `splits.json` (ids and truths of every split),
+   `domain.json` (training domain and flag rule), `model.json` and `README.md`, with the test
+   metrics of every other shipped model on the same test rows.
 """
 from __future__ import annotations
 
@@ -22,6 +33,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +66,62 @@ def snapshot(work: Path) -> tuple[Path, Path]:
     return npz, labels
 
 
-def train_members(npz: Path, labels: Path, work: Path, n_members: int, epochs: int, patience: int,
-                  lr_patience: int) -> list[Path]:
+@dataclass(frozen=True)
+class Recipe:
+    """How one shipped model is trained: ESNet config ('small' or 'is_relax'), batch (examples), epochs,
+    patiences (epochs), and whether a calibration split is held out of the train split."""
+
+    name: str
+    config: str
+    batch_size: int
+    epochs: int
+    patience: int
+    lr_patience: int
+    calibration: bool
+
+
+RECIPES = {
+    "is_relax": Recipe("ESNet-GPAWDemo-2026.12-EFormPerAtomFromISEnergy", "is_relax", 16, 40, 20, 10, True),
+    "eform": Recipe("ESNet-GPAWDemo-2026.12-EFormPerAtom", "small", 64, 120, 25, 10, False),
+}
+
+FRACTIONS = (0.8, 0.1, 0.1)
+#: the train split's second split by chemical system: 'validation' of it = the calibration split
+CALIBRATION_FRACTIONS, CALIBRATION_SEED = (0.8, 0.2, 0.0), 1
+SPLIT_RULE = ("esnet_tf.splits.split_of(chemsys, (0.8, 0.1, 0.1), seed=0); with a calibration split, the train "
+              "split's rows with split_of(chemsys, (0.8, 0.2, 0.0), seed=1) == 'validation' are the calibration split")
+TRAIN_KEYS = ("dos_up", "dos_down", "composition", "formation_energy_per_atom", "id", "formula")
+
+
+def split_arrays(arrays: dict, recipe: Recipe) -> dict[str, dict]:
+    """{'train', 'calibration' (recipes with one), 'validation', 'test'}: rows of `arrays` per split."""
+    from esnet_tf.data import select_split
+    from esnet_tf.splits import split_of
+
+    out = {s: select_split(arrays, s, FRACTIONS, 0) for s in ("train", "validation", "test")}
+    if recipe.calibration:
+        train = out["train"]
+        cal = np.array([split_of(c, CALIBRATION_FRACTIONS, CALIBRATION_SEED) == "validation"
+                        for c in train["chemsys"]], dtype=bool)
+        out["train"] = {k: v[~cal] for k, v in train.items()}
+        out["calibration"] = {k: v[cal] for k, v in train.items()}
+    return out
+
+
+def member_config(recipe: Recipe) -> str | dict:
+    from esnet_tf.pretrained import is_relax_config
+
+    return is_relax_config().to_dict() if recipe.config == "is_relax" else recipe.config
+
+
+def train_members(npz: Path, labels: Path, work: Path, n_members: int, recipe: Recipe) -> list[Path]:
     """Train (or reuse) the members; returns their best.keras paths."""
+    from esnet_tf.isdos import ENERGY_INPUTS
     from esnet_tf.train import TrainConfig, backup_epoch, run_finished, train
 
+    config = member_config(recipe)
+    energy = tuple(getattr(config, "get", lambda *_: ())("energy_inputs", ()) or ())
+    parts = split_arrays(load_snapshot(npz, labels), recipe) if recipe.calibration else None
     paths = []
     for seed in range(n_members):
         run = work / f"member_{seed}"
@@ -66,12 +129,18 @@ def train_members(npz: Path, labels: Path, work: Path, n_members: int, epochs: i
         if run_finished(run):
             print(f"member {seed}: finished earlier ({run}), skipped", flush=True)
             continue
-        config = TrainConfig(dataset=str(npz), labels=str(labels), config="small", epochs=epochs, seed=seed,
-                             split_fractions=(0.8, 0.1, 0.1), split_seed=0, early_stopping_patience=patience,
-                             lr_patience=lr_patience)
+        common = dict(config=config, epochs=recipe.epochs, batch_size=recipe.batch_size, seed=seed,
+                      early_stopping_patience=recipe.patience, lr_patience=recipe.lr_patience)
         resume = backup_epoch(run) is not None
         t = time.time()
-        summary = train(config, run, resume=resume, verbose=2)
+        if parts is None:
+            summary = train(TrainConfig(dataset=str(npz), labels=str(labels), split_fractions=FRACTIONS, split_seed=0,
+                                        **common), run, resume=resume, verbose=2)
+        else:
+            keys = TRAIN_KEYS + tuple(e for e in ENERGY_INPUTS if e in energy)
+            data = {s: {k: parts[s][k] for k in keys} for s in ("train", "validation")}
+            summary = train(TrainConfig(**common), run, train_data=data["train"], validation_data=data["validation"],
+                            resume=resume, verbose=2)
         print(f"member {seed}: {summary['epochs_run']} epochs, best {summary['best_epoch']}, "
               f"val MAE {summary['best_val_mae_ev_per_atom']:.4f} eV/atom, {time.time() - t:.0f} s", flush=True)
     return paths
@@ -79,21 +148,21 @@ def train_members(npz: Path, labels: Path, work: Path, n_members: int, epochs: i
 
 # ---------------------------------------------------------------- shipping
 
-def _split_rows(arrays: dict, split: str) -> list[dict]:
-    from esnet_tf.data import select_split
-
-    part = select_split(arrays, split, (0.8, 0.1, 0.1), 0)
+def _rows(part: dict) -> list[dict]:
+    """splits.json rows of one split: id, formula, chemsys, truths (eV/atom), the IS formation energy (eV/atom)."""
+    ef_is = np.asarray(part.get("is_formation_energy_per_atom", np.full(len(part["id"]), np.nan)), np.float64)
     return [{"id": str(i), "formula": str(f), "chemsys": str(c), "formation_energy_per_atom": float(y),
-             "e_above_hull": None if not np.isfinite(h) else float(h)}
-            for i, f, c, y, h in zip(part["id"], part["formula"], part["chemsys"],
-                                     part["formation_energy_per_atom"], part["e_above_hull"])]
+             "e_above_hull": None if not np.isfinite(h) else float(h),
+             "is_formation_energy_per_atom": None if not np.isfinite(e) else round(float(e), 6)}
+            for i, f, c, y, h, e in zip(part["id"], part["formula"], part["chemsys"], part["formation_energy_per_atom"],
+                                        part["e_above_hull"], ef_is.reshape(len(part["id"]), -1)[:, 0])]
 
 
 def load_snapshot(npz: Path, labels: Path) -> dict:
     from esnet_tf.data import load_npz_arrays
 
     arrays = dict(load_npz_arrays(str(npz), labels))
-    with np.load(npz, allow_pickle=False) as d:
+    with np.load(npz, allow_pickle=False) as d:  # this script's own snapshot
         code = dict(zip(d["id"].astype(str), d["code"].astype(str)))
     arrays["code"] = np.array([code[i] for i in arrays["id"]])
     return arrays
@@ -120,83 +189,157 @@ def screening_metrics(table, labels: Path, weight: float = 0.0) -> dict:
         | {"n_candidates": int(m.get("n_candidates", len(rows))), "uncertainty_weight": weight}
 
 
-def ship_ensemble(members: list[Path], npz: Path, labels: Path, out: Path, name: str, *, command: str,
+def flag_metrics(truth: np.ndarray, pred: np.ndarray, domain) -> dict:
+    """Rows flagged by the domain column, and the MAE (eV/atom) of the flagged and the unflagged rows."""
+    flagged = np.array([bool(d) for d in domain], dtype=bool)
+    err = np.abs(np.asarray(pred, np.float64) - np.asarray(truth, np.float64))
+    return {"n": int(len(err)), "n_flagged": int(flagged.sum()),
+            "mae_flagged": float(err[flagged].mean()) if flagged.any() else None,
+            "mae_unflagged": float(err[~flagged].mean()) if (~flagged).any() else None}
+
+
+def risk_coverage(truth: np.ndarray, pred: np.ndarray, std: np.ndarray,
+                  fractions=(0.25, 0.5, 0.75, 0.9, 1.0)) -> list[dict]:
+    """MAE (eV/atom) of the rows kept when only the `fraction` with the lowest σ is kept."""
+    order = np.argsort(np.asarray(std, np.float64), kind="stable")
+    err = np.abs(np.asarray(pred, np.float64) - np.asarray(truth, np.float64))[order]
+    return [{"fraction_kept": f, "n_kept": max(1, int(round(f * len(err)))),
+             "mae": float(err[:max(1, int(round(f * len(err))))].mean())} for f in fractions]
+
+
+def other_models(out: Path, name: str, test_ids: list[str]) -> list[str]:
+    """The other shipped models in `out` evaluated on exactly these test rows (their splits.json)."""
+    names = []
+    for folder in sorted(p for p in out.iterdir() if p.is_dir() and p.name != name and (p / "splits.json").is_file()):
+        rows = json.loads((folder / "splits.json").read_text())["splits"].get("test", [])
+        if sorted(r["id"] for r in rows) == sorted(test_ids):
+            names.append(folder.name)
+    return names
+
+
+def ship_ensemble(members: list[Path], npz: Path, labels: Path, out: Path, recipe: Recipe, *, command: str,
                   settings: dict) -> dict:
-    """Build, export, evaluate and document the ensemble in `out/name/`; returns its model.json."""
+    """Build, calibrate, export, evaluate and document the ensemble in `out/recipe.name/`; returns its model.json."""
     import esnet_tf
     from esnet_tf import resources
     from esnet_tf.atomic import write_text
     from esnet_tf.domain import Domain
-    from esnet_tf.ensemble import build_ensemble, calibration_metrics, fit_std_scale, member_predictions
+    from esnet_tf.ensemble import (DEFAULT_COVERAGE, build_ensemble, calibration_metrics, fit_interval_scale,
+                                   fit_std_scale, interval_coverage, member_predictions)
     from esnet_tf.export import export_ensemble
+    from esnet_tf.isdos import ENERGY_INPUTS, PREDICTION_COLUMN, PREDICTION_STD_COLUMN
     from esnet_tf.model import load_model
-    from esnet_tf.pretrained import ESNetModel, load_split_arrays
-    from esnet_tf.data import select_split
+    from esnet_tf.pretrained import LOWER_COLUMN, UPPER_COLUMN, ESNetModel
 
+    name = recipe.name
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
     arrays = load_snapshot(npz, labels)
-    splits = {s: _split_rows(arrays, s) for s in ("train", "validation", "test")}
-    # the members' own record of what they trained on must be these rows
-    for m in members:
+    parts = split_arrays(arrays, recipe)
+    calib_split = "calibration" if recipe.calibration else "validation"
+    order = ("train", "calibration", "validation", "test") if recipe.calibration else ("train", "validation", "test")
+    splits = {s: _rows(parts[s]) for s in order}
+    for m in members:  # the members' own record of what they trained on must be these rows
         cfg = json.loads((m.parent / "config.json").read_text())
         assert cfg["data"]["n_train"] == len(splits["train"]), (m, cfg["data"], len(splits["train"]))
     write_text(folder / "splits.json", json.dumps({
-        "rule": "esnet_tf.splits.split_of(chemsys, (0.8, 0.1, 0.1), seed=0) on the snapshot below",
-        "dataset": "is_dos/demo (datasets/is_dos/demo/labels.csv)", "n_rows_snapshot": int(len(arrays["id"])),
-        "units": "eV/atom", "splits": splits}, indent=0) + "\n")
-    train = select_split(arrays, "train", (0.8, 0.1, 0.1), 0)
+        "rule": SPLIT_RULE, "dataset": "is_dos/demo (datasets/is_dos/demo/labels.csv)",
+        "n_rows_snapshot": int(len(arrays["id"])), "units": "eV/atom",
+        "calibration_split": calib_split, "splits": splits}, indent=0) + "\n")
+
+    loaded = [load_model(p) for p in members]
+    energy_inputs = tuple(t.name for t in loaded[0].inputs if t.name in ENERGY_INPUTS)
     provenance = json.loads((resources.demo_dir() / "provenance.json").read_text())
     dft = {"code": provenance.get("code"), "paw_setups": provenance.get("paw_setups"), **provenance.get("settings", {})}
-    domain = Domain.fit(train, train["code"], dft_settings=dft)
-    domain.save(folder / "domain.json")
+    domain = Domain.fit(parts["train"], parts["train"]["code"], dft_settings=dft, energy_inputs=energy_inputs)
 
-    # std recalibration on the validation split
-    loaded = [load_model(p) for p in members]
-    val = select_split(arrays, "validation", (0.8, 0.1, 0.1), 0)
-    raw_ens = build_ensemble(loaded)
-    val_members = member_predictions(raw_ens, val)
-    std_scale = fit_std_scale(val["formation_energy_per_atom"].astype(np.float64), val_members.astype(np.float64))
-    exported = export_ensemble(members, out, name, 1, std_scale=std_scale, keras_out=folder / "model.keras",
-                               n_warmup=4, overwrite=True)
+    # σ: variance scaling on the calibration rows; interval: split-conformal quantile of |error| / σ on them
+    cal = parts[calib_split]
+    cal_truth = cal["formation_energy_per_atom"].astype(np.float64)
+    cal_members = member_predictions(build_ensemble(loaded), cal).astype(np.float64)
+    std_scale = fit_std_scale(cal_truth, cal_members)
+    cal_mean, cal_std = cal_members.mean(axis=1), cal_members.std(axis=1, ddof=1) * std_scale
+    interval_scale = fit_interval_scale(cal_truth, cal_mean, cal_std, DEFAULT_COVERAGE) if recipe.calibration else None
+    if recipe.calibration:
+        domain = domain.with_sigma_threshold(cal_std, 0.9, rows="calibration rows (never used for training or "
+                                                               "early stopping)")
+    domain.save(folder / "domain.json")
+    t = time.time()
+    exported = export_ensemble(members, out, name, 1, std_scale=std_scale, interval_scale=interval_scale,
+                               keras_out=folder / "model.keras", n_warmup=4, overwrite=True)
+    export_s = time.time() - t
 
     model = ESNetModel(folder)
-    metrics, calib, calib_raw, member_mae, screening = {}, {}, {}, {}, {}
-    for split in ("train", "validation", "test"):
-        part = load_split_arrays(folder, split)
+    metrics, calib, calib_raw, member_mae, coverage, flags = {}, {}, {}, {}, {}, {}
+    screening, tables = {}, {}
+    for split in order:
+        part = parts[split]
         table = model.predict_arrays(part)
-        truth = part["formation_energy_per_atom"]
-        metrics[split] = regression_metrics(truth, table["predicted_formation_energy_per_atom"])
-        std = table["predicted_formation_energy_per_atom_std"]
-        calib[split] = calibration_metrics(truth, table["predicted_formation_energy_per_atom"], std)
-        calib_raw[split] = calibration_metrics(truth, table["predicted_formation_energy_per_atom"], std / std_scale)
+        tables[split] = table
+        truth = part["formation_energy_per_atom"].astype(np.float64)
+        pred, std = table[PREDICTION_COLUMN], table[PREDICTION_STD_COLUMN]
+        metrics[split] = regression_metrics(truth, pred)
+        calib[split] = calibration_metrics(truth, pred, std)
+        calib_raw[split] = calibration_metrics(truth, pred, std / std_scale)
+        if LOWER_COLUMN in table.columns:
+            coverage[split] = interval_coverage(truth, table[LOWER_COLUMN], table[UPPER_COLUMN])
+        flags[split] = flag_metrics(truth, pred, table["domain"])
         per = member_predictions(model.keras_model, part)
         member_mae[split] = [regression_metrics(truth, per[:, j])["mae"] for j in range(per.shape[1])]
-        if split == "test":
-            screening = {f"kappa_{k:g}": screening_metrics(table, labels, k) for k in (0.0, 0.5, 1.0, 2.0)}
-            metrics[split]["f1"] = screening["kappa_0"]["f1"]
-            metrics[split]["mean_predictor_mae"] = float(np.mean(np.abs(truth - np.mean(
-                [r["formation_energy_per_atom"] for r in splits["train"]]))))
-            domain_flags = int(sum(bool(d) for d in table["domain"]))
+    test = parts["test"]
+    truth = test["formation_energy_per_atom"].astype(np.float64)
+    screening = {f"kappa_{k:g}": screening_metrics(tables["test"], labels, k) for k in (0.0, 0.5, 1.0, 2.0)}
+    metrics["test"]["f1"] = screening["kappa_0"]["f1"]
+    metrics["test"]["mean_predictor_mae"] = float(np.mean(np.abs(truth - parts["train"]["formation_energy_per_atom"]
+                                                                 .astype(np.float64).mean())))
+    references = {"mean of the train rows": metrics["test"]["mean_predictor_mae"]}
+    if "is_formation_energy_per_atom" in test:
+        tr = parts["train"]
+        shift = float(np.median(tr["is_formation_energy_per_atom"].reshape(-1) - tr["formation_energy_per_atom"]))
+        is_shift = test["is_formation_energy_per_atom"].reshape(-1).astype(np.float64) - shift
+        references["is_shift (IS E_f minus the train rows' median relaxation energy)"] = \
+            regression_metrics(truth, is_shift)["mae"]
+    risk = {s: risk_coverage(parts[s]["formation_energy_per_atom"], tables[s][PREDICTION_COLUMN],
+                             tables[s][PREDICTION_STD_COLUMN]) for s in ("test",)}
+    compared = {}
+    for other in other_models(out, name, [r["id"] for r in splits["test"]]):
+        om = ESNetModel(out / other)
+        ot = om.predict_arrays(test)
+        compared[other] = {**regression_metrics(truth, ot[PREDICTION_COLUMN]),
+                           "f1": screening_metrics(ot, labels, 0.0)["f1"],
+                           "n_flagged": int(sum(bool(d) for d in ot.columns.get("domain", [])))}
     summaries = [json.loads((m.parent / "summary.json").read_text()) for m in members]
     size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != "README.md") / 1e6
+    config = json.loads((members[0].parent / "config.json").read_text()).get("model", {})
     meta = {
-        "name": name, "kind": "deep ensemble", "n_members": len(members), "config": "small",
+        "name": name, "kind": "deep ensemble", "n_members": len(members), "config": recipe.config,
+        "model_config": config,
         "target": "formation_energy_per_atom", "units": "eV/atom", "esnet_tf_version": esnet_tf.__version__,
+        "inputs": ["dos_up", "dos_down", "composition", *energy_inputs],
         "data": {"description": f"GPAW IS-DOS demo ({len(arrays['id'])} rows)", "dataset": "is_dos/demo",
-                 "n_rows": int(len(arrays["id"])), "n_train": len(splits["train"]),
-                 "n_validation": len(splits["validation"]), "n_test": len(splits["test"]),
-                 "splits_file": "splits.json", "dft": dft},
+                 "n_rows": int(len(arrays["id"])), **{f"n_{s}": len(splits[s]) for s in order},
+                 "splits_file": "splits.json", "split_rule": SPLIT_RULE, "dft": dft},
         "training": {**settings, "seeds": list(range(len(members))),
+                     "wall_s": float(sum(s.get("wall_time_s_this_session", 0.0) for s in summaries)),
                      "members": [{"seed": j, "epochs_run": s["epochs_run"], "best_epoch": s["best_epoch"],
                                   "best_val_mae": s["best_val_mae_ev_per_atom"], "params": s["params"]}
                                  for j, s in enumerate(summaries)]},
         "std": {"definition": "sample std over the members (ddof=1) x std_scale", "std_scale": std_scale,
-                "std_scale_fit": "sqrt(mean(z^2)) on the validation split, z = error / raw std"},
+                "std_scale_fit": f"sqrt(mean(z^2)) on the {calib_split} split, z = error / raw std"},
+        "interval": None if interval_scale is None else {
+            "method": "split-conformal quantile of |error| / σ", "coverage_nominal": DEFAULT_COVERAGE,
+            "interval_scale": interval_scale, "fitted_on": f"the {calib_split} split ({len(cal_truth)} rows, never "
+                                                           "used for training or early stopping)",
+            "definition": "lower, upper = mean -/+ interval_scale x σ (eV/atom)",
+            "outputs": ["formation_energy_per_atom_lower", "formation_energy_per_atom_upper"],
+            "columns": [LOWER_COLUMN, UPPER_COLUMN], "coverage": coverage},
+        "domain_rule": domain.rule(), "domain_flags": flags,
         "metrics": metrics, "member_mae": member_mae, "calibration": calib, "calibration_raw_std": calib_raw,
-        "screening_test": screening, "test_rows_outside_domain": domain_flags,
-        "serving": {"version": 1, "signature": "serving_default", "outputs": exported.get("outputs"),
-                    "n_warmup": exported["n_warmup"], "max_abs_diff_vs_keras": exported["max_abs_diff"]},
+        "risk_coverage": risk, "references_test_mae": references, "compared_on_test": compared,
+        "screening_test": screening, "test_rows_outside_domain": flags["test"]["n_flagged"],
+        "serving": {"version": 1, "signature": "serving_default", "inputs": exported.get("inputs"),
+                    "outputs": exported.get("outputs"), "n_warmup": exported["n_warmup"],
+                    "max_abs_diff_vs_keras": exported["max_abs_diff"], "export_s": export_s},
         "size_mb": size_mb, "command": command,
     }
     write_text(folder / "model.json", json.dumps(meta, indent=1) + "\n")
@@ -210,105 +353,160 @@ def _f(x, digits: int = 3) -> str:
 
 def model_readme(meta: dict, domain) -> str:
     m, c, d = meta["metrics"], meta["calibration"], meta["data"]
-    dft = d["dft"]
+    dft, iv, tr = d["dft"], meta.get("interval"), meta["training"]
+    splits = [s for s in ("train", "calibration", "validation", "test") if s in m]
+    energy = [x for x in meta.get("inputs", []) if x not in ("dos_up", "dos_down", "composition")]
+    what = ("the relaxed formation energy (eV/atom) from the IS-DOS of the unrelaxed structure"
+            + (f" and its IS formation energy (`{', '.join(energy)}`, eV/atom, from the same single point)"
+               if energy else ""))
     lines = [f"# {meta['name']}", "",
-             f"A deep ensemble of {meta['n_members']} ESNet `{meta['config']}` models (seeds "
-             f"{', '.join(map(str, meta['training']['seeds']))}) predicting the relaxed formation energy "
-             "(eV/atom) from the IS-DOS of the unrelaxed structure, with an uncertainty: the members' std.", "",
-             "## Data", "",
-             f"- The embedded demo dataset `is_dos/demo` as of this model: {d['n_rows']} rows (GPAW IS-DOS, "
-             "relaxed formation energies from the same engine). The data may grow; `splits.json` lists the ids "
-             "and truths of every split this model used.",
-             f"- DFT: {dft.get('code')}, {dft.get('paw_setups')}, {dft.get('xc')}, plane waves {dft.get('ecut')} eV, "
-             f"k-point density {dft.get('kpt_density')} per Å^-1, Fermi-Dirac {dft.get('smearing')} eV; IS-DOS on "
-             "E - E_F = linspace(-20, 10, 1500) eV.",
-             f"- Split by chemical system (`esnet_tf.splits.split_of`, 0.8/0.1/0.1 of the systems, seed 0): "
-             f"train {d['n_train']}, validation {d['n_validation']}, test {d['n_test']} rows.", "",
-             "## Errors (eV/atom)", "",
-             "| split | n | MAE | RMSE | within ±1σ | within ±2σ | Spearman(abs err, σ) | mean z² | "
-             "miscalibration area |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for s in ("train", "validation", "test"):
+             f"A deep ensemble of {meta['n_members']} ESNet models (seeds {', '.join(map(str, tr['seeds']))}) "
+             f"predicting {what}, with an uncertainty: the members' std"
+             + (", and a calibrated 90 % interval." if iv else "."), ""]
+    if meta["config"] == "is_relax":
+        lines += ["Configuration: the study's best ESNet row `esnet_is_relax_elements` (`esnet_tf.pretrained."
+                  "is_relax_config()`): ESNet `small` + the IS formation energy as an input (normalised inside), "
+                  "a relaxation-energy target (the head predicts ΔE >= 0 through a softplus; output E_f(IS) − ΔE), "
+                  "element-property means in the composition branch. The output is still "
+                  "`formation_energy_per_atom` in eV/atom.", ""]
+    lines += ["## Data", "",
+              f"- The embedded demo dataset `is_dos/demo` as of this model: {d['n_rows']} rows (GPAW IS-DOS, "
+              "relaxed formation energies from the same engine). `splits.json` lists the ids and truths of every "
+              "split this model used.",
+              f"- DFT: {dft.get('code')}, {dft.get('paw_setups')}, {dft.get('xc')}, plane waves {dft.get('ecut')} eV, "
+              f"k-point density {dft.get('kpt_density')} per Å^-1, Fermi-Dirac {dft.get('smearing')} eV; IS-DOS on "
+              "E - E_F = linspace(-20, 10, 1500) eV.",
+              "- Split by chemical system (`esnet_tf.splits.split_of`, 0.8/0.1/0.1 of the systems, seed 0: the "
+              "same validation and test rows as every GPAWDemo model)"
+              + ("; the train split divided once more by chemical system (`split_of(chemsys, (0.8, 0.2, 0.0), "
+                 "seed=1)`), its second part the calibration split, used for nothing but σ, the interval and the "
+                 "σ threshold" if "calibration" in m else "") + ": "
+              + ", ".join(f"{s} {d[f'n_{s}']}" for s in splits) + " rows.", "",
+              "## Errors (eV/atom)", "",
+              "| split | n | MAE | RMSE | within ±1σ | within ±2σ | Spearman(abs err, σ) | mean z² |"
+              + (" 90 % interval coverage |" if iv else ""),
+              "|---|---|---|---|---|---|---|---|" + ("---|" if iv else "")]
+    for s in splits:
         lines.append(f"| {s} | {m[s]['n']} | {m[s]['mae']:.4f} | {m[s]['rmse']:.4f} | "
                      f"{c[s]['within_1_sigma']:.2f} | {c[s]['within_2_sigma']:.2f} | "
-                     f"{_f(c[s]['spearman_abs_error_vs_sigma'], 2)} | {c[s]['mean_squared_z']:.2f} | "
-                     f"{c[s]['miscalibration_area']:.3f} |")
-    sc = meta["screening_test"]
+                     f"{_f(c[s]['spearman_abs_error_vs_sigma'], 2)} | {c[s]['mean_squared_z']:.2f} |"
+                     + (f" {iv['coverage'][s]:.2f} |" if iv else ""))
     mm = meta["member_mae"]["test"]
-    lines += ["",
-              f"Test MAE of the members alone: {', '.join(f'{x:.3f}' for x in mm)} (mean {np.mean(mm):.3f}); "
-              f"the mean predictor (train mean) scores {m['test']['mean_predictor_mae']:.3f} on the test split.",
-              f"σ = sample std over the members × {meta['std']['std_scale']:.3f} (variance scaling fitted on the "
-              "validation split; ideal Gaussian: 0.68 within ±1σ, 0.95 within ±2σ). Raw-std calibration on test: "
-              f"{meta['calibration_raw_std']['test']['within_1_sigma']:.2f} within ±1σ, "
-              f"{meta['calibration_raw_std']['test']['within_2_sigma']:.2f} within ±2σ.", "",
-              "## Screening on the test split (E_hull <= 0 eV/atom)", "",
+    lines += ["", f"Test MAE of the members alone: {', '.join(f'{x:.3f}' for x in mm)} (mean {np.mean(mm):.3f}). "
+              "References on the same test rows: "
+              + "; ".join(f"{k} {v:.3f}" for k, v in meta["references_test_mae"].items()) + "."]
+    if meta.get("compared_on_test"):
+        sc0 = meta["screening_test"]["kappa_0"]
+        lines += ["", "### Against the other shipped models, same test rows", "",
+                  "| model | inputs | test MAE | test RMSE | F1 (E_hull <= 0) | test rows flagged |",
+                  "|---|---|---|---|---|---|",
+                  f"| {meta['name']} (this) | IS-DOS + {', '.join(energy) or '—'} | {m['test']['mae']:.3f} | "
+                  f"{m['test']['rmse']:.3f} | {_f(sc0['f1'])} | {meta['test_rows_outside_domain']} |"]
+        for k, v in meta["compared_on_test"].items():
+            lines.append(f"| {k} | IS-DOS | {v['mae']:.3f} | {v['rmse']:.3f} | {_f(v['f1'])} | {v['n_flagged']} |")
+    lines += ["", "## Uncertainty", "",
+              f"σ = sample std over the members × {meta['std']['std_scale']:.3f} (variance scaling: "
+              f"{meta['std']['std_scale_fit']}; ideal Gaussian: 0.68 within ±1σ, 0.95 within ±2σ). Raw-std "
+              f"calibration on test: {meta['calibration_raw_std']['test']['within_1_sigma']:.2f} within ±1σ, "
+              f"{meta['calibration_raw_std']['test']['within_2_sigma']:.2f} within ±2σ."]
+    if iv:
+        lines += ["", f"90 % interval: {iv['method']} — q = {iv['interval_scale']:.3f} is the "
+                  f"⌈(n + 1) · 0.9⌉-th smallest |error| / σ on {iv['fitted_on']}; lower, upper = mean ∓ q σ, "
+                  "served by the SavedModel (outputs `formation_energy_per_atom_lower` / `_upper`) and written by "
+                  "`esnet predict` (columns `predicted_formation_energy_per_atom_lower` / `_upper`). Measured "
+                  "coverage on rows it was not fitted on: test "
+                  f"{iv['coverage']['test']:.2f} ({m['test']['n']} rows), validation "
+                  f"{iv['coverage']['validation']:.2f} ({m['validation']['n']} rows; used for early stopping). "
+                  "With 42 test rows one row is 2.4 points of coverage.", "",
+                  "Risk–coverage on the test rows (keep the rows with the lowest σ):", "",
+                  "| fraction kept | rows | MAE (eV/atom) |", "|---|---|---|"]
+        lines += [f"| {r['fraction_kept']:.2f} | {r['n_kept']} | {r['mae']:.3f} |"
+                  for r in meta["risk_coverage"]["test"]]
+    sc = meta["screening_test"]
+    lines += ["", "## Screening on the test split (E_hull <= 0 eV/atom)", "",
               "Hull of the labelled rows outside the candidates (the accuracy benchmark's convention); ranking "
               "by E_hull − κσ (`esnet screen --uncertainty-weight κ`):", "",
               "| κ | precision | recall | F1 | DAF |", "|---|---|---|---|---|"]
     for v in sc.values():
         lines.append(f"| {v['uncertainty_weight']:g} | {_f(v['precision'])} | {_f(v['recall'])} | {_f(v['f1'])} | "
                      f"{_f(v['daf'])} |")
-    lines += ["", "## Training domain (`domain.json`)", "",
+    fl = meta["domain_flags"]
+    lines += ["", "## Training domain and flag (`domain.json`)", "",
+              f"- Inputs it needs: {', '.join(f'`{x}`' for x in meta.get('inputs', []))}"
+              + (f". `{energy[0]}`: GPAW calculations of `esnet dft` bring it (the engine's references in "
+                 "provenance.json); VASP or MP inputs need `esnet predict ... --references FILE` (elemental "
+                 "references of the same code and settings), else they are refused in one line; with it they "
+                 "are flagged (another code's IS-DOS)." if energy else "."),
               f"- DFT code: {', '.join(domain.codes)}; energy grid {domain.grid}.",
               f"- Elements ({len(domain.elements)}): {', '.join(domain.elements)}.",
-              f"- Integrated occupied IS-DOS: {domain.occupied_states_per_atom[0]:.2f}-"
-              f"{domain.occupied_states_per_atom[1]:.2f} states/atom (accepted ±{domain.margin:.0%}); ratio to the "
-              f"per-element fit {domain.occupied_states_ratio[0]:.2f}-{domain.occupied_states_ratio[1]:.2f} "
-              f"(accepted ×/÷ {domain.ratio_factor:g}).",
-              "- Inputs outside it get a `domain` column saying why (`esnet predict`), `--strict` refuses them "
-              f"(exit 2). Test rows flagged: {meta['test_rows_outside_domain']}. VASP and Materials Project "
-              "IS-DOS are outside it (another code's projections: a different DOS scale).", "",
-              "## Files", "",
-              "- `model.keras`: the ensemble as one Keras model (outputs `formation_energy_per_atom`, "
-              "`formation_energy_per_atom_std`, (None, 1) eV/atom each; members nested as `member_<i>`).",
+              f"- Rule (`domain.json` → `rule`): {domain.rule()}.",
+              "- Flagged rows get a `domain` column saying why (`esnet predict`), `--strict` refuses them "
+              "(exit 2).", "",
+              "| split | rows | flagged | MAE flagged | MAE unflagged |", "|---|---|---|---|---|"]
+    for s in splits:
+        lines.append(f"| {s} | {fl[s]['n']} | {fl[s]['n_flagged']} | {_f(fl[s]['mae_flagged'])} | "
+                     f"{_f(fl[s]['mae_unflagged'])} |")
+    outs = ", ".join(f"`{o}`" for o in meta["serving"]["outputs"])
+    lines += ["", "## Files", "",
+              f"- `model.keras`: the ensemble as one Keras model (outputs {outs}, (None, 1) eV/atom each; members "
+              "nested as `member_<i>`).",
               "- `1/`: TF Serving SavedModel (signature `serving_default`, inputs dos_up, dos_down (None, 1500, 9), "
-              "composition (None, 118); both outputs), `assets.extra/tf_serving_warmup_requests` "
-              f"({meta['serving']['n_warmup']} real validation examples).",
+              "composition (None, 118)" + "".join(f", {e} (None, 1) eV/atom" for e in energy)
+              + f"; outputs {outs}), `assets.extra/tf_serving_warmup_requests` "
+              f"({meta['serving']['n_warmup']} real validation examples, each with every input).",
               "- `domain.json`, `splits.json`, `model.json` (all numbers above).",
               f"- Size: {meta['size_mb']:.1f} MB.", "",
               "## Use", "",
               "```bash", f"esnet predict {meta['name']} calcs/ --out preds.csv",
+              f"esnet predict {meta['name']} run/vasprun.xml.gz --references refs.csv" if energy else
               f"esnet predict --model {meta['name']} run/vasprun.xml.gz --strict", "```", "",
               "```python", "import esnet_tf", f"model = esnet_tf.load_model(\"{meta['name']}\")",
-              "table = model.predict([\"is.gpawdos.npz\"])   # eV/atom: mean, std, domain", "```", "",
-              "## Reproduce", "", "```bash", f".venv/bin/python {meta['command']}", "```", "",
-              "Training: `esnet_tf.train.train` per member (Adam 1.5e-3, batch 64, log-cosh, ReduceLROnPlateau 0.5 "
-              f"after {meta['training']['lr_patience']} epochs, early stopping after {meta['training']['patience']}, "
-              f"at most {meta['training']['epochs']} epochs); epochs run per member: "
-              f"{', '.join(str(x['epochs_run']) for x in meta['training']['members'])}. "
-              "CPU training is not bit-reproducible across machines; the test in tests/test_pretrained.py reproduces "
-              "the test MAE above from the shipped files to 1e-4 eV/atom.", ""]
+              "table = model.predict([\"calcs/42e784dfac2a90db\"])   # eV/atom: mean, std"
+              + (", lower, upper" if iv else "") + ", domain", "```", "",
+              "## Reproduce", "", "```bash", f"nice -n 5 .venv/bin/python {meta['command']}", "```", "",
+              f"Training: `esnet_tf.train.train` per member (Adam 1.5e-3, batch {tr.get('batch_size', 64)}, log-cosh, "
+              f"ReduceLROnPlateau 0.5 after {tr['lr_patience']} epochs, early stopping after {tr['patience']}, at most "
+              f"{tr['epochs']} epochs); epochs run per member: "
+              f"{', '.join(str(x['epochs_run']) for x in tr['members'])}"
+              + (f"; {tr['wall_s'] / 60:.0f} min wall for the members on a shared 2-core machine" if tr.get("wall_s")
+                 else "") + ". CPU training is not bit-reproducible across machines; tests/test_pretrained.py "
+              "reproduces the test MAE above from the shipped files to 1e-4 eV/atom.", ""]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", default=str(ROOT / "runs" / "pretrained"), help="work directory (snapshot, members)")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="is_relax", help="what to train (see above)")
+    ap.add_argument("--work", default=None, help="work directory (snapshot, members) [runs/pretrained_<recipe>]")
     ap.add_argument("--out", default=str(ROOT / "saved_models"), help="shipped-models folder")
-    ap.add_argument("--name", default="ESNet-GPAWDemo-2026.12-EFormPerAtom", help="shipped model name")
+    ap.add_argument("--name", default=None, help="shipped model name [the recipe's]")
     ap.add_argument("--members", type=int, default=5, help="ensemble members (seeds 0..M-1)")
-    ap.add_argument("--epochs", type=int, default=120, help="max epochs per member")
-    ap.add_argument("--patience", type=int, default=25, help="early stopping patience (epochs, val_loss)")
-    ap.add_argument("--lr-patience", type=int, default=10, help="ReduceLROnPlateau patience (epochs)")
+    ap.add_argument("--epochs", type=int, default=None, help="max epochs per member [the recipe's]")
+    ap.add_argument("--patience", type=int, default=None, help="early stopping patience (epochs, val_loss)")
+    ap.add_argument("--lr-patience", type=int, default=None, help="ReduceLROnPlateau patience (epochs)")
     ap.add_argument("--stage", choices=("train", "ship", "all"), default="all", help="stop after training, or "
                     "only ship (members must be trained)")
     args = ap.parse_args(argv)
-    work = Path(args.work)
+    base = RECIPES[args.recipe]
+    recipe = Recipe(args.name or base.name, base.config, base.batch_size, args.epochs or base.epochs,
+                    base.patience if args.patience is None else args.patience,
+                    base.lr_patience if args.lr_patience is None else args.lr_patience, base.calibration)
+    work = Path(args.work) if args.work else ROOT / "runs" / f"pretrained_{args.recipe}"
     npz, labels = snapshot(work)
+    t = time.time()
     if args.stage in ("train", "all"):
-        members = train_members(npz, labels, work, args.members, args.epochs, args.patience, args.lr_patience)
+        members = train_members(npz, labels, work, args.members, recipe)
     else:
         members = [work / f"member_{s}" / "best.keras" for s in range(args.members)]
     if args.stage in ("ship", "all"):
-        command = "scripts/train_pretrained.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in (("members", args.members), ("epochs", args.epochs),
-                                                         ("patience", args.patience),
-                                                         ("lr_patience", args.lr_patience)))
-        result = ship_ensemble(members, npz, labels, Path(args.out), args.name, command=command,
-                               settings={"members": args.members, "epochs": args.epochs, "patience": args.patience,
-                                         "lr_patience": args.lr_patience})
-        print(json.dumps(result, indent=2))
+        command = f"scripts/train_pretrained.py --recipe {args.recipe} --members {args.members}" + "".join(
+            f" --{k} {v}" for k, v in (("epochs", recipe.epochs), ("patience", recipe.patience),
+                                       ("lr-patience", recipe.lr_patience)))
+        result = ship_ensemble(members, npz, labels, Path(args.out), recipe, command=command,
+                               settings={"members": args.members, "epochs": recipe.epochs, "patience": recipe.patience,
+                                         "lr_patience": recipe.lr_patience, "batch_size": recipe.batch_size})
+        print(json.dumps(result["metrics"], indent=2))
+    print(f"done in {time.time() - t:.0f} s", flush=True)
     return 0
 
 

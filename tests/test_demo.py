@@ -1,7 +1,9 @@
-"""`esnet demo` end to end with a tiny budget: every artefact exists and loads."""
+"""`esnet demo` end to end with a tiny budget: every artefact exists and loads. The demo trains the
+shipped IS-energy model's configuration (`is_relax`); the test cuts its topology to the tiny one."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -9,9 +11,29 @@ from esnet_tf.cli import main as cli_main
 from conftest import tiny_config_file
 
 
+ENERGY = "is_formation_energy_per_atom"
+
+
+def tiny_is_relax_config() -> Path:
+    """The demo's default configuration (`esnet_tf.demo.model_config('is_relax')`: IS energy input,
+    relaxation-energy target, element properties) on test_train's tiny topology."""
+    from esnet_tf.demo import model_config
+    from esnet_tf.model import ESNetConfig
+
+    tiny = json.loads(tiny_config_file().read_text())
+    full = model_config("is_relax")
+    assert full["energy_inputs"] == [ENERGY] and full["target"] == "relaxation_energy" and full["element_properties"]
+    cfg = ESNetConfig.from_dict({**tiny, **{k: full[k] for k in ("energy_inputs", "target", "element_properties")},
+                                 "name": "tiny_is_relax"})
+    path = tiny_config_file().parent / "tiny_is_relax.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    return path
+
+
 def demo_argv(out) -> list[str]:
-    """A tiny budget: 2 epochs of test_train's tiny config (each step of the demo is the same on any config)."""
-    return ["demo", "--out", str(out), "--epochs", "2", "--config", str(tiny_config_file())]
+    """A tiny budget: 2 epochs of the demo's configuration on the tiny topology (each step of the demo is the
+    same on any topology)."""
+    return ["demo", "--out", str(out), "--epochs", "2", "--config", str(tiny_is_relax_config())]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +50,7 @@ def test_every_artefact_exists_and_loads(demo_out):
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    from esnet_tf.model import load_model
+    from esnet_tf.model import energy_inputs_of, load_model
 
     builder = tfds.builder_from_directory(str(next((demo_out / "tfds" / "is_dos" / "demo").iterdir())))
     assert set(builder.info.splits) >= {"train", "test"}
@@ -37,9 +59,11 @@ def test_every_artefact_exists_and_loads(demo_out):
     assert ex["dos_up"].shape == (1500, 9) and ex["composition"].shape == (118,)
 
     model = load_model(demo_out / "run" / "best.keras")
-    assert isinstance(model, keras.Model)
+    assert isinstance(model, keras.Model) and energy_inputs_of(model) == (ENERGY,)
     sig = tf.saved_model.load(str(demo_out / "saved_models" / "esnet_demo" / "1")).signatures["serving_default"]
+    assert ENERGY in sig.structured_input_signature[1]
     batch = {k: tf.expand_dims(ex[k], 0) for k in ("dos_up", "dos_down", "composition")}
+    batch[ENERGY] = tf.reshape(tf.cast(ex[ENERGY], tf.float32), (1, 1))
     served = sig(**batch)["formation_energy_per_atom"].numpy()
     ours = model.predict_on_batch({k: v.numpy() for k, v in batch.items()})["formation_energy_per_atom"]
     assert np.allclose(served, ours, atol=1e-5)

@@ -229,19 +229,23 @@ def test_energy_input_export_refuses_warmup_without_the_energy(tmp_path):
     assert not (tmp_path / "out" / "x" / "1").exists()
 
 
-def test_energy_input_ensemble_exports_mean_and_std(tmp_path):
+def test_energy_input_ensemble_exports_mean_std_and_interval(tmp_path):
+    """An energy-input ensemble exported with an interval scale q serves the mean, the std and mean ∓ q σ
+    (eV/atom); its warmup requests carry the energy input."""
     import tensorflow as tf
 
     from test_model import demo_energy_examples, energy_inputs, energy_model
 
-    from esnet_tf.export import export_ensemble
+    from esnet_tf.export import export_ensemble, read_warmup
 
     members = []
     for i, target in enumerate(("relaxation_energy", "formation_energy")):
         path = tmp_path / f"m{i}.keras"
         energy_model(target).save(path)
         members.append(path)
-    result = export_ensemble(members, tmp_path / "out", "ens", 1, n_warmup=2)
+    result = export_ensemble(members, tmp_path / "out", "ens", 1, interval_scale=2.0, n_warmup=2)
+    assert result["outputs"] == ["formation_energy_per_atom", "formation_energy_per_atom_std",
+                                 "formation_energy_per_atom_lower", "formation_energy_per_atom_upper"]
     sig = tf.saved_model.load(result["path"]).signatures["serving_default"]
     assert set(sig.structured_input_signature[1]) == {*INPUTS, ENERGY}
     x = energy_inputs(demo_energy_examples())
@@ -250,4 +254,35 @@ def test_energy_input_ensemble_exports_mean_and_std(tmp_path):
                      for t in ("relaxation_energy", "formation_energy")], axis=1)
     np.testing.assert_allclose(out["formation_energy_per_atom"].numpy().reshape(-1), each.mean(1), atol=1e-5)
     np.testing.assert_allclose(out["formation_energy_per_atom_std"].numpy().reshape(-1), each.std(1, ddof=1), atol=1e-5)
+    half = 2.0 * each.std(1, ddof=1)
+    np.testing.assert_allclose(out["formation_energy_per_atom_lower"].numpy().reshape(-1), each.mean(1) - half,
+                               atol=1e-5)
+    np.testing.assert_allclose(out["formation_energy_per_atom_upper"].numpy().reshape(-1), each.mean(1) + half,
+                               atol=1e-5)
     assert result["n_warmup"] == 2
+    logs = read_warmup(Path(result["path"]) / "assets.extra" / "tf_serving_warmup_requests")
+    assert all(ENERGY in log.predict_log.request.inputs for log in logs)
+
+
+def test_warmup_npz_is_read_bounded(tmp_path, monkeypatch):
+    """A warmup .npz (the run dir's, or --warmup-data) is read through the bounded reader: only the model's
+    input arrays, and a member past the per-file limit is refused in one line naming the file and the limit."""
+    from esnet_tf.errors import UserError
+    from esnet_tf.export import warmup_examples
+
+    a = real_data()["arrays"]
+    run = tmp_path / "run"
+    run.mkdir()
+    np.savez(run / "warmup_examples.npz", **{k: a[k][:3] for k in (*INPUTS, "id")},
+             junk=np.zeros((4, 1 << 18), np.float64))  # 8 MiB the reader never inflates
+    got, origin = warmup_examples(run / "best.keras", None, 2)
+    assert origin.endswith("warmup_examples.npz") and set(got) == {*INPUTS, "id"} and len(got["dos_up"]) == 2
+    np.testing.assert_array_equal(got["dos_up"], a["dos_up"][:2])
+    monkeypatch.setenv("ESNET_MAX_INFLATED_BYTES", "100KB")  # one dos_up member of 3 rows is 162 kB
+    with pytest.raises(UserError) as err:
+        warmup_examples(run / "best.keras", None, 2)
+    assert "\n" not in str(err.value) and "warmup_examples.npz" in str(err.value)
+    assert "ESNET_MAX_INFLATED_BYTES" in str(err.value)
+    with pytest.raises(UserError) as err:  # --warmup-data .npz features go through predict.load_inputs: bounded
+        warmup_examples(run / "best.keras", str(real_data()["npz"]), 2)
+    assert "ESNET_MAX_INFLATED_BYTES" in str(err.value)

@@ -8,17 +8,21 @@ from pathlib import Path
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Run the whole ESNet pipeline on the embedded demo dataset (GPAW IS-DOS of cubic prototypes): "
-        "build the TFDS dataset, train the small model, evaluate on the test split (MAE in eV/atom, parity "
-        "plot), export a TF Serving SavedModel, and screen the test split for stability (precision, recall, "
+        "build the TFDS dataset, train the model (by default the configuration of the shipped IS-energy model: "
+        "IS-DOS + the IS formation energy, relaxation-energy target), evaluate on the test split (MAE in eV/atom, "
+        "parity plot), export a TF Serving SavedModel, and screen the test split for stability (precision, recall, "
         "DFT cost saved). Point it at your own calculations with --manual-dir DIR (DIR/labels.csv with id, "
         "path, formation_energy_per_atom in eV/atom, optional e_above_hull, is_wall_time_s, "
         "relax_wall_time_s; paths to vasprun.xml, DOSCAR, MP CompleteDos JSON or *.gpawdos.npz files).")
     p.add_argument("--out", default="demo_out", help="directory for every artefact")
     p.add_argument("--manual-dir", default=None, help="your own data instead of the demo (see above)")
-    p.add_argument("--config", default="small", help="model config: small, paper, or a JSON file")
-    p.add_argument("--epochs", type=int, default=200, help="maximum training epochs (early stopping on validation)")
-    p.add_argument("--early-stopping-patience", type=int, default=35, help="epochs without validation improvement")
-    p.add_argument("--batch-size", type=int, default=64, help="examples per batch")
+    p.add_argument("--config", default="is_relax", help="model config: is_relax (the shipped IS-energy model's: "
+                   "IS-DOS + is_formation_energy_per_atom, relaxation-energy target, element properties; your "
+                   "--manual-dir data then needs that column or GPAW calculations of `esnet dft`), small, paper "
+                   "(IS-DOS only), or a JSON file")
+    p.add_argument("--epochs", type=int, default=40, help="maximum training epochs (early stopping on validation)")
+    p.add_argument("--early-stopping-patience", type=int, default=20, help="epochs without validation improvement")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per batch")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--threshold", type=float, default=0.0, help="stability threshold on E_hull, eV/atom")
     p.add_argument("--fresh", action="store_true", help="redo every step instead of reusing what is built")

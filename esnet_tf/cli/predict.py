@@ -12,7 +12,9 @@ import sys
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.description = ("Predict relaxed formation energies (eV/atom) from IS-DOS with a saved or shipped ESNet and "
                      "write a CSV: id, formula, predicted_formation_energy_per_atom, for ensembles "
-                     "predicted_formation_energy_per_atom_std, for models with a recorded training domain a "
+                     "predicted_formation_energy_per_atom_std, for ensembles with a calibrated interval "
+                     "predicted_formation_energy_per_atom_lower and _upper (90 % for the shipped models), for "
+                     "models with a recorded training domain a "
                      "'domain' column ('' inside it, else why), and where known the truths "
                      "formation_energy_per_atom, e_above_hull (eV/atom).")
     p.add_argument("items", nargs="*", metavar="[MODEL] INPUT",
@@ -36,8 +38,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    "programs; a SavedModel can read and write files, use the network and start processes, and running "
                    "an untrusted model is equivalent to running untrusted code. Use only with models from people you "
                    "trust (.keras files always load in Keras's safe mode)")
+    p.add_argument("--references", metavar="FILE", default=None,
+                   help="elemental references of the inputs' DFT code and settings (CSV element,energy_per_atom in "
+                   "eV/atom, or an MP ComputedEntry JSON): the IS formation energy of VASP / MP inputs for models "
+                   "that take it (GPAW calculations of `esnet dft` bring their own)")
     p.add_argument("--strict", action="store_true", help="refuse (exit 2, no CSV) when any input is outside the "
-                   "model's training domain (DFT code, elements, DOS scale)")
+                   "model's training domain (DFT code, elements, DOS scale, IS energy, σ; the rule is in the "
+                   "model's domain.json)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -48,7 +55,7 @@ def config_from_args(args: argparse.Namespace):
     model_ref = args.model or (items.pop(0) if items else None)
     return PredictConfig(model=model_ref, inputs=tuple(items), out=args.out, labels=args.labels,
                          batch_size=args.batch_size, workers=args.workers, precision=args.precision,
-                         strict=args.strict, trust_model_code=args.trust_model_code)
+                         strict=args.strict, trust_model_code=args.trust_model_code, references=args.references)
 
 
 def run(args: argparse.Namespace) -> int:
