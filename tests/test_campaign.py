@@ -442,3 +442,47 @@ def test_adding_the_uip_source_keeps_finished_campaigns_and_a_changed_source_doe
     changed.sources["uip"] = pool.sources["uip"]
     with pytest.raises(UserError, match="another pool"):
         run_strategies(changed, CampaignConfig(batch_size=3), ["greedy"], tmp_path / "r")
+
+
+def _interval_preds(pool, path: Path, flag: str = "NiTi_rocksalt") -> Path:
+    """ESNet-like predictions with a calibrated interval; NiTi_rocksalt (truth +0.05) gets a wide, low interval
+    and, by default, a domain flag."""
+    mean, std = pool.truth + 0.05, np.full(pool.n, 0.05)
+    lower = mean - 0.1
+    i = pool.ids.tolist().index("NiTi_rocksalt")
+    mean[i], std[i], lower[i] = -0.2, 0.4, -1.5  # predicted stable, out of domain
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "predicted_formation_energy_per_atom", "predicted_formation_energy_per_atom_std",
+                    "predicted_formation_energy_per_atom_lower", "domain"])
+        for k, id_ in enumerate(pool.ids):
+            w.writerow([id_, mean[k], std[k], lower[k], "sigma above the calibrated threshold" if id_ == flag else ""])
+    return path
+
+
+def test_lower_bound_strategy_and_needs_dft_in_the_summary(labels, tmp_path, capsys):
+    from esnet_tf.cli import main
+
+    pool = pool_from_labels([labels])
+    preds = _interval_preds(pool, tmp_path / "p.csv")
+    pool = pool_from_labels([labels], predictions={"esnet": preds})
+    first = {s: run_campaign(pool, CampaignConfig(strategy=s, batch_size=1, max_rounds=1)).rounds[1]["chosen"][0]
+             for s in ("greedy", "lower_bound")}
+    assert first["lower_bound"]["id"] == "NiTi_rocksalt"  # its lower bound is the lowest E_hull
+    assert first["greedy"]["id"] == "AlNi_cscl" and first["greedy"]["needs_dft"] is False
+    assert first["lower_bound"]["needs_dft"] is True
+    res = run_campaign(pool, CampaignConfig(strategy="greedy", batch_size=2, max_rounds=1))
+    nd = res.summary["needs_dft"]
+    assert nd["n_flagged"] == 1 and nd["n_flagged_predicted_stable"] == 1
+    assert nd["n_flagged_not_relaxed"] == 1 and nd["flagged_not_relaxed"] == ["NiTi_rocksalt"]
+    assert res.summary["prediction_checks"]["n_flagged"] == 1
+    assert any("flagged outside the model's domain" in w for w in res.summary["warnings"])
+    # the CLI says it; lower_bound without the column is refused in one line naming the file
+    argv = ["campaign", "replay", "--labels", str(labels), "--batch-size", "2", "--max-rounds", "1"]
+    assert main(argv + ["--predictions", str(preds), "--strategy", "greedy", "--out", str(tmp_path / "c")]) == 0
+    assert "greedy: needs DFT: 1 candidate(s) flagged outside the model's domain" in capsys.readouterr().out
+    plain = tmp_path / "plain.csv"
+    plain.write_text("id,predicted_formation_energy_per_atom\n" + "".join(f"{i},-0.1\n" for i in pool.ids))
+    assert main(argv + ["--predictions", str(plain), "--strategy", "lower_bound", "--out", str(tmp_path / "d")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("esnet campaign: error")]
+    assert len(err) == 1 and str(plain) in err[0] and "predicted_formation_energy_per_atom_lower" in err[0]

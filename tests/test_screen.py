@@ -433,3 +433,77 @@ def test_cost_at_recall_known_answers():
     assert S.cost_at_recall(cost, found, 3, 0.9)["n_relaxed"] == 4  # ceil(2.7) = 3 found
     assert S.cost_at_recall(cost, found, 3, 2 / 3)["n_relaxed"] == 3  # exactly 2 of 3, not 3 of 3
     assert S.cost_at_recall(cost, found, 4, 1.0) == {"recall": 1.0, "reached": False, "cost_s": None}
+
+
+# ---- the domain flag and the calibrated interval (hand-written predictions CSV, formation-energy mode)
+
+_P = S.PRED_COL
+_DOMAIN_ROWS = [  # id, formula, mean, std, lower, upper, domain, truth (eV/atom)
+    ("AlNi_cscl", "AlNi", -0.60, 0.05, -0.70, -0.50, "", -0.62),
+    ("AlTi_cscl", "AlTi", -0.40, 0.30, -0.90, 0.10, "sigma 0.30 eV/atom above 0.20", 0.20),
+    ("NiTi_cscl", "NiTi", -0.30, 0.05, -0.40, -0.20, "", -0.33),
+    ("NiTi_rocksalt", "NiTi", 0.10, 0.05, -0.80, 0.20, "", 0.05),
+]
+
+
+def _domain_csv(path: Path, rows=_DOMAIN_ROWS) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "formula", _P, S.STD_COL, _P + "_lower", _P + "_upper", "domain",
+                    "formation_energy_per_atom"])
+        w.writerows(rows)
+    return path
+
+
+def test_flagged_candidates_need_dft_and_precision_recall_are_given_with_and_without_the_flag(tmp_path, capsys):
+    preds = _domain_csv(tmp_path / "p.csv")
+    out = tmp_path / "o"
+    assert cli_main(["screen", "--predictions", str(preds), "--mode", "formation-energy", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "needs DFT: 1 candidate(s) flagged outside the model's domain, 1 of the 3 predicted stable" in text
+    with open(out / "candidates.csv") as fh:
+        table = {r["id"]: r for r in csv.DictReader(fh)}
+    assert table["AlTi_cscl"]["needs_dft"] == "True" and table["AlTi_cscl"]["domain"].startswith("sigma")
+    assert table["AlTi_cscl"]["predicted_stable"] == "True"  # the model's call, beside the flag that says so
+    assert {r["needs_dft"] for k, r in table.items() if k != "AlTi_cscl"} == {"False"}
+    nd = json.loads((out / "metrics.json").read_text())["needs_dft"]
+    assert (nd["n_flagged"], nd["n_flagged_predicted_stable"], nd["n_predicted_stable"]) == (1, 1, 3)
+    # truly stable: AlNi_cscl, NiTi_cscl; the flagged AlTi_cscl (truth +0.20) is the model's false positive
+    assert nd["without_flag"]["precision"] == pytest.approx(2 / 3) and nd["without_flag"]["recall"] == 1.0
+    assert nd["with_flag"]["precision"] == 1.0 and nd["with_flag"]["recall"] == 1.0 and nd["with_flag"]["fp"] == 0
+    # without a domain column nothing changes: no needs_dft column, no block
+    plain = tmp_path / "plain.csv"
+    plain.write_text("id,formula,predicted_formation_energy_per_atom\na,AlNi,-0.5\n")
+    assert cli_main(["screen", "--predictions", str(plain), "--mode", "formation-energy", "--out",
+                     str(tmp_path / "q")]) == 0
+    assert "needs_dft" not in (tmp_path / "q" / "candidates.csv").read_text().splitlines()[0]
+    assert "needs_dft" not in json.loads((tmp_path / "q" / "metrics.json").read_text())
+
+
+def test_screen_ranks_by_the_lower_bound_of_the_interval(tmp_path, capsys):
+    preds = _domain_csv(tmp_path / "p.csv")
+    argv = ["screen", "--predictions", str(preds), "--mode", "formation-energy"]
+
+    def ranked(out: Path) -> list[str]:
+        with open(out / "candidates.csv") as fh:
+            return [r["id"] for r in csv.DictReader(fh)]
+
+    assert cli_main(argv + ["--out", str(tmp_path / "mean")]) == 0
+    assert cli_main(argv + ["--rank-by", "lower", "--out", str(tmp_path / "lower")]) == 0
+    assert ranked(tmp_path / "mean") == ["AlNi_cscl", "AlTi_cscl", "NiTi_cscl", "NiTi_rocksalt"]
+    assert ranked(tmp_path / "lower") == ["AlTi_cscl", "NiTi_rocksalt", "AlNi_cscl", "NiTi_cscl"]
+    m = json.loads((tmp_path / "lower" / "metrics.json").read_text())
+    assert m["rank_by"] == "lower" and m["n_relax_decisions"] == 4  # every lower bound is below 0 eV/atom
+    capsys.readouterr()
+    plain = tmp_path / "plain.csv"
+    plain.write_text("id,formula,predicted_formation_energy_per_atom\na,AlNi,-0.5\n")
+    assert cli_main(["screen", "--predictions", str(plain), "--mode", "formation-energy", "--rank-by", "lower",
+                     "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "predicted_formation_energy_per_atom_lower" in err
+    upside = [list(r) for r in _DOMAIN_ROWS]
+    upside[2][4] = -0.1  # a lower bound above the mean (-0.30)
+    bad = str(_domain_csv(tmp_path / "u.csv", upside))
+    assert cli_main(argv[:2] + [bad] + argv[3:] + ["--rank-by", "lower", "--out", str(tmp_path / "u")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "u.csv" in err and "'NiTi_cscl'" in err and "lower bound lies above" in err
