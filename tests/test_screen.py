@@ -507,3 +507,15 @@ def test_screen_ranks_by_the_lower_bound_of_the_interval(tmp_path, capsys):
     assert cli_main(argv[:2] + [bad] + argv[3:] + ["--rank-by", "lower", "--out", str(tmp_path / "u")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "u.csv" in err and "'NiTi_cscl'" in err and "lower bound lies above" in err
+
+
+def test_a_negative_std_is_refused_not_used(tmp_path, capsys):
+    rows = [list(r) for r in _DOMAIN_ROWS]
+    rows[1][3] = -0.3  # would rank AlTi_cscl pessimistically under --uncertainty-weight, silently
+    preds = _domain_csv(tmp_path / "neg.csv", rows)
+    capsys.readouterr()
+    assert cli_main(["screen", "--predictions", str(preds), "--mode", "formation-energy", "--uncertainty-weight",
+                     "1", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "neg.csv" in err and "'AlTi_cscl'" in err and "std is negative" in err
+    assert not (tmp_path / "o").exists()
