@@ -144,13 +144,18 @@ def live_pool(structure_files: Sequence[str | Path], *, cache_dir: str | Path, s
 
 
 def _predict(pred: Any, dos_files: Sequence[Path], ids: Sequence[str]) -> tuple[Predictions, dict]:
-    """ESNet mean (and an ensemble's std) in eV/atom of the IS-DOS files (`pred`: an `esnet_tf.predict.Predictor`),
-    and their input arrays."""
+    """ESNet mean (and an ensemble's std and calibrated interval's lower bound) in eV/atom of the IS-DOS files
+    (`pred`: an `esnet_tf.predict.Predictor`), and their input arrays."""
     from esnet_tf.data import stack_examples
     from esnet_tf.featurize import featurize
 
+    from esnet_tf.isdos import OUTPUT_NAME
+    from esnet_tf.predict import LOWER_OUTPUT_NAME, STD_OUTPUT_NAME
+
     model = pred.path
     arrays = stack_examples([featurize(f, id=i) for f, i in zip(dos_files, ids)])
-    mean, std = pred.predict_with_std(arrays, source=str(model))
+    out = pred.predict_outputs(arrays, source=str(model))  # mean, and an ensemble's std and calibrated interval
+    std, lower = out.get(STD_OUTPUT_NAME), out.get(LOWER_OUTPUT_NAME)
     inputs = {k: arrays[k] for k in ("dos_up", "dos_down", "composition")}
-    return Predictions(np.asarray(mean, float), None if std is None else np.asarray(std, float), str(model)), inputs
+    return Predictions(np.asarray(out[OUTPUT_NAME], float), None if std is None else np.asarray(std, float), str(model),
+                       lower=None if lower is None else np.asarray(lower, float)), inputs
