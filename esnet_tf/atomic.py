@@ -14,7 +14,7 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -125,3 +125,46 @@ def exclusive(target: str | Path, what: str = "output") -> Iterator[None]:
         yield
     finally:
         fh.close()
+
+
+#: the help of `--overwrite` in the verbs that write files (featurize, evaluate, screen, dft run, uip relax);
+#: `{}` names the command's own outputs
+OVERWRITE_HELP = ("replace the outputs of an earlier run ({}): each is replaced only when its new version is "
+                  "complete; other files are left alone. Without it an existing output is refused")
+
+
+def refuse_existing(paths: Iterable[str | Path], overwrite: bool, flag: str = "--out") -> None:
+    """One line naming the first of `paths` (this command's own outputs) that exists, unless `overwrite`;
+    checked before any work, so that a refused run costs nothing."""
+    from esnet_tf.errors import UserError
+
+    if overwrite:
+        return
+    found = [Path(p) for p in paths if Path(p).is_file() or Path(p).is_symlink()]  # a directory: the write's own line
+    if found:
+        more = f" (and {len(found) - 1} more output(s) of an earlier run)" if len(found) > 1 else ""
+        raise UserError(f"{found[0]}: exists{more}: pass --overwrite to replace it, or choose another {flag}")
+
+
+def refuse_other_tasks(target: str | Path, recorded: Iterable[tuple[str, str]] | None,
+                       planned: Iterable[tuple[str, str]], overwrite: bool, replaced: str,
+                       flag: str = "--out") -> None:
+    """For outputs that resume: one line when `target` holds the results of another task list, unless `overwrite`.
+
+    `recorded`: the (id, key) of every task of the existing output (None: there is none); `planned`:
+    those of this run (the key: a hash of the task's input and settings). A run that contains every
+    recorded task resumes or extends the output; any other is refused before any work, naming a task
+    it lacks. `replaced`: what `--overwrite` would replace, for the message.
+    """
+    from esnet_tf.errors import UserError
+
+    if overwrite or recorded is None:
+        return
+    old, new = list(dict.fromkeys(recorded)), set(planned)
+    lacking = [t for t in old if t not in new]
+    if lacking:
+        tid = lacking[0][0]
+        how = " with another input or settings" if tid in {i for i, _ in new} else ""
+        raise UserError(f"{target}: holds the results of another task list ({len(lacking)} of its {len(old)} "
+                        f"task(s) are not in this run, e.g. {tid!r}{how}): pass --overwrite to replace {replaced}, "
+                        f"or choose another {flag}")

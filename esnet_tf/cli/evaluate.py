@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from esnet_tf.cli.featurize import OVERWRITE_HELP, refuse_existing
+from esnet_tf.atomic import OVERWRITE_HELP, refuse_existing
 from esnet_tf.cli.train import fractions_arg
 from esnet_tf.trust import TRUST_FLAG, TRUST_HELP
 

@@ -3,27 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
-from pathlib import Path
 
+from esnet_tf.atomic import OVERWRITE_HELP, refuse_existing
 from esnet_tf.isdos import PAPER_GRID
-
-#: the help of `--overwrite` in the verbs that write files (featurize, evaluate, screen)
-OVERWRITE_HELP = ("replace the outputs of an earlier run ({}): each is replaced only when its new version is "
-                  "complete; other files are left alone. Without it an existing output is refused")
-
-
-def refuse_existing(paths: Iterable[str | Path], overwrite: bool, flag: str = "--out") -> None:
-    """One line naming the first of `paths` (this command's own outputs) that exists, unless `overwrite`;
-    checked before any work, so that a refused run costs nothing."""
-    from esnet_tf.errors import UserError
-
-    if overwrite:
-        return
-    found = [Path(p) for p in paths if Path(p).is_file() or Path(p).is_symlink()]  # a directory: the write's own line
-    if found:
-        more = f" (and {len(found) - 1} more output(s) of an earlier run)" if len(found) > 1 else ""
-        raise UserError(f"{found[0]}: exists{more}: pass --overwrite to replace it, or choose another {flag}")
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Any
 
-from esnet_tf.cli.featurize import OVERWRITE_HELP, refuse_existing
+from esnet_tf.atomic import OVERWRITE_HELP, refuse_existing
 from esnet_tf.errors import UserError
 from esnet_tf.screening import (MODES, PRED_COL, STD_COL, ScreenConfig, candidates_from_rows, costs_from_labels,
                                 load_references, merge_truths, read_csv_rows, screen, write_outputs)
