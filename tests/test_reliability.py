@@ -1022,3 +1022,61 @@ def test_tables_and_references_are_read_within_bounded_memory(tmp_path):
         assert line.startswith(f"ERR {path}: inflates past 8 MiB, an eighth of the 64 MiB per-file limit"), line
         assert "ESNET_MAX_INFLATED_BYTES=128MiB" in line
     assert "no labels file" in lines[4] or "not a regular file" in lines[4], lines[4]
+
+
+# ---------------------------------------------------------------- 11. --overwrite of the outputs that resume
+
+def _files(root: Path, names) -> dict[str, bytes]:
+    return {n: (root / n).read_bytes() for n in names if (root / n).is_file()}
+
+
+def test_dft_run_resumes_its_own_task_list_and_refuses_another_without_overwrite(tmp_path, capsys):
+    """`esnet dft run --out`: the same (or a larger) task list resumes; another one is refused before any
+    work, naming a task it lacks; --overwrite replaces the four files, keeps the calcs/ cache and a
+    user's file. No GPAW run: the tasks' results are the demo's cached ones (Cu, Al fcc, EOS)."""
+    pytest.importorskip("gpaw", reason="GPAW (extra `dft`) is not installed")
+    import csv
+    import shutil
+
+    from esnet_tf.cli.dft import RUN_FILES
+    from esnet_tf.dft.settings import DFTSettings
+    from esnet_tf.dft.structures import read_structures
+    from esnet_tf.dft.tasks import Task, task_hash
+
+    both, cu = tmp_path / "both.json", tmp_path / "cu.json"
+    both.write_text(json.dumps({"structures": [{"prototype": "fcc", "species": [el]} for el in ("Cu", "Al")]}))
+    cu.write_text(json.dumps({"structures": [{"prototype": "fcc", "species": ["Cu"]}]}))
+    out = tmp_path / "calcs_out"
+    keys = {}
+    for i, s, proto in read_structures(both):
+        keys[i] = task_hash(Task(i, s, DFTSettings(), relax="eos", prototype=proto))
+        shutil.copytree(DEMO / "calcs" / keys[i], out / "calcs" / keys[i])
+
+    def ids():
+        with open(out / "labels.csv", newline="") as fh:
+            return [r["id"] for r in csv.DictReader(fh)]
+
+    argv = ["dft", "run", str(both), "--out", str(out), "--relax", "eos", "--workers", "1"]
+    assert cli_main(argv) == 0 and ids() == ["Al_fcc", "Cu_fcc"]
+    (out / "notes.txt").write_text("mine")
+    assert cli_main(argv) == 0 and ids() == ["Al_fcc", "Cu_fcc"]  # the same task list resumes (all cached)
+    before = _files(out, RUN_FILES)
+    assert len(before) == 4
+    capsys.readouterr()
+    assert cli_main(["dft", "run", str(cu), "--out", str(out), "--relax", "eos"]) == 2
+    line = _one_line(capsys)
+    assert f"{out}: holds the results of another task list (1 of its 2 task(s)" in line
+    assert "'Al_fcc'" in line and "--overwrite" in line and _files(out, RUN_FILES) == before
+    assert cli_main(argv + ["--ecut", "450"]) == 2  # the same ids with other settings: other tasks
+    assert "with another input or settings" in _one_line(capsys) and _files(out, RUN_FILES) == before
+    (out / "outcomes.json").unlink()  # an output of an older version: its task list is read from labels.csv
+    assert cli_main(["dft", "run", str(cu), "--out", str(out), "--relax", "eos"]) == 2
+    assert "holds the results of another task list" in _one_line(capsys)
+    assert cli_main(["dft", "run", str(cu), "--out", str(out), "--relax", "eos", "--overwrite"]) == 0
+    assert ids() == ["Cu_fcc"] and [o["id"] for o in json.loads((out / "outcomes.json").read_text())] == ["Cu_fcc"]
+    assert (out / "notes.txt").read_text() == "mine" and (out / "calcs" / keys["Al_fcc"] / "result.json").is_file()
+    assert cli_main(argv) == 0 and ids() == ["Al_fcc", "Cu_fcc"]  # contains every task of the output: extends it
+    (out / "labels.csv").write_text("id,formation_energy_per_atom\nx,0.1\n")
+    (out / "outcomes.json").unlink()
+    capsys.readouterr()
+    assert cli_main(argv) == 2 and f"{out / 'labels.csv'}: exists" in _one_line(capsys)  # not an `esnet dft` output

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from esnet_tf.atomic import write_text
+from esnet_tf.atomic import OVERWRITE_HELP, refuse_existing, refuse_other_tasks, write_text
 from esnet_tf.dft.settings import DFTSettings
 from esnet_tf.errors import UserError
 
@@ -19,6 +19,8 @@ from esnet_tf.errors import UserError
 DEMO_OUT = "esnet_demo_data"
 #: `esnet dft pool --out` default (to extend the repository's data: --out datasets/is_dos/pool)
 POOL_OUT = "esnet_pool_data"
+#: what `esnet dft run` writes in --out besides its calcs/ cache: all `--overwrite` replaces
+RUN_FILES = ("labels.csv", "failures.csv", "provenance.json", "outcomes.json")
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -38,6 +40,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
             q.add_argument("--relax", choices=["none", "eos", "optimizer"], default="none",
                            help="none: single point only; eos: isotropic lattice scan (cubic cells without "
                                 "internal degrees of freedom); optimizer: BFGS on positions and cell")
+            q.add_argument("--overwrite", action="store_true",
+                           help=OVERWRITE_HELP.format(", ".join(RUN_FILES) + "; the calcs/ cache is kept") +
+                           " when it holds the results of another task list. A rerun whose structures and "
+                           "settings include every task of the existing output resumes or extends it without it")
         elif name == "pool":
             q.add_argument("--out", default=POOL_OUT, help="pool directory (labels.csv, provenance.json, calcs/ "
                            "cache); to extend the repository's data: --out datasets/is_dos/pool")
@@ -173,9 +179,12 @@ def run(args: argparse.Namespace) -> int:
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise UserError(f"duplicate structure ids {dup[:5]}: give the files distinct names")
+        _check_run_output(out, tasks, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     outcomes = _compute(tasks, out, args)
     failed = [o for o in outcomes if o.status == "failed"]
+    if args.dft_command == "run":  # the record first: it names the task list the files below belong to
+        _write_outcomes(out, outcomes)
     try:
         if args.dft_command == "demo":  # labels.csv without the IS variants, labels_augmented.csv with them
             from esnet_tf.dft.demo import assemble_cached
@@ -185,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
             prov = assemble(outcomes, out, st)
     except ValueError as exc:  # e.g. no elemental entries at all for a phase diagram
         prov = {"n_examples": 0, "note": f"labels not assembled: {exc}"}
+        if args.dft_command == "run" and args.overwrite:  # the replaced output's labels belong to another task list
+            for name in RUN_FILES[:3]:
+                (out / name).unlink(missing_ok=True)
     n_cached = sum(o.status == "cached" for o in outcomes)
     print(f"{len(outcomes) - len(failed)} done ({n_cached} from cache), {len(failed)} failed; "
           f"labels: {out / 'labels.csv'}; failures: {out / 'failures.csv'}")
@@ -195,9 +207,60 @@ def run(args: argparse.Namespace) -> int:
               f"{prov.get('note') or 'formation energies need the elemental references of every element'}; "
               "add the elements themselves to the structures (see docs/dft.md)")
         return 1
+    if args.dft_command != "run":
+        _write_outcomes(out, outcomes)
+    return 1 if failed else 0
+
+
+def _write_outcomes(out: Path, outcomes: list) -> None:
+    """outcomes.json: id, status, cache key (`task_hash`) and reason of every task of the run."""
     write_text(out / "outcomes.json", json.dumps(
         [{"id": o.task_id, "status": o.status, "key": o.key, "reason": o.reason} for o in outcomes], indent=1))
-    return 1 if failed else 0
+
+
+def _recorded_tasks(out: Path) -> list[tuple[str, str]] | None:
+    """(id, cache key) of every task whose results `out` holds: its outcomes.json, else (an output of an older
+    version) the rows of its labels.csv (path calcs/KEY/...); None when `out` holds neither. An outcomes.json
+    or labels.csv that is not `esnet dft`'s is refused in one line (--overwrite replaces it)."""
+    import csv
+    import re
+
+    record, labels = out / "outcomes.json", out / "labels.csv"
+    if record.is_file():
+        try:
+            doc = json.loads(record.read_text(encoding="utf-8"))
+            pairs = [(d["id"], d["key"]) for d in doc]
+            if all(isinstance(i, str) and isinstance(k, str) for i, k in pairs):
+                return pairs
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
+            pass
+        refuse_existing([record], False)  # not the record `esnet dft run` writes: an unknown output
+    if not labels.is_file():
+        return None
+    pairs = []
+    try:
+        with open(labels, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                m = re.fullmatch(r"calcs/([0-9a-f]{16})/[^/]+", row.get("path") or "")
+                if m is None or not row.get("id"):
+                    raise ValueError(row)
+                pairs.append((row["id"], m.group(1)))
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error):
+        refuse_existing([labels], False)  # not the labels of an `esnet dft run`
+    return pairs
+
+
+def _check_run_output(out: Path, tasks: list, overwrite: bool) -> None:
+    """`esnet dft run --out`: resume an output whose every task is in `tasks`, refuse any other without --overwrite."""
+    from esnet_tf.dft.tasks import task_hash
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: a file, not a directory; give the output directory")
+    if overwrite:
+        return
+    refuse_other_tasks(out, _recorded_tasks(out) if out.is_dir() else None,
+                       [(t.id, task_hash(t)) for t in tasks], overwrite,
+                       ", ".join(RUN_FILES) + " (the calcs/ cache is kept)")
 
 
 def _compute(tasks: list, out: Path, args: argparse.Namespace) -> list:
