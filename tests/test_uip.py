@@ -192,19 +192,29 @@ def test_committed_demo_column_covers_every_row():
     assert all(d["uip_formation_energy_per_atom"] != "" for d in data if d not in gas)
 
 
-@needs_chgnet
-def test_cli_writes_the_csv_and_refuses_a_bad_file(tmp_path, capsys):
-    _al().to(filename=str(tmp_path / "POSCAR"))
-    (tmp_path / "NaCl.json").write_text(json.dumps(_nacl().as_dict()))
-    refs = tmp_path / "mu.json"
+@pytest.fixture(scope="module")
+def cli_relaxed(tmp_path_factory) -> dict:
+    """`esnet uip relax` of Al (a POSCAR) and NaCl (pymatgen JSON) with a Cl reference: the inputs, the
+    cache (both relaxations in it), the exit code and the output CSV."""
+    d = tmp_path_factory.mktemp("uip_cli")
+    _al().to(filename=str(d / "POSCAR"))
+    (d / "NaCl.json").write_text(json.dumps(_nacl().as_dict()))
+    refs = d / "mu.json"
     refs.write_text(json.dumps({"Cl": -1.8}))
-    out = tmp_path / "out" / "uip.csv"
-    rc = main(["uip", "relax", str(tmp_path / "POSCAR"), str(tmp_path / "NaCl.json"), "--out", str(out),
-               "--cache", str(tmp_path / "cache"), "--references", str(refs), "--no-progress"])
-    assert rc == 0, capsys.readouterr().err
+    out = d / "out" / "uip.csv"
+    inputs = [str(d / "POSCAR"), str(d / "NaCl.json")]
+    rc = main(["uip", "relax", *inputs, "--out", str(out), "--cache", str(d / "cache"), "--references", str(refs),
+               "--no-progress"])
+    return {"dir": d, "inputs": inputs, "cache": d / "cache", "refs": refs, "rc": rc, "out": out}
+
+
+@needs_chgnet
+def test_cli_writes_the_csv_and_refuses_a_bad_file(cli_relaxed, tmp_path, capsys):
+    out = cli_relaxed["out"]
+    assert cli_relaxed["rc"] == 0
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert tuple(rows[0]) == uip.CSV_COLUMNS and [r["id"] for r in rows] == [tmp_path.name, "NaCl"]
+    assert tuple(rows[0]) == uip.CSV_COLUMNS and [r["id"] for r in rows] == [cli_relaxed["dir"].name, "NaCl"]
     meta = json.loads(out.with_suffix(".json").read_text())
     mu = {el: v["energy_per_atom"] for el, v in meta["elemental_references"].items()}
     for r in rows:
@@ -221,3 +231,44 @@ def test_cli_writes_the_csv_and_refuses_a_bad_file(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and str(bad) in err
     assert not (tmp_path / "bad.csv").exists()
+
+
+@needs_chgnet
+def test_cli_rewrites_its_own_output_and_refuses_another_without_overwrite(cli_relaxed, tmp_path, capsys):
+    """--out (issue 36): a rerun of the same (or more) structures, settings and --references rewrites the
+    CSV and JSON (from the cache); other ones are refused before any relaxation, the files unchanged;
+    --overwrite replaces both; an output without a record of its inputs is refused as any output."""
+    import shutil
+
+    assert cli_relaxed["rc"] == 0
+    out = tmp_path / "uip.csv"
+    meta = out.with_suffix(".json")
+    shutil.copy(cli_relaxed["out"], out)
+    shutil.copy(cli_relaxed["out"].with_suffix(".json"), meta)
+    al, nacl = cli_relaxed["inputs"]
+    common = ["--out", str(out), "--cache", str(cli_relaxed["cache"]), "--no-progress"]
+    refs = ["--references", str(cli_relaxed["refs"])]
+    assert main(["uip", "relax", al, nacl, *common, *refs]) == 0  # the same run: rewritten from the cache
+    before = (out.read_bytes(), meta.read_bytes())
+    capsys.readouterr()
+
+    def refused(argv: list[str]) -> str:
+        assert main(["uip", "relax", *argv, *common]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--overwrite" in err and (out.read_bytes(), meta.read_bytes()) == before
+        return err
+
+    assert f"{out}: holds the results of another task list (1 of its 2 task(s)" in refused([nacl, *refs])
+    assert "with another input or settings" in refused([al, nacl, *refs, "--fmax", "0.1"])
+    assert "other --references" in refused([al, nacl])
+    assert main(["uip", "relax", nacl, *common, "--overwrite"]) == 0
+    with open(out, newline="") as fh:
+        assert [r["id"] for r in csv.DictReader(fh)] == ["NaCl"]
+    assert json.loads(meta.read_text())["task_list"]["references"] == {}
+    assert main(["uip", "relax", nacl, al, *common]) == 0  # every structure of the output and more: rewritten
+    doc = json.loads(meta.read_text())
+    del doc["task_list"]  # an output of an older version: no record of its inputs
+    meta.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["uip", "relax", nacl, al, *common]) == 2
+    assert f"{out}: exists (and 1 more output(s) of an earlier run)" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import math
 import sys
 from pathlib import Path
 
+from esnet_tf.atomic import OVERWRITE_HELP, refuse_existing, refuse_other_tasks
 from esnet_tf.errors import UserError
 
 
@@ -34,6 +35,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    "row of its labels.csv); elemental references from its elemental crystals")
     q.add_argument("--labels", default=None, help="with --demo: another labels.csv made by `esnet dft`")
     q.add_argument("--out", required=True, help="output CSV (written atomically)")
+    q.add_argument("--overwrite", action="store_true",
+                   help=OVERWRITE_HELP.format("the --out CSV and its JSON") + " when they hold the results of other "
+                   "structures, settings or --references. A rerun whose structures include every one of the "
+                   "existing output (same settings and --references) rewrites it without it (failed relaxations "
+                   "are tried again, the rest come from the cache)")
     q.add_argument("--cache", default=None, help="cache directory (one JSON per structure + model + settings; "
                    "default $XDG_CACHE_HOME/esnet-tf/uip or ~/.cache/esnet-tf/uip)")
     q.add_argument("--model", default="chgnet", choices=["chgnet"], help="the potential")
@@ -84,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         structures += uip.demo_structures(args.labels)
     if args.structures:
         structures += uip.read_inputs(args.structures)
+    _check_output(out, structures, config, extra_mu, args.overwrite)
     results = uip.relax_structures(structures, config, cache_dir=args.cache, progress=not args.no_progress)
     refs = uip.elemental_references(results)
     if not args.demo:
@@ -96,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     meta_extra = {"fitted_mu": {el: v for el, v in extra_mu.items() if el not in refs} or None,
                   "source": "demo initial structures (task.json of each labels.csv row)" if args.demo and
                   not args.structures else "structure files" + (" and demo initial structures" if args.demo else "")}
-    uip.write_metadata(results, out.with_suffix(".json"), config, refs, {k: v for k, v in meta_extra.items() if v})
+    uip.write_metadata(results, out.with_suffix(".json"), config, refs,
+                       {**{k: v for k, v in meta_extra.items() if v}, TASK_LIST: _task_list(results, extra_mu)})
     failed = [r for r in results if r.error]
     n_conv = sum(r.converged for r in results)
     n_cached = sum(r.cached for r in results)
@@ -107,6 +115,45 @@ def run(args: argparse.Namespace) -> int:
               f"an `error`): " + "; ".join(f"{r.id}: {r.error}" for r in failed[:3]), file=sys.stderr)
         return 1
     return 0
+
+
+#: the key of the JSON beside the CSV that records what the output was made from (checked on a rerun)
+TASK_LIST = "task_list"
+
+
+def _task_list(results: list, given_references: dict[str, float]) -> dict:
+    """What an `esnet uip relax` output was made from: [id, cache key] per structure (the key: structure +
+    potential + settings, `esnet_tf.uip.cache_key`) and the --references chemical potentials (eV/atom)."""
+    return {"structures": [[r.id, r.key] for r in results], "references": dict(sorted(given_references.items()))}
+
+
+def _check_output(out: Path, structures: list, config, given_references: dict[str, float], overwrite: bool) -> None:
+    """Before any relaxation: an existing --out (CSV or its JSON) is rewritten only by a run that contains every
+    structure it holds, with the same settings and --references, or with --overwrite; else one line."""
+    from esnet_tf import uip
+
+    meta = out.with_suffix(".json")
+    if overwrite:
+        return
+    record = None
+    if meta.is_file():
+        try:
+            doc = json.loads(meta.read_text(encoding="utf-8"))[TASK_LIST]
+            record = ([(i, k) for i, k in doc["structures"]], doc["references"])
+            if not all(isinstance(i, str) and isinstance(k, str) for i, k in record[0]):
+                record = None
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
+            record = None
+    if record is None:  # no record of what it was made from (an older version, or not this command's)
+        refuse_existing([out, meta], False)
+        return
+    replaced = f"{out.name} and {meta.name}"
+    if record[1] != dict(sorted(given_references.items())):
+        raise UserError(f"{out}: holds results made with other --references ({meta.name}: {record[1] or 'none'}): "
+                        f"pass --overwrite to replace {replaced}, or choose another --out")
+    version = uip.package_version(config.model)
+    refuse_other_tasks(out, record[0], [(i, uip.cache_key(s, config, version)) for i, s in structures], False,
+                       replaced)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
