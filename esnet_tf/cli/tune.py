@@ -40,8 +40,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    "tuning/search_space.json]")
     p.add_argument("--directory", default="tuning_runs", help="directory holding the tuning projects")
     p.add_argument("--project-name", default="esnet_tune", help="project (subdirectory of --directory)")
-    p.add_argument("--overwrite", action="store_true", help="delete the project and start afresh (default: a "
-                   "rerun continues the stored search)")
+    p.add_argument("--overwrite", action="store_true", help="start a new search in place of the project's: the "
+                   "data and settings are checked first, the old project is set aside (put back if the new search "
+                   "fails) and removed only once the new one completes; files a user put in the project are kept "
+                   "(without it a rerun continues the stored search, and other settings are refused)")
     p.add_argument("--top", type=int, default=TOP, help="rows of the best-trials table")
     p.add_argument("--retrain-epochs", type=int, help="epochs to retrain the best trial with `esnet train` "
                    "(checkpoint on val_loss, the authors' LR schedule / early stopping); 0 keeps the best "
