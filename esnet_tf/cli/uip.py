@@ -36,7 +36,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     q.add_argument("--labels", default=None, help="with --demo: another labels.csv made by `esnet dft`")
     q.add_argument("--out", required=True, help="output CSV (written atomically)")
     q.add_argument("--overwrite", action="store_true",
-                   help=OVERWRITE_HELP.format("the --out CSV and its JSON") + " when they hold the results of other "
+                   help=OVERWRITE_HELP.format("the --out CSV and its JSON") + " when it holds the results of other "
                    "structures, settings or --references. A rerun whose structures include every one of the "
                    "existing output (same settings and --references) rewrites it without it (failed relaxations "
                    "are tried again, the rest come from the cache)")
