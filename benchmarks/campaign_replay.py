@@ -27,6 +27,7 @@ folder per strategy (its rounds).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import subprocess
 import sys
@@ -63,6 +64,7 @@ def replay(out: Path, batch_size: int, kappa: float, seed: int, start_over: bool
     otherwise a campaign folder of the same pool resumes and one of another pool is an error.
     """
     from esnet_tf.campaign.strategies import STRATEGIES
+    from esnet_tf.isdos import PREDICTION_COLUMN
 
     shared = shared or out  # labels snapshot, composition predictions and CHGNet relaxations
     base = [sys.executable, "-m", "esnet_tf.cli", "campaign", "replay",
@@ -71,8 +73,12 @@ def replay(out: Path, batch_size: int, kappa: float, seed: int, start_over: bool
             "--composition-predictions", str(shared / "composition_predictions.csv"),
             "--uip", str(shared / UIP_CSV),
             "--batch-size", str(batch_size), "--kappa", str(kappa), "--seed", str(seed)]
-    refittable = [s for s in STRATEGIES if s != "random"]  # a refit does not change the random order
-    for strategies, extra, name in ((",".join(STRATEGIES), [], "replay"),
+    with open(out / "oof_predictions.csv", newline="") as fh:
+        columns = next(csv.reader(fh))
+    # lower_bound ranks by a calibrated interval: cross-fitted members give a spread, not an interval
+    usable = [s for s in STRATEGIES if s != "lower_bound" or f"{PREDICTION_COLUMN}_lower" in columns]
+    refittable = [s for s in usable if s != "random"]  # a refit does not change the random order
+    for strategies, extra, name in ((",".join(usable), [], "replay"),
                                     (",".join(refittable), ["--refit", "residual"], "replay_refit")):
         cmd = base + ["--strategy", strategies, *extra, "--out", str(out / name),
                       *(["--overwrite"] if start_over else [])]
