@@ -1,5 +1,6 @@
 """Shipped pretrained models: load by name, reproduce the README's test MAE, ensemble outputs,
-domain check on real VASP / Materials Project files, `esnet predict` / `esnet models`."""
+domain check on real VASP / Materials Project files, `esnet predict` / `esnet models`; the IS-energy
+model's calibrated interval and domain flag on real GPAW calculation directories."""
 from __future__ import annotations
 
 import csv
@@ -14,11 +15,18 @@ from esnet_tf import resources
 from esnet_tf.cli import main
 from esnet_tf.domain import Domain
 from esnet_tf.isdos import DOMAIN_COLUMN, PREDICTION_COLUMN, PREDICTION_STD_COLUMN
-from esnet_tf.pretrained import NAME_PATTERN, list_models, load_model, load_split_arrays
+from esnet_tf.pretrained import IS_RELAX_MODEL, NAME_PATTERN, list_models, load_model, load_split_arrays
 
 SHIPPED = list_models()
 NAMES = [m.name for m in SHIPPED]
 LIMIT_MB = 25.0
+LOWER, UPPER = f"{PREDICTION_COLUMN}_lower", f"{PREDICTION_COLUMN}_upper"
+IS_EF = "is_formation_energy_per_atom"
+DEMO_CALCS = resources.demo_dir() / "calcs"
+#: real GPAW calculation directories of the demo (AgCl_cscl, AgCl_rocksalt), and an IS-augmentation variant of
+#: AlAs_cscl whose cell is compressed ×1.45 in lattice constant (IS E_f 13.0 eV/atom; labels_augmented.csv)
+GPAW_DIRS = ("42e784dfac2a90db", "41040e63ad348ad8")
+COMPRESSED_DIR = "25f883b63b4d333f"
 
 
 def _readme_mae(folder: Path, split: str) -> float:
@@ -75,13 +83,17 @@ def test_ensemble_savedmodel_has_mean_and_std(shipped, name):
     model = shipped[name]
     sig = tf.saved_model.load(str(model.path / "1")).signatures["serving_default"]
     outs = sig.structured_outputs
-    assert set(outs) == {"formation_energy_per_atom", "formation_energy_per_atom_std"}
+    interval = {"formation_energy_per_atom_lower", "formation_energy_per_atom_upper"} if model.info.get("interval") \
+        else set()
+    assert set(outs) == {"formation_energy_per_atom", "formation_energy_per_atom_std"} | interval
     for spec in outs.values():
         assert spec.shape.as_list() == [None, 1] and spec.dtype == tf.float32
     inputs = {k: v.shape.as_list() for k, v in sig.structured_input_signature[1].items()}
-    assert inputs == {"dos_up": [None, 1500, 9], "dos_down": [None, 1500, 9], "composition": [None, 118]}
+    energy = {k: [None, 1] for k in model.predictor.energy_inputs}
+    assert inputs == {"dos_up": [None, 1500, 9], "dos_down": [None, 1500, 9], "composition": [None, 118], **energy}
+    assert sorted(model.info.get("inputs", inputs)) == sorted(inputs)
     arrays = load_split_arrays(name, "validation")
-    batch = {k: tf.constant(arrays[k][:3]) for k in ("dos_up", "dos_down", "composition")}
+    batch = {k: tf.constant(np.asarray(arrays[k][:3], np.float32).reshape((3, *inputs[k][1:]))) for k in inputs}
     got = sig(**batch)
     mean, std = model.predictor.predict_with_std(arrays)
     assert got["formation_energy_per_atom"].shape == (3, 1) and got["formation_energy_per_atom_std"].shape == (3, 1)
@@ -90,6 +102,11 @@ def test_ensemble_savedmodel_has_mean_and_std(shipped, name):
     assert (std > 0).all()
     logs = read_warmup(model.path / "1" / "assets.extra" / WARMUP_FILE)
     assert len(logs) >= 1 and logs[0].predict_log.request.model_spec.name == name
+    assert all(set(log.predict_log.request.inputs) == set(inputs) for log in logs)  # the energy input too
+    if interval:
+        q = model.info["interval"]["interval_scale"]
+        for k, sign in (("formation_energy_per_atom_lower", -1), ("formation_energy_per_atom_upper", 1)):
+            np.testing.assert_allclose(got[k].numpy().ravel(), mean[:3] + sign * q * std[:3], atol=1e-5)
 
 
 def test_python_api_one_or_many(shipped):
@@ -142,7 +159,9 @@ def test_cli_models_and_list(capsys, tmp_path):
     listing = capsys.readouterr().out
     assert all(n in listing for n in NAMES)
     assert main(["predict", "--list"]) == 0
-    assert all(n in capsys.readouterr().out for n in NAMES)
+    listing = capsys.readouterr().out  # once: a second readouterr() is empty
+    assert all(n in listing for n in NAMES)
+    assert "+ input is_formation_energy_per_atom; 90% interval" in listing
     assert main(["predict", "ESNet-Nothing-2000.01-X", str(resources.demo_labels()), "--out",
                  str(tmp_path / "p.csv")]) == 2
     assert "shipped" in capsys.readouterr().err
@@ -182,6 +201,105 @@ def test_domain_rules():
     assert "DFT code VASP" in reasons[0] and "occupied states" not in reasons[0]
     assert "occupied states" in reasons[1] and "DOS scale" in reasons[1] and "DFT code" not in reasons[1]
     assert "Fe" in reasons[2] and "not in the training data" in reasons[2]
+
+
+def test_domain_energy_range_and_sigma_rule():
+    """The IS energy range (eV/atom) and the σ threshold of a Domain, its rule text and round trip."""
+    rng = np.random.default_rng(1)
+    n = 8
+    comp = np.zeros((n, 118), np.float32)
+    comp[:, 10], comp[:, 16] = 0.5, 0.5  # NaCl
+    up = rng.uniform(0.1, 0.3, (n, 1500, 9)).astype(np.float32)
+    ef = np.linspace(-1.0, 1.0, n, dtype=np.float32).reshape(-1, 1)
+    arrays = {"dos_up": up, "dos_down": up.copy(), "composition": comp, IS_EF: ef}
+    d = Domain.fit(arrays, ["GPAW 26"] * n, energy_inputs=(IS_EF,))
+    assert d.energy_ranges == {IS_EF: (-1.0, 1.0)} and d.sigma_threshold is None
+    d = d.with_sigma_threshold(np.linspace(0.01, 0.1, 10), 0.9, rows="test rows")
+    assert d.sigma_threshold == pytest.approx(np.quantile(np.linspace(0.01, 0.1, 10), 0.9))
+    assert Domain.from_dict(json.loads(json.dumps(d.to_dict()))) == d
+    rule = d.to_dict()["rule"]
+    assert IS_EF in rule and "-1.20 to 1.20 eV/atom" in rule and "σ exceeds" in rule  # ±10 % of the 2 eV width
+    assert d.to_dict()["inputs"] == ["dos_up", "dos_down", "composition", IS_EF]
+    probe = {**arrays, IS_EF: np.array([[0.0], [1.19], [1.25], [-1.5], [0.0], [0.0], [0.0], [0.0]], np.float32)}
+    std = np.array([0.01, 0.01, 0.01, 0.01, 0.2, 0.01, 0.01, 0.01])
+    reasons = d.check(probe, std)
+    assert list(reasons[:2]) == ["", ""] and all(IS_EF in r for r in reasons[2:4])
+    assert "σ 0.200" in reasons[4] and IS_EF not in reasons[4]
+    assert list(d.check(probe)[4:]) == [""] * 4  # without σ, only the inputs are checked
+
+
+def test_fit_interval_scale_is_the_conformal_quantile():
+    from esnet_tf.ensemble import fit_interval_scale, interval_coverage
+
+    std = np.full(19, 0.5)
+    errors = np.arange(1, 20) * 0.05  # |error| / σ = 0.1, 0.2, ..., 1.9
+    q = fit_interval_scale(errors, np.zeros(19), std, 0.9)
+    assert q == pytest.approx(1.8)  # ceil(20 * 0.9) = 18th smallest score
+    assert interval_coverage(errors, -q * std, q * std) == pytest.approx(18 / 19)
+    with pytest.raises(ValueError, match="too few"):
+        fit_interval_scale(errors[:5], np.zeros(5), std[:5], 0.9)
+
+
+def _csv(path: Path) -> list[dict]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def is_model():
+    if IS_RELAX_MODEL not in NAMES:
+        pytest.fail(f"{IS_RELAX_MODEL} is not shipped (scripts/train_pretrained.py --recipe is_relax)")
+    return load_model(IS_RELAX_MODEL)
+
+
+def test_is_energy_model_predicts_gpaw_calc_dirs_with_interval(is_model, tmp_path, capsys):
+    """`esnet predict NAME calcs/...` on real GPAW calculation directories, no extra flag: the IS energy comes
+    from the engine's references, and the CSV has the 90 % interval beside the mean and σ."""
+    out = tmp_path / "p.csv"
+    dirs = [str(DEMO_CALCS / d) for d in GPAW_DIRS]
+    assert main(["predict", IS_RELAX_MODEL, *dirs, "--out", str(out)]) == 0
+    rows = _csv(out)
+    assert len(rows) == len(dirs)
+    head = list(rows[0])
+    assert head[:6] == ["id", "formula", PREDICTION_COLUMN, PREDICTION_STD_COLUMN, LOWER, UPPER]
+    assert DOMAIN_COLUMN in head
+    q = is_model.info["interval"]["interval_scale"]
+    for r in rows:
+        mean, std, lo, hi = (float(r[k]) for k in (PREDICTION_COLUMN, PREDICTION_STD_COLUMN, LOWER, UPPER))
+        assert lo < mean < hi and hi - lo == pytest.approx(2 * q * std, abs=2e-6)
+    assert "AgCl" in {r["formula"] for r in rows}
+    assert is_model.info["interval"]["coverage"]["test"] >= 0.8  # measured on held-out rows, in the README
+
+
+def test_is_energy_model_flags_a_compressed_cell(is_model, tmp_path):
+    """A real GPAW calculation of a strongly compressed cell (IS E_f 13 eV/atom): a non-empty domain naming
+    the IS energy, and --strict refuses it."""
+    out = tmp_path / "p.csv"
+    args = ["predict", IS_RELAX_MODEL, str(DEMO_CALCS / COMPRESSED_DIR), str(DEMO_CALCS / GPAW_DIRS[0])]
+    assert main([*args, "--out", str(out)]) == 0
+    rows = _csv(out)
+    compressed = next(r for r in rows if r["formula"] == "AlAs")
+    assert IS_EF in compressed[DOMAIN_COLUMN] and "outside the accepted" in compressed[DOMAIN_COLUMN]
+    lo, hi = is_model.domain.energy_ranges[IS_EF]
+    assert lo < 3.0 < hi + 1.0 < 13.0
+    assert main([*args, "--strict", "--out", str(tmp_path / "s.csv")]) == 2
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_is_energy_model_asks_vasp_inputs_for_references(is_model, fixtures_dir, tmp_path, capsys):
+    """A VASP input has no IS formation energy of its own: one line asking for --references; with the MP
+    elemental references it is predicted and flagged (another code's IS-DOS)."""
+    vasp = fixtures_dir / "vasp" / "GaAs_mp-2534.vasprun.xml.gz"
+    out = tmp_path / "p.csv"
+    assert main(["predict", IS_RELAX_MODEL, str(vasp), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--references" in err[0] and IS_EF in err[0] and "VASP" in err[0]
+    assert not out.exists()
+    refs = fixtures_dir / "mp" / "mp_elemental_reference_entries_2023-02-07.json.gz"
+    assert main(["predict", IS_RELAX_MODEL, str(vasp), "--references", str(refs), "--out", str(out)]) == 0
+    rows = _csv(out)
+    assert len(rows) == 1 and "DFT code VASP" in rows[0][DOMAIN_COLUMN]
+    assert float(rows[0][LOWER]) < float(rows[0][PREDICTION_COLUMN]) < float(rows[0][UPPER])
 
 
 def test_ensemble_round_trip_and_export(tmp_path):
