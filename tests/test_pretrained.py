@@ -252,14 +252,15 @@ def is_model():
     return load_model(IS_RELAX_MODEL)
 
 
-def test_is_energy_model_predicts_gpaw_calc_dirs_with_interval(is_model, tmp_path, capsys):
+def test_is_energy_model_predicts_gpaw_calc_dirs_with_interval_and_flag(is_model, tmp_path):
     """`esnet predict NAME calcs/...` on real GPAW calculation directories, no extra flag: the IS energy comes
-    from the engine's references, and the CSV has the 90 % interval beside the mean and σ."""
+    from the engine's references, the CSV has the 90 % interval beside the mean and σ, and the strongly
+    compressed cell (IS E_f 13 eV/atom) gets a domain reason naming the IS energy."""
     out = tmp_path / "p.csv"
-    dirs = [str(DEMO_CALCS / d) for d in GPAW_DIRS]
+    dirs = [str(DEMO_CALCS / d) for d in (*GPAW_DIRS, COMPRESSED_DIR)]
     assert main(["predict", IS_RELAX_MODEL, *dirs, "--out", str(out)]) == 0
     rows = _csv(out)
-    assert len(rows) == len(dirs)
+    assert [r["id"] for r in rows] == ["AgCl_cscl", "AgCl_rocksalt", "AlAs_cscl__iso_a"]  # the IS, not rs.gpawdos
     head = list(rows[0])
     assert head[:6] == ["id", "formula", PREDICTION_COLUMN, PREDICTION_STD_COLUMN, LOWER, UPPER]
     assert DOMAIN_COLUMN in head
@@ -267,23 +268,18 @@ def test_is_energy_model_predicts_gpaw_calc_dirs_with_interval(is_model, tmp_pat
     for r in rows:
         mean, std, lo, hi = (float(r[k]) for k in (PREDICTION_COLUMN, PREDICTION_STD_COLUMN, LOWER, UPPER))
         assert lo < mean < hi and hi - lo == pytest.approx(2 * q * std, abs=2e-6)
-    assert "AgCl" in {r["formula"] for r in rows}
+    compressed = rows[2][DOMAIN_COLUMN]
+    assert IS_EF in compressed and "13.00 eV/atom outside the accepted" in compressed
+    assert IS_EF not in rows[0][DOMAIN_COLUMN] and IS_EF not in rows[1][DOMAIN_COLUMN]
     assert is_model.info["interval"]["coverage"]["test"] >= 0.8  # measured on held-out rows, in the README
 
 
-def test_is_energy_model_flags_a_compressed_cell(is_model, tmp_path):
-    """A real GPAW calculation of a strongly compressed cell (IS E_f 13 eV/atom): a non-empty domain naming
-    the IS energy, and --strict refuses it."""
-    out = tmp_path / "p.csv"
-    args = ["predict", IS_RELAX_MODEL, str(DEMO_CALCS / COMPRESSED_DIR), str(DEMO_CALCS / GPAW_DIRS[0])]
-    assert main([*args, "--out", str(out)]) == 0
-    rows = _csv(out)
-    compressed = next(r for r in rows if r["formula"] == "AlAs")
-    assert IS_EF in compressed[DOMAIN_COLUMN] and "outside the accepted" in compressed[DOMAIN_COLUMN]
-    lo, hi = is_model.domain.energy_ranges[IS_EF]
-    assert lo < 3.0 < hi + 1.0 < 13.0
-    assert main([*args, "--strict", "--out", str(tmp_path / "s.csv")]) == 2
-    assert not (tmp_path / "s.csv").exists()
+def test_is_energy_model_strict_refuses_the_compressed_cell(is_model):
+    from esnet_tf.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        is_model.predict([str(DEMO_CALCS / COMPRESSED_DIR / "is.gpawdos.npz")], strict=True)
+    assert "\n" not in str(err.value) and "AlAs_cscl__iso_a" in str(err.value) and IS_EF in str(err.value)
 
 
 def test_is_energy_model_asks_vasp_inputs_for_references(is_model, fixtures_dir, tmp_path, capsys):
