@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import csv
+import fcntl
 import json
 import os
 import shutil
@@ -67,6 +69,26 @@ def _workdir() -> Path:
     return d
 
 
+# The pytest-xdist workers of one run (pytest.ini: -n 2) share the data and the trained runs below:
+# the controller (or a run without xdist) makes the directory before the workers start, they inherit
+# its path, and the first worker that needs an artefact builds it under a lock while the other waits.
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    _shared_tmp = tempfile.mkdtemp(prefix="esnet_test_shared_")
+    atexit.register(shutil.rmtree, _shared_tmp, True)
+    os.environ["ESNET_TEST_SHARED_DIR"] = _shared_tmp
+
+
+@contextlib.contextmanager
+def _built_once(name: str):
+    """The shared directory's `name` (a path to build into), locked against the other workers."""
+    root = Path(os.environ.get("ESNET_TEST_SHARED_DIR") or _workdir())
+    if not root.is_dir():
+        root = _workdir()
+    with open(root / f".{name}.test-build-lock", "w") as lock:  # not `.NAME.lock`: train() locks that
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield root / name
+
+
 @lru_cache(maxsize=1)
 def real_data() -> dict:
     """The ROW_IDS demo rows featurized: {'npz', 'labels', 'split_seed', 'arrays'}; skips without data."""
@@ -89,13 +111,15 @@ def real_data() -> dict:
     seed = next((s for s in range(200) if enough(s)), None)
     if len(examples) < 12 or seed is None:
         pytest.skip(f"only {len(examples)} demo examples in {len(chemsys)} chemical systems so far")
-    out = _workdir() / "data"
-    npz = save_examples(examples, out / "features.npz")
-    with (out / "labels.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["id", "formation_energy_per_atom", "e_above_hull"])
-        for r in rows:
-            w.writerow([r["id"], r["formation_energy_per_atom"], r.get("e_above_hull", "")])
+    with _built_once("data") as out:  # the same files (paths) in every worker
+        npz = out / "features.npz"
+        if not (out / "labels.csv").is_file():
+            npz = save_examples(examples, npz)
+            with (out / "labels.csv").open("w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["id", "formation_energy_per_atom", "e_above_hull"])
+                for r in rows:
+                    w.writerow([r["id"], r["formation_energy_per_atom"], r.get("e_above_hull", "")])
     return {"npz": npz, "labels": out / "labels.csv", "split_seed": seed,
             "arrays": load_npz_arrays(str(npz), out / "labels.csv")}
 
@@ -115,21 +139,25 @@ def trained_run() -> dict:
     """The `small` config trained EPOCHS epochs in-process: {'run_dir', 'summary', 'seconds'}."""
     from esnet_tf.train import train
 
-    run_dir = _workdir() / "run_small"
-    t0 = time.time()
-    summary = train(settings_for("small", EPOCHS, batch_size=4), run_dir, verbose=0)
-    return {"run_dir": run_dir, "summary": summary, "seconds": time.time() - t0}
+    with _built_once("run_small") as run_dir:  # trained by the first worker that needs it
+        seconds = run_dir.parent / "run_small.seconds"
+        if not seconds.is_file():
+            t0 = time.time()
+            train(settings_for("small", EPOCHS, batch_size=4), run_dir, verbose=0)
+            seconds.write_text(str(time.time() - t0))
+        summary = json.loads((run_dir / "summary.json").read_text())
+    return {"run_dir": run_dir, "summary": summary, "seconds": float(seconds.read_text())}
 
 
 def tiny_config_file() -> Path:
     """A JSON config: the small topology cut to 2 stages of 1 block (fast to trace)."""
     from esnet_tf.model import ESNetConfig
 
-    path = _workdir() / "tiny.json"
-    if not path.is_file():
-        cfg = ESNetConfig.small().replace(stem_filters=8, stage_widths=(8, 16), blocks_per_stage=1,
-                                          merge_filters=16, composition_units=8, head_units=(16,), name="tiny")
-        path.write_text(json.dumps(cfg.to_dict()))
+    with _built_once("tiny.json") as path:  # one path in every worker (runs record their config file)
+        if not path.is_file():
+            cfg = ESNetConfig.small().replace(stem_filters=8, stage_widths=(8, 16), blocks_per_stage=1,
+                                              merge_filters=16, composition_units=8, head_units=(16,), name="tiny")
+            path.write_text(json.dumps(cfg.to_dict()))
     return path
 
 
@@ -146,8 +174,10 @@ def uninterrupted_run() -> dict:
     """The tiny config trained for UNINTERRUPTED_EPOCHS with backups (the default): summary, history, dir."""
     from esnet_tf.train import train
 
-    run_dir = _workdir() / "uninterrupted"
-    summary = train(settings_for(str(tiny_config_file()), UNINTERRUPTED_EPOCHS), run_dir, verbose=0)
+    with _built_once("uninterrupted") as run_dir:  # trained by the first worker that needs it
+        if not (run_dir / "summary.json").is_file():
+            train(settings_for(str(tiny_config_file()), UNINTERRUPTED_EPOCHS), run_dir, verbose=0)
+        summary = json.loads((run_dir / "summary.json").read_text())
     return {"summary": summary, "history": read_history(run_dir / "history.csv"), "dir": run_dir}
 
 
