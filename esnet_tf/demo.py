@@ -15,9 +15,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from esnet_tf.atomic import write_text
 from esnet_tf.errors import UserError
+
+if TYPE_CHECKING:
+    from esnet_tf.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class DemoConfig:
     batch_size: int = 16  # examples per batch
     seed: int = 0
     threshold: float = 0.0  # stability threshold on E_hull, eV/atom
-    fresh: bool = False  # redo every step instead of reusing what is built
+    fresh: bool = False  # redo every step: remove the demo's earlier outputs (DEMO_OUTPUTS) first, nothing else
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -52,6 +56,52 @@ def model_config(name: str) -> str | dict:
     return name
 
 
+#: what `run_demo` writes under `out` (paths relative to it); `--fresh` removes these and nothing else
+DEMO_OUTPUTS = ("tfds", "run", "eval", "saved_models/esnet_demo", "screen", "summary.json")
+
+
+def checked_plan(args: DemoConfig) -> tuple[str, Path, "TrainConfig"]:
+    """(TFDS dataset name, labels CSV, training settings) of the demo, every argument checked: a bad one
+    raises `UserError` (one line naming it and the fix) before any output is removed or written."""
+    from esnet_tf import resources
+    from esnet_tf.train import TrainConfig
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory: --out must be a directory (new or of an earlier demo)")
+    if args.manual_dir is not None:
+        labels = Path(args.manual_dir) / "labels.csv"
+        if not labels.is_file():
+            raise UserError(f"{labels}: not found: --manual-dir must be a directory with labels.csv "
+                            "(see esnet demo --help)")
+    else:
+        labels = resources.demo_labels()
+    name = "is_dos/manual" if args.manual_dir else "is_dos/demo"
+    settings = TrainConfig(dataset=name, data_dir=str(out / "tfds"), config=model_config(args.config),
+                           epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                           early_stopping_patience=args.early_stopping_patience)
+    settings.esnet_config()  # an unknown --config or a bad JSON file: one line now, not after step 1
+    return name, labels, settings
+
+
+def remove_outputs(out: str | Path) -> list[Path]:
+    """Remove what an earlier `run_demo` wrote under `out` (`DEMO_OUTPUTS`), nothing else: files the user
+    put there stay, and so does `out`. A symlink among them is unlinked, never followed. Returns the
+    paths removed."""
+    out = Path(out)
+    removed = []
+    for rel in DEMO_OUTPUTS:
+        path = out / rel
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+        else:
+            continue
+        removed.append(path)
+    return removed
+
+
 def _step(n: int, title: str) -> float:
     print(f"\n[{n}/5] {title}", flush=True)
     return time.time()
@@ -59,19 +109,20 @@ def _step(n: int, title: str) -> float:
 
 def run_demo(args: DemoConfig) -> dict:
     """Run the five steps; returns the report written to `out/summary.json`."""
+    out = Path(args.out)
+    name, labels, settings = checked_plan(args)  # every argument checked before anything is removed or built
+    if args.fresh:
+        removed = remove_outputs(out)
+        if removed:
+            print(f"--fresh: removed the demo's earlier outputs in {out}: "
+                  + ", ".join(p.relative_to(out).as_posix() for p in removed), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
     from esnet_tf import dataset as ds_mod
-    from esnet_tf import resources
     from esnet_tf.evaluate import evaluate
     from esnet_tf.export import export
     from esnet_tf.screening import references_from_labels, read_csv_rows, screen_rows as screen, write_outputs
-    from esnet_tf.train import TrainConfig, train
+    from esnet_tf.train import train
 
-    out = Path(args.out)
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = "is_dos/manual" if args.manual_dir else "is_dos/demo"
-    labels = Path(args.manual_dir) / "labels.csv" if args.manual_dir else resources.demo_labels()
     t_all = time.time()
     timings = {}
 
@@ -83,9 +134,6 @@ def run_demo(args: DemoConfig) -> dict:
 
     t = _step(2, f"train ESNet ({args.config}) -> {out / 'run'}")
     run_dir = out / "run"
-    settings = TrainConfig(dataset=name, data_dir=str(out / "tfds"), config=model_config(args.config),
-                           epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                           early_stopping_patience=args.early_stopping_patience)
     summary_path = run_dir / "summary.json"
     if summary_path.is_file() and (run_dir / "best.keras").is_file():
         summary = json.loads(summary_path.read_text())

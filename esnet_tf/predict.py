@@ -24,7 +24,7 @@ import numpy as np
 from esnet_tf.isdos import ENERGY_INPUTS, require_energies
 from esnet_tf.isdos import (DOMAIN_COLUMN, INPUT_NAMES, OUTPUT_NAME, PAPER_GRID, PREDICTION_COLUMN,
                             PREDICTION_STD_COLUMN, EnergyGrid)
-from esnet_tf.atomic import atomic_path
+from esnet_tf.atomic import atomic_path, refuse_existing
 from esnet_tf.errors import UserError
 
 PRED_COLUMN = PREDICTION_COLUMN
@@ -346,6 +346,7 @@ class PredictConfig:
     trust_model_code: bool = False  #: load a SavedModel esnet-tf neither ships nor exported (runs its code)
     references: str | None = None   #: elemental references (CSV element,energy_per_atom or MP entries JSON)
     #: for the IS formation energy of VASP / MP inputs (GPAW calculations of `esnet dft` bring their own)
+    overwrite: bool = False         #: replace an existing `out` (else it is refused before the model loads)
 
     def __post_init__(self) -> None:
         import os
@@ -396,7 +397,8 @@ def check_energy_inputs(arrays: dict, names: Sequence[str], model: str, referenc
 
 
 def predict_to_csv(config: PredictConfig) -> tuple[Any, Any, list[str]]:
-    """Run `esnet predict`: load the model, featurize / read the inputs, predict, write `config.out`.
+    """Run `esnet predict`: load the model, featurize / read the inputs, predict, write `config.out` (atomically;
+    an existing one is refused in one line unless `config.overwrite`, before anything loads).
 
     Returns (the `esnet_tf.pretrained.PredictionTable`, the model, the failures: inputs that could not
     be featurized, one line each, also printed to stderr). No input featurized: `UserError`, no CSV.
@@ -405,6 +407,7 @@ def predict_to_csv(config: PredictConfig) -> tuple[Any, Any, list[str]]:
 
     if not isinstance(config, PredictConfig):
         raise TypeError(f"predict_to_csv() takes a PredictConfig, not {type(config).__name__}")
+    refuse_existing([config.out], config.overwrite)  # before the model loads: a refused run costs nothing
     model = load_model(config.model, trust_model_code=config.trust_model_code)
     model.predictor.precision = config.precision
     references = None

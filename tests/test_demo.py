@@ -101,3 +101,38 @@ def test_demo_help_says_how_to_use_own_data(capsys):
     with pytest.raises(SystemExit):
         cli_main(["demo", "--help"])
     assert "--manual-dir" in capsys.readouterr().out
+
+
+def test_fresh_removes_only_the_demos_outputs_after_checking_the_arguments(tmp_path):
+    """`esnet demo --fresh` (issue 36): a bad argument is refused before anything is removed; then only the
+    demo's own outputs (`DEMO_OUTPUTS`) go, the user's files beside them stay. No demo run."""
+    from esnet_tf.demo import DEMO_OUTPUTS, DemoConfig, remove_outputs, run_demo
+    from esnet_tf.errors import UserError
+
+    out = tmp_path / "out"
+    mine = {out / "notes.txt": "mine", out / "saved_models" / "other" / "1" / "x.pb": "other model",
+            out / "runs" / "keep.csv": "a,b"}
+    theirs = [out / "tfds" / "is_dos" / "demo" / "1.0.0" / "dataset_info.json", out / "run" / "best.keras",
+              out / "eval" / "metrics.json", out / "saved_models" / "esnet_demo" / "1" / "saved_model.pb",
+              out / "screen" / "candidates.csv", out / "summary.json"]
+    for path, text in [*mine.items(), *((p, "{}") for p in theirs)]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep")
+    (out / "screen").rename(out / "screen_real")
+    (out / "screen").symlink_to(outside, target_is_directory=True)  # a link among the outputs: never followed
+
+    for bad in ({"manual_dir": tmp_path / "nowhere"}, {"config": str(tmp_path / "missing.json")}):
+        with pytest.raises(UserError) as err:
+            run_demo(DemoConfig(out=out, fresh=True, **bad))
+        assert "\n" not in str(err.value)
+        assert all(p.exists() for p in [*mine, *theirs[:4], theirs[5]])  # refused before removing anything
+
+    removed = remove_outputs(out)
+    assert sorted(p.relative_to(out).as_posix() for p in removed) == sorted(DEMO_OUTPUTS)
+    assert not any(p.exists() or p.is_symlink() for p in removed)
+    assert all(p.read_text() == text for p, text in mine.items())
+    assert (outside / "precious.txt").read_text() == "keep" and (out / "screen_real" / "candidates.csv").is_file()
+    assert remove_outputs(out) == []  # nothing of the demo's left

@@ -1080,3 +1080,23 @@ def test_dft_run_resumes_its_own_task_list_and_refuses_another_without_overwrite
     (out / "outcomes.json").unlink()
     capsys.readouterr()
     assert cli_main(argv) == 2 and f"{out / 'labels.csv'}: exists" in _one_line(capsys)  # not an `esnet dft` output
+
+
+# ---------------------------------------------------------------- 12. esnet predict never replaces a CSV unasked
+def test_predict_refuses_an_existing_out_before_loading_the_model(tmp_path, capsys):
+    """`esnet predict --out FILE` (issue 36): an existing FILE is refused in one line naming it and --overwrite,
+    before the model loads (the model path here does not exist: its error would come first otherwise); with
+    --overwrite the run goes on, and a run that then fails keeps the old file."""
+    gpaw = str(next(DEMO.glob("calcs/*/is.gpawdos.npz")))
+    out = tmp_path / "p.csv"
+    out.write_text("id,mine\nx,1\n")
+    missing = tmp_path / "missing.keras"
+    capsys.readouterr()
+    assert cli_main(["predict", str(missing), gpaw, "--out", str(out)]) == 2
+    line = _one_line(capsys)
+    assert f"{out}: exists" in line and "--overwrite" in line and "missing.keras" not in line
+    assert out.read_text() == "id,mine\nx,1\n"
+    assert cli_main(["predict", str(missing), gpaw, "--out", str(out), "--overwrite"]) == 2
+    line = _one_line(capsys)
+    assert "missing.keras" in line and "exists" not in line  # past the check, at the model
+    assert out.read_text() == "id,mine\nx,1\n"

@@ -604,4 +604,5 @@ def test_predict_cli_npz_and_raw_files(tmp_path, demo_data, small_run):
     by_id = {r["id"]: r for r in rows}
     if first["id"] in by_id:  # same calculation via raw file and via .npz: same prediction
         assert raw[0]["predicted_formation_energy_per_atom"] == by_id[first["id"]]["predicted_formation_energy_per_atom"]
-    assert main(["predict", model, str(tmp_path / "nope.vasprun.xml"), "--out", str(out2)]) == 2
+    assert main(["predict", model, str(tmp_path / "nope.vasprun.xml"), "--out", str(out2),
+                 "--overwrite"]) == 2  # out2 exists: past the --overwrite check, at the missing input

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from esnet_tf.demo import DEMO_OUTPUTS
+
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.description = (
@@ -25,7 +27,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="examples per batch")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--threshold", type=float, default=0.0, help="stability threshold on E_hull, eV/atom")
-    p.add_argument("--fresh", action="store_true", help="redo every step instead of reusing what is built")
+    p.add_argument("--fresh", action="store_true",
+                   help="redo every step instead of reusing what is built: after the other arguments are checked, "
+                   "remove the demo's own outputs in --out (" + ", ".join(DEMO_OUTPUTS) + "); other files there "
+                   "are left alone")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from esnet_tf.atomic import OVERWRITE_HELP
+
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.description = ("Predict relaxed formation energies (eV/atom) from IS-DOS with a saved or shipped ESNet and "
@@ -24,6 +26,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="the model (name or path); every positional argument is then an input")
     p.add_argument("--list", action="store_true", help="list the shipped models and exit")
     p.add_argument("--out", default="preds.csv", help="output CSV (energies in eV/atom)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.format("the --out CSV"))
     p.add_argument("--labels", help="optional labels CSV (id, formation_energy_per_atom, e_above_hull; eV/atom) "
                    "to add the truths")
     p.add_argument("--batch-size", type=int, default=256, help="examples per model call")
@@ -55,7 +58,8 @@ def config_from_args(args: argparse.Namespace):
     model_ref = args.model or (items.pop(0) if items else None)
     return PredictConfig(model=model_ref, inputs=tuple(items), out=args.out, labels=args.labels,
                          batch_size=args.batch_size, workers=args.workers, precision=args.precision,
-                         strict=args.strict, trust_model_code=args.trust_model_code, references=args.references)
+                         strict=args.strict, trust_model_code=args.trust_model_code, references=args.references,
+                         overwrite=args.overwrite)
 
 
 def run(args: argparse.Namespace) -> int:
