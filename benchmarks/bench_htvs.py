@@ -218,7 +218,7 @@ def main() -> None:
     print(json.dumps({"raw": result["raw"]}), file=sys.stderr, flush=True)
     esnet = str(Path(sys.executable).with_name("esnet"))
     result["esnet_predict_npz"] = in_fresh_process([esnet, "predict", model, inputs["npz"], "--out",
-                                                    str(work / "cli_preds.csv"), "--precision", args.precision])
+                                                    str(work / "cli_preds.csv"), "--overwrite", "--precision", args.precision])
     result["esnet_predict_npz"]["inputs_per_s"] = args.n / result["esnet_predict_npz"]["process_wall_s"]
     emit(result, args.json)
 
