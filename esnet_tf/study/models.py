@@ -479,6 +479,11 @@ register("esnet_uip_correction", "ESNet small (element-property means) on IS-DOS
          "energies, predicting a correction to CHGNet's E_f", group="esnet")(
     _on_is_uip(lambda: _small(energy_inputs=(_IS_EF, UIP_EF), target="uip_correction", element_properties=True)))
 
-CANDIDATE_NEEDS.update({"esnet_uip_relax": ("is_single_point", "uip_relaxation"),
+register("esnet_uip_correction_no_is", "esnet_uip_correction without the IS formation energy (IS-DOS + CHGNet's E_f)",
+         group="esnet")(
+    _on_is_uip(lambda: _small(energy_inputs=(UIP_EF,), target="uip_correction", element_properties=True)))
+
+CANDIDATE_NEEDS.update({"esnet_uip_correction_no_is": ("is_single_point", "uip_relaxation"),
+                        "esnet_uip_relax": ("is_single_point", "uip_relaxation"),
                         "esnet_uip_is": ("is_single_point", "uip_relaxation"),
                         "esnet_uip_correction": ("is_single_point", "uip_relaxation")})
