@@ -38,6 +38,7 @@ import math
 import numbers
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -287,6 +288,17 @@ def _replace_run(staging: Path, run_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _report_interrupted_replacement(run_dir: Path) -> list[Path]:
+    """Name (on stderr) every `.RUN.*.replaced` directory beside `run_dir`: a replacement (`overwrite`) that was
+    killed between moving the old run's outputs aside and removing them. They are kept, never removed here:
+    the user decides (returns them)."""
+    left = sorted(p for p in run_dir.parent.glob(f".{run_dir.name}.*.replaced") if p.is_dir() and not p.is_symlink())
+    for p in left:
+        print(f"{p}: the outputs of a run of {run_dir} that an interrupted --overwrite moved aside; "
+              f"{run_dir} may hold the new run only in part: check it, then remove {p}", file=sys.stderr)
+    return left
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2))
@@ -534,6 +546,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, train_data: Any = None, v
         return _train_with_strategy(config, shared_dir, restore, train_data, validation_data, resume=resume,
                                     verbose=verbose)
     with exclusive(shared_dir, "run directory"):  # a second training into the same run is refused
+        _report_interrupted_replacement(shared_dir)
         if holds_run(shared_dir) and not (resume or overwrite):
             raise UserError(f"{shared_dir} already holds a run; resume it (--resume), replace it once the new run "
                             "is complete (--overwrite), or choose another run directory")

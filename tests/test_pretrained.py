@@ -117,8 +117,7 @@ def test_python_api_one_or_many(shipped):
     name = NAMES[0]
     rows = read_labels(resources.demo_labels())[:2]
     example = featurize(rows[1].file, id=rows[1].id)
-    model = esnet_tf.load_model(name)
-    one = model.predict(rows[0].file)
+    one = shipped[name].predict(rows[0].file)  # the model the fixture loaded by name with esnet_tf.load_model
     many = esnet_tf.predict_formation_energy(shipped[name], [rows[0].file, example])
     assert len(one) == 1 and len(many) == 2
     assert many["id"][1] == rows[1].id
@@ -129,29 +128,23 @@ def test_python_api_one_or_many(shipped):
     assert df.attrs["units"][PREDICTION_STD_COLUMN] == "eV/atom" and len(df) == 2
 
 
-def test_vasp_fixtures_flagged_and_strict_refuses(shipped, fixtures_dir, tmp_path, capsys):
+VASP_FILES = ("Al.vasprun.xml.gz", "GaAs_mp-2534.vasprun.xml.gz", "indirect.vasprun.xml.gz", "LiF.vasprun.xml.gz")
+MP_FILES = ("Nb3Sn_complete_dos.json", "Si_complete_dos.json")
+
+
+def test_vasp_fixtures_flagged_and_strict_refuses(shipped, fixtures_dir):
+    from esnet_tf.errors import UserError
+
     name = NAMES[0]
-    files = [fixtures_dir / "vasp" / f for f in ("Al.vasprun.xml.gz", "GaAs_mp-2534.vasprun.xml.gz",
-                                                  "indirect.vasprun.xml.gz", "LiF.vasprun.xml.gz")]
-    files += [fixtures_dir / "mp" / f for f in ("Nb3Sn_complete_dos.json", "Si_complete_dos.json")]
+    files = [fixtures_dir / "vasp" / f for f in VASP_FILES] + [fixtures_dir / "mp" / f for f in MP_FILES]
     table = shipped[name].predict([str(f) for f in files])
     assert len(table) == len(files)
     for i, reason in enumerate(table[DOMAIN_COLUMN]):
         assert "DFT code VASP" in reason, (table["id"][i], reason)
     assert any("DOS scale" in r or "occupied states" in r for r in table[DOMAIN_COLUMN])
-
-    out = tmp_path / "preds.csv"
-    assert main(["predict", name, str(files[0]), str(files[1]), "--out", str(out)]) == 0
-    err = capsys.readouterr().err
-    assert "outside the training domain" in err
-    with out.open() as fh:
-        rows = list(csv.DictReader(fh))
-    assert {PREDICTION_COLUMN, PREDICTION_STD_COLUMN, DOMAIN_COLUMN} <= set(rows[0])
-    assert all("VASP" in r[DOMAIN_COLUMN] for r in rows)
-
-    strict = tmp_path / "strict.csv"
-    assert main(["predict", "--model", name, str(files[0]), "--strict", "--out", str(strict)]) == 2
-    assert "--strict" in capsys.readouterr().err and not strict.exists()
+    with pytest.raises(UserError) as err:
+        shipped[name].predict([str(files[0])], strict=True)
+    assert "\n" not in str(err.value) and "Al.vasprun" in str(err.value)
 
 
 def test_cli_models_and_list(capsys, tmp_path):
@@ -167,17 +160,25 @@ def test_cli_models_and_list(capsys, tmp_path):
     assert "shipped" in capsys.readouterr().err
 
 
-def test_gpaw_demo_in_domain_via_cli(tmp_path):
-    """The shipped model predicts GPAW files with an empty domain column, and --strict accepts them."""
+def test_cli_predicts_gpaw_in_domain_and_flags_vasp(fixtures_dir, tmp_path, capsys):
+    """`esnet predict NAME FILES`: GPAW demo files get an empty domain column and σ > 0; a VASP file in the
+    same run a domain reason and one warning line; `--strict` refuses that run (exit 2, no CSV)."""
     from esnet_tf.labels import read_labels
 
     rows = read_labels(resources.demo_labels())[:3]
+    vasp = fixtures_dir / "vasp" / VASP_FILES[0]
     out = tmp_path / "p.csv"
-    assert main(["predict", NAMES[0], *[r.file for r in rows], "--strict", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["predict", NAMES[0], *[r.file for r in rows], str(vasp), "--out", str(out)]) == 0
+    assert "outside the training domain" in capsys.readouterr().err
     with out.open() as fh:
         got = list(csv.DictReader(fh))
-    assert [r[DOMAIN_COLUMN] for r in got] == ["", "", ""]
+    assert {PREDICTION_COLUMN, PREDICTION_STD_COLUMN, DOMAIN_COLUMN} <= set(got[0])
+    assert [r[DOMAIN_COLUMN] for r in got[:3]] == ["", "", ""] and "VASP" in got[3][DOMAIN_COLUMN]
     assert all(float(r[PREDICTION_STD_COLUMN]) > 0 for r in got)
+    strict = tmp_path / "strict.csv"
+    assert main(["predict", "--model", NAMES[0], str(vasp), "--strict", "--out", str(strict)]) == 2
+    assert "--strict" in capsys.readouterr().err and not strict.exists()
 
 
 def test_domain_rules():

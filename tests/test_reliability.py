@@ -200,9 +200,9 @@ def test_cli_numbers_out_of_range_get_one_line(tmp_path, capsys):
 def test_readme_dft_spec_without_elements_does_not_exit_0(tmp_path, capsys):
     pytest.importorskip("gpaw")
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"enumerate": {"prototypes": ["rocksalt", "cscl"],
-                                              "species": [["Na", "K"], ["Cl", "F"]]}}))  # README's example
-    rc = cli_main(["dft", "run", str(spec), "--out", str(tmp_path / "out"), "--tiny", "--workers", "2"])
+    # the form of docs/dft.md's example (rocksalt and cscl of Na, K with Cl, F), cut to one structure
+    spec.write_text(json.dumps({"enumerate": {"prototypes": ["rocksalt"], "species": [["Na"], ["Cl"]]}}))
+    rc = cli_main(["dft", "run", str(spec), "--out", str(tmp_path / "out"), "--tiny", "--workers", "1"])
     out = capsys.readouterr().out
     assert rc == 1 and "no labelled example" in out and "elemental references" in out
 
@@ -1100,3 +1100,56 @@ def test_predict_refuses_an_existing_out_before_loading_the_model(tmp_path, caps
     line = _one_line(capsys)
     assert "missing.keras" in line and "exists" not in line  # past the check, at the model
     assert out.read_text() == "id,mine\nx,1\n"
+
+
+# ---------------------------------------------------------------- 13. esnet dft demo|pool --out: only their own dataset
+def test_dft_demo_and_pool_refuse_an_out_that_holds_something_else(tmp_path, capsys):
+    """`esnet dft demo|pool --out DIR` resume their own dataset; an `esnet dft run` output, the other kind,
+    other settings or a labels.csv of unknown origin are refused in one line before anything is copied or
+    computed, and the directory is left as it was."""
+    pytest.importorskip("gpaw", reason="GPAW (extra `dft`) is not installed")
+    from esnet_tf.dft.settings import DFTSettings
+
+    settings = json.loads(json.dumps(DFTSettings().to_dict()))
+    cases = {
+        "run_output": ({"outcomes.json": "[]", "labels.csv": "id\n"}, "demo", "output of `esnet dft run`"),
+        "unknown_labels": ({"labels.csv": "id,formation_energy_per_atom\nx,0.1\n"}, "pool", "without the provenance"),
+        "pool_as_demo": ({"provenance.json": json.dumps({"description": "pool (esnet dft pool)", "settings": settings})},
+                         "demo", "holds another dataset"),
+        "demo_as_pool": ({"provenance.json": json.dumps({"description": "IS-DOS (esnet dft)", "settings": settings})},
+                         "pool", "holds another dataset"),
+        "other_settings": ({"provenance.json": json.dumps({"description": "IS-DOS (esnet dft)",
+                                                           "settings": {**settings, "ecut": 400.0}})},
+                           "demo", "ecut 400.0 there, 500.0 asked"),
+        "broken_provenance": ({"provenance.json": "{"}, "pool", "not readable JSON"),
+    }
+    for name, (files, kind, expected) in cases.items():
+        out = tmp_path / name
+        out.mkdir()
+        for f, text in files.items():
+            (out / f).write_text(text)
+        capsys.readouterr()
+        argv = ["dft", kind, "--out", str(out), "--limit", "0"] + (["--demo-dir", str(DEMO)] if kind == "pool" else [])
+        assert cli_main(argv) == 2, name
+        line = _one_line(capsys)
+        assert f"--out {out}:" in line and expected in line and "choose another --out" in line, (name, line)
+        assert sorted(p.name for p in out.iterdir()) == sorted(files), name  # nothing copied or written
+
+
+# ---------------------------------------------------------------- 14. an interrupted --overwrite is named, not hidden
+def test_train_names_the_old_run_an_interrupted_overwrite_moved_aside(tmp_path, capsys):
+    """A replacement (`train(..., overwrite=True)`) killed between moving the old run aside and removing it
+    leaves `.RUN.*.replaced/`: the next training into RUN names it on stderr and keeps it."""
+    from esnet_tf.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    run.mkdir()
+    left = tmp_path / ".run.k3x9.replaced"
+    left.mkdir()
+    (left / "best.keras").write_bytes(b"old")
+    capsys.readouterr()
+    with pytest.raises(UserError):
+        train(TrainConfig(dataset=str(tmp_path / "missing.npz")), run)
+    err = capsys.readouterr().err
+    assert f"{left}: the outputs of a run of {run} that an interrupted --overwrite moved aside" in err
+    assert (left / "best.keras").read_bytes() == b"old"

@@ -133,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--readme {args.readme}: {exc}") from None
     st = _settings(args)
     out = Path(args.out)
+    if args.dft_command in ("demo", "pool"):
+        _check_dataset_output(out, args.dft_command, st)
     if args.dft_command == "pool":
         return _pool(args, st, out)
     if args.dft_command == "demo":
@@ -248,6 +250,38 @@ def _recorded_tasks(out: Path) -> list[tuple[str, str]] | None:
     except (OSError, UnicodeDecodeError, ValueError, csv.Error):
         refuse_existing([labels], False)  # not the labels of an `esnet dft run`
     return pairs
+
+
+#: what the provenance.json description of an `esnet dft pool` dataset contains (and no other's)
+DATASET_MARK = {"pool": "(esnet dft pool)"}
+
+
+def _check_dataset_output(out: Path, kind: str, st: DFTSettings) -> None:
+    """`esnet dft demo|pool --out`: resume or extend a dataset of this kind computed with these settings; any
+    other directory content (an `esnet dft run` output, the other kind, other settings, a labels.csv of
+    unknown origin) is refused in one line before anything is copied or computed."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: a file, not a directory; give the dataset directory")
+    fix = f"choose another --out for `esnet dft {kind}` (nothing was changed)"
+    if (out / "outcomes.json").is_file():
+        raise UserError(f"--out {out}: holds the output of `esnet dft run` (outcomes.json); {fix}")
+    prov_path = out / "provenance.json"
+    if not prov_path.is_file():
+        if (out / "labels.csv").exists():
+            raise UserError(f"--out {out}: holds a labels.csv without the provenance.json of `esnet dft {kind}`; {fix}")
+        return
+    try:
+        prov = json.loads(prov_path.read_text(encoding="utf-8"))
+        description, settings = str(prov.get("description", "")), prov.get("settings")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        raise UserError(f"--out {out}: its provenance.json is not readable JSON of an `esnet dft` dataset; {fix}") from None
+    if (DATASET_MARK["pool"] in description) != (kind == "pool"):
+        raise UserError(f"--out {out}: holds another dataset ({description[:60]!r}), not the {kind}; {fix}")
+    asked = json.loads(json.dumps(st.to_dict()))
+    if isinstance(settings, dict) and settings != asked:
+        key = next((k for k in sorted(set(settings) | set(asked)) if settings.get(k) != asked.get(k)), "?")
+        raise UserError(f"--out {out}: computed with other DFT settings ({key} {settings.get(key)!r} there, "
+                        f"{asked.get(key)!r} asked); use the same settings to resume it, or {fix}")
 
 
 def _check_run_output(out: Path, tasks: list, overwrite: bool) -> None:
