@@ -634,6 +634,60 @@ def test_energy_input_esnet_rows_build_a_model_with_the_energy_input(tmp_path, m
         study_models.run_model("esnet_is_relax", study_models.Unit(missing, fold, 1, 2, 0, 1, 4, tmp_path / "x"))
 
 
+def test_levers_of_the_best_row_train_longer_wider_or_tuned_with_its_inputs(tmp_path, monkeypatch):
+    """The levers tried on esnet_uip_correction: `_long` trains twice the unit's epochs, `_paper` has the paper's
+    widths, `_tuned` runs a real KerasTuner search (2 tiny trials) whose base is the row's own config (its two
+    energy inputs, target and element properties kept) on the training rows with those inputs, and hands the chosen
+    config to the final training."""
+    import json
+
+    from esnet_tf.model import ESNetConfig
+    from esnet_tf.splits import kfold_of
+    from esnet_tf.study import fit as study_fit
+
+    inputs = ("is_formation_energy_per_atom", "uip_formation_energy_per_atom")
+    seen: dict = {}
+    real_tune = study_fit.tune_esnet
+
+    def fit_and_look(train, test, work, config, epochs, *args, **kwargs):
+        config = ESNetConfig.named(config) if isinstance(config, str) else config
+        assert all(k in train and k in test for k in config.energy_inputs)
+        seen["got"] = (config.energy_inputs, config.target, config.element_properties, config.stage_widths, epochs)
+        raise _Built
+
+    monkeypatch.setattr(study_fit, "fit_esnet", fit_and_look)
+    space = tmp_path / "space.json"  # tiny models: 1 stage, 1 head layer
+    space.write_text(json.dumps({"base": "small", "hyperparameters": {
+        "stem_filters": 4, "n_stages": 1, "first_width": {"values": [4, 8]}, "composition_units": 8,
+        "head_layers": 1, "head_width": 8}}))
+    data = _energy_esnet_data()
+    fold = np.array([kfold_of(c, 2, 0) for c in data.is_["chemsys"]])
+    small, paper = ESNetConfig.small().stage_widths, ESNetConfig.paper().stage_widths
+    want = {"esnet_uip_correction_long": (small, 8), "esnet_uip_correction_paper": (paper, 4)}
+    for name, (widths, epochs) in want.items():
+        seen["name"] = name
+        with pytest.raises(_Built):
+            study_models.run_model(name, study_models.Unit(data, fold, 1, 2, 0, 4, 4, tmp_path / name, space))
+        assert seen["got"] == (inputs, "uip_correction", True, widths, epochs), name
+        assert study_models.candidate_needs(name) == ("is_single_point", "uip_relaxation")
+    seen["name"] = "esnet_uip_correction_tuned"
+
+    def tune_two_trials(*args, **kwargs):
+        seen["space"] = json.loads(Path(args[-1]).read_text())
+        seen["base"] = ESNetConfig.named(seen["space"]["base"])  # the unit's work folder goes with the unit
+        seen["tuned"] = real_tune(*args, trials=2, **kwargs)
+        return seen["tuned"]
+
+    monkeypatch.setattr(study_fit, "tune_esnet", tune_two_trials)
+    with pytest.raises(_Built):
+        study_models.run_model(seen["name"], study_models.Unit(data, fold, 1, 2, 0, 4, 4, tmp_path / "t", space))
+    assert seen["space"]["hyperparameters"]["first_width"] == {"values": [4, 8]}
+    assert (seen["base"].energy_inputs, seen["base"].target) == (inputs, "uip_correction")
+    notes = seen["tuned"][1]
+    assert notes["n_trials"] == 2 and seen["got"][:3] == (inputs, "uip_correction", True)
+    assert seen["got"][3] == (notes["hyperparameters"]["first_width"],)
+
+
 def test_campaign_predictions_from_study_units_are_their_out_of_fold_ensemble(tmp_path):
     """oof_from_study: members = a candidate's units under each seed (mean, std ddof=1), fold = its
     first seed's fold, elements left out; a missing unit or another snapshot is a one-line error."""

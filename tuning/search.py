@@ -40,6 +40,7 @@ from typing import Any
 
 from esnet_tf.data import DataConfig
 from esnet_tf.errors import UserError
+from esnet_tf.isdos import INPUT_NAMES
 from esnet_tf.train import TrainConfig, write_warmup_examples
 
 TUNERS = ("hyperband", "bayesian", "random")
@@ -218,8 +219,10 @@ def tune(config: TuneConfig, directory: str | Path, project_name: str, *, train_
         raise UserError(str(exc)) from None
     project = Path(directory) / project_name
     keras.utils.set_random_seed(int(config.seed))
+    input_names = space.input_names()  # the base config's named energy inputs (eV/atom) too
     loaded = data.train_and_validation(config.dataset, config.split_options(), "the tuning objective",
-                                       train_data=train_data, validation_data=validation_data)
+                                       train_data=train_data, validation_data=validation_data,
+                                       input_names=input_names)
     train_ds, val_ds, n_train, n_val, stats = loaded[:5]
     spec = loaded.source
     identity = _identity(config, space, loaded.fingerprint)
@@ -235,7 +238,7 @@ def tune(config: TuneConfig, directory: str | Path, project_name: str, *, train_
     try:
         summary = _search(config, hypermodel, directory, project_name, who, identity, train_ds, val_ds,
                           n_train, n_val, retrain_epochs, train_data, validation_data, export_dir, export_name,
-                          export_version, top, verbose)
+                          export_version, top, verbose, input_names)
     except BaseException:
         if aside is not None:
             _put_back(aside, project)
@@ -247,7 +250,7 @@ def tune(config: TuneConfig, directory: str | Path, project_name: str, *, train_
 
 def _search(config: TuneConfig, hypermodel, directory, project_name: str, who: str, identity: dict, train_ds,
             val_ds, n_train: int, n_val: int, retrain_epochs, train_data, validation_data, export_dir,
-            export_name, export_version, top: int, verbose: int) -> dict:
+            export_name, export_version, top: int, verbose: int, input_names: tuple[str, ...]) -> dict:
     """The search of `tune` once everything is checked: run, summarize, retrain / keep, export."""
     import keras
 
@@ -259,8 +262,8 @@ def _search(config: TuneConfig, hypermodel, directory, project_name: str, who: s
                        hyperband_factor=config.hyperband_factor, overwrite=False)
     if who != "worker":
         _write_json(project / SETTINGS_FILE, identity)
-    pipe_train = data.training_pipeline(train_ds, config.batch_size, seed=config.seed)
-    pipe_val = data.training_pipeline(val_ds, config.batch_size, shuffle=False)
+    pipe_train = data.training_pipeline(train_ds, config.batch_size, seed=config.seed, input_names=input_names)
+    pipe_val = data.training_pipeline(val_ds, config.batch_size, shuffle=False, input_names=input_names)
     t0 = time.time()
     tuner.search(pipe_train, validation_data=pipe_val, epochs=config.epochs, shuffle=False,  # the pipeline shuffles
                  callbacks=[keras.callbacks.TerminateOnNaN()], verbose=verbose)
@@ -275,7 +278,7 @@ def _search(config: TuneConfig, hypermodel, directory, project_name: str, who: s
     best = summary["best_trials"][0]
     model_path, retrained = _best_model(tuner, best, config, project, val_ds,
                                         config.epochs if retrain_epochs is None else retrain_epochs,
-                                        train_data, validation_data)
+                                        train_data, validation_data, input_names)
     summary["best_model"] = {"path": str(model_path), **retrained}
     if export_dir is not None:
         summary["export"] = _export(model_path, project, best["trial_id"], export_dir,
@@ -407,7 +410,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _best_model(tuner, best: dict, config: TuneConfig, project: Path, val_ds, retrain_epochs: int,
-                train_data=None, validation_data=None):
+                train_data=None, validation_data=None, input_names: tuple[str, ...] | None = None):
     """best/best.keras: the best trial retrained by `esnet train`, or (0 epochs) its checkpoint weights."""
     from esnet_tf.train import train
 
@@ -432,7 +435,7 @@ def _best_model(tuner, best: dict, config: TuneConfig, project: Path, val_ds, re
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model = tuner.load_model(trial)
         model.save(out / "best.keras")
-        write_warmup_examples(val_ds, out / "warmup_examples.npz")
+        write_warmup_examples(val_ds, out / "warmup_examples.npz", input_names=input_names or INPUT_NAMES)
         info = {"params": int(model.count_params())}
         print(f"saved trial {best['trial_id']}'s checkpoint -> {out / 'best.keras'}")
     _write_json(out / BEST_TRIAL_FILE, {**record, **info})

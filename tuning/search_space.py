@@ -67,6 +67,13 @@ class SearchSpace:
             raise SearchSpaceError(f"{self.source}: base: {exc}") from None
         self._check_corners()
 
+    def input_names(self) -> tuple[str, ...]:
+        """The model inputs every sampled config takes: the base config's (`esnet_tf.data.model_input_names`:
+        the three IS-DOS inputs, then its named energy inputs, eV/atom); the space does not vary them."""
+        from esnet_tf.data import model_input_names
+
+        return model_input_names(ESNetConfig.named(self.base))
+
     # ------------------------------------------------------------ construction
     @classmethod
     def from_dict(cls, d: dict, source: str = "<dict>") -> "SearchSpace":

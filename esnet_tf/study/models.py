@@ -157,6 +157,12 @@ def _small(**changes: Any) -> Any:
     return ESNetConfig.small().replace(**changes)
 
 
+def _paper(**changes: Any) -> Any:
+    from esnet_tf.model import ESNetConfig
+
+    return ESNetConfig.paper().replace(**changes)
+
+
 def _esnet_notes(unit: Unit) -> dict:
     return {"n_train": int(len(unit.train_idx))}
 
@@ -483,6 +489,54 @@ register("esnet_uip_correction_no_is", "esnet_uip_correction without the IS form
          group="esnet")(
     _on_is_uip(lambda: _small(energy_inputs=(UIP_EF,), target="uip_correction", element_properties=True)))
 
+
+# ---------------------------------------------------------------- levers tried on the best ESNet row (issue 32)
+
+
+def _uip_correction(**changes: Any) -> Any:
+    """esnet_uip_correction's config (small unless `changes` say otherwise)."""
+    return _small(energy_inputs=(_IS_EF, UIP_EF), target="uip_correction", element_properties=True).replace(**changes)
+
+
+@register("esnet_uip_correction_long", "esnet_uip_correction trained for twice the study's epochs (80 at --epochs 40; "
+          "early stopping and learning-rate patience scale with them)", group="esnet")
+def _esnet_uip_correction_long(unit: Unit) -> tuple[np.ndarray, dict]:
+    import dataclasses
+
+    return _on_is_uip(_uip_correction)(dataclasses.replace(unit, epochs=2 * unit.epochs))
+
+
+register("esnet_uip_correction_paper", "esnet_uip_correction with the paper's widths (64-128-256-512, ~10 M "
+         "parameters)", group="esnet")(
+    _on_is_uip(lambda: _paper(energy_inputs=(_IS_EF, UIP_EF), target="uip_correction", element_properties=True)))
+
+
+@register("esnet_uip_correction_tuned", "esnet_uip_correction, size and regularisation chosen by KerasTuner on the "
+          "training folds only (the search space of esnet_is_tuned around this row's config)", group="esnet")
+def _esnet_uip_correction_tuned(unit: Unit) -> tuple[np.ndarray, dict]:
+    import json
+
+    from esnet_tf.atomic import write_text
+    from esnet_tf.errors import UserError
+    from esnet_tf.study.fit import tune_esnet
+
+    if unit.tune_space is None:
+        raise UserError("esnet_uip_correction_tuned needs a KerasTuner search space (StudyConfig.tune_space)")
+    _is_energy(unit)
+    train, test, uip_notes = _with_uip(unit)
+    notes = {**_esnet_notes(unit), "uip": uip_notes}
+    unit.work.mkdir(parents=True, exist_ok=True)
+    base, space = unit.work / "base_config.json", unit.work / "search_space.json"
+    write_text(base, json.dumps(_uip_correction().to_dict()))
+    spec = json.loads(Path(unit.tune_space).read_text(encoding="utf-8"))
+    write_text(space, json.dumps({**spec, "base": str(base)}))
+    config, notes["tuned"] = tune_esnet(train, unit.work / "search", unit.epochs, unit.seed, unit.batch_size, space)
+    pred, notes["train"] = unit.esnet(train, test, config, unit.work / "final")
+    return pred, notes
+
+
+CANDIDATE_NEEDS.update({f"esnet_uip_correction_{v}": ("is_single_point", "uip_relaxation")
+                        for v in ("long", "paper", "tuned")})
 CANDIDATE_NEEDS.update({"esnet_uip_correction_no_is": ("is_single_point", "uip_relaxation"),
                         "esnet_uip_relax": ("is_single_point", "uip_relaxation"),
                         "esnet_uip_is": ("is_single_point", "uip_relaxation"),
