@@ -340,6 +340,27 @@ def test_demo_augmented_config_builds_and_variants_share_their_parents_split(tmp
         assert n_plain == sum(1 for _ in csv.DictReader(fh))  # every relaxed structure's own IS once
 
 
+def test_pool_config_loads_every_row_of_the_pool_labels_with_role_family_and_energies(tmp_path):
+    """`is_dos/pool`: every row of datasets/is_dos/pool/labels.csv once (splits by chemical system), with its
+    `role` / `family` / `hull_complete` text features and the labels' relaxed and IS formation energies."""
+    with open(ROOT / "datasets" / "is_dos" / "pool" / "labels.csv", newline="") as fh:
+        want = {r["id"]: r for r in csv.DictReader(fh)}
+    builder = isd.build_dataset("is_dos/pool", tmp_path, verbose=False)
+    got = {}
+    for split in builder.info.splits.keys():
+        for ex in tfds.as_numpy(builder.as_dataset(split=split)):
+            got[ex["id"].decode()] = ex
+    assert sorted(got) == sorted(want)
+    assert {"candidate", "competitor", "element"} >= {ex["role"].decode() for ex in got.values()}
+    for i, ex in got.items():
+        row = want[i]
+        assert (ex["role"].decode(), ex["family"].decode(), ex["hull_complete"].decode()) == \
+            (row["role"], row["family"], row["hull_complete"])
+        assert ex["formation_energy_per_atom"] == pytest.approx(float(row["formation_energy_per_atom"]), abs=1e-6)
+        assert ex["is_formation_energy_per_atom"] == pytest.approx(float(row["is_formation_energy_per_atom"]),
+                                                                   abs=1e-5)
+
+
 # ------------------------------------------------------------------------------ IS energies (version 1.1.0)
 
 def _dummy_examples(builder) -> dict[str, dict]:

@@ -42,7 +42,8 @@ class IsDosConfig(tfds.core.BuilderConfig):
     """A variant of is_dos: where the inputs come from and how they become IS-DOS.
 
     grid: the IS-DOS energy axis (E - E_F, eV); fractions: train/validation/test fractions of
-    chemical systems (not of examples); source: 'demo' (datasets/is_dos/demo) or 'manual';
+    chemical systems (not of examples); source: 'demo' (datasets/is_dos/demo), 'pool'
+    (datasets/is_dos/pool) or 'manual';
     path_column: labels.csv column holding the calculation path; labels_file: the labels table
     of the demo directory; text_columns: labels columns kept as text features.
     """
@@ -86,6 +87,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                 "single point and the relaxed label of its parent (`parent_id`; `variant` "
                                 "is '' for the parent's own IS). Variants share their parent's chemical "
                                 "system, hence its split."),
+        IsDosConfig(name="pool", source="pool", text_columns=("role", "family", "hull_complete"),
+                    description="Hypothetical screening pool (`esnet dft pool`, datasets/is_dos/pool): element "
+                                "substitution on ternary prototypes (`role` candidate) with the competing "
+                                "binaries and new elemental phases (`role` competitor / element); `family` "
+                                "names the candidate's prototype family, `hull_complete` ('True'/'False') "
+                                "whether every competitor of its system is computed yet. Grows as the DFT "
+                                "job runs; the labels' sha256 is recorded with the build."),
         IsDosConfig(name="manual", source="manual",
                     description="Your calculations: a manual directory with labels.csv and VASP / "
                                 "Materials Project / GPAW DOS files."),
@@ -176,6 +184,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         """The labels.csv this config reads (the demo's, or the one in `manual_dir`)."""
         if self.builder_config.source == "demo":
             return _DEMO_DIR / self.builder_config.labels_file
+        if self.builder_config.source == "pool":
+            return _DEMO_DIR.parent / "pool" / self.builder_config.labels_file
         if manual_dir is None:
             raise isdos_data.DatasetError("is_dos/manual needs --manual_dir (see MANUAL_DOWNLOAD_INSTRUCTIONS)")
         return Path(os.fspath(manual_dir)).expanduser() / isdos_data.LABELS_FILE

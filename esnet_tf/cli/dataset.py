@@ -8,7 +8,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.description = ("Build the is_dos TFDS dataset (or reuse it when prepared and its labels.csv is unchanged) "
                      "and report examples/s and bytes/example on disk. The same as `tfds build is_dos "
                      "--imports esnet_tf.datasets`, plus the throughput report.")
-    p.add_argument("name", nargs="?", default="is_dos/demo", help="is_dos/demo, is_dos/demo_rs, is_dos/demo_augmented or is_dos/manual")
+    p.add_argument("name", nargs="?", default="is_dos/demo", help="is_dos/demo, is_dos/demo_rs, is_dos/demo_augmented, is_dos/pool or is_dos/manual")
     p.add_argument("--data-dir", help="TFDS data_dir (default: TFDS's, ~/tensorflow_datasets)")
     p.add_argument("--manual-dir", help="directory with labels.csv (is_dos/manual)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even when prepared and up to date")
