@@ -1,14 +1,19 @@
 """Accuracy study: grouped k-fold cross-validation of ESNet against baselines (`esnet_tf.study`).
 
+Folds are grouped by chemical system (default), or by structure prototype with `--group-by prototype`
+(leave-prototype-out; default --out benchmarks/results/accuracy_lopo, table markers `lopo-table`):
+
     python benchmarks/accuracy.py --seeds 0,1,2 --epochs 40                 # run / resume every unit
     python benchmarks/accuracy.py --seeds 0,1,2 --epochs 40 --jobs 2        # the same in 2 processes
     python benchmarks/accuracy.py --seeds 0,1,2 --epochs 40 --summary-only --doc docs/study.md
+    python benchmarks/accuracy.py --group-by prototype --models mean,gbr_magpie --doc docs/study.md
 
 The study itself (snapshot, folds, the model registry, metrics, statistics, table, figure) is the
 library package `esnet_tf.study`; this command turns flags into its `StudyConfig`. Models: see
 `esnet_tf.study.models` (`--models` lists them). Results in --out: the labels snapshot, cache/
 (one JSON per (model, fold, seed) unit), results.json, table.md and accuracy.png; `--doc FILE`
-rewrites the table between `<!-- accuracy-table:start -->` and `<!-- accuracy-table:end -->`.
+rewrites the table between `<!-- accuracy-table:start -->` and `<!-- accuracy-table:end -->`
+(`<!-- lopo-table:start -->` and `<!-- lopo-table:end -->` with --group-by prototype).
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "accuracy"
+#: each grouping's default --out: the studies never share a folder
+DEFAULT_OUTS = {"chemsys": DEFAULT_OUT, "prototype": ROOT / "benchmarks" / "results" / "accuracy_lopo"}
 DEMO = ROOT / "datasets" / "is_dos" / "demo"
 TUNE_SPACE = ROOT / "benchmarks" / "accuracy_search_space.json"  # esnet_is_tuned's search space
 
@@ -26,6 +33,7 @@ TUNE_SPACE = ROOT / "benchmarks" / "accuracy_search_space.json"  # esnet_is_tune
 def parse_args(argv: Sequence[str] | None):
     from esnet_tf.errors import UserError
     from esnet_tf.study import MODELS, StudyConfig
+    from esnet_tf.study.data import check_grouping
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folds", type=int, default=5)
@@ -33,7 +41,10 @@ def parse_args(argv: Sequence[str] | None):
     ap.add_argument("--epochs", type=int, default=40, help="ESNet maximum epochs (early stopping)")
     ap.add_argument("--batch-size", type=int, default=16, help="ESNet batch (examples)")
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from: {', '.join(MODELS)}")
-    ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--group-by", default="chemsys", metavar="{chemsys,prototype}",
+                    help="what the outer folds group by: chemical system, or structure prototype (leave-prototype-out)")
+    ap.add_argument("--out", help="the study folder (default: benchmarks/results/accuracy, or accuracy_lopo "
+                                  "with --group-by prototype)")
     ap.add_argument("--demo", default=str(DEMO), help="the demo dataset folder (labels.csv, labels_augmented.csv)")
     ap.add_argument("--new-snapshot", action="store_true",
                     help="copy the current labels files into --out (default: reuse the snapshot there if any)")
@@ -51,11 +62,13 @@ def parse_args(argv: Sequence[str] | None):
     except ValueError:
         raise UserError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
-    config = StudyConfig(out=Path(args.out), demo=Path(args.demo), folds=args.folds, seeds=seeds, epochs=args.epochs,
+    grouping = check_grouping(args.group_by)  # one line naming the choices, before any default is looked up
+    out = Path(args.out) if args.out else DEFAULT_OUTS[grouping]
+    config = StudyConfig(out=out, demo=Path(args.demo), folds=args.folds, seeds=seeds, epochs=args.epochs,
                          batch_size=args.batch_size, models=models,
                          new_snapshot=args.new_snapshot, summary_only=args.summary_only, units_only=args.units_only,
                          jobs=args.jobs, threads=args.threads, tune_space=TUNE_SPACE,
-                         table_file=Path(args.doc) if args.doc else None,
+                         table_file=Path(args.doc) if args.doc else None, grouping=grouping,
                          command="python benchmarks/accuracy.py " + " ".join(sys.argv[1:]))
     return config
 
@@ -65,7 +78,7 @@ def worker_command(config, threads: int) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--units-only", "--threads", str(threads),
             "--folds", str(config.folds), "--seeds", ",".join(map(str, config.seeds)), "--epochs", str(config.epochs),
             "--batch-size", str(config.batch_size), "--models", ",".join(config.models), "--out", str(config.out),
-            "--demo", str(config.demo)]
+            "--demo", str(config.demo), "--group-by", config.grouping]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -729,3 +729,109 @@ def test_campaign_predictions_from_study_units_are_their_out_of_fold_ensemble(tm
     (camp / SNAPSHOT).write_text(header + body + "KCl_rocksalt,KCl,-2.1,0\n")
     with pytest.raises(UserError, match="is not the study's snapshot"):
         oof_from_study(camp / "out", study, "esnet_is", seeds=(0, 1), folds=2, snapshot=camp / SNAPSHOT)
+
+
+# ---------------------------------------------------------------- leave-prototype-out folds (issue 40, 1a)
+
+LOPO = ROOT / "benchmarks" / "results" / "accuracy_lopo"
+
+
+def _prototype_snapshot() -> SimpleNamespace:
+    """A synthetic study: 60 structures in 12 prototypes (elements' fcc/bcc/hcp among them), 3 variants each,
+    the variants' own prototype labels deliberately not their parent's."""
+    prototypes = ["fcc", "bcc", "hcp", "rocksalt", "cscl", "zincblende", "fluorite", "l12", "d03", "c15",
+                  "perovskite", "heusler"]
+    is_ = {"id": np.array([f"s{i}" for i in range(60)]),
+           "chemsys": np.array([f"A-B{i % 17}" for i in range(60)]),
+           "prototype": np.array([prototypes[(7 * i) % len(prototypes)] for i in range(60)])}
+    parents = np.repeat(np.arange(60), 3)
+    aug = {"id": np.array([f"s{p}_v{j}" for j, p in enumerate(parents)]), "parent_id": is_["id"][parents],
+           "chemsys": is_["chemsys"][parents], "prototype": np.array(["perturbed"] * len(parents))}
+    return SimpleNamespace(is_=is_, aug=aug)
+
+
+def test_prototype_folds_hold_each_prototype_in_one_fold_and_variants_follow_their_parent():
+    from esnet_tf.splits import kfold_of
+
+    data = _prototype_snapshot()
+    for seed in (0, 1, 2):
+        fold = study_data.StudyData.folds(data, 5, seed, "prototype")
+        assert fold.tolist() == [kfold_of(p, 5, seed) for p in data.is_["prototype"]]  # the same hashing helper
+        for proto in set(data.is_["prototype"].tolist()):
+            assert len(set(fold[data.is_["prototype"] == proto].tolist())) == 1
+        assert study_data.fold_sizes(fold, 5) == [int((fold == k).sum()) for k in range(5)]
+        used = set()
+        for k in range(5):
+            sel = study_data.augmented_training_rows(data, fold, k, 5, seed, "prototype")
+            assert set(data.aug["parent_id"][sel].tolist()) == set(data.is_["id"][fold != k].tolist())
+            used |= set(sel.tolist())
+        assert used == set(range(len(data.aug["id"])))  # every variant trains exactly where its parent does
+        chem = study_data.StudyData.folds(data, 5, seed)  # the default grouping is unchanged
+        assert chem.tolist() == [kfold_of(c, 5, seed) for c in data.is_["chemsys"]]
+    with pytest.raises(AssertionError, match="test-fold structures"):  # structures folded by another grouping
+        for k in range(5):
+            study_data.augmented_training_rows(data, study_data.StudyData.folds(data, 5, 0), k, 5, 0, "prototype")
+
+
+def test_unit_paths_of_the_chemsys_study_are_unchanged_and_prototype_ones_differ():
+    from esnet_tf.study.run import unit_path
+
+    out = ROOT / "benchmarks" / "results" / "accuracy"
+    esnet = unit_path(out, "a795d73e514d", "esnet_is", 1, 5, 2, 40)
+    assert esnet == out / "cache" / "a795d73e514d" / "esnet_is_f1of5_s2_e40.json"
+    assert unit_path(out, "a795d73e514d", "gbr_uip", 0, 5, 0, 40, "chemsys").name == "gbr_uip_f0of5_s0_e0.json"
+    for model in ("mean", "gbr_uip", "esnet_is"):  # the committed units load under their names
+        assert unit_path(out, "a795d73e514d", model, 4, 5, 2, 40).is_file()
+    lopo = unit_path(out, "a795d73e514d", "gbr_uip", 0, 5, 0, 40, "prototype")
+    assert lopo.name == "gbr_uip_f0of5_s0_e0_byprototype.json"
+    assert unit_path(LOPO, "a795d73e514d", "gbr_uip", 4, 5, 2, 40, "prototype").is_file()  # the committed LOPO units
+
+
+def test_bad_grouping_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from esnet_tf.study import StudyConfig
+
+    with pytest.raises(UserError, match=r"^unknown grouping 'formula' of the outer folds: choose --group-by from "
+                                        r"chemsys, prototype$"):
+        StudyConfig(out=tmp_path, demo=DEMO, grouping="formula")
+    with pytest.raises(UserError, match="unknown grouping"):
+        report.replace_table("", "", "doc", "formula")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--group-by", "spacegroup", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and not list(tmp_path.iterdir())
+    assert done.stderr == ("accuracy.py: error: unknown grouping 'spacegroup' of the outer folds: choose --group-by "
+                           "from chemsys, prototype\n")
+
+
+def test_a_prototype_study_rewrites_only_its_own_table():
+    start, end = report.MARKERS["prototype"]
+    text = f"{report.TABLE_START}\nchemsys | table\n{report.TABLE_END}\nreading\n{start}\nold\n{end}\n"
+    new = report.replace_table(text, "| lopo |\n", "doc", "prototype")
+    assert new == f"{report.TABLE_START}\nchemsys | table\n{report.TABLE_END}\nreading\n{start}\n| lopo |\n{end}\n"
+    assert report.replace_table(new, "| chem |\n") == new.replace("chemsys | table", "| chem |")
+    with pytest.raises(UserError, match="lopo-table:start"):
+        report.replace_table(f"{report.TABLE_START}\n{report.TABLE_END}\n", "x", "doc", "prototype")
+
+
+def test_study_doc_lopo_table_is_the_summary_of_the_committed_lopo_units():
+    """docs/study.md's leave-prototype-out table is table.md of benchmarks/results/accuracy_lopo, whose
+    results.json summarises the committed unit records (pooled MAE recomputed from them here)."""
+    import json
+
+    result = json.loads((LOPO / "results.json").read_text(encoding="utf-8"))
+    assert result["grouping"] == "prototype"
+    table = report.table_markdown(result)
+    assert "leave-prototype-out 5-fold CV" in table
+    assert table == (LOPO / "table.md").read_text(encoding="utf-8")
+    doc = (ROOT / "docs" / "study.md").read_text(encoding="utf-8")
+    start, end = report.MARKERS["prototype"]
+    assert doc[doc.index(start) + len(start):doc.index(end)].strip("\n") == table.strip("\n")
+    for model, got in result["summary"]["models"].items():
+        recs = [json.loads(p.read_text()) for p in (LOPO / "cache" / result["snapshot_hash"]).glob(
+            f"{model}_f*of5_s*_e0_byprototype.json")]
+        assert len(recs) == got["units"] == 15 and {r["grouping"] for r in recs} == {"prototype"}
+        assert sum(len(r["test_ids"]) for r in recs) == 3 * result["n_structures"]  # every structure once per seed
+        err = [abs(np.asarray(r["pred"]) - np.asarray(r["truth"])).sum() for r in recs]
+        assert got["pooled_mae"]["value"] == pytest.approx(sum(err) / (3 * result["n_structures"]), abs=1e-9)

@@ -27,6 +27,10 @@ SNAPSHOT, AUG_SNAPSHOT = "labels_snapshot.csv", "labels_augmented_snapshot.csv"
 #: the arrays a unit trains and predicts on (one row per example)
 ARRAY_KEYS = ("dos_up", "dos_down", "composition", "id", "formula", "chemsys", "formation_energy_per_atom",
               "e_above_hull")
+#: what the outer (test) folds can be grouped by, each an array of `StudyData.is_`: the chemical system
+#: (the default), or the structure prototype (leave-prototype-out folds: the test fold's crystal
+#: structures are absent from training; the elements' fcc/bcc/hcp/... are ordinary groups)
+GROUPINGS = ("chemsys", "prototype")
 
 
 def file_hash(*paths: str | Path) -> str:
@@ -115,10 +119,24 @@ def concat(*parts: dict) -> dict[str, np.ndarray]:
 
 
 def kfold(chemsys: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold index of each row: grouped k-fold by chemical system (`esnet_tf.splits.kfold_of`)."""
+    """Fold index of each row: grouped k-fold by the rows' group labels (`esnet_tf.splits.kfold_of`:
+    the chemical system, or another group label such as the structure prototype)."""
     from esnet_tf.splits import kfold_of
 
     return np.array([kfold_of(str(c), folds, seed) for c in chemsys], int)
+
+
+def check_grouping(grouping: str) -> str:
+    """`grouping` if it names one of GROUPINGS, else a one-line UserError."""
+    if grouping not in GROUPINGS:
+        raise UserError(f"unknown grouping {grouping!r} of the outer folds: choose --group-by from "
+                        f"{', '.join(GROUPINGS)}")
+    return grouping
+
+
+def fold_sizes(fold_of: np.ndarray, folds: int) -> list[int]:
+    """Structures in each fold 0..folds-1."""
+    return np.bincount(np.asarray(fold_of, int), minlength=folds).tolist()
 
 
 class StudyData:
@@ -157,9 +175,9 @@ class StudyData:
         """Relaxed formation energy of each structure (eV/atom)."""
         return self.is_["formation_energy_per_atom"].astype(float)
 
-    def folds(self, folds: int, seed: int) -> np.ndarray:
-        """Fold of each structure (grouped by chemical system)."""
-        return kfold(self.is_["chemsys"], folds, seed)
+    def folds(self, folds: int, seed: int, grouping: str = "chemsys") -> np.ndarray:
+        """Fold of each structure, grouped by `grouping` (GROUPINGS: chemical system or prototype)."""
+        return kfold(self.is_[check_grouping(grouping)], folds, seed)
 
     # ------------------------------------------------ energy inputs of the cheap baselines (issues 32, 33)
 
@@ -204,13 +222,21 @@ class StudyData:
         return self._costs
 
 
-def augmented_training_rows(data: StudyData, fold_of_is: np.ndarray, k: int, folds: int, seed: int) -> np.ndarray:
-    """Indices into data.aug of the variants allowed in fold k's training set (their chemsys outside fold k).
+def augmented_training_rows(data: StudyData, fold_of_is: np.ndarray, k: int, folds: int, seed: int,
+                            grouping: str = "chemsys") -> np.ndarray:
+    """Indices into data.aug of the variants allowed in fold k's training set (their group outside fold k).
 
-    Raises AssertionError if a selected variant's parent is a test-fold structure or not a
-    training structure.
+    `grouping` (GROUPINGS) as the structures' `fold_of_is`: a variant's chemical system is its own (the
+    snapshot checks it is its parent's); any other group label (the prototype) is its parent's, so a
+    variant always follows its parent's fold. Raises AssertionError if a selected variant's parent is a
+    test-fold structure or not a training structure.
     """
-    vfold = kfold(data.aug["chemsys"], folds, seed)
+    if check_grouping(grouping) == "chemsys":
+        groups = data.aug["chemsys"]
+    else:
+        group_of = dict(zip(data.is_["id"].tolist(), data.is_[grouping].tolist()))
+        groups = np.array([group_of.get(p, "") for p in data.aug["parent_id"].tolist()], dtype=str)
+    vfold = kfold(groups, folds, seed)
     sel = np.flatnonzero(vfold != k)
     test_ids = set(data.is_["id"][fold_of_is == k].tolist())
     train_ids = set(data.is_["id"][fold_of_is != k].tolist())

@@ -44,8 +44,8 @@ INNER_FOLDS = 5
 class Unit:
     """One (model, fold, seed) unit: what a model function sees.
 
-    fold_of: fold of each structure (grouped by chemical system); k: the test fold; epochs,
-    batch_size: ESNet's maximum epochs and batch (examples); work: a scratch folder of this unit
+    fold_of: fold of each structure (grouped by `grouping`: chemical system or prototype); k: the test fold;
+    epochs, batch_size: ESNet's maximum epochs and batch (examples); work: a scratch folder of this unit
     (removed after it); tune_space: the KerasTuner search space of tuned variants.
     """
 
@@ -58,6 +58,7 @@ class Unit:
     batch_size: int
     work: Path
     tune_space: Path | None = None
+    grouping: str = "chemsys"
 
     @property
     def test_idx(self) -> np.ndarray:
@@ -186,7 +187,7 @@ register("esnet_is", "ESNet small on IS-DOS", group="esnet")(_on_is())
           augmented=True)
 def _esnet_is_aug(unit: Unit) -> tuple[np.ndarray, dict]:
     d = unit.data
-    sel = augmented_training_rows(d, unit.fold_of, unit.k, unit.folds, unit.seed)
+    sel = augmented_training_rows(d, unit.fold_of, unit.k, unit.folds, unit.seed, unit.grouping)
     notes = {**_esnet_notes(unit), "n_variants_in_training": int(len(sel))}
     pred, notes["train"] = unit.esnet(concat(take(d.is_, unit.train_idx), take(d.aug, sel)),
                                       take(d.is_, unit.test_idx))
@@ -439,7 +440,7 @@ def _esnet_is_relax_aug(unit: Unit) -> tuple[np.ndarray, dict]:
 
     _is_energy(unit)
     d = unit.data
-    sel = augmented_training_rows(d, unit.fold_of, unit.k, unit.folds, unit.seed)
+    sel = augmented_training_rows(d, unit.fold_of, unit.k, unit.folds, unit.seed, unit.grouping)
     e_var = d.aug[_IS_EF].reshape(-1)[sel]
     if not np.all(np.isfinite(e_var)):
         raise UserError(f"{d.aug_labels}: {int(np.sum(~np.isfinite(e_var)))} variant(s) without {_IS_EF}: take a "

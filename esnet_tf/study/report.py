@@ -16,11 +16,19 @@ from typing import Any
 import numpy as np
 
 from esnet_tf.errors import UserError
+from esnet_tf.study.data import check_grouping
 from esnet_tf.study.metrics import SCREEN_KEYS
 from esnet_tf.study.models import MODELS
 from esnet_tf.study.stats import bootstrap_ci, mae_of, mean_std, paired_comparison, rmse_of
 
 TABLE_START, TABLE_END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
+#: the markers of each grouping's table (`data.GROUPINGS`): the chemical-system study's is TABLE_START/END
+MARKERS = {"chemsys": (TABLE_START, TABLE_END),
+           "prototype": ("<!-- lopo-table:start -->", "<!-- lopo-table:end -->")}
+#: how the caption names each grouping's folds
+FOLD_CAPTION = {"chemsys": "grouped {folds}-fold CV by chemical system",
+                "prototype": "leave-prototype-out {folds}-fold CV (grouped by structure prototype; the IS-augmentation "
+                             "variants follow their parent)"}
 #: how the table names the comparator of the paired tests: the best `baseline` row by pooled MAE, whatever its
 #: inputs (composition only, the IS energy or the potential's energy)
 COMPARATOR = "best baseline"
@@ -93,7 +101,8 @@ def table_markdown(result: Mapping[str, Any]) -> str:
         f"Snapshot `{result['snapshot_hash']}` (labels.csv): {result['n_structures']} structures; "
         f"`{result.get('augmented_snapshot_hash', result['snapshot_hash'])}` with labels_augmented.csv's "
         f"{result['n_variants']} IS-augmentation variants ({augmented}); "
-        f"grouped {result['folds']}-fold CV by chemical system, seeds "
+        f"{FOLD_CAPTION[result.get('grouping', 'chemsys')].format(folds=result['folds'])}, "
+        f"{_fold_sizes_caption(result)}seeds "
         f"{','.join(map(str, result['seeds']))}, ESNet {result['epochs']} epochs max. MAE / RMSE in eV/atom on the "
         f"pooled out-of-fold predictions, 95 % bootstrap CI over structures (per seed, averaged over seeds); "
         f"ΔMAE = paired per (fold, seed) MAE difference to the {COMPARATOR} ({best}), t-interval and "
@@ -122,6 +131,16 @@ def table_markdown(result: Mapping[str, Any]) -> str:
                      f"{delta} | {frac} | {_ms(m['precision'])} | {_ms(m['recall'])} | {_ms(m['f1'])} | "
                      f"{_ms(m['daf'])} | {_cpu_cell(model, s.get('cpu_s_per_candidate') or {})} |")
     return "\n".join(lines) + "\n"
+
+
+def _fold_sizes_caption(result: Mapping[str, Any]) -> str:
+    """'structures per fold (seed 0: a/b/...; ...), ' from results.json's `fold_sizes` (recorded for the
+    non-default groupings: their folds can be very unequal)."""
+    sizes = result.get("fold_sizes")
+    if not sizes:
+        return ""
+    return ("structures per fold (" + "; ".join(f"seed {s}: {'/'.join(map(str, n))}" for s, n in sizes.items())
+            + "), ")
 
 
 def _n(count: int, noun: str) -> str:
@@ -153,7 +172,8 @@ def study_figure(result: Mapping[str, Any], units: Units, path: Path) -> Path | 
     if best:
         left.axvline(models[best]["pooled_mae"]["value"], color="0.35", ls=":", lw=0.8)
     left.set_xlabel("MAE (eV/atom), pooled out of fold, 95 % bootstrap CI")
-    left.set_title(f"{result['n_structures']} structures, grouped {result['folds']}-fold CV", fontsize=9)
+    by = "by prototype" if result.get("grouping", "chemsys") == "prototype" else "grouped"
+    left.set_title(f"{result['n_structures']} structures, {by} {result['folds']}-fold CV", fontsize=9)
     shown = [m for m in (best, "esnet_is") if m and models.get(m, {}).get("complete_seeds")]
     seeds = sorted(set.intersection(*(set(models[m]["complete_seeds"]) for m in shown))) if shown else []
     lo, hi = math.inf, -math.inf
@@ -177,15 +197,17 @@ def study_figure(result: Mapping[str, Any], units: Units, path: Path) -> Path | 
     return save_figure(fig, path, 120)
 
 
-def replace_table(text: str, table: str, source: str = "the document") -> str:
-    """`text` with the block between TABLE_START and TABLE_END replaced by `table`.
+def replace_table(text: str, table: str, source: str = "the document", grouping: str = "chemsys") -> str:
+    """`text` with the block between the markers of `grouping`'s table (MARKERS; TABLE_START and TABLE_END
+    for the chemical-system study) replaced by `table`; every other block is left as it is.
 
-    UserError unless the text holds exactly one pair of markers, in that order.
+    UserError unless the text holds exactly one pair of those markers, in that order.
     """
-    a, b = text.find(TABLE_START), text.find(TABLE_END)
-    if a < 0 or b < 0 or b < a or text.count(TABLE_START) != 1 or text.count(TABLE_END) != 1:
-        raise UserError(f"{source} needs exactly one {TABLE_START} ... {TABLE_END} pair (in that order)")
-    return text[:a + len(TABLE_START)] + "\n" + table.strip("\n") + "\n" + text[b:]
+    start, end = MARKERS[check_grouping(grouping)]
+    a, b = text.find(start), text.find(end)
+    if a < 0 or b < 0 or b < a or text.count(start) != 1 or text.count(end) != 1:
+        raise UserError(f"{source} needs exactly one {start} ... {end} pair (in that order)")
+    return text[:a + len(start)] + "\n" + table.strip("\n") + "\n" + text[b:]
 
 
 # ---------------------------------------------------------------- CPU seconds per candidate

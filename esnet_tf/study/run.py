@@ -2,7 +2,8 @@
 
 Each unit is written atomically to OUT/cache/<hash>/<model>_f<fold>of<folds>_s<seed>_e<epochs>.json
 (<hash>: the snapshot files the model reads, `StudyData.aug_hash` for augmented models, else
-`StudyData.hash`; <epochs> is 0 for models that do not train ESNet); a rerun skips finished units.
+`StudyData.hash`; <epochs> is 0 for models that do not train ESNet; a grouping of the outer folds
+other than the chemical system adds `_by<grouping>` before `.json`); a rerun skips finished units.
 A unit being computed is locked (`esnet_tf.atomic.exclusive`), so several processes of the same
 study share the work; `jobs` > 1 starts that many worker processes (each with cores/jobs
 TensorFlow threads) and summarises when all have finished. Writes results.json, table.md and
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from esnet_tf.errors import UserError
-from esnet_tf.study.data import AUG_SNAPSHOT, SNAPSHOT, StudyData, take_snapshot
+from esnet_tf.study.data import AUG_SNAPSHOT, SNAPSHOT, StudyData, check_grouping, fold_sizes, take_snapshot
 from esnet_tf.study.metrics import training_references, unit_metrics
 from esnet_tf.study.models import MODELS, Unit, run_model
 from esnet_tf.study.report import replace_table, study_figure, summarise, table_markdown
@@ -39,8 +40,10 @@ class StudyConfig:
     """One study's settings.
 
     out: the study folder (snapshot, cache/, results); demo: the demo dataset folder the snapshot
-    is copied from and its DOS paths are relative to; folds, seeds: grouped k-fold by chemical
-    system, one fold assignment and model initialisation per seed; epochs, batch_size: ESNet's
+    is copied from and its DOS paths are relative to; folds, seeds: grouped k-fold, one fold assignment
+    and model initialisation per seed; grouping: what the outer folds group by (`data.GROUPINGS`:
+    "chemsys", the chemical system; "prototype", leave-prototype-out; inner cross-fitting folds inside
+    the training rows stay by chemical system); epochs, batch_size: ESNet's
     maximum epochs and batch (examples); models: registry names (`esnet_tf.study.models.MODELS`);
     new_snapshot: copy the labels files again; summary_only: no training, summarise the cache;
     units_only: compute units, no summary; jobs: worker processes; threads: TensorFlow intra-op
@@ -64,8 +67,10 @@ class StudyConfig:
     tune_space: Path | None = None
     table_file: Path | None = None
     command: str = ""
+    grouping: str = "chemsys"
 
     def __post_init__(self) -> None:
+        check_grouping(self.grouping)
         unknown = [m for m in self.models if m not in MODELS]
         if unknown or not self.models:
             raise UserError(f"unknown model(s) {unknown or '(none given)'}: choose from {', '.join(MODELS)}")
@@ -83,17 +88,20 @@ class StudyConfig:
             path = Path(self.table_file)
             if not path.is_file():
                 raise UserError(f"{path}: no such file (the document holding the study's table)")
-            replace_table(path.read_text(encoding="utf-8"), "", str(path))  # markers checked before any work
+            replace_table(path.read_text(encoding="utf-8"), "", str(path), self.grouping)  # markers checked first
 
     def key(self, data: StudyData, model: str) -> str:
         """The hash that `model`'s units are cached under: the snapshot files it reads."""
         return data.aug_hash if MODELS[model].augmented else data.hash
 
 
-def unit_path(out: Path, snapshot_hash: str, model: str, k: int, folds: int, seed: int, epochs: int) -> Path:
-    """Cache file of one unit (epochs count only for the models that train ESNet)."""
+def unit_path(out: Path, snapshot_hash: str, model: str, k: int, folds: int, seed: int, epochs: int,
+              grouping: str = "chemsys") -> Path:
+    """Cache file of one unit (epochs count only for the models that train ESNet; a grouping other than the
+    chemical system is in the name, so that its units never pass for another grouping's)."""
     e = epochs if MODELS[model].uses_epochs else 0
-    return out / "cache" / snapshot_hash / f"{model}_f{k}of{folds}_s{seed}_e{e}.json"
+    by = "" if check_grouping(grouping) == "chemsys" else f"_by{grouping}"
+    return out / "cache" / snapshot_hash / f"{model}_f{k}of{folds}_s{seed}_e{e}{by}.json"
 
 
 def _say(msg: str) -> None:
@@ -105,9 +113,9 @@ def compute_unit(data: StudyData, config: StudyConfig, model: str, seed: int, k:
     """Train / fit one (model, fold, seed) unit, score it and write its record to `path` (atomically)."""
     from esnet_tf.atomic import write_text
 
-    fold = data.folds(config.folds, seed)
+    fold = data.folds(config.folds, seed, config.grouping)
     unit = Unit(data, fold, k, config.folds, seed, config.epochs, config.batch_size,
-                Path(config.out) / "work" / "units" / f"{model}_f{k}_s{seed}", config.tune_space)
+                Path(config.out) / "work" / "units" / f"{model}_f{k}_s{seed}", config.tune_space, config.grouping)
     test_idx, train_idx = unit.test_idx, unit.train_idx
     t = time.time()
     pred, notes = run_model(model, unit)
@@ -116,7 +124,7 @@ def compute_unit(data: StudyData, config: StudyConfig, model: str, seed: int, k:
             data, train_idx, f"training folds (fold {k}, seed {seed}) + elements at 0 eV/atom")
     metrics = unit_metrics(data, refs_cache[(seed, k)], test_idx, pred)
     rec = {"model": model, "fold": k, "folds": config.folds, "seed": seed, "epochs": config.epochs,
-           "batch_size": config.batch_size, "snapshot_hash": config.key(data, model),
+           "batch_size": config.batch_size, "grouping": config.grouping, "snapshot_hash": config.key(data, model),
            "test_ids": data.is_["id"][test_idx].tolist(),
            "pred": [float(p) for p in pred], "truth": [float(v) for v in data.y[test_idx]],
            "metrics": metrics, "notes": notes, "wall_s": time.time() - t,
@@ -181,7 +189,7 @@ def load_units(config: StudyConfig, data: StudyData, log: Callable[[str], None] 
     missing: dict[str, list[str]] = {}
     busy: list[str] = []
     for n, (model, seed, k) in enumerate(todo, 1):
-        path = unit_path(out, config.key(data, model), model, k, config.folds, seed, config.epochs)
+        path = unit_path(out, config.key(data, model), model, k, config.folds, seed, config.epochs, config.grouping)
         tag = f"[{n}/{len(todo)}] {model} fold {k} seed {seed}"
         if path.is_file():
             units[model][(k, seed)] = json.loads(path.read_text())
@@ -225,6 +233,13 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] = _say,
     log(f"snapshot {data.hash} (with the variants {data.aug_hash}; {'new copy' if copied else 'reused'}): "
         f"{len(data.y)} structures, {len(data.aug['id'])} variants ({data.n_orphan_variants} without a parent in "
         f"labels.csv left out); features {data.featurize_s:.0f} s")
+    sizes = {str(s): fold_sizes(data.folds(config.folds, s, config.grouping), config.folds) for s in config.seeds}
+    log(f"fold sizes (structures; grouped by {config.grouping}): "
+        + "; ".join(f"seed {s}: {'/'.join(map(str, n))}" for s, n in sizes.items()))
+    empty = [s for s, n in sizes.items() if min(n) == 0]
+    if empty:
+        raise UserError(f"--group-by {config.grouping} leaves a fold without structures for seed(s) {', '.join(empty)}: "
+                        f"use fewer --folds or other --seeds")
     t0 = time.time()
     units, busy = load_units(config, data, log, worker)
     if config.units_only:
@@ -243,6 +258,8 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] = _say,
               "paired_test": "per (fold, seed) MAE pairs: Wilcoxon signed-rank (scipy.stats.wilcoxon) and a "
                              "t-interval of the mean difference",
               "summary": summary, "wall_s": time.time() - t0, "command": config.command}
+    if config.grouping != "chemsys":  # the chemical-system study's results.json keeps its keys
+        result.update(grouping=config.grouping, fold_sizes=sizes)
     write_text(out / "results.json", json.dumps(result, indent=1))
     table = table_markdown(result)
     write_text(out / "table.md", table)
@@ -252,7 +269,7 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] = _say,
         log(f"wrote {figure}")
     if config.table_file is not None:
         doc = Path(config.table_file)
-        write_text(doc, replace_table(doc.read_text(encoding="utf-8"), table, str(doc)))
+        write_text(doc, replace_table(doc.read_text(encoding="utf-8"), table, str(doc), config.grouping))
         log(f"rewrote the accuracy table in {doc}")
     return result
 
