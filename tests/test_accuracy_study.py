@@ -835,3 +835,19 @@ def test_study_doc_lopo_table_is_the_summary_of_the_committed_lopo_units():
         assert sum(len(r["test_ids"]) for r in recs) == 3 * result["n_structures"]  # every structure once per seed
         err = [abs(np.asarray(r["pred"]) - np.asarray(r["truth"])).sum() for r in recs]
         assert got["pooled_mae"]["value"] == pytest.approx(sum(err) / (3 * result["n_structures"]), abs=1e-9)
+
+
+def test_group_by_prototype_has_its_own_folder_and_reaches_the_workers():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("accuracy_cli", SCRIPT)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    chem = cli.parse_args(["--models", "mean"])
+    assert (chem.grouping, chem.out) == ("chemsys", ROOT / "benchmarks" / "results" / "accuracy")
+    config = cli.parse_args(["--group-by", "prototype", "--models", "mean"])
+    assert (config.grouping, config.out) == ("prototype", LOPO)
+    worker = cli.worker_command(config, 1)
+    assert worker[worker.index("--group-by") + 1] == "prototype" and worker[worker.index("--out") + 1] == str(LOPO)
+    other = cli.parse_args(["--group-by", "prototype", "--out", "elsewhere", "--models", "mean"])
+    assert other.out == Path("elsewhere")
