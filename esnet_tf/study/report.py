@@ -172,7 +172,7 @@ def study_figure(result: Mapping[str, Any], units: Units, path: Path) -> Path | 
     if best:
         left.axvline(models[best]["pooled_mae"]["value"], color="0.35", ls=":", lw=0.8)
     left.set_xlabel("MAE (eV/atom), pooled out of fold, 95 % bootstrap CI")
-    by = "by prototype" if result.get("grouping", "chemsys") == "prototype" else "grouped"
+    by = "leave-prototype-out" if result.get("grouping", "chemsys") == "prototype" else "grouped"
     left.set_title(f"{result['n_structures']} structures, {by} {result['folds']}-fold CV", fontsize=9)
     shown = [m for m in (best, "esnet_is") if m and models.get(m, {}).get("complete_seeds")]
     seeds = sorted(set.intersection(*(set(models[m]["complete_seeds"]) for m in shown))) if shown else []
