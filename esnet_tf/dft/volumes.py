@@ -42,6 +42,8 @@ GROUPS: tuple[str, ...] = ("pool_candidates", "pool_competitors_elements", "demo
 METHODS: tuple[str, ...] = ("is", "dls", "rls", "blend")
 #: |V / V_relaxed - 1| above which an estimate counts as "more than 10 % off"
 OFF_THRESHOLD = 0.10
+#: eV/atom: an IS this far above its relaxed formation energy is a poor initial structure (issue 40)
+BIG_GAP = 0.5
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,9 @@ class VolumeRow:
     formula: str
     n_atoms: int
     relax_kind: str
+    #: labels.csv's relax_converged: False where the EOS scan did not bracket its minimum or the optimizer
+    #: stopped unconverged, so that V_relaxed is less certain
+    relax_converged: bool
     v_relaxed: float
     v_is: float
     v_dls: float
@@ -249,7 +254,7 @@ def _error(exc: BaseException) -> str:
 
 
 def volume_row(calc: CalcVolumes, group: str, relax_kind: str, energy_gap: float,
-               references: RLSReferences | None) -> VolumeRow:
+               references: RLSReferences | None, relax_converged: bool = True) -> VolumeRow:
     """The row of one calculation: DLS on its IS, RLS against `references` (None: not computed, counted
     as failed), the IS/DLS blend; each predictor's failure kept as its reason."""
     v_dls, clamped, dls_error = math.nan, False, ""
@@ -266,7 +271,8 @@ def volume_row(calc: CalcVolumes, group: str, relax_kind: str, energy_gap: float
         except Exception as exc:  # noqa: BLE001 - recorded per structure
             rls_error = _error(exc)
     return VolumeRow(id=calc.id, group=group, prototype=calc.prototype, formula=calc.formula,
-                     n_atoms=calc.n_atoms, relax_kind=relax_kind, v_relaxed=calc.v_relaxed, v_is=calc.v_is,
+                     n_atoms=calc.n_atoms, relax_kind=relax_kind, relax_converged=relax_converged,
+                     v_relaxed=calc.v_relaxed, v_is=calc.v_is,
                      v_dls=v_dls, v_rls=v_rls, v_blend=math.sqrt(calc.v_is * v_dls), dls_clamped=clamped,
                      dls_error=dls_error, rls_n_references=n_refs, rls_n_atomic_radii=n_atomic,
                      rls_error=rls_error, is_minus_relaxed_formation_energy=energy_gap)
@@ -312,7 +318,8 @@ def volume_rows(data_dir: str | Path, rows: Sequence[dict[str, str]], group: Cal
     for i, row in enumerate(rows):
         calc = calc_volumes(Path(data_dir) / Path(row["path"]).parent)
         gap = _float(row, "is_formation_energy_per_atom") - _float(row, "formation_energy_per_atom")
-        out.append(volume_row(calc, group(row), row.get("relax_kind", ""), gap, references))
+        out.append(volume_row(calc, group(row), row.get("relax_kind", ""), gap, references,
+                              relax_converged=row.get("relax_converged", "True") != "False"))
         if progress is not None:
             progress(i + 1, len(rows))
     return out
@@ -374,7 +381,7 @@ def summarize(rows: Sequence[VolumeRow], groups: Sequence[str] = GROUPS,
     ln(V/V_relaxed), the fraction more than 10 % off and the failures counted by reason (and the same
     after the `calibration_factors` of `calibrate_on`, when that group has rows); the correlation
     of |V_IS/V_relaxed - 1| with |E_f(IS) - E_f(relaxed)| (eV/atom); the DLS clamp count; the median
-    V_IS/V_relaxed and V_DLS/V_relaxed per prototype."""
+    V_IS/V_relaxed and V_DLS/V_relaxed per prototype; how many relaxations did not converge."""
     out: dict[str, Any] = {}
     factors = calibration_factors(rows, calibrate_on) if calibrate_on else dict.fromkeys(METHODS)
     for g in groups:
@@ -388,13 +395,26 @@ def summarize(rows: Sequence[VolumeRow], groups: Sequence[str] = GROUPS,
                 np.array([r.ratio(m) for r in sub if math.isfinite(r.ratio(m))]))["median"] for m in ("is", "dls")}}
         out[g] = {
             "n": len(rs),
+            "n_relax_not_converged": sum(not r.relax_converged for r in rs),
             "methods": {m: _method_summary(rs, m, factors[m]) for m in METHODS},
             "dls_clamped": sum(r.dls_clamped for r in rs),
             "energy_gap_ev_per_atom": {**_quantiles(gap[np.isfinite(gap)]),
                                        "n_above_0.5": int(np.sum(gap > 0.5))},
             "is_volume_error_vs_energy_gap": _correlation(off, gap),
+            f"mae_ln_ratio_where_gap_above_{BIG_GAP}": _big_gap(rs),
             "per_prototype": protos,
         }
+    return out
+
+
+def _big_gap(rows: Sequence[VolumeRow]) -> dict[str, Any]:
+    """MAE of ln(V/V_relaxed) per method over the rows whose |E_f(IS) - E_f(relaxed)| exceeds BIG_GAP."""
+    big = [r for r in rows if abs(r.is_minus_relaxed_formation_energy) > BIG_GAP]
+    out: dict[str, Any] = {"n": len(big)}
+    for m in METHODS:
+        x = np.array([r.ratio(m) for r in big], dtype=float)
+        x = x[np.isfinite(x)]
+        out[m] = round(float(np.mean(np.abs(np.log(x)))), 4) if x.size else None
     return out
 
 
@@ -428,8 +448,13 @@ def plot_ratios(rows: Sequence[VolumeRow], path: str | Path, groups: Sequence[st
                        widths=0.5, showfliers=False)
         for i, d in enumerate(data):
             ax.scatter(i + rng.uniform(-0.15, 0.15, d.size), d, s=8, alpha=0.5)
+        ax.set_yscale("log")
         ax.set_xticks(range(len(METHODS)), [labels[m] for m in METHODS], rotation=20)
         ax.set_title(f"{g.replace('_', ' ')} (n = {len(rs)})")
-    np.atleast_1d(axes)[0].set_ylabel("V / V_relaxed")
+    first = np.atleast_1d(axes)[0]
+    first.set_ylabel("V / V_relaxed (log scale)")
+    ticks = [0.5, 0.7, 1.0, 1.5, 2, 3, 4]
+    first.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    first.minorticks_off()
     fig.tight_layout()
     return save_figure(fig, Path(path), dpi=120)
