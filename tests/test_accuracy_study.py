@@ -200,6 +200,9 @@ def test_a_registered_model_is_one_more_row():
                   "seeds": [0], "epochs": 1}
         rows = [line.split(" | ")[0] for line in report.table_markdown(result).splitlines() if line.startswith("| ")]
         assert rows == ["| model", "| mean", "| toy_baseline", "| toy_esnet"]
+        asked = {**result, "models": ["mean", "toy_baseline", "toy_esnet", "gbr_magpie", "esnet_is"]}
+        assert report.table_markdown(asked).splitlines()[-1] == \
+            "Not computed yet (no unit in the cache): gbr_magpie, esnet_is."  # asked for: said, not dropped
     finally:
         study_models.MODELS.pop("toy_baseline", None)
         study_models.MODELS.pop("toy_esnet", None)

@@ -130,6 +130,9 @@ def table_markdown(result: Mapping[str, Any]) -> str:
         lines.append(f"| {model} | {seeds} ({m['units']}) | {_ci(m['pooled_mae'])} | {_ci(m['pooled_rmse'])} | "
                      f"{delta} | {frac} | {_ms(m['precision'])} | {_ms(m['recall'])} | {_ms(m['f1'])} | "
                      f"{_ms(m['daf'])} | {_cpu_cell(model, s.get('cpu_s_per_candidate') or {})} |")
+    missing = [m for m in result.get("models", []) if m not in s["models"]]
+    if missing:  # asked for, no unit computed yet: said, not dropped
+        lines += ["", f"Not computed yet (no unit in the cache): {', '.join(missing)}."]
     return "\n".join(lines) + "\n"
 
 
