@@ -1,0 +1,156 @@
+"""Out-of-sample scores of a shipped model: rows of chemical systems it never saw (the pool).
+
+`score_predictions` reads the CSV that `esnet predict NAME POOL_DIR` writes (with the pool's truths) and
+scores it per group of rows: MAE, Spearman, the MAE of predicting the set's own mean (the reference
+row), the `is_shift` baseline (the IS formation energy minus the training data's median relaxation
+energy), coverage of the 90 % interval, flagged and unflagged MAE, and the count of unflagged
+predictions of E_f < 0 for a compound truly above 0.5 eV/atom. `risk_coverage` gives the MAE of the
+rows kept when only the lowest-σ fraction is kept. eV/atom throughout.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: a compound predicted stable-looking (E_f < 0) though truly above this is a confident wrong answer (eV/atom)
+WRONG_SIGN_ABOVE = 0.5
+#: fractions of the rows kept (lowest σ first) of the risk–coverage curve
+COVERAGES = tuple(round(0.1 * k, 1) for k in range(1, 11))
+
+
+def median_relaxation_energy(labels_csv: str | Path) -> float:
+    """Median of E_f(IS) − E_f(relaxed) over the rows of a labels CSV that have both (eV/atom): what
+    `is_shift` subtracts (the training data's, never the scored set's)."""
+    gaps = []
+    with open(labels_csv, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                gap = float(row["is_formation_energy_per_atom"]) - float(row["formation_energy_per_atom"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if math.isfinite(gap):
+                gaps.append(gap)
+    if not gaps:
+        raise ValueError(f"{labels_csv}: no row with both is_formation_energy_per_atom and formation_energy_per_atom")
+    return float(np.median(gaps))
+
+
+def risk_coverage(truth: np.ndarray, pred: np.ndarray, std: np.ndarray,
+                  coverages: Sequence[float] = COVERAGES) -> list[dict[str, float]]:
+    """MAE (eV/atom) of the rows kept when keeping the fraction `c` with the lowest σ, for each c."""
+    order = np.argsort(np.asarray(std, float), kind="stable")
+    err = np.abs(np.asarray(pred, float) - np.asarray(truth, float))[order]
+    out = []
+    for c in coverages:
+        k = max(1, int(round(c * len(err))))
+        out.append({"coverage": float(c), "n_kept": k, "mae": float(err[:k].mean())})
+    return out
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic) if len(a) >= 3 else None
+
+
+def group_scores(rows: Sequence[Mapping[str, Any]], relaxation_median: float) -> dict[str, Any]:
+    """Scores of one group of scored rows (dicts with truth, pred, std, lower, upper, flagged, is_ef)."""
+    if not rows:
+        return {"n": 0}
+    truth = np.array([r["truth"] for r in rows], float)
+    pred = np.array([r["pred"] for r in rows], float)
+    err = np.abs(pred - truth)
+    flagged = np.array([r["flagged"] for r in rows], bool)
+    out: dict[str, Any] = {
+        "n": len(rows), "mae": float(err.mean()), "spearman": _spearman(pred, truth),
+        "mae_of_the_set_mean": float(np.abs(truth - truth.mean()).mean()),
+        "truth_range": [float(truth.min()), float(truth.max())],
+        "n_flagged": int(flagged.sum()),
+        "mae_flagged": float(err[flagged].mean()) if flagged.any() else None,
+        "mae_unflagged": float(err[~flagged].mean()) if (~flagged).any() else None,
+        "unflagged_negative_but_above_0_5": int(np.sum(~flagged & (pred < 0) & (truth > WRONG_SIGN_ABOVE))),
+        "negative_but_above_0_5": int(np.sum((pred < 0) & (truth > WRONG_SIGN_ABOVE))),
+    }
+    is_ef = np.array([r["is_ef"] for r in rows], float)
+    ok = np.isfinite(is_ef)
+    out["is_shift"] = {"n": int(ok.sum()), "mae": float(np.abs(is_ef[ok] - relaxation_median - truth[ok]).mean())
+                       if ok.any() else None,
+                       "spearman": _spearman(is_ef[ok], truth[ok]) if ok.any() else None}
+    lower = np.array([r["lower"] for r in rows], float)
+    upper = np.array([r["upper"] for r in rows], float)
+    if np.all(np.isfinite(lower) & np.isfinite(upper)):
+        out["interval_coverage"] = float(np.mean((truth >= lower) & (truth <= upper)))
+    out["risk_coverage"] = risk_coverage(truth, pred, np.array([r["std"] for r in rows], float))
+    return out
+
+
+def score_predictions(predictions_csv: str | Path, labels_csv: str | Path, relaxation_median: float,
+                      group_column: str = "role") -> dict[str, Any]:
+    """Scores of `esnet predict`'s CSV against `labels_csv` (its truths and `group_column`, the pool's role):
+    all rows, then each group. Rows without a truth are counted, not scored."""
+    from esnet_tf.pretrained import DOMAIN_COLUMN, LOWER_COLUMN, PREDICTION_COLUMN, PREDICTION_STD_COLUMN, \
+        UPPER_COLUMN
+
+    with open(labels_csv, newline="", encoding="utf-8") as fh:
+        labels = {r["id"]: r for r in csv.DictReader(fh)}
+    scored, no_truth = [], []
+    with open(predictions_csv, newline="", encoding="utf-8") as fh:
+        for p in csv.DictReader(fh):
+            lab = labels.get(p["id"], {})
+            try:
+                truth = float(lab["formation_energy_per_atom"])
+            except (KeyError, TypeError, ValueError):
+                no_truth.append(p["id"])
+                continue
+
+            def num(key: str, row: Mapping[str, Any] = p) -> float:
+                try:
+                    return float(row.get(key) or "nan")
+                except ValueError:
+                    return math.nan
+
+            scored.append({"id": p["id"], "group": lab.get(group_column) or "", "truth": truth,
+                           "pred": num(PREDICTION_COLUMN), "std": num(PREDICTION_STD_COLUMN),
+                           "lower": num(LOWER_COLUMN), "upper": num(UPPER_COLUMN),
+                           "flagged": bool((p.get(DOMAIN_COLUMN) or "").strip()),
+                           "is_ef": num("is_formation_energy_per_atom", lab)})
+    groups = sorted({r["group"] for r in scored})
+    return {"n_rows": len(scored) + len(no_truth), "without_truth": no_truth,
+            "relaxation_median_ev_per_atom": relaxation_median,
+            "all": group_scores(scored, relaxation_median),
+            "by_" + group_column: {g: group_scores([r for r in scored if r["group"] == g], relaxation_median)
+                                   for g in groups}}
+
+
+def risk_coverage_figure(result: Mapping[str, Any], path: Path, title: str) -> Path:
+    """PNG of MAE against the fraction kept (lowest σ first), all rows and each group, with the set-mean MAE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from esnet_tf.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    curves = {"all rows": result["all"], **{k: v for k, v in next(
+        v for k, v in result.items() if k.startswith("by_")).items()}}
+    for name, g in curves.items():
+        if not g.get("n"):
+            continue
+        rc = g["risk_coverage"]
+        ax.plot([p["coverage"] for p in rc], [p["mae"] for p in rc], marker="o", label=f"{name} (n = {g['n']})")
+    ax.axhline(result["all"]["mae_of_the_set_mean"], color="grey", ls="--", label="predicting the set's mean (all)")
+    ax.set_xlabel("fraction kept (lowest ensemble σ first)")
+    ax.set_ylabel("MAE of the kept rows (eV/atom)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,82 @@
+"""Out-of-sample scoring of a shipped model (esnet_tf.study.out_of_sample, benchmarks/out_of_sample.py)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from esnet_tf.study import out_of_sample as oos
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = ("id,formula,predicted_formation_energy_per_atom,predicted_formation_energy_per_atom_std,"
+          "predicted_formation_energy_per_atom_lower,predicted_formation_energy_per_atom_upper,domain\n")
+
+
+def test_risk_coverage_keeps_the_lowest_sigma_rows_first():
+    truth = np.zeros(4)
+    pred = np.array([0.4, 0.1, 0.2, 0.3])  # |error| = pred
+    std = np.array([0.9, 0.1, 0.2, 0.5])
+    curve = oos.risk_coverage(truth, pred, std, coverages=(0.25, 0.5, 1.0))
+    assert [p["n_kept"] for p in curve] == [1, 2, 4]
+    assert [p["mae"] for p in curve] == pytest.approx([0.1, 0.15, 0.25])
+
+
+def test_scores_per_role_with_baselines_coverage_flags_and_wrong_signs(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,formation_energy_per_atom,is_formation_energy_per_atom,role\n"
+                      "a,0.0,0.2,element\nb,-1.0,-0.6,competitor\nc,1.0,1.5,candidate\nd,,0.3,candidate\n")
+    preds = tmp_path / "p.csv"
+    preds.write_text(HEADER + "a,A,0.1,0.1,-0.1,0.3,\nb,B,-0.8,0.2,-1.2,-0.4,element(s) B not in the training data\n"
+                     "c,C,-0.2,0.3,-0.8,0.4,\nd,D,0.0,0.1,-0.2,0.2,\n")
+    shift = oos.median_relaxation_energy(labels)  # over rows with both energies: 0.2, 0.4, 0.5
+    assert shift == pytest.approx(0.4)
+    r = oos.score_predictions(preds, labels, shift)
+    assert r["n_rows"] == 4 and r["without_truth"] == ["d"]  # counted, not scored
+    a = r["all"]
+    assert a["n"] == 3 and a["mae"] == pytest.approx((0.1 + 0.2 + 1.2) / 3)
+    assert a["mae_of_the_set_mean"] == pytest.approx(2 / 3)
+    assert a["is_shift"]["mae"] == pytest.approx((0.2 + 0.0 + 0.1) / 3)
+    assert a["interval_coverage"] == pytest.approx(2 / 3)  # c's 1.0 is above its upper bound 0.4
+    assert (a["n_flagged"], a["mae_flagged"], a["mae_unflagged"]) == (1, pytest.approx(0.2), pytest.approx(0.65))
+    assert a["unflagged_negative_but_above_0_5"] == 1 and a["negative_but_above_0_5"] == 1  # c: -0.2 for 1.0
+    assert sorted(r["by_role"]) == ["candidate", "competitor", "element"] and r["by_role"]["element"]["n"] == 1
+    with pytest.raises(ValueError, match="no row with both"):
+        oos.median_relaxation_energy(preds)
+
+
+def _command():
+    spec = importlib.util.spec_from_file_location("out_of_sample_cmd", ROOT / "benchmarks" / "out_of_sample.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_command_refuses_bad_inputs_and_an_existing_output_in_one_line(tmp_path, capsys):
+    cmd = _command()
+    assert cmd.main(["--pool-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--pool-dir" in err[0] and "no labels.csv" in err[0]
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    assert cmd.main(["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "summary.json: exists" in err[0] and "--overwrite" in err[0]
+    assert json.loads((out / "summary.json").read_text()) == {}
+
+
+def test_committed_summary_is_the_scoring_of_the_committed_predictions():
+    """benchmarks/results/out_of_sample: summary.json is what score_predictions gives for predictions.csv
+    against the pool labels snapshot scored beside it (the figures in docs come from it)."""
+    res = ROOT / "benchmarks" / "results" / "out_of_sample"
+    summary = json.loads((res / "summary.json").read_text())
+    again = oos.score_predictions(res / "predictions.csv", res / summary["labels"],
+                                  summary["relaxation_median_ev_per_atom"])
+    assert again["n_rows"] == summary["n_rows"] and again["all"]["n"] == summary["all"]["n"] > 0
+    for key in ("mae", "spearman", "mae_of_the_set_mean", "interval_coverage", "mae_flagged"):
+        assert again["all"][key] == pytest.approx(summary["all"][key]), key
+    assert summary["relaxation_median_ev_per_atom"] == pytest.approx(
+        oos.median_relaxation_energy(ROOT / "datasets" / "is_dos" / "demo" / "labels.csv"))
