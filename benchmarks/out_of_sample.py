@@ -39,7 +39,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
     args = ap.parse_args(argv)
     try:
-        from esnet_tf.predict import PredictConfig, predict_to_csv
         from esnet_tf.study.out_of_sample import median_relaxation_energy, risk_coverage_figure, score_predictions
 
         pool, out = Path(args.pool_dir), Path(args.out)
@@ -54,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             shift = median_relaxation_energy(args.training_labels)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+        from esnet_tf.predict import PredictConfig, predict_to_csv  # TensorFlow: after the checks
+
         snapshot = out / "labels_snapshot.csv"  # the pool grows: the labels scored are kept beside the scores
         write_text(snapshot, (pool / "labels.csv").read_text(encoding="utf-8"))
         predict_to_csv(PredictConfig(model=args.model, inputs=(str(pool),), out=str(out / "predictions.csv"),

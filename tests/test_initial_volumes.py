@@ -3,8 +3,9 @@ volume against the relaxed one, pymatgen's DLS / RLS predictors, failures counte
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,27 +81,25 @@ def test_dls_and_rls_on_a_real_structure():
     assert n_refs == 1 and 0.5 * nacl.v_relaxed < v_rls < 2 * nacl.v_relaxed
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("initial_volumes_script", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _run(*args: str) -> subprocess.CompletedProcess:
+    """benchmarks/initial_volumes.py as a user runs it."""
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
 
 
-def test_command_refuses_an_existing_output_without_overwrite(tmp_path, capsys):
+def test_command_refuses_an_existing_output_without_overwrite(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "summary.json").write_text("{}")
-    code = _script().main(["--out", str(out)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1
+    res = _run("--out", str(out))
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(err) == 1
     assert "summary.json: exists" in err[0] and "--overwrite" in err[0]
     assert (out / "summary.json").read_text() == "{}"
 
 
-def test_command_names_a_missing_demo_dir_in_one_line(tmp_path, capsys):
-    code = _script().main(["--demo-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1
+def test_command_names_a_missing_demo_dir_in_one_line(tmp_path):
+    res = _run("--demo-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(err) == 1
     assert "nope" in err[0] and "--demo-dir" in err[0]
     assert not (tmp_path / "out").exists()

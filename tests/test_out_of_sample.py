@@ -1,8 +1,9 @@
 """Out-of-sample scoring of a shipped model (esnet_tf.study.out_of_sample, benchmarks/out_of_sample.py)."""
 from __future__ import annotations
 
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,24 +48,22 @@ def test_scores_per_role_with_baselines_coverage_flags_and_wrong_signs(tmp_path)
         oos.median_relaxation_energy(preds)
 
 
-def _command():
-    spec = importlib.util.spec_from_file_location("out_of_sample_cmd", ROOT / "benchmarks" / "out_of_sample.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _run(*args: str) -> subprocess.CompletedProcess:
+    """benchmarks/out_of_sample.py as a user runs it."""
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "out_of_sample.py"), *args],
+                          capture_output=True, text=True, timeout=300)
 
 
-def test_command_refuses_bad_inputs_and_an_existing_output_in_one_line(tmp_path, capsys):
-    cmd = _command()
-    assert cmd.main(["--pool-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--pool-dir" in err[0] and "no labels.csv" in err[0]
+def test_command_refuses_bad_inputs_and_an_existing_output_in_one_line(tmp_path):
+    res = _run("--pool-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(err) == 1 and "--pool-dir" in err[0] and "no labels.csv" in err[0]
     out = tmp_path / "o"
     out.mkdir()
     (out / "summary.json").write_text("{}")
-    assert cmd.main(["--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "summary.json: exists" in err[0] and "--overwrite" in err[0]
+    res = _run("--out", str(out))
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(err) == 1 and "summary.json: exists" in err[0] and "--overwrite" in err[0]
     assert json.loads((out / "summary.json").read_text()) == {}
 
 
