@@ -97,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"bench_dft: --env {item!r} is not NAME=VALUE")
         k, v = item.split("=", 1)
         env[k] = v
+    from esnet_tf.machine import machine_record
     from esnet_tf.precision import cpu_model
 
     runs = [run_once(i, env) for i in args.ids.split(",") for _ in range(args.repeat)]
     record = {"label": args.label, "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_model(),
-              "env": args.env, "command": " ".join([Path(sys.executable).name, *sys.argv]), "runs": runs}
+              "machine": machine_record(), "env": args.env,
+              "command": " ".join([Path(sys.executable).name, *sys.argv]), "runs": runs}
     print(json.dumps(record, indent=1))
     if args.out:
         from esnet_tf.atomic import write_text

@@ -166,7 +166,7 @@ def in_fresh_process(argv: list[str]) -> dict:
     return {**body, "peak_rss_mib": round(res["maxrss_kib"] / 1024, 1), "process_wall_s": round(res["s"], 1)}
 
 
-def main() -> None:
+def main() -> int | None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", nargs="?", default="run", choices=("run", "npz", "raw"), help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=10_000, help="rows of the featurized .npz [default 10000]")
@@ -220,8 +220,8 @@ def main() -> None:
     result["esnet_predict_npz"] = in_fresh_process([esnet, "predict", model, inputs["npz"], "--out",
                                                     str(work / "cli_preds.csv"), "--overwrite", "--precision", args.precision])
     result["esnet_predict_npz"]["inputs_per_s"] = args.n / result["esnet_predict_npz"]["process_wall_s"]
-    emit(result, args.json)
+    return emit(result, args.json)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

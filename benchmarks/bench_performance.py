@@ -44,6 +44,8 @@ DEMO = ROOT / "datasets" / "is_dos" / "demo"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import emit  # noqa: E402
 
+from esnet_tf.machine import busy_others, describe_busy  # noqa: E402
+
 
 # ---------------------------------------------------------------- data
 
@@ -541,7 +543,7 @@ def summarize(rows: list[dict], flops: dict) -> dict:
     return summary
 
 
-def main() -> None:
+def main() -> int | None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", nargs="?", default="run", choices=("run", "child", "profile", "accuracy", "levels"),
                    help=argparse.SUPPRESS)
@@ -621,22 +623,25 @@ def main() -> None:
         result["pauses"] = quiet.log
         result["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
         result["wall_s"] = round(time.time() - t0, 1)
-        emit(result, args.json, printed=result["levels"]["summary"])
-        return
+        return emit(result, args.json, printed=result["levels"]["summary"])
     if not args.skip_memory:
         result["memory"] = {prec: peak_rss_train(args, prec) for prec in ("float32", "auto")}
         print(json.dumps({"memory": result["memory"]}), flush=True)
     roles = [v for v in (*args.roles.split(","), *args.variants.split(",")) if v]
-    rows = []
+    rows, busy = [], []
     quiet = Quiet(args.pause_pgid)
     expected = {}
     try:
         for r in range(args.repeats):
             for role in roles:
                 quiet.before(expected.get(role, 120.0))
+                others = busy_others(1.0)  # anything outside this run using a CPU right before the child
                 t = time.time()
                 row = run_child("child", args, ["--child", role])
                 expected[role] = time.time() - t
+                row["busy_others_before"] = others
+                row["busy_others_after"] = busy_others(1.0)
+                busy += others + row["busy_others_after"]
                 row["repetition"] = r
                 row["child_wall_s"] = round(expected[role], 1)
                 print(json.dumps({k: row[k] for k in ("role", "repetition", "train_samples_per_s",
@@ -653,6 +658,11 @@ def main() -> None:
     result["pauses"] = quiet.log
     result["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     result["throughput"] = summarize(rows, flops)
+    result["ranked"] = not busy
+    if busy:  # the ratios above compare runs that shared the CPUs with something else
+        seen = {b["pid"]: b for b in busy}
+        result["not_ranked_because"] = ("other busy process(es) during the measurement: "
+                                        + describe_busy(list(seen.values())))
     result["raw"] = rows
     if not args.skip_profile:
         result["profile"] = run_child("profile", args, ["--profile-precision", args.profile_precision])
@@ -661,8 +671,8 @@ def main() -> None:
         result["accuracy"] = run_child("accuracy", args, ["--accuracy-epochs", str(args.accuracy_epochs)])
         print(json.dumps({"accuracy": result["accuracy"]}), flush=True)
     result["wall_s"] = round(time.time() - t0, 1)
-    emit(result, args.json)
+    return emit(result, args.json)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

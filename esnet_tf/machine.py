@@ -1,0 +1,85 @@
+"""The machine a measurement ran on, and whether anything else was using its CPUs.
+
+`machine_record` is what every benchmark JSON carries (CPU model and flags, cores, load average).
+`busy_others` samples /proc for processes outside the caller's own process tree that use more than
+`threshold` of a core over `interval_s`: a speed ranking taken beside them is not a ranking of this
+code (benchmarks refuse to rank then). Linux only; elsewhere the list is empty and the record says so.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+#: share of one core (0-1) above which another process makes a speed measurement unreliable
+BUSY_THRESHOLD = 0.15
+
+
+def machine_record() -> dict[str, Any]:
+    """CPU model (with family/model and bf16 flags), all CPU flags, core count and load averages (1, 5, 15 min)."""
+    from esnet_tf.precision import cpu_flags, cpu_model
+
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {"cpu": cpu_model(), "cpu_flags": sorted(cpu_flags()), "cores": os.cpu_count(), "load_avg": load,
+            "proc_available": Path("/proc/stat").is_file()}
+
+
+def _cpu_ticks() -> dict[int, tuple[int, int, str]]:
+    """pid -> (utime + stime clock ticks, parent pid, command name) of every process readable now."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue  # gone, or not ours to read
+        name = stat[stat.index("(") + 1: stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(d.name)] = (int(fields[11]) + int(fields[12]), int(fields[1]), name)
+    return out
+
+
+def _own_tree(ticks: dict[int, tuple[int, int, str]], root: int) -> set[int]:
+    """`root` and every process descended from it."""
+    children: dict[int, list[int]] = {}
+    for pid, (_, ppid, _) in ticks.items():
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in tree:
+            tree.add(pid)
+            todo += children.get(pid, [])
+    return tree
+
+
+def busy_others(interval_s: float = 1.0, threshold: float = BUSY_THRESHOLD,
+                exclude_pids: Iterable[int] = ()) -> list[dict[str, Any]]:
+    """Processes outside this process's tree (and `exclude_pids`) that used more than `threshold` of a core
+    during the next `interval_s` seconds: [{pid, command, cpu}] (cpu in cores), busiest first."""
+    if not Path("/proc/stat").is_file():
+        return []
+    hz = os.sysconf("SC_CLK_TCK")
+    first = _cpu_ticks()
+    time.sleep(interval_s)
+    second = _cpu_ticks()
+    mine = _own_tree(second, os.getpid()) | _own_tree(first, os.getpid()) | set(exclude_pids)
+    busy = []
+    for pid, (ticks, _, name) in second.items():
+        if pid in mine or pid not in first:
+            continue
+        share = (ticks - first[pid][0]) / hz / interval_s
+        if share > threshold:
+            busy.append({"pid": pid, "command": name, "cpu": round(share, 2)})
+    return sorted(busy, key=lambda b: -b["cpu"])
+
+
+def describe_busy(busy: list[dict[str, Any]]) -> str:
+    """'pid 12 python (0.98 cores), ...' for a refusal line."""
+    return ", ".join(f"pid {b['pid']} {b['command']} ({b['cpu']:.2f} cores)" for b in busy)
