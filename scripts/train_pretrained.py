@@ -189,22 +189,8 @@ def screening_metrics(table, labels: Path, weight: float = 0.0) -> dict:
         | {"n_candidates": int(m.get("n_candidates", len(rows))), "uncertainty_weight": weight}
 
 
-def flag_metrics(truth: np.ndarray, pred: np.ndarray, domain) -> dict:
-    """Rows flagged by the domain column, and the MAE (eV/atom) of the flagged and the unflagged rows."""
-    flagged = np.array([bool(d) for d in domain], dtype=bool)
-    err = np.abs(np.asarray(pred, np.float64) - np.asarray(truth, np.float64))
-    return {"n": int(len(err)), "n_flagged": int(flagged.sum()),
-            "mae_flagged": float(err[flagged].mean()) if flagged.any() else None,
-            "mae_unflagged": float(err[~flagged].mean()) if (~flagged).any() else None}
-
-
-def risk_coverage(truth: np.ndarray, pred: np.ndarray, std: np.ndarray,
-                  fractions=(0.25, 0.5, 0.75, 0.9, 1.0)) -> list[dict]:
-    """MAE (eV/atom) of the rows kept when only the `fraction` with the lowest σ is kept."""
-    order = np.argsort(np.asarray(std, np.float64), kind="stable")
-    err = np.abs(np.asarray(pred, np.float64) - np.asarray(truth, np.float64))[order]
-    return [{"fraction_kept": f, "n_kept": max(1, int(round(f * len(err)))),
-             "mae": float(err[:max(1, int(round(f * len(err))))].mean())} for f in fractions]
+#: fractions kept (lowest σ first) of the risk–coverage table in a model's README
+RISK_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 def other_models(out: Path, name: str, test_ids: list[str]) -> list[str]:
@@ -230,6 +216,7 @@ def ship_ensemble(members: list[Path], npz: Path, labels: Path, out: Path, recip
     from esnet_tf.isdos import ENERGY_INPUTS, PREDICTION_COLUMN, PREDICTION_STD_COLUMN
     from esnet_tf.model import load_model
     from esnet_tf.pretrained import LOWER_COLUMN, UPPER_COLUMN, ESNetModel
+    from esnet_tf.study.out_of_sample import flag_scores, risk_coverage
 
     name = recipe.name
     folder = out / name
@@ -283,7 +270,7 @@ def ship_ensemble(members: list[Path], npz: Path, labels: Path, out: Path, recip
         calib_raw[split] = calibration_metrics(truth, pred, std / std_scale)
         if LOWER_COLUMN in table.columns:
             coverage[split] = interval_coverage(truth, table[LOWER_COLUMN], table[UPPER_COLUMN])
-        flags[split] = flag_metrics(truth, pred, table["domain"])
+        flags[split] = flag_scores(truth, pred, [bool(d) for d in table["domain"]])
         per = member_predictions(model.keras_model, part)
         member_mae[split] = [regression_metrics(truth, per[:, j])["mae"] for j in range(per.shape[1])]
     test = parts["test"]
@@ -300,7 +287,7 @@ def ship_ensemble(members: list[Path], npz: Path, labels: Path, out: Path, recip
         references["is_shift (IS E_f minus the train rows' median relaxation energy)"] = \
             regression_metrics(truth, is_shift)["mae"]
     risk = {s: risk_coverage(parts[s]["formation_energy_per_atom"], tables[s][PREDICTION_COLUMN],
-                             tables[s][PREDICTION_STD_COLUMN]) for s in ("test",)}
+                             tables[s][PREDICTION_STD_COLUMN], coverages=RISK_FRACTIONS) for s in ("test",)}
     compared = {}
     for other in other_models(out, name, [r["id"] for r in splits["test"]]):
         om = ESNetModel(out / other)

@@ -1,4 +1,6 @@
-"""Out-of-sample scores of a shipped model: rows of chemical systems it never saw (the pool).
+"""Scores of a shipped model on held-out rows: the risk–coverage curve and the domain flag's split (also what
+`scripts/train_pretrained.py` writes into a model's metadata), and the out-of-sample scores on rows of
+chemical systems it never saw (the pool).
 
 `score_predictions` reads the CSV that `esnet predict NAME POOL_DIR` writes (with the pool's truths) and
 scores it per group of rows: MAE, Spearman, the MAE of predicting the set's own mean (the reference
@@ -42,14 +44,24 @@ def median_relaxation_energy(labels_csv: str | Path) -> float:
 
 def risk_coverage(truth: np.ndarray, pred: np.ndarray, std: np.ndarray,
                   coverages: Sequence[float] = COVERAGES) -> list[dict[str, float]]:
-    """MAE (eV/atom) of the rows kept when keeping the fraction `c` with the lowest σ, for each c."""
+    """MAE (eV/atom) of the rows kept when keeping the fraction `c` with the lowest σ, for each c:
+    [{fraction_kept, n_kept, mae}]."""
     order = np.argsort(np.asarray(std, float), kind="stable")
     err = np.abs(np.asarray(pred, float) - np.asarray(truth, float))[order]
     out = []
     for c in coverages:
         k = max(1, int(round(c * len(err))))
-        out.append({"coverage": float(c), "n_kept": k, "mae": float(err[:k].mean())})
+        out.append({"fraction_kept": float(c), "n_kept": k, "mae": float(err[:k].mean())})
     return out
+
+
+def flag_scores(truth: np.ndarray, pred: np.ndarray, flagged: Sequence[bool]) -> dict[str, Any]:
+    """Rows flagged by the domain column (`flagged`), and the MAE (eV/atom) of the flagged and the unflagged rows."""
+    flagged = np.asarray(flagged, bool)
+    err = np.abs(np.asarray(pred, float) - np.asarray(truth, float))
+    return {"n": int(len(err)), "n_flagged": int(flagged.sum()),
+            "mae_flagged": float(err[flagged].mean()) if flagged.any() else None,
+            "mae_unflagged": float(err[~flagged].mean()) if (~flagged).any() else None}
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -70,9 +82,7 @@ def group_scores(rows: Sequence[Mapping[str, Any]], relaxation_median: float) ->
         "n": len(rows), "mae": float(err.mean()), "spearman": _spearman(pred, truth),
         "mae_of_the_set_mean": float(np.abs(truth - truth.mean()).mean()),
         "truth_range": [float(truth.min()), float(truth.max())],
-        "n_flagged": int(flagged.sum()),
-        "mae_flagged": float(err[flagged].mean()) if flagged.any() else None,
-        "mae_unflagged": float(err[~flagged].mean()) if (~flagged).any() else None,
+        **{k: v for k, v in flag_scores(truth, pred, flagged).items() if k != "n"},
         "unflagged_negative_but_above_0_5": int(np.sum(~flagged & (pred < 0) & (truth > WRONG_SIGN_ABOVE))),
         "negative_but_above_0_5": int(np.sum((pred < 0) & (truth > WRONG_SIGN_ABOVE))),
     }
@@ -143,7 +153,7 @@ def risk_coverage_figure(result: Mapping[str, Any], path: Path, title: str) -> P
         if not g.get("n"):
             continue
         rc = g["risk_coverage"]
-        ax.plot([p["coverage"] for p in rc], [p["mae"] for p in rc], marker="o", label=f"{name} (n = {g['n']})")
+        ax.plot([p["fraction_kept"] for p in rc], [p["mae"] for p in rc], marker="o", label=f"{name} (n = {g['n']})")
     ax.axhline(result["all"]["mae_of_the_set_mean"], color="grey", ls="--", label="predicting the set's mean (all)")
     ax.set_xlabel("fraction kept (lowest ensemble σ first)")
     ax.set_ylabel("MAE of the kept rows (eV/atom)")
