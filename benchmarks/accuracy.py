@@ -1,19 +1,24 @@
 """Accuracy study: grouped k-fold cross-validation of ESNet against baselines (`esnet_tf.study`).
 
 Folds are grouped by chemical system (default), or by structure prototype with `--group-by prototype`
-(leave-prototype-out; default --out benchmarks/results/accuracy_lopo, table markers `lopo-table`):
+(leave-prototype-out; default --out benchmarks/results/accuracy_lopo, table markers `lopo-table`).
+`--group-by pool` has no folds: every demo row trains and the hypothetical pool (--pool, its labels
+snapshotted into --out) is the test set, one unit per seed (default --out benchmarks/results/accuracy_pool,
+table markers `pool-table`):
 
     python benchmarks/accuracy.py --seeds 0,1,2 --epochs 40                 # run / resume every unit
     python benchmarks/accuracy.py --seeds 0,1,2 --epochs 40 --jobs 2        # the same in 2 processes
     python benchmarks/accuracy.py --seeds 0,1,2 --epochs 40 --summary-only --doc docs/study.md
     python benchmarks/accuracy.py --group-by prototype --models mean,gbr_magpie --doc docs/study.md
+    python benchmarks/accuracy.py --group-by pool --models mean,gbr_uip,esnet_uip_correction --doc docs/study.md
 
 The study itself (snapshot, folds, the model registry, metrics, statistics, table, figure) is the
 library package `esnet_tf.study`; this command turns flags into its `StudyConfig`. Models: see
 `esnet_tf.study.models` (`--models` lists them). Results in --out: the labels snapshot, cache/
 (one JSON per (model, fold, seed) unit), results.json, table.md and accuracy.png; `--doc FILE`
 rewrites the table between `<!-- accuracy-table:start -->` and `<!-- accuracy-table:end -->`
-(`<!-- lopo-table:start -->` and `<!-- lopo-table:end -->` with --group-by prototype).
+(`<!-- lopo-table:start -->` and `<!-- lopo-table:end -->` with --group-by prototype; `pool-table`
+with --group-by pool).
 """
 from __future__ import annotations
 
@@ -25,8 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "accuracy"
 #: each grouping's default --out: the studies never share a folder
-DEFAULT_OUTS = {"chemsys": DEFAULT_OUT, "prototype": ROOT / "benchmarks" / "results" / "accuracy_lopo"}
+DEFAULT_OUTS = {"chemsys": DEFAULT_OUT, "prototype": ROOT / "benchmarks" / "results" / "accuracy_lopo",
+                "pool": ROOT / "benchmarks" / "results" / "accuracy_pool"}
 DEMO = ROOT / "datasets" / "is_dos" / "demo"
+POOL = ROOT / "datasets" / "is_dos" / "pool"  # --group-by pool's test set
 TUNE_SPACE = ROOT / "benchmarks" / "accuracy_search_space.json"  # esnet_is_tuned's search space
 
 
@@ -36,15 +43,20 @@ def parse_args(argv: Sequence[str] | None):
     from esnet_tf.study.data import check_grouping
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--folds", type=int, default=None, help="outer folds (default 5; --group-by pool: 1, no folds)")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated fold/initialisation seeds")
     ap.add_argument("--epochs", type=int, default=40, help="ESNet maximum epochs (early stopping)")
     ap.add_argument("--batch-size", type=int, default=16, help="ESNet batch (examples)")
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from: {', '.join(MODELS)}")
-    ap.add_argument("--group-by", default="chemsys", metavar="{chemsys,prototype}",
-                    help="what the outer folds group by: chemical system, or structure prototype (leave-prototype-out)")
+    ap.add_argument("--group-by", default="chemsys", metavar="{chemsys,prototype,pool}",
+                    help="what the outer folds group by: chemical system, or structure prototype "
+                         "(leave-prototype-out); pool: no folds, train on the demo and test on the hypothetical pool "
+                         "(--pool)")
     ap.add_argument("--out", help="the study folder (default: benchmarks/results/accuracy, or accuracy_lopo "
-                                  "with --group-by prototype)")
+                                  "with --group-by prototype, accuracy_pool with --group-by pool)")
+    ap.add_argument("--pool", default=None,
+                    help="with --group-by pool: the pool dataset folder (labels.csv, calcs/, uip_chgnet.csv; default "
+                         "datasets/is_dos/pool)")
     ap.add_argument("--demo", default=str(DEMO), help="the demo dataset folder (labels.csv, labels_augmented.csv)")
     ap.add_argument("--new-snapshot", action="store_true",
                     help="copy the current labels files into --out (default: reuse the snapshot there if any)")
@@ -64,11 +76,15 @@ def parse_args(argv: Sequence[str] | None):
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     grouping = check_grouping(args.group_by)  # one line naming the choices, before any default is looked up
     out = Path(args.out) if args.out else DEFAULT_OUTS[grouping]
-    config = StudyConfig(out=out, demo=Path(args.demo), folds=args.folds, seeds=seeds, epochs=args.epochs,
+    if args.pool and grouping != "pool":
+        raise UserError("--pool goes with --group-by pool (the pool is a test set, not extra folds)")
+    pool = (Path(args.pool) if args.pool else POOL) if grouping == "pool" else None
+    folds = args.folds if args.folds is not None else (1 if grouping == "pool" else 5)
+    config = StudyConfig(out=out, demo=Path(args.demo), folds=folds, seeds=seeds, epochs=args.epochs,
                          batch_size=args.batch_size, models=models,
                          new_snapshot=args.new_snapshot, summary_only=args.summary_only, units_only=args.units_only,
                          jobs=args.jobs, threads=args.threads, tune_space=TUNE_SPACE,
-                         table_file=Path(args.doc) if args.doc else None, grouping=grouping,
+                         table_file=Path(args.doc) if args.doc else None, grouping=grouping, pool=pool,
                          command="python benchmarks/accuracy.py " + " ".join(sys.argv[1:]))
     return config
 
@@ -78,7 +94,8 @@ def worker_command(config, threads: int) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--units-only", "--threads", str(threads),
             "--folds", str(config.folds), "--seeds", ",".join(map(str, config.seeds)), "--epochs", str(config.epochs),
             "--batch-size", str(config.batch_size), "--models", ",".join(config.models), "--out", str(config.out),
-            "--demo", str(config.demo), "--group-by", config.grouping]
+            "--demo", str(config.demo), "--group-by", config.grouping] + (
+        ["--pool", str(config.pool)] if config.pool is not None else [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

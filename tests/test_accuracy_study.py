@@ -639,7 +639,7 @@ def test_energy_input_esnet_rows_build_a_model_with_the_energy_input(tmp_path, m
 
 def test_levers_of_the_best_row_train_longer_wider_or_tuned_with_its_inputs(tmp_path, monkeypatch):
     """The levers tried on esnet_uip_correction: `_long` trains twice the unit's epochs, `_paper` has the paper's
-    widths, `_tuned` runs a real KerasTuner search (2 tiny trials) whose base is the row's own config (its two
+    widths, `_tuned` runs a real KerasTuner search (1 tiny trial) whose base is the row's own config (its two
     energy inputs, target and element properties kept) on the training rows with those inputs, and hands the chosen
     config to the final training."""
     import json
@@ -678,7 +678,7 @@ def test_levers_of_the_best_row_train_longer_wider_or_tuned_with_its_inputs(tmp_
     def tune_two_trials(*args, **kwargs):
         seen["space"] = json.loads(Path(args[-1]).read_text())
         seen["base"] = ESNetConfig.named(seen["space"]["base"])  # the unit's work folder goes with the unit
-        seen["tuned"] = real_tune(*args, trials=2, **kwargs)
+        seen["tuned"] = real_tune(*args, trials=1, **kwargs)
         return seen["tuned"]
 
     monkeypatch.setattr(study_fit, "tune_esnet", tune_two_trials)
@@ -687,7 +687,7 @@ def test_levers_of_the_best_row_train_longer_wider_or_tuned_with_its_inputs(tmp_
     assert seen["space"]["hyperparameters"]["first_width"] == {"values": [4, 8]}
     assert (seen["base"].energy_inputs, seen["base"].target) == (inputs, "uip_correction")
     notes = seen["tuned"][1]
-    assert notes["n_trials"] == 2 and seen["got"][:3] == (inputs, "uip_correction", True)
+    assert notes["n_trials"] == 1 and seen["got"][:3] == (inputs, "uip_correction", True)
     assert seen["got"][3] == (notes["hyperparameters"]["first_width"],)
 
 
@@ -797,7 +797,7 @@ def test_bad_grouping_is_one_line(tmp_path):
     from esnet_tf.study import StudyConfig
 
     with pytest.raises(UserError, match=r"^unknown grouping 'formula' of the outer folds: choose --group-by from "
-                                        r"chemsys, prototype$"):
+                                        r"chemsys, prototype, pool$"):
         StudyConfig(out=tmp_path, demo=DEMO, grouping="formula")
     with pytest.raises(UserError, match="unknown grouping"):
         report.replace_table("", "", "doc", "formula")
@@ -805,7 +805,7 @@ def test_bad_grouping_is_one_line(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and not list(tmp_path.iterdir())
     assert done.stderr == ("accuracy.py: error: unknown grouping 'spacegroup' of the outer folds: choose --group-by "
-                           "from chemsys, prototype\n")
+                           "from chemsys, prototype, pool\n")
 
 
 def test_a_prototype_study_rewrites_only_its_own_table():
@@ -854,3 +854,125 @@ def test_group_by_prototype_has_its_own_folder_and_reaches_the_workers():
     assert worker[worker.index("--group-by") + 1] == "prototype" and worker[worker.index("--out") + 1] == str(LOPO)
     other = cli.parse_args(["--group-by", "prototype", "--out", "elsewhere", "--models", "mean"])
     assert other.out == Path("elsewhere")
+
+
+# ---------------------------------------------------------------- the pool as a test set (issue 40, 1b)
+
+POOL_STUDY = ROOT / "benchmarks" / "results" / "accuracy_pool"
+
+
+def _snapshot_rows(path: Path) -> dict[str, dict[str, str]]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {r["id"]: r for r in csv.DictReader(fh)}
+
+
+def _chemsys(formula: str) -> str:
+    from pymatgen.core import Composition
+
+    return "-".join(sorted(el.symbol for el in Composition(formula).elements))
+
+
+def test_pool_protocol_trains_only_on_demo_rows_and_tests_only_on_pool_rows():
+    """A pool Unit tests exactly the pool's rows and trains on exactly the demo's, with every demo variant; the
+    committed pool units test only pool-snapshot rows in chemical systems absent from the demo snapshot."""
+    import json
+
+    ids = np.array([f"d{i}" for i in range(8)] + ["p0", "p1", "p2"])
+    data = SimpleNamespace(is_={"id": ids}, is_pool=np.arange(11) >= 8, pool=Path("pool"),
+                           aug={"id": np.array(["d0_v0", "d3_v1"]), "parent_id": np.array(["d0", "d3"]),
+                                "chemsys": np.array(["A-B", "A-C"])})
+    for seed in (0, 1, 2):
+        fold = study_data.StudyData.folds(data, 1, seed, "pool")
+        unit = study_models.Unit(data, fold, 0, 1, seed, 1, 4, Path("unused"), grouping="pool")
+        assert ids[unit.test_idx].tolist() == ["p0", "p1", "p2"]
+        assert ids[unit.train_idx].tolist() == [f"d{i}" for i in range(8)]
+        assert not set(ids[unit.test_idx]) & set(ids[unit.train_idx])
+        assert study_data.augmented_training_rows(data, fold, 0, 1, seed, "pool").tolist() == [0, 1]
+    with pytest.raises(UserError, match="needs the pool's rows"):
+        study_data.StudyData.folds(SimpleNamespace(pool=None), 1, 0, "pool")
+
+    demo = _snapshot_rows(POOL_STUDY / "labels_snapshot.csv")
+    pool = _snapshot_rows(POOL_STUDY / "pool_labels_snapshot.csv")
+    demo_systems = {_chemsys(r["formula"]) for r in demo.values()}
+    result = json.loads((POOL_STUDY / "results.json").read_text(encoding="utf-8"))
+    recs = [json.loads(p.read_text()) for p in (POOL_STUDY / "cache" / result["snapshot_hash"]).glob("*_bypool.json")]
+    assert recs and {(r["grouping"], r["fold"], r["folds"]) for r in recs} == {("pool", 0, 1)}
+    for r in recs:
+        assert set(r["test_ids"]) <= set(pool) and not set(r["test_ids"]) & set(demo)
+        assert not {_chemsys(pool[i]["formula"]) for i in r["test_ids"]} & demo_systems
+        assert len(r["test_ids"]) == result["test_set"]["n_structures"]
+        if "n_train" in r["notes"]:  # the ESNet rows record their training rows: every demo row
+            assert r["notes"]["n_train"] == len(demo) == result["n_structures"]
+    left = result["test_set"]["left_out"]["chemical_system_in_the_demo"]
+    assert {_chemsys(pool[i]["formula"]) for i in left} <= demo_systems  # left out for that reason only
+
+
+def test_pool_units_have_their_own_names_folder_and_options():
+    import importlib.util
+
+    from esnet_tf.study import StudyConfig
+    from esnet_tf.study.run import unit_path
+
+    key = "a795d73e514d"
+    names = {g: unit_path(Path("out"), key, "gbr_uip", 0, f, 0, 40, g).name
+             for g, f in (("chemsys", 5), ("prototype", 5), ("pool", 1))}
+    assert names == {"chemsys": "gbr_uip_f0of5_s0_e0.json", "prototype": "gbr_uip_f0of5_s0_e0_byprototype.json",
+                     "pool": "gbr_uip_f0of1_s0_e0_bypool.json"}
+    assert unit_path(Path("out"), key, "esnet_is", 0, 1, 2, 40, "pool").name == "esnet_is_f0of1_s2_e40_bypool.json"
+    spec = importlib.util.spec_from_file_location("accuracy_cli", SCRIPT)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    config = cli.parse_args(["--group-by", "pool", "--models", "mean"])
+    assert (config.grouping, config.folds, config.out, config.pool) == (
+        "pool", 1, POOL_STUDY, ROOT / "datasets" / "is_dos" / "pool")
+    assert len({cli.DEFAULT_OUTS[g] for g in ("chemsys", "prototype", "pool")}) == 3
+    worker = cli.worker_command(config, 1)
+    assert worker[worker.index("--group-by") + 1] == "pool" and worker[worker.index("--pool") + 1] == str(config.pool)
+    assert worker[worker.index("--folds") + 1] == "1"
+    with pytest.raises(UserError, match="^--group-by pool has no folds"):
+        cli.parse_args(["--group-by", "pool", "--folds", "5", "--models", "mean"])
+    with pytest.raises(UserError, match="^--pool goes with --group-by pool"):
+        cli.parse_args(["--pool", "datasets/is_dos/pool", "--models", "mean"])
+    with pytest.raises(UserError, match="no pool labels.csv"):
+        StudyConfig(out=Path("out"), demo=DEMO, folds=1, grouping="pool", pool=ROOT / "no_such_pool")
+
+
+def test_study_doc_pool_table_is_the_summary_of_the_committed_pool_units():
+    """docs/study.md's pool table is table.md of benchmarks/results/accuracy_pool, the table of its results.json;
+    the rows of the reference and the best baseline (and the set mean) are recomputed here from
+    the committed unit records (`report.pool_summary`) and the committed pool snapshot's roles (a subset: the
+    bootstrap of every row takes longer than a test may)."""
+    import json
+
+    from scipy.stats import spearmanr
+
+    result = json.loads((POOL_STUDY / "results.json").read_text(encoding="utf-8"))
+    assert result["grouping"] == "pool" and result["folds"] == 1
+    table = report.table_markdown(result)
+    assert table == (POOL_STUDY / "table.md").read_text(encoding="utf-8")
+    doc = (ROOT / "docs" / "study.md").read_text(encoding="utf-8")
+    start, end = report.MARKERS["pool"]
+    assert doc[doc.index(start) + len(start):doc.index(end)].strip("\n") == table.strip("\n")
+    best = result["summary"]["best_composition_model"]
+    pool = _snapshot_rows(POOL_STUDY / "pool_labels_snapshot.csv")
+    units: dict[str, dict] = {m: {} for m in ("mean", best)}
+    for p in (POOL_STUDY / "cache" / result["snapshot_hash"]).glob("*_bypool.json"):
+        rec = json.loads(p.read_text())
+        if rec["model"] in units:
+            units[rec["model"]][(rec["fold"], rec["seed"])] = rec
+    summary = report.pool_summary(units, result["seeds"], {i: pool[i]["role"] for i in pool})
+    assert summary["best_composition_model"] == best
+    mine = report.table_markdown({**result, "summary": summary, "models": list(units)}).splitlines()
+    rows = [line for line in mine if line.startswith(("| mean |", f"| {best} |", "| set mean"))]
+    assert len(rows) == 3 and all(line in table.splitlines() for line in rows)
+    truth = np.asarray(units["mean"][(0, 0)]["truth"], float)
+    assert summary["set_mean"]["value"] == pytest.approx(np.abs(truth - truth.mean()).mean(), abs=1e-12)
+    assert np.allclose(truth, [float(pool[i]["formation_energy_per_atom"]) for i in units["mean"][(0, 0)]["test_ids"]],
+                       atol=1e-6)  # the truths are the pool snapshot's labels (float32)
+    rho = summary["models"][best]["spearman"]
+    assert rho["n"] == len(units[best])
+    assert rho["mean"] == pytest.approx(np.mean([spearmanr(r["pred"], r["truth"]).statistic
+                                                 for r in units[best].values()]), abs=1e-12)
+    assert summary["models"]["mean"]["spearman"] is None  # a constant prediction has no rank correlation

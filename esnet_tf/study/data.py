@@ -22,15 +22,20 @@ if TYPE_CHECKING:
     from esnet_tf.screening.cost import Costs
     from esnet_tf.uip import UIPTable
 
-#: the snapshot files in a study's folder
+#: the snapshot files in a study's folder (POOL_SNAPSHOT: the test set's labels, with grouping POOL only)
 SNAPSHOT, AUG_SNAPSHOT = "labels_snapshot.csv", "labels_augmented_snapshot.csv"
+POOL_SNAPSHOT = "pool_labels_snapshot.csv"
 #: the arrays a unit trains and predicts on (one row per example)
 ARRAY_KEYS = ("dos_up", "dos_down", "composition", "id", "formula", "chemsys", "formation_energy_per_atom",
               "e_above_hull")
 #: what the outer (test) folds can be grouped by, each an array of `StudyData.is_`: the chemical system
 #: (the default), or the structure prototype (leave-prototype-out folds: the test fold's crystal
-#: structures are absent from training; the elements' fcc/bcc/hcp/... are ordinary groups)
-GROUPINGS = ("chemsys", "prototype")
+#: structures are absent from training; the elements' fcc/bcc/hcp/... are ordinary groups), or POOL: no folds, an
+#: external test set (train on every demo row, test on the hypothetical pool's rows)
+GROUPINGS = ("chemsys", "prototype", "pool")
+#: the grouping whose test set is the pool: one unit per seed, test fold POOL_TEST_FOLD of POOL_FOLDS (the training
+#: rows carry fold index POOL_FOLDS, outside 0..POOL_FOLDS-1, so that `Unit.train_idx` is exactly the demo's rows)
+POOL, POOL_FOLDS, POOL_TEST_FOLD = "pool", 1, 0
 
 
 def file_hash(*paths: str | Path) -> str:
@@ -42,6 +47,21 @@ def file_hash(*paths: str | Path) -> str:
                 h.update(block)
         h.update(b"\0")
     return h.hexdigest()[:12]
+
+
+def take_pool_snapshot(out: Path, pool: Path, new: bool = False) -> bool:
+    """Copy pool/labels.csv into `out` as POOL_SNAPSHOT unless it is there and `new` is false; True if copied
+    (the pool grows while its DFT job runs: committed results never follow it silently)."""
+    from esnet_tf.atomic import write_text
+    from esnet_tf.readers.limits import read_bounded
+
+    if not new and (out / POOL_SNAPSHOT).is_file():
+        return False
+    src = pool / "labels.csv"
+    if not src.is_file():
+        raise UserError(f"{src}: no such labels file: give the pool dataset's folder (--pool DIR)")
+    write_text(out / POOL_SNAPSHOT, read_bounded(src, 0.125).decode("utf-8"))
+    return True
 
 
 def take_snapshot(out: Path, demo: Path, new: bool = False) -> bool:
@@ -59,17 +79,19 @@ def take_snapshot(out: Path, demo: Path, new: bool = False) -> bool:
     return True
 
 
-def load_rows(labels: Path, column: str, demo: Path, *, only_variants: bool = False) -> dict[str, np.ndarray]:
+def load_rows(labels: Path, column: str, demo: Path, *, only_variants: bool = False,
+              require_energy: bool = True) -> dict[str, np.ndarray]:
     """Featurize every row's DOS file (`path` = IS, `rs_path` = RS) of a labels snapshot into arrays.
 
     Paths in the snapshot are relative to `demo`. `only_variants`: the augmented table's variant
-    rows (id != parent_id), with `parent_id` and `variant` columns.
+    rows (id != parent_id), with `parent_id` and `variant` columns. `require_energy` false: rows
+    without a relaxed formation energy are read (NaN) instead of refused.
     """
     from esnet_tf.data import stack_examples
     from esnet_tf.featurize import featurize
     from esnet_tf.labels import read_labels
 
-    rows = read_labels(labels, path_column=column)
+    rows = read_labels(labels, path_column=column, require_energy=require_energy)
     if only_variants:
         rows = [r for r in rows if r.get("parent_id", r.id) not in ("", r.id)]
     arrays = stack_examples([featurize(demo / r.path, id=r.id) for r in rows], {r.id: r for r in rows})
@@ -126,6 +148,16 @@ def kfold(chemsys: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return np.array([kfold_of(str(c), folds, seed) for c in chemsys], int)
 
 
+def stack_all(a: dict, b: dict, source: str) -> dict[str, np.ndarray]:
+    """Every array of `a` and `b` (the same keys, the same row shapes) stacked, `a`'s rows first; UserError naming
+    `source` when they do not match."""
+    if set(a) != set(b) or any(np.shape(a[k])[1:] != np.shape(b[k])[1:] for k in a):
+        raise UserError(f"{source}: its featurized rows do not match the demo's (arrays "
+                        f"{sorted(set(a) ^ set(b)) or [k for k in a if np.shape(a[k])[1:] != np.shape(b[k])[1:]]}): "
+                        "featurize both with the same esnet-tf")
+    return {k: np.concatenate([a[k], b[k]]) for k in a}
+
+
 def check_grouping(grouping: str) -> str:
     """`grouping` if it names one of GROUPINGS, else a one-line UserError."""
     if grouping not in GROUPINGS:
@@ -144,9 +176,14 @@ class StudyData:
 
     `hash`: labels.csv's snapshot; `aug_hash`: labels.csv's and labels_augmented.csv's together.
     Variants whose parent is not (yet) in labels.csv are left out (`n_orphan_variants`).
+
+    With `pool` (the hypothetical pool's folder, grouping POOL): the pool snapshot's rows follow the demo's in
+    `is_` and `rs` (`is_pool` marks them; both hashes then include POOL_SNAPSHOT). A pool row enters only with a
+    relaxed formation energy and a chemical system no demo row has (`pool_left_out` names the others), so that
+    the test set shares neither structures nor chemical systems with training.
     """
 
-    def __init__(self, out: Path, work: Path, demo: Path) -> None:
+    def __init__(self, out: Path, work: Path, demo: Path, pool: Path | None = None) -> None:
         self.labels, self.aug_labels = out / SNAPSHOT, out / AUG_SNAPSHOT
         self.hash = file_hash(self.labels)
         self.aug_hash = file_hash(self.labels, self.aug_labels)
@@ -169,6 +206,48 @@ class StudyData:
         self._costs = None
         self.demo = Path(demo)
         self._add_is_energies()
+        self.pool: Path | None = None
+        self.pool_labels: Path | None = None
+        self.is_pool = np.zeros(len(self.is_["id"]), bool)
+        self.pool_left_out: dict[str, list[str]] = {}
+        if pool is not None:
+            self._add_pool(out, work, Path(pool))
+            self.featurize_s = time.time() - t
+
+    def _add_pool(self, out: Path, work: Path, pool: Path) -> None:
+        """Append the pool snapshot's rows (see the class docstring) to `is_` and `rs`; re-key both hashes."""
+        from esnet_tf.featurize import fill_energies
+        from esnet_tf.labels import labels_by_id
+
+        self.pool, self.pool_labels = pool, out / POOL_SNAPSHOT
+        p_hash = file_hash(self.pool_labels)
+        p_is = cached_arrays(work, f"pool_is_{p_hash}",
+                             lambda: load_rows(self.pool_labels, "path", pool, require_energy=False))
+        p_rs = cached_arrays(work, f"pool_rs_{p_hash}",
+                             lambda: load_rows(self.pool_labels, "rs_path", pool, require_energy=False))
+        if not np.array_equal(p_is["id"], p_rs["id"]):
+            raise UserError(f"{self.pool_labels}: IS and RS rows of the pool snapshot are not in the same order")
+        fill_energies(p_is, labels_by_id(self.pool_labels, path_column=None, require_energy=False))
+        shared = sorted(set(p_is["id"].tolist()) & set(self.is_["id"].tolist()))
+        if shared:
+            raise UserError(f"{self.pool_labels}: id(s) {shared[:3]} are also demo rows: a test set shares no row "
+                            "with training")
+        demo_systems = set(self.is_["chemsys"].tolist())
+        no_energy = ~np.isfinite(p_is["formation_energy_per_atom"].astype(float))
+        in_demo = np.array([c in demo_systems for c in p_is["chemsys"].tolist()], bool)
+        self.pool_left_out = {"no_relaxed_formation_energy": p_is["id"][no_energy].tolist(),
+                              "chemical_system_in_the_demo": p_is["id"][in_demo & ~no_energy].tolist()}
+        keep = ~no_energy & ~in_demo
+        if not keep.any():
+            raise UserError(f"{self.pool_labels}: no pool row with a relaxed formation energy in a chemical system "
+                            "absent from the demo: nothing to test on")
+        n_demo = len(self.is_["id"])
+        self.is_ = stack_all(self.is_, {k: v[keep] for k, v in p_is.items()}, str(self.pool_labels))
+        self.rs = stack_all(self.rs, {k: v[keep] for k, v in p_rs.items()}, str(self.pool_labels))
+        self.is_pool = np.arange(len(self.is_["id"])) >= n_demo
+        self.demo_hash = self.hash  # labels.csv's snapshot alone (what the training rows come from)
+        self.hash = file_hash(self.labels, self.pool_labels)
+        self.aug_hash = file_hash(self.labels, self.aug_labels, self.pool_labels)
 
     @property
     def y(self) -> np.ndarray:
@@ -176,8 +255,13 @@ class StudyData:
         return self.is_["formation_energy_per_atom"].astype(float)
 
     def folds(self, folds: int, seed: int, grouping: str = "chemsys") -> np.ndarray:
-        """Fold of each structure, grouped by `grouping` (GROUPINGS: chemical system or prototype)."""
-        return kfold(self.is_[check_grouping(grouping)], folds, seed)
+        """Fold of each structure, grouped by `grouping` (GROUPINGS: chemical system or prototype; POOL: the pool's
+        rows POOL_TEST_FOLD, the demo's POOL_FOLDS, whatever the seed)."""
+        if check_grouping(grouping) == POOL:
+            if self.pool is None:
+                raise UserError("the pool test set needs the pool's rows: StudyData(..., pool=DIR) (--pool DIR)")
+            return np.where(self.is_pool, POOL_TEST_FOLD, POOL_FOLDS)
+        return kfold(self.is_[grouping], folds, seed)
 
     # ------------------------------------------------ energy inputs of the cheap baselines (issues 32, 33)
 
@@ -207,10 +291,15 @@ class StudyData:
         cache = self.__dict__.setdefault("_uip", {})
         if model not in cache:
             cache[model] = read_table(self.demo / f"uip_{model}.csv")
-        missing = [i for i in self.is_["id"].tolist() if i not in cache[model].energies]
-        if missing:
-            raise UserError(f"{self.demo / f'uip_{model}.csv'}: no relaxation of {len(missing)} snapshot structure(s) "
-                            f"({', '.join(missing[:3])}): rerun `esnet uip relax` on the demo")
+            if self.pool is not None:
+                cache[model] = merge_uip_tables(cache[model], read_table(self.pool / f"uip_{model}.csv"),
+                                                self.pool / f"uip_{model}.csv")
+        for folder, rows in ((self.demo, ~self.is_pool), (self.pool, self.is_pool)):
+            missing = [i for i in self.is_["id"][rows].tolist() if i not in cache[model].energies]
+            if missing:
+                raise UserError(f"{folder / f'uip_{model}.csv'}: no relaxation of {len(missing)} snapshot structure(s) "
+                                f"({', '.join(missing[:3])}): rerun `esnet uip relax --demo --labels "
+                                f"{folder / 'labels.csv'} --out {folder / f'uip_{model}.csv'}`")
         return cache[model]
 
     def costs(self) -> "Costs":
@@ -219,7 +308,33 @@ class StudyData:
 
         if self._costs is None:
             self._costs = costs_from_labels(self.labels)
+            if self.pool_labels is not None:
+                from esnet_tf.screening.cost import Costs
+
+                pool_costs = costs_from_labels(self.pool_labels)
+                self._costs = Costs({**self._costs.by_id, **pool_costs.by_id},
+                                    f"{self._costs.source} and {pool_costs.source}")
         return self._costs
+
+
+def merge_uip_tables(demo: "UIPTable", pool: "UIPTable", source: Path) -> "UIPTable":
+    """The demo's and the pool's potential results as one table: every row of both; each element's crystalline
+    reference the lower of the two (eV/atom), as `esnet uip relax` merges references. UserError naming `source`
+    when the potential, its version or its settings differ, or when an id is in both."""
+    from esnet_tf.uip import UIPTable
+
+    keys = ("model", "model_version", "package_version", "settings")
+    differ = [k for k in keys if demo.meta.get(k) != pool.meta.get(k)]
+    if differ:
+        raise UserError(f"{source}: made with another {', '.join(differ)} than the demo's: rerun `esnet uip relax` "
+                        "on the pool with the demo's settings")
+    shared = sorted(set(demo.energies) & set(pool.energies))
+    if shared:
+        raise UserError(f"{source}: id(s) {shared[:3]} are also in the demo's results")
+    mu = dict(demo.crystal_mu)
+    for el, v in pool.crystal_mu.items():
+        mu[el] = min(v, mu.get(el, v))
+    return UIPTable({**demo.energies, **pool.energies}, {**demo.compositions, **pool.compositions}, mu, dict(demo.meta))
 
 
 def augmented_training_rows(data: StudyData, fold_of_is: np.ndarray, k: int, folds: int, seed: int,
@@ -231,12 +346,15 @@ def augmented_training_rows(data: StudyData, fold_of_is: np.ndarray, k: int, fol
     variant always follows its parent's fold. Raises AssertionError if a selected variant's parent is a
     test-fold structure or not a training structure.
     """
-    if check_grouping(grouping) == "chemsys":
+    if check_grouping(grouping) == POOL:  # every structure outside the test set trains, with all its variants
+        groups, vfold = None, np.full(len(data.aug["id"]), POOL_FOLDS)
+    elif grouping == "chemsys":
         groups = data.aug["chemsys"]
     else:
         group_of = dict(zip(data.is_["id"].tolist(), data.is_[grouping].tolist()))
         groups = np.array([group_of.get(p, "") for p in data.aug["parent_id"].tolist()], dtype=str)
-    vfold = kfold(groups, folds, seed)
+    if groups is not None:
+        vfold = kfold(groups, folds, seed)
     sel = np.flatnonzero(vfold != k)
     test_ids = set(data.is_["id"][fold_of_is == k].tolist())
     train_ids = set(data.is_["id"][fold_of_is != k].tolist())

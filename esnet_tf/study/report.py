@@ -24,11 +24,13 @@ from esnet_tf.study.stats import bootstrap_ci, mae_of, mean_std, paired_comparis
 TABLE_START, TABLE_END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
 #: the markers of each grouping's table (`data.GROUPINGS`): the chemical-system study's is TABLE_START/END
 MARKERS = {"chemsys": (TABLE_START, TABLE_END),
-           "prototype": ("<!-- lopo-table:start -->", "<!-- lopo-table:end -->")}
+           "prototype": ("<!-- lopo-table:start -->", "<!-- lopo-table:end -->"),
+           "pool": ("<!-- pool-table:start -->", "<!-- pool-table:end -->")}
 #: how the caption names each grouping's folds
 FOLD_CAPTION = {"chemsys": "grouped {folds}-fold CV by chemical system",
                 "prototype": "leave-prototype-out {folds}-fold CV (grouped by structure prototype; the IS-augmentation "
-                             "variants follow their parent)"}
+                             "variants follow their parent)",
+                "pool": "trained on every demo row, tested on the hypothetical pool (one unit per seed)"}
 #: how the table names the comparator of the paired tests: the best `baseline` row by pooled MAE, whatever its
 #: inputs (composition only, the IS energy or the potential's energy)
 COMPARATOR = "best baseline"
@@ -93,7 +95,10 @@ def _ms(d: Mapping[str, Any]) -> str:
 
 
 def table_markdown(result: Mapping[str, Any]) -> str:
-    """The results table (markdown) with a caption line; rows in the registry's order."""
+    """The results table (markdown) with a caption line; rows in the registry's order (the pool test set's:
+    `pool_table_markdown`)."""
+    if result.get("grouping") == "pool":
+        return pool_table_markdown(result)
     s = result["summary"]
     best = s["best_composition_model"]
     augmented = ", ".join(result.get("augmented_models", [])) or "no model"
@@ -176,7 +181,12 @@ def study_figure(result: Mapping[str, Any], units: Units, path: Path) -> Path | 
         left.axvline(models[best]["pooled_mae"]["value"], color="0.35", ls=":", lw=0.8)
     left.set_xlabel("MAE (eV/atom), pooled out of fold, 95 % bootstrap CI")
     by = "leave-prototype-out" if result.get("grouping", "chemsys") == "prototype" else "grouped"
-    left.set_title(f"{result['n_structures']} structures, {by} {result['folds']}-fold CV", fontsize=9)
+    if result.get("grouping") == "pool":
+        left.set_title(f"trained on {result['n_structures']} demo structures, tested on "
+                       f"{result['test_set']['n_structures']} pool structures", fontsize=9)
+        left.set_xlabel("MAE (eV/atom) on the pool, 95 % bootstrap CI")
+    else:
+        left.set_title(f"{result['n_structures']} structures, {by} {result['folds']}-fold CV", fontsize=9)
     shown = [m for m in (best, "esnet_is") if m and models.get(m, {}).get("complete_seeds")]
     seeds = sorted(set.intersection(*(set(models[m]["complete_seeds"]) for m in shown))) if shown else []
     lo, hi = math.inf, -math.inf
@@ -193,7 +203,8 @@ def study_figure(result: Mapping[str, Any], units: Units, path: Path) -> Path | 
         right.set_xlim(lo - pad, hi + pad)
         right.set_ylim(lo - pad, hi + pad)
         right.legend(fontsize=8, loc="upper left")
-        right.set_title(f"out-of-fold predictions, seed {seeds[0]}", fontsize=9)
+        right.set_title(f"{'pool' if result.get('grouping') == 'pool' else 'out-of-fold'} predictions, seed "
+                        f"{seeds[0]}", fontsize=9)
     right.set_xlabel("true formation energy (eV/atom)")
     right.set_ylabel("predicted (eV/atom)")
     fig.tight_layout()
@@ -211,6 +222,143 @@ def replace_table(text: str, table: str, source: str = "the document", grouping:
     if a < 0 or b < 0 or b < a or text.count(start) != 1 or text.count(end) != 1:
         raise UserError(f"{source} needs exactly one {start} ... {end} pair (in that order)")
     return text[:a + len(start)] + "\n" + table.strip("\n") + "\n" + text[b:]
+
+
+# ---------------------------------------------------------------- the pool test set (no folds)
+
+
+def _spearman(pred: np.ndarray, truth: np.ndarray) -> float | None:
+    from scipy.stats import spearmanr
+
+    if len(truth) < 3 or np.ptp(pred) == 0 or np.ptp(truth) == 0:  # undefined for a constant prediction (the mean)
+        return None
+    return float(spearmanr(pred, truth).statistic)
+
+
+def pool_summary(units: Units, seeds: Sequence[int], role_of: Mapping[str, str]) -> dict[str, Any]:
+    """`summarise` of the pool test set's units (one per seed, fold 0 of 1) plus, per model: Spearman's rank
+    correlation of predictions and truths (scipy, per seed; mean, min, max), the MAE per role of the test rows
+    (candidate, competitor, element; mean over seeds) and `vs_best_paired`: the per-structure paired bootstrap
+    of |error| - |error of the best baseline| on the same structures (per seed, bounds averaged), in place of
+    the per-fold test, which has one pair per seed here. `set_mean`: the MAE of predicting the test set's own
+    mean (a reference no model can know), with its bootstrap interval. eV/atom."""
+    summary = summarise(units, 1, seeds)
+    best = summary["best_composition_model"]
+    truth_of: dict[str, float] = {}
+    for model, got in units.items():
+        m = summary["models"].get(model)
+        if m is None:
+            continue
+        rhos, by_role, n_role = [], {}, {}
+        for _, rec in sorted(got.items(), key=lambda kv: kv[0][1]):
+            pred, truth = np.asarray(rec["pred"], float), np.asarray(rec["truth"], float)
+            truth_of.update(zip(rec["test_ids"], truth.tolist()))
+            rhos.append(_spearman(pred, truth))
+            roles = np.array([role_of.get(i, "") for i in rec["test_ids"]])
+            for r in sorted(set(roles.tolist())):
+                by_role.setdefault(r, []).append(float(np.abs(pred - truth)[roles == r].mean()))
+                n_role[r] = int((roles == r).sum())
+        ok = [r for r in rhos if r is not None]
+        m["spearman"] = {"mean": float(np.mean(ok)), "min": float(min(ok)), "max": float(max(ok)), "n": len(ok)} \
+            if ok else None
+        m["mae_by_role"] = {r: {"mean": float(np.mean(v)), "n_structures": n_role[r]} for r, v in by_role.items()}
+        m.pop("vs_best_composition", None)  # one pair per seed: replaced by the per-structure paired bootstrap
+        if best and model != best and _group(model) in ("esnet", "baseline"):
+            m["vs_best_paired"] = _paired_bootstrap(units[model], units[best], seeds, best)
+    if truth_of:
+        truth = np.array([truth_of[i] for i in sorted(truth_of)], float)
+        dev = truth - truth.mean()
+        value, lo, hi = bootstrap_ci(dev, lambda e: float(np.abs(e - e.mean()).mean()), seed=0)
+        roles = np.array([role_of.get(i, "") for i in sorted(truth_of)])
+        summary["set_mean"] = {"value": value, "ci_low": lo, "ci_high": hi, "mean": float(truth.mean()),
+                               "n": int(len(truth)),
+                               "mae_by_role": {r: float(np.abs(truth[roles == r] - truth[roles == r].mean()).mean())
+                                               for r in sorted(set(roles.tolist()))},
+                               "note": "the MAE of predicting the test set's own mean (each role's own mean in "
+                                       "mae_by_role); the interval resamples structures and recomputes the mean"}
+    return summary
+
+
+def _paired_bootstrap(a: Mapping[tuple[int, int], Mapping[str, Any]], b: Mapping[tuple[int, int], Mapping[str, Any]],
+                      seeds: Sequence[int], baseline: str) -> dict[str, Any]:
+    """Mean of |error_a| - |error_b| over the structures both units of a seed test (matched by id), with a
+    percentile bootstrap over structures (same resample for both), per seed; bounds averaged over seeds."""
+    per_seed = {}
+    for s in seeds:
+        if (0, s) not in a or (0, s) not in b:
+            continue
+        ea = dict(zip(a[(0, s)]["test_ids"], np.abs(np.asarray(a[(0, s)]["pred"]) - np.asarray(a[(0, s)]["truth"]))))
+        eb = dict(zip(b[(0, s)]["test_ids"], np.abs(np.asarray(b[(0, s)]["pred"]) - np.asarray(b[(0, s)]["truth"]))))
+        ids = sorted(set(ea) & set(eb))
+        d = np.array([ea[i] - eb[i] for i in ids], float)
+        value, lo, hi = bootstrap_ci(d, lambda x: float(x.mean()), seed=s)
+        per_seed[str(s)] = {"mean_diff": value, "ci_low": lo, "ci_high": hi, "n_structures": len(ids),
+                            "n_lower": int((d < 0).sum())}
+    if not per_seed:
+        return {"baseline": baseline, "seeds": []}
+    v = list(per_seed.values())
+    return {"baseline": baseline, "seeds": [int(s) for s in per_seed],
+            **{k: float(np.mean([x[k] for x in v])) for k in ("mean_diff", "ci_low", "ci_high")},
+            "n_structures": v[0]["n_structures"], "per_seed": per_seed}
+
+
+def pool_table_markdown(result: Mapping[str, Any]) -> str:
+    """The pool test set's table (markdown) with a caption line: rows in the registry's order, then the set mean."""
+    s, t = result["summary"], result["test_set"]
+    best = s["best_composition_model"]
+    roles = list(t["roles"])
+    why = {"no_relaxed_formation_energy": "without a relaxed formation energy",
+           "chemical_system_in_the_demo": "in a chemical system the demo has"}
+    left = "; ".join(f"{len(v)} {why.get(k, k.replace('_', ' '))}: {', '.join(v[:5])}{', ...' if len(v) > 5 else ''}"
+                     for k, v in t["left_out"].items() if v) or "none"
+    lines = [
+        f"Units keyed by `{result['snapshot_hash']}` (the demo and pool snapshots). Training: every row of the demo "
+        f"snapshot `{result['demo_snapshot_hash']}` (labels.csv, {result['n_structures']} structures; "
+        f"{result['n_variants']} IS-augmentation variants for augmented rows); test: the pool snapshot "
+        f"`{t['pool_snapshot_hash']}`, {t['n_structures']} structures "
+        f"({', '.join(f'{n} {r}' for r, n in t['roles'].items())}) of chemical systems absent from the demo "
+        f"(left out: {left}), never used for training, early stopping, tuning or the gas references. Seeds "
+        f"{','.join(map(str, result['seeds']))} (one unit each), ESNet {result['epochs']} epochs max. MAE / RMSE "
+        f"in eV/atom, 95 % bootstrap CI over the test structures (per seed, averaged over seeds); Spearman: rank "
+        f"correlation of prediction and truth (mean over seeds, [min, max] where they differ; n/a: a constant "
+        f"prediction); ΔMAE = paired per-structure "
+        f"difference of |error| to the {COMPARATOR} on the pool ({best}), bootstrap over structures (no p value: "
+        "the seeds repeat the training on one test set); MAE per role: mean over seeds. \"set mean\" predicts "
+        "the test set's own mean (a reference no model can know; per role, that role's mean). Screening columns "
+        "are left out: a pool candidate's competitors are test rows too, absent from the training hull.",
+        "",
+        f"| model | seeds done (units) | MAE [95 % CI] | RMSE [95 % CI] | Spearman | ΔMAE vs {COMPARATOR} [95 % CI] "
+        f"| MAE {' / '.join(roles)} | polymorph ranking |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model in MODELS:
+        m = s["models"].get(model)
+        if m is None:
+            continue
+        v = m.get("vs_best_paired")
+        delta = "—"
+        if v and v.get("seeds"):
+            delta = (f"{v['mean_diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] "
+                     f"(n = {v['n_structures']})")
+        rho = m.get("spearman")
+        spread = rho and f"{rho['min']:.2f}" != f"{rho['max']:.2f}"
+        rho_cell = "n/a" if not rho else (f"{rho['mean']:.2f}" + (f" [{rho['min']:.2f}, {rho['max']:.2f}]"
+                                                                    if spread else ""))
+        by_role = m.get("mae_by_role", {})
+        role_cell = " / ".join(f"{by_role[r]['mean']:.3f}" if r in by_role else "n/a" for r in roles)
+        pr = m["polymorph_ranking"]
+        frac = f"{pr['fraction']:.2f} ({pr['correct']:.1f}/{pr['total']})" if pr["total"] else "n/a"
+        seeds = ",".join(map(str, m["complete_seeds"])) or "none"
+        lines.append(f"| {model} | {seeds} ({m['units']}) | {_ci(m['pooled_mae'])} | {_ci(m['pooled_rmse'])} | "
+                     f"{rho_cell} | {delta} | {role_cell} | {frac} |")
+    sm = s.get("set_mean")
+    if sm:
+        role_cell = " / ".join(f"{sm['mae_by_role'][r]:.3f}" if r in sm["mae_by_role"] else "n/a" for r in roles)
+        lines.append(f"| set mean (reference) | — | {_ci(sm)} | — | — | — | {role_cell} | — |")
+    missing = [m for m in result.get("models", []) if m not in s["models"]]
+    if missing:  # asked for, no unit computed yet: said, not dropped
+        lines += ["", f"Not computed yet (no unit in the cache): {', '.join(missing)}."]
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- CPU seconds per candidate

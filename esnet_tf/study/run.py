@@ -3,7 +3,8 @@
 Each unit is written atomically to OUT/cache/<hash>/<model>_f<fold>of<folds>_s<seed>_e<epochs>.json
 (<hash>: the snapshot files the model reads, `StudyData.aug_hash` for augmented models, else
 `StudyData.hash`; <epochs> is 0 for models that do not train ESNet; a grouping of the outer folds
-other than the chemical system adds `_by<grouping>` before `.json`); a rerun skips finished units.
+other than the chemical system adds `_by<grouping>` before `.json`: the pool test set's units are
+<model>_f0of1_s<seed>_e<epochs>_bypool.json, keyed by the demo and pool snapshots); a rerun skips finished units.
 A unit being computed is locked (`esnet_tf.atomic.exclusive`), so several processes of the same
 study share the work; `jobs` > 1 starts that many worker processes (each with cores/jobs
 TensorFlow threads) and summarises when all have finished. Writes results.json, table.md and
@@ -26,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from esnet_tf.errors import UserError
-from esnet_tf.study.data import AUG_SNAPSHOT, SNAPSHOT, StudyData, check_grouping, fold_sizes, take_snapshot
+from esnet_tf.study.data import AUG_SNAPSHOT, POOL, POOL_FOLDS, POOL_SNAPSHOT, SNAPSHOT, StudyData, check_grouping, \
+    fold_sizes, take_pool_snapshot, take_snapshot
 from esnet_tf.study.metrics import training_references, unit_metrics
 from esnet_tf.study.models import MODELS, Unit, run_model
-from esnet_tf.study.report import replace_table, study_figure, summarise, table_markdown
+from esnet_tf.study.report import pool_summary, replace_table, study_figure, summarise, table_markdown
 from esnet_tf.study.stats import N_BOOTSTRAP
 
 FIGURE = "accuracy.png"
@@ -43,7 +45,9 @@ class StudyConfig:
     is copied from and its DOS paths are relative to; folds, seeds: grouped k-fold, one fold assignment
     and model initialisation per seed; grouping: what the outer folds group by (`data.GROUPINGS`:
     "chemsys", the chemical system; "prototype", leave-prototype-out; inner cross-fitting folds inside
-    the training rows stay by chemical system); epochs, batch_size: ESNet's
+    the training rows stay by chemical system; "pool": no outer folds, every demo row trains and the
+    hypothetical pool at `pool` is the test set, one unit per seed, `folds` must be 1); pool: the pool
+    dataset folder (labels.csv, calcs/, uip_chgnet.csv; grouping "pool" only); epochs, batch_size: ESNet's
     maximum epochs and batch (examples); models: registry names (`esnet_tf.study.models.MODELS`);
     new_snapshot: copy the labels files again; summary_only: no training, summarise the cache;
     units_only: compute units, no summary; jobs: worker processes; threads: TensorFlow intra-op
@@ -68,13 +72,22 @@ class StudyConfig:
     table_file: Path | None = None
     command: str = ""
     grouping: str = "chemsys"
+    pool: Path | None = None
 
     def __post_init__(self) -> None:
         check_grouping(self.grouping)
         unknown = [m for m in self.models if m not in MODELS]
         if unknown or not self.models:
             raise UserError(f"unknown model(s) {unknown or '(none given)'}: choose from {', '.join(MODELS)}")
-        if self.folds < 2:
+        if self.grouping == POOL:
+            if self.folds != POOL_FOLDS:
+                raise UserError(f"--group-by pool has no folds (one unit per seed: train on the demo, test on the pool): "
+                                f"drop --folds {self.folds}")
+            if self.pool is None or not (Path(self.pool) / "labels.csv").is_file():
+                raise UserError(f"{self.pool}: no pool labels.csv: give the pool dataset's folder (--pool DIR)")
+        elif self.pool is not None:
+            raise UserError("--pool goes with --group-by pool (the pool is a test set, not extra folds)")
+        elif self.folds < 2:
             raise UserError(f"--folds must be >= 2, got {self.folds}")
         if self.epochs < 1 or self.batch_size < 1:
             raise UserError("--epochs and --batch-size must be >= 1")
@@ -121,7 +134,8 @@ def compute_unit(data: StudyData, config: StudyConfig, model: str, seed: int, k:
     pred, notes = run_model(model, unit)
     if (seed, k) not in refs_cache:
         refs_cache[(seed, k)] = training_references(
-            data, train_idx, f"training folds (fold {k}, seed {seed}) + elements at 0 eV/atom")
+            data, train_idx, "every demo row (the pool is the test set) + elements at 0 eV/atom"
+            if config.grouping == POOL else f"training folds (fold {k}, seed {seed}) + elements at 0 eV/atom")
     metrics = unit_metrics(data, refs_cache[(seed, k)], test_idx, pred)
     rec = {"model": model, "fold": k, "folds": config.folds, "seed": seed, "epochs": config.epochs,
            "batch_size": config.batch_size, "grouping": config.grouping, "snapshot_hash": config.key(data, model),
@@ -229,22 +243,33 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] = _say,
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     copied = take_snapshot(out, Path(config.demo), config.new_snapshot)
-    data = StudyData(out, out / "work", Path(config.demo))
+    pool = Path(config.pool) if config.grouping == POOL else None
+    if pool is not None:
+        copied = take_pool_snapshot(out, pool, config.new_snapshot) or copied
+    data = StudyData(out, out / "work", Path(config.demo), pool)
     log(f"snapshot {data.hash} (with the variants {data.aug_hash}; {'new copy' if copied else 'reused'}): "
         f"{len(data.y)} structures, {len(data.aug['id'])} variants ({data.n_orphan_variants} without a parent in "
         f"labels.csv left out); features {data.featurize_s:.0f} s")
-    sizes = {str(s): fold_sizes(data.folds(config.folds, s, config.grouping), config.folds) for s in config.seeds}
-    log(f"fold sizes (structures; grouped by {config.grouping}): "
-        + "; ".join(f"seed {s}: {'/'.join(map(str, n))}" for s, n in sizes.items()))
-    empty = [s for s, n in sizes.items() if min(n) == 0]
-    if empty:
-        raise UserError(f"--group-by {config.grouping} leaves a fold without structures for seed(s) {', '.join(empty)}: "
-                        f"use fewer --folds or other --seeds")
+    if pool is not None:
+        test_set = pool_test_set(data)
+        sizes = {"train": int((~data.is_pool).sum()), "test": int(data.is_pool.sum())}
+        log(f"training rows (every demo row) {sizes['train']}; test rows (the pool snapshot) {sizes['test']} "
+            f"({', '.join(f'{n} {r}' for r, n in test_set['roles'].items())}); left out of the test set: "
+            + "; ".join(f"{k.replace('_', ' ')}: {len(v)}" for k, v in data.pool_left_out.items()))
+    else:
+        sizes = {str(s): fold_sizes(data.folds(config.folds, s, config.grouping), config.folds) for s in config.seeds}
+        log(f"fold sizes (structures; grouped by {config.grouping}): "
+            + "; ".join(f"seed {s}: {'/'.join(map(str, n))}" for s, n in sizes.items()))
+        empty = [s for s, n in sizes.items() if min(n) == 0]
+        if empty:
+            raise UserError(f"--group-by {config.grouping} leaves a fold without structures for seed(s) "
+                            f"{', '.join(empty)}: use fewer --folds or other --seeds")
     t0 = time.time()
     units, busy = load_units(config, data, log, worker)
     if config.units_only:
         return {"units": sum(len(u) for u in units.values()), "busy": busy}
-    summary = summarise(units, config.folds, config.seeds)
+    summary = (pool_summary(units, config.seeds, test_set["role_of"]) if pool is not None
+               else summarise(units, config.folds, config.seeds))
     result = {"snapshot_hash": data.hash, "augmented_snapshot_hash": data.aug_hash,
               "augmented_models": [m for m in config.models if MODELS[m].augmented],
               "snapshot": [SNAPSHOT, AUG_SNAPSHOT], "n_structures": int(len(data.y)),
@@ -260,6 +285,15 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] = _say,
               "summary": summary, "wall_s": time.time() - t0, "command": config.command}
     if config.grouping != "chemsys":  # the chemical-system study's results.json keeps its keys
         result.update(grouping=config.grouping, fold_sizes=sizes)
+    if pool is not None:
+        result.update(snapshot=[SNAPSHOT, AUG_SNAPSHOT, POOL_SNAPSHOT], n_structures=sizes["train"],
+                      demo_snapshot_hash=data.demo_hash,
+                      test_set={k: v for k, v in test_set.items() if k != "role_of"},
+                      ci="percentile bootstrap (2000 resamples) over the test set's structures, per seed, bounds "
+                         "averaged over seeds",
+                      paired_test="per-structure paired bootstrap of |error| - |error of the best baseline| over the "
+                                  "same test structures (2000 resamples), per seed, bounds averaged over seeds; no p value "
+                                  "(one test set: the seeds repeat the training, not the sample)")
     write_text(out / "results.json", json.dumps(result, indent=1))
     table = table_markdown(result)
     write_text(out / "table.md", table)
@@ -272,6 +306,26 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] = _say,
         write_text(doc, replace_table(doc.read_text(encoding="utf-8"), table, str(doc), config.grouping))
         log(f"rewrote the accuracy table in {doc}")
     return result
+
+
+def pool_test_set(data: StudyData) -> dict[str, Any]:
+    """What the pool test set holds: its snapshot, rows, roles ({role: count} and {id: role}), the rows left out."""
+    import csv
+
+    from esnet_tf.labels import open_table
+    from esnet_tf.study.data import file_hash
+
+    with open_table(data.pool_labels) as fh:
+        role = {r["id"]: (r.get("role") or "") for r in csv.DictReader(fh)}
+    ids = data.is_["id"][data.is_pool].tolist()
+    role_of = {i: role.get(i, "") for i in ids}
+    roles: dict[str, int] = {}
+    for r in role_of.values():
+        roles[r] = roles.get(r, 0) + 1
+    return {"pool_snapshot_hash": file_hash(data.pool_labels), "pool": str(data.pool), "n_structures": len(ids),
+            "roles": dict(sorted(roles.items())), "left_out": data.pool_left_out, "role_of": role_of,
+            "training": "every demo row of labels_snapshot.csv (the variants too, for augmented rows); nothing of "
+                        "the pool is used for training, early stopping, tuning or the gas references"}
 
 
 def imputed_properties(data: StudyData) -> dict[str, list[str]]:
