@@ -28,10 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "accuracy"
-#: each grouping's default --out: the studies never share a folder
-DEFAULT_OUTS = {"chemsys": DEFAULT_OUT, "prototype": ROOT / "benchmarks" / "results" / "accuracy_lopo",
-                "pool": ROOT / "benchmarks" / "results" / "accuracy_pool"}
+RESULTS = ROOT / "benchmarks" / "results"  # each grouping's --out default below it (esnet_tf.study.run.default_out)
 DEMO = ROOT / "datasets" / "is_dos" / "demo"
 POOL = ROOT / "datasets" / "is_dos" / "pool"  # --group-by pool's test set
 TUNE_SPACE = ROOT / "benchmarks" / "accuracy_search_space.json"  # esnet_is_tuned's search space
@@ -41,6 +38,7 @@ def parse_args(argv: Sequence[str] | None):
     from esnet_tf.errors import UserError
     from esnet_tf.study import MODELS, StudyConfig
     from esnet_tf.study.data import check_grouping
+    from esnet_tf.study.run import default_folds, default_out
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folds", type=int, default=None, help="outer folds (default 5; --group-by pool: 1, no folds)")
@@ -75,11 +73,11 @@ def parse_args(argv: Sequence[str] | None):
         raise UserError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     grouping = check_grouping(args.group_by)  # one line naming the choices, before any default is looked up
-    out = Path(args.out) if args.out else DEFAULT_OUTS[grouping]
+    out = Path(args.out) if args.out else default_out(grouping, RESULTS)
     if args.pool and grouping != "pool":
         raise UserError("--pool goes with --group-by pool (the pool is a test set, not extra folds)")
     pool = (Path(args.pool) if args.pool else POOL) if grouping == "pool" else None
-    folds = args.folds if args.folds is not None else (1 if grouping == "pool" else 5)
+    folds = args.folds if args.folds is not None else default_folds(grouping)
     config = StudyConfig(out=out, demo=Path(args.demo), folds=folds, seeds=seeds, epochs=args.epochs,
                          batch_size=args.batch_size, models=models,
                          new_snapshot=args.new_snapshot, summary_only=args.summary_only, units_only=args.units_only,
@@ -91,11 +89,9 @@ def parse_args(argv: Sequence[str] | None):
 
 def worker_command(config, threads: int) -> list[str]:
     """This script as one units-only worker process of `config`."""
-    return [sys.executable, str(Path(__file__).resolve()), "--units-only", "--threads", str(threads),
-            "--folds", str(config.folds), "--seeds", ",".join(map(str, config.seeds)), "--epochs", str(config.epochs),
-            "--batch-size", str(config.batch_size), "--models", ",".join(config.models), "--out", str(config.out),
-            "--demo", str(config.demo), "--group-by", config.grouping] + (
-        ["--pool", str(config.pool)] if config.pool is not None else [])
+    from esnet_tf.study.run import worker_args
+
+    return [sys.executable, str(Path(__file__).resolve()), *worker_args(config, threads)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

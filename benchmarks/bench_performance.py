@@ -41,10 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "datasets" / "is_dos" / "demo"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import emit  # noqa: E402
-
-from esnet_tf.machine import busy_others, describe_busy  # noqa: E402
+from esnet_tf.machine import busy_others, describe_busy, emit_result as emit  # noqa: E402
 
 
 # ---------------------------------------------------------------- data

@@ -3,11 +3,14 @@
 `machine_record` is what every benchmark JSON carries (CPU model and flags, cores, load average).
 `busy_others` samples /proc for processes outside the caller's own process tree that use more than
 `threshold` of a core over `interval_s`: a speed ranking taken beside them is not a ranking of this
-code (benchmarks refuse to rank then). Linux only; elsewhere the list is empty and the record says so.
+code (benchmarks refuse to rank then). `emit_result` is how a benchmark's result leaves its process.
+Linux only; elsewhere the list is empty and the record says so.
 """
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -83,3 +86,24 @@ def busy_others(interval_s: float = 1.0, threshold: float = BUSY_THRESHOLD,
 def describe_busy(busy: list[dict[str, Any]]) -> str:
     """'pid 12 python (0.98 cores), ...' for a refusal line."""
     return ", ".join(f"pid {b['pid']} {b['command']} ({b['cpu']:.2f} cores)" for b in busy)
+
+
+def emit_result(result: dict, json_path: str | None, *, printed: dict | None = None) -> int:
+    """A benchmark's result out of its process: add the machine's record (`machine_record`) to `result`, print
+    `printed` (default: the whole `result`) as JSON and, with `json_path`, write `result` there atomically.
+    Returns the exit status: 3 when `result` must not be ranked (`not_ranked_because`: another busy process
+    during the measurement), after one line on stderr saying why; else 0."""
+    from esnet_tf.atomic import write_text
+
+    result.setdefault("machine", machine_record())
+    text = json.dumps(result, indent=2, default=str)
+    if json_path:
+        write_text(json_path, text)
+    print(text if printed is None else json.dumps(printed, indent=1, default=str))
+    reason = result.get("not_ranked_because")
+    if reason:
+        print(f"{Path(sys.argv[0]).name}: not ranked: {reason}; the numbers are recorded with ranked=false"
+              f"{' in ' + str(json_path) if json_path else ''}: rerun on a quiet machine (pause other jobs, or "
+              "--pause-pgid for one you own)", file=sys.stderr)
+        return 3
+    return 0

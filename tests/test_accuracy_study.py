@@ -841,19 +841,17 @@ def test_study_doc_lopo_table_is_the_summary_of_the_committed_lopo_units():
 
 
 def test_group_by_prototype_has_its_own_folder_and_reaches_the_workers():
-    import importlib.util
+    """Each grouping's default folder (`default_out`, what benchmarks/accuracy.py uses under benchmarks/results)
+    is its own; a worker process gets the grouping and the folder (`worker_args`)."""
+    from esnet_tf.study import StudyConfig
+    from esnet_tf.study.run import default_out, worker_args
 
-    spec = importlib.util.spec_from_file_location("accuracy_cli", SCRIPT)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    chem = cli.parse_args(["--models", "mean"])
-    assert (chem.grouping, chem.out) == ("chemsys", ROOT / "benchmarks" / "results" / "accuracy")
-    config = cli.parse_args(["--group-by", "prototype", "--models", "mean"])
-    assert (config.grouping, config.out) == ("prototype", LOPO)
-    worker = cli.worker_command(config, 1)
+    results = ROOT / "benchmarks" / "results"
+    assert default_out("chemsys", results) == results / "accuracy" and default_out("prototype", results) == LOPO
+    config = StudyConfig(out=LOPO, demo=DEMO, models=("mean",), grouping="prototype")
+    worker = worker_args(config, 1)
     assert worker[worker.index("--group-by") + 1] == "prototype" and worker[worker.index("--out") + 1] == str(LOPO)
-    other = cli.parse_args(["--group-by", "prototype", "--out", "elsewhere", "--models", "mean"])
-    assert other.out == Path("elsewhere")
+    assert worker[worker.index("--threads") + 1] == "1" and "--units-only" in worker
 
 
 # ---------------------------------------------------------------- the pool as a test set (issue 40, 1b)
@@ -910,8 +908,6 @@ def test_pool_protocol_trains_only_on_demo_rows_and_tests_only_on_pool_rows():
 
 
 def test_pool_units_have_their_own_names_folder_and_options():
-    import importlib.util
-
     from esnet_tf.study import StudyConfig
     from esnet_tf.study.run import unit_path
 
@@ -921,20 +917,20 @@ def test_pool_units_have_their_own_names_folder_and_options():
     assert names == {"chemsys": "gbr_uip_f0of5_s0_e0.json", "prototype": "gbr_uip_f0of5_s0_e0_byprototype.json",
                      "pool": "gbr_uip_f0of1_s0_e0_bypool.json"}
     assert unit_path(Path("out"), key, "esnet_is", 0, 1, 2, 40, "pool").name == "esnet_is_f0of1_s2_e40_bypool.json"
-    spec = importlib.util.spec_from_file_location("accuracy_cli", SCRIPT)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    config = cli.parse_args(["--group-by", "pool", "--models", "mean"])
-    assert (config.grouping, config.folds, config.out, config.pool) == (
-        "pool", 1, POOL_STUDY, ROOT / "datasets" / "is_dos" / "pool")
-    assert len({cli.DEFAULT_OUTS[g] for g in ("chemsys", "prototype", "pool")}) == 3
-    worker = cli.worker_command(config, 1)
-    assert worker[worker.index("--group-by") + 1] == "pool" and worker[worker.index("--pool") + 1] == str(config.pool)
+    from esnet_tf.study.run import default_folds, default_out, worker_args
+
+    results = ROOT / "benchmarks" / "results"
+    assert (default_out("pool", results), default_folds("pool"), default_folds("prototype")) == (POOL_STUDY, 1, 5)
+    assert len({default_out(g, results) for g in ("chemsys", "prototype", "pool")}) == 3
+    pool = ROOT / "datasets" / "is_dos" / "pool"
+    config = StudyConfig(out=POOL_STUDY, demo=DEMO, folds=1, models=("mean",), grouping="pool", pool=pool)
+    worker = worker_args(config, 1)
+    assert worker[worker.index("--group-by") + 1] == "pool" and worker[worker.index("--pool") + 1] == str(pool)
     assert worker[worker.index("--folds") + 1] == "1"
     with pytest.raises(UserError, match="^--group-by pool has no folds"):
-        cli.parse_args(["--group-by", "pool", "--folds", "5", "--models", "mean"])
+        StudyConfig(out=POOL_STUDY, demo=DEMO, folds=5, models=("mean",), grouping="pool", pool=pool)
     with pytest.raises(UserError, match="^--pool goes with --group-by pool"):
-        cli.parse_args(["--pool", "datasets/is_dos/pool", "--models", "mean"])
+        StudyConfig(out=POOL_STUDY, demo=DEMO, models=("mean",), pool=pool)
     with pytest.raises(UserError, match="no pool labels.csv"):
         StudyConfig(out=Path("out"), demo=DEMO, folds=1, grouping="pool", pool=ROOT / "no_such_pool")
 

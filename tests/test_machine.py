@@ -47,20 +47,15 @@ def test_a_busy_process_outside_the_run_is_found_and_the_runs_own_children_are_n
         os.kill(pid, 9)
 
 
-def test_emit_adds_the_machine_and_refuses_to_rank_a_loaded_run(tmp_path):
-    """benchmarks/report.py: every JSON gets `machine`; a result with `not_ranked_because` is still written
-    (ranked false) and the benchmark exits 3 with one line saying why."""
+def test_emit_adds_the_machine_and_refuses_to_rank_a_loaded_run(tmp_path, capsys):
+    """Every benchmark JSON gets `machine`; a result with `not_ranked_because` is still written (ranked false)
+    and the benchmark's exit status is 3, with one line saying why."""
     out = tmp_path / "r.json"
-    code = ("import sys; sys.path.insert(0, 'benchmarks'); from report import emit; "
-            f"sys.exit(emit({{'ranked': False, 'not_ranked_because': 'pid 1 x (1.00 cores)'}}, {str(out)!r}))")
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 3
-    err = res.stderr.strip().splitlines()
+    assert machine.emit_result({"ranked": False, "not_ranked_because": "pid 1 x (1.00 cores)"}, str(out)) == 3
+    err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not ranked: pid 1 x (1.00 cores)" in err[0] and str(out) in err[0]
     saved = json.loads(out.read_text())
     assert saved["ranked"] is False and saved["machine"]["cpu"]
     ok = tmp_path / "ok.json"
-    code = ("import sys; sys.path.insert(0, 'benchmarks'); from report import emit; "
-            f"sys.exit(emit({{'ranked': True}}, {str(ok)!r}))")
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0 and json.loads(ok.read_text())["machine"]["cores"] == os.cpu_count()
+    assert machine.emit_result({"ranked": True}, str(ok)) == 0
+    assert json.loads(ok.read_text())["machine"]["cores"] == os.cpu_count() and not capsys.readouterr().err

@@ -108,6 +108,29 @@ class StudyConfig:
         return data.aug_hash if MODELS[model].augmented else data.hash
 
 
+#: each grouping's study folder under the results directory (benchmarks/results in a checkout): never shared
+DEFAULT_OUT_NAMES = {"chemsys": "accuracy", "prototype": "accuracy_lopo", POOL: "accuracy_pool"}
+
+
+def default_out(grouping: str, results_dir: str | Path) -> Path:
+    """The study folder of `grouping` under `results_dir` (DEFAULT_OUT_NAMES)."""
+    return Path(results_dir) / DEFAULT_OUT_NAMES[check_grouping(grouping)]
+
+
+def default_folds(grouping: str) -> int:
+    """Outer folds when none are given: 5, or 1 for the pool test set (no folds)."""
+    return 1 if check_grouping(grouping) == POOL else 5
+
+
+def worker_args(config: StudyConfig, threads: int) -> list[str]:
+    """The flags of one units-only worker process of `config` (benchmarks/accuracy.py's own flags)."""
+    return ["--units-only", "--threads", str(threads), "--folds", str(config.folds),
+            "--seeds", ",".join(map(str, config.seeds)), "--epochs", str(config.epochs),
+            "--batch-size", str(config.batch_size), "--models", ",".join(config.models), "--out", str(config.out),
+            "--demo", str(config.demo), "--group-by", config.grouping] + (
+        ["--pool", str(config.pool)] if config.pool is not None else [])
+
+
 def unit_path(out: Path, snapshot_hash: str, model: str, k: int, folds: int, seed: int, epochs: int,
               grouping: str = "chemsys") -> Path:
     """Cache file of one unit (epochs count only for the models that train ESNet; a grouping other than the
