@@ -79,3 +79,27 @@ def test_committed_summary_is_the_scoring_of_the_committed_predictions():
         assert again["all"][key] == pytest.approx(summary["all"][key]), key
     assert summary["relaxation_median_ev_per_atom"] == pytest.approx(
         oos.median_relaxation_energy(ROOT / "datasets" / "is_dos" / "demo" / "labels.csv"))
+
+
+def test_label_histogram_counts_the_label_range_and_refuses_an_existing_output(tmp_path):
+    """benchmarks/label_histogram.py: per set the rows above 0.5, 1 and 3 eV/atom, from the labels files it names;
+    an existing output needs --overwrite; a missing dataset is one line."""
+    demo, pool = tmp_path / "demo", tmp_path / "pool"
+    demo.mkdir()
+    pool.mkdir()
+    (demo / "labels.csv").write_text("id,formation_energy_per_atom\na,-1.0\nb,0.7\nc,3.5\nd,\n")
+    (pool / "labels.csv").write_text("id,formation_energy_per_atom,role\ne,2.0,candidate\nf,0.0,element\n")
+    script = str(ROOT / "benchmarks" / "label_histogram.py")
+    args = [sys.executable, script, "--demo-dir", str(demo), "--pool-dir", str(pool), "--out", str(tmp_path / "o")]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    sets = json.loads((tmp_path / "o" / "summary.json").read_text())["sets"]
+    assert (sets["demo"]["n"], sets["demo"]["n_above_0.5"], sets["demo"]["n_above_1"], sets["demo"]["n_above_3"]) \
+        == (3, 2, 1, 1)  # the empty label is not a row
+    assert sets["pool candidates"]["n_above_1"] == 1 and sets["pool elements"]["max"] == 0.0
+    assert sets["pool competitors"] == {"n": 0} and (tmp_path / "o" / "histogram.png").stat().st_size > 0
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "exists" in res.stderr and "--overwrite" in res.stderr
+    res = subprocess.run([*args[:2], "--demo-dir", str(tmp_path / "no")], capture_output=True, text=True, timeout=300)
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(err) == 1 and "--demo-dir" in err[0] and "no labels.csv" in err[0]
