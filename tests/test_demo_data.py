@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -296,7 +297,16 @@ def test_contact_rule_spread_constant_matches_the_data(labels):
     assert abs(scales.std() - CONTACT_RULE_SPREAD) < 0.02
 
 
-def test_pending_estimate_scales_the_finished_tasks_cost_per_atom(tmp_path):
+@pytest.fixture(scope="module")
+def demo_variants() -> list:
+    """The demo plan's IS-augmentation variant tasks, built once for the module (the plan takes ~9 s to build;
+    the tests only read the tasks)."""
+    from esnet_tf.dft import demo
+
+    return [t for t in demo.demo_tasks() if demo.parent_of(t.id)[1]]
+
+
+def test_pending_estimate_scales_the_finished_tasks_cost_per_atom(tmp_path, demo_variants):
     """provenance.json's process_hours_pending_estimate on a cache whose two finished variants took
     exactly one hour per atom: a pending non-magnetic 2-atom variant is then 2 h, a magnetic one
     (spin-polarised SCF, counted 3x) 6 h."""
@@ -312,9 +322,10 @@ def test_pending_estimate_scales_the_finished_tasks_cost_per_atom(tmp_path):
     def is_magnetic(t) -> bool:
         return bool({el.symbol for el in t.structure.composition.elements} & magnetic)
 
-    variants = [t for t in demo.demo_tasks() if demo.parent_of(t.id)[1]]
-    done = [t for t in variants if not is_magnetic(t) and cached_outcome(t, DEMO / "calcs") is not None
-            and cached_outcome(t, DEMO / "calcs").result is not None][:2]
+    variants = demo_variants
+    finished = (t for t in variants if not is_magnetic(t)
+                and (o := cached_outcome(t, DEMO / "calcs")) is not None and o.result is not None)
+    done = list(itertools.islice(finished, 2))  # the first two only: stops there
     if len(done) < 2:
         pytest.skip("fewer than 2 finished non-magnetic variants in the demo cache")
     for t in done:
@@ -331,14 +342,14 @@ def test_pending_estimate_scales_the_finished_tasks_cost_per_atom(tmp_path):
         assert est["total"] == hours
 
 
-def test_wall_over_cpu_time_of_the_tasks_that_recorded_both(tmp_path):
+def test_wall_over_cpu_time_of_the_tasks_that_recorded_both(tmp_path, demo_variants):
     import shutil
 
     from esnet_tf.dft import demo
     from esnet_tf.dft.runner import cached_outcome
     from esnet_tf.dft.tasks import task_hash
 
-    variants = [t for t in demo.demo_tasks() if demo.parent_of(t.id)[1]]
+    variants = demo_variants
     done = [t for t in variants if (o := cached_outcome(t, DEMO / "calcs")) is not None and o.result is not None][:3]
     if len(done) < 3:
         pytest.skip("fewer than 3 finished variants in the demo cache")
@@ -354,15 +365,16 @@ def test_wall_over_cpu_time_of_the_tasks_that_recorded_both(tmp_path):
     assert ratio["n_tasks"] == 2 and ratio["median"] == 1.5 and ratio["p10"] == 1.1 and ratio["p90"] == 1.9
 
 
-def test_cpu_hours_count_cpu_time_where_recorded_and_wall_time_before(tmp_path):
+def test_cpu_hours_count_cpu_time_where_recorded_and_wall_time_before(tmp_path, demo_variants):
     import shutil
 
     from esnet_tf.dft import demo
     from esnet_tf.dft.runner import cached_outcome
     from esnet_tf.dft.tasks import task_hash
 
-    variants = [t for t in demo.demo_tasks() if demo.parent_of(t.id)[1]]
-    done = [t for t in variants if (o := cached_outcome(t, DEMO / "calcs")) is not None and o.result is not None][:2]
+    variants = demo_variants
+    done = list(itertools.islice((t for t in variants  # the first two only: stops there
+                                  if (o := cached_outcome(t, DEMO / "calcs")) is not None and o.result is not None), 2))
     if len(done) < 2:
         pytest.skip("fewer than 2 finished variants in the demo cache")
     for t, cpu in zip(done, (600.0, None)):  # the second recorded no CPU time (engine before 2026-12-01)
