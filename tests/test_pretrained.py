@@ -247,10 +247,10 @@ def _csv(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def is_model():
+def is_model(shipped):
     if IS_RELAX_MODEL not in NAMES:
         pytest.fail(f"{IS_RELAX_MODEL} is not shipped (scripts/train_pretrained.py --recipe is_relax)")
-    return load_model(IS_RELAX_MODEL)
+    return shipped[IS_RELAX_MODEL]  # loaded by name once for the module
 
 
 def test_is_energy_model_predicts_gpaw_calc_dirs_with_interval_and_flag(is_model, tmp_path):
