@@ -117,23 +117,36 @@ class _QuietLoader(importlib.abc.Loader):
         module.__loader__ = self.loader
         if module.__spec__ is not None:
             module.__spec__.loader = self.loader
+        _remove_quiet_tensorflow_import()  # tensorflow is being imported: the finder's work is done
         with quiet_cuda_probe():
             self.loader.exec_module(module)
             module.config.list_physical_devices()  # cuInit happens here, once per process
 
 
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
-    """Finds `tensorflow` the usual way, once, and hands back its spec with `_QuietLoader`."""
+    """Finds `tensorflow` the usual way and hands back its spec with `_QuietLoader`.
+
+    It stays in `sys.meta_path` until tensorflow is actually imported: a mere availability check
+    (`importlib.util.find_spec("tensorflow")`, as tensorflow-datasets makes) must not use it up."""
+
+    def __init__(self) -> None:
+        self._finding = False
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
-        if name != "tensorflow":
+        if name != "tensorflow" or self._finding:
             return None
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None:
+        self._finding = True  # the lookup below passes through `sys.meta_path` again
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self._finding = False
+        if spec is not None and spec.loader is not None and not isinstance(spec.loader, _QuietLoader):
             spec.loader = _QuietLoader(spec.loader)
         return spec
+
+
+def _remove_quiet_tensorflow_import() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietTensorFlowImport)]
 
 
 def _install_quiet_tensorflow_import() -> None:

@@ -63,3 +63,16 @@ def test_tensorflow_through_esnet_tf_prints_no_cuda_probe():
     assert out.stdout.startswith("3.0 ['CPU']")
     assert not any(p in out.stderr for p in PROBE), out.stderr
     assert out.stderr.rstrip().endswith("a real message")
+
+
+@pytest.mark.skipif(esnet_tf.cuda_device_possible(), reason="a CUDA device may exist: the probe is not filtered")
+def test_an_availability_check_before_the_import_keeps_it_quiet():
+    """tensorflow-datasets checks `importlib.util.find_spec("tensorflow")` before importing it (the `esnet demo`
+    training step printed cuInit that way): the import that follows is still filtered."""
+    code = ("import importlib.util, sys, esnet_tf; assert importlib.util.find_spec('tensorflow') is not None; "
+            "import tensorflow as tf; print(float(tf.constant(2.0) + 1.0)); print('a real message', file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("3.0")
+    assert not any(p in out.stderr for p in PROBE), out.stderr
+    assert out.stderr.rstrip().endswith("a real message")
