@@ -52,27 +52,29 @@ def test_esnet_help_prints_no_cuda_probe():
     assert not any(p in out.stderr for p in PROBE), out.stderr
 
 
+def _assert_quiet_python(code: str, stdout_start: str) -> None:
+    """Run `code` (which prints a result, then 'a real message' on stderr) in a new Python: it succeeds, prints
+    `stdout_start`..., and its stderr holds no probe line and ends with the real message."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(stdout_start)
+    assert not any(p in out.stderr for p in PROBE), out.stderr
+    assert out.stderr.rstrip().endswith("a real message")
+
+
 @pytest.mark.skipif(esnet_tf.cuda_device_possible(), reason="a CUDA device may exist: the probe is not filtered")
 def test_tensorflow_through_esnet_tf_prints_no_cuda_probe():
     """The real import and first op: what every model command does (this TF wheel probes CUDA at both)."""
-    code = ("import esnet_tf.model, tensorflow as tf, sys; "
-            "print(float(tf.constant(2.0) + 1.0), [d.device_type for d in tf.config.list_physical_devices()]); "
-            "print('a real message', file=sys.stderr)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("3.0 ['CPU']")
-    assert not any(p in out.stderr for p in PROBE), out.stderr
-    assert out.stderr.rstrip().endswith("a real message")
+    _assert_quiet_python("import esnet_tf.model, tensorflow as tf, sys; print(float(tf.constant(2.0) + 1.0), "
+                         "[d.device_type for d in tf.config.list_physical_devices()]); "
+                         "print('a real message', file=sys.stderr)", "3.0 ['CPU']")
 
 
 @pytest.mark.skipif(esnet_tf.cuda_device_possible(), reason="a CUDA device may exist: the probe is not filtered")
 def test_an_availability_check_before_the_import_keeps_it_quiet():
     """tensorflow-datasets checks `importlib.util.find_spec("tensorflow")` before importing it (the `esnet demo`
     training step printed cuInit that way): the import that follows is still filtered."""
-    code = ("import importlib.util, sys, esnet_tf; assert importlib.util.find_spec('tensorflow') is not None; "
-            "import tensorflow as tf; print(float(tf.constant(2.0) + 1.0)); print('a real message', file=sys.stderr)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("3.0")
-    assert not any(p in out.stderr for p in PROBE), out.stderr
-    assert out.stderr.rstrip().endswith("a real message")
+    _assert_quiet_python("import importlib.util, sys, esnet_tf; "
+                         "assert importlib.util.find_spec('tensorflow') is not None; "
+                         "import tensorflow as tf; print(float(tf.constant(2.0) + 1.0)); "
+                         "print('a real message', file=sys.stderr)", "3.0")
