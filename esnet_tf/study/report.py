@@ -94,6 +94,17 @@ def _ms(d: Mapping[str, Any]) -> str:
     return "n/a" if d["mean"] is None else f"{d['mean']:.2f} ± {d['std']:.2f}"
 
 
+def _polymorph_cell(pr: Mapping[str, Any]) -> str:
+    """'0.86 (465.0/543)': the fraction of compositions whose lowest polymorph was predicted lowest, or n/a."""
+    return f"{pr['fraction']:.2f} ({pr['correct']:.1f}/{pr['total']})" if pr["total"] else "n/a"
+
+
+def _not_computed(result: Mapping[str, Any]) -> list[str]:
+    """The table's last lines naming the rows asked for that have no unit yet (said, not dropped)."""
+    missing = [m for m in result.get("models", []) if m not in result["summary"]["models"]]
+    return ["", f"Not computed yet (no unit in the cache): {', '.join(missing)}."] if missing else []
+
+
 def table_markdown(result: Mapping[str, Any]) -> str:
     """The results table (markdown) with a caption line; rows in the registry's order (the pool test set's:
     `pool_table_markdown`)."""
@@ -130,15 +141,12 @@ def table_markdown(result: Mapping[str, Any]) -> str:
             p = f", p = {v['p_value']:.3g}" if v["p_value"] is not None else ""
             delta = f"{v['mean_diff']:+.3f}{ci}{p} (n = {v['n_pairs']})"
         pr = m["polymorph_ranking"]
-        frac = f"{pr['fraction']:.2f} ({pr['correct']:.1f}/{pr['total']})" if pr["total"] else "n/a"
+        frac = _polymorph_cell(pr)
         seeds = ",".join(map(str, m["complete_seeds"])) or "none"
         lines.append(f"| {model} | {seeds} ({m['units']}) | {_ci(m['pooled_mae'])} | {_ci(m['pooled_rmse'])} | "
                      f"{delta} | {frac} | {_ms(m['precision'])} | {_ms(m['recall'])} | {_ms(m['f1'])} | "
                      f"{_ms(m['daf'])} | {_cpu_cell(model, s.get('cpu_s_per_candidate') or {})} |")
-    missing = [m for m in result.get("models", []) if m not in s["models"]]
-    if missing:  # asked for, no unit computed yet: said, not dropped
-        lines += ["", f"Not computed yet (no unit in the cache): {', '.join(missing)}."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _not_computed(result)) + "\n"
 
 
 def _fold_sizes_caption(result: Mapping[str, Any]) -> str:
@@ -347,7 +355,7 @@ def pool_table_markdown(result: Mapping[str, Any]) -> str:
         by_role = m.get("mae_by_role", {})
         role_cell = " / ".join(f"{by_role[r]['mean']:.3f}" if r in by_role else "n/a" for r in roles)
         pr = m["polymorph_ranking"]
-        frac = f"{pr['fraction']:.2f} ({pr['correct']:.1f}/{pr['total']})" if pr["total"] else "n/a"
+        frac = _polymorph_cell(pr)
         seeds = ",".join(map(str, m["complete_seeds"])) or "none"
         lines.append(f"| {model} | {seeds} ({m['units']}) | {_ci(m['pooled_mae'])} | {_ci(m['pooled_rmse'])} | "
                      f"{rho_cell} | {delta} | {role_cell} | {frac} |")
@@ -355,10 +363,7 @@ def pool_table_markdown(result: Mapping[str, Any]) -> str:
     if sm:
         role_cell = " / ".join(f"{sm['mae_by_role'][r]:.3f}" if r in sm["mae_by_role"] else "n/a" for r in roles)
         lines.append(f"| set mean (reference) | — | {_ci(sm)} | — | — | — | {role_cell} | — |")
-    missing = [m for m in result.get("models", []) if m not in s["models"]]
-    if missing:  # asked for, no unit computed yet: said, not dropped
-        lines += ["", f"Not computed yet (no unit in the cache): {', '.join(missing)}."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _not_computed(result)) + "\n"
 
 
 # ---------------------------------------------------------------- CPU seconds per candidate
