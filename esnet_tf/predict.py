@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -347,6 +347,9 @@ class PredictConfig:
     references: str | None = None   #: elemental references (CSV element,energy_per_atom or MP entries JSON)
     #: for the IS formation energy of VASP / MP inputs (GPAW calculations of `esnet dft` bring their own)
     overwrite: bool = False         #: replace an existing `out` (else it is refused before the model loads)
+    #: Apache Beam pipeline options ('runner=DirectRunner,...'): run the prediction as a Beam pipeline
+    beam_pipeline_options: str | None = None
+    chunk_size: int = 512           #: inputs read / featurized per chunk (memory is flat in the pool size)
 
     def __post_init__(self) -> None:
         import os
@@ -367,8 +370,12 @@ class PredictConfig:
             raise UserError("--out must name the predictions CSV to write")
         if not _positive_int(self.batch_size):
             raise UserError(f"--batch-size must be a positive number of examples, got {self.batch_size}")
+        if not _positive_int(self.chunk_size):
+            raise UserError(f"--chunk-size must be a positive number of inputs, got {self.chunk_size}")
         if self.workers is not None and not _positive_int(self.workers):
             raise UserError(f"--workers must be >= 1, got {self.workers}")
+        if self.beam_pipeline_options is not None and not str(self.beam_pipeline_options).strip():
+            raise UserError("--beam-pipeline-options is empty: give e.g. 'runner=DirectRunner' (or drop the flag)")
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
 
@@ -396,14 +403,23 @@ def check_energy_inputs(arrays: dict, names: Sequence[str], model: str, referenc
                         f"have no {name} (eV/atom), which model {model} takes: {fix}")
 
 
-def predict_to_csv(config: PredictConfig) -> tuple[Any, Any, list[str]]:
-    """Run `esnet predict`: load the model, featurize / read the inputs, predict, write `config.out` (atomically;
-    an existing one is refused in one line unless `config.overwrite`, before anything loads).
+def predict_to_csv(config: PredictConfig, *, after_commit: Callable[[int], None] | None = None
+                   ) -> tuple[Any, Any, list[str]]:
+    """Run `esnet predict`: load the model, then stream the inputs (`esnet_tf.stream`): chunks of
+    `config.chunk_size` inputs read and featurized in worker processes while the model predicts the
+    previous ones, rows written to `<out>.partial/` as they come; the same command after a stop resumes
+    there. `config.out` is written (atomically) only when every input is done, so an existing one is
+    complete; it is refused in one line unless `config.overwrite`, before anything loads. With
+    `config.beam_pipeline_options` the same rows come from an Apache Beam pipeline
+    (`esnet_tf.predict_beam`). `after_commit(rows written)` runs after each commit of the local
+    path (the hook the tests stop a run with).
 
-    Returns (the `esnet_tf.pretrained.PredictionTable`, the model, the failures: inputs that could not
-    be featurized, one line each, also printed to stderr). No input featurized: `UserError`, no CSV.
+    Returns (the `esnet_tf.pretrained.PredictionTable` of the CSV's columns, the model, the failures:
+    inputs that could not be featurized, one line each, also printed to stderr). No input featurized:
+    `UserError`, no CSV.
     """
-    from esnet_tf.pretrained import load_model
+    from esnet_tf.pretrained import PredictionTable, load_model
+    from esnet_tf.stream import Partial, finalize, plan_inputs, stream_predict
 
     if not isinstance(config, PredictConfig):
         raise TypeError(f"predict_to_csv() takes a PredictConfig, not {type(config).__name__}")
@@ -415,13 +431,50 @@ def predict_to_csv(config: PredictConfig) -> tuple[Any, Any, list[str]]:
         from esnet_tf.references import load_references
 
         references = load_references(config.references)
-    arrays, failures = load_inputs(list(config.inputs), config.labels, model_grid(model.predictor.n_points),
-                                   workers=config.workers, references=references)
-    for f in failures:
-        print(f"FAIL {f}", file=sys.stderr)
-    if not arrays:
+    plan = plan_inputs(list(config.inputs), config.labels, model_grid(model.predictor.n_points),
+                       references=references)
+
+    def fail(line: str) -> None:
+        print(f"FAIL {line}", file=sys.stderr)
+
+    for f in plan.failures:
+        fail(f)
+    partial = Partial(config.out)
+    try:
+        if config.beam_pipeline_options:
+            from esnet_tf.predict_beam import predict_beam
+
+            streamed, n_rows = predict_beam(config, plan, config.beam_pipeline_options,
+                                            has_std=model.predictor.has_std,
+                                            has_interval=model.predictor.has_interval,
+                                            has_domain=model.domain is not None, model_ref=config.model)
+            for f in streamed:
+                fail(f)
+        else:
+            streamed, n_rows = stream_predict(config, model, plan, on_failure=fail, after_commit=after_commit)
+    except UserError:
+        partial.remove()  # a refused command (--strict, a missing energy input, a bad labels row) leaves nothing
+        raise
+    failures = plan.failures + streamed
+    if not n_rows:
+        partial.remove()
         raise UserError("no input could be featurized" if failures else "no inputs")
-    check_energy_inputs(arrays, model.predictor.energy_inputs, model.name, config.references)
-    table = model.predict_arrays(arrays, batch_size=config.batch_size, strict=config.strict, failures=failures)
-    table.to_csv(config.out)
-    return table, model, failures
+    columns, duplicates = finalize(partial.rows_path, config.out, config.labels)
+    partial.remove()
+    for f in duplicates:
+        fail(f)
+    failures += duplicates
+    return PredictionTable(_table_columns(columns), model.name, failures), model, failures
+
+
+def _table_columns(columns: dict[str, list]) -> dict[str, np.ndarray]:
+    """The CSV's columns (strings) as a PredictionTable's: numbers float64 (NaN where blank)."""
+    out: dict[str, np.ndarray] = {}
+    for name, values in columns.items():
+        if name in ("id", "formula"):
+            out[name] = np.asarray(values, dtype=str)
+        elif name == DOMAIN_COLUMN:
+            out[name] = np.asarray(values, dtype=object)
+        else:
+            out[name] = np.array([float(v) if v else np.nan for v in values], np.float64)
+    return out

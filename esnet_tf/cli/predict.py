@@ -30,6 +30,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="optional labels CSV (id, formation_energy_per_atom, e_above_hull; eV/atom) "
                    "to add the truths")
     p.add_argument("--batch-size", type=int, default=256, help="examples per model call")
+    p.add_argument("--chunk-size", type=int, default=512,
+                   help="inputs read and featurized per chunk, in worker processes while the model predicts the "
+                   "previous chunk; rows are written as they come to OUT.partial/, and the same command after a stop "
+                   "resumes there (OUT appears when every input is done). Memory grows with the chunk, not the pool")
+    p.add_argument("--beam-pipeline-options", default=None, metavar="OPTIONS",
+                   help="run the prediction as an Apache Beam pipeline (extra `beam`) with these options, comma-"
+                   "separated, e.g. 'runner=DirectRunner,direct_num_workers=2' or a Flink / Spark / Dataflow runner's; "
+                   "the workers must reach the inputs and the model. Same CSV as the local run; no resume")
     p.add_argument("--workers", type=int, default=None,
                    help="processes featurizing DFT files [default: the CPUs (at most 8) from 256 files on, else 1]")
     p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
@@ -59,7 +67,8 @@ def config_from_args(args: argparse.Namespace):
     return PredictConfig(model=model_ref, inputs=tuple(items), out=args.out, labels=args.labels,
                          batch_size=args.batch_size, workers=args.workers, precision=args.precision,
                          strict=args.strict, trust_model_code=args.trust_model_code, references=args.references,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, chunk_size=args.chunk_size,
+                         beam_pipeline_options=args.beam_pipeline_options)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,169 @@
+"""Screening at scale: `esnet predict MODEL DIR` streaming DFT files, at several pool sizes.
+
+    .venv/bin/python benchmarks/bench_stream.py --sizes 1000,15318,150000 --json stream.json
+
+For each size N, a directory of N calculation files tiled from the readable VASP fixtures
+(`vasprun.xml.gz`) and the demo's IS `*.gpawdos.npz`, as hard links (the id of a file in a walked
+directory derives from its path, so N inputs cost directory entries, not disk), and the real command
+`esnet predict MODEL DIR --out preds.csv` run in a fresh process under a small wrapper: wall time,
+inputs/s end to end, peak RSS of the process tree (`RUSAGE_CHILDREN`: the largest process, model
+process or featurizing worker). Against it, the model's own inference rate: the same model and
+batch on featurized inputs already in memory (`ESNetModel.predict_arrays`, the call `esnet predict`
+makes), in a fresh process. The model is the paper config with random weights (speed does not
+depend on the weights) unless `--model` names one. Every JSON carries `machine`
+(`esnet_tf.machine.machine_record`); speeds on a loaded machine are not rankings.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "datasets" / "is_dos" / "demo"
+FIXTURES = Path(os.environ.get("ESNET_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+PER_DIR = 1000  # files per sub-directory of a tiled pool
+
+
+def sources() -> list[Path]:
+    """The files tiled: every VASP fixture that featurizes, and the demo's IS gpawdos files."""
+    from esnet_tf.featurize import featurize
+
+    out = []
+    for p in sorted(FIXTURES.glob("vasp/*vasprun*.xml*")):
+        try:
+            featurize(p)
+        except Exception:  # fixtures meant to fail
+            continue
+        out.append(p)
+    return out + sorted(DEMO.glob("calcs/*/is.gpawdos.npz"))
+
+
+def make_pool(root: Path, n: int, files: list[Path]) -> Path:
+    """`root`/pool_N: N hard links (sub-directories of PER_DIR) cycling over `files`."""
+    pool = root / f"pool_{n}"
+    done = pool / ".complete"
+    if done.is_file():
+        return pool
+    for i, src in zip(range(n), itertools.cycle(files)):
+        d = pool / f"{i // PER_DIR:04d}"
+        d.mkdir(parents=True, exist_ok=True)
+        dst = d / f"{i:06d}_{src.parent.name if src.name == 'is.gpawdos.npz' else ''}{src.name}"
+        if not dst.exists():
+            try:
+                os.link(src, dst)
+            except OSError:  # another filesystem: a copy
+                dst.write_bytes(src.read_bytes())
+    done.write_text(str(n))
+    return pool
+
+
+def child_model_rate(model: str, pool: str, n: int, batch: int) -> dict:
+    """The model's own rate on featurized inputs in memory: `n` rows tiled from the pool's first files."""
+    import numpy as np
+
+    from esnet_tf.predict import load_inputs, model_grid
+    from esnet_tf.pretrained import load_model
+
+    m = load_model(model)
+    files = sorted(Path(pool).glob("0000/*"))[:batch]
+    arrays, _ = load_inputs([str(f) for f in files], grid=model_grid(m.predictor.n_points))
+    reps = -(-n // len(arrays["id"]))
+    tiled = {k: np.concatenate([v] * reps)[:n] for k, v in arrays.items()}
+    m.predict_arrays({k: v[:batch] for k, v in tiled.items()}, batch_size=batch)  # warm-up (trace)
+    t = time.perf_counter()
+    m.predict_arrays(tiled, batch_size=batch)
+    s = time.perf_counter() - t
+    return {"n": n, "inference_s": s, "inference_per_s": n / s}
+
+
+def in_fresh_process(argv: list[str]) -> dict:
+    """Run argv under a small wrapper: its last stdout JSON line, peak RSS (MiB) of the tree, wall (s)."""
+    wrapper = ("import json, resource, subprocess, sys, time; t = time.time(); "
+               "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "print(json.dumps({'rc': p.returncode, 's': time.time() - t, 'out': p.stdout[-20000:], "
+               "'err': p.stderr[-3000:], 'maxrss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+    proc = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    if res["rc"] not in (0, 1):  # 1: some input failed (listed), the CSV is written
+        raise SystemExit(f"{' '.join(argv)} failed:\n{res['err']}")
+    lines = [line for line in res["out"].splitlines() if line.startswith("{")]
+    body = json.loads(lines[-1]) if lines else {}
+    return {**body, "exit_code": res["rc"], "peak_rss_mib": round(res["maxrss_kib"] / 1024, 1),
+            "process_wall_s": round(res["s"], 1), "stdout_tail": res["out"].strip().splitlines()[-1:]}
+
+
+def main() -> int | None:
+    from esnet_tf.machine import emit_result
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", nargs="?", default="run", choices=("run", "model"), help=argparse.SUPPRESS)
+    p.add_argument("--sizes", default="1000,15318,150000", help="pool sizes (inputs) [default 1000,15318,150000]")
+    p.add_argument("--model", help=".keras model or shipped name (default: paper config, random weights)")
+    p.add_argument("--batch-size", type=int, default=256, help="examples per model call (esnet predict's default)")
+    p.add_argument("--chunk-size", type=int, default=None, help="esnet predict --chunk-size [default: its own]")
+    p.add_argument("--workers", type=int, default=None, help="esnet predict --workers [default: its own]")
+    p.add_argument("--model-rows", type=int, default=2048, help="rows of the model-only measurement")
+    p.add_argument("--work", help="working directory kept between runs (default: a temporary one)")
+    p.add_argument("--pool", help=argparse.SUPPRESS)
+    p.add_argument("--json", help="also write the result to this file")
+    args = p.parse_args()
+    if args.kind == "model":
+        print(json.dumps(child_model_rate(args.model, args.pool, args.model_rows, args.batch_size)))
+        return None
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    work = Path(args.work or tempfile.mkdtemp(prefix="esnet_stream_"))
+    work.mkdir(parents=True, exist_ok=True)
+    files = sources()
+    model = args.model
+    if not model:
+        model = str(work / "paper_random.keras")
+        if not Path(model).is_file():
+            from esnet_tf.data import stack_examples
+            from esnet_tf.featurize import featurize
+            from esnet_tf.model import ESNetConfig, build_esnet, dos_statistics
+
+            a = stack_examples([featurize(f) for f in files[:200]])
+            build_esnet(ESNetConfig.paper(), normalization=dos_statistics([a])).save(model)
+    result: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                    "model": model if args.model else "paper config, random weights", "batch_size": args.batch_size,
+                    "tiled_from": {"vasprun_fixtures": sum("vasprun" in f.name for f in files),
+                                   "demo_gpawdos": sum(f.name.endswith(".gpawdos.npz") for f in files)},
+                    "sizes": {}}
+    esnet = str(Path(sys.executable).with_name("esnet"))
+    first_pool = None
+    for n in sizes:
+        pool = make_pool(work, n, files)
+        first_pool = first_pool or pool
+        out = work / f"preds_{n}.csv"
+        argv = [esnet, "predict", model, str(pool), "--out", str(out), "--overwrite",
+                "--batch-size", str(args.batch_size)]
+        argv += ["--chunk-size", str(args.chunk_size)] if args.chunk_size else []
+        argv += ["--workers", str(args.workers)] if args.workers else []
+        load_before = os.getloadavg()
+        r = in_fresh_process(argv)
+        r.update(command=" ".join(argv[1:]), n_inputs=n, load_avg_before=[round(x, 2) for x in load_before],
+                 load_avg_after=[round(x, 2) for x in os.getloadavg()])
+        with out.open() as fh:
+            r["rows"] = sum(1 for _ in fh) - 1
+        r["inputs_per_s"] = round(n / r["process_wall_s"], 1)
+        result["sizes"][str(n)] = r
+        print(json.dumps({n: r}), file=sys.stderr, flush=True)
+    rate = in_fresh_process([sys.executable, __file__, "model", "--model", model, "--pool", str(first_pool),
+                             "--model-rows", str(args.model_rows), "--batch-size", str(args.batch_size)])
+    result["model_only"] = rate
+    for r in result["sizes"].values():
+        r["fraction_of_model_rate"] = round(r["inputs_per_s"] / rate["inference_per_s"], 3)
+    return emit_result(result, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
