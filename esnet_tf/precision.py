@@ -9,7 +9,12 @@ Under a mixed policy the variables stay float32 (Adam updates them in float32) a
 compute in the low precision, except the ones listed in `FLOAT32_LAYERS` (the input checks, the
 input normalisation and the final Dense that produces eV/atom): the output, and so the loss, is
 float32. On CPUs without native bf16 (no AVX512_BF16 / AMX_BF16), bf16 is emulated and slower
-than float32, so 'auto' keeps float32 there.
+than float32, so 'auto' never considers it there.
+
+XLA (`jit_compile`) is the other lever: `--precision auto` times float32 with and without XLA (and
+bf16 where the CPU has it) on this machine and keeps a candidate only if it beats plain float32 by
+`MARGIN` in its best and in its median step (`_decide`); the choice is cached per CPU model.
+float32 with XLA gives the same predictions as plain float32 within `XLA_TOLERANCE_EV`.
 """
 from __future__ import annotations
 
@@ -164,9 +169,30 @@ AUTO_ENV = "ESNET_AUTO_PRECISION"
 CACHE_ENV = "ESNET_PRECISION_CACHE"
 #: a low precision is chosen only when its best step is this much faster than float32's
 MARGIN = 0.03
-#: candidate policies per kind of work, float32 first (the baseline it must beat)
-CANDIDATES: dict[str, tuple[str, ...]] = {"train": ("float32", "mixed_bfloat16"),
-                                          "infer": ("float32", "bfloat16")}
+#: suffix of a candidate compiled by XLA ('float32+xla': float32, `jit_compile=True`)
+XLA = "+xla"
+#: every candidate per kind of work, float32 first (the baseline it must beat): float32, float32 with
+#: XLA, and bf16 (mixed for training, bf16 weights for inference; measured only on a CPU with native
+#: bf16, see `candidates`). bf16 with XLA is not a candidate: XLA's CPU convolutions do not use oneDNN's
+#: bf16 kernels and measured 0.4-0.6x of bf16 without XLA (benchmarks/README.md, Zen 4).
+CANDIDATES: dict[str, tuple[str, ...]] = {"train": ("float32", "float32" + XLA, "mixed_bfloat16"),
+                                          "infer": ("float32", "float32" + XLA, "bfloat16")}
+#: float32 with XLA against plain float32: largest difference of a prediction, eV/atom (XLA's fusions
+#: reassociate sums, so the last bits differ: ~1e-7 measured; tests/test_precision.py)
+XLA_TOLERANCE_EV = 1e-4
+
+
+def split_candidate(name: str) -> tuple[str, bool]:
+    """'float32+xla' -> ('float32', True); 'mixed_bfloat16' -> ('mixed_bfloat16', False)."""
+    return (name[: -len(XLA)], True) if name.endswith(XLA) else (name, False)
+
+
+def candidates(kind: str) -> tuple[str, ...]:
+    """The candidates `--precision auto` measures on this machine for `kind` ('train'/'infer'):
+    float32 and float32 with XLA everywhere, the bf16 one only on a CPU with native bf16."""
+    if kind not in CANDIDATES:
+        raise ValueError(f"unknown kind {kind!r}; use 'train' or 'infer'")
+    return tuple(c for c in CANDIDATES[kind] if split_candidate(c)[0] == "float32" or native_bf16_cpu())
 
 
 def cache_file() -> Path:
@@ -198,8 +224,10 @@ def cpu_model() -> str:
            f"{os.cpu_count()} cpus)"
 
 
-#: bumped when what is timed changes (2: inference measured on the frozen graph), so old choices are remeasured
-MEASUREMENT_VERSION = 2
+#: bumped when what is timed changes (2: inference measured on the frozen graph; 3: float32 with XLA is a
+#: candidate, measured on every CPU, and a winner must beat float32 in its best and its median step), so
+#: old choices are remeasured
+MEASUREMENT_VERSION = 3
 
 
 def cache_key(kind: str, model_config: dict, batch_size: int) -> str:
@@ -239,13 +267,17 @@ def _write_cache(key: str, entry: dict) -> None:
         pass  # a read-only home: the choice still applies to this run, it is just not remembered
 
 
-def _time_alternating(steps: dict, rounds: int) -> dict[str, list[float]]:
+def _time_alternating(steps: dict, rounds: int, first: dict | None = None) -> dict[str, list[float]]:
     """Wall seconds of `rounds` calls of each step function, alternating A B A B ... after one
-    untimed warm-up call each (tracing), so that load changes hit every candidate alike."""
+    untimed warm-up call each (tracing, XLA compilation; its seconds go to `first` if given), so
+    that load changes hit every candidate alike."""
     import time
 
-    for fn in steps.values():
+    for name, fn in steps.items():
+        t = time.perf_counter()
         fn()
+        if first is not None:
+            first[name] = time.perf_counter() - t
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(rounds):
         for name, fn in steps.items():
@@ -256,16 +288,23 @@ def _time_alternating(steps: dict, rounds: int) -> dict[str, list[float]]:
 
 
 def _decide(times: dict[str, list[float]]) -> tuple[str, dict[str, float]]:
-    """The candidate with the fastest best step, unless it beats float32 by less than MARGIN.
+    """(winner, best step per candidate) from the timed steps (seconds) of each candidate.
 
-    The best (minimum) of the timed steps, not the median: on a shared machine other processes
-    only ever add time to a step, so the minimum is the estimate least moved by load.
+    A candidate other than float32 qualifies only if both its best (minimum) step and its median
+    step beat float32's by `MARGIN`: the minimum is the estimate least moved by load (other
+    processes only ever add time to a step), the median guards against one lucky step. The winner
+    is the qualifying candidate with the fastest best step, else float32 (also when float32 was
+    not timed: nothing was shown to beat it).
     """
+    import statistics
+
     best_s = {k: min(v) for k, v in times.items()}
-    best = min(best_s, key=best_s.get)
-    if best != "float32" and "float32" in best_s and best_s[best] > best_s["float32"] * (1 - MARGIN):
-        best = "float32"
-    return best, best_s
+    if "float32" not in times:
+        return "float32", best_s
+    median = {k: statistics.median(v) for k, v in times.items()}
+    ok = [k for k in times if k != "float32" and best_s[k] <= best_s["float32"] * (1 - MARGIN)
+          and median[k] <= median["float32"] * (1 - MARGIN)]
+    return (min(ok, key=best_s.get) if ok else "float32"), best_s
 
 
 def _random_inputs(shapes: dict[str, tuple[int, ...]], batch_size: int, seed: int = 0) -> dict:
@@ -276,7 +315,9 @@ def _random_inputs(shapes: dict[str, tuple[int, ...]], batch_size: int, seed: in
     return {k: np.abs(rng.normal(0.0, 0.3, (batch_size, *s))).astype(np.float32) for k, s in shapes.items()}
 
 
-def _measure_train(model_config, batch_size: int, rounds: int) -> dict[str, list[float]]:
+def _measure_train(model_config, batch_size: int, rounds: int, names: tuple[str, ...] | None = None,
+                   first: dict | None = None) -> dict[str, list[float]]:
+    """Seconds of `rounds` Adam steps of a fresh model of `model_config` per candidate in `names`."""
     import numpy as np
 
     from esnet_tf.model import ESNetConfig, build_esnet, compile_esnet
@@ -287,86 +328,107 @@ def _measure_train(model_config, batch_size: int, rounds: int) -> dict[str, list
     x = _random_inputs(shapes, batch_size)
     y = {OUTPUT: np.zeros((batch_size,), np.float32)}
     steps = {}
-    for policy in CANDIDATES["train"]:
-        model = base if policy == "float32" else with_policy(base, policy)
+    for name in names or candidates("train"):
+        policy, xla = split_candidate(name)
+        model = base if name == "float32" else with_policy(base, policy)  # each its own optimizer and steps
         compile_esnet(model)
-        steps[policy] = (lambda m: lambda: m.train_on_batch(x, y))(model)
-    return _time_alternating(steps, rounds)
+        model.jit_compile = xla
+        steps[name] = (lambda m: lambda: m.train_on_batch(x, y))(model)
+    return _time_alternating(steps, rounds, first)
 
 
 OUTPUT = "formation_energy_per_atom"
 
 
-def _measure_infer(model, batch_size: int, rounds: int) -> dict[str, list[float]]:
+def _measure_infer(model, batch_size: int, rounds: int, names: tuple[str, ...] | None = None,
+                   first: dict | None = None) -> dict[str, list[float]]:
+    """Seconds of `rounds` batches of `model`'s frozen inference graph per candidate in `names`."""
     shapes = {t.name: tuple(t.shape[1:]) for t in model.inputs}
     x = _random_inputs(shapes, batch_size)
-    steps = {policy: (lambda f: lambda: f(x))(frozen_inference(model, policy))
-             for policy in CANDIDATES["infer"]}
-    return _time_alternating(steps, rounds)
+    steps = {}
+    for name in names or candidates("infer"):
+        policy, xla = split_candidate(name)
+        steps[name] = (lambda f: lambda: {k: v.numpy() for k, v in f(x).items()})(
+            frozen_inference(model, policy, xla=xla))
+    return _time_alternating(steps, rounds, first)
 
 
 def choose_precision(model_or_config: keras.Model | ESNetConfig | dict, kind: str = "train", *, batch_size: int = 64,
-                     rounds: int = 4, run_dir: str | Path | None = None) -> dict:
-    """Measure, on this machine, which precision runs ESNet fastest for `kind` ('train' or 'infer').
+                     rounds: int = 4, run_dir: str | Path | None = None,
+                     among: tuple[str, ...] | None = None) -> dict:
+    """Measure, on this machine, which precision and compilation runs ESNet fastest for `kind`.
 
-    `model_or_config`: an `ESNetConfig` (or its dict) for 'train' (a fresh model of that config is
-    timed: `rounds` Adam steps per candidate, alternating), a built Keras model for 'infer' (its
-    own weights: `rounds` batches per candidate). Candidates: float32 and bf16 (mixed for
-    training, bf16 weights for inference), bf16 only on a CPU with native bf16; a low precision
-    wins only if its best step beats float32's best by `MARGIN`, so 'auto' is never measurably
-    slower than float32. On a GPU: mixed_float16, not measured.
+    `kind`: 'train' or 'infer'. `model_or_config`: an `ESNetConfig` (or its dict) for 'train' (a
+    fresh model of that config is timed: `rounds` Adam steps per candidate, alternating), a built
+    Keras model for 'infer' (its own weights: `rounds` batches of its frozen graph per candidate).
+    Candidates (`candidates(kind)`, or the subset `among`): float32, float32 with XLA, and bf16 on a
+    CPU with native bf16. A candidate wins only if its best and its median step beat float32's by
+    `MARGIN` (`_decide`), so 'auto' is never measurably slower than plain float32. The untimed first
+    call (tracing, XLA compilation) is recorded as `first_call_s`. On a GPU: mixed_float16, not measured.
 
     The result is cached per CPU model, TF version, kind, batch size and model config (see
-    `cache_file`, `AUTO_ENV`). Returns {'policy', 'kind', 'reason', 'best_s', 'median_s', 'timings_s', 'key',
-    'cached', ...}; with `run_dir` it is also written to `run_dir/precision_<kind>.json`.
+    `cache_file`, `AUTO_ENV`). Returns {'policy' (Keras policy), 'xla' (bool), 'candidate', 'kind',
+    'reason', 'best_s', 'median_s', 'timings_s', 'key', 'cached', ...}; with `run_dir` it is also
+    written to `run_dir/precision_<kind>.json`.
     """
     if kind not in CANDIDATES:
         raise ValueError(f"unknown kind {kind!r}; use 'train' or 'infer'")
     import time
 
+    names = candidates(kind) if among is None else tuple(among)
+    if not names or "float32" not in names or any(n not in CANDIDATES[kind] for n in names):
+        raise ValueError(f"among={among!r}: float32 and any of {', '.join(CANDIDATES[kind])}")
     mode = os.environ.get(AUTO_ENV, "cache").strip() or "cache"
     if kind == "train":
         config = model_or_config if isinstance(model_or_config, dict) else model_or_config.to_dict()
     else:
         config = model_or_config.get_config()
-    key = cache_key(kind, config, batch_size)
+    key = cache_key(kind, config, batch_size) + ("" if among is None else f" | among {','.join(names)}")
     entry: dict | None = None
-    low = CANDIDATES[kind][1]
     if mode not in ("cache", "refresh", "nocache", "static"):
         if mode not in (*CANDIDATES["train"], *CANDIDATES["infer"]):
-            raise ValueError(f"{AUTO_ENV}={mode!r}: use cache, refresh, nocache, static or a policy name")
-        forced = low if mode != "float32" else "float32"
-        entry = {"policy": forced, "reason": f"forced by {AUTO_ENV}={mode}"}
+            raise ValueError(f"{AUTO_ENV}={mode!r}: use cache, refresh, nocache, static or one of "
+                             f"{', '.join(sorted({*CANDIDATES['train'], *CANDIDATES['infer']}))}")
+        forced = mode if mode.startswith("float32") else CANDIDATES[kind][2]  # a bf16 name: this kind's bf16
+        entry = {"candidate": forced, "reason": f"forced by {AUTO_ENV}={mode}"}
     elif has_gpu():
-        entry = {"policy": "mixed_float16" if kind == "train" else "float32", "reason": "GPU (not measured)"}
-    elif mode == "static" or not native_bf16_cpu():
+        entry = {"candidate": "mixed_float16" if kind == "train" else "float32", "reason": "GPU (not measured)"}
+    elif mode == "static":
         policy = resolve_policy("auto")
         policy = policy if kind == "train" else ("bfloat16" if policy == "mixed_bfloat16" else policy)
-        entry = {"policy": policy, "reason": "static CPU-flag rule" if mode == "static"
-                 else "no native bf16 on this CPU (bf16 would be emulated)"}
+        entry = {"candidate": policy, "reason": "static CPU-flag rule (no XLA)"}
+    elif len(names) == 1:
+        entry = {"candidate": "float32", "reason": "float32 is the only candidate (not measured)"}
     elif mode == "cache":
         cached = _read_cache().get(key)
-        if isinstance(cached, dict) and cached.get("policy") in CANDIDATES[kind]:
+        if isinstance(cached, dict) and cached.get("candidate") in names:
             entry = {**cached, "cached": True}
     if entry is None:
-        t = time.perf_counter()
-        times = _measure_train(model_or_config, batch_size, rounds) if kind == "train" \
-            else _measure_infer(model_or_config, batch_size, rounds)
+        import gc
         import statistics
 
+        t = time.perf_counter()
+        first: dict[str, float] = {}
+        times = _measure_train(model_or_config, batch_size, rounds, names, first) if kind == "train" \
+            else _measure_infer(model_or_config, batch_size, rounds, names, first)
+        gc.collect()  # the timed copies (and their traced functions) go now, not during the real work
         best, fastest = _decide(times)
-        entry = {"policy": best, "reason": f"measured: fastest best step (bf16 needs >= {MARGIN:.0%} over float32)",
+        entry = {"candidate": best,
+                 "reason": f"measured: {', '.join(names)}; another candidate than float32 needs >= {MARGIN:.0%} "
+                           "over float32 in its best and its median step",
                  "best_s": {k: round(v, 4) for k, v in fastest.items()},
                  "median_s": {k: round(statistics.median(v), 4) for k, v in times.items()},
                  "timings_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
+                 "first_call_s": {k: round(v, 2) for k, v in first.items()},
                  "speedup_vs_float32": round(fastest["float32"] / fastest[best], 3),
                  "measure_wall_s": round(time.perf_counter() - t, 1), "rounds": rounds,
                  "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "load_avg": round(os.getloadavg()[0], 2),
                  "cached": False}
         if mode != "nocache":
             _write_cache(key, {k: v for k, v in entry.items() if k != "cached"})
+    policy, xla = split_candidate(entry["candidate"])
     entry = {"kind": kind, "batch_size": int(batch_size), "key": key, "cache_file": str(cache_file()),
-             "cached": False, **entry}
+             "cached": False, **entry, "policy": policy, "xla": xla}
     if run_dir is not None:
         import json
 
@@ -392,7 +454,7 @@ def train_policy(precision: str, model_config: ESNetConfig | dict, *, batch_size
 #: batches of 32-64 ran 1.2-1.3x faster per example than 256, in bf16 and in float32
 INFERENCE_BATCH = 64
 
-def frozen_inference(model: keras.Model, policy: str) -> Callable[[dict], dict]:
+def frozen_inference(model: keras.Model, policy: str, *, xla: bool = False) -> Callable[[dict], dict]:
     """Frozen inference graph: maps a dict of float32 arrays (batch, ...) to the model's float32
     outputs dict, computed under `policy` ('float32' or 'bfloat16': bf16 weights; the input
     normalisation and the output layer stay float32). `.concrete` is the frozen ConcreteFunction.
@@ -402,6 +464,10 @@ def frozen_inference(model: keras.Model, policy: str) -> Callable[[dict], dict]:
     convolution and fuses bias and activation: on the 2-core AMX Xeon, paper config, batch 64, side
     by side, 1.7-2x the samples/s of the same function reading variables (benchmarks/README.md).
     Same numbers (float32: within 1e-6 eV/atom).
+
+    `xla`: run the frozen function compiled by XLA (`tf.function(jit_compile=True)` over it; its
+    weights are XLA constants). XLA compiles once per input shape (feed whole batches); float32
+    with XLA agrees with plain float32 within `XLA_TOLERANCE_EV`.
     """
     import tensorflow as tf
 
@@ -423,11 +489,13 @@ def frozen_inference(model: keras.Model, policy: str) -> Callable[[dict], dict]:
     # returns tf.nest's flat order of the outputs dict
     input_order = [t.name.split(":")[0] for t in concrete.inputs if t.dtype != tf.resource]
     output_order = sorted(output_names)
+    run = tf.function(lambda *args: concrete(*args), jit_compile=True) if xla else concrete
 
     def graph(x: dict) -> dict:  # a frozen function binds tensors only (not numpy arrays)
-        return dict(zip(output_order, concrete(*[tf.convert_to_tensor(x[k], tf.float32) for k in input_order])))
+        return dict(zip(output_order, run(*[tf.convert_to_tensor(x[k], tf.float32) for k in input_order])))
 
     graph.model = fast
+    graph.xla = bool(xla)
     graph.concrete = concrete
     graph.specs = specs
     graph.output_names = output_order
@@ -435,15 +503,19 @@ def frozen_inference(model: keras.Model, policy: str) -> Callable[[dict], dict]:
 
 
 def inference_function(model: keras.Model, precision: str = "auto", *, batch_size: int = 64,
-                       run_dir: str | Path | None = None) -> tuple[Callable[[dict], np.ndarray], str]:
+                       run_dir: str | Path | None = None,
+                       xla: bool | None = None) -> tuple[Callable[[dict], np.ndarray], str]:
     """(callable, policy): the one fast inference path (esnet predict, the benchmark, export).
 
     The callable maps a dict of input arrays (any N; float32 IS-DOS) to float32 (N,) eV/atom,
-    running one `tf.function` over batches of `batch_size` (no XLA: it measured slower, see
-    benchmarks/README.md); `callable.outputs(inputs)` returns every output ({name: (N,)}, e.g. an
-    ensemble's std). `precision`: 'auto' measures float32 against bf16 weights on this model
-    (`choose_precision(model, 'infer')`, cached; the record is `callable.choice`), 'float32', or
-    'bfloat16'/'mixed' (bf16 weights where the CPU has native bf16).
+    running the frozen graph (`frozen_inference`) over batches of `batch_size`;
+    `callable.outputs(inputs)` returns every output ({name: (N,)}, e.g. an ensemble's std).
+    `precision`: 'auto' measures plain float32 against float32 with XLA (and bf16 weights where the
+    CPU has native bf16) on this model (`choose_precision(model, 'infer')`, cached; the record is
+    `callable.choice`) and keeps plain float32 unless another is faster by `MARGIN`; 'float32'; or
+    'bfloat16'/'mixed' (bf16 weights where the CPU has native bf16). `xla`: force XLA on or off
+    (None: off, or auto's choice). Under XLA the last, partial batch is padded to `batch_size` (by
+    repeating its last row; the padding's outputs are dropped) so XLA compiles one shape only.
     """
     import numpy as np
 
@@ -453,9 +525,11 @@ def inference_function(model: keras.Model, precision: str = "auto", *, batch_siz
     if precision == "auto":
         choice = choose_precision(model, "infer", batch_size=batch_size, run_dir=run_dir)
         policy = choice["policy"]
+        use_xla = choice["xla"] if xla is None else bool(xla)
     else:
         policy = inference_policy(precision)
-    graph = frozen_inference(model, policy)
+        use_xla = bool(xla)
+    graph = frozen_inference(model, policy, xla=use_xla)
     import tensorflow as tf
 
     def outputs(inputs: dict) -> dict[str, np.ndarray]:
@@ -463,11 +537,14 @@ def inference_function(model: keras.Model, precision: str = "auto", *, batch_siz
         parts: dict[str, list] = {}
         for start in range(0, n, batch_size):
             # every input the model takes: the IS-DOS fields and any energy inputs ((N, 1) eV/atom)
-            y = graph({k: tf.convert_to_tensor(np.asarray(inputs[k][start:start + batch_size], dtype=np.float32)
-                                               .reshape((-1, *spec.shape[1:])))
-                       for k, spec in graph.specs.items()})
+            chunk = {k: np.asarray(inputs[k][start:start + batch_size], dtype=np.float32).reshape((-1, *spec.shape[1:]))
+                     for k, spec in graph.specs.items()}
+            m = len(chunk[INPUT_NAMES[0]])
+            if use_xla and m < batch_size:  # one compiled shape: pad with copies of the last row
+                chunk = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - m, axis=0)]) for k, v in chunk.items()}
+            y = graph({k: tf.convert_to_tensor(v) for k, v in chunk.items()})
             for k, v in y.items():
-                parts.setdefault(k, []).append(v.numpy().reshape(-1))
+                parts.setdefault(k, []).append(v.numpy().reshape(-1)[:m])
         return {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()} if parts else \
             {OUTPUT_NAME: np.zeros(0, np.float32)}
 
@@ -478,4 +555,5 @@ def inference_function(model: keras.Model, precision: str = "auto", *, batch_siz
     predict.model = graph.model
     predict.choice = choice
     predict.policy = policy
+    predict.xla = use_xla
     return predict, policy

@@ -308,11 +308,12 @@ def _write_json(path: Path, obj) -> None:
 # ---------------------------------------------------------------- training
 
 def _with_precision(model, precision: str, model_config=None, run_dir: Path | None = None, batch_size: int = 64):
-    """`model` under the dtype policy of `precision` (esnet_tf.precision); float32 returns it as is.
+    """(`model` under the dtype policy of `precision` (esnet_tf.precision), XLA on?); float32 returns it as is.
 
-    'auto' measures float32 against mixed bf16 training steps of `model_config` on this machine
-    (cached; `precision.choose_precision`) and writes the choice and its timings to
-    `run_dir/precision_train.json`; under a distribution strategy it keeps the static CPU-flag rule.
+    'auto' measures float32 against float32 with XLA (and mixed bf16 on a CPU with native bf16)
+    training steps of `model_config` on this machine (cached; `precision.choose_precision`) and
+    writes the choice and its timings to `run_dir/precision_train.json`; under a distribution
+    strategy it keeps the static CPU-flag rule (no XLA).
     """
     import tensorflow as tf
 
@@ -320,16 +321,16 @@ def _with_precision(model, precision: str, model_config=None, run_dir: Path | No
 
     if precision == "auto" and model_config is not None and not tf.distribute.has_strategy():
         choice = choose_precision(model_config, "train", batch_size=batch_size, run_dir=run_dir)
-        policy = choice["policy"]
+        policy, xla = choice["policy"], choice["xla"]
         timing = ", ".join(f"{k} {v:.2f} s" for k, v in choice.get("best_s", {}).items())
-        print(f"precision auto -> {policy} ({choice['reason']}{'; cached' if choice['cached'] else ''}"
+        print(f"precision auto -> {choice['candidate']} ({choice['reason']}{'; cached' if choice['cached'] else ''}"
               f"{'; best step ' + timing if timing else ''})")
     else:
-        policy = resolve_policy(precision)
+        policy, xla = resolve_policy(precision), False
     if policy == "float32":
-        return model
+        return model, xla
     print(describe(policy))
-    return with_policy(model, policy)
+    return with_policy(model, policy), xla
 
 
 def _make_callbacks(run_dir: Path, config: TrainConfig, verbose: int, restore_dir: Path | None = None):
@@ -635,10 +636,11 @@ def _train(config: TrainConfig, run_dir: Path, shared_dir: Path, strategy, train
     replicas = int(strategy.num_replicas_in_sync)
     with strategy.scope():  # variables (model, optimizer, metrics) mirrored over the replicas
         model = build_esnet(model_config, normalization=stats)
-        model = _with_precision(model, config.precision, model_config, run_dir, int(config.batch_size))
+        model, xla = _with_precision(model, config.precision, model_config, run_dir, int(config.batch_size))
         if replicas > 1 and config.sync_batchnorm:
             distribute.synchronize_batchnorm(model)
         compile_esnet(model, config.learning_rate, config.loss)
+        model.jit_compile = xla  # XLA train step where `auto` measured it faster (not saved with the model)
     seed, batch = int(config.seed), int(config.batch_size)
     val_cache = "memory" if config.cache == "memory" else "none"
     workers = distribute.num_workers(strategy)
