@@ -9,9 +9,12 @@ reference, ours, ...) so that the noise of a shared machine hits both alike:
   model.predict batch 64, default threading, no XLA);
 - ours: the package's model (`build_esnet`) and `esnet train` input pipeline
   (`data.training_pipeline`: cache, shuffle, batch, parallel map, prefetch) under
-  `--precision auto` (bf16 on a CPU with AVX512_BF16/AMX), compiled as `esnet train` compiles it;
-  inference through `precision.inference_function` (bf16 weights, one tf.function, batch 64);
-- optional variants (--variants): 'ours-float32' (our pipeline, float32), 'ours-xla' (bf16 + XLA).
+  `--precision auto` (its measured choice among float32, float32 with XLA and, on a CPU with
+  AVX512_BF16/AMX, bf16), compiled as `esnet train` compiles it; inference through
+  `precision.inference_function(model, "auto")` (the frozen graph, batch 64, auto's own choice);
+- variants (--variants, default both): 'ours-float32' (plain float32, no XLA: `auto` must be at
+  least this), 'ours-xla' (float32 with XLA: Keras `jit_compile=True` training, the frozen
+  inference graph under `tf.function(jit_compile=True)`), 'ours-bf16' (forced bf16).
 Each child also measures the attainable matmul GFLOP/s (float32 and bf16, 2048^3) right before its
 own timings. The FLOPs per example are counted analytically (`esnet_tf.flops.forward_macs`) and
 cross-checked against TF's op statistics of the traced graph. Peak RSS of `esnet train --config paper
@@ -202,22 +205,22 @@ def child(args: argparse.Namespace) -> dict:
         from esnet_tf.model import OUTPUT_NAME, ESNetConfig, build_esnet, compile_esnet, dos_statistics
         from esnet_tf.precision import inference_function, resolve_policy, with_policy
 
-        precision = {"ours-float32": "float32", "ours-bf16": "bfloat16"}.get(role, "auto")
+        precision = {"ours-float32": "float32", "ours-bf16": "bfloat16", "ours-xla": "float32"}.get(role, "auto")
+        xla = role == "ours-xla"
         config = ESNetConfig.paper()
         if precision == "auto":
             from esnet_tf.precision import choose_precision
 
             choice = choose_precision(config, "train", batch_size=bs)
             out["auto_train"] = choice
-            policy = choice["policy"]
+            policy, xla = choice["policy"], choice["xla"]
         else:
             policy = resolve_policy(precision)
         model = build_esnet(config, normalization=dos_statistics([x]))
         if policy != "float32":
             model = with_policy(model, policy)
         compile_esnet(model)
-        if role == "ours-xla":
-            model.jit_compile = True
+        model.jit_compile = xla  # as `esnet train` sets it
         ds = tf.data.Dataset.from_tensor_slices({**x, OUTPUT_NAME: y.reshape(-1)})
         pipe = data.training_pipeline(ds, bs, seed=0, cache="memory")
         t = time.perf_counter()
@@ -229,14 +232,17 @@ def child(args: argparse.Namespace) -> dict:
         batch_times = []
         infer_policy = None
         if n_infer:
-            predict, infer_policy = inference_function(model, precision, batch_size=bs)
+            predict, infer_policy = inference_function(model, precision, batch_size=bs,
+                                                       xla=True if role == "ours-xla" else None)
             out["auto_infer"] = getattr(predict, "choice", None)
+            out["inference_xla"] = predict.xla
             predict({k: v[:bs] for k, v in xi.items()})
         for start in range(0, n_infer, bs):
             t = time.perf_counter()
             predict({k: v[start:start + bs] for k, v in xi.items()})
             batch_times.append(time.perf_counter() - t)
         out["precision"] = policy
+        out["train_xla"] = bool(xla)
         out["inference_precision"] = infer_policy
         out["params"] = int(model.count_params())
     steps = timer.times
@@ -516,6 +522,8 @@ def summarize(rows: list[dict], flops: dict) -> dict:
         inf_gf = med["infer_samples_per_s"] * fwd / 1e9
         summary[role] = {**{k: _spread([r[k] for r in rs]) for k in keys},
                          "precision": sorted({r["precision"] for r in rs}),
+                         "train_xla": sorted({bool(r.get("train_xla")) for r in rs}),
+                         "inference_xla": sorted({bool(r.get("inference_xla")) for r in rs}),
                          "inference_precision": sorted({r.get("inference_precision", "float32") for r in rs}),
                          "train_gflops": round(train_gf, 1), "infer_gflops": round(inf_gf, 1),
                          "train_fraction_of_limit": round(train_gf / tr_limit, 3),
@@ -551,9 +559,10 @@ def main() -> int | None:
     p.add_argument("--train-steps", type=int, default=8,
                    help="timed training steps per process (each timed; the level is the median) [default 8]")
     p.add_argument("--infer-batches", type=int, default=8, help="timed inference batches per process [default 8]")
-    p.add_argument("--variants", default="ours-float32",
-                   help="roles besides reference and ours, comma-separated: ours-float32, ours-bf16, ours-xla; "
-                        "ROLE@INTRAxINTER fixes TF's thread pools (e.g. ours@2x1) [default ours-float32]")
+    p.add_argument("--variants", default="ours-float32,ours-xla",
+                   help="roles besides reference and ours, comma-separated: ours-float32 (plain float32), ours-xla "
+                        "(float32 with XLA, training and inference), ours-bf16; ROLE@INTRAxINTER fixes TF's thread "
+                        "pools (e.g. ours@2x1) [default ours-float32,ours-xla]")
     p.add_argument("--roles", default="reference,ours", help="the base roles [default reference,ours]")
     p.add_argument("--pause-pgid", type=int, help="process group to SIGSTOP while measuring (the DFT job; "
                    "<= 9 min per pause, 3 min running between, always resumed)")
