@@ -72,9 +72,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    "--no-backups keeps the best weights in memory and writes best.keras once at the end "
                    "(faster for short runs; a killed run starts over) [default: on]")
     p.add_argument("--precision", choices=PRECISIONS,
-                   help="compute precision (variables and loss stay float32): auto = bfloat16 on a CPU with "
-                   "native bf16 (AVX512_BF16/AMX), float16 mixed precision on a GPU, else float32; see "
-                   "benchmarks/README.md [default float32]")
+                   help="compute precision (variables and loss stay float32): auto = measured once per CPU model "
+                   "(cached) among float32, float32 with XLA and, on a CPU with native bf16 (AVX512_BF16/AMX), "
+                   "bfloat16; float32 unless another is faster by 3 %%; float16 mixed precision on a GPU; see "
+                   "docs/performance.md [default float32]")
     p.add_argument("--run-dir", default="runs/esnet", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir from its "
                    "last completed epoch (its stored settings apply unless given again)")
