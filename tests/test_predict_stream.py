@@ -125,3 +125,32 @@ def test_beam_pipeline_writes_the_local_csv(tmp_path, model, inputs):
     assert len(local.read_text().splitlines()) == 1 + len(CALCS)
     assert beam_failures == local_failures and len(local_failures) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["beam.csv", "local.csv"]  # nothing left beside
+
+
+def test_a_different_command_starts_over(tmp_path, model, inputs, one_chunk, monkeypatch, capsys):
+    """A partial run of another command (here another --batch-size) is not resumed: it starts over."""
+    from esnet_tf.pretrained import ESNetModel
+    from esnet_tf.predict import predict_to_csv
+
+    class Stop(Exception):
+        pass
+
+    def stop(n):
+        raise Stop
+
+    out = tmp_path / "preds.csv"
+    with pytest.raises(Stop):
+        predict_to_csv(_config(model, inputs, out, chunk_size=6), after_commit=stop)
+    assert (tmp_path / "preds.csv.partial" / "journal.json").is_file() and not out.exists()
+    predicted = []
+    original = ESNetModel.predict_arrays
+    monkeypatch.setattr(ESNetModel, "predict_arrays",
+                        lambda self, arrays, **kw: predicted.extend(arrays["id"]) or original(self, arrays, **kw))
+    from esnet_tf.predict import PredictConfig
+
+    cfg = PredictConfig(**{**_config(model, inputs, out, chunk_size=6).__dict__, "batch_size": 2 * BATCH})
+    table, _, _ = predict_to_csv(cfg)
+    assert "starting over" in capsys.readouterr().err
+    assert len(predicted) == len(table) == one_chunk["n"]
+    assert [r.split(",")[0] for r in out.read_text().splitlines()] == \
+        [r.split(",")[0] for r in one_chunk["csv"].splitlines()]
