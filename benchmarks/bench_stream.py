@@ -7,8 +7,9 @@ For each size N, a directory of N calculation files tiled from the readable VASP
 directory derives from its path, so N inputs cost directory entries, not disk), and the real command
 `esnet predict MODEL DIR --out preds.csv` run in a fresh process under a small wrapper: wall time,
 inputs/s end to end, peak RSS of the process tree (`RUSAGE_CHILDREN`: the largest process, model
-process or featurizing worker). Against it, the model's own inference rate: the same model and
-batch on featurized inputs already in memory (`ESNetModel.predict_arrays`, the call `esnet predict`
+process or featurizing worker), and the rate once running (the wall time past that of the same
+command on one input: TensorFlow, the model and its tracing). Against it, the model's own inference
+rate: the same model and batch on featurized inputs already in memory (`ESNetModel.predict_arrays`, the call `esnet predict`
 makes), in a fresh process. The model is the paper config with random weights (speed does not
 depend on the weights) unless `--model` names one. Every JSON carries `machine`
 (`esnet_tf.machine.machine_record`); speeds on a loaded machine are not rankings.
@@ -133,7 +134,8 @@ def main() -> int | None:
 
             a = stack_examples([featurize(f) for f in files[:200]])
             build_esnet(ESNetConfig.paper(), normalization=dos_statistics([a])).save(model)
-    result: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    result: dict = {"date": time.strftime("%Y-%m-%d %H:%M"),
+                    "command": " ".join([Path(sys.executable).name, *sys.argv]),
                     "model": model if args.model else "paper config, random weights", "batch_size": args.batch_size,
                     "tiled_from": {"vasprun_fixtures": sum("vasprun" in f.name for f in files),
                                    "demo_gpawdos": sum(f.name.endswith(".gpawdos.npz") for f in files)},
@@ -157,11 +159,19 @@ def main() -> int | None:
         r["inputs_per_s"] = round(n / r["process_wall_s"], 1)
         result["sizes"][str(n)] = r
         print(json.dumps({n: r}), file=sys.stderr, flush=True)
+    one = next(Path(first_pool).glob("0000/*"))  # the fixed cost: TensorFlow, the model, tracing, one input
+    start = in_fresh_process([esnet, "predict", model, str(one), "--out", str(work / "preds_1.csv"), "--overwrite",
+                              "--batch-size", str(args.batch_size)])
+    result["startup"] = {"process_wall_s": start["process_wall_s"], "peak_rss_mib": start["peak_rss_mib"],
+                         "command": f"predict MODEL {one.name} (one input)"}
+    for n, r in result["sizes"].items():  # the rate once running: the wall time past the one-input run's
+        r["steady_inputs_per_s"] = round(int(n) / max(1e-9, r["process_wall_s"] - start["process_wall_s"]), 1)
     rate = in_fresh_process([sys.executable, __file__, "model", "--model", model, "--pool", str(first_pool),
                              "--model-rows", str(args.model_rows), "--batch-size", str(args.batch_size)])
     result["model_only"] = rate
     for r in result["sizes"].values():
         r["fraction_of_model_rate"] = round(r["inputs_per_s"] / rate["inference_per_s"], 3)
+        r["steady_fraction_of_model_rate"] = round(r["steady_inputs_per_s"] / rate["inference_per_s"], 3)
     return emit_result(result, args.json)
 
 

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from esnet_tf.errors import UserError
-from esnet_tf.stream import _BOOK, ROW_KEYS, IdGuard, Partial, Plan, csv_columns, predict_rows, read_chunk, segment_truths
+from esnet_tf.stream import (_BOOK, ROW_KEYS, IdGuard, Partial, Plan, csv_columns, predict_rows, read_chunk,
+                             segment_truths)
 
 try:  # the extra `beam`; the module imports without it (the CLI says what to install)
     from apache_beam.ml.inference.base import ModelHandler as _ModelHandler

@@ -169,7 +169,8 @@ def _plan_files(paths: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
     for path, root in inputs:
         real = path.resolve()
         if real in seen:  # the same calculation twice would become two examples with one id
-            failures.append(str(DOSInputError(path, f"given twice (also as {seen[real]})", "pass each calculation once")))
+            failures.append(str(DOSInputError(path, f"given twice (also as {seen[real]})",
+                                              "pass each calculation once")))
             continue
         seen[real] = path
         jobs.append((str(path), str(root) if root is not None else ""))
@@ -214,7 +215,8 @@ class NpzRows:
         try:
             fh = self._zf.open(info)
             version = np.lib.format.read_magic(fh)
-            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            read = {(1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)
             if read is None:
                 raise ValueError(f"member {key!r}: .npy format {version} is not read here")
             shape, fortran, dtype = read(fh)
