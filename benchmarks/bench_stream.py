@@ -9,8 +9,8 @@ directory derives from its path, so N inputs cost directory entries, not disk), 
 inputs/s end to end, peak RSS of the process tree (`RUSAGE_CHILDREN`: the largest process, model
 process or featurizing worker), and the rate once running (the wall time past that of the same
 command on one input: TensorFlow, the model and its tracing). Against it, the model's own inference
-rate: the same model and batch on featurized inputs already in memory (`ESNetModel.predict_arrays`, the call `esnet predict`
-makes), in a fresh process. The model is the paper config with random weights (speed does not
+rate: the same model and batch on featurized inputs already in memory (`ESNetModel.predict_arrays`,
+the call `esnet predict` makes), in a fresh process. The model is the paper config with random weights (speed does not
 depend on the weights) unless `--model` names one. Every JSON carries `machine`
 (`esnet_tf.machine.machine_record`); speeds on a loaded machine are not rankings.
 """
