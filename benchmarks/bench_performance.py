@@ -220,6 +220,10 @@ def child(args: argparse.Namespace) -> dict:
         if policy != "float32":
             model = with_policy(model, policy)
         compile_esnet(model)
+        if xla:
+            from esnet_tf.precision import set_xla_flags
+
+            set_xla_flags()  # the XLA options auto measures its XLA candidate with
         model.jit_compile = xla  # as `esnet train` sets it
         ds = tf.data.Dataset.from_tensor_slices({**x, OUTPUT_NAME: y.reshape(-1)})
         pipe = data.training_pipeline(ds, bs, seed=0, cache="memory")

@@ -182,6 +182,30 @@ CANDIDATES: dict[str, tuple[str, ...]] = {"train": ("float32", "float32" + XLA, 
 XLA_TOLERANCE_EV = 1e-4
 
 
+#: XLA:CPU options for the XLA candidates (TensorFlow 2.21's XLA; an unknown flag aborts the process, so
+#: they are set only on the TensorFlow minor version they were checked on). The concurrency-optimised
+#: scheduler orders the compiled step so that independent ops (ESNet's two spin branches) run at the
+#: same time, as TensorFlow's own executor runs them: XLA's train step took less CPU time than plain
+#: TensorFlow but no less wall time on 2 threads without it (docs/performance.md)
+XLA_CPU_FLAGS: tuple[str, ...] = ("--xla_cpu_enable_concurrency_optimized_scheduler=true",)
+XLA_FLAGS_CHECKED_TF = "2.21."
+
+
+def set_xla_flags() -> bool:
+    """Add `XLA_CPU_FLAGS` to $XLA_FLAGS (a flag the user set there is left as it is). XLA reads
+    $XLA_FLAGS once, at its first compilation in the process: call this before it. Returns whether
+    the flags are in place (False on another TensorFlow version)."""
+    import tensorflow as tf
+
+    if not tf.__version__.startswith(XLA_FLAGS_CHECKED_TF):
+        return False
+    current = os.environ.get("XLA_FLAGS", "")
+    missing = [f for f in XLA_CPU_FLAGS if f.split("=")[0] not in current]
+    if missing:
+        os.environ["XLA_FLAGS"] = " ".join([current, *missing]).strip()
+    return True
+
+
 def split_candidate(name: str) -> tuple[str, bool]:
     """'float32+xla' -> ('float32', True); 'mixed_bfloat16' -> ('mixed_bfloat16', False)."""
     return (name[: -len(XLA)], True) if name.endswith(XLA) else (name, False)
@@ -330,6 +354,8 @@ def _measure_train(model_config, batch_size: int, rounds: int, names: tuple[str,
     steps = {}
     for name in names or candidates("train"):
         policy, xla = split_candidate(name)
+        if xla:
+            set_xla_flags()
         model = base if name == "float32" else with_policy(base, policy)  # each its own optimizer and steps
         compile_esnet(model)
         model.jit_compile = xla
@@ -427,6 +453,8 @@ def choose_precision(model_or_config: keras.Model | ESNetConfig | dict, kind: st
         if mode != "nocache":
             _write_cache(key, {k: v for k, v in entry.items() if k != "cached"})
     policy, xla = split_candidate(entry["candidate"])
+    if xla:  # the XLA options the candidate was measured with, before the caller compiles
+        set_xla_flags()
     entry = {"kind": kind, "batch_size": int(batch_size), "key": key, "cache_file": str(cache_file()),
              "cached": False, **entry, "policy": policy, "xla": xla}
     if run_dir is not None:
@@ -489,6 +517,8 @@ def frozen_inference(model: keras.Model, policy: str, *, xla: bool = False) -> C
     # returns tf.nest's flat order of the outputs dict
     input_order = [t.name.split(":")[0] for t in concrete.inputs if t.dtype != tf.resource]
     output_order = sorted(output_names)
+    if xla:
+        set_xla_flags()
     run = tf.function(lambda *args: concrete(*args), jit_compile=True) if xla else concrete
 
     def graph(x: dict) -> dict:  # a frozen function binds tensors only (not numpy arrays)

@@ -5,6 +5,7 @@ asserted anywhere: which candidate wins is the machine's business."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -52,8 +53,9 @@ def test_xla_inference_gives_the_float32_predictions(tiny_run, demo_data):
 def test_xla_train_step_computes_the_float32_step(tiny_config, demo_data):
     """Two copies of the tiny model with the same weights, one with Keras's `jit_compile=True` (what
     `esnet train` sets when auto picks float32+xla): the same losses over two steps on real data and
-    the same weights after them (moving BatchNorm statistics included). Plain SGD for the comparison: Adam's first steps are ~lr * sign(grad),
-    which turns last-bit differences of near-zero gradients into lr-sized ones."""
+    the same weights after them (moving BatchNorm statistics included). Plain SGD for the comparison:
+    Adam's first steps are ~lr * sign(grad), which turns last-bit differences of near-zero gradients
+    into lr-sized ones."""
     import keras
 
     from esnet_tf.model import ESNetConfig, build_esnet
@@ -152,8 +154,13 @@ def test_auto_cache_is_keyed_per_cpu_model_and_version(tiny_config, tmp_cache, m
     only = choose_precision(config, "train", batch_size=8, among=("float32",))
     assert only["candidate"] == "float32" and not only["xla"] and "only candidate" in only["reason"]
     monkeypatch.setenv(precision.AUTO_ENV, "float32+xla")  # the override
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
     forced = choose_precision(config, "train", batch_size=8)
     assert (forced["policy"], forced["xla"]) == ("float32", True) and "forced" in forced["reason"]
+    import tensorflow as tf
+
+    if tf.__version__.startswith(precision.XLA_FLAGS_CHECKED_TF):  # the XLA options it is measured with
+        assert os.environ["XLA_FLAGS"].split() == ["--xla_cpu_enable_fast_math=false", *precision.XLA_CPU_FLAGS]
     monkeypatch.setenv(precision.AUTO_ENV, "float64")
     with pytest.raises(ValueError, match="float32\\+xla"):
         choose_precision(config, "train", batch_size=8)
