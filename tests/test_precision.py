@@ -157,6 +157,12 @@ def test_auto_cache_is_keyed_per_cpu_model_and_version(tiny_config, tmp_cache, m
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
     forced = choose_precision(config, "train", batch_size=8)
     assert (forced["policy"], forced["xla"]) == ("float32", True) and "forced" in forced["reason"]
+    from esnet_tf.model import build_esnet
+    from esnet_tf.train import _with_precision
+
+    model = build_esnet(config)  # esnet train's precision step hands the XLA choice to its compile step
+    assert _with_precision(model, "auto", config, None, 8) == (model, True)
+    assert _with_precision(model, "float32", config, None, 8) == (model, False)
     import tensorflow as tf
 
     if tf.__version__.startswith(precision.XLA_FLAGS_CHECKED_TF):  # the XLA options it is measured with
