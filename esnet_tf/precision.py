@@ -163,7 +163,7 @@ def inference_policy(precision: str = "auto") -> str:
 #: environment variable steering `--precision auto`: unset or 'cache' (measure once, then reuse
 #: the cached choice), 'refresh' (measure again and overwrite the cache), 'nocache' (measure,
 #: neither read nor write the cache), 'static' (no measuring: the CPU-flag rule of
-#: `resolve_policy`), or a policy name to force ('float32', 'mixed_bfloat16', 'bfloat16')
+#: `resolve_policy`, no XLA), or a candidate to force ('float32', 'float32+xla', 'mixed_bfloat16', 'bfloat16')
 AUTO_ENV = "ESNET_AUTO_PRECISION"
 #: environment variable naming the cache file (default: $XDG_CACHE_HOME/esnet_tf/precision.json)
 CACHE_ENV = "ESNET_PRECISION_CACHE"
