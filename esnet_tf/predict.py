@@ -215,6 +215,16 @@ def dft_calc_inputs(directory: str | Path) -> list[str] | None:
     return calcs + others if calcs else None
 
 
+def dft_files_of(spec: str) -> list[str]:
+    """The DFT inputs an INPUT that is neither features nor a labels directory stands for: an `esnet dft`
+    calculation directory (or a directory of them) gives its initial structures' files, anything
+    else is itself (walked later by the featurizer); FileNotFoundError when it does not exist."""
+    if not Path(spec).exists():
+        raise FileNotFoundError(f"{spec}: input not found")
+    calcs = dft_calc_inputs(spec) if Path(spec).is_dir() else None
+    return calcs if calcs is not None else [spec]
+
+
 def load_inputs(paths: Sequence[str], labels: str | None = None, grid: EnergyGrid | None = None, *,
                 workers: int | None = None,
                 references: dict[str, float] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -248,10 +258,7 @@ def load_inputs(paths: Sequence[str], labels: str | None = None, grid: EnergyGri
             part = dict(load_dir_arrays(spec, grid or PAPER_GRID))
             parts.append(part)
         else:
-            if not Path(spec).exists():
-                raise FileNotFoundError(f"{spec}: input not found")
-            calcs = dft_calc_inputs(spec) if Path(spec).is_dir() else None
-            raw += calcs if calcs is not None else [spec]
+            raw += dft_files_of(spec)
     failures: list[str] = []
     if raw:
         examples, failures = featurize_paths(raw, grid or PAPER_GRID, workers=workers, references=references)

@@ -125,7 +125,7 @@ def plan_inputs(paths: Sequence[str], labels: str | None, grid: EnergyGrid, *,
     """
     from esnet_tf.data import is_labels_dir
     from esnet_tf.labels import labels_by_id
-    from esnet_tf.predict import _check_npz_grid, dft_calc_inputs
+    from esnet_tf.predict import _check_npz_grid, dft_files_of
 
     segments: list[Segment] = []
     raw: list[str] = []
@@ -141,10 +141,7 @@ def plan_inputs(paths: Sequence[str], labels: str | None, grid: EnergyGrid, *,
             rows = labels_by_id(Path(spec) / "labels.csv", path_column="path", require_energy=False)
             segments.append(Segment("labels", spec, len(rows), tuple((rid, r.file) for rid, r in rows.items())))
         else:
-            if not Path(spec).exists():
-                raise FileNotFoundError(f"{spec}: input not found")
-            calcs = dft_calc_inputs(spec) if Path(spec).is_dir() else None
-            raw += calcs if calcs is not None else [spec]
+            raw += dft_files_of(spec)
     failures: list[str] = []
     if raw:
         jobs, failures = _plan_files(raw)
