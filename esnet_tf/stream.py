@@ -198,6 +198,7 @@ class NpzRows:
         self._zf = zipfile.ZipFile(self.path)
         self._members = members
         self._open: dict[str, Any] = {}
+        self._whole: dict[str, np.ndarray] = {}  # Fortran-ordered members, read whole
         self.shapes: dict[str, tuple] = {}
         for key in _BIG:
             self._member(key)
@@ -222,9 +223,17 @@ class NpzRows:
         if dtype.hasobject:
             raise DOSInputError(self.path, f"member {key!r} holds Python objects (pickle)",
                                 "esnet-tf never unpickles; write it again with esnet-tf")
-        if fortran or not shape:
-            raise DOSInputError(self.path, f"member {key!r} is not a C-ordered array of rows",
+        if not shape:
+            raise DOSInputError(self.path, f"member {key!r} is not an array of rows",
                                 "write it again with `esnet featurize --out`")
+        if fortran:  # rows are not contiguous (numpy writes a one-row stack of a transposed DOS so): read it whole
+            from esnet_tf.readers.limits import load_npz
+
+            fh.close()
+            self._whole[key] = np.ascontiguousarray(load_npz(self.path, (key,), fraction=0.5)[key])
+            self.shapes[key] = tuple(self._whole[key].shape)
+            self._open[key] = [None, 0, dtype, 0, 0]
+            return self._open[key]
         row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
         if row * shape[0] > info.file_size:
             raise DOSInputError(self.path, f"member {key!r} declares more data than it holds",
@@ -241,6 +250,9 @@ class NpzRows:
         """dos_up, dos_down, composition of rows [start, stop), and the small arrays of those rows."""
         out: dict[str, np.ndarray] = {}
         for key in _BIG:
+            if key in self._whole:
+                out[key] = self._whole[key][start:stop]
+                continue
             state = self._open[key]
             if state[4] > start:  # backwards: reopen
                 state[0].close()
@@ -267,7 +279,8 @@ class NpzRows:
 
     def close(self) -> None:
         for state in self._open.values():
-            state[0].close()
+            if state[0] is not None:
+                state[0].close()
         self._zf.close()
 
     def __enter__(self) -> "NpzRows":
