@@ -151,18 +151,10 @@ def child_raw(model: str, files: list[str], workers: int, batch: int, precision:
 
 
 def in_fresh_process(argv: list[str]) -> dict:
-    """Run argv under a small wrapper; its last stdout JSON line plus peak RSS (MiB) and wall (s)."""
-    wrapper = ("import json, resource, subprocess, sys, time; t = time.time(); "
-               "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-               "print(json.dumps({'rc': p.returncode, 's': time.time() - t, 'out': p.stdout[-20000:], "
-               "'err': p.stderr[-3000:], 'maxrss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
-    proc = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True)
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    if res["rc"] != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{res['err']}")
-    lines = [line for line in res["out"].splitlines() if line.startswith("{")]
-    body = json.loads(lines[-1]) if lines else {}
-    return {**body, "peak_rss_mib": round(res["maxrss_kib"] / 1024, 1), "process_wall_s": round(res["s"], 1)}
+    """`esnet_tf.machine.run_in_fresh_process`: the last stdout JSON line, peak RSS (MiB), wall (s)."""
+    from esnet_tf.machine import run_in_fresh_process
+
+    return run_in_fresh_process(argv, ok_codes=(0,))
 
 
 def main() -> int | None:

@@ -20,7 +20,6 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -87,19 +86,10 @@ def child_model_rate(model: str, pool: str, n: int, batch: int) -> dict:
 
 
 def in_fresh_process(argv: list[str]) -> dict:
-    """Run argv under a small wrapper: its last stdout JSON line, peak RSS (MiB) of the tree, wall (s)."""
-    wrapper = ("import json, resource, subprocess, sys, time; t = time.time(); "
-               "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-               "print(json.dumps({'rc': p.returncode, 's': time.time() - t, 'out': p.stdout[-20000:], "
-               "'err': p.stderr[-3000:], 'maxrss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
-    proc = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True)
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    if res["rc"] not in (0, 1):  # 1: some input failed (listed), the CSV is written
-        raise SystemExit(f"{' '.join(argv)} failed:\n{res['err']}")
-    lines = [line for line in res["out"].splitlines() if line.startswith("{")]
-    body = json.loads(lines[-1]) if lines else {}
-    return {**body, "exit_code": res["rc"], "peak_rss_mib": round(res["maxrss_kib"] / 1024, 1),
-            "process_wall_s": round(res["s"], 1), "stdout_tail": res["out"].strip().splitlines()[-1:]}
+    """`esnet_tf.machine.run_in_fresh_process`: the last stdout JSON line, peak RSS (MiB), wall (s)."""
+    from esnet_tf.machine import run_in_fresh_process
+
+    return run_in_fresh_process(argv, ok_codes=(0, 1))  # 1: some input failed (listed), the CSV is written
 
 
 def main() -> int | None:

@@ -107,3 +107,25 @@ def emit_result(result: dict, json_path: str | None, *, printed: dict | None = N
               "--pause-pgid for one you own)", file=sys.stderr)
         return 3
     return 0
+
+
+def run_in_fresh_process(argv: list[str], ok_codes: tuple[int, ...] = (0,)) -> dict:
+    """Run `argv` in a fresh process tree under a small wrapper: its last stdout JSON line (if any) plus
+    `exit_code`, `peak_rss_mib` (the tree's peak RSS, RUSAGE_CHILDREN), `process_wall_s` (s) and
+    `stdout_tail`; SystemExit with its stderr when the exit code is not in `ok_codes`."""
+    import json
+    import subprocess
+    import sys
+
+    wrapper = ("import json, resource, subprocess, sys, time; t = time.time(); "
+               "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "print(json.dumps({'rc': p.returncode, 's': time.time() - t, 'out': p.stdout[-20000:], "
+               "'err': p.stderr[-3000:], 'maxrss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+    proc = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    if res["rc"] not in ok_codes:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{res['err']}")
+    lines = [line for line in res["out"].splitlines() if line.startswith("{")]
+    body = json.loads(lines[-1]) if lines else {}
+    return {**body, "exit_code": res["rc"], "peak_rss_mib": round(res["maxrss_kib"] / 1024, 1),
+            "process_wall_s": round(res["s"], 1), "stdout_tail": res["out"].strip().splitlines()[-1:]}

@@ -203,3 +203,15 @@ def tiny_config() -> Path:
 def tiny_run() -> dict:
     """`uninterrupted_run()`: {'summary', 'history', 'dir'} of the tiny config trained with backups."""
     return uninterrupted_run()
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    """`--precision auto`'s cache in a fresh temporary file (tests never see a warm cache); no override
+    of the choice."""
+    from esnet_tf import precision
+
+    path = tmp_path / "cache" / "precision.json"
+    monkeypatch.setenv(precision.CACHE_ENV, str(path))
+    monkeypatch.delenv(precision.AUTO_ENV, raising=False)
+    return path

@@ -130,17 +130,6 @@ def test_reference_is_the_same_function_as_the_package():
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-@pytest.fixture
-def tmp_cache(tmp_path, monkeypatch):
-    """`--precision auto`'s cache in a fresh temporary file (tests never see a warm cache)."""
-    from esnet_tf import precision
-
-    path = tmp_path / "cache" / "precision.json"
-    monkeypatch.setenv(precision.CACHE_ENV, str(path))
-    monkeypatch.delenv(precision.AUTO_ENV, raising=False)
-    return path
-
-
 def test_auto_measures_records_caches_and_agrees_with_float32(tmp_cache, tmp_path, monkeypatch):
     """'auto' at inference: returns a policy, records the timings of each candidate (when the CPU
     has native bf16), caches them, and its predictions agree with float32 within 5 meV/atom on

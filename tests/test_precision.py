@@ -14,17 +14,6 @@ INPUTS = ("dos_up", "dos_down", "composition")
 OUTPUT = "formation_energy_per_atom"
 
 
-@pytest.fixture
-def tmp_cache(tmp_path, monkeypatch):
-    """`--precision auto`'s cache in a fresh temporary file; no override of the choice."""
-    from esnet_tf import precision
-
-    path = tmp_path / "cache" / "precision.json"
-    monkeypatch.setenv(precision.CACHE_ENV, str(path))
-    monkeypatch.delenv(precision.AUTO_ENV, raising=False)
-    return path
-
-
 def _inputs(demo_data) -> dict:
     return {k: demo_data["arrays"][k] for k in INPUTS}
 
