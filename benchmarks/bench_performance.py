@@ -489,15 +489,10 @@ def peak_rss_train(args: argparse.Namespace, precision: str) -> dict:
     cmd = [esnet, "train", "--dataset", str(args.features), "--labels", str(args.labels), "--config", "paper",
            "--batch-size", str(args.batch_size), "--epochs", "1", "--split-fractions", "0.8,0.1,0.1",
            "--run-dir", run_dir, "--overwrite", "--verbose", "0", "--precision", precision]
-    wrapper = ("import json, resource, subprocess, sys, time; t = time.time(); "
-               "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-               "print(json.dumps({'rc': p.returncode, 's': time.time() - t, 'err': p.stderr[-2000:], "
-               "'maxrss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
-    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True)
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    if res["rc"] != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{res['err']}")
-    return {"command": " ".join(cmd), "peak_rss_mib": res["maxrss_kib"] / 1024, "wall_s": res["s"]}
+    from esnet_tf.machine import run_in_fresh_process
+
+    res = run_in_fresh_process(cmd)
+    return {"command": " ".join(cmd), "peak_rss_mib": res["peak_rss_mib"], "wall_s": res["process_wall_s"]}
 
 
 def _spread(values: list[float]) -> dict:
