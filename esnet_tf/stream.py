@@ -248,6 +248,8 @@ class NpzRows:
 
     def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """dos_up, dos_down, composition of rows [start, stop), and the small arrays of those rows."""
+        from esnet_tf.readers.limits import read_exact
+
         out: dict[str, np.ndarray] = {}
         for key in _BIG:
             if key in self._whole:
@@ -260,14 +262,7 @@ class NpzRows:
             fh, head, dtype, row, _ = state
             try:
                 fh.seek(head + start * row)
-                want = (stop - start) * row
-                buf = bytearray(want)
-                view, got = memoryview(buf), 0
-                while got < want:
-                    k = fh.readinto(view[got:got + (1 << 24)])
-                    if not k:
-                        raise EOFError(f"member {key!r} is cut short")
-                    got += k
+                buf = read_exact(fh, (stop - start) * row, key)
             except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
                 raise self._error(exc) from None
             state[4] = stop

@@ -283,6 +283,19 @@ def npz_members(path: str | Path) -> dict[str, zipfile.ZipInfo]:
     return {i.filename[:-4] if i.filename.endswith(".npy") else i.filename: i for i in infos}
 
 
+def read_exact(fh, nbytes: int, name: str) -> bytearray:
+    """Exactly `nbytes` from the open zip member `fh` (in 16 MiB reads); EOFError naming member `name`
+    when it is cut short."""
+    buf = bytearray(nbytes)
+    view, got = memoryview(buf), 0
+    while got < nbytes:
+        n = fh.readinto(view[got:got + (1 << 24)])
+        if not n:
+            raise EOFError(f"member {name!r} is cut short")
+        got += n
+    return buf
+
+
 def load_npz(path: str | Path, names: Iterable[str], *, required: Iterable[str] = (),
              fraction: float = 1.0) -> dict[str, np.ndarray]:
     """The members `names` of an `.npz` that exist (those in `required` must), as arrays, without pickle.
@@ -323,13 +336,7 @@ def load_npz(path: str | Path, names: Iterable[str], *, required: Iterable[str] 
                     if nbytes > info.file_size:
                         raise DOSInputError(path, f"member {name!r} declares {human(nbytes)} of data in "
                                             f"{human(info.file_size)}", "the file is corrupt: write it again")
-                    buf = bytearray(nbytes)
-                    view, got = memoryview(buf), 0
-                    while got < nbytes:
-                        n = fh.readinto(view[got:got + (1 << 24)])
-                        if not n:
-                            raise EOFError(f"member {name!r} is cut short")
-                        got += n
+                    buf = read_exact(fh, nbytes, name)
                     out[name] = np.frombuffer(buf, dtype=dtype).reshape(shape, order="F" if fortran else "C")
     except DOSInputError:
         raise
