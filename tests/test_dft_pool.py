@@ -1,8 +1,7 @@
 """The hypothetical screening pool's plan (esnet_tf/dft/pool.py): fixed, out of the demo's systems,
-competitors before candidates, and the new prototypes it uses."""
+cubic candidates first and hulls completing in their order, and the new prototypes it uses."""
 from __future__ import annotations
 
-import itertools
 
 import pytest
 
@@ -54,24 +53,32 @@ def test_no_candidate_system_is_a_demo_system_and_ids_are_unique(plan):
             assert frozenset(el.symbol for el in p.task.structure.composition.elements) not in demo, p.task.id
 
 
-def test_every_candidate_comes_after_the_competitors_of_its_system(plan):
-    position = {p.task.id: k for k, p in enumerate(plan)}
-    planned_pairs: dict[frozenset, int] = {}
-    for k, p in enumerate(plan):
-        els = frozenset(el.symbol for el in p.task.structure.composition.elements)
-        if p.role == "competitor":
-            planned_pairs[els] = min(planned_pairs.get(els, k), k)
+def test_cubic_candidates_come_first_and_hulls_complete_in_their_order(plan):
+    """Elements, then the EOS candidates (the out-of-sample set needs only elemental references),
+    then the competitors in the order of the candidates that need them, the optimizer candidates last
+    and after the competitors of their system."""
+    def system(p):
+        return frozenset(el.symbol for el in p.task.structure.composition.elements)
+
+    phases = [0 if p.role == "element" else 3 if p.role == "candidate" and p.task.relax == "optimizer"
+              else 1 if p.role == "candidate" else 2 for p in plan]
+    assert phases == sorted(phases) and set(phases) == {0, 1, 2, 3}
+    candidates = [system(p) for p in plan if p.role == "candidate"]
+    competitors = [(k, system(p)) for k, p in enumerate(plan) if p.role == "competitor"]
     checked = 0
+    for j, cand in enumerate(candidates):
+        # every competitor of the j-th candidate's system comes before every competitor that only
+        # later candidates need: the j-th hull completes no later than the (j+1)-th
+        mine = [k for k, els in competitors if els <= cand]
+        later = [k for k, els in competitors if not any(els <= c for c in candidates[: j + 1])]
+        if mine and later:
+            assert max(mine) < min(later), (j, sorted(cand))
+            checked += 1
+    assert checked > 300
+    position = {p.task.id: k for k, p in enumerate(plan)}
     for p in plan:
-        if p.role != "candidate":
-            continue
-        els = sorted(el.symbol for el in p.task.structure.composition.elements)
-        for pair in itertools.combinations(els, 2):
-            k = planned_pairs.get(frozenset(pair))
-            if k is not None:  # pairs the demo holds are read from its cache, not planned
-                assert k < position[p.task.id], (p.task.id, pair)
-                checked += 1
-    assert checked > 400
+        if p.role == "candidate" and p.task.relax == "optimizer":
+            assert all(k < position[p.task.id] for k, els in competitors if els <= system(p)), p.task.id
 
 
 def test_the_selection_does_not_depend_on_anything_but_the_seed():

@@ -18,8 +18,12 @@ What the pool is (fixed before any result is seen; the rule is written into prov
 - New elements (`NEW_ELEMENTS`, so that the domain grows past 45 elements): fcc and bcc for each,
   hcp (optimizer) for those whose ground state is hcp, alpha-Sn (diamond) and sc Bi.
 
-Order: new elemental phases first, then one chemical system at a time, families interleaved, each
-system's missing competitors before its candidates, so that a partial run holds complete hulls.
+Order (`computing_order`): new elemental phases first; then the candidates of the cubic families
+(their formation energies need only the elemental references: the out-of-sample test set grows
+first); then the competitors, one chemical system at a time in the candidates' order, so that hulls
+complete in that order; the layered family's optimizer relaxations (about 3 process-hours each) last,
+each after its system's competitors. The order changed on 2026-12-07 (before: each system's
+competitors before its candidates); it decides only when a task runs, never which tasks are planned.
 Tasks the demo has already computed (same structure and settings, same cache key) are read from the
 demo's cache and not recomputed.
 """
@@ -189,7 +193,32 @@ def pool_tasks(settings: DFTSettings | None = None, timeout: float = 1800.0,
                     continue
                 seen.add(t.id)
                 plan.append(PoolTask(t, "candidate", fam))
-    return plan
+    return computing_order(plan)
+
+
+def computing_order(plan: list[PoolTask]) -> list[PoolTask]:
+    """`plan` reordered: elements; the candidates of the EOS families; the competitors, each at the
+    first candidate (in that order) whose system holds it, so that hulls complete in the candidates'
+    order; the optimizer candidates last. Stable within each part."""
+    def phase(p: PoolTask) -> int:
+        if p.role == "element":
+            return 0
+        if p.role == "candidate":
+            return 3 if p.task.relax == "optimizer" else 1
+        return 2
+
+    ordered = sorted(plan, key=phase)
+    systems = [_system(p) for p in ordered if p.role == "candidate"]
+
+    def first_needed(p: PoolTask) -> int:
+        els = _system(p)
+        return next((k for k, sys_ in enumerate(systems) if els <= sys_), len(systems))
+
+    return sorted(ordered, key=lambda p: (phase(p), first_needed(p) if p.role == "competitor" else 0))
+
+
+def _system(p: PoolTask) -> frozenset[str]:
+    return frozenset(el.symbol for el in p.task.structure.composition.elements)
 
 
 def selection_rule() -> dict:
