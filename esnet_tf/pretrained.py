@@ -325,7 +325,8 @@ def predict_formation_energy(model: str | Path | ESNetModel, inputs: Inputs, *, 
 def load_split_arrays(name_or_path: str | Path, split: str, *, root: str | Path | None = None,
                       data_dir: str | Path | None = None) -> dict:
     """The rows of `split` ('train', 'validation', 'test') a shipped model was evaluated on, featurized
-    from the demo dataset (or `data_dir`) by the ids and with the truths of its splits.json."""
+    from the demo dataset (or `data_dir`) and the pool (rows whose `dataset` is 'pool') by the ids and
+    with the truths of its splits.json."""
     from esnet_tf import resources
     from esnet_tf.data import stack_examples
     from esnet_tf.featurize import featurize
@@ -336,13 +337,17 @@ def load_split_arrays(name_or_path: str | Path, split: str, *, root: str | Path 
     if not splits_file.is_file():
         raise UserError(f"{folder}: no splits.json (only shipped models record their splits)")
     rows = json.loads(splits_file.read_text())["splits"][split]
-    data_dir = Path(data_dir) if data_dir is not None else resources.demo_dir()
-    files = labels_by_id(data_dir / "labels.csv", path_column="path", require_energy=False)
-    missing = [r["id"] for r in rows if r["id"] not in files]
+    dirs = {"demo": Path(data_dir) if data_dir is not None else resources.demo_dir(), "pool": resources.pool_dir()}
+    files = {}
+    for dataset in sorted({r.get("dataset") or "demo" for r in rows}):
+        if dataset not in dirs:
+            raise UserError(f"{splits_file}: unknown dataset {dataset!r} (known: demo, pool)")
+        files[dataset] = labels_by_id(dirs[dataset] / "labels.csv", path_column="path", require_energy=False)
+    missing = [r["id"] for r in rows if r["id"] not in files[r.get("dataset") or "demo"]]
     if missing:
-        raise UserError(f"{data_dir}/labels.csv lacks {len(missing)} id(s) of {folder.name}'s {split} split "
+        raise UserError(f"the datasets' labels.csv lack {len(missing)} id(s) of {folder.name}'s {split} split "
                         f"(e.g. {missing[0]}); pass the dataset it was trained on")
-    examples = [featurize(files[r["id"]].file, id=r["id"]) for r in rows]
+    examples = [featurize(files[r.get("dataset") or "demo"][r["id"]].file, id=r["id"]) for r in rows]
     arrays = stack_examples(examples)
     arrays["formation_energy_per_atom"] = np.array([r["formation_energy_per_atom"] for r in rows], np.float32)
     arrays["e_above_hull"] = np.array([np.nan if r.get("e_above_hull") is None else r["e_above_hull"]

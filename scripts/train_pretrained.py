@@ -12,13 +12,17 @@ Recipes (`RECIPES`):
   split is divided once more by chemical system (`split_of(chemsys, (0.8, 0.2, 0.0), seed=1)`):
   its 'validation' part is the calibration split, never used for training or early stopping; σ,
   the 90 % interval and the σ threshold of the domain flag are fitted on it.
+- `is_relax_pool` (`ESNet-GPAWDemoPool-2026.12-EFormPerAtomFromISEnergy`): `is_relax` trained on the demo
+  and the hypothetical pool's elemental phases and competing binaries (13 more elements); the pool's
+  candidates are never used: they are the out-of-sample set (`benchmarks/out_of_sample.py`).
 - `eform` (the first shipped model, `ESNet-GPAWDemo-2026.12-EFormPerAtom`): ESNet `small`, batch 64,
   trained on the whole train split, σ recalibrated on the validation split (its early-stopping split).
 
 Stages (each resumes: a finished stage's outputs are reused, so a rerun after an interruption
 continues where it stopped):
-1. snapshot: the demo dataset's labels.csv as it is now (the DFT job may add rows later) and the
-   IS-DOS of every row, `WORK/features.npz` + `WORK/labels.csv`;
+1. snapshot: the demo dataset's labels.csv (with `is_relax_pool` also the pool's elements and
+   competitors) as it is now (the DFT job may add rows later) and the IS-DOS of every row,
+   `WORK/features.npz` + `WORK/labels.csv`;
 2. members: `--members` ESNet models, seeds 0..M-1, trained with `esnet_tf.train.train`, early
    stopping on the validation split (chemical systems by `esnet_tf.splits.split_of`, 0.8/0.1/0.1,
    seed 0); a finished member (summary.json) is skipped, an interrupted one resumes from its backup;
@@ -30,6 +34,7 @@ continues where it stopped):
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
@@ -41,10 +46,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def snapshot(work: Path) -> tuple[Path, Path]:
-    """features.npz + labels.csv of the demo rows as they are now (reused when present)."""
+#: pool rows a `with_pool` recipe trains on; the pool's candidates never (they are the out-of-sample set,
+#: `benchmarks/out_of_sample.py`)
+POOL_TRAINING_ROLES = ("element", "competitor")
+
+
+def snapshot(work: Path, with_pool: bool = False) -> tuple[Path, Path]:
+    """features.npz + labels.csv of the demo rows (and with `with_pool` the pool's elements and
+    competitors) as they are now (reused when present); labels.csv gains a `dataset` column."""
     from esnet_tf import resources
-    from esnet_tf.atomic import write_text
+    from esnet_tf.atomic import atomic_path, write_text
     from esnet_tf.featurize import featurize, save_examples
     from esnet_tf.labels import read_labels
 
@@ -52,16 +63,30 @@ def snapshot(work: Path) -> tuple[Path, Path]:
     if npz.is_file() and labels.is_file():
         return npz, labels
     work.mkdir(parents=True, exist_ok=True)
-    text = resources.demo_labels().read_text()
-    write_text(work / "labels.source.csv", text)
-    rows = read_labels(work / "labels.source.csv", path_column=None)
-    demo = read_labels(resources.demo_labels())
-    files = {r.id: r.file for r in demo}
+    sources = {"demo": resources.demo_dir()} | ({"pool": resources.pool_dir()} if with_pool else {})
+    header: list[str] = []
+    table: list[dict] = []
+    files = {}
+    for dataset, folder in sources.items():
+        text = (folder / "labels.csv").read_text()
+        write_text(work / f"labels.{dataset}.source.csv", text)
+        with open(work / f"labels.{dataset}.source.csv", newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = header or list(reader.fieldnames or [])
+            kept = [r for r in reader if dataset == "demo" or r.get("role") in POOL_TRAINING_ROLES]
+        clash = {r["id"] for r in kept} & {r["id"] for r in table}
+        if clash:
+            raise SystemExit(f"snapshot: ids in both datasets ({sorted(clash)[:3]}); ids must be unique")
+        table += [{**{k: r.get(k, "") for k in header}, "dataset": dataset} for r in kept]
+        files |= {r.id: r.file for r in read_labels(folder / "labels.csv")}
     t = time.time()
-    examples = [featurize(files[r.id], id=r.id) for r in rows]
+    examples = [featurize(files[r["id"]], id=r["id"]) for r in table]
     save_examples(examples, npz)
-    # the labels file for training: relative paths of the demo directory kept as they are
-    write_text(labels, text)
+    # the labels file for training: paths relative to each row's dataset directory (column `dataset`)
+    with atomic_path(labels) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=header + ["dataset"], lineterminator="\n")
+        w.writeheader()
+        w.writerows(table)
     print(f"snapshot: {len(examples)} examples featurized in {time.time() - t:.0f} s -> {npz}", flush=True)
     return npz, labels
 
@@ -78,10 +103,13 @@ class Recipe:
     patience: int
     lr_patience: int
     calibration: bool
+    with_pool: bool = False  # also the pool's elements and competitors (`POOL_TRAINING_ROLES`)
 
 
 RECIPES = {
     "is_relax": Recipe("ESNet-GPAWDemo-2026.12-EFormPerAtomFromISEnergy", "is_relax", 16, 40, 20, 10, True),
+    "is_relax_pool": Recipe("ESNet-GPAWDemoPool-2026.12-EFormPerAtomFromISEnergy", "is_relax", 16, 40, 20, 10, True,
+                            with_pool=True),
     "eform": Recipe("ESNet-GPAWDemo-2026.12-EFormPerAtom", "small", 64, 120, 25, 10, False),
 }
 
@@ -106,6 +134,15 @@ def split_arrays(arrays: dict, recipe: Recipe) -> dict[str, dict]:
         out["train"] = {k: v[~cal] for k, v in train.items()}
         out["calibration"] = {k: v[cal] for k, v in train.items()}
     return out
+
+
+def dataset_description(recipe: Recipe) -> str:
+    """What a recipe trains on, for splits.json and model.json."""
+    text = "is_dos/demo (datasets/is_dos/demo/labels.csv)"
+    if recipe.with_pool:
+        text += (" + the elements and competitors of is_dos/pool (datasets/is_dos/pool/labels.csv, roles "
+                 f"{', '.join(POOL_TRAINING_ROLES)}; never its candidates, the out-of-sample set)")
+    return text
 
 
 def member_config(recipe: Recipe) -> str | dict:
@@ -151,11 +188,13 @@ def train_members(npz: Path, labels: Path, work: Path, n_members: int, recipe: R
 def _rows(part: dict) -> list[dict]:
     """splits.json rows of one split: id, formula, chemsys, truths (eV/atom), the IS formation energy (eV/atom)."""
     ef_is = np.asarray(part.get("is_formation_energy_per_atom", np.full(len(part["id"]), np.nan)), np.float64)
-    return [{"id": str(i), "formula": str(f), "chemsys": str(c), "formation_energy_per_atom": float(y),
+    return [{"id": str(i), "formula": str(f), "chemsys": str(c), "dataset": str(ds),
+             "formation_energy_per_atom": float(y),
              "e_above_hull": None if not np.isfinite(h) else float(h),
              "is_formation_energy_per_atom": None if not np.isfinite(e) else round(float(e), 6)}
-            for i, f, c, y, h, e in zip(part["id"], part["formula"], part["chemsys"], part["formation_energy_per_atom"],
-                                        part["e_above_hull"], ef_is.reshape(len(part["id"]), -1)[:, 0])]
+            for i, f, c, ds, y, h, e in zip(part["id"], part["formula"], part["chemsys"], part["dataset"],
+                                            part["formation_energy_per_atom"], part["e_above_hull"],
+                                            ef_is.reshape(len(part["id"]), -1)[:, 0])]
 
 
 def load_snapshot(npz: Path, labels: Path) -> dict:
@@ -165,6 +204,9 @@ def load_snapshot(npz: Path, labels: Path) -> dict:
     with np.load(npz, allow_pickle=False) as d:  # this script's own snapshot
         code = dict(zip(d["id"].astype(str), d["code"].astype(str)))
     arrays["code"] = np.array([code[i] for i in arrays["id"]])
+    with open(labels, newline="", encoding="utf-8") as fh:  # snapshots made before the pool recipe: all demo
+        dataset = {r["id"]: r.get("dataset") or "demo" for r in csv.DictReader(fh)}
+    arrays["dataset"] = np.array([dataset[i] for i in arrays["id"]])
     return arrays
 
 
@@ -230,7 +272,7 @@ def ship_ensemble(members: list[Path], npz: Path, labels: Path, out: Path, recip
         cfg = json.loads((m.parent / "config.json").read_text())
         assert cfg["data"]["n_train"] == len(splits["train"]), (m, cfg["data"], len(splits["train"]))
     write_text(folder / "splits.json", json.dumps({
-        "rule": SPLIT_RULE, "dataset": "is_dos/demo (datasets/is_dos/demo/labels.csv)",
+        "rule": SPLIT_RULE, "dataset": dataset_description(recipe),
         "n_rows_snapshot": int(len(arrays["id"])), "units": "eV/atom",
         "calibration_split": calib_split, "splits": splits}, indent=0) + "\n")
 
@@ -303,8 +345,12 @@ def ship_ensemble(members: list[Path], npz: Path, labels: Path, out: Path, recip
         "model_config": config,
         "target": "formation_energy_per_atom", "units": "eV/atom", "esnet_tf_version": esnet_tf.__version__,
         "inputs": ["dos_up", "dos_down", "composition", *energy_inputs],
-        "data": {"description": f"GPAW IS-DOS demo ({len(arrays['id'])} rows)", "dataset": "is_dos/demo",
-                 "n_rows": int(len(arrays["id"])), **{f"n_{s}": len(splits[s]) for s in order},
+        "data": {"description": f"GPAW IS-DOS, {dataset_description(recipe)} ({len(arrays['id'])} rows)",
+                 "dataset": "is_dos/demo" + (" + is_dos/pool" if recipe.with_pool else ""),
+                 "n_rows": int(len(arrays["id"])),
+                 "n_rows_per_dataset": {str(k): int(v)
+                                        for k, v in zip(*np.unique(arrays["dataset"], return_counts=True))},
+                 **{f"n_{s}": len(splits[s]) for s in order},
                  "splits_file": "splits.json", "split_rule": SPLIT_RULE, "dft": dft},
         "training": {**settings, "seeds": list(range(len(members))),
                      "wall_s": float(sum(s.get("wall_time_s_this_session", 0.0) for s in summaries)),
@@ -357,9 +403,14 @@ def model_readme(meta: dict, domain) -> str:
                   "element-property means in the composition branch. The output is still "
                   "`formation_energy_per_atom` in eV/atom.", ""]
     lines += ["## Data", "",
-              f"- The embedded demo dataset `is_dos/demo` as of this model: {d['n_rows']} rows (GPAW IS-DOS, "
-              "relaxed formation energies from the same engine). `splits.json` lists the ids and truths of every "
-              "split this model used.",
+              (f"- The embedded demo dataset `is_dos/demo` and the pool's elemental phases and competing binaries "
+               f"(`is_dos/pool`, roles element and competitor; never its candidates, which are the out-of-sample "
+               f"set) as of this model: {d['n_rows']} rows ("
+               + ", ".join(f"{k} {v}" for k, v in d.get("n_rows_per_dataset", {}).items()) + ")"
+               if "pool" in d.get("dataset", "") else
+               f"- The embedded demo dataset `is_dos/demo` as of this model: {d['n_rows']} rows")
+              + " (GPAW IS-DOS, relaxed formation energies from the same engine). `splits.json` lists the ids and "
+              "truths of every split this model used.",
               f"- DFT: {dft.get('code')}, {dft.get('paw_setups')}, {dft.get('xc')}, plane waves {dft.get('ecut')} eV, "
               f"k-point density {dft.get('kpt_density')} per Å^-1, Fermi-Dirac {dft.get('smearing')} eV; IS-DOS on "
               "E - E_F = linspace(-20, 10, 1500) eV.",
@@ -477,9 +528,10 @@ def main(argv: list[str] | None = None) -> int:
     base = RECIPES[args.recipe]
     recipe = Recipe(args.name or base.name, base.config, base.batch_size, args.epochs or base.epochs,
                     base.patience if args.patience is None else args.patience,
-                    base.lr_patience if args.lr_patience is None else args.lr_patience, base.calibration)
+                    base.lr_patience if args.lr_patience is None else args.lr_patience, base.calibration,
+                    base.with_pool)
     work = Path(args.work) if args.work else ROOT / "runs" / f"pretrained_{args.recipe}"
-    npz, labels = snapshot(work)
+    npz, labels = snapshot(work, recipe.with_pool)
     t = time.time()
     if args.stage in ("train", "all"):
         members = train_members(npz, labels, work, args.members, recipe)
