@@ -875,20 +875,22 @@ def _chemsys(formula: str) -> str:
     return "-".join(sorted(el.symbol for el in Composition(formula).elements))
 
 
-def test_pool_protocol_trains_only_on_demo_rows_and_tests_only_on_pool_rows():
-    """A pool Unit tests exactly the pool's rows and trains on exactly the demo's, with every demo variant; the
-    committed pool units test only pool-snapshot rows in chemical systems absent from the demo snapshot."""
+def test_pool_protocol_trains_on_demo_and_pool_training_rows_and_tests_only_on_candidates():
+    """A pool Unit tests exactly the pool's candidates and trains on the demo's rows (with every demo variant) and
+    the pool's elements and competitors; the committed pool units test only pool-snapshot candidates in chemical
+    systems absent from the demo snapshot and from the pool's training rows."""
     import json
 
     ids = np.array([f"d{i}" for i in range(8)] + ["p0", "p1", "p2"])
-    data = SimpleNamespace(is_={"id": ids}, is_pool=np.arange(11) >= 8, pool=Path("pool"),
+    data = SimpleNamespace(is_={"id": ids}, is_pool=np.arange(11) >= 8, is_pool_test=np.arange(11) >= 9,
+                           pool=Path("pool"),
                            aug={"id": np.array(["d0_v0", "d3_v1"]), "parent_id": np.array(["d0", "d3"]),
                                 "chemsys": np.array(["A-B", "A-C"])})
     for seed in (0, 1, 2):
         fold = study_data.StudyData.folds(data, 1, seed, "pool")
         unit = study_models.Unit(data, fold, 0, 1, seed, 1, 4, Path("unused"), grouping="pool")
-        assert ids[unit.test_idx].tolist() == ["p0", "p1", "p2"]
-        assert ids[unit.train_idx].tolist() == [f"d{i}" for i in range(8)]
+        assert ids[unit.test_idx].tolist() == ["p1", "p2"]
+        assert ids[unit.train_idx].tolist() == [f"d{i}" for i in range(8)] + ["p0"]
         assert not set(ids[unit.test_idx]) & set(ids[unit.train_idx])
         assert study_data.augmented_training_rows(data, fold, 0, 1, seed, "pool").tolist() == [0, 1]
     with pytest.raises(UserError, match="needs the pool's rows"):
@@ -898,14 +900,20 @@ def test_pool_protocol_trains_only_on_demo_rows_and_tests_only_on_pool_rows():
     pool = _snapshot_rows(POOL_STUDY / "pool_labels_snapshot.csv")
     demo_systems = {_chemsys(r["formula"]) for r in demo.values()}
     result = json.loads((POOL_STUDY / "results.json").read_text(encoding="utf-8"))
-    recs = [json.loads(p.read_text()) for p in (POOL_STUDY / "cache" / result["snapshot_hash"]).glob("*_bypool.json")]
+    recs = [json.loads(p.read_text()) for p in
+            (POOL_STUDY / "cache" / result["snapshot_hash"]).glob("*_bypool-candidates.json")]
     assert recs and {(r["grouping"], r["fold"], r["folds"]) for r in recs} == {("pool", 0, 1)}
+    training_systems = demo_systems | {_chemsys(r["formula"]) for r in pool.values()
+                                       if r["role"] in study_data.POOL_TRAINING_ROLES}
+    n_pool_training = result["test_set"]["n_pool_training_rows"]
+    assert n_pool_training > 0
     for r in recs:
         assert set(r["test_ids"]) <= set(pool) and not set(r["test_ids"]) & set(demo)
-        assert not {_chemsys(pool[i]["formula"]) for i in r["test_ids"]} & demo_systems
+        assert {pool[i]["role"] for i in r["test_ids"]} == {"candidate"}
+        assert not {_chemsys(pool[i]["formula"]) for i in r["test_ids"]} & training_systems
         assert len(r["test_ids"]) == result["test_set"]["n_structures"]
-        if "n_train" in r["notes"]:  # the ESNet rows record their training rows: every demo row
-            assert r["notes"]["n_train"] == len(demo) == result["n_structures"]
+        if "n_train" in r["notes"]:  # the ESNet rows record their training rows: the demo's and the pool's
+            assert r["notes"]["n_train"] == len(demo) + n_pool_training == result["n_structures"]
     left = result["test_set"]["left_out"]["chemical_system_in_the_demo"]
     assert {_chemsys(pool[i]["formula"]) for i in left} <= demo_systems  # left out for that reason only
 
@@ -918,8 +926,9 @@ def test_pool_units_have_their_own_names_folder_and_options():
     names = {g: unit_path(Path("out"), key, "gbr_uip", 0, f, 0, 40, g).name
              for g, f in (("chemsys", 5), ("prototype", 5), ("pool", 1))}
     assert names == {"chemsys": "gbr_uip_f0of5_s0_e0.json", "prototype": "gbr_uip_f0of5_s0_e0_byprototype.json",
-                     "pool": "gbr_uip_f0of1_s0_e0_bypool.json"}
-    assert unit_path(Path("out"), key, "esnet_is", 0, 1, 2, 40, "pool").name == "esnet_is_f0of1_s2_e40_bypool.json"
+                     "pool": "gbr_uip_f0of1_s0_e0_bypool-candidates.json"}
+    assert unit_path(Path("out"), key, "esnet_is", 0, 1, 2, 40, "pool").name == \
+        "esnet_is_f0of1_s2_e40_bypool-candidates.json"
     from esnet_tf.study.run import default_folds, default_out, worker_args
 
     results = ROOT / "benchmarks" / "results"
@@ -957,7 +966,7 @@ def test_study_doc_pool_table_is_the_summary_of_the_committed_pool_units():
     best = result["summary"]["best_composition_model"]
     pool = _snapshot_rows(POOL_STUDY / "pool_labels_snapshot.csv")
     units: dict[str, dict] = {m: {} for m in ("mean", best)}
-    for p in (POOL_STUDY / "cache" / result["snapshot_hash"]).glob("*_bypool.json"):
+    for p in (POOL_STUDY / "cache" / result["snapshot_hash"]).glob("*_bypool-candidates.json"):
         rec = json.loads(p.read_text())
         if rec["model"] in units:
             units[rec["model"]][(rec["fold"], rec["seed"])] = rec

@@ -46,6 +46,21 @@ def test_scores_per_role_with_baselines_coverage_flags_and_wrong_signs(tmp_path)
     assert sorted(r["by_role"]) == ["candidate", "competitor", "element"] and r["by_role"]["element"]["n"] == 1
     with pytest.raises(ValueError, match="no row with both"):
         oos.median_relaxation_energy(preds)
+    # rows of the model's own snapshot are counted and left out
+    r = oos.score_predictions(preds, labels, shift, exclude={"a", "b"})
+    assert (r["n_rows"], r["n_in_the_models_training_snapshot"], r["all"]["n"]) == (4, 2, 1)
+    assert set(r["by_role"]) == {"candidate"}
+
+
+def test_model_snapshot_reads_every_split_and_the_train_rows_relaxation_median(tmp_path):
+    splits = {"splits": {
+        "train": [{"id": "a", "formation_energy_per_atom": -1.0, "is_formation_energy_per_atom": -0.5},
+                  {"id": "b", "formation_energy_per_atom": 0.0, "is_formation_energy_per_atom": 0.1},
+                  {"id": "c", "formation_energy_per_atom": 0.0, "is_formation_energy_per_atom": None}],
+        "test": [{"id": "t", "formation_energy_per_atom": 0.2, "is_formation_energy_per_atom": 2.0}]}}
+    (tmp_path / "splits.json").write_text(json.dumps(splits))
+    seen, median = oos.model_snapshot(tmp_path / "splits.json")
+    assert seen == {"a", "b", "c", "t"} and median == pytest.approx(0.3)  # train rows only: 0.5 and 0.1
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -70,15 +85,18 @@ def test_command_refuses_bad_inputs_and_an_existing_output_in_one_line(tmp_path)
 def test_committed_summary_is_the_scoring_of_the_committed_predictions():
     """benchmarks/results/out_of_sample: summary.json is what score_predictions gives for predictions.csv
     against the pool labels snapshot scored beside it (the figures in docs come from it)."""
+    from esnet_tf.pretrained import resolve
+
     res = ROOT / "benchmarks" / "results" / "out_of_sample"
     summary = json.loads((res / "summary.json").read_text())
+    seen, median = oos.model_snapshot(resolve(summary["model"]) / "splits.json")
     again = oos.score_predictions(res / "predictions.csv", res / summary["labels"],
-                                  summary["relaxation_median_ev_per_atom"])
+                                  summary["relaxation_median_ev_per_atom"], exclude=seen)
     assert again["n_rows"] == summary["n_rows"] and again["all"]["n"] == summary["all"]["n"] > 0
+    assert again["n_in_the_models_training_snapshot"] == summary["n_in_the_models_training_snapshot"]
     for key in ("mae", "spearman", "mae_of_the_set_mean", "interval_coverage", "mae_flagged"):
         assert again["all"][key] == pytest.approx(summary["all"][key]), key
-    assert summary["relaxation_median_ev_per_atom"] == pytest.approx(
-        oos.median_relaxation_energy(ROOT / "datasets" / "is_dos" / "demo" / "labels.csv"))
+    assert summary["relaxation_median_ev_per_atom"] == pytest.approx(median)
 
 
 def test_label_histogram_counts_the_label_range_and_refuses_an_existing_output(tmp_path):

@@ -8,6 +8,7 @@ content hash of the snapshot files it reads (`file_hash`). Energies in eV/atom.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import time
 from collections.abc import Callable
@@ -31,11 +32,14 @@ ARRAY_KEYS = ("dos_up", "dos_down", "composition", "id", "formula", "chemsys", "
 #: what the outer (test) folds can be grouped by, each an array of `StudyData.is_`: the chemical system
 #: (the default), or the structure prototype (leave-prototype-out folds: the test fold's crystal
 #: structures are absent from training; the elements' fcc/bcc/hcp/... are ordinary groups), or POOL: no folds, an
-#: external test set (train on every demo row, test on the hypothetical pool's rows)
+#: external test set (train on every demo row and the pool's elements and competitors, test on the pool's
+#: candidates: hypothetical ternaries in chemical systems no training row has)
 GROUPINGS = ("chemsys", "prototype", "pool")
 #: the grouping whose test set is the pool: one unit per seed, test fold POOL_TEST_FOLD of POOL_FOLDS (the training
-#: rows carry fold index POOL_FOLDS, outside 0..POOL_FOLDS-1, so that `Unit.train_idx` is exactly the demo's rows)
+#: rows carry fold index POOL_FOLDS, outside 0..POOL_FOLDS-1, so that `Unit.train_idx` is exactly the training rows)
 POOL, POOL_FOLDS, POOL_TEST_FOLD = "pool", 1, 0
+#: the pool's rows of these roles are trained on; its candidates (every other role) are the test set
+POOL_TRAINING_ROLES = ("element", "competitor")
 
 
 def file_hash(*paths: str | Path) -> str:
@@ -179,8 +183,10 @@ class StudyData:
 
     With `pool` (the hypothetical pool's folder, grouping POOL): the pool snapshot's rows follow the demo's in
     `is_` and `rs` (`is_pool` marks them; both hashes then include POOL_SNAPSHOT). A pool row enters only with a
-    relaxed formation energy and a chemical system no demo row has (`pool_left_out` names the others), so that
-    the test set shares neither structures nor chemical systems with training.
+    relaxed formation energy and a chemical system no demo row has (`pool_left_out` names the others). Its
+    elements and competitors (POOL_TRAINING_ROLES) are trained on; its candidates (`is_pool_test`) are the test
+    set, which shares neither structures nor chemical systems with training (candidates are ternaries; the pool
+    holds no other row of their systems).
     """
 
     def __init__(self, out: Path, work: Path, demo: Path, pool: Path | None = None) -> None:
@@ -209,6 +215,7 @@ class StudyData:
         self.pool: Path | None = None
         self.pool_labels: Path | None = None
         self.is_pool = np.zeros(len(self.is_["id"]), bool)
+        self.is_pool_test = np.zeros(len(self.is_["id"]), bool)
         self.pool_left_out: dict[str, list[str]] = {}
         if pool is not None:
             self._add_pool(out, work, Path(pool))
@@ -238,13 +245,22 @@ class StudyData:
         self.pool_left_out = {"no_relaxed_formation_energy": p_is["id"][no_energy].tolist(),
                               "chemical_system_in_the_demo": p_is["id"][in_demo & ~no_energy].tolist()}
         keep = ~no_energy & ~in_demo
-        if not keep.any():
-            raise UserError(f"{self.pool_labels}: no pool row with a relaxed formation energy in a chemical system "
-                            "absent from the demo: nothing to test on")
+        with open(self.pool_labels, newline="", encoding="utf-8") as fh:
+            role = {r["id"]: r.get("role") or "" for r in csv.DictReader(fh)}
+        test = np.array([role.get(i, "") not in POOL_TRAINING_ROLES for i in p_is["id"].tolist()], bool)
+        if not (keep & test).any():
+            raise UserError(f"{self.pool_labels}: no pool candidate with a relaxed formation energy in a chemical "
+                            "system absent from the demo: nothing to test on")
+        train_systems = set(p_is["chemsys"][keep & ~test].tolist())
+        shared_sys = sorted({c for c in p_is["chemsys"][keep & test].tolist() if c in train_systems})
+        if shared_sys:
+            raise UserError(f"{self.pool_labels}: candidates share chemical system(s) {shared_sys[:3]} with the "
+                            "pool's training rows: a test set shares no chemical system with training")
         n_demo = len(self.is_["id"])
         self.is_ = stack_all(self.is_, {k: v[keep] for k, v in p_is.items()}, str(self.pool_labels))
         self.rs = stack_all(self.rs, {k: v[keep] for k, v in p_rs.items()}, str(self.pool_labels))
         self.is_pool = np.arange(len(self.is_["id"])) >= n_demo
+        self.is_pool_test = np.concatenate([np.zeros(n_demo, bool), test[keep]])
         self.demo_hash = self.hash  # labels.csv's snapshot alone (what the training rows come from)
         self.hash = file_hash(self.labels, self.pool_labels)
         self.aug_hash = file_hash(self.labels, self.aug_labels, self.pool_labels)
@@ -256,11 +272,11 @@ class StudyData:
 
     def folds(self, folds: int, seed: int, grouping: str = "chemsys") -> np.ndarray:
         """Fold of each structure, grouped by `grouping` (GROUPINGS: chemical system or prototype; POOL: the pool's
-        rows POOL_TEST_FOLD, the demo's POOL_FOLDS, whatever the seed)."""
+        candidates POOL_TEST_FOLD, every training row POOL_FOLDS, whatever the seed)."""
         if check_grouping(grouping) == POOL:
             if self.pool is None:
                 raise UserError("the pool test set needs the pool's rows: StudyData(..., pool=DIR) (--pool DIR)")
-            return np.where(self.is_pool, POOL_TEST_FOLD, POOL_FOLDS)
+            return np.where(self.is_pool_test, POOL_TEST_FOLD, POOL_FOLDS)
         return kfold(self.is_[grouping], folds, seed)
 
     # ------------------------------------------------ energy inputs of the cheap baselines (issues 32, 33)

@@ -42,6 +42,19 @@ def median_relaxation_energy(labels_csv: str | Path) -> float:
     return float(np.median(gaps))
 
 
+def model_snapshot(splits_json: str | Path) -> tuple[set[str], float | None]:
+    """The ids of every row a shipped model's snapshot held (any split of its splits.json: trained on,
+    calibrated on, early-stopped on or tested in distribution), and the median relaxation energy
+    E_f(IS) − E_f(relaxed) of its train rows (eV/atom; None when they lack the IS energy)."""
+    import json
+
+    splits = json.loads(Path(splits_json).read_text(encoding="utf-8"))["splits"]
+    seen = {str(r["id"]) for rows in splits.values() for r in rows}
+    gaps = [r["is_formation_energy_per_atom"] - r["formation_energy_per_atom"] for r in splits.get("train", [])
+            if r.get("is_formation_energy_per_atom") is not None]
+    return seen, (float(np.median(gaps)) if gaps else None)
+
+
 def risk_coverage(truth: np.ndarray, pred: np.ndarray, std: np.ndarray,
                   coverages: Sequence[float] = COVERAGES) -> list[dict[str, float]]:
     """MAE (eV/atom) of the rows kept when keeping the fraction `c` with the lowest σ, for each c:
@@ -100,17 +113,21 @@ def group_scores(rows: Sequence[Mapping[str, Any]], relaxation_median: float) ->
 
 
 def score_predictions(predictions_csv: str | Path, labels_csv: str | Path, relaxation_median: float,
-                      group_column: str = "role") -> dict[str, Any]:
+                      group_column: str = "role", exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """Scores of `esnet predict`'s CSV against `labels_csv` (its truths and `group_column`, the pool's role):
-    all rows, then each group. Rows without a truth are counted, not scored."""
+    all rows, then each group. Rows without a truth are counted, not scored; rows in `exclude` (the
+    model's own snapshot) are counted and left out."""
     from esnet_tf.pretrained import DOMAIN_COLUMN, LOWER_COLUMN, PREDICTION_COLUMN, PREDICTION_STD_COLUMN, \
         UPPER_COLUMN
 
     with open(labels_csv, newline="", encoding="utf-8") as fh:
         labels = {r["id"]: r for r in csv.DictReader(fh)}
-    scored, no_truth = [], []
+    scored, no_truth, excluded = [], [], []
     with open(predictions_csv, newline="", encoding="utf-8") as fh:
         for p in csv.DictReader(fh):
+            if p["id"] in exclude:
+                excluded.append(p["id"])
+                continue
             lab = labels.get(p["id"], {})
             try:
                 truth = float(lab["formation_energy_per_atom"])
@@ -130,7 +147,8 @@ def score_predictions(predictions_csv: str | Path, labels_csv: str | Path, relax
                            "flagged": bool((p.get(DOMAIN_COLUMN) or "").strip()),
                            "is_ef": num("is_formation_energy_per_atom", lab)})
     groups = sorted({r["group"] for r in scored})
-    return {"n_rows": len(scored) + len(no_truth), "without_truth": no_truth,
+    return {"n_rows": len(scored) + len(no_truth) + len(excluded), "without_truth": no_truth,
+            "n_in_the_models_training_snapshot": len(excluded),
             "relaxation_median_ev_per_atom": relaxation_median,
             "all": group_scores(scored, relaxation_median),
             "by_" + group_column: {g: group_scores([r for r in scored if r["group"] == g], relaxation_median)

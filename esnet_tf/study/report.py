@@ -30,7 +30,8 @@ MARKERS = {"chemsys": (TABLE_START, TABLE_END),
 FOLD_CAPTION = {"chemsys": "grouped {folds}-fold CV by chemical system",
                 "prototype": "leave-prototype-out {folds}-fold CV (grouped by structure prototype; the IS-augmentation "
                              "variants follow their parent)",
-                "pool": "trained on every demo row, tested on the hypothetical pool (one unit per seed)"}
+                "pool": "trained on the demo and the pool's elements and competitors, tested on the pool's "
+                        "candidates (one unit per seed)"}
 #: how the table names the comparator of the paired tests: the best `baseline` row by pooled MAE, whatever its
 #: inputs (composition only, the IS energy or the potential's energy)
 COMPARATOR = "best baseline"
@@ -190,8 +191,8 @@ def study_figure(result: Mapping[str, Any], units: Units, path: Path) -> Path | 
     left.set_xlabel("MAE (eV/atom), pooled out of fold, 95 % bootstrap CI")
     by = "leave-prototype-out" if result.get("grouping", "chemsys") == "prototype" else "grouped"
     if result.get("grouping") == "pool":
-        left.set_title(f"trained on {result['n_structures']} demo structures, tested on "
-                       f"{result['test_set']['n_structures']} pool structures", fontsize=9)
+        left.set_title(f"trained on {result['n_structures']} demo and pool structures, tested on "
+                       f"{result['test_set']['n_structures']} pool candidates", fontsize=9)
         left.set_xlabel("MAE (eV/atom) on the pool, 95 % bootstrap CI")
     else:
         left.set_title(f"{result['n_structures']} structures, {by} {result['folds']}-fold CV", fontsize=9)
@@ -321,11 +322,13 @@ def pool_table_markdown(result: Mapping[str, Any]) -> str:
                      for k, v in t["left_out"].items() if v) or "none"
     lines = [
         f"Units keyed by `{result['snapshot_hash']}` (the demo and pool snapshots). Training: every row of the demo "
-        f"snapshot `{result['demo_snapshot_hash']}` (labels.csv, {result['n_structures']} structures; "
-        f"{result['n_variants']} IS-augmentation variants for augmented rows); test: the pool snapshot "
-        f"`{t['pool_snapshot_hash']}`, {t['n_structures']} structures "
-        f"({', '.join(f'{n} {r}' for r, n in t['roles'].items())}) of chemical systems absent from the demo "
-        f"(left out: {left}), never used for training, early stopping, tuning or the gas references. Seeds "
+        f"snapshot `{result['demo_snapshot_hash']}` (labels.csv) and the pool snapshot's "
+        f"{t.get('n_pool_training_rows', 0)} elements and competitors ({result['n_structures']} structures; "
+        f"{result['n_variants']} IS-augmentation variants of demo rows for augmented rows); test: the pool snapshot "
+        f"`{t['pool_snapshot_hash']}`'s {t['n_structures']} structures "
+        f"({', '.join(f'{n} {r}' for r, n in t['roles'].items())}), hypothetical ternaries of chemical systems "
+        f"no training row has (left out: {left}), never used for training, early stopping, tuning or the gas "
+        f"references. Seeds "
         f"{','.join(map(str, result['seeds']))} (one unit each), ESNet {result['epochs']} epochs max. MAE / RMSE "
         f"in eV/atom, 95 % bootstrap CI over the test structures (per seed, averaged over seeds); Spearman: rank "
         f"correlation of prediction and truth (mean over seeds, [min, max] where they differ; n/a: a constant "
@@ -333,7 +336,8 @@ def pool_table_markdown(result: Mapping[str, Any]) -> str:
         f"difference of |error| to the {COMPARATOR} on the pool ({best}), bootstrap over structures (no p value: "
         "the seeds repeat the training on one test set); MAE per role: mean over seeds. \"set mean\" predicts "
         "the test set's own mean (a reference no model can know; per role, that role's mean). Screening columns "
-        "are left out: a pool candidate's competitors are test rows too, absent from the training hull.",
+        "are left out: most candidates' hulls are not complete yet (the pool's competitors run after its "
+        "candidates); the campaign scores stability on the complete ones.",
         "",
         f"| model | seeds done (units) | MAE [95 % CI] | RMSE [95 % CI] | Spearman | ΔMAE vs {COMPARATOR} [95 % CI] "
         f"| MAE {' / '.join(roles)} | polymorph ranking |",

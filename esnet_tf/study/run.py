@@ -4,7 +4,9 @@ Each unit is written atomically to OUT/cache/<hash>/<model>_f<fold>of<folds>_s<s
 (<hash>: the snapshot files the model reads, `StudyData.aug_hash` for augmented models, else
 `StudyData.hash`; <epochs> is 0 for models that do not train ESNet; a grouping of the outer folds
 other than the chemical system adds `_by<grouping>` before `.json`: the pool test set's units are
-<model>_f0of1_s<seed>_e<epochs>_bypool.json, keyed by the demo and pool snapshots); a rerun skips finished units.
+<model>_f0of1_s<seed>_e<epochs>_bypool-candidates.json (trained on the demo and the pool's elements and
+competitors, tested on its candidates; `_bypool` units were trained on the demo alone and tested on every
+pool row), keyed by the demo and pool snapshots); a rerun skips finished units.
 A unit being computed is locked (`esnet_tf.atomic.exclusive`), so several processes of the same
 study share the work; `jobs` > 1 starts that many worker processes (each with cores/jobs
 TensorFlow threads) and summarises when all have finished. Writes results.json, table.md and
@@ -136,7 +138,7 @@ def unit_path(out: Path, snapshot_hash: str, model: str, k: int, folds: int, see
     """Cache file of one unit (epochs count only for the models that train ESNet; a grouping other than the
     chemical system is in the name, so that its units never pass for another grouping's)."""
     e = epochs if MODELS[model].uses_epochs else 0
-    by = "" if check_grouping(grouping) == "chemsys" else f"_by{grouping}"
+    by = "" if check_grouping(grouping) == "chemsys" else f"_by{grouping}" + ("-candidates" if grouping == POOL else "")
     return out / "cache" / snapshot_hash / f"{model}_f{k}of{folds}_s{seed}_e{e}{by}.json"
 
 
@@ -157,7 +159,8 @@ def compute_unit(data: StudyData, config: StudyConfig, model: str, seed: int, k:
     pred, notes = run_model(model, unit)
     if (seed, k) not in refs_cache:
         refs_cache[(seed, k)] = training_references(
-            data, train_idx, "every demo row (the pool is the test set) + elements at 0 eV/atom"
+            data, train_idx, "every demo row and the pool's elements and competitors (its candidates are the test "
+                             "set) + elements at 0 eV/atom"
             if config.grouping == POOL else f"training folds (fold {k}, seed {seed}) + elements at 0 eV/atom")
     metrics = unit_metrics(data, refs_cache[(seed, k)], test_idx, pred)
     rec = {"model": model, "fold": k, "folds": config.folds, "seed": seed, "epochs": config.epochs,
@@ -275,7 +278,7 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] = _say,
         f"labels.csv left out); features {data.featurize_s:.0f} s")
     if pool is not None:
         test_set = pool_test_set(data)
-        sizes = {"train": int((~data.is_pool).sum()), "test": int(data.is_pool.sum())}
+        sizes = {"train": int((~data.is_pool_test).sum()), "test": int(data.is_pool_test.sum())}
         log(f"training rows (every demo row) {sizes['train']}; test rows (the pool snapshot) {sizes['test']} "
             f"({', '.join(f'{n} {r}' for r, n in test_set['roles'].items())}); left out of the test set: "
             + "; ".join(f"{k.replace('_', ' ')}: {len(v)}" for k, v in data.pool_left_out.items()))
@@ -340,15 +343,17 @@ def pool_test_set(data: StudyData) -> dict[str, Any]:
 
     with open_table(data.pool_labels) as fh:
         role = {r["id"]: (r.get("role") or "") for r in csv.DictReader(fh)}
-    ids = data.is_["id"][data.is_pool].tolist()
+    ids = data.is_["id"][data.is_pool_test].tolist()
     role_of = {i: role.get(i, "") for i in ids}
     roles: dict[str, int] = {}
     for r in role_of.values():
         roles[r] = roles.get(r, 0) + 1
     return {"pool_snapshot_hash": file_hash(data.pool_labels), "pool": str(data.pool), "n_structures": len(ids),
             "roles": dict(sorted(roles.items())), "left_out": data.pool_left_out, "role_of": role_of,
-            "training": "every demo row of labels_snapshot.csv (the variants too, for augmented rows); nothing of "
-                        "the pool is used for training, early stopping, tuning or the gas references"}
+            "n_pool_training_rows": int((data.is_pool & ~data.is_pool_test).sum()),
+            "training": "every demo row of labels_snapshot.csv (the variants too, for augmented rows) and the pool "
+                        "snapshot's elements and competitors; no candidate is used for training, early stopping, "
+                        "tuning or the gas references"}
 
 
 def imputed_properties(data: StudyData) -> dict[str, list[str]]:
