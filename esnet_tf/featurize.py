@@ -48,8 +48,12 @@ def default_id(path: Path, root: Path | None = None) -> str:
 
 def composition_vector(structure) -> np.ndarray:
     """Atomic fractions of Z = 1..118 (float32, sums to 1)."""
+    return _fractions(structure.composition)
+
+
+def _fractions(comp) -> np.ndarray:
+    """`composition_vector` of a pymatgen Composition."""
     vec = np.zeros(N_ELEMENTS, dtype=np.float64)
-    comp = structure.composition
     for el, amt in comp.element_composition.items():
         vec[el.Z - 1] += amt
     return (vec / vec.sum()).astype(np.float32)
@@ -104,7 +108,7 @@ def featurize_dos(dos: ProjectedDOS, grid: EnergyGrid = PAPER_GRID, id: str | No
     e_atom, e_form, source, notes = is_energies(dos, references)
     return ISDOSExample(
         dos_up=up.astype(np.float32), dos_down=down.astype(np.float32),
-        composition=composition_vector(dos.structure), id=id or dos.doc_id or Path(dos.source).name,
+        composition=_fractions(comp), id=id or dos.doc_id or Path(dos.source).name,
         formula=comp.reduced_formula, chemsys=comp.chemical_system, n_atoms=n_atoms,
         efermi=float(dos.efermi), spin_polarized=dos.spin_polarized, source=dos.source, code=dos.code,
         f_channels=dos.f_channels, warnings=tuple(dos.warnings) + notes, grid=grid,

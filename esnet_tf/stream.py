@@ -209,15 +209,12 @@ class NpzRows:
 
     def _member(self, key: str):
         """(handle, header end, dtype, row bytes, next row) of `key`, opened at its first row."""
+        from esnet_tf.readers.limits import read_npy_header
+
         info = self._members[key]
         try:
             fh = self._zf.open(info)
-            version = np.lib.format.read_magic(fh)
-            read = {(1, 0): np.lib.format.read_array_header_1_0,
-                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read is None:
-                raise ValueError(f"member {key!r}: .npy format {version} is not read here")
-            shape, fortran, dtype = read(fh)
+            shape, fortran, dtype = read_npy_header(fh, key)
         except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
             raise self._error(exc) from None
         if dtype.hasobject:

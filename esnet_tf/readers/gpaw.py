@@ -23,6 +23,8 @@ used only when its `settings` are the file's `settings_json` (same code, same se
 from __future__ import annotations
 
 import json
+import os
+import stat
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -46,7 +48,10 @@ def _pdos_to_bytes(pdos: np.ndarray) -> np.ndarray:
 
 
 def _pdos_from_bytes(planes: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.moveaxis(planes, 0, -1)).view("<f4")[..., 0]
+    out = np.empty(planes.shape[1:] + (4,), np.uint8)
+    for b in range(4):  # plane by plane (3x faster than one transposing copy)
+        out[..., b] = planes[b]
+    return out.view("<f4")[..., 0]
 
 
 #: the arrays of both layouts; nothing else in a file is read
@@ -122,17 +127,34 @@ def engine_references(path: str | Path, settings_json: str) -> dict[str, float] 
     """The GPAW engine's elemental references {element: eV/atom} for a file computed with
     `settings_json`: from the nearest `provenance.json` in its parent folders whose settings are
     the same; None when there is none."""
-    try:
-        settings = json.dumps(json.loads(settings_json), sort_keys=True)
-    except (TypeError, ValueError):
+    settings = _canonical_settings(settings_json)
+    if settings is None:
         return None
-    for folder in list(Path(path).resolve().parents)[:PROVENANCE_DEPTH]:
-        candidate = folder / PROVENANCE_FILE
-        if candidate.is_file():
-            found = _provenance_references(str(candidate), candidate.stat().st_mtime_ns)
+    folder = os.path.dirname(os.path.realpath(path))  # Path(path).resolve().parents, as strings
+    for _ in range(PROVENANCE_DEPTH):
+        candidate = os.path.join(folder, PROVENANCE_FILE)
+        try:
+            st = os.stat(candidate)
+        except (OSError, ValueError):
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            found = _provenance_references(candidate, st.st_mtime_ns)
             if found is not None and found[0] == settings:
                 return dict(found[1])
+        parent = os.path.dirname(folder)
+        if parent == folder:  # the root has no parent
+            break
+        folder = parent
     return None
+
+
+@lru_cache(maxsize=64)
+def _canonical_settings(settings_json) -> str | None:
+    """`settings_json` with sorted keys (None when it is not JSON); a pool's files share a few settings."""
+    try:
+        return json.dumps(json.loads(settings_json), sort_keys=True)
+    except (TypeError, ValueError):
+        return None
 
 
 @lru_cache(maxsize=16)
