@@ -415,7 +415,8 @@ def model_readme(meta: dict, domain) -> str:
               f"k-point density {dft.get('kpt_density')} per Å^-1, Fermi-Dirac {dft.get('smearing')} eV; IS-DOS on "
               "E - E_F = linspace(-20, 10, 1500) eV.",
               "- Split by chemical system (`esnet_tf.splits.split_of`, 0.8/0.1/0.1 of the systems, seed 0: the "
-              "same validation and test rows as every GPAWDemo model)"
+              + ("demo rows in the same splits as in every GPAWDemo model, the pool's by their own systems)"
+                 if "pool" in d.get("dataset", "") else "same validation and test rows as every GPAWDemo model)")
               + ("; the train split divided once more by chemical system (`split_of(chemsys, (0.8, 0.2, 0.0), "
                  "seed=1)`), its second part the calibration split, used for nothing but σ, the interval and the "
                  "σ threshold" if "calibration" in m else "") + ": "
@@ -455,7 +456,7 @@ def model_readme(meta: dict, domain) -> str:
                   "coverage on rows it was not fitted on: test "
                   f"{iv['coverage']['test']:.2f} ({m['test']['n']} rows), validation "
                   f"{iv['coverage']['validation']:.2f} ({m['validation']['n']} rows; used for early stopping). "
-                  "With 42 test rows one row is 2.4 points of coverage.", "",
+                  f"With {m['test']['n']} test rows one row is {100 / m['test']['n']:.1f} points of coverage.", "",
                   "Risk–coverage on the test rows (keep the rows with the lowest σ):", "",
                   "| fraction kept | rows | MAE (eV/atom) |", "|---|---|---|"]
         lines += [f"| {r['fraction_kept']:.2f} | {r['n_kept']} | {r['mae']:.3f} |"
