@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         from esnet_tf.study.out_of_sample import (median_relaxation_energy, model_snapshot, risk_coverage_figure,
-                                                  score_predictions)
+                                                  score_predictions, screening_scores)
 
         pool, out = Path(args.pool_dir), Path(args.out)
         if not (pool / "labels.csv").is_file():
@@ -73,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = {"model": args.model, "pool": str(pool), "labels": snapshot.name,
                   "command": "python benchmarks/out_of_sample.py " + " ".join(sys.argv[1:] if argv is None else argv),
                   **score_predictions(out / "predictions.csv", snapshot, shift, exclude=seen)}
+        result["screening_candidates"] = screening_scores(
+            out / "predictions.csv", snapshot, [ROOT / "datasets" / "is_dos" / "demo" / "labels.csv"], exclude=seen)
         write_text(out / "summary.json", json.dumps(result, indent=1))
         risk_coverage_figure(result, out / "risk_coverage.png", f"{args.model} on the pool (out of sample)")
     except UserError as exc:

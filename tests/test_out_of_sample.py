@@ -52,6 +52,31 @@ def test_scores_per_role_with_baselines_coverage_flags_and_wrong_signs(tmp_path)
     assert set(r["by_role"]) == {"candidate"}
 
 
+def test_screening_of_hull_complete_candidates_with_and_without_the_flag(tmp_path):
+    """Na2Cl (true E_hull +0.33 over NaCl + Na) is predicted stable but flagged: without the flag a false positive,
+    with it sent to DFT; NaCl3 (below the NaCl-Cl line) is found either way; NaCl2 (hull incomplete) and the
+    excluded row are not screened."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,formula,formation_energy_per_atom,role,hull_complete\n"
+                      "Na,Na,0.0,element,True\nCl,Cl,0.0,element,True\nNaCl,NaCl,-2.0,competitor,True\n"
+                      "Na2Cl,Na2Cl,-1.0,candidate,True\nNaCl3,NaCl3,-1.5,candidate,True\n"
+                      "NaCl2,NaCl2,-1.0,candidate,False\nNa3Cl,Na3Cl,-0.1,candidate,True\n")
+    refs = tmp_path / "refs.csv"
+    refs.write_text("id,formula,formation_energy_per_atom\nNa_bcc,Na,0.0\n")
+    preds = tmp_path / "p.csv"
+    preds.write_text(HEADER + "Na2Cl,Na2Cl,-1.5,0.1,-1.7,-1.3,sigma above the threshold\n"
+                     "NaCl3,NaCl3,-1.2,0.1,-1.4,-1.0,\nNaCl2,NaCl2,-2.5,0.1,-2.7,-2.3,\nNa3Cl,Na3Cl,-2.0,0.1,-2.2,-1.8,\n")
+    r = oos.screening_scores(preds, labels, [refs], exclude={"Na3Cl"})
+    assert r["n"] == 2
+    m = r["ranked_by_mean"]
+    assert m["n_truly_stable"] == 1 and m["needs_dft"]["n_flagged_predicted_stable"] == 1
+    assert (m["needs_dft"]["without_flag"]["tp"], m["needs_dft"]["without_flag"]["fp"]) == (1, 1)
+    assert (m["needs_dft"]["with_flag"]["tp"], m["needs_dft"]["with_flag"]["fp"]) == (1, 0)
+    assert m["needs_dft"]["with_flag"]["precision"] == 1.0 and m["precision"] == 0.5
+    none = oos.screening_scores(preds, labels, [refs], exclude={"Na2Cl", "NaCl3", "Na3Cl"})
+    assert none["n"] == 0
+
+
 def test_model_snapshot_reads_every_split_and_the_train_rows_relaxation_median(tmp_path):
     splits = {"splits": {
         "train": [{"id": "a", "formation_energy_per_atom": -1.0, "is_formation_energy_per_atom": -0.5},

@@ -155,6 +155,49 @@ def score_predictions(predictions_csv: str | Path, labels_csv: str | Path, relax
                                    for g in groups}}
 
 
+def screening_scores(predictions_csv: str | Path, labels_csv: str | Path, reference_labels: Sequence[str | Path],
+                     exclude: set[str] | frozenset[str] = frozenset(), role: str = "candidate") -> dict[str, Any]:
+    """Stability screening (E_hull <= 0 eV/atom) of the rows of `role` whose hull is complete (`hull_complete`
+    in `labels_csv`), outside `exclude`: the predicted and the true E_hull against the hull of `reference_labels`
+    and `labels_csv`'s other rows (the candidates themselves left out of it; candidates of one system compete,
+    each side with its own energies). Precision and recall with the domain flag (a flagged candidate is
+    not predicted stable: it needs DFT) and without it, ranked by the mean and by the 90 % interval's
+    lower bound (`esnet_tf.screening`)."""
+    from esnet_tf.errors import UserError
+    from esnet_tf.screening.pipeline import screen_rows
+    from esnet_tf.screening.references import load_references
+
+    with open(labels_csv, newline="", encoding="utf-8") as fh:
+        labels = {r["id"]: r for r in csv.DictReader(fh)}
+    rows = []
+    with open(predictions_csv, newline="", encoding="utf-8") as fh:
+        for p in csv.DictReader(fh):
+            lab = labels.get(p["id"])
+            if (p["id"] in exclude or lab is None or lab.get("role") != role
+                    or str(lab.get("hull_complete")).lower() != "true" or not lab.get("formation_energy_per_atom")):
+                continue
+            rows.append({**p, "formula": lab.get("formula") or p.get("formula", ""),
+                         "formation_energy_per_atom": lab["formation_energy_per_atom"]})
+    if not rows:
+        return {"n": 0, "note": f"no {role} row with a complete hull"}
+    refs = load_references([*map(str, reference_labels), str(labels_csv)])
+    out: dict[str, Any] = {"n": len(rows), "rule": "stable if E_hull <= 0 eV/atom; hull of the reference labels "
+                           f"and the other rows; {role}s of one system compete (candidates_in_hull)"}
+    for rank_by in ("mean", "lower"):
+        try:
+            res = screen_rows(rows, refs, mode="ehull", threshold=0.0, candidates_in_hull=True, rank_by=rank_by,
+                              costs=str(labels_csv) if "relax_wall_time_s" in next(iter(labels.values())) else None)
+        except UserError as exc:
+            return {"n": len(rows), "error": str(exc)}
+        m = res.metrics
+        out[f"ranked_by_{rank_by}"] = {
+            "n_truly_stable": int(np.sum(res.table["true_stable"] & res.table["has_truth"])),
+            **{k: m.get(k) for k in ("precision", "recall", "f1")},
+            "needs_dft": m.get("needs_dft"),
+            "saving_at_90_recall": (m.get("cost") or {}).get("at_target_recall")}
+    return out
+
+
 def risk_coverage_figure(result: Mapping[str, Any], path: Path, title: str) -> Path:
     """PNG of MAE against the fraction kept (lowest σ first), all rows and each group, with the set-mean MAE."""
     import matplotlib
