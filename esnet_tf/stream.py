@@ -4,10 +4,12 @@ written as they come, a killed run resumed; the same rows as one chunk.
 - Plan (`plan_inputs`): the INPUTs become an ordered list of items, in the row order of
   `esnet_tf.predict.load_inputs`: the rows of every `.npz` features file and labels directory in the
   order given, then the DFT files (walked and checked as `featurize.featurize_paths` does).
-- Chunks of `chunk_size` items are read up to `PREFETCH` chunks ahead of the model: DFT files and
-  labels rows in worker processes (spawned, single-threaded), `.npz` rows by sequential reads of
-  the zip members in a reader thread (`NpzRows`: only the chunk's rows are ever inflated, so a
-  features file larger than memory streams; object arrays are refused, nothing is unpickled).
+- Chunks of `chunk_size` items are read `PREFETCH` chunks ahead of the model: DFT files and labels
+  rows in worker processes (spawned, single-threaded, TensorFlow never imported there), each worker
+  part (a batch of items) featurized and stacked there (`featurize_part`: the parent receives arrays,
+  not an object per example); `.npz` rows by sequential reads of the zip members in a reader thread
+  (`NpzRows`: only the chunk's rows are ever inflated, so a features file larger than memory
+  streams; object arrays are refused, nothing is unpickled).
 - The model sees the rows in batches of `batch_size` consecutive rows across chunk boundaries (the
   remainder waits for the next chunk): the same batches, hence the same numbers, as one chunk.
 - Partial state beside `--out`: `<out>.partial/` holds rows.csv (the rows predicted so far, with
@@ -18,7 +20,8 @@ written as they come, a killed run resumed; the same rows as one chunk.
   ids re-derived, later duplicates left out), drops truth columns nobody has, writes `--out`
   atomically and removes the partial directory: an `--out` that exists is complete.
 
-Memory: the chunks in flight and one batch; per row only the id and source are kept (resume, ids).
+Memory: the chunk being predicted and `PREFETCH` more, in parts passed to the model without copies
+(only a batch split across parts is joined); per row only the id and source are kept (resume, ids).
 `esnet_tf.predict_beam` runs the same plan, chunks and rows as an Apache Beam pipeline.
 """
 from __future__ import annotations
@@ -40,8 +43,9 @@ import numpy as np
 from esnet_tf.errors import DOSInputError, UserError
 from esnet_tf.isdos import DOMAIN_COLUMN, PREDICTION_COLUMN, PREDICTION_STD_COLUMN, EnergyGrid
 
-#: chunks read ahead of the model (each `chunk_size` items)
-PREFETCH = 2
+#: chunks read ahead of the one the model is on (each `chunk_size` items): one is enough when reading a
+#: chunk takes less than predicting one, and each costs memory (~55 MB of IS-DOS per 512 rows)
+PREFETCH = 1
 #: examples per chunk by default (2 batches of the default 256: ~55 MB of IS-DOS per chunk)
 DEFAULT_CHUNK_SIZE = 512
 #: the suffix of the partial-state directory beside `--out`
@@ -345,22 +349,52 @@ def examples_chunk(plan: Plan, seg: Segment, first_item: int, results: Sequence[
     """Arrays of the featurized `results` of items first_item, first_item + 1, ... and the failures
     ((item, line) each). `truths`: labels rows by id (a labels directory's own, or `--labels` for DFT
     files). A labels row that fails raises (as `load_inputs` does)."""
+    arrays, failures, fatal = _stack_results(seg.kind, plan.grid.n_points, first_item, results, truths)
+    if fatal is not None:
+        raise DOSInputError(*fatal)
+    return arrays, failures
+
+
+def _stack_results(kind: str, n_points: int, first_item: int, results: Sequence[tuple], truths: dict | None
+                   ) -> tuple[dict[str, np.ndarray] | None, list[tuple[int, str]], tuple | None]:
+    """`examples_chunk`'s (arrays, failures), and the error of the first labels row that failed (then no
+    arrays): the caller raises it."""
     from esnet_tf.data import stack_examples
 
     examples, items, failures = [], [], []
     for k, (found, error) in enumerate(results):
         if error is not None:
-            if seg.kind == "labels":
-                raise DOSInputError(*error)
+            if kind == "labels":
+                return None, [], error
             failures.append((first_item + k, str(DOSInputError(*error))))
             continue
         examples += found
         items += [first_item + k] * len(found)
-    arrays = stack_examples(examples, truths, plan.grid.n_points)
+    arrays = stack_examples(examples, truths, n_points)
     arrays["item"] = np.asarray(items, np.int64)
-    arrays["source"] = np.array([e.source if seg.kind == "dft" else "" for e in examples], dtype=str)
+    arrays["source"] = np.array([e.source if kind == "dft" else "" for e in examples], dtype=str)
     arrays.pop("chemsys", None)
-    return arrays, failures
+    return arrays, failures, None
+
+
+#: a worker process's labels rows by segment (`_init_worker`): sent once, not with every part
+_WORKER_TRUTHS: dict[int, dict | None] = {}
+
+
+def _init_worker(truths: dict[int, dict | None]) -> None:
+    _WORKER_TRUTHS.clear()
+    _WORKER_TRUTHS.update(truths)
+
+
+def featurize_part(task: tuple) -> tuple[dict[str, np.ndarray] | None, list[tuple[int, str]], tuple | None]:
+    """One part of a chunk, read, featurized and stacked in a worker: task (kind, segment index, first item,
+    `featurize_job` jobs, energy points) -> `_stack_results` with the worker's labels rows of that segment,
+    the arrays cut to `ROW_KEYS`. The parent receives a few arrays (one copy through the pipe) instead of
+    an object per example that it would unpickle and stack while the model waits."""
+    kind, k, first_item, jobs, n_points = task
+    arrays, failures, fatal = _stack_results(kind, n_points, first_item, [featurize_job(j) for j in jobs],
+                                             _WORKER_TRUTHS.get(k))
+    return (None if arrays is None else {key: arrays[key] for key in ROW_KEYS}), failures, fatal
 
 
 def segment_truths(plan: Plan, seg: Segment) -> dict | None:
@@ -446,6 +480,23 @@ ROW_KEYS = (*_BIG, "id", "formula", "code", *TRUTH_KEYS, "is_energy_per_atom", "
 
 def _concat(parts: list[dict]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in ROW_KEYS}
+
+
+def _one_part(arrays: dict, fails: list) -> tuple[list[dict], list[tuple[int, str]]]:
+    """A chunk read whole (a features file's rows, or DFT files read here): one part of `ROW_KEYS`."""
+    return [{k: arrays[k] for k in ROW_KEYS}], list(fails)
+
+
+def _joined_parts(results: list[tuple]) -> tuple[list[dict], list[tuple[int, str]]]:
+    """The parts of a chunk (`featurize_part` results, in order) and their failures; a labels row that
+    failed raises (the first in item order), as `examples_chunk` does."""
+    parts, fails = [], []
+    for arrays, failures, fatal in results:
+        if fatal is not None:
+            raise DOSInputError(*fatal)
+        parts.append(arrays)
+        fails += failures
+    return parts, fails
 
 
 def _take(arrays: dict, lo: int, hi: int) -> dict[str, np.ndarray]:
@@ -598,7 +649,7 @@ def stream_predict(config, model, plan: Plan, *, on_failure: Callable[[str], Non
     truths = {k: segment_truths(plan, s) for k, s in enumerate(plan.segments)}
     readers: dict[int, NpzRows] = {}
     state = {"written": journal["rows"], "last": start, "count": skip, "consumed": start}
-    buffer: list[dict] = []
+    buffer: list[dict] = []  # rows read and not yet predicted: arrays of ROW_KEYS, in row order
     held: list[tuple[int, str]] = []  # failures of items not yet committed: (item, line)
     rows_fh = partial.rows_path.open("a", newline="")
     fail_fh = partial.failures_path.open("a")
@@ -613,20 +664,26 @@ def stream_predict(config, model, plan: Plan, *, on_failure: Callable[[str], Non
             from esnet_tf.threads import inherited_thread_env
 
             with inherited_thread_env(1):  # spawned (not forked: TensorFlow is loaded), single-threaded
-                pool = multiprocessing.get_context("spawn").Pool(workers)
+                pool = multiprocessing.get_context("spawn").Pool(
+                    workers, initializer=_init_worker,
+                    initargs=({k: t for k, t in truths.items() if plan.segments[k].kind != "npz"},))
 
         def submit(k: int, a: int, b: int) -> tuple[int, int, Callable[[], tuple]]:
+            """Start reading items [a, b) of segment k; (first item, stop, a function giving (parts, failures))."""
             seg, first = plan.segments[k], offsets[k] + a
             if seg.kind == "npz":
                 if k not in readers:
                     readers[k] = NpzRows(seg.spec)
-                return first, offsets[k] + b, thread.submit(read_chunk, plan, k, a, b, truths[k], npz=readers[k]).result
+                future = thread.submit(read_chunk, plan, k, a, b, truths[k], npz=readers[k])
+                return first, offsets[k] + b, lambda: _one_part(*future.result())
             jobs = chunk_jobs(plan, seg, a, b)
             if pool is None:
-                return first, offsets[k] + b, lambda: examples_chunk(plan, seg, first, list(map(featurize_job, jobs)),
-                                                                     truths[k])
-            res = pool.map_async(featurize_job, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
-            return first, offsets[k] + b, lambda: examples_chunk(plan, seg, first, res.get(), truths[k])
+                return first, offsets[k] + b, lambda: _one_part(*examples_chunk(
+                    plan, seg, first, list(map(featurize_job, jobs)), truths[k]))
+            size = max(1, min(batch, -(-len(jobs) // workers)))  # parts of one batch: no copy to join them
+            tasks = [(seg.kind, k, first + i, jobs[i:i + size], plan.grid.n_points) for i in range(0, len(jobs), size)]
+            res = pool.map_async(featurize_part, tasks, chunksize=1)
+            return first, offsets[k] + b, lambda: _joined_parts(res.get())
 
         def commit() -> None:
             """Journal: items before the first buffered row are done (and that item's rows written so far)."""
@@ -648,54 +705,69 @@ def stream_predict(config, model, plan: Plan, *, on_failure: Callable[[str], Non
             if after_commit is not None:
                 after_commit(state["written"])
 
+        def predict(done: dict) -> None:
+            writer.writerows(predict_rows(model, done, batch_size=batch, strict=config.strict,
+                                          references=config.references))
+            state["written"] += len(done["id"])
+            for item in done["item"]:
+                if item == state["last"]:
+                    state["count"] += 1
+                else:
+                    state["last"], state["count"] = int(item), 1
+
         def flush(final: bool) -> None:
-            """Predict the whole batches of the buffer (all of it when `final`) and write their rows."""
+            """Predict the whole batches of the buffer (all of it when `final`) and write their rows. The
+            model sees consecutive rows in batches of `batch` from the first row on, as in one chunk; a part
+            of whole batches goes to it as it is, only rows of a batch split across parts are joined."""
             nonlocal buffer
-            arrays = _concat(buffer) if buffer else None
-            n = 0 if arrays is None else len(arrays["id"])
-            take = n if final else (n // batch) * batch
-            if take:
-                done = _take(arrays, 0, take)
-                writer.writerows(predict_rows(model, done, batch_size=batch, strict=config.strict,
-                                              references=config.references))
-                state["written"] += take
-                for item in done["item"]:
-                    if item == state["last"]:
-                        state["count"] += 1
-                    else:
-                        state["last"], state["count"] = int(item), 1
-            buffer = [_take(arrays, take, n)] if take < n else []
+            n = sum(len(part["id"]) for part in buffer)
+            while n >= batch or (final and n):
+                need = min(batch, n)
+                if len(buffer[0]["id"]) < need:  # a batch split across parts: join its parts (a copy)
+                    j, got = 0, 0
+                    while got < need:
+                        got += len(buffer[j]["id"])
+                        j += 1
+                    buffer = [_concat(buffer[:j])] + buffer[j:]
+                head = buffer[0]
+                m = len(head["id"])
+                take = (m // batch) * batch or m
+                predict(_take(head, 0, take))
+                buffer = ([_take(head, take, m)] if take < m else []) + buffer[1:]
+                n -= take
             commit()
 
         it = iter(chunks)
         pending = [submit(*c) for c in (next(it, None) for _ in range(PREFETCH + 1)) if c is not None]
         while pending:
             first, stop, result = pending.pop(0)
+            parts, fails = result()
+            del result  # its parts are in `buffer` from here on, and leave memory as they are predicted
             nxt = next(it, None)
-            if nxt is not None:
-                pending.append(submit(*nxt))
-            arrays, fails = result()
-            keep = np.ones(len(arrays["id"]), bool)
-            if first == start and skip:  # rows of the first item written before the stop
-                keep[np.flatnonzero(arrays["item"] == start)[:skip]] = False
-            for i in np.flatnonzero(keep):
-                if arrays["source"][i]:
-                    line = guard.admit(str(arrays["id"][i]), str(arrays["source"][i]))
-                    if line is not None:
-                        keep[i] = False
-                        fails.append((int(arrays["item"][i]), line))
-            if not keep.all():
-                arrays = {k: v[keep] for k, v in arrays.items()}
+            for arrays in parts:
+                keep = np.ones(len(arrays["id"]), bool)
+                if first == start and skip:  # rows of the first item written before the stop (all in one part)
+                    keep[np.flatnonzero(arrays["item"] == start)[:skip]] = False
+                for i in np.flatnonzero(keep):
+                    if arrays["source"][i]:
+                        line = guard.admit(str(arrays["id"][i]), str(arrays["source"][i]))
+                        if line is not None:
+                            keep[i] = False
+                            fails.append((int(arrays["item"][i]), line))
+                if not keep.all():
+                    arrays = {k: v[keep] for k, v in arrays.items()}
+                if len(arrays["id"]):
+                    buffer.append(arrays)
             for item, line in sorted(fails):
                 failures.append(line)
                 held.append((item, line))
                 if on_failure is not None:
                     on_failure(line)
             state["consumed"] = stop
-            if len(arrays["id"]):
-                buffer.append(arrays)
-            flush(final=not pending)
+            flush(final=not pending and nxt is None)
             bar.update(stop - first)
+            if nxt is not None:  # read ahead while the model works on what is buffered
+                pending.append(submit(*nxt))
     finally:
         bar.close()
         rows_fh.close()

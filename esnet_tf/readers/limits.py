@@ -317,9 +317,13 @@ def read_npy_header(fh, member: str = "") -> tuple[tuple[int, ...], bool, np.dty
             header = fh.read(n)
             head += header
             m = _NPY_HEADER.fullmatch(header) if len(header) == n and n <= _NPY_MAX_HEADER else None
-            if m is not None:
+            try:
+                dtype = _npy_dtype(m.group(1).decode("latin1")) if m is not None else None
+            except TypeError:  # not a dtype: numpy's error below
+                dtype = None
+            if dtype is not None:
                 shape = tuple(int(x) for x in m.group(3).split(b",") if x.strip()) if m.group(3) else ()
-                return shape, m.group(2) == b"True", _npy_dtype(m.group(1).decode("latin1"))
+                return shape, m.group(2) == b"True", dtype
     slow = io.BytesIO(head)  # numpy parses what was read (and names what is wrong with it)
     version = np.lib.format.read_magic(slow)
     read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
