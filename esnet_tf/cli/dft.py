@@ -1,6 +1,7 @@
 """`esnet dft`: GPAW single points (and relaxations) that write IS-DOS (extra `dft`).
 
     esnet dft run STRUCTURES... --out DIR [--relax eos] [--workers 2]
+    esnet dft run STRUCTURES... --out DIR --relax optimizer --relax-start uip   # BFGS from CHGNet's geometry
     esnet dft demo [--out DIR] [--workers 2] [--part all|base|harder|augment|new]   # the demo dataset, resuming from the packaged one
     esnet dft pool [--out DIR] [--workers 2]                  # the hypothetical screening pool (resumable)
     esnet dft compact DIR                                     # older DOS files rewritten at about half the size, same numbers
@@ -21,6 +22,12 @@ DEMO_OUT = "esnet_demo_data"
 POOL_OUT = "esnet_pool_data"
 #: what `esnet dft run` writes in --out besides its calcs/ cache: all `--overwrite` replaces
 RUN_FILES = ("labels.csv", "failures.csv", "provenance.json", "outcomes.json")
+#: `--relax-start` values: the unrelaxed structure, or the universal potential's relaxation of it
+RELAX_STARTS = ("is", "uip")
+RELAX_START_HELP = ("where optimizer relaxations start: is, the unrelaxed structure; uip, its relaxation by the "
+                    "universal potential (CHGNet, extra uip; the IS single point and IS-DOS stay on the unrelaxed "
+                    "structure, the label stays DFT's; part of the cache key, recorded as relax_start in "
+                    "result.json and provenance.json)")
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -40,6 +47,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
             q.add_argument("--relax", choices=["none", "eos", "optimizer"], default="none",
                            help="none: single point only; eos: isotropic lattice scan (cubic cells without "
                                 "internal degrees of freedom); optimizer: BFGS on positions and cell")
+            q.add_argument("--relax-start", default="is", metavar="{is,uip}",
+                           help=RELAX_START_HELP + "; uip needs --relax optimizer")
             q.add_argument("--overwrite", action="store_true",
                            help=OVERWRITE_HELP.format(", ".join(RUN_FILES) + "; the calcs/ cache is kept") +
                            " when it holds the results of another task list. A rerun whose structures and "
@@ -52,6 +61,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
             q.add_argument("--limit", type=int, default=None, help="only the first N tasks of the plan")
             q.add_argument("--assemble-only", action="store_true",
                            help="compute nothing: write labels.csv and provenance.json from the cached results")
+            q.add_argument("--relax-start", default="is", metavar="{is,uip}",
+                           help=RELAX_START_HELP + "; applies to the optimizer tasks (layered candidates, hcp "
+                                "elements) not yet computed or started from the IS; the EOS tasks are unchanged")
         else:
             q.add_argument("--out", default=DEMO_OUT, help="dataset directory; a new one starts from a copy of the "
                            "packaged demo results, so only missing structures are computed (to extend the "
@@ -93,6 +105,38 @@ def _settings(args) -> DFTSettings:
     return DFTSettings.from_dict(d)
 
 
+def _relax_start(args: argparse.Namespace) -> str:
+    """`Task.relax_start` of `--relax-start` ("is", or "chgnet-<weights>" for uip); bad values in one line."""
+    from esnet_tf.dft.tasks import RELAX_START_IS, uip_relax_start
+
+    value = getattr(args, "relax_start", "is")
+    if value not in RELAX_STARTS:
+        raise UserError(f"--relax-start {value!r}: choose one of {', '.join(RELAX_STARTS)} (is: the unrelaxed "
+                        "structure; uip: its CHGNet relaxation)")
+    if value == "is":
+        return RELAX_START_IS
+    if args.dft_command == "run" and args.relax != "optimizer":
+        raise UserError(f"--relax-start uip applies to optimizer relaxations only, not --relax {args.relax} "
+                        "(EOS scans and single points start from the IS): add --relax optimizer or drop --relax-start")
+    from esnet_tf.uip import require_uip
+
+    require_uip("chgnet")
+    return uip_relax_start("chgnet")
+
+
+def _record_relax_starts(out: Path, outcomes: list) -> None:
+    """Add the `relax_start` of every optimizer row (`runner.relax_start_provenance`) to OUT/provenance.json."""
+    from esnet_tf.dft.runner import relax_start_provenance
+
+    section = relax_start_provenance(outcomes)
+    path = out / "provenance.json"
+    if not section["per_row"] or not path.is_file():
+        return
+    prov = json.loads(path.read_text(encoding="utf-8"))
+    prov["relax_start"] = section
+    write_text(path, json.dumps(prov, indent=1, default=str))
+
+
 def _compact(target: Path) -> int:
     from esnet_tf.dft.runner import compact_cache
 
@@ -122,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     if not args.timeout > 0:
         raise UserError(f"--timeout must be > 0 s, got {args.timeout}")
+    relax_start = _relax_start(args)
     if args.dft_command == "demo" and args.readme:  # checked before any work
         from esnet_tf.dft.demo import readme_with_summary
 
@@ -136,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dft_command in ("demo", "pool"):
         _check_dataset_output(out, args.dft_command, st)
     if args.dft_command == "pool":
-        return _pool(args, st, out)
+        return _pool(args, st, out, relax_start)
     if args.dft_command == "demo":
         from esnet_tf.dft.demo import seed_from_package
 
@@ -175,8 +220,8 @@ def run(args: argparse.Namespace) -> int:
                 items = read_structures(f)
             except StructureInputError as exc:
                 raise UserError(str(exc)) from None
-            tasks += [Task(id=i, structure=s, settings=st, relax=args.relax, prototype=proto, timeout=args.timeout)
-                      for i, s, proto in items]
+            tasks += [Task(id=i, structure=s, settings=st, relax=args.relax, prototype=proto, timeout=args.timeout,
+                           relax_start=relax_start) for i, s, proto in items]
         ids = [t.id for t in tasks]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
@@ -194,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
             prov = assemble_cached(out, st)
         else:
             prov = assemble(outcomes, out, st)
+            _record_relax_starts(out, outcomes)
     except ValueError as exc:  # e.g. no elemental entries at all for a phase diagram
         prov = {"n_examples": 0, "note": f"labels not assembled: {exc}"}
         if args.dft_command == "run" and args.overwrite:  # the replaced output's labels belong to another task list
@@ -308,11 +354,30 @@ def _compute(tasks: list, out: Path, args: argparse.Namespace) -> list:
     return run_tasks(tasks, out / "calcs", workers=args.workers, retry_failed=args.retry_failed, nice=args.nice)
 
 
-def _pool(args: argparse.Namespace, st: DFTSettings, out: Path) -> int:
+def _pool_start(task, relax_start: str, out: Path, demo: Path):
+    """The pool task to compute for `task` with `--relax-start`: an optimizer task that has a result from
+    the IS (pool or demo cache) or a started IS relaxation (its progress journal in OUT/calcs) keeps the IS
+    start; the rest start from `relax_start`."""
+    from esnet_tf.dft.progress import PROGRESS_FILE
+    from esnet_tf.dft.runner import cached_outcome
+    from esnet_tf.dft.tasks import RELAX_START_IS, task_hash, with_relax_start
+
+    if relax_start == RELAX_START_IS or task.relax != "optimizer":
+        return task
+    if any(o is not None and o.status != "failed" for o in (cached_outcome(task, out / "calcs"),
+                                                            cached_outcome(task, demo / "calcs"))):
+        return task
+    if (out / "calcs" / task_hash(task) / PROGRESS_FILE).is_file():
+        return task
+    return with_relax_start(task, relax_start)
+
+
+def _pool(args: argparse.Namespace, st: DFTSettings, out: Path, relax_start: str = "is") -> int:
     """`esnet dft pool`: compute the pool plan's missing tasks (reusing the demo's cache), then assemble."""
     from esnet_tf import resources
     from esnet_tf.dft.pool import assemble_pool, pool_tasks
     from esnet_tf.dft.runner import cached_outcome
+    from esnet_tf.dft.tasks import RELAX_START_IS
 
     demo = Path(args.demo_dir) if args.demo_dir else resources.demo_dir()
     if not (demo / "calcs").is_dir():
@@ -322,12 +387,16 @@ def _pool(args: argparse.Namespace, st: DFTSettings, out: Path) -> int:
     plan = pool_tasks(st, timeout=args.timeout)[: args.limit]
     failed = []
     if not args.assemble_only:
-        todo = [p.task for p in plan if cached_outcome(p.task, demo / "calcs") is None]
+        todo = [_pool_start(p.task, relax_start, out, demo) for p in plan if cached_outcome(p.task, demo / "calcs") is None]
         print(f"pool plan: {len(plan)} tasks, {len(plan) - len(todo)} already in the demo's cache")
+        if relax_start != RELAX_START_IS:
+            print(f"--relax-start uip: {sum(t.relax_start != RELAX_START_IS for t in todo)} optimizer tasks start "
+                  f"from {relax_start}")
         failed = [o for o in _compute(todo, out, args) if o.status == "failed"]
         for o in failed:
             print(f"FAILED {o.task_id}: {o.reason}")
     prov = assemble_pool(out, demo, st)
+    _record_pool_relax_starts(out, demo, plan)
     fam = ", ".join(f"{k} {v['done']}/{v['planned']} (stable {v['stable']} of {v['hull_complete']} with complete hulls)"
                     for k, v in prov["candidates"].items())
     print(f"{prov['n_rows']} rows -> {out / 'labels.csv'}; {prov['n_pending']} of {prov['n_planned']} tasks pending; "
@@ -335,3 +404,22 @@ def _pool(args: argparse.Namespace, st: DFTSettings, out: Path) -> int:
     if not prov["n_rows"] and not args.assemble_only:
         return 1
     return 1 if failed else 0
+
+
+def _record_pool_relax_starts(out: Path, demo: Path, plan: list) -> None:
+    """The `relax_start` of every optimizer row of the pool's labels.csv, in its provenance.json (a row whose
+    task has results from both starts is the IS start's, as the assembly reads it)."""
+    import csv
+
+    from esnet_tf.dft.runner import cached_outcome
+    from esnet_tf.dft.tasks import uip_relax_start
+
+    labels = out / "labels.csv"
+    if not labels.is_file():
+        return
+    with open(labels, newline="", encoding="utf-8") as fh:
+        ids = {r["id"] for r in csv.DictReader(fh)}
+    starts = (uip_relax_start("chgnet"),)
+    outcomes = [cached_outcome(p.task, out / "calcs", starts) or cached_outcome(p.task, demo / "calcs", starts)
+                for p in plan if p.task.relax == "optimizer" and p.task.id in ids]
+    _record_relax_starts(out, [o for o in outcomes if o is not None])

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from esnet_tf.dft.progress import Progress
-from esnet_tf.dft.tasks import OPTIMIZER, Task
+from esnet_tf.dft.tasks import OPTIMIZER, RELAX_START_IS, Task, relax_start_config
 
 if TYPE_CHECKING:  # annotations only: GPAW and ASE are imported in the worker process
     from ase import Atoms
@@ -266,31 +266,36 @@ def next_eos_scale(points: list[dict], step: float) -> float | None:
     return best + sign * step * float(np.clip(jump, 1.0, 3.0))
 
 
-def _journaled_point(task: Task, scale: float, workdir: Path, progress: Progress | None) -> dict:
-    """The single point (no DOS) at `scale`: from the task's progress journal, else computed and journaled."""
+def _journaled_point(task: Task, scale: float, workdir: Path, progress: Progress | None,
+                     mesh: tuple[int, int, int] | None = None) -> dict:
+    """The single point (no DOS) at `scale`: from the task's progress journal, else computed and journaled.
+    `mesh`: the k-point mesh (default `kpoint_mesh(task)`)."""
     done = progress.get("eos_points", []) if progress is not None else []
     for p in done:
         if abs(p["scale"] - scale) < 1e-12:  # scales come from journaled values: the same floats
             return p
-    point = single_point(task, scale, workdir / "gpaw.txt", None)
+    point = single_point(task, scale, workdir / "gpaw.txt", None, mesh=mesh)
     if progress is not None:
         progress.put("eos_points", done + [point])
     return point
 
 
-def eos_scan(task: Task, is_point: dict, workdir: Path, progress: Progress | None = None) -> tuple[float, list[dict]]:
+def eos_scan(task: Task, is_point: dict, workdir: Path, progress: Progress | None = None,
+             mesh: tuple[int, int, int] | None = None) -> tuple[float, list[dict]]:
     """Isotropic lattice scan of `relax_eos` (no final single point): (vertex scale, points).
 
-    With `progress`, points an earlier run of the task finished are taken from its journal."""
+    `is_point`: the single point at scale 1 of `task.structure`; `mesh`: the k-point mesh (default
+    `kpoint_mesh(task)`). With `progress`, points an earlier run of the task finished are taken from its
+    journal."""
     st = task.settings
     points = [is_point]
     for s in (1 - st.eos_step, 1 + st.eos_step):
-        points.append(_journaled_point(task, s, workdir, progress))
+        points.append(_journaled_point(task, s, workdir, progress, mesh))
     for _ in range(st.eos_max_extra):
         nxt = next_eos_scale(points, st.eos_step)
         if nxt is None:
             break
-        points.append(_journaled_point(task, nxt, workdir, progress))
+        points.append(_journaled_point(task, nxt, workdir, progress, mesh))
     return _parabola_min(points), points
 
 
@@ -375,6 +380,58 @@ def _restore_bfgs(opt, saved: dict) -> int:
     return int(saved["nsteps"])
 
 
+def uip_start(task: Task, progress: Progress | None = None) -> dict:
+    """The universal potential's relaxation of the task's IS, where `task.relax_start` starts the DFT
+    relaxation (`tasks.relax_start_config`: CHGNet with `esnet_tf.uip`'s settings, FIRE on positions and
+    cell, one torch thread). Journaled under "uip_start", so a resumed task reuses it.
+
+    Returns {"relax_start", "structure" (pymatgen dict), "energy_per_atom" (the potential's, eV/atom),
+    "steps", "converged", "stop_reason", "cpu_time_s", "wall_time_s" (the relaxation, s),
+    "total_cpu_time_s", "total_wall_time_s" (with importing torch and loading the weights), "package_version",
+    "settings",
+    "scale" ((V_start / V_IS)^(1/3))}. Raises DFTError when the potential fails, or when its structure
+    has another space group than the IS (symprec 1e-3): the DFT relaxation keeps the IS's symmetry.
+    Torch and the potential are imported here only (the worker of an IS-start task never loads them).
+    """
+    saved = progress.get("uip_start") if progress is not None else None
+    if saved is not None and saved.get("relax_start") == task.relax_start:
+        return saved
+    import tempfile
+
+    from pymatgen.core import Structure
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    from esnet_tf.errors import UserError
+    from esnet_tf.uip import relax_structures
+
+    config = relax_start_config(task.relax_start)
+    c0, t0 = time.process_time(), time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="esnet-uip-start-") as tmp:  # no cache outside the task
+            (res,) = relax_structures([(task.id, task.structure)], config, cache_dir=tmp, progress=False)
+    except UserError as exc:  # the extra is not installed
+        raise DFTError(f"task {task.id}: relax start {task.relax_start}: {exc}") from exc
+    if res.error or res.structure is None:
+        raise DFTError(f"task {task.id}: the {task.relax_start} relaxation of the IS failed: {res.error}; "
+                       "compute the task with relax start 'is'")
+    start = Structure.from_dict(res.structure)
+    sg_is = SpacegroupAnalyzer(task.structure, symprec=1e-3).get_space_group_symbol()
+    sg_start = SpacegroupAnalyzer(start, symprec=1e-3).get_space_group_symbol()
+    if sg_is != sg_start:
+        raise DFTError(f"task {task.id}: the {task.relax_start} relaxation changed the space group {sg_is} of the "
+                       f"IS to {sg_start}; compute the task with relax start 'is'")
+    record = {"relax_start": task.relax_start, "structure": start.as_dict(), "energy_per_atom": res.energy_per_atom,
+              "steps": res.steps, "converged": res.converged, "stop_reason": res.stop_reason,
+              "cpu_time_s": res.cpu_time_s, "wall_time_s": res.wall_time_s,
+              # with loading torch and the potential's weights (the relaxation alone is cpu_time_s)
+              "total_cpu_time_s": time.process_time() - c0, "total_wall_time_s": time.perf_counter() - t0,
+              "package_version": res.package_version, "settings": config.key(),
+              "scale": float((start.volume / task.structure.volume) ** (1.0 / 3.0))}
+    if progress is not None:
+        progress.put("uip_start", record)
+    return record
+
+
 def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, progress: Progress | None = None) -> dict:
     """General relaxation: an isotropic EOS scan, then BFGS on positions and cell (FrechetCellFilter),
     then a DOS single point.
@@ -399,6 +456,12 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, pro
     (`scf_attempts_available`) is GPAW's default mixer started from the magnetic moment that the
     scan point nearest the vertex converged to: hcp Fe, whose moment collapses between the scan's
     points, oscillated between high- and low-moment states from the 3 muB start with both mixers.
+
+    A task whose `relax_start` names a universal potential starts from that potential's relaxation of
+    the IS (`uip_start`): the EOS scan runs around that structure (a single point there first, scales
+    relative to it in `eos_points`), then BFGS as above. The k-point mesh stays the IS's, so the energies
+    are those of the same settings as an IS start's; `scale` stays relative to the IS; the result's
+    "uip_start" records the start.
     """
     from gpaw import KohnShamConvergenceError
     from ase.filters import FrechetCellFilter
@@ -406,11 +469,20 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, pro
     from pymatgen.io.ase import AseAtomsAdaptor
 
     fmax, steps, max_stages = OPTIMIZER.fmax, OPTIMIZER.steps, OPTIMIZER.max_stages
-    mesh = kpoint_mesh(task)
-    if is_point is None:
-        is_point = single_point(task, 1.0, workdir / "gpaw.txt", None)
-    s0, points = eos_scan(task, is_point, workdir, progress)
-    atoms = _atoms(task, s0)
+    mesh = kpoint_mesh(task)  # of the IS, also for a start from another structure
+    start = None
+    if task.relax_start != RELAX_START_IS:
+        from pymatgen.core import Structure
+
+        start = uip_start(task, progress)
+        start_task = Task(id=task.id, structure=Structure.from_dict(start["structure"]), settings=task.settings,
+                          kind=task.kind, prototype=task.prototype)
+        start_point = _journaled_point(start_task, 1.0, workdir, progress, mesh)
+    else:
+        start_task = task
+        start_point = is_point if is_point is not None else single_point(task, 1.0, workdir / "gpaw.txt", None)
+    s0, points = eos_scan(start_task, start_point, workdir, progress, mesh)
+    atoms = _atoms(start_task, s0)
     attempt = int(progress.get("optimizer_scf_attempt", 1)) if progress is not None else 1
     if attempt <= len(SCF_ATTEMPTS):
         scf = SCF_ATTEMPTS[attempt - 1]
@@ -498,7 +570,7 @@ def relax_optimizer(task: Task, workdir: Path, is_point: dict | None = None, pro
     return {"scale": scale, "energy": rs["energy"], "rs_point": rs, "converged": converged,
             "n_steps": n_steps, "structure": relaxed.as_dict(), "pulay_corrections": corrections,
             "pulay_drift_energy": drifts,
-            "eos_points": points, "eos_vertex": s0, "scf_attempt": attempt}
+            "eos_points": points, "eos_vertex": s0, "scf_attempt": attempt, "uip_start": start}
 
 
 def _scaled(task: Task, scale: float) -> dict:
@@ -548,7 +620,10 @@ def compute(task: Task, workdir: Path) -> dict:
             result.update(relax_converged=rel["converged"], relax_steps=rel["n_steps"],
                           relax_fmax=OPTIMIZER.fmax, optimizer=asdict(OPTIMIZER),
                           pulay_corrections_eV_per_A3=rel["pulay_corrections"],
-                          pulay_drift_eV_per_atom=rel["pulay_drift_energy"], eos_vertex=rel["eos_vertex"])
+                          pulay_drift_eV_per_atom=rel["pulay_drift_energy"], eos_vertex=rel["eos_vertex"],
+                          relax_start=task.relax_start)
+            if rel.get("uip_start") is not None:  # the start structure, and the potential's steps and CPU time
+                result["uip_start"] = rel["uip_start"]
     fallback = [{"point": "is", "scale": 1.0}] if is_point["scf_attempt"] > 1 else []
     if task.relax != "none":
         fallback += [{"point": "eos", "scale": p["scale"]} for p in rel.get("eos_points", [])

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from esnet_tf.atomic import write_text
 from esnet_tf.dft.engine import GPAW_DOS_SUFFIX, scf_attempts_available
 from esnet_tf.dft.progress import PROGRESS_FILE
-from esnet_tf.dft.tasks import Task, task_hash
+from esnet_tf.dft.tasks import RELAX_START_IS, Task, task_hash, with_relax_start
 from esnet_tf.threads import SINGLE_THREAD_ENV
 
 WORKERS_FILE = "WORKERS"  # in the cache directory: an integer that lowers the worker count of a running job
@@ -226,9 +226,51 @@ def lower_session_priority(nice: int) -> str | None:
     return None
 
 
-def cached_outcome(task: Task, cache_dir: Path) -> Outcome | None:
-    """The cached outcome of `task` (done or failed), or None when it was never computed."""
-    return _read_cached(task, Path(cache_dir) / task_hash(task), retry_failed=False)
+def cached_outcome(task: Task, cache_dir: Path, also_starts: tuple[str, ...] = ()) -> Outcome | None:
+    """The cached outcome of `task` (done or failed), or None when it was never computed.
+
+    `also_starts`: for an optimizer task without a result of its own, also accept a finished result of
+    the same task relaxed from one of these starts (`Task.relax_start`, e.g. ("chgnet-0.3.0",)); such an
+    outcome's key is that task's and `relax_start_of(outcome.result)` names its start. Without them a
+    result is only ever found under its own start.
+    """
+    own = _read_cached(task, Path(cache_dir) / task_hash(task), retry_failed=False)
+    if own is not None and (own.status != "failed" or task.relax != "optimizer"):
+        return own
+    for start in also_starts:
+        other = with_relax_start(task, start)
+        if other.relax_start == task.relax_start:
+            continue
+        found = _read_cached(other, Path(cache_dir) / task_hash(other), retry_failed=False)
+        if found is not None and found.status != "failed":
+            return found
+    return own
+
+
+def relax_start_of(result: dict) -> str:
+    """Where the relaxation of a finished result started: "is" (the unrelaxed structure; also every
+    result from before `relax_start` was recorded), or the universal potential's "<model>-<weights>";
+    "" for a result without an optimizer relaxation."""
+    if result.get("relax_kind") != "optimizer":
+        return ""
+    return str(result.get("relax_start", RELAX_START_IS))
+
+
+def relax_start_provenance(outcomes: list[Outcome]) -> dict:
+    """provenance.json's `relax_start`: the start of every finished optimizer relaxation (id -> "is" or
+    "chgnet-<weights>") and how many of each, with the universal potential's steps and CPU seconds."""
+    per_row = {o.task_id: relax_start_of(o.result) for o in outcomes if o.result is not None
+               and relax_start_of(o.result)}
+    counts: dict[str, int] = {}
+    for start in per_row.values():
+        counts[start] = counts.get(start, 0) + 1
+    uip = {o.task_id: {k: o.result["uip_start"].get(k) for k in ("steps", "converged", "cpu_time_s", "package_version",
+                                                                  "scale")}
+           for o in outcomes if o.result is not None and o.result.get("uip_start")}
+    return {"rule": "optimizer relaxations start from the IS ('is') or from a universal potential's relaxation "
+                    "of it ('<model>-<weights>', esnet dft --relax-start uip); the IS single point and IS-DOS are "
+                    "of the unrelaxed structure and the label is the DFT relaxation's either way",
+            "counts": dict(sorted(counts.items())), "per_row": dict(sorted(per_row.items())), "uip_start": uip}
 
 
 def run_task(task: Task, cache_dir: Path, retry_failed: bool = False, nice: int = 0) -> Outcome:

@@ -4,12 +4,18 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from pymatgen.core import Structure
 
 from esnet_tf.dft.settings import DFTSettings
 
+if TYPE_CHECKING:
+    from esnet_tf.uip import UIPConfig
+
 RELAX_MODES = ("none", "eos", "optimizer")
+#: `Task.relax_start` of a relaxation that starts from the unrelaxed structure (the default)
+RELAX_START_IS = "is"
 
 
 @dataclass
@@ -19,6 +25,10 @@ class Task:
     `relax`: "none" (single point on the unrelaxed structure only), "eos" (isotropic
     lattice scan, for cubic cells without internal degrees of freedom) or "optimizer"
     (ASE BFGS with a Frechet cell filter). `kind` is "crystal" or "molecule" (Gamma only).
+    `relax_start` (optimizer relaxations only): "is", the relaxation starts from the unrelaxed
+    structure; "<model>-<weights>" (e.g. "chgnet-0.3.0", `uip_relax_start`), it starts from that
+    universal potential's relaxation of it (`engine.uip_start`). The IS single point and IS-DOS stay on
+    the unrelaxed structure and the label stays DFT's either way; the start is part of the cache key.
     """
 
     id: str
@@ -28,22 +38,61 @@ class Task:
     kind: str = "crystal"
     prototype: str = ""
     timeout: float = 1800.0  # seconds of wall time allowed for the whole task
+    relax_start: str = RELAX_START_IS
 
     def __post_init__(self) -> None:
         if self.relax not in RELAX_MODES:
             raise ValueError(f"task {self.id}: relax must be one of {RELAX_MODES}, got {self.relax!r}")
+        if self.relax_start != RELAX_START_IS:
+            relax_start_config(self.relax_start)  # ValueError for an unknown start
+            if self.relax != "optimizer":
+                raise ValueError(f"task {self.id}: relax_start {self.relax_start!r} needs relax 'optimizer' "
+                                 f"(got {self.relax!r}); EOS scans and single points start from the IS")
 
     def to_dict(self) -> dict:
         return {"id": self.id, "structure": self.structure.as_dict(),
                 "settings": self.settings.to_dict(), "relax": self.relax, "kind": self.kind,
-                "prototype": self.prototype, "timeout": self.timeout}
+                "prototype": self.prototype, "timeout": self.timeout, "relax_start": self.relax_start}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Task":
         return cls(id=d["id"], structure=Structure.from_dict(d["structure"]),
                    settings=DFTSettings.from_dict(d["settings"]), relax=d["relax"],
                    kind=d.get("kind", "crystal"), prototype=d.get("prototype", ""),
-                   timeout=d.get("timeout", 1800.0))
+                   timeout=d.get("timeout", 1800.0), relax_start=d.get("relax_start", RELAX_START_IS))
+
+
+def relax_start_config(relax_start: str) -> UIPConfig | None:
+    """The `esnet_tf.uip.UIPConfig` of a universal-potential start ("chgnet-0.3.0": CHGNet, weights
+    0.3.0, `UIPConfig`'s default relaxation settings); None for "is". ValueError for anything else.
+    Imports no potential (torch and chgnet load only in `engine.uip_start`)."""
+    if relax_start == RELAX_START_IS:
+        return None
+    from esnet_tf.uip import MODELS, UIPConfig
+
+    model, _, version = str(relax_start).partition("-")
+    if model not in MODELS or version not in MODELS[model][1]:
+        known = [RELAX_START_IS] + [f"{m}-{v}" for m, (_, vs) in MODELS.items() for v in vs]
+        raise ValueError(f"relax_start {relax_start!r} unknown; choose one of {', '.join(known)}")
+    return UIPConfig(model=model, model_version=version)
+
+
+def uip_relax_start(model: str = "chgnet", model_version: str | None = None) -> str:
+    """`Task.relax_start` of a start from `model`'s relaxation (weights `model_version`, default
+    `UIPConfig`'s: "chgnet-0.3.0")."""
+    from esnet_tf.uip import UIPConfig
+
+    start = f"{model}-{model_version or UIPConfig().model_version}"
+    relax_start_config(start)
+    return start
+
+
+def with_relax_start(task: Task, relax_start: str) -> Task:
+    """`task` with `relax_start` when it is an optimizer relaxation; any other task unchanged (EOS scans
+    and single points always start from the IS)."""
+    from dataclasses import replace
+
+    return replace(task, relax_start=relax_start) if task.relax == "optimizer" else task
 
 
 #: Bumped when the EOS relaxation changes behaviour, so that cached results of the old one are
@@ -97,4 +146,7 @@ def task_hash(task: Task) -> str:
         payload["eos_revision"] = EOS_REVISION
     if task.relax == "optimizer" and OPTIMIZER != FIRST_OPTIMIZER:
         payload["optimizer"] = asdict(OPTIMIZER)
+    if task.relax_start != RELAX_START_IS:  # absent for the IS start: the keys of every earlier result hold
+        payload["relax_start"] = task.relax_start
+        payload["relax_start_settings"] = relax_start_config(task.relax_start).key()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
