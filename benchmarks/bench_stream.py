@@ -11,7 +11,8 @@ process or featurizing worker), and the rate once running (the wall time past th
 command on one input: TensorFlow, the model and its tracing). Against it, the model's own inference
 rate: the same model and batch on featurized inputs already in memory (`ESNetModel.predict_arrays`,
 the call `esnet predict` makes), in a fresh process. The model is the paper config with random weights (speed does not
-depend on the weights) unless `--model` names one. Every JSON carries `machine`
+depend on the weights) unless `--model` names one. Also the CPU time per file of a streaming worker by file kind
+(`featurize_cpu`; `--kinds-only` for that alone, a few seconds). Every JSON carries `machine`
 (`esnet_tf.machine.machine_record`); speeds on a loaded machine are not rankings.
 """
 from __future__ import annotations
@@ -85,6 +86,48 @@ def child_model_rate(model: str, pool: str, n: int, batch: int) -> dict:
     return {"n": n, "inference_s": s, "inference_per_s": n / s}
 
 
+#: the files of each kind whose featurizing CPU time `child_kind_cpu` measures (FIXTURES-relative, or DEMO)
+KIND_FILES = {
+    "gpawdos_npz": None,  # the demo's IS files (the first 300)
+    "vasprun_small": ["vasp/Al.vasprun.xml.gz", "vasp/Fe_monomer_spin.vasprun.xml.gz", "vasp/LiF.vasprun.xml.gz",
+                      "vasp/indirect.vasprun.xml.gz", "vasp/vdw.vasprun.xml.gz"],
+    "vasprun_mid": ["vasp/hse06.vasprun.xml.gz", "vasp/magmom_ldau.vasprun.xml.gz", "vasp/unconverged.vasprun.xml.gz"],
+    "vasprun_GaAs_32MB": ["vasp/GaAs_mp-2534.vasprun.xml.gz"],
+    "doscar": ["doscar/hea_spin_polarized"],
+    "mp_json": ["mp/Fe_bcc_complete_dos.json.gz", "mp/Si_complete_dos.json", "mp/Nb3Sn_complete_dos.json",
+                "mp/mp-865805_Co2TaZn_complete_dos.json", "mp/LiFe4P4O16_complete_dos.json"],
+}
+
+
+def child_kind_cpu() -> dict:
+    """CPU ms per file (process time, so a loaded machine inflates it little) of what a streaming worker
+    runs (`esnet_tf.stream.featurize_part`: read, featurize, stack), by file kind, after one warm-up file of
+    the kind (`first_file_cpu_ms`: that file with the imports of its reader, once per worker process)."""
+    import esnet_tf.cli  # noqa: F401  (what a spawned worker imports first)
+    from esnet_tf.isdos import PAPER_GRID
+    from esnet_tf.stream import featurize_part
+
+    out: dict = {}
+    for kind, names in KIND_FILES.items():
+        files = ([str(f) for f in sorted(DEMO.glob("calcs/*/is.gpawdos.npz"))[:300]] if names is None
+                 else [str(FIXTURES / n) for n in names if (FIXTURES / n).exists()])
+        if not files:
+            continue
+        jobs = [("dft", f, "", PAPER_GRID, None) for f in files]
+        t = time.process_time()
+        featurize_part(("dft", 0, 0, jobs[:1], PAPER_GRID.n_points))  # imports of the kind's reader
+        first = time.process_time() - t
+        reps = max(1, -(-10 // len(jobs)))
+        t = time.process_time()
+        for _ in range(reps):
+            arrays, fails, _ = featurize_part(("dft", 0, 0, jobs, PAPER_GRID.n_points))
+        per_file = (time.process_time() - t) / (reps * len(jobs))
+        out[kind] = {"files": len(files), "cpu_ms_per_file": round(1e3 * per_file, 2),
+                     "first_file_cpu_ms": round(1e3 * first, 1), "failed": len(fails)}
+    out["tensorflow_imported"] = "tensorflow" in sys.modules
+    return out
+
+
 def in_fresh_process(argv: list[str]) -> dict:
     """`esnet_tf.machine.run_in_fresh_process`: the last stdout JSON line, peak RSS (MiB), wall (s)."""
     from esnet_tf.machine import run_in_fresh_process
@@ -96,7 +139,7 @@ def main() -> int | None:
     from esnet_tf.machine import emit_result
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", nargs="?", default="run", choices=("run", "model"), help=argparse.SUPPRESS)
+    p.add_argument("kind", nargs="?", default="run", choices=("run", "model", "kinds"), help=argparse.SUPPRESS)
     p.add_argument("--sizes", default="1000,15318,150000", help="pool sizes (inputs) [default 1000,15318,150000]")
     p.add_argument("--model", help=".keras model or shipped name (default: paper config, random weights)")
     p.add_argument("--batch-size", type=int, default=256, help="examples per model call (esnet predict's default)")
@@ -106,10 +149,19 @@ def main() -> int | None:
     p.add_argument("--work", help="working directory kept between runs (default: a temporary one)")
     p.add_argument("--pool", help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the result to this file")
+    p.add_argument("--kinds-only", action="store_true",
+                   help="only the featurizing CPU ms per file kind of a streaming worker (a few seconds)")
     args = p.parse_args()
     if args.kind == "model":
         print(json.dumps(child_model_rate(args.model, args.pool, args.model_rows, args.batch_size)))
         return None
+    if args.kind == "kinds":
+        print(json.dumps(child_kind_cpu()))
+        return None
+    if args.kinds_only:
+        return emit_result({"date": time.strftime("%Y-%m-%d %H:%M"),
+                            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                            "featurize_cpu": in_fresh_process([sys.executable, __file__, "kinds"])}, args.json)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     work = Path(args.work or tempfile.mkdtemp(prefix="esnet_stream_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -159,6 +211,7 @@ def main() -> int | None:
     rate = in_fresh_process([sys.executable, __file__, "model", "--model", model, "--pool", str(first_pool),
                              "--model-rows", str(args.model_rows), "--batch-size", str(args.batch_size)])
     result["model_only"] = rate
+    result["featurize_cpu"] = in_fresh_process([sys.executable, __file__, "kinds"])
     for r in result["sizes"].values():
         r["fraction_of_model_rate"] = round(r["inputs_per_s"] / rate["inference_per_s"], 3)
         r["steady_fraction_of_model_rate"] = round(r["steady_inputs_per_s"] / rate["inference_per_s"], 3)
