@@ -380,6 +380,24 @@ def _restore_bfgs(opt, saved: dict) -> int:
     return int(saved["nsteps"])
 
 
+def _symmetrized(structure):
+    """`structure` made exactly symmetric in the space group it has at symprec 1e-3 (ASE `refine_symmetry`).
+
+    A potential evaluated in float32 leaves noise of ~1e-7 in cell and positions (hcp Be from CHGNet:
+    P6_3/mmc at 1e-5, P-1 at 1e-7); GPAW's own symmetry analysis then failed during BFGS
+    (SymmetryAnalysisBug), while the prototype-built IS is exact.
+    """
+    from ase.spacegroup.symmetrize import refine_symmetry
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    refine_symmetry(atoms, symprec=1e-3, verbose=False)
+    out = AseAtomsAdaptor.get_structure(atoms)
+    for prop in list(out.site_properties):
+        out.remove_site_property(prop)
+    return out
+
+
 def uip_start(task: Task, progress: Progress | None = None) -> dict:
     """The universal potential's relaxation of the task's IS, where `task.relax_start` starts the DFT
     relaxation (`tasks.relax_start_config`: CHGNet with `esnet_tf.uip`'s settings, FIRE on positions and
@@ -390,7 +408,8 @@ def uip_start(task: Task, progress: Progress | None = None) -> dict:
     "total_cpu_time_s", "total_wall_time_s" (with importing torch and loading the weights), "package_version",
     "settings",
     "scale" ((V_start / V_IS)^(1/3))}. Raises DFTError when the potential fails, or when its structure
-    has another space group than the IS (symprec 1e-3): the DFT relaxation keeps the IS's symmetry.
+    has another space group than the IS (symprec 1e-3): the DFT relaxation keeps the IS's symmetry. The
+    structure is made exactly symmetric first (`_symmetrized`).
     Torch and the potential are imported here only (the worker of an IS-start task never loads them).
     """
     saved = progress.get("uip_start") if progress is not None else None
@@ -414,7 +433,7 @@ def uip_start(task: Task, progress: Progress | None = None) -> dict:
     if res.error or res.structure is None:
         raise DFTError(f"task {task.id}: the {task.relax_start} relaxation of the IS failed: {res.error}; "
                        "compute the task with relax start 'is'")
-    start = Structure.from_dict(res.structure)
+    start = _symmetrized(Structure.from_dict(res.structure))
     sg_is = SpacegroupAnalyzer(task.structure, symprec=1e-3).get_space_group_symbol()
     sg_start = SpacegroupAnalyzer(start, symprec=1e-3).get_space_group_symbol()
     if sg_is != sg_start:
