@@ -40,11 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="labels of the model's training data (is_shift's median relaxation energy) [the train rows "
                          "of the model's splits.json; the demo's labels.csv for a model without one]")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "out_of_sample"))
+    ap.add_argument("--study", default=str(ROOT / "benchmarks" / "results" / "accuracy_pool"),
+                    help="a `benchmarks/accuracy.py --group-by pool` folder: the model is compared, paired per "
+                         "structure, with each of its rows on the candidates both scored ('' for none)")
     ap.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
     args = ap.parse_args(argv)
     try:
-        from esnet_tf.study.out_of_sample import (median_relaxation_energy, model_snapshot, risk_coverage_figure,
-                                                  score_predictions, screening_scores)
+        from esnet_tf.study.out_of_sample import (compare_with_study, median_relaxation_energy, model_snapshot,
+                                                  risk_coverage_figure, score_predictions, screening_scores)
 
         pool, out = Path(args.pool_dir), Path(args.out)
         if not (pool / "labels.csv").is_file():
@@ -75,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   **score_predictions(out / "predictions.csv", snapshot, shift, exclude=seen)}
         result["screening_candidates"] = screening_scores(
             out / "predictions.csv", snapshot, [ROOT / "datasets" / "is_dos" / "demo" / "labels.csv"], exclude=seen)
+        if args.study and (Path(args.study) / "results.json").is_file():
+            result["compared_with_study"] = compare_with_study(out / "predictions.csv", args.study, exclude=seen)
         write_text(out / "summary.json", json.dumps(result, indent=1))
         risk_coverage_figure(result, out / "risk_coverage.png", f"{args.model} on the pool (out of sample)")
     except UserError as exc:

@@ -146,3 +146,21 @@ def test_label_histogram_counts_the_label_range_and_refuses_an_existing_output(t
     res = subprocess.run([*args[:2], "--demo-dir", str(tmp_path / "no")], capture_output=True, text=True, timeout=300)
     err = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(err) == 1 and "--demo-dir" in err[0] and "no labels.csv" in err[0]
+
+
+def test_compare_with_study_pairs_per_structure_over_the_rows_seeds(tmp_path):
+    """The model's |error| against a study row's |error| averaged over its seeds, on the structures both scored;
+    units of seeds outside results.json are ignored."""
+    cache = tmp_path / "cache" / "h"
+    cache.mkdir(parents=True)
+    (tmp_path / "results.json").write_text(json.dumps({"snapshot_hash": "h", "seeds": [0, 1]}))
+    for seed, preds in ((0, [0.1, 1.2, 2.0]), (1, [0.3, 1.0, 2.0]), (5, [9.0, 9.0, 9.0])):
+        (cache / f"gbr_uip_f0of1_s{seed}_e0_bypool-candidates.json").write_text(json.dumps(
+            {"model": "gbr_uip", "seed": seed, "test_ids": ["a", "b", "c"], "pred": preds, "truth": [0.0, 1.0, 2.0]}))
+    preds = tmp_path / "p.csv"
+    preds.write_text(HEADER + "a,A,0.0,0.1,,,\nb,B,1.5,0.1,,,\nc,C,2.4,0.1,,,\nz,Z,0.0,0.1,,,\n")
+    r = oos.compare_with_study(preds, tmp_path)["rows"]["gbr_uip"]
+    # row |error|: a 0.2, b 0.1, c 0.0 (seed means); model: 0.0, 0.5, 0.4
+    assert r["n"] == 3 and r["mae_row"] == pytest.approx(0.1) and r["mae_model"] == pytest.approx(0.3)
+    assert r["diff"] == pytest.approx(0.2) and r["ci_low"] <= 0.2 <= r["ci_high"] and r["n_model_lower"] == 1
+    assert oos.compare_with_study(preds, tmp_path, exclude={"a", "b"})["rows"] == {}  # one pair is no comparison

@@ -198,6 +198,46 @@ def screening_scores(predictions_csv: str | Path, labels_csv: str | Path, refere
     return out
 
 
+def compare_with_study(predictions_csv: str | Path, study_dir: str | Path,
+                       exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The model's |error| against each row of the study's pool test set (`--group-by pool` units in
+    `study_dir`, its results.json's snapshot), paired per structure on the rows both scored: per study row,
+    MAE of both, the mean difference (model − row; the row's |error| averaged over its seeds) with a
+    95 % bootstrap interval over structures and the Wilcoxon signed-rank p (eV/atom)."""
+    import json
+
+    from esnet_tf.pretrained import PREDICTION_COLUMN
+    from esnet_tf.study.stats import bootstrap_ci, paired_comparison
+
+    study_dir = Path(study_dir)
+    result = json.loads((study_dir / "results.json").read_text(encoding="utf-8"))
+    errors: dict[str, dict[str, list[float]]] = {}
+    truth: dict[str, float] = {}
+    for path in sorted((study_dir / "cache" / result["snapshot_hash"]).glob("*_bypool-candidates.json")):
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        if rec["seed"] not in result["seeds"]:
+            continue
+        for i, p, t in zip(rec["test_ids"], rec["pred"], rec["truth"]):
+            errors.setdefault(rec["model"], {}).setdefault(i, []).append(abs(p - t))
+            truth[i] = t
+    with open(predictions_csv, newline="", encoding="utf-8") as fh:
+        ours = {r["id"]: abs(float(r[PREDICTION_COLUMN]) - truth[r["id"]]) for r in csv.DictReader(fh)
+                if r["id"] in truth and r["id"] not in exclude}
+    out: dict[str, Any] = {"study": str(study_dir), "snapshot_hash": result["snapshot_hash"],
+                           "seeds": result["seeds"], "rows": {}}
+    for model, per_id in errors.items():
+        ids = sorted(set(per_id) & set(ours))
+        if len(ids) < 2:
+            continue
+        a = np.array([ours[i] for i in ids])
+        b = np.array([float(np.mean(per_id[i])) for i in ids])
+        diff, low, high = bootstrap_ci(a - b, lambda d: float(d.mean()))
+        out["rows"][model] = {"n": len(ids), "mae_model": float(a.mean()), "mae_row": float(b.mean()),
+                              "diff": diff, "ci_low": low, "ci_high": high,
+                              "p_value": paired_comparison(a, b)["p_value"], "n_model_lower": int(np.sum(a < b))}
+    return out
+
+
 def risk_coverage_figure(result: Mapping[str, Any], path: Path, title: str) -> Path:
     """PNG of MAE against the fraction kept (lowest σ first), all rows and each group, with the set-mean MAE."""
     import matplotlib
