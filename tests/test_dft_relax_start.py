@@ -128,3 +128,25 @@ def test_a_relaxation_from_chgnet_is_recorded_and_never_passes_for_an_is_start(t
     rc = main(base)  # the IS start's task list: another task, refused before any work
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "Al" in err
+
+
+def test_a_start_from_a_float32_potential_is_made_exactly_symmetric_in_the_is_setting():
+    """CHGNet's hcp Be kept P6_3/mmc only to ~1e-7 (P-1 at symprec 1e-7) and GPAW's symmetry analysis failed on
+    it; the start is projected onto the IS's space group, in the IS's setting, before DFT sees it."""
+    import numpy as np
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    from esnet_tf.dft.engine import _symmetrized_like
+
+    ref = noncubic_structure("hcp", ["Be"])
+    moved = ref.copy()
+    moved.scale_lattice(ref.volume * 1.2)
+    rng = np.random.default_rng(0)
+    noisy = Structure(moved.lattice.matrix * (1 + 3e-7 * rng.standard_normal((3, 3))), moved.species,
+                      moved.frac_coords + 3e-7 * rng.standard_normal((2, 3)))
+    assert SpacegroupAnalyzer(noisy, symprec=1e-8).get_space_group_symbol() != "P6_3/mmc"
+    fixed = _symmetrized_like(ref, noisy)
+    assert SpacegroupAnalyzer(fixed, symprec=1e-10).get_space_group_symbol() == "P6_3/mmc"
+    np.testing.assert_allclose(fixed.frac_coords, ref.frac_coords, atol=1e-12)
+    assert fixed.volume == pytest.approx(noisy.volume, rel=1e-5)
+    assert fixed.lattice.gamma == pytest.approx(120, abs=1e-10)

@@ -380,18 +380,25 @@ def _restore_bfgs(opt, saved: dict) -> int:
     return int(saved["nsteps"])
 
 
-def _symmetrized(structure):
-    """`structure` made exactly symmetric in the space group it has at symprec 1e-3 (ASE `refine_symmetry`).
+def _symmetrized_like(reference, structure):
+    """`structure` (the same sites as `reference`, moved) with its cell and positions projected onto the
+    space group of `reference` at symprec 1e-3, in the reference's setting (ASE FixSymmetry applied to the
+    displacement from `reference`): exact to rounding where the reference is.
 
     A potential evaluated in float32 leaves noise of ~1e-7 in cell and positions (hcp Be from CHGNet:
-    P6_3/mmc at 1e-5, P-1 at 1e-7); GPAW's own symmetry analysis then failed during BFGS
-    (SymmetryAnalysisBug), while the prototype-built IS is exact.
+    P6_3/mmc at symprec 1e-5, P-1 at 1e-7); GPAW's own symmetry analysis then failed
+    (SymmetryAnalysisBug), also after ASE's refine_symmetry, which moves the origin. The prototype-built
+    IS is exact.
     """
-    from ase.spacegroup.symmetrize import refine_symmetry
+    from ase.constraints import FixSymmetry
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    atoms = AseAtomsAdaptor.get_atoms(structure)
-    refine_symmetry(atoms, symprec=1e-3, verbose=False)
+    atoms = AseAtomsAdaptor.get_atoms(reference)
+    atoms.set_constraint(FixSymmetry(atoms, symprec=1e-3))
+    moved = AseAtomsAdaptor.get_atoms(structure)
+    atoms.set_cell(moved.cell, scale_atoms=True, apply_constraint=True)
+    atoms.set_positions(moved.positions, apply_constraint=True)
+    atoms.set_constraint()
     out = AseAtomsAdaptor.get_structure(atoms)
     for prop in list(out.site_properties):
         out.remove_site_property(prop)
@@ -409,7 +416,7 @@ def uip_start(task: Task, progress: Progress | None = None) -> dict:
     "settings",
     "scale" ((V_start / V_IS)^(1/3))}. Raises DFTError when the potential fails, or when its structure
     has another space group than the IS (symprec 1e-3): the DFT relaxation keeps the IS's symmetry. The
-    structure is made exactly symmetric first (`_symmetrized`).
+    structure is made exactly symmetric first, in the IS's setting (`_symmetrized_like`).
     Torch and the potential are imported here only (the worker of an IS-start task never loads them).
     """
     saved = progress.get("uip_start") if progress is not None else None
@@ -433,7 +440,7 @@ def uip_start(task: Task, progress: Progress | None = None) -> dict:
     if res.error or res.structure is None:
         raise DFTError(f"task {task.id}: the {task.relax_start} relaxation of the IS failed: {res.error}; "
                        "compute the task with relax start 'is'")
-    start = _symmetrized(Structure.from_dict(res.structure))
+    start = _symmetrized_like(task.structure, Structure.from_dict(res.structure))
     sg_is = SpacegroupAnalyzer(task.structure, symprec=1e-3).get_space_group_symbol()
     sg_start = SpacegroupAnalyzer(start, symprec=1e-3).get_space_group_symbol()
     if sg_is != sg_start:
