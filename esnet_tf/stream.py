@@ -553,7 +553,7 @@ class IdGuard:
     (`finalize` re-derives those ids from the files' common folder)."""
 
     def __init__(self) -> None:
-        self.first: dict[str, tuple[str, bool]] = {}
+        self.first: dict[str, str] = {}  # id -> source of its first row (150,000 rows: ~33 MiB)
 
     @staticmethod
     def renamable(rid: str, source: str) -> bool:
@@ -563,11 +563,11 @@ class IdGuard:
 
     def admit(self, rid: str, source: str) -> str | None:
         """None to keep the row, else the failure line."""
-        if rid not in self.first:
-            self.first[rid] = (source, self.renamable(rid, source))
+        prev = self.first.get(rid)
+        if prev is None:
+            self.first[rid] = source
             return None
-        prev, ok = self.first[rid]
-        if ok and self.renamable(rid, source) and Path(prev).resolve() != Path(source).resolve():
+        if self.renamable(rid, prev) and self.renamable(rid, source) and Path(prev).resolve() != Path(source).resolve():
             return None
         return str(DOSInputError(source, f"duplicate example id {rid!r} (also from {prev})",
                                  "ids must be unique: give the calculations distinct names or task_ids"))
@@ -844,13 +844,17 @@ def finalize(partial_rows: str | Path, out: str | Path, labels: str | None = Non
             sources.append(row[1])
             for k, j in tcol.items():
                 truth_any[k] = truth_any[k] or bool(row[j])
-    groups: dict[str, list[int]] = {}
+    first_row: dict[str, int] = {}
+    groups: dict[str, list[int]] = {}  # the ids of several DFT rows: their rows (a list only for those)
     for i, (rid, src) in enumerate(zip(ids, sources)):
         if src:
-            groups.setdefault(rid, []).append(i)
+            j = first_row.setdefault(rid, i)
+            if j != i:
+                groups.setdefault(rid, [j]).append(i)
+    del first_row
     new_ids = list(ids)
     renamed: set[int] = set()
-    for members in (m for m in groups.values() if len(m) > 1):
+    for members in groups.values():
         real = [Path(sources[i]).resolve() for i in members]
         if len(set(real)) == len(real) and all(IdGuard.renamable(ids[i], sources[i]) for i in members):
             root = Path(os.path.commonpath([str(s.parent) for s in real]))
@@ -879,6 +883,12 @@ def finalize(partial_rows: str | Path, out: str | Path, labels: str | None = Non
                               and np.isfinite(float(truths[new_ids[i]][k]))})
     keep_cols = [j for j, name in enumerate(header) if j >= len(_BOOK) and (name not in TRUTH_KEYS or truth_any[name])]
     columns: dict[str, list] = {header[j]: [] for j in keep_cols}
+    from esnet_tf.predict import PREDICTION_LOWER_COLUMN, PREDICTION_UPPER_COLUMN
+
+    unique = {"id", PREDICTION_COLUMN, PREDICTION_STD_COLUMN, PREDICTION_LOWER_COLUMN,  # one string a row;
+              PREDICTION_UPPER_COLUMN}  # the other columns repeat a few values: each held once
+
+    shared: dict[str, str] = {}
     with atomic_path(out) as tmp, tmp.open("w", newline="") as fo, open(partial_rows, newline="") as fh:
         w = csv.writer(fo)
         w.writerow([header[j] for j in keep_cols])
@@ -895,5 +905,5 @@ def finalize(partial_rows: str | Path, out: str | Path, labels: str | None = Non
             values = [row[j] for j in keep_cols]
             w.writerow(values)
             for name, v in zip(columns, values):
-                columns[name].append(v)
+                columns[name].append(v if name in unique else shared.setdefault(v, v))
     return columns, failures

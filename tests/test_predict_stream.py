@@ -99,6 +99,36 @@ def test_parts_on_two_workers_give_the_csv_of_one_chunk(tmp_path, model, inputs,
         [f"{v:.6f}" for v in np.asarray(want["predicted_formation_energy_per_atom"])]
 
 
+def test_colliding_ids_are_renamed_or_refused_as_the_whole_file_path_does(tmp_path, model, fixtures_dir):
+    """Copies of real files whose ids collide: path-derived ids (run1/vasprun twice, Si_complete_dos twice)
+    re-derived from the files' common folder, document ids of an MP file given twice refused after the
+    first; streamed in chunks of 2 on 2 workers, the CSV's ids and the failures are those of the
+    non-streaming reader (`load_inputs`: `featurize_paths` + `unique_ids`)."""
+    from esnet_tf.predict import PredictConfig, load_inputs, model_grid, predict_to_csv
+    from esnet_tf.pretrained import load_model
+
+    paths = []
+    for folder, src in (("a/run1/vasprun.xml.gz", "vasp/Al.vasprun.xml.gz"),
+                        ("b/run1/vasprun.xml.gz", "vasp/Al.vasprun.xml.gz"),
+                        ("x/Si_complete_dos.json", "mp/Si_complete_dos.json"),
+                        ("y/Si_complete_dos.json", "mp/Si_complete_dos.json"),
+                        ("p/two.json.gz", "mp/mp-823888_WO2_mp-1686587_Si_complete_dos.json.gz"),
+                        ("q/two.json.gz", "mp/mp-823888_WO2_mp-1686587_Si_complete_dos.json.gz")):
+        dst = tmp_path / "in" / folder
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(fixtures_dir / src, dst)
+        paths.append(str(dst))
+    want, want_failures = load_inputs(paths, None, model_grid(load_model(str(model)).predictor.n_points), workers=1)
+    out = tmp_path / "preds.csv"
+    table, _, failures = predict_to_csv(PredictConfig(model=str(model), inputs=tuple(paths), out=str(out),
+                                                      batch_size=BATCH, chunk_size=2, workers=2))
+    ids = [r["id"] for r in csv.DictReader(out.read_text().splitlines())]
+    assert ids == list(want["id"]) and len(ids) == 6  # 2 + 2 renamed, the 2 documents of the first MP copy
+    assert {"a/run1/vasprun", "b/run1/vasprun", "x/Si_complete_dos", "y/Si_complete_dos"} <= set(ids)
+    assert sorted(failures) == sorted(want_failures) and len(failures) == 2
+    assert all("duplicate example id" in f and "q/two.json.gz" in f for f in failures)
+
+
 def test_killed_run_resumes_without_predicting_again(tmp_path, model, inputs, one_chunk, monkeypatch):
     """A real process killed (SIGKILL) after its third commit; the same command resumes there."""
     from esnet_tf.pretrained import ESNetModel
