@@ -7,6 +7,8 @@
 - `report`: strategies compared (cost to 50/90/100 % of the stable, fraction of the oracle's saving), JSON, PNG
 - `live`: a live pool (GPAW IS single points + an ESNet model) and the GPAW relaxer
 - `refit`: `ESNetFineTune`, retraining the model on the relaxed candidates each round
+- `hypothetical`: the replay on `esnet dft pool`'s pool (hull-complete candidates, demo + pool references,
+  out-of-sample CHGNet and composition sources)
 
     from esnet_tf.campaign import CampaignConfig, pool_from_labels, run_campaign
     pool = pool_from_labels(["labels.csv"], predictions={"esnet": "oof_predictions.csv"})
