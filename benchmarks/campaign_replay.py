@@ -48,7 +48,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from esnet_tf.atomic import write_text
+from esnet_tf.atomic import atomic_path, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "datasets" / "is_dos" / "demo"
@@ -141,9 +141,8 @@ def _snapshot_pool(pool_dir: Path, out: Path, reuse: bool) -> bool:
         data = src.read_bytes()
         if not dst.is_file() or dst.read_bytes() != data:
             changed = True
-            tmp = dst.with_name("." + dst.name + ".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(dst)
+            with atomic_path(dst) as tmp:
+                tmp.write_bytes(data)
     return changed
 
 
