@@ -206,10 +206,34 @@ def _random_expectation(pool, true_stable, seeds: int) -> dict:
 
 
 def _mae(p, truth) -> dict:
+    """MAE (eV/atom) of a source on the candidates with its 95 % percentile bootstrap interval."""
     import numpy as np
 
+    from esnet_tf.study.stats import bootstrap_ci, mae_of
+
     ok = np.isfinite(p.mean)
-    return {"n": int(ok.sum()), "mae": float(np.mean(np.abs(p.mean[ok] - truth[ok]))) if ok.any() else None}
+    if not ok.any():
+        return {"n": 0, "mae": None}
+    mae, lo, hi = bootstrap_ci(p.mean[ok] - truth[ok], mae_of)
+    return {"n": int(ok.sum()), "mae": mae, "ci95": [lo, hi]}
+
+
+def _paired_mae(pool) -> dict:
+    """ESNet's absolute errors minus each other source's, paired per candidate (`esnet_tf.study.stats.
+    paired_comparison`: mean difference, t-interval, Wilcoxon), eV/atom; negative = ESNet closer."""
+    import numpy as np
+
+    from esnet_tf.study.stats import paired_comparison
+
+    a = np.abs(pool.sources["esnet"].mean - pool.truth)
+    out = {}
+    for name, p in pool.sources.items():
+        if name == "esnet":
+            continue
+        b = np.abs(p.mean - pool.truth)
+        ok = np.isfinite(a) & np.isfinite(b)
+        out[f"esnet_minus_{name}"] = paired_comparison(a[ok], b[ok])
+    return out
 
 
 def pool_replay(args: argparse.Namespace) -> int:
@@ -302,6 +326,7 @@ def pool_replay(args: argparse.Namespace) -> int:
         "n_truly_stable": int(stable.sum()), "stable_fraction": frac,
         "goal_stable_fraction_at_most": GOAL_STABLE_FRACTION, "stable_fraction_goal_met": frac <= GOAL_STABLE_FRACTION,
         "mae_ev_per_atom": {src: _mae(p, pool.truth) for src, p in pool.sources.items()},
+        "paired_absolute_error_ev_per_atom": _paired_mae(pool),
         "esnet_model": args.model, "esnet_flagged": int(pool.sources["esnet"].flagged.sum())
         if pool.sources["esnet"].flagged is not None else None,
         "batch_size": args.batch_size, "kappa": args.kappa, "seed": args.seed,
@@ -349,9 +374,13 @@ def _pool_table(s: dict) -> str:
     ro = s["random_over_seeds"]
     lines += ["", f"random over {ro['seeds']} seeds: saving at 90 % {ro['saving_at_90_mean']:.1%} on average "
               f"(5-95 %: {ro['saving_at_90_p5']:.1%} to {ro['saving_at_90_p95']:.1%}).",
-              "MAE on the candidates (eV/atom): " + ", ".join(f"{k} {v['mae']:.3f} (n={v['n']})"
-                                                              for k, v in s["mae_ev_per_atom"].items()
-                                                              if v["mae"] is not None)
+              "MAE on the candidates (eV/atom, 95 % bootstrap): "
+              + ", ".join(f"{k} {v['mae']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] (n={v['n']})"
+                          for k, v in s["mae_ev_per_atom"].items() if v["mae"] is not None)
+              + "; paired |error| differences: "
+              + ", ".join(f"{k} {v['mean_diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] (Wilcoxon p "
+                          f"{v['p_value']:.2f})" for k, v in s["paired_absolute_error_ev_per_atom"].items()
+                          if v["ci_low"] is not None and v["p_value"] is not None)
               + f"; ESNet flagged outside its domain: {s['esnet_flagged']}.",
               f"Goal (best strategy >= {s['goal']['fraction_of_oracle_saving_needed']:.0%} of the oracle's saving at "
               f"90 %): {'met' if s['goal']['met'] else 'not met'} (best {num(s['goal']['best_fraction'], '.2f')} of the "
