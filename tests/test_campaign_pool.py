@@ -77,6 +77,8 @@ def test_selection_keeps_exactly_the_hull_complete_candidates(tmp_path: Path) ->
     _subset(POOL / "labels.csv", tmp_path / "bad.csv", edit=lambda r: r.update(hull_complete="maybe"))
     with pytest.raises(UserError, match="hull_complete 'maybe'"):
         select_candidates(tmp_path / "bad.csv")
+    with pytest.raises(UserError, match="missing column.*role, hull_complete"):  # the demo's labels are no pool
+        select_candidates(DEMO / "labels.csv")
 
 
 def test_truth_is_phase_diagram_over_demo_and_pool_rows(real_subset) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from esnet_tf.campaign.pool import Pool, Predictions, pool_from_labels
-from esnet_tf.errors import UserError
+from esnet_tf.errors import DatasetError, UserError
 from esnet_tf.screening.references import ReferenceSet, formation_energy_references, parse_formula
 
 #: the roles of a pool labels.csv (`esnet_tf.dft.pool.assemble_pool`)
@@ -85,7 +85,7 @@ def _pool_rows(labels_csv: str | Path) -> list[Any]:
                            required_columns=("formula", "role", "hull_complete"))
     except FileNotFoundError as exc:
         raise UserError(f"{exc}: give the pool's labels.csv (datasets/is_dos/pool/labels.csv)") from None
-    except Exception as exc:  # DatasetError: a missing column names the file
+    except DatasetError as exc:  # e.g. a missing column: the message names the file
         raise UserError(f"{exc} (a labels.csv of `esnet dft pool` has role and hull_complete)") from None
     for r in rows:
         if r["role"] not in ROLES:
@@ -119,7 +119,10 @@ def reference_rows(pool_labels: str | Path, demo_labels: str | Path) -> list[tup
 
     out: list[tuple[str, str, float]] = []
     seen: dict[str, Path] = {}
-    demo = read_labels(Path(demo_labels), path_column=None, require_energy=False, required_columns=("formula",))
+    try:
+        demo = read_labels(Path(demo_labels), path_column=None, require_energy=False, required_columns=("formula",))
+    except FileNotFoundError as exc:
+        raise UserError(f"{exc}: give the demo's labels.csv (datasets/is_dos/demo/labels.csv)") from None
     for path, rows in ((Path(demo_labels), demo), (Path(pool_labels), _pool_rows(pool_labels))):
         for r in rows:
             if r.id in seen:
