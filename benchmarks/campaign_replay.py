@@ -302,7 +302,8 @@ def pool_replay(args: argparse.Namespace) -> int:
                          "cost_to_50_s": row["recall_0.5"].get("cost_s"),
                          "needs_dft": (res[s].summary.get("needs_dft") if s in res else None)})
     oracle = rep["strategies"]["oracle"]["recall_0.9"]["saving"]
-    ranked = [r for r in rows if r["strategy"] not in ("oracle", "ideal") and r["saving_at_90"] is not None]
+    # random is judged by its mean over seeds (random_over_seeds), not by the luck of one seed
+    ranked = [r for r in rows if r["strategy"] not in ("oracle", "ideal", "random") and r["saving_at_90"] is not None]
     best = max(ranked, key=lambda r: r["saving_at_90"]) if ranked else None
     best_esnet = max((r for r in ranked if r["strategy"] in ESNET_STRATEGIES), key=lambda r: r["saving_at_90"],
                      default=None)
@@ -335,6 +336,7 @@ def pool_replay(args: argparse.Namespace) -> int:
         "ideal_saving_at_90": rep["strategies"]["ideal"]["recall_0.9"]["saving"],
         "best_strategy_at_90": best, "best_esnet_strategy_at_90": best_esnet,
         "goal": {"fraction_of_oracle_saving_needed": GOAL_FRACTION_OF_ORACLE,
+                 "best_strategy": best and f"{best['strategy']} (refit {best['refit']})",
                  "best_fraction": best and best["fraction_of_oracle_saving_at_90"],
                  "best_fraction_of_ideal": best and best["fraction_of_ideal_saving_at_90"],
                  "note": "the oracle pays the IS single points of every candidate; strategies that pay none "
@@ -383,7 +385,8 @@ def _pool_table(s: dict) -> str:
                           if v["ci_low"] is not None and v["p_value"] is not None)
               + f"; ESNet flagged outside its domain: {s['esnet_flagged']}.",
               f"Goal (best strategy >= {s['goal']['fraction_of_oracle_saving_needed']:.0%} of the oracle's saving at "
-              f"90 %): {'met' if s['goal']['met'] else 'not met'} (best {num(s['goal']['best_fraction'], '.2f')} of the "
+              f"90 %): {'met' if s['goal']['met'] else 'not met'} (best, random aside: "
+              f"{s['goal']['best_strategy']}, {num(s['goal']['best_fraction'], '.2f')} of the "
               f"oracle's, {num(s['goal']['best_fraction_of_ideal'], '.2f')} of the ideal's); truth check against labels.csv: max |dE_hull| "
               f"{s['truth_check']['max_abs_difference_ev_per_atom']:.1e} eV/atom.", ""]
     return "\n".join(lines)
