@@ -3,8 +3,8 @@
 Folds are grouped by chemical system (default), or by structure prototype with `--group-by prototype`
 (leave-prototype-out; default --out benchmarks/results/accuracy_lopo, table markers `lopo-table`).
 `--group-by pool` has no folds: every demo row and the hypothetical pool's elements and competitors
-train, and the pool's candidates (--pool, its labels snapshotted into --out) are the test set, one unit per seed (default --out benchmarks/results/accuracy_pool,
-table markers `pool-table`):
+train, and the pool's candidates (--pool, its labels snapshotted into --out) are the test set, one unit
+per seed (default --out benchmarks/results/accuracy_pool, table markers `pool-table`):
 
     python benchmarks/accuracy.py --seeds 0,1,2 --epochs 40                 # run / resume every unit
     python benchmarks/accuracy.py --seeds 0,1,2 --epochs 40 --jobs 2        # the same in 2 processes

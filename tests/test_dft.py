@@ -313,3 +313,19 @@ def test_an_scf_that_does_not_converge_is_retried_with_the_damped_mixer(tmp_path
     monkeypatch.setattr(engine, "SCF_ATTEMPTS", ({"maxiter": 2}, {"maxiter": 2}))
     with pytest.raises(engine.DFTError, match="SCF failed at lattice scale 1.0000 with each of the 2 mixer settings"):
         engine.single_point(task, 1.0, tmp_path / "failed.txt", None)
+
+
+def test_cache_key_is_the_same_for_a_lattice_entry_of_minus_zero_and_of_zero():
+    """A hexagonal cell built on another CPU gave -5e-16 where the committed task had 0.0: rounded, that is
+    -0.0, and json writes "-0.0", so the key changed and a finished 3-hour relaxation was orphaned."""
+    from pymatgen.core import Lattice, Structure
+
+    from esnet_tf.dft.tasks import task_hash
+
+    def task(noise: float) -> Task:
+        lattice = Lattice([[-2.2, -3.8105117766515315, 0.0], [-4.4, noise, 0.0], [-2.2, -1.270170592217177, -7.18516991216399]])
+        s = Structure(lattice, ["K", "Co"], [[0.5, 0.5, 0.5], [-0.0, 0.0, 1e-17]])
+        return Task(id="KCo_layered", structure=s, settings=DFTSettings(), relax="optimizer", kind="crystal")
+
+    assert task_hash(task(0.0)) == task_hash(task(-4.884981308350689e-16)) == task_hash(task(-0.0))
+    assert task_hash(task(0.0)) != task_hash(task(1e-3))  # a real difference still changes the key

@@ -137,9 +137,10 @@ def task_hash(task: Task) -> str:
     """Hash of structure + settings + what is computed (the cache key), 16 hex digits."""
     s = task.structure
     payload = {
-        "lattice": [[round(x, 6) for x in row] for row in s.lattice.matrix.tolist()],
+        # `+ 0.0` turns -0.0 into 0.0: a lattice entry of -5e-16 on one CPU and 0.0 on another is one key
+        "lattice": [[round(x, 6) + 0.0 for x in row] for row in s.lattice.matrix.tolist()],
         "species": [sp.symbol for sp in s.species],
-        "frac": [[round(x % 1.0, 6) % 1.0 for x in site.frac_coords] for site in s],
+        "frac": [[round(x % 1.0, 6) % 1.0 + 0.0 for x in site.frac_coords] for site in s],
         "settings": task.settings.key(), "relax": task.relax, "kind": task.kind,
     }
     if task.relax == "eos":
