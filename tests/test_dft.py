@@ -323,7 +323,8 @@ def test_cache_key_is_the_same_for_a_lattice_entry_of_minus_zero_and_of_zero():
     from esnet_tf.dft.tasks import task_hash
 
     def task(noise: float) -> Task:
-        lattice = Lattice([[-2.2, -3.8105117766515315, 0.0], [-4.4, noise, 0.0], [-2.2, -1.270170592217177, -7.18516991216399]])
+        lattice = Lattice([[-2.2, -3.8105117766515315, 0.0], [-4.4, noise, 0.0],
+                           [-2.2, -1.270170592217177, -7.18516991216399]])
         s = Structure(lattice, ["K", "Co"], [[0.5, 0.5, 0.5], [-0.0, 0.0, 1e-17]])
         return Task(id="KCo_layered", structure=s, settings=DFTSettings(), relax="optimizer", kind="crystal")
 
