@@ -1,7 +1,7 @@
 """DFT time saved by starting optimizer relaxations from CHGNet's geometry (`esnet dft run --relax-start uip`).
 
-    python benchmarks/relax_start.py                                   # Li_hcp, Cu_hcp, Al_hcp of the demo
-    python benchmarks/relax_start.py --ids Ru_hcp --work /tmp/rs_ru    # a pool structure (its own scratch folder)
+    python benchmarks/relax_start.py                                   # Li, Cu, Al hcp (demo) and Ru hcp (pool)
+    python benchmarks/relax_start.py --ids Be_hcp --work /tmp/rs_be    # another row (its own scratch folder)
     python benchmarks/relax_start.py --no-control                      # only the CHGNet starts, no IS-start rerun
 
 For each id (a row of the demo's or the pool's labels.csv relaxed with the optimizer), the committed
@@ -47,7 +47,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = (ROOT / "datasets" / "is_dos" / "demo", ROOT / "datasets" / "is_dos" / "pool")
-DEFAULT_IDS = ("Li_hcp", "Cu_hcp", "Al_hcp")
+DEFAULT_IDS = ("Li_hcp", "Cu_hcp", "Al_hcp", "Ru_hcp")
 RESULTS = ROOT / "benchmarks" / "results" / "relax_start"
 
 
