@@ -124,6 +124,10 @@ def warmup_examples(model_path: Path, source: str | None, n: int, n_points: int 
         arrays, failures = load_inputs([str(s) for s in source.split(",")])
         if not arrays:
             raise UserError(f"{source}: no usable warmup examples ({'; '.join(failures) or 'empty'})")
+        if source.endswith(".npz") and not source.endswith(".gpawdos.npz") and "," not in source:
+            # energy inputs the featurizer does not make (uip_formation_energy_per_atom): the same rows of the file
+            extra = load_npz(source, ENERGY_INPUTS)
+            arrays.update({k: v for k, v in extra.items() if k not in arrays and len(v) == len(arrays["id"])})
         origin = source
     return {k: v[:n] for k, v in arrays.items()}, origin
 

@@ -32,6 +32,9 @@ ENERGY_FIX = {
                          "the .npz, or give an is_formation_energy_per_atom column in labels.csv",
     IS_ENERGY: "use a source that holds the IS total energy (GPAW result, single-point vasprun.xml), or an "
                "is_energy_per_atom column in labels.csv",
+    "uip_formation_energy_per_atom": "relax the inputs' structures with `esnet uip relax STRUCTURES... --out uip.csv` "
+                                     "and pass `esnet predict ... --uip uip.csv` (ESNetModel.predict(..., uip=...)); "
+                                     "the model's own CHGNet references give the formation energy",
 }
 #: Model output (and label) name: relaxed formation energy, eV/atom.
 OUTPUT_NAME = "formation_energy_per_atom"

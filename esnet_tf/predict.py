@@ -353,6 +353,9 @@ class PredictConfig:
     trust_model_code: bool = False  #: load a SavedModel esnet-tf neither ships nor exported (runs its code)
     references: str | None = None   #: elemental references (CSV element,energy_per_atom or MP entries JSON)
     #: for the IS formation energy of VASP / MP inputs (GPAW calculations of `esnet dft` bring their own)
+    #: CSV of `esnet uip relax` on the inputs' structures (rows by id): CHGNet's formation energy, for models that
+    #: take it (`uip_formation_energy_per_atom`, computed with the model's stored CHGNet references)
+    uip: str | None = None
     overwrite: bool = False         #: replace an existing `out` (else it is refused before the model loads)
     #: Apache Beam pipeline options ('runner=DirectRunner,...'): run the prediction as a Beam pipeline
     beam_pipeline_options: str | None = None
@@ -364,7 +367,7 @@ class PredictConfig:
         from esnet_tf.precision import PRECISIONS
 
         object.__setattr__(self, "inputs", tuple(os.fspath(p) for p in self.inputs))
-        for name in ("model", "out", "labels", "references"):
+        for name in ("model", "out", "labels", "references", "uip"):
             if isinstance(getattr(self, name), os.PathLike):
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
         if not self.model:
@@ -433,6 +436,7 @@ def predict_to_csv(config: PredictConfig, *, after_commit: Callable[[int], None]
     refuse_existing([config.out], config.overwrite)  # before the model loads: a refused run costs nothing
     model = load_model(config.model, trust_model_code=config.trust_model_code)
     model.predictor.precision = config.precision
+    uip = model.uip_inputs(config.uip)  # a model taking CHGNet's E_f needs --uip (one line), read once here
     references = None
     if config.references:
         from esnet_tf.references import load_references
@@ -458,7 +462,8 @@ def predict_to_csv(config: PredictConfig, *, after_commit: Callable[[int], None]
             for f in streamed:
                 fail(f)
         else:
-            streamed, n_rows = stream_predict(config, model, plan, on_failure=fail, after_commit=after_commit)
+            streamed, n_rows = stream_predict(config, model, plan, on_failure=fail, after_commit=after_commit,
+                                              uip=uip)
     except UserError:
         partial.remove()  # a refused command (--strict, a missing energy input, a bad labels row) leaves nothing
         raise

@@ -42,15 +42,17 @@ class ESNetModelHandler(_ModelHandler):
     (batch index, stacked arrays); the inference is its rows.csv rows, or an error line."""
 
     def __init__(self, model: str, *, trust_model_code: bool, precision: str, batch_size: int, strict: bool,
-                 references: str | None) -> None:
+                 references: str | None, uip: str | None = None) -> None:
         self._model, self._trust, self._precision = model, trust_model_code, precision
         self._batch, self._strict, self._references = batch_size, strict, references
+        self._uip = uip  # the --uip CSV, read on each worker with the model's CHGNet references
 
     def load_model(self):
         from esnet_tf.pretrained import load_model
 
         model = load_model(self._model, trust_model_code=self._trust)
         model.predictor.precision = self._precision
+        model.uip = model.uip_inputs(self._uip)
         return model
 
     def batch_elements_kwargs(self) -> dict:
@@ -62,7 +64,7 @@ class ESNetModelHandler(_ModelHandler):
         for index, arrays in batch:
             try:
                 rows = predict_rows(model, arrays, batch_size=self._batch, strict=self._strict,
-                                    references=self._references)
+                                    references=self._references, uip=model.uip)
                 yield PredictionResult((index, arrays["item"].tolist()), {"rows": rows})
             except UserError as exc:  # --strict, a missing energy input: one line, raised by the driver
                 yield PredictionResult((index, arrays["item"].tolist()), {"error": str(exc)})
@@ -135,7 +137,8 @@ def predict_beam(config, plan: Plan, pipeline_options: str, *, has_std: bool, ha
     partial = Partial(config.out)
     work = Path(tempfile.mkdtemp(prefix=f".{Path(config.out).name}.beam-", dir=Path(config.out).parent))
     handler = ESNetModelHandler(model_ref, trust_model_code=config.trust_model_code, precision=config.precision,
-                                batch_size=config.batch_size, strict=config.strict, references=config.references)
+                                batch_size=config.batch_size, strict=config.strict, references=config.references,
+                                uip=getattr(config, "uip", None))
     try:
         with beam.Pipeline(options=PipelineOptions(flags)) as p:
             read = (p | "chunks" >> beam.Create(list(plan.chunks(config.chunk_size)))

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     import keras
     import pandas
 
+    from esnet_tf.uip import UIPInputs
+
 #: what `predict` takes: a path, an ISDOSExample, a sequence of them, or an arrays dict
 Inputs = Union[str, Path, ISDOSExample, Sequence[Union[str, Path, ISDOSExample]], Mapping[str, np.ndarray]]
 
@@ -61,6 +63,22 @@ def is_relax_config():
 
     return ESNetConfig.small().replace(energy_inputs=(IS_FORMATION_ENERGY,), target="relaxation_energy",
                                        element_properties=True)
+
+
+#: the shipped model that corrects the universal potential's formation energy
+#: (`scripts/train_pretrained.py --recipe uip_correction_pool`); it takes `esnet predict ... --uip CSV`
+UIP_MODEL = "ESNet-GPAWDemoPool-2026.12-EFormPerAtomFromUIP"
+
+
+def uip_correction_config():
+    """The ESNetConfig of the study's `esnet_uip_correction`: `small` plus the IS and the potential's (CHGNet)
+    formation energies (eV/atom) as inputs, the `uip_correction` target (output E_f(UIP) + correction, eV/atom)
+    and element-property means in the composition branch."""
+    from esnet_tf.isdos import IS_FORMATION_ENERGY
+    from esnet_tf.model import UIP_FORMATION_ENERGY, ESNetConfig
+
+    return ESNetConfig.small().replace(energy_inputs=(IS_FORMATION_ENERGY, UIP_FORMATION_ENERGY),
+                                       target="uip_correction", element_properties=True)
 
 
 @dataclass(frozen=True)
@@ -214,8 +232,15 @@ def _as_arrays(inputs, grid=None) -> tuple[dict, list[str]]:
     if not parts:
         return {}, failures
     keys = ("dos_up", "dos_down", "composition", "id", "formula", "code", *LABEL_KEYS)
-    return {k: np.concatenate([np.asarray(p.get(k, np.full(len(p["id"]), "" if k in ("code", "formula") else np.nan)))
-                               for p in parts]) for k in keys}, failures
+    out = {k: np.concatenate([np.asarray(p.get(k, np.full(len(p["id"]), "" if k in ("code", "formula") else np.nan)))
+                              for p in parts]) for k in keys}
+    from esnet_tf.isdos import ENERGY_INPUTS
+
+    for k in ENERGY_INPUTS:  # the energy inputs the parts bring (eV/atom, (N, 1)); NaN where a part has none
+        if any(k in p for p in parts):
+            out[k] = np.concatenate([np.asarray(p[k], np.float32).reshape(-1, 1) if k in p
+                                     else np.full((len(p["id"]), 1), np.nan, np.float32) for p in parts])
+    return out, failures
 
 
 class ESNetModel:
@@ -249,16 +274,63 @@ class ESNetModel:
     def __repr__(self) -> str:
         return f"ESNetModel({self.name!r}, ensemble={self.is_ensemble}, domain={'yes' if self.domain else 'no'})"
 
-    def predict(self, inputs: Inputs, *, batch_size: int = 256, strict: bool = False) -> PredictionTable:
+    @property
+    def takes_uip(self) -> bool:
+        """True for a model that takes the potential's (CHGNet) formation energy, `uip_formation_energy_per_atom`."""
+        from esnet_tf.uip import UIP_INPUT
+
+        return UIP_INPUT in self.predictor.energy_inputs
+
+    def uip_inputs(self, path: str | Path | None) -> UIPInputs | None:
+        """The `esnet uip relax` CSV `path` read for this model (`esnet_tf.uip.UIPInputs`, with the CHGNet
+        references of its model.json), None for a model that takes no UIP energy. One-line `UserError`: the
+        model takes it and `path` is None (naming the command that makes the CSV), or `path` is given to a model
+        that does not take it."""
+        from esnet_tf.uip import UIP_INPUT, UIP_RELAX_HINT, UIPInputs
+
+        if not self.takes_uip:
+            if path is not None:
+                raise UserError(f"--uip {path}: model {self.name} takes no {UIP_INPUT}; drop --uip (models that "
+                                f"take it: {UIP_MODEL})")
+            return None
+        if path is None:
+            raise UserError(f"model {self.name} takes CHGNet's formation energy ({UIP_INPUT}, eV/atom): relax the "
+                            f"inputs' structures with `{UIP_RELAX_HINT}` (same ids as the inputs) and pass "
+                            "--uip uip.csv")
+        record = self.info.get("uip")
+        if not record:
+            raise UserError(f"model {self.name}: no CHGNet references recorded (model.json `uip`); load it by its "
+                            "shipped name or folder, which holds them")
+        return UIPInputs(path, record, self.name)
+
+    def with_uip(self, arrays: dict, uip: UIPInputs | None) -> dict:
+        """`arrays` plus `uip_formation_energy_per_atom` (eV/atom, (N, 1)) of their ids from `uip` (unchanged
+        when `uip` is None)."""
+        from esnet_tf.uip import UIP_INPUT
+
+        if uip is None:
+            return arrays
+        n = len(arrays["id"])
+        formulas = np.asarray(arrays.get("formula", np.full(n, ""))).astype(str)
+        return {**arrays, UIP_INPUT: uip.formation_energies(np.asarray(arrays["id"]).astype(str), formulas)}
+
+    def predict(self, inputs: Inputs, *, batch_size: int = 256, strict: bool = False,
+                uip: str | Path | UIPInputs | None = None) -> PredictionTable:
         """Predict `inputs` (a path, an ISDOSExample, a sequence of them, or an arrays dict).
 
-        With `strict`, inputs outside the training domain raise `UserError` (naming them).
+        With `strict`, inputs outside the training domain raise `UserError` (naming them). `uip`: for a model
+        that takes CHGNet's formation energy, the CSV of `esnet uip relax` on the inputs' structures (rows
+        matched by id; the formation energy from the model's own references), unless an arrays dict holds it.
         """
         from esnet_tf.predict import model_grid
+        from esnet_tf.uip import UIP_INPUT, UIPInputs
 
         arrays, failures = _as_arrays(inputs, model_grid(self.predictor.n_points))
         if not arrays:
             raise UserError("no input could be featurized: " + "; ".join(failures) if failures else "no inputs")
+        if self.takes_uip or uip is not None:
+            if not (uip is None and UIP_INPUT in arrays):
+                arrays = self.with_uip(arrays, uip if isinstance(uip, UIPInputs) else self.uip_inputs(uip))
         return self.predict_arrays(arrays, batch_size=batch_size, strict=strict, failures=failures)
 
     def predict_arrays(self, arrays: dict, *, batch_size: int = 256, strict: bool = False,
@@ -326,7 +398,8 @@ def load_split_arrays(name_or_path: str | Path, split: str, *, root: str | Path 
                       data_dir: str | Path | None = None) -> dict:
     """The rows of `split` ('train', 'validation', 'test') a shipped model was evaluated on, featurized
     from the demo dataset (or `data_dir`) and the pool (rows whose `dataset` is 'pool') by the ids and
-    with the truths of its splits.json."""
+    with the truths of its splits.json (and, for a model that takes it, the CHGNet formation energy it was
+    given, eV/atom)."""
     from esnet_tf import resources
     from esnet_tf.data import stack_examples
     from esnet_tf.featurize import featurize
@@ -352,4 +425,8 @@ def load_split_arrays(name_or_path: str | Path, split: str, *, root: str | Path 
     arrays["formation_energy_per_atom"] = np.array([r["formation_energy_per_atom"] for r in rows], np.float32)
     arrays["e_above_hull"] = np.array([np.nan if r.get("e_above_hull") is None else r["e_above_hull"]
                                        for r in rows], np.float32)
+    from esnet_tf.uip import UIP_INPUT
+
+    if rows and all(r.get(UIP_INPUT) is not None for r in rows):  # the CHGNet E_f the model was given (eV/atom)
+        arrays[UIP_INPUT] = np.array([[r[UIP_INPUT]] for r in rows], np.float32)
     return arrays

@@ -508,10 +508,13 @@ def table_rows(arrays: dict, table) -> list[list[str]]:
     return out
 
 
-def predict_rows(model, arrays: dict, *, batch_size: int, strict: bool, references: str | None) -> list[list[str]]:
-    """Predict stacked `arrays` with an `ESNetModel` and give their rows.csv rows."""
+def predict_rows(model, arrays: dict, *, batch_size: int, strict: bool, references: str | None,
+                 uip=None) -> list[list[str]]:
+    """Predict stacked `arrays` with an `ESNetModel` and give their rows.csv rows. `uip`: the
+    `esnet_tf.uip.UIPInputs` of `--uip` (CHGNet's formation energy of each row by id), for a model that takes it."""
     from esnet_tf.predict import check_energy_inputs
 
+    arrays = model.with_uip(arrays, uip)
     check_energy_inputs(arrays, model.predictor.energy_inputs, model.name, references)
     table = model.predict_arrays(arrays, batch_size=batch_size, strict=strict)
     return table_rows(arrays, table)
@@ -636,6 +639,7 @@ def fingerprint(config, model, plan: Plan) -> str:
         "model": [str(model_path.resolve())] + [[str(f), *_stat(f)] for f in files if f.is_file()],
         "items": plan.digest(), "labels": [config.labels, *_stat(config.labels)] if config.labels else None,
         "references": [config.references, *_stat(config.references)] if config.references else None,
+        **({"uip": [config.uip, *_stat(config.uip)]} if getattr(config, "uip", None) else {}),
         "strict": config.strict, "batch_size": config.batch_size, "precision": config.precision,
     }, sort_keys=True).encode())
     return h.hexdigest()
@@ -644,13 +648,13 @@ def fingerprint(config, model, plan: Plan) -> str:
 # ---------------------------------------------------------------- the run
 
 def stream_predict(config, model, plan: Plan, *, on_failure: Callable[[str], None] | None = None,
-                   after_commit: Callable[[int], None] | None = None) -> tuple[list[str], int]:
+                   after_commit: Callable[[int], None] | None = None, uip=None) -> tuple[list[str], int]:
     """Predict every item of `plan` with `model` (an `ESNetModel`) into `<config.out>.partial/rows.csv`,
     resuming a partial run of the same command; returns (the failures of the streamed items, those of
     an earlier run of it included, and the rows written). `on_failure` sees each failure (an earlier
     run's first); `after_commit(rows
-    written)` runs after each commit: the hook the tests stop a run with). `finalize` then writes
-    `config.out`."""
+    written)` runs after each commit: the hook the tests stop a run with). `uip`: `model.uip_inputs(config.uip)`
+    (CHGNet's formation energies by id) for a model that takes them. `finalize` then writes `config.out`."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
@@ -751,7 +755,7 @@ def stream_predict(config, model, plan: Plan, *, on_failure: Callable[[str], Non
 
         def predict(done: dict) -> None:
             writer.writerows(predict_rows(model, done, batch_size=batch, strict=config.strict,
-                                          references=config.references))
+                                          references=config.references, uip=uip))
             state["written"] += len(done["id"])
             for item in done["item"]:
                 if item == state["last"]:

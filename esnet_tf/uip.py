@@ -23,6 +23,10 @@ describe); their chemical potentials are fitted (`fit_gas_references`) by least 
 potential's formation energies against the DFT ones, on the rows a caller names as training rows
 only, so a test fold never informs its own predictions. Until such a fit is supplied, rows with
 those elements have no UIP formation energy (NaN).
+
+As a model input (`esnet predict MODEL ... --uip CSV`): `UIPInputs` reads a results CSV (no torch) and
+gives each input's formation energy, matched by id, with the chemical potentials the model stored at
+training (its model.json `uip` record), so a prediction uses the references the model was trained with.
 """
 from __future__ import annotations
 
@@ -692,3 +696,101 @@ def evaluate(table: UIPTable, dft_formation: Mapping[str, float], chemsys: Mappi
     out["grouped_kfold"] = {"folds": folds, "per_seed": per_seed,
                             "mae_mean_over_seeds": float(np.mean([p["mae"] for p in per_seed]))}
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the potential's formation energy as a model input (`esnet predict ... --uip CSV`)
+
+#: the model input CHGNet's formation energy feeds (eV/atom; `esnet_tf.model.UIP_FORMATION_ENERGY`)
+UIP_INPUT = "uip_formation_energy_per_atom"
+#: how to make the CSV a model that takes UIP_INPUT needs
+UIP_RELAX_HINT = "esnet uip relax STRUCTURES... --out uip.csv"
+
+
+class UIPInputs:
+    """CHGNet's formation energies (eV/atom) of a model's inputs, from a CSV of `esnet uip relax` (CSV_COLUMNS).
+
+    Rows are matched by `id` to the inputs' ids. E_f = uip_energy_per_atom - sum_i x_i mu_i with the chemical
+    potentials the MODEL was trained with (its model.json `uip` record: `references`, eV/atom), never the CSV's
+    own formation-energy column, whose references may differ. Refused in one line: a CSV made with another
+    potential or weights version than the model's, an input id the CSV lacks, a failed relaxation, an element
+    without a stored reference, a formula that differs from the input's. No torch: the CSV is only read.
+    """
+
+    def __init__(self, path: str | Path, record: Mapping[str, Any], model: str) -> None:
+        self.path, self.model = Path(path), model
+        self.references = {str(k): float(v) for k, v in dict(record.get("references") or {}).items()}
+        self.potential = (str(record.get("model", "")), str(record.get("model_version", "")))
+        if not self.references or not all(self.potential):
+            raise UserError(f"model {model}: its model.json `uip` record lacks the potential's references or version; "
+                            "re-ship the model (scripts/train_pretrained.py)")
+        if not self.path.is_file():
+            raise UserError(f"--uip {self.path}: no such file; make it with `{UIP_RELAX_HINT}` on the inputs' "
+                            "structures")
+        self.rows: dict[str, tuple[float, str, str]] = {}  # id -> (eV/atom, formula, error)
+        with open(self.path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            need = ("id", "formula", "uip_energy_per_atom", "model", "model_version")
+            missing = [c for c in need if c not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"--uip {self.path}: missing column(s) {', '.join(missing)}: not a CSV of "
+                                f"`{UIP_RELAX_HINT}`")
+            for line, row in enumerate(reader, start=2):
+                made = (row["model"], row["model_version"])
+                if made != self.potential:
+                    raise UserError(f"--uip {self.path}:{line}: made with {made[0]} {made[1]}, but model {model} was "
+                                    f"trained with {self.potential[0]} {self.potential[1]} energies: rerun "
+                                    f"`esnet uip relax ... --model {self.potential[0]} --model-version "
+                                    f"{self.potential[1]} --out uip.csv`")
+                text = row["uip_energy_per_atom"].strip()
+                try:
+                    energy = float(text) if text else math.nan
+                except ValueError:
+                    raise UserError(f"--uip {self.path}:{line}: uip_energy_per_atom {text!r} is not a number "
+                                    "(eV/atom)") from None
+                self.rows[row["id"]] = (energy, row["formula"], (row.get("error") or "").strip())
+        self._fractions: dict[str, dict[str, float]] = {}
+
+    def fractions(self, formula: str) -> dict[str, float]:
+        """Atomic fractions of `formula` (cached; formulas repeat across rows)."""
+        if formula not in self._fractions:
+            from pymatgen.core import Composition
+
+            try:
+                comp = Composition(formula)
+            except (ValueError, KeyError):
+                raise UserError(f"--uip {self.path}: formula {formula!r} unreadable") from None
+            self._fractions[formula] = {str(e): float(x) for e, x in comp.fractional_composition.items()}
+        return self._fractions[formula]
+
+    def formation_energies(self, ids: Sequence[str], formulas: Sequence[str] | None = None) -> np.ndarray:
+        """E_f (eV/atom), float32 (N, 1), of the inputs `ids` (their `formulas`, when given, must be the CSV's)."""
+        ids = [str(i) for i in ids]
+        absent = [i for i in ids if i not in self.rows]
+        if absent:
+            more = f" and {len(absent) - 3} more" if len(absent) > 3 else ""
+            raise UserError(f"--uip {self.path}: no row for input id {', '.join(absent[:3])}{more} ({len(absent)} of "
+                            f"{len(ids)}); relax their structures with `{UIP_RELAX_HINT}` under the same ids (model "
+                            f"{self.model} takes {UIP_INPUT})")
+        out = np.empty((len(ids), 1), np.float32)
+        for n, id_ in enumerate(ids):
+            energy, formula, error = self.rows[id_]
+            if error or not math.isfinite(energy):
+                raise UserError(f"--uip {self.path}: id {id_}: no CHGNet energy ({error or 'empty'}); rerun "
+                                f"`{UIP_RELAX_HINT}` for it or leave the input out")
+            frac = self.fractions(formula)
+            if formulas is not None and str(formulas[n]) and not _same_fractions(self.fractions(str(formulas[n])), frac):
+                raise UserError(f"--uip {self.path}: id {id_} is {formula} there but {formulas[n]} in the inputs: "
+                                "the ids must name the same structures")
+            lacking = sorted(el for el in frac if el not in self.references)
+            if lacking:
+                raise UserError(f"--uip {self.path}: id {id_} ({formula}): model {self.model} stores no "
+                                f"{self.potential[0]} reference for {', '.join(lacking)} (it has "
+                                f"{len(self.references)} elements: model.json `uip.references`); it cannot take "
+                                "this input")
+            out[n, 0] = formation_energy(energy, frac, self.references)
+        return out
+
+
+def _same_fractions(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
+    return a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-6 for k in a)

@@ -15,6 +15,15 @@ Recipes (`RECIPES`):
 - `is_relax_pool` (`ESNet-GPAWDemoPool-2026.12-EFormPerAtomFromISEnergy`): `is_relax` trained on the demo
   and the hypothetical pool's elemental phases and competing binaries (13 more elements); the pool's
   candidates are never used: they are the out-of-sample set (`benchmarks/out_of_sample.py`).
+- `uip_correction_pool` (`ESNet-GPAWDemoPool-2026.12-EFormPerAtomFromUIP`): the study's `esnet_uip_correction`
+  (`esnet_tf.pretrained.uip_correction_config`: ESNet `small` + the IS and CHGNet's relaxed formation energies
+  as inputs, output E_f(CHGNet) + correction, element-property means) on the rows and splits of `is_relax_pool`.
+  CHGNet's formation energies (eV/atom) come from the demo's and the pool's `uip_chgnet.csv` (merged as the
+  study merges them) against CHGNet's elemental references; N, O, F, Cl references are fitted
+  (`esnet_tf.uip.fit_gas_references`) on the train split only. The train rows' own values are cross-fitted
+  (5 inner folds by chemical system, as the study's training rows), every other split's use the train-split fit;
+  the references (eV/atom) and the CHGNet version are stored in model.json (`uip`), and `esnet predict ... --uip`
+  uses exactly them.
 - `eform` (the first shipped model, `ESNet-GPAWDemo-2026.12-EFormPerAtom`): ESNet `small`, batch 64,
   trained on the whole train split, σ recalibrated on the validation split (its early-stopping split).
 
@@ -104,12 +113,15 @@ class Recipe:
     lr_patience: int
     calibration: bool
     with_pool: bool = False  # also the pool's elements and competitors (`POOL_TRAINING_ROLES`)
+    uip: bool = False  # CHGNet's formation energy as an input (`uip_energies`)
 
 
 RECIPES = {
     "is_relax": Recipe("ESNet-GPAWDemo-2026.12-EFormPerAtomFromISEnergy", "is_relax", 16, 40, 20, 10, True),
     "is_relax_pool": Recipe("ESNet-GPAWDemoPool-2026.12-EFormPerAtomFromISEnergy", "is_relax", 16, 40, 20, 10, True,
                             with_pool=True),
+    "uip_correction_pool": Recipe("ESNet-GPAWDemoPool-2026.12-EFormPerAtomFromUIP", "uip_correction", 16, 40, 20, 10,
+                                  True, with_pool=True, uip=True),
     "eform": Recipe("ESNet-GPAWDemo-2026.12-EFormPerAtom", "small", 64, 120, 25, 10, False),
 }
 
@@ -121,19 +133,105 @@ SPLIT_RULE = ("esnet_tf.splits.split_of(chemsys, (0.8, 0.1, 0.1), seed=0); with 
 TRAIN_KEYS = ("dos_up", "dos_down", "composition", "formation_energy_per_atom", "id", "formula")
 
 
-def split_arrays(arrays: dict, recipe: Recipe) -> dict[str, dict]:
-    """{'train', 'calibration' (recipes with one), 'validation', 'test'}: rows of `arrays` per split."""
-    from esnet_tf.data import select_split
+def split_of_rows(chemsys: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """The split of every row ('train', 'calibration' (recipes with one), 'validation', 'test') by its chemical
+    system (`SPLIT_RULE`)."""
     from esnet_tf.splits import split_of
 
-    out = {s: select_split(arrays, s, FRACTIONS, 0) for s in ("train", "validation", "test")}
+    out = np.array([split_of(str(c), FRACTIONS, 0) for c in chemsys], dtype=object)
     if recipe.calibration:
-        train = out["train"]
-        cal = np.array([split_of(c, CALIBRATION_FRACTIONS, CALIBRATION_SEED) == "validation"
-                        for c in train["chemsys"]], dtype=bool)
-        out["train"] = {k: v[~cal] for k, v in train.items()}
-        out["calibration"] = {k: v[cal] for k, v in train.items()}
+        cal = np.array([s == "train" and split_of(str(c), CALIBRATION_FRACTIONS, CALIBRATION_SEED) == "validation"
+                        for c, s in zip(chemsys, out)], dtype=bool)
+        out[cal] = "calibration"
     return out
+
+
+def split_arrays(arrays: dict, recipe: Recipe) -> dict[str, dict]:
+    """{'train', 'calibration' (recipes with one), 'validation', 'test'}: rows of `arrays` per split."""
+    split = split_of_rows(arrays["chemsys"], recipe)
+    names = ("train", "calibration", "validation", "test") if recipe.calibration else ("train", "validation", "test")
+    return {s: {k: v[split == s] for k, v in arrays.items()} for s in names}
+
+
+#: inner folds (by chemical system) of the train rows' cross-fitted CHGNet formation energies, as the study's
+#: training rows (`esnet_tf.study.models.INNER_FOLDS`), and their seed
+UIP_INNER_FOLDS, UIP_INNER_SEED = 5, 1000
+#: the potential whose formation energy a `uip` recipe takes
+UIP_MODEL_NAME = "chgnet"
+
+
+def snapshot_uip(work: Path, with_pool: bool) -> list[Path]:
+    """The potential's result tables (`uip_chgnet.csv` + its JSON) of the demo (and the pool) as they are now,
+    copied into `work` once (reused when present): `uip_chgnet.<dataset>.csv` / `.json`."""
+    from esnet_tf import resources
+    from esnet_tf.atomic import write_text
+
+    out = []
+    for dataset, folder in (("demo", resources.demo_dir()), ("pool", resources.pool_dir()))[:1 + with_pool]:
+        csv_path = work / f"uip_{UIP_MODEL_NAME}.{dataset}.csv"
+        if not csv_path.is_file():
+            # the JSON first: a copy interrupted between the two leaves no CSV, so it is redone
+            write_text(csv_path.with_suffix(".json"), (folder / f"uip_{UIP_MODEL_NAME}.json").read_text())
+            write_text(csv_path, (folder / f"uip_{UIP_MODEL_NAME}.csv").read_text())
+        out.append(csv_path)
+    return out
+
+
+def uip_energies(arrays: dict, recipe: Recipe, work: Path) -> tuple[np.ndarray, dict]:
+    """CHGNet's formation energy (eV/atom) of every row of `arrays` and the references it used.
+
+    Elemental references: the lowest CHGNet energy per atom of each element's crystalline phases in the demo's
+    and the pool's results (`esnet_tf.study.data.merge_uip_tables`); N, O, F, Cl: fitted on the train split's
+    rows only (`esnet_tf.uip.fit_gas_references`, against their DFT formation energies). Rows of every other split
+    use those references; a train row's value is cross-fitted (references fitted on the train rows of the other
+    inner folds, `esnet_tf.uip.cross_fitted_formation_energies`; where that leaves it without one, the train-split
+    fit), so no training row informs its own input, as in the study. Returns (values (N, 1) float32, the `uip`
+    record of model.json: potential, version, settings, references in eV/atom)."""
+    from esnet_tf.study.data import kfold, merge_uip_tables
+    from esnet_tf.uip import GAS_ELEMENTS, cross_fitted_formation_energies, fit_gas_references, read_table
+
+    paths = snapshot_uip(work, recipe.with_pool)
+    table = read_table(paths[0])
+    if len(paths) > 1:
+        table = merge_uip_tables(table, read_table(paths[1]), paths[1])
+    ids = [str(i) for i in arrays["id"]]
+    missing = [i for i in ids if i not in table.energies or not np.isfinite(table.energies[i])]
+    if missing:
+        raise SystemExit(f"{', '.join(str(p) for p in paths)}: no CHGNet energy of {len(missing)} row(s) "
+                         f"({', '.join(missing[:3])}): rerun `esnet uip relax --demo --labels LABELS --out CSV` there")
+    split = split_of_rows(arrays["chemsys"], recipe)
+    y = arrays["formation_energy_per_atom"].astype(np.float64)
+    train_ids = [i for i, s in zip(ids, split) if s == "train"]
+    dft = {i: float(v) for i, v, s in zip(ids, y, split) if s == "train"}  # only train labels are read
+    gas = fit_gas_references(train_ids, table.energies, table.compositions, dft, table.crystal_mu)
+    fitted = table.formation_energies(gas)
+    chemsys = dict(zip(ids, arrays["chemsys"]))
+    inner = kfold(np.array([chemsys[i] for i in train_ids]), UIP_INNER_FOLDS, UIP_INNER_SEED)
+    cross, _ = cross_fitted_formation_energies(table, dft, dict(zip(train_ids, inner.tolist())))
+    n_fallback = sum(not np.isfinite(cross[i]) for i in train_ids)
+    values = np.array([cross[i] if s == "train" and np.isfinite(cross[i]) else fitted[i]
+                       for i, s in zip(ids, split)], np.float64)
+    bad = [i for i, v in zip(ids, values) if not np.isfinite(v)]
+    if bad:
+        raise SystemExit(f"no CHGNet formation energy of {len(bad)} row(s) ({', '.join(bad[:3])}): an element "
+                         "without a reference")
+    meta = table.meta
+    record = {
+        "model": meta.get("model"), "model_version": meta.get("model_version"), "package": meta.get("package"),
+        "package_version": meta.get("package_version"), "settings": meta.get("settings"),
+        "input": "uip_formation_energy_per_atom",
+        "definition": "E_f = E_uip - sum_i x_i mu_i (eV/atom; E_uip: `uip_energy_per_atom` of `esnet uip relax`, "
+                      "x_i atomic fractions, mu_i `references`)",
+        "references": {el: float(v) for el, v in sorted({**table.crystal_mu, **gas}.items())},
+        "elemental_references": {el: float(v) for el, v in sorted(table.crystal_mu.items())},
+        "fitted_references": {el: float(gas[el]) for el in GAS_ELEMENTS if el in gas},
+        "fitted_on": f"the train split ({len(train_ids)} rows; esnet_tf.uip.fit_gas_references, least squares "
+                     "against their DFT formation energies)",
+        "train_rows": f"cross-fitted on {UIP_INNER_FOLDS} inner folds by chemical system (seed {UIP_INNER_SEED}); "
+                      f"{n_fallback} row(s) with the train-split fit instead",
+        "sources": [f"datasets/is_dos/{p.name.split('.')[1]}/uip_{UIP_MODEL_NAME}.csv" for p in paths],
+    }
+    return values.astype(np.float32).reshape(-1, 1), record
 
 
 def dataset_description(recipe: Recipe) -> str:
@@ -142,13 +240,17 @@ def dataset_description(recipe: Recipe) -> str:
     if recipe.with_pool:
         text += (" + the elements and competitors of is_dos/pool (datasets/is_dos/pool/labels.csv, roles "
                  f"{', '.join(POOL_TRAINING_ROLES)}; never its candidates, the out-of-sample set)")
+    if recipe.uip:
+        text += (f"; CHGNet's relaxations of every row: uip_{UIP_MODEL_NAME}.csv of "
+                 + ("both datasets" if recipe.with_pool else "the demo"))
     return text
 
 
 def member_config(recipe: Recipe) -> str | dict:
-    from esnet_tf.pretrained import is_relax_config
+    from esnet_tf.pretrained import is_relax_config, uip_correction_config
 
-    return is_relax_config().to_dict() if recipe.config == "is_relax" else recipe.config
+    configs = {"is_relax": is_relax_config, "uip_correction": uip_correction_config}
+    return configs[recipe.config]().to_dict() if recipe.config in configs else recipe.config
 
 
 def train_members(npz: Path, labels: Path, work: Path, n_members: int, recipe: Recipe) -> list[Path]:
@@ -158,7 +260,7 @@ def train_members(npz: Path, labels: Path, work: Path, n_members: int, recipe: R
 
     config = member_config(recipe)
     energy = tuple(getattr(config, "get", lambda *_: ())("energy_inputs", ()) or ())
-    parts = split_arrays(load_snapshot(npz, labels), recipe) if recipe.calibration else None
+    parts = split_arrays(load_snapshot(npz, labels, recipe), recipe) if recipe.calibration else None
     paths = []
     for seed in range(n_members):
         run = work / f"member_{seed}"
@@ -186,18 +288,28 @@ def train_members(npz: Path, labels: Path, work: Path, n_members: int, recipe: R
 # ---------------------------------------------------------------- shipping
 
 def _rows(part: dict) -> list[dict]:
-    """splits.json rows of one split: id, formula, chemsys, truths (eV/atom), the IS formation energy (eV/atom)."""
-    ef_is = np.asarray(part.get("is_formation_energy_per_atom", np.full(len(part["id"]), np.nan)), np.float64)
-    return [{"id": str(i), "formula": str(f), "chemsys": str(c), "dataset": str(ds),
+    """splits.json rows of one split: id, formula, chemsys, truths (eV/atom), the IS formation energy (eV/atom),
+    and where the model takes it CHGNet's formation energy (eV/atom, the value the model was given)."""
+    from esnet_tf.model import UIP_FORMATION_ENERGY
+
+    n = len(part["id"])
+    ef_is = np.asarray(part.get("is_formation_energy_per_atom", np.full(n, np.nan)), np.float64)
+    rows = [{"id": str(i), "formula": str(f), "chemsys": str(c), "dataset": str(ds),
              "formation_energy_per_atom": float(y),
              "e_above_hull": None if not np.isfinite(h) else float(h),
              "is_formation_energy_per_atom": None if not np.isfinite(e) else round(float(e), 6)}
             for i, f, c, ds, y, h, e in zip(part["id"], part["formula"], part["chemsys"], part["dataset"],
                                             part["formation_energy_per_atom"], part["e_above_hull"],
-                                            ef_is.reshape(len(part["id"]), -1)[:, 0])]
+                                            ef_is.reshape(n, -1)[:, 0])]
+    if UIP_FORMATION_ENERGY in part:  # float32 as the model saw it: exact through JSON
+        for r, v in zip(rows, np.asarray(part[UIP_FORMATION_ENERGY], np.float32).reshape(n)):
+            r[UIP_FORMATION_ENERGY] = float(v)
+    return rows
 
 
-def load_snapshot(npz: Path, labels: Path) -> dict:
+def load_snapshot(npz: Path, labels: Path, recipe: Recipe | None = None) -> dict:
+    """The snapshot's arrays (+ code, dataset, and with a `uip` recipe CHGNet's formation energy, eV/atom:
+    `uip_energies`)."""
     from esnet_tf.data import load_npz_arrays
 
     arrays = dict(load_npz_arrays(str(npz), labels))
@@ -207,6 +319,10 @@ def load_snapshot(npz: Path, labels: Path) -> dict:
     with open(labels, newline="", encoding="utf-8") as fh:  # snapshots made before the pool recipe: all demo
         dataset = {r["id"]: r.get("dataset") or "demo" for r in csv.DictReader(fh)}
     arrays["dataset"] = np.array([dataset[i] for i in arrays["id"]])
+    if recipe is not None and recipe.uip:
+        from esnet_tf.model import UIP_FORMATION_ENERGY
+
+        arrays[UIP_FORMATION_ENERGY], _ = uip_energies(arrays, recipe, npz.parent)
     return arrays
 
 
@@ -229,6 +345,21 @@ def screening_metrics(table, labels: Path, weight: float = 0.0) -> dict:
     m = res.metrics
     return {k: (None if m.get(k) is None else float(m[k])) for k in ("precision", "recall", "f1", "accuracy", "daf")} \
         | {"n_candidates": int(m.get("n_candidates", len(rows))), "uncertainty_weight": weight}
+
+
+def paired_mae(truth: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
+    """|error| of predictions `a` minus that of `b` on the same rows (eV/atom): the mean difference (= ΔMAE) with
+    a 95 % percentile bootstrap interval over the rows (structures), the Wilcoxon signed-rank p, and how many
+    rows `a` is closer on."""
+    from esnet_tf.study.stats import bootstrap_ci, paired_comparison
+
+    ea = np.abs(np.asarray(a, np.float64) - truth)
+    eb = np.abs(np.asarray(b, np.float64) - truth)
+    diff, low, high = bootstrap_ci(ea - eb, lambda d: float(d.mean()))
+    return {"n": int(len(truth)), "mae_this": float(ea.mean()), "mae_other": float(eb.mean()), "delta_mae": diff,
+            "ci_low": low, "ci_high": high, "p_value": paired_comparison(ea, eb)["p_value"],
+            "n_this_closer": int(np.sum(ea < eb)), "interval": "95 % percentile bootstrap over the rows (2000, seed 0)",
+            "test": "Wilcoxon signed-rank, two-sided"}
 
 
 #: fractions kept (lowest σ first) of the risk–coverage table in a model's README
@@ -263,7 +394,8 @@ def ship_ensemble(members: list[Path], npz: Path, labels: Path, out: Path, recip
     name = recipe.name
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = load_snapshot(npz, labels)
+    arrays = load_snapshot(npz, labels, recipe)
+    uip = uip_energies(arrays, recipe, npz.parent)[1] if recipe.uip else None
     parts = split_arrays(arrays, recipe)
     calib_split = "calibration" if recipe.calibration else "validation"
     order = ("train", "calibration", "validation", "test") if recipe.calibration else ("train", "validation", "test")
@@ -328,6 +460,13 @@ def ship_ensemble(members: list[Path], npz: Path, labels: Path, out: Path, recip
         is_shift = test["is_formation_energy_per_atom"].reshape(-1).astype(np.float64) - shift
         references["is_shift (IS E_f minus the train rows' median relaxation energy)"] = \
             regression_metrics(truth, is_shift)["mae"]
+    chgnet_alone = None
+    if recipe.uip:  # the input this model corrects, alone: CHGNet's E_f with the model's references
+        e_uip = test["uip_formation_energy_per_atom"].reshape(-1).astype(np.float64)
+        references["CHGNet's formation energy alone (uip_formation_energy_per_atom)"] = \
+            regression_metrics(truth, e_uip)["mae"]
+        chgnet_alone = {**regression_metrics(truth, e_uip),
+                        "paired": paired_mae(truth, tables["test"][PREDICTION_COLUMN], e_uip)}
     risk = {s: risk_coverage(parts[s]["formation_energy_per_atom"], tables[s][PREDICTION_COLUMN],
                              tables[s][PREDICTION_STD_COLUMN], coverages=RISK_FRACTIONS) for s in ("test",)}
     compared = {}
@@ -336,7 +475,9 @@ def ship_ensemble(members: list[Path], npz: Path, labels: Path, out: Path, recip
         ot = om.predict_arrays(test)
         compared[other] = {**regression_metrics(truth, ot[PREDICTION_COLUMN]),
                            "f1": screening_metrics(ot, labels, 0.0)["f1"],
-                           "n_flagged": int(sum(bool(d) for d in ot.columns.get("domain", [])))}
+                           "n_flagged": int(sum(bool(d) for d in ot.columns.get("domain", []))),
+                           "inputs": [t for t in om.predictor.energy_inputs],
+                           "paired": paired_mae(truth, tables["test"][PREDICTION_COLUMN], ot[PREDICTION_COLUMN])}
     summaries = [json.loads((m.parent / "summary.json").read_text()) for m in members]
     size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != "README.md") / 1e6
     config = json.loads((members[0].parent / "config.json").read_text()).get("model", {})
@@ -345,6 +486,7 @@ def ship_ensemble(members: list[Path], npz: Path, labels: Path, out: Path, recip
         "model_config": config,
         "target": "formation_energy_per_atom", "units": "eV/atom", "esnet_tf_version": esnet_tf.__version__,
         "inputs": ["dos_up", "dos_down", "composition", *energy_inputs],
+        **({"uip": uip} if uip is not None else {}),
         "data": {"description": f"GPAW IS-DOS, {dataset_description(recipe)} ({len(arrays['id'])} rows)",
                  "dataset": "is_dos/demo" + (" + is_dos/pool" if recipe.with_pool else ""),
                  "n_rows": int(len(arrays["id"])),
@@ -369,6 +511,7 @@ def ship_ensemble(members: list[Path], npz: Path, labels: Path, out: Path, recip
         "domain_rule": domain.rule(), "domain_flags": flags,
         "metrics": metrics, "member_mae": member_mae, "calibration": calib, "calibration_raw_std": calib_raw,
         "risk_coverage": risk, "references_test_mae": references, "compared_on_test": compared,
+        **({"chgnet_alone_on_test": chgnet_alone} if chgnet_alone else {}),
         "screening_test": screening, "test_rows_outside_domain": flags["test"]["n_flagged"],
         "serving": {"version": 1, "signature": "serving_default", "inputs": exported.get("inputs"),
                     "outputs": exported.get("outputs"), "n_warmup": exported["n_warmup"],
@@ -389,9 +532,14 @@ def model_readme(meta: dict, domain) -> str:
     dft, iv, tr = d["dft"], meta.get("interval"), meta["training"]
     splits = [s for s in ("train", "calibration", "validation", "test") if s in m]
     energy = [x for x in meta.get("inputs", []) if x not in ("dos_up", "dos_down", "composition")]
+    uip = meta.get("uip")
+    pot = {"chgnet": "CHGNet"}.get((uip or {}).get("model", ""), (uip or {}).get("model", ""))
+    is_energy = [x for x in energy if x != "uip_formation_energy_per_atom"]
     what = ("the relaxed formation energy (eV/atom) from the IS-DOS of the unrelaxed structure"
-            + (f" and its IS formation energy (`{', '.join(energy)}`, eV/atom, from the same single point)"
-               if energy else ""))
+            + (f"{',' if uip else ' and'} its IS formation energy (`{', '.join(is_energy)}`, eV/atom, from the same "
+               "single point)" if is_energy else "")
+            + (f" and the formation energy of the structure {pot} relaxed (`uip_formation_energy_per_atom`, "
+               "eV/atom)" if uip else ""))
     lines = [f"# {meta['name']}", "",
              f"A deep ensemble of {meta['n_members']} ESNet models (seeds {', '.join(map(str, tr['seeds']))}) "
              f"predicting {what}, with an uncertainty: the members' std"
@@ -402,6 +550,14 @@ def model_readme(meta: dict, domain) -> str:
                   "a relaxation-energy target (the head predicts ΔE >= 0 through a softplus; output E_f(IS) − ΔE), "
                   "element-property means in the composition branch. The output is still "
                   "`formation_energy_per_atom` in eV/atom.", ""]
+    if meta["config"] == "uip_correction":
+        lines += ["Configuration: the study's `esnet_uip_correction` (`esnet_tf.pretrained.uip_correction_config()`): "
+                  "ESNet `small` + the IS formation energy and CHGNet's formation energy as inputs (normalised "
+                  "inside), a `uip_correction` target (the head predicts a correction through a Dense layer that "
+                  "starts at zero; output E_f(CHGNet) + correction), element-property means in the composition "
+                  "branch. The output is `formation_energy_per_atom` in eV/atom. It needs CHGNet's relaxation of "
+                  "each input structure (`esnet uip relax`, no DFT); the DFT it needs is the IS single point only.",
+                  ""]
     lines += ["## Data", "",
               (f"- The embedded demo dataset `is_dos/demo` and the pool's elemental phases and competing binaries "
                f"(`is_dos/pool`, roles element and competitor; never its candidates, which are the out-of-sample "
@@ -437,12 +593,57 @@ def model_readme(meta: dict, domain) -> str:
     if meta.get("compared_on_test"):
         sc0 = meta["screening_test"]["kappa_0"]
         lines += ["", "### Against the other shipped models, same test rows", "",
-                  "| model | inputs | test MAE | test RMSE | F1 (E_hull <= 0) | test rows flagged |",
-                  "|---|---|---|---|---|---|",
+                  "ΔMAE = this model's |error| minus the other's, averaged over the test rows (eV/atom; negative: "
+                  "this model closer), with a 95 % percentile bootstrap interval over the structures and the "
+                  "Wilcoxon signed-rank p of the paired |errors|.", "",
+                  "| model | inputs | test MAE | test RMSE | F1 (E_hull <= 0) | test rows flagged | ΔMAE [95 % CI] | "
+                  "Wilcoxon p |",
+                  "|---|---|---|---|---|---|---|---|",
                   f"| {meta['name']} (this) | IS-DOS + {', '.join(energy) or '—'} | {m['test']['mae']:.3f} | "
-                  f"{m['test']['rmse']:.3f} | {_f(sc0['f1'])} | {meta['test_rows_outside_domain']} |"]
+                  f"{m['test']['rmse']:.3f} | {_f(sc0['f1'])} | {meta['test_rows_outside_domain']} | — | — |"]
         for k, v in meta["compared_on_test"].items():
-            lines.append(f"| {k} | IS-DOS | {v['mae']:.3f} | {v['rmse']:.3f} | {_f(v['f1'])} | {v['n_flagged']} |")
+            pm = v.get("paired")
+            lines.append(f"| {k} | IS-DOS{''.join(' + ' + x for x in v.get('inputs', []))} | {v['mae']:.3f} | "
+                         f"{v['rmse']:.3f} | {_f(v['f1'])} | {v['n_flagged']} | "
+                         + (f"{pm['delta_mae']:+.3f} [{pm['ci_low']:+.3f}, {pm['ci_high']:+.3f}] | "
+                            f"{pm['p_value']:.2g} |" if pm and pm.get("p_value") is not None else "— | — |"))
+        ca = meta.get("chgnet_alone_on_test")
+        if ca:
+            pm = ca["paired"]
+            lines.append(f"| CHGNet alone (its E_f with this model's references) | — | {ca['mae']:.3f} | "
+                         f"{ca['rmse']:.3f} | — | — | {pm['delta_mae']:+.3f} [{pm['ci_low']:+.3f}, "
+                         f"{pm['ci_high']:+.3f}] | {pm['p_value']:.2g} |")
+    if uip:
+        fit = ", ".join(f"{el} {v:.3f}" for el, v in uip["fitted_references"].items())
+        lines += ["", f"### {pot} references (`model.json` → `uip`)", "",
+                  f"- Potential: {pot} weights {uip['model_version']} ({uip['package']} "
+                  f"{uip['package_version']}), relaxation settings of `esnet uip relax` "
+                  f"(fmax {uip['settings'].get('fmax')} eV/Å, at most {uip['settings'].get('max_steps')} FIRE steps, "
+                  f"cell relaxed: {uip['settings'].get('relax_cell')}).",
+                  f"- {uip['definition']}.",
+                  f"- Elemental references ({len(uip['elemental_references'])}): the lowest CHGNet energy per atom "
+                  "of each element's crystalline phases in the demo's and the pool's results "
+                  f"({', '.join(uip['sources'])}).",
+                  f"- Fitted (no crystalline phase in the data): {fit} eV/atom, on {uip['fitted_on']}. The train rows' "
+                  f"own inputs were {uip['train_rows']} (a row whose gas element occurs only in its own inner fold).",
+                  "- `esnet predict` computes every input's CHGNet formation energy with exactly these references "
+                  "(not the CSV's formation column); an element without one is refused."]
+    oos = meta.get("out_of_sample")
+    if oos:
+        lines += ["", "## Out of sample: the pool's candidates", "",
+                  f"`{oos['command']}`: chemical systems absent from the training data (the pool's candidates"
+                  + (f"; {oos['n_without_uip']} candidate(s) without a CHGNet relaxation in the pool's "
+                     "uip_chgnet.csv left out" if oos.get("n_without_uip") else "") + "), eV/atom.", "",
+                  "| model | rows | MAE | Spearman | 90 % coverage | flagged | ΔMAE (this − it) [95 % CI] | "
+                  "Wilcoxon p |", "|---|---|---|---|---|---|---|---|"]
+        for row in oos["rows"]:
+            pm = row.get("paired")
+            lines.append(f"| {row['model']} | {row['n']} | {row['mae']:.3f} | {_f(row.get('spearman'), 2)} | "
+                         f"{_f(row.get('interval_coverage'), 2)} | {row.get('n_flagged', '—')} | "
+                         + (f"{pm['delta_mae']:+.3f} [{pm['ci_low']:+.3f}, {pm['ci_high']:+.3f}] | "
+                            f"{pm['p_value']:.2g} |" if pm else "— | — |"))
+        if oos.get("note"):
+            lines += ["", oos["note"]]
     lines += ["", "## Uncertainty", "",
               f"σ = sample std over the members × {meta['std']['std_scale']:.3f} (variance scaling: "
               f"{meta['std']['std_scale_fit']}; ideal Gaussian: 0.68 within ±1σ, 0.95 within ±2σ). Raw-std "
@@ -472,10 +673,14 @@ def model_readme(meta: dict, domain) -> str:
     fl = meta["domain_flags"]
     lines += ["", "## Training domain and flag (`domain.json`)", "",
               f"- Inputs it needs: {', '.join(f'`{x}`' for x in meta.get('inputs', []))}"
-              + (f". `{energy[0]}`: GPAW calculations of `esnet dft` bring it (the engine's references in "
+              + (f". `{is_energy[0]}`: GPAW calculations of `esnet dft` bring it (the engine's references in "
                  "provenance.json); VASP or MP inputs need `esnet predict ... --references FILE` (elemental "
                  "references of the same code and settings), else they are refused in one line; with it they "
-                 "are flagged (another code's IS-DOS)." if energy else "."),
+                 "are flagged (another code's IS-DOS)." if is_energy else ".")
+              + (" `uip_formation_energy_per_atom`: `esnet predict ... --uip uip.csv`, the CSV of `esnet uip relax "
+                 "STRUCTURES... --out uip.csv` on the inputs' initial structures (rows matched by id; made with "
+                 f"{pot} {uip['model_version']}, else refused); without --uip the command is refused in one "
+                 "line naming it." if uip else ""),
               f"- DFT code: {', '.join(domain.codes)}; energy grid {domain.grid}.",
               f"- Elements ({len(domain.elements)}): {', '.join(domain.elements)}.",
               f"- Rule (`domain.json` → `rule`): {domain.rule()}.",
@@ -501,7 +706,18 @@ def model_readme(meta: dict, domain) -> str:
               f"esnet predict --model {meta['name']} run/vasprun.xml.gz --strict", "```", "",
               "```python", "import esnet_tf", f"model = esnet_tf.load_model(\"{meta['name']}\")",
               "table = model.predict([\"calcs/42e784dfac2a90db\"])   # eV/atom: mean, std"
-              + (", lower, upper" if iv else "") + ", domain", "```", "",
+              + (", lower, upper" if iv else "") + ", domain", "```", ""]
+    if uip:  # the commands above need --uip: replace them
+        use = lines.index("## Use")
+        lines[use + 2:] = [
+            "```bash", "# CHGNet on the initial structure of each row of an `esnet dft` labels.csv (esnet-tf[uip])",
+            "esnet uip relax --demo --labels run/labels.csv --out uip.csv",
+            "# or on structure files (ids: the file stems): esnet uip relax structures/*.cif --out uip.csv",
+            f"esnet predict {meta['name']} run/ --uip uip.csv --out preds.csv", "```", "",
+            "```python", "import esnet_tf", f"model = esnet_tf.load_model(\"{meta['name']}\")",
+            "table = model.predict([\"calcs/42e784dfac2a90db\"], uip=\"uip.csv\")   # eV/atom: mean, std"
+            + (", lower, upper" if iv else "") + ", domain", "```", ""]
+    lines += [
               "## Reproduce", "", "```bash", f"nice -n 5 .venv/bin/python {meta['command']}", "```", "",
               f"Training: `esnet_tf.train.train` per member (Adam 1.5e-3, batch {tr.get('batch_size', 64)}, log-cosh, "
               f"ReduceLROnPlateau 0.5 after {tr['lr_patience']} epochs, early stopping after {tr['patience']}, at most "
@@ -511,6 +727,54 @@ def model_readme(meta: dict, domain) -> str:
                  else "") + ". CPU training is not bit-reproducible across machines; tests/test_pretrained.py "
               "reproduces the test MAE above from the shipped files to 1e-4 eV/atom.", ""]
     return "\n".join(lines)
+
+
+def out_of_sample_record(folder: Path, meta: dict) -> dict:
+    """model.json's `out_of_sample`: the pool candidates' scores of `benchmarks/out_of_sample.py` in `folder`
+    (summary.json; with --paired-with the other model's, paired), and for a model that takes CHGNet's E_f the
+    scores of that E_f alone on the same candidates (the model's references), paired with the model."""
+    summary = json.loads((folder / "summary.json").read_text())
+    role = "candidate"
+
+    def scores(s: dict) -> dict:
+        c = s["by_role"][role]
+        return {k: c.get(k) for k in ("n", "mae", "spearman", "interval_coverage", "n_flagged")}
+
+    rows = [{"model": f"{meta['name']} (this)", **scores(summary)}]
+    if summary.get("paired_with"):
+        pw = summary["paired_with"]
+        rows.append({"model": pw["model"], **scores(pw), "paired": pw["paired"][role]})
+    if meta.get("uip") and summary.get("uip"):
+        from esnet_tf.pretrained import PREDICTION_COLUMN
+        from esnet_tf.uip import UIPInputs
+
+        with open(folder / summary["labels"], newline="", encoding="utf-8") as fh:
+            labels = {r["id"]: r for r in csv.DictReader(fh)}
+        with open(folder / "predictions.csv", newline="", encoding="utf-8") as fh:
+            ours = {r["id"]: float(r[PREDICTION_COLUMN]) for r in csv.DictReader(fh)
+                    if labels.get(r["id"], {}).get("role") == role and labels[r["id"]].get("formation_energy_per_atom")}
+        ids = sorted(ours)
+        truth = np.array([float(labels[i]["formation_energy_per_atom"]) for i in ids])
+        e_uip = UIPInputs(summary["uip"]["csv"], meta["uip"], meta["name"]).formation_energies(
+            ids, [labels[i]["formula"] for i in ids]).reshape(-1).astype(np.float64)
+        rows.append({"model": "CHGNet alone (its E_f with this model's references)", "n": len(ids),
+                     "mae": float(np.mean(np.abs(e_uip - truth))),
+                     "paired": paired_mae(truth, np.array([ours[i] for i in ids]), e_uip)})
+    return {"command": summary["command"], "folder": str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT)
+            else str(folder), "role": role, "n_without_uip": (summary.get("uip") or {}).get("n_without_uip", 0),
+            "rows": rows}
+
+
+def rewrite_readme(folder: Path, out_of_sample: Path | None) -> None:
+    """Rewrite a shipped model's README.md (and model.json's `out_of_sample` from `out_of_sample`)."""
+    from esnet_tf.atomic import write_text
+    from esnet_tf.domain import find_domain
+
+    meta = json.loads((folder / "model.json").read_text())
+    if out_of_sample is not None:
+        meta["out_of_sample"] = out_of_sample_record(out_of_sample.resolve(), meta)
+        write_text(folder / "model.json", json.dumps(meta, indent=1) + "\n")
+    write_text(folder / "README.md", model_readme(meta, find_domain(folder)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -523,14 +787,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="max epochs per member [the recipe's]")
     ap.add_argument("--patience", type=int, default=None, help="early stopping patience (epochs, val_loss)")
     ap.add_argument("--lr-patience", type=int, default=None, help="ReduceLROnPlateau patience (epochs)")
-    ap.add_argument("--stage", choices=("train", "ship", "all"), default="all", help="stop after training, or "
-                    "only ship (members must be trained)")
+    ap.add_argument("--stage", choices=("train", "ship", "all", "readme"), default="all", help="stop after "
+                    "training, or only ship (members must be trained), or only rewrite the shipped model's README "
+                    "(with --out-of-sample)")
+    ap.add_argument("--out-of-sample", default=None, metavar="DIR", help="with --stage readme: the folder of "
+                    "`benchmarks/out_of_sample.py --model NAME [--paired-with OTHER]`, whose candidate scores go into "
+                    "model.json (`out_of_sample`) and the README")
     args = ap.parse_args(argv)
     base = RECIPES[args.recipe]
     recipe = Recipe(args.name or base.name, base.config, base.batch_size, args.epochs or base.epochs,
                     base.patience if args.patience is None else args.patience,
                     base.lr_patience if args.lr_patience is None else args.lr_patience, base.calibration,
-                    base.with_pool)
+                    base.with_pool, base.uip)
+    if args.stage == "readme":
+        rewrite_readme(Path(args.out) / recipe.name, Path(args.out_of_sample) if args.out_of_sample else None)
+        return 0
     work = Path(args.work) if args.work else ROOT / "runs" / f"pretrained_{args.recipe}"
     npz, labels = snapshot(work, recipe.with_pool)
     t = time.time()

@@ -15,11 +15,11 @@ from esnet_tf import resources
 from esnet_tf.cli import main
 from esnet_tf.domain import Domain
 from esnet_tf.isdos import DOMAIN_COLUMN, PREDICTION_COLUMN, PREDICTION_STD_COLUMN
-from esnet_tf.pretrained import IS_RELAX_MODEL, NAME_PATTERN, list_models, load_model, load_split_arrays
+from esnet_tf.pretrained import IS_RELAX_MODEL, NAME_PATTERN, UIP_MODEL, list_models, load_model, load_split_arrays
 
 SHIPPED = list_models()
 NAMES = [m.name for m in SHIPPED]
-LIMIT_MB = 25.0
+LIMIT_MB = 32.0  # four ensembles of five `small` members (~7.5 MB each: model.keras + SavedModel)
 LOWER, UPPER = f"{PREDICTION_COLUMN}_lower", f"{PREDICTION_COLUMN}_upper"
 IS_EF = "is_formation_energy_per_atom"
 DEMO_CALCS = resources.demo_dir() / "calcs"
@@ -91,6 +91,8 @@ def test_ensemble_savedmodel_has_mean_and_std(shipped, name):
     inputs = {k: v.shape.as_list() for k, v in sig.structured_input_signature[1].items()}
     energy = {k: [None, 1] for k in model.predictor.energy_inputs}
     assert inputs == {"dos_up": [None, 1500, 9], "dos_down": [None, 1500, 9], "composition": [None, 118], **energy}
+    if model.info.get("uip"):  # the model that corrects CHGNet takes its formation energy too
+        assert inputs["uip_formation_energy_per_atom"] == [None, 1] and model.takes_uip
     assert sorted(model.info.get("inputs", inputs)) == sorted(inputs)
     arrays = load_split_arrays(name, "validation")
     batch = {k: tf.constant(np.asarray(arrays[k][:3], np.float32).reshape((3, *inputs[k][1:]))) for k in inputs}
@@ -268,7 +270,8 @@ def test_is_energy_model_predicts_gpaw_calc_dirs_with_interval_and_flag(is_model
     q = is_model.info["interval"]["interval_scale"]
     for r in rows:
         mean, std, lo, hi = (float(r[k]) for k in (PREDICTION_COLUMN, PREDICTION_STD_COLUMN, LOWER, UPPER))
-        assert lo < mean < hi and hi - lo == pytest.approx(2 * q * std, abs=2e-6)
+        # the CSV rounds to 1e-6 and the served bounds are float32 (ulp ~1e-6 at 15 eV/atom, the compressed cell)
+        assert lo < mean < hi and hi - lo == pytest.approx(2 * q * std, abs=5e-6)
     compressed = rows[2][DOMAIN_COLUMN]
     assert IS_EF in compressed and "13.00 eV/atom outside the accepted" in compressed
     assert IS_EF not in rows[0][DOMAIN_COLUMN] and IS_EF not in rows[1][DOMAIN_COLUMN]
@@ -382,3 +385,103 @@ def test_std_scale_recalibrates_to_unit_mean_squared_z():
     assert m["mean_squared_z"] == pytest.approx(1.0) and m["within_1_sigma"] == 1.0
     with pytest.raises(ValueError, match="M >= 2"):
         fit_std_scale(truth, members[:, :1])
+
+
+# ---------------------------------------------------------------- the model that corrects CHGNet (--uip)
+
+UIP_EF = "uip_formation_energy_per_atom"
+GPAW_DIRS_IDS = ("AgCl_cscl", "AgCl_rocksalt")  # the ids of GPAW_DIRS
+DEMO_UIP = resources.demo_dir() / "uip_chgnet.csv"
+
+
+@pytest.fixture(scope="module")
+def uip_model(shipped):
+    if UIP_MODEL not in NAMES:
+        pytest.fail(f"{UIP_MODEL} is not shipped (scripts/train_pretrained.py --recipe uip_correction_pool)")
+    return shipped[UIP_MODEL]
+
+
+def _uip_csv(path: Path, ids: tuple[str, ...], **changes: str) -> Path:
+    """The rows `ids` of the demo's `esnet uip relax` CSV (CHGNet 0.3.0), with columns set to `changes`."""
+    with DEMO_UIP.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = [{**r, **changes} for r in reader if r["id"] in ids]
+        fields = reader.fieldnames
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_uip_model_predicts_gpaw_calc_dirs_with_its_own_chgnet_references(uip_model, tmp_path):
+    """`esnet predict UIP_MODEL calcs... --uip uip.csv` on real GPAW calculation directories, streamed one input
+    per chunk: CHGNet's formation energy is taken with the model's stored references (the fitted Cl one for
+    AgCl), not the CSV's formation column (blank or wrong); the Python API gives the same numbers. (Its
+    SavedModel's signature: test_ensemble_savedmodel_has_mean_and_std.)"""
+    from esnet_tf.uip import formation_energy
+
+    uip = uip_model.info["uip"]
+    assert uip["model"] == "chgnet" and uip["model_version"] == "0.3.0" and "Cl" in uip["fitted_references"]
+    assert uip["references"]["Cl"] == uip["fitted_references"]["Cl"] and "Ag" in uip["elemental_references"]
+    assert UIP_EF in uip_model.domain.energy_ranges  # the flag covers the CHGNet energy like the IS energy
+
+    csv_path = _uip_csv(tmp_path / "uip.csv", GPAW_DIRS_IDS,
+                        uip_formation_energy_per_atom="9.999")  # never read
+    dirs = [str(DEMO_CALCS / d) for d in GPAW_DIRS]
+    out = tmp_path / "p.csv"
+    assert main(["predict", UIP_MODEL, *dirs, "--uip", str(csv_path), "--out", str(out), "--chunk-size", "1"]) == 0
+    rows = _csv(out)
+    assert [r["id"] for r in rows] == ["AgCl_cscl", "AgCl_rocksalt"]
+    assert [r[DOMAIN_COLUMN] for r in rows] == ["", ""]
+    energies = {r["id"]: float(r["uip_energy_per_atom"]) for r in _csv(csv_path)}
+    expect = np.array([[formation_energy(energies[i], {"Ag": 0.5, "Cl": 0.5}, uip["references"])]
+                       for i in GPAW_DIRS_IDS], np.float32)
+    arrays = uip_model.with_uip(_inputs_of(dirs), uip_model.uip_inputs(csv_path))
+    np.testing.assert_allclose(arrays[UIP_EF], expect, atol=1e-6)
+    mean, std = uip_model.predictor.predict_with_std(arrays)
+    np.testing.assert_allclose([float(r[PREDICTION_COLUMN]) for r in rows], mean, atol=2e-6)
+    assert all(float(r[LOWER]) < float(r[PREDICTION_COLUMN]) < float(r[UPPER]) for r in rows)
+    table = uip_model.predict(dirs, uip=csv_path)
+    np.testing.assert_allclose(table[PREDICTION_COLUMN], mean, atol=1e-6)
+
+
+def _inputs_of(paths: list[str]) -> dict:
+    """The stacked inputs of `paths` as `esnet predict` reads them."""
+    from esnet_tf.predict import load_inputs
+
+    arrays, failures = load_inputs(paths)
+    assert not failures
+    return arrays
+
+
+def test_uip_model_refusals_are_one_line(uip_model, is_model, tmp_path, capsys):
+    """`esnet predict` without --uip: one line naming `esnet uip relax ... --out uip.csv`; an input id the CSV
+    lacks: one line naming it; exit 2 and no CSV (nor partial folder) for both. A CSV of other CHGNet weights,
+    --uip given to a model that takes no CHGNet energy, an element without a stored reference: one line each."""
+    from esnet_tf.errors import UserError
+    from esnet_tf.uip import UIPInputs
+
+    dirs = [str(DEMO_CALCS / d) for d in GPAW_DIRS]
+    out = tmp_path / "p.csv"
+    one = _uip_csv(tmp_path / "one.csv", ("AgCl_cscl",))
+    capsys.readouterr()
+    for extra, words in (([], ("esnet uip relax", "--out uip.csv", "--uip", UIP_EF)),
+                         (["--uip", str(one)], ("AgCl_rocksalt", "one.csv", "esnet uip relax"))):
+        assert main(["predict", UIP_MODEL, *dirs, *extra, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and all(w in err[0] for w in words), (extra, err)
+        assert not out.exists() and not Path(f"{out}.partial").exists()
+    refusals = [
+        (lambda: uip_model.uip_inputs(_uip_csv(tmp_path / "old.csv", GPAW_DIRS_IDS, model_version="0.2.0")),
+         ("old.csv", "0.2.0", "0.3.0", "--model-version")),
+        (lambda: is_model.uip_inputs(one), ("takes no", "drop --uip")),
+        (lambda: UIPInputs(one, {**uip_model.info["uip"], "references": {
+            k: v for k, v in uip_model.info["uip"]["references"].items() if k != "Cl"}}, UIP_MODEL)
+         .formation_energies(["AgCl_cscl"], ["AgCl"]), ("AgCl_cscl", "no chgnet reference for Cl")),
+    ]
+    for call, words in refusals:
+        with pytest.raises(UserError) as exc:
+            call()
+        assert "\n" not in str(exc.value) and all(w in str(exc.value) for w in words), str(exc.value)
+

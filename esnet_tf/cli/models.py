@@ -30,7 +30,8 @@ def print_models(as_json: bool = False) -> int:
         extra = [x for x in m.metadata.get("inputs", []) if x not in ("dos_up", "dos_down", "composition")]
         interval = m.metadata.get("interval") or {}
         notes = (f"; + input {', '.join(extra)}" if extra else "") + (
-            f"; {interval['coverage_nominal']:.0%} interval" if interval.get("coverage_nominal") else "")
+            f"; {interval['coverage_nominal']:.0%} interval" if interval.get("coverage_nominal") else "") + (
+            "; needs --uip CSV (esnet uip relax)" if m.metadata.get("uip") else "")
         print(f"{m.name:{w}s} {m.n_members:7d} {m.test_mae:9.3f} {m.test_rmse:7.3f} {m.test_f1:5.2f} "
               f"{m.size_mb:5.1f}  {m.data}{notes}")
     print("(MAE, RMSE in eV/atom on each model's test split; F1 of E_hull <= 0 screening on it)")

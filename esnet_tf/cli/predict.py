@@ -53,6 +53,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="elemental references of the inputs' DFT code and settings (CSV element,energy_per_atom in "
                    "eV/atom, or an MP ComputedEntry JSON): the IS formation energy of VASP / MP inputs for models "
                    "that take it (GPAW calculations of `esnet dft` bring their own)")
+    p.add_argument("--uip", metavar="CSV", default=None,
+                   help="for models that take CHGNet's formation energy (ESNet-...-EFormPerAtomFromUIP): the CSV of "
+                   "`esnet uip relax STRUCTURES... --out uip.csv` on the inputs' initial structures, rows matched by "
+                   "id; the formation energy is taken with the model's own CHGNet references (eV/atom)")
     p.add_argument("--strict", action="store_true", help="refuse (exit 2, no CSV) when any input is outside the "
                    "model's training domain (DFT code, elements, DOS scale, IS energy, σ; the rule is in the "
                    "model's domain.json)")
@@ -67,7 +71,7 @@ def config_from_args(args: argparse.Namespace):
     return PredictConfig(model=model_ref, inputs=tuple(items), out=args.out, labels=args.labels,
                          batch_size=args.batch_size, workers=args.workers, precision=args.precision,
                          strict=args.strict, trust_model_code=args.trust_model_code, references=args.references,
-                         overwrite=args.overwrite, chunk_size=args.chunk_size,
+                         overwrite=args.overwrite, chunk_size=args.chunk_size, uip=args.uip,
                          beam_pipeline_options=args.beam_pipeline_options)
 
 
