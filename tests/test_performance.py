@@ -150,7 +150,7 @@ def test_auto_measures_records_caches_and_agrees_with_float32(tmp_cache, tmp_pat
         assert set(choice["timings_s"]) == set(CANDIDATES["infer"]) and not choice["cached"]
         assert all(len(v) == choice["rounds"] and min(v) > 0 for v in choice["timings_s"].values())
         cache = json.loads(tmp_cache.read_text())
-        assert cache[choice["key"]]["policy"] == policy
+        assert cache[choice["key"]]["candidate"] == choice["candidate"]  # the cache holds the candidate's name
         assert "tf " in choice["key"] and precision.cpu_model() in choice["key"]
         again = choose_precision(model, "infer", batch_size=16)
         assert again["cached"] and again["policy"] == policy  # measured once per machine/TF/config
@@ -181,7 +181,7 @@ def test_auto_training_choice_is_measured_and_logged_in_the_run_directory(tmp_ca
     assert record["policy"] in precision.CANDIDATES["train"] and record["kind"] == "train"
     if precision.native_bf16_cpu() and not precision.has_gpu():
         assert set(record["median_s"]) == set(precision.CANDIDATES["train"])
-        assert json.loads(tmp_cache.read_text())[record["key"]]["policy"] == record["policy"]
+        assert json.loads(tmp_cache.read_text())[record["key"]]["candidate"] == record["candidate"]
 
 
 def test_decide_never_prefers_a_slower_or_marginal_low_precision():
