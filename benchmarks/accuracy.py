@@ -2,7 +2,7 @@
 
 Folds are grouped by chemical system (default), or by structure prototype with `--group-by prototype`
 (leave-prototype-out; default --out benchmarks/results/accuracy_lopo, table markers `lopo-table`).
-`--group-by pool` has no folds: every demo row and the hypothetical pool's elements and competitors
+`--group-by pool` has no folds: every demo row and the hypothetical pool's elements, competitors and label-range rows
 train, and the pool's candidates (--pool, its labels snapshotted into --out) are the test set, one unit
 per seed (default --out benchmarks/results/accuracy_pool, table markers `pool-table`):
 

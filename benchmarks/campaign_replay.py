@@ -29,9 +29,9 @@ folder per strategy (its rounds).
 no training. Each run copies the pool's labels.csv and CHGNet relaxations into OUT
 (labels_snapshot.csv, uip_chgnet_pool.csv/.json; --reuse-snapshot keeps the last ones) and replays
 the hull-complete candidates only (`esnet_tf.campaign.hypothetical`: the others are counted, with the
-reason), on the hull of the demo's rows and the pool's elements and competitors. Sources, none of
+reason), on the hull of the demo's rows and the pool's elements, competitors and label-range rows. Sources, none of
 which saw a candidate: `esnet predict --model` (the shipped demo+pool model, trained on the pool's
-elements and competitors only; its splits.json is checked) on the candidates' GPAW IS files
+elements, competitors and label-range rows only; its splits.json is checked) on the candidates' GPAW IS files
 (OUT/esnet_predictions.csv: mean, std, 90 % interval, domain flag); CHGNet (demo + pool relaxations,
 O/N/F/Cl references fitted on non-candidate rows); a composition-only gradient boosting trained on
 the non-candidate rows. Every strategy these allow (OUT/replay) and the model-guided ones with the

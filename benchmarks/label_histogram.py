@@ -67,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not (Path(folder) / "labels.csv").is_file():
                 raise UserError(f"{flag} {folder}: no labels.csv there; give the dataset directory")
         sets["demo"] = _energies(Path(args.demo_dir) / "labels.csv")
-        for role in ("candidate", "competitor", "element"):
+        from esnet_tf.dft.pool import ROLES
+
+        for role in ROLES:
             sets[f"pool {role}s"] = _energies(Path(args.pool_dir) / "labels.csv", role)
         out = Path(args.out)
         refuse_existing([out / name for name in OUTPUTS], args.overwrite)

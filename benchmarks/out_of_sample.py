@@ -9,7 +9,7 @@ against the pool's relaxed formation energies (`esnet_tf.study.out_of_sample`): 
 competitor, element) and all rows, MAE, Spearman, the MAE of predicting the set's mean, the
 `is_shift` baseline (the demo's median relaxation energy), interval coverage, flagged and unflagged
 MAE, and the risk–coverage curve. Rows of the model's own snapshot (any split of its splits.json: the
-pool-trained model saw the pool's elements and competitors) are left out and counted, so the scored
+pool-trained model saw the pool's elements, competitors and label-range rows) are left out and counted, so the scored
 rows are chemical systems the model never saw: the pool's candidates, and pool rows assembled after
 the model was trained. Writes predictions.csv, labels_snapshot.csv (the pool labels scored),
 summary.json and risk_coverage.png in --out.

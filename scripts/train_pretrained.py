@@ -55,16 +55,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-#: pool rows a `with_pool` recipe trains on; the pool's candidates never (they are the out-of-sample set,
-#: `benchmarks/out_of_sample.py`)
-POOL_TRAINING_ROLES = ("element", "competitor")
-
-
 def snapshot(work: Path, with_pool: bool = False) -> tuple[Path, Path]:
     """features.npz + labels.csv of the demo rows (and with `with_pool` the pool's elements and
     competitors) as they are now (reused when present); labels.csv gains a `dataset` column."""
     from esnet_tf import resources
     from esnet_tf.atomic import atomic_path, write_text
+    from esnet_tf.dft.pool import POOL_TRAINING_ROLES
     from esnet_tf.featurize import featurize, save_examples
     from esnet_tf.labels import read_labels
 
@@ -112,7 +108,7 @@ class Recipe:
     patience: int
     lr_patience: int
     calibration: bool
-    with_pool: bool = False  # also the pool's elements and competitors (`POOL_TRAINING_ROLES`)
+    with_pool: bool = False  # also the pool's non-candidate rows (`POOL_TRAINING_ROLES`)
     uip: bool = False  # CHGNet's formation energy as an input (`uip_energies`)
 
 
@@ -236,9 +232,11 @@ def uip_energies(arrays: dict, recipe: Recipe, work: Path) -> tuple[np.ndarray, 
 
 def dataset_description(recipe: Recipe) -> str:
     """What a recipe trains on, for splits.json and model.json."""
+    from esnet_tf.dft.pool import POOL_TRAINING_ROLES
+
     text = "is_dos/demo (datasets/is_dos/demo/labels.csv)"
     if recipe.with_pool:
-        text += (" + the elements and competitors of is_dos/pool (datasets/is_dos/pool/labels.csv, roles "
+        text += (" + the non-candidate rows of is_dos/pool (datasets/is_dos/pool/labels.csv, roles "
                  f"{', '.join(POOL_TRAINING_ROLES)}; never its candidates, the out-of-sample set)")
     if recipe.uip:
         text += (f"; CHGNet's relaxations of every row: uip_{UIP_MODEL_NAME}.csv of "
@@ -559,9 +557,9 @@ def model_readme(meta: dict, domain) -> str:
                   "each input structure (`esnet uip relax`, no DFT); the DFT it needs is the IS single point only.",
                   ""]
     lines += ["## Data", "",
-              (f"- The embedded demo dataset `is_dos/demo` and the pool's elemental phases and competing binaries "
-               f"(`is_dos/pool`, roles element and competitor; never its candidates, which are the out-of-sample "
-               f"set) as of this model: {d['n_rows']} rows ("
+              (f"- The embedded demo dataset `is_dos/demo` and the pool's elemental phases, competing binaries and "
+               f"label-range compounds (`is_dos/pool`, roles element, competitor and label_range; never its "
+               f"candidates, which are the out-of-sample set) as of this model: {d['n_rows']} rows ("
                + ", ".join(f"{k} {v}" for k, v in d.get("n_rows_per_dataset", {}).items()) + ")"
                if "pool" in d.get("dataset", "") else
                f"- The embedded demo dataset `is_dos/demo` as of this model: {d['n_rows']} rows")

@@ -60,9 +60,10 @@ def test_cubic_candidates_come_first_and_hulls_complete_in_their_order(plan):
     def system(p):
         return frozenset(el.symbol for el in p.task.structure.composition.elements)
 
-    phases = [0 if p.role == "element" else 3 if p.role == "candidate" and p.task.relax == "optimizer"
-              else 1 if p.role == "candidate" else 2 for p in plan]
-    assert phases == sorted(phases) and set(phases) == {0, 1, 2, 3}
+    phases = [0 if p.role == "element" else 1 if p.role == "label_range"
+              else 4 if p.role == "candidate" and p.task.relax == "optimizer"
+              else 2 if p.role == "candidate" else 3 for p in plan]
+    assert phases == sorted(phases) and set(phases) == {0, 1, 2, 3, 4}
     candidates = [system(p) for p in plan if p.role == "candidate"]
     competitors = [(k, system(p)) for k, p in enumerate(plan) if p.role == "competitor"]
     checked = 0
@@ -79,6 +80,25 @@ def test_cubic_candidates_come_first_and_hulls_complete_in_their_order(plan):
     for p in plan:
         if p.role == "candidate" and p.task.relax == "optimizer":
             assert all(k < position[p.task.id] for k, els in competitors if els <= system(p)), p.task.id
+
+
+def test_label_range_compounds_are_gas_element_pairs_trained_on_never_candidates(plan):
+    """Every pair of N, O, F, Cl in rocksalt, B2 and zincblende: 2-atom EOS cells, in no demo system,
+    a training role (the study and the pool recipes train on them; the campaign takes them as references)."""
+    lr = [p for p in plan if p.role == "label_range"]
+    assert len(lr) == 6 * 3
+    assert {p.task.prototype for p in lr} == set(pool.LABEL_RANGE_PROTOTYPES)
+    demo = pool.demo_systems()
+    for p in lr:
+        els = frozenset(el.symbol for el in p.task.structure.composition.elements)
+        assert len(els) == 2 and els <= set(pool.LABEL_RANGE_ELEMENTS) and els not in demo, p.task.id
+        assert len(p.task.structure) == 2 and p.task.relax == "eos" and p.family == ""
+    assert "label_range" in pool.POOL_TRAINING_ROLES and "candidate" not in pool.POOL_TRAINING_ROLES
+    assert set(pool.ROLES) == {p.role for p in plan}
+    from esnet_tf.campaign import hypothetical
+    from esnet_tf.study import data as study_data
+
+    assert hypothetical.ROLES is pool.ROLES and study_data.POOL_TRAINING_ROLES is pool.POOL_TRAINING_ROLES
 
 
 def test_the_selection_does_not_depend_on_anything_but_the_seed():

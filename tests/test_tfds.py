@@ -351,7 +351,7 @@ def test_pool_config_loads_every_row_of_the_pool_labels_with_role_family_and_ene
         for ex in tfds.as_numpy(builder.as_dataset(split=split)):
             got[ex["id"].decode()] = ex
     assert sorted(got) == sorted(want)
-    assert {"candidate", "competitor", "element"} >= {ex["role"].decode() for ex in got.values()}
+    assert {"candidate", "competitor", "element", "label_range"} >= {ex["role"].decode() for ex in got.values()}
     for i, ex in got.items():
         row = want[i]
         assert (ex["role"].decode(), ex["family"].decode(), ex["hull_complete"].decode()) == \

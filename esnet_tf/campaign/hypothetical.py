@@ -1,14 +1,14 @@
 """The campaign replay on the hypothetical pool (`esnet dft pool`): hull-complete candidates on their real hull.
 
-The pool's labels.csv holds candidates (role `candidate`), their competing binaries (`competitor`)
-and new elemental phases (`element`); `hull_complete` says whether every planned structure of a
-row's chemical system is computed. A replay on it:
+The pool's labels.csv holds candidates (role `candidate`), their competing binaries (`competitor`),
+new elemental phases (`element`) and strongly unstable gas-element pairs (`label_range`);
+`hull_complete` says whether every planned structure of a row's chemical system is computed. A replay on it:
 
 - **candidates** = the hull-complete candidates only (`select_candidates`; the others are counted
   with the reason: their hull still lacks competitors, so their E_hull is not yet the real one);
 - **references** = every row of the demo's labels (elements and compounds: the demo computed some
   of the candidates' binaries, e.g. CaO, and the pool reads them from its cache) plus the pool's
-  elements and competitors, all DFT labels (`pool_references`); the candidates are never references;
+  elements, competitors and label-range rows, all DFT labels (`pool_references`); the candidates are never references;
 - **truth**: E_hull against references + every candidate's relaxed E_f (`esnet_tf.campaign.hull`,
   one pymatgen PhaseDiagram per chemical system), which should equal labels.csv's `e_above_hull`.
 
@@ -33,11 +33,10 @@ from typing import Any
 import numpy as np
 
 from esnet_tf.campaign.pool import Pool, Predictions, pool_from_labels
+from esnet_tf.dft.pool import ROLES  # the roles of a pool labels.csv (`esnet_tf.dft.pool.assemble_pool`)
 from esnet_tf.errors import DatasetError, UserError
 from esnet_tf.screening.references import ReferenceSet, formation_energy_references, parse_formula
 
-#: the roles of a pool labels.csv (`esnet_tf.dft.pool.assemble_pool`)
-ROLES = ("candidate", "competitor", "element")
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ def select_candidates(labels_csv: str | Path) -> CandidateSelection:
 
 def reference_rows(pool_labels: str | Path, demo_labels: str | Path) -> list[tuple[str, str, float]]:
     """(id, formula, E_f eV/atom) of every row that is known before a campaign: all rows of the demo's
-    labels and the pool's elements and competitors (never a pool candidate); rows without a relaxed
+    labels and the pool's elements, competitors and label-range rows (never a pool candidate); rows without a relaxed
     formation energy are skipped. An id in both files is an error."""
     from esnet_tf.labels import read_labels
 
@@ -139,7 +138,7 @@ def pool_references(pool_labels: str | Path, demo_labels: str | Path) -> Referen
     """The replay's reference set (`reference_rows`): one PDEntry per known row, elements at 0 eV/atom."""
     rows = reference_rows(pool_labels, demo_labels)
     return formation_energy_references([(i, parse_formula(f), ef) for i, f, ef in rows],
-                                       f"demo {demo_labels} + elements and competitors of {pool_labels}")
+                                       f"demo {demo_labels} + the non-candidate rows of {pool_labels}")
 
 
 def hypothetical_pool(pool_labels: str | Path, demo_labels: str | Path, *,

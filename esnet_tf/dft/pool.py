@@ -17,8 +17,17 @@ What the pool is (fixed before any result is seen; the rule is written into prov
   can only make a candidate look more stable).
 - New elements (`NEW_ELEMENTS`, so that the domain grows past 45 elements): fcc and bcc for each,
   hcp (optimizer) for those whose ground state is hcp, alpha-Sn (diamond) and sc Bi.
+- Label range (role `label_range`, added 2026-12-07): every pair of the demo's gas elements
+  (`LABEL_RANGE_ELEMENTS`: N, O, F, Cl, whose references are molecules) in the 2-atom cubic prototypes
+  rocksalt, B2 and zincblende (`LABEL_RANGE_PROTOTYPES`), EOS-relaxed like every cubic cell. Strongly
+  unstable by construction (formation energies of several eV/atom against the molecules), so that the
+  training data reaches past 3 eV/atom and a model has seen what a strongly unstable compound's IS-DOS
+  looks like; they are trained on (`POOL_TRAINING_ROLES`), never candidates. Their chemical systems'
+  known molecular compounds (NO2, OF2, ...) are not computed: their `e_above_hull` is against the
+  elements only.
 
-Order (`computing_order`): new elemental phases first; then the candidates of the cubic families
+Order (`computing_order`): new elemental phases first; then the label-range compounds (18 cheap
+2-atom cells, added 2026-12-07 after 120 rows were done); then the candidates of the cubic families
 (their formation energies need only the elemental references: the out-of-sample test set grows
 first); then the competitors, one chemical system at a time in the candidates' order, so that hulls
 complete in that order; the layered family's optimizer relaxations (about 3 process-hours each) last,
@@ -62,6 +71,13 @@ LAYERED_SETS = (("Li", "Na", "K"),
 N_SYSTEMS = {"heusler": 84, "perovskite": 60, "layered_abo2": 40}
 FAMILIES = tuple(N_SYSTEMS)
 ANION = "O"
+#: the label-range compounds: every pair of these elements in each of these prototypes
+LABEL_RANGE_ELEMENTS = ("N", "O", "F", "Cl")
+LABEL_RANGE_PROTOTYPES = ("rocksalt", "cscl", "zincblende")
+#: roles of the pool's rows; the pool's rows of POOL_TRAINING_ROLES are trained on, its candidates are the
+#: out-of-sample test set
+ROLES = ("candidate", "competitor", "element", "label_range")
+POOL_TRAINING_ROLES = ("element", "competitor", "label_range")
 #: binaries of a pair: metal-metal, and metal-oxygen
 PAIR_PROTOTYPES = {"metal": (("cscl", "AB"), ("l12", "AB"), ("l12", "BA")),
                    "oxide": (("rocksalt", "MO"), ("fluorite", "MO2"), ("fluorite", "OM2"))}
@@ -100,7 +116,8 @@ def pool_systems(exclude: set[frozenset[str]] | None = None) -> dict[str, list[t
 
 @dataclass(frozen=True)
 class PoolTask:
-    """A pool task and its role: 'candidate', 'competitor' or 'element'; `family` for candidates."""
+    """A pool task and its role (`ROLES`: 'candidate', 'competitor', 'element', 'label_range');
+    `family` for candidates."""
 
     task: Task
     role: str
@@ -139,6 +156,13 @@ def element_tasks(st: DFTSettings, timeout: float, optimizer_timeout: float) -> 
     return out
 
 
+def label_range_tasks(st: DFTSettings, timeout: float) -> list[Task]:
+    """The label-range compounds: each pair of `LABEL_RANGE_ELEMENTS` in each of `LABEL_RANGE_PROTOTYPES`
+    (EOS)."""
+    return [_eos(p, [a, b], st, timeout) for a, b in itertools.combinations(LABEL_RANGE_ELEMENTS, 2)
+            for p in LABEL_RANGE_PROTOTYPES]
+
+
 def candidate_tasks(family: str, system: tuple[str, ...], st: DFTSettings, timeout: float,
                     optimizer_timeout: float) -> list[Task]:
     """The candidates of one system of `family`."""
@@ -170,6 +194,10 @@ def pool_tasks(settings: DFTSettings | None = None, timeout: float = 1800.0,
     demo_ids = {t.id for t in demo}
     plan: list[PoolTask] = [PoolTask(t, "element") for t in element_tasks(st, timeout, opt_timeout)]
     seen = {p.task.id for p in plan} | demo_ids
+    for t in label_range_tasks(st, timeout):
+        if t.id not in seen:
+            seen.add(t.id)
+            plan.append(PoolTask(t, "label_range"))
     systems = pool_systems({frozenset(el.symbol for el in t.structure.composition.elements) for t in demo})
     pairs_done: set[frozenset[str]] = set()
     cursors = {fam: iter(systems[fam]) for fam in FAMILIES}
@@ -197,15 +225,17 @@ def pool_tasks(settings: DFTSettings | None = None, timeout: float = 1800.0,
 
 
 def computing_order(plan: list[PoolTask]) -> list[PoolTask]:
-    """`plan` reordered: elements; the candidates of the EOS families; the competitors, each at the
-    first candidate (in that order) whose system holds it, so that hulls complete in the candidates'
-    order; the optimizer candidates last. Stable within each part."""
+    """`plan` reordered: elements; the label-range compounds; the candidates of the EOS families; the
+    competitors, each at the first candidate (in that order) whose system holds it, so that hulls
+    complete in the candidates' order; the optimizer candidates last. Stable within each part."""
     def phase(p: PoolTask) -> int:
         if p.role == "element":
             return 0
+        if p.role == "label_range":
+            return 1
         if p.role == "candidate":
-            return 3 if p.task.relax == "optimizer" else 1
-        return 2
+            return 4 if p.task.relax == "optimizer" else 2
+        return 3
 
     ordered = sorted(plan, key=phase)
     systems = [_system(p) for p in ordered if p.role == "candidate"]
@@ -231,7 +261,10 @@ def selection_rule() -> dict:
             "candidates": {"heusler": "half-Heusler XYZ (X on 4c), L2_1 X2YZ, inverse Heusler X2YZ",
                            "perovskite": "cubic ABO3 and swapped BAO3", "layered_abo2": "alpha-NaFeO2 ABO2 (optimizer)"},
             "competitors": {k: [f"{p} {s}" for p, s in v] for k, v in PAIR_PROTOTYPES.items()},
-            "new_elements": {k: list(v) for k, v in NEW_ELEMENTS.items()}}
+            "new_elements": {k: list(v) for k, v in NEW_ELEMENTS.items()},
+            "label_range": {"rule": "every pair of the elements in each prototype (EOS); trained on, never "
+                                    "candidates; added 2026-12-07 so that the labels reach past 3 eV/atom",
+                            "elements": list(LABEL_RANGE_ELEMENTS), "prototypes": list(LABEL_RANGE_PROTOTYPES)}}
 
 
 def assemble_pool(pool_dir: Path, demo_dir: Path, settings: DFTSettings | None = None) -> dict:
@@ -308,7 +341,12 @@ def assemble_pool(pool_dir: Path, demo_dir: Path, settings: DFTSettings | None =
             "planned": planned, "done": len(fr), "hull_complete": len(fc), "stable": n_stable,
             "stable_fraction": round(n_stable / len(fc), 3) if fc else None,
             "process_hours": round(sum(float(r["is_wall_time_s"]) + float(r["relax_wall_time_s"]) for r in fr) / 3600, 3)}
-    comp = [r for r in rows if r["role"] != "candidate"]
+    comp = [r for r in rows if r["role"] in ("competitor", "element")]
+    label_range = [r for r in rows if r["role"] == "label_range"]
+
+    def hours(rs: list[dict]) -> float:
+        return round(sum(float(r["is_wall_time_s"]) + float(r["relax_wall_time_s"]) for r in rs) / 3600, 3)
+
     out = {
         "description": "hypothetical screening pool (esnet dft pool): element substitution on ternary prototypes, "
                        "with the competing binaries and new elemental phases",
@@ -321,9 +359,12 @@ def assemble_pool(pool_dir: Path, demo_dir: Path, settings: DFTSettings | None =
         "n_candidates_hull_complete": sum(bool(r["hull_complete"]) for r in cands),
         "stable_fraction_hull_complete": (round(sum(float(r["e_above_hull"]) <= 1e-9 for r in cands if r["hull_complete"])
                                                 / max(1, sum(bool(r["hull_complete"]) for r in cands)), 3)),
-        "competitors_and_elements": {"done": len(comp),
-                                     "process_hours": round(sum(float(r["is_wall_time_s"]) + float(r["relax_wall_time_s"])
-                                                                for r in comp) / 3600, 3)},
+        "competitors_and_elements": {"done": len(comp), "process_hours": hours(comp)},
+        "label_range": {"planned": sum(p.role == "label_range" for p in plan), "done": len(label_range),
+                        "process_hours": hours(label_range),
+                        "max_formation_energy_per_atom": max((float(r["formation_energy_per_atom"]) for r in label_range),
+                                                             default=None),
+                        "n_above_3_ev_per_atom": sum(float(r["formation_energy_per_atom"]) >= 3.0 for r in label_range)},
         "elements": sorted({el for r in rows for el in _elements(r["formula"])}
                            | set(prov["elemental_references"])),
         "assembled": prov.get("assembled"), "pending": pending[:50],
@@ -349,7 +390,13 @@ def counts_markdown(prov: dict) -> str:
         lines.append(f"| {fam} | {f['planned']} | {f['done']} | {f['hull_complete']} | {f['stable']} | {frac} | "
                      f"{f['process_hours']:.2f} |")
     ce = prov["competitors_and_elements"]
+    lr = prov.get("label_range")
+    lr_text = (f"Label-range compounds done: {lr['done']} of {lr['planned']} ({lr['process_hours']:.2f} process-hours; "
+               f"highest E_f {lr['max_formation_energy_per_atom']:.2f} eV/atom, {lr['n_above_3_ev_per_atom']} at or above "
+               "3 eV/atom). " if lr and lr["done"] else
+               f"Label-range compounds done: 0 of {lr['planned']}. " if lr else "")
     lines += ["", f"Competitors and elemental phases done: {ce['done']} ({ce['process_hours']:.2f} process-hours). "
+              + lr_text +
               f"Tasks pending: {prov['n_pending']} of {prov['n_planned']}; failed: {prov['n_failed']}. "
               f"Elements in the pool's rows and references: {len(prov['elements'])}. Assembled {prov['assembled']}."]
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from esnet_tf.dft.pool import POOL_TRAINING_ROLES  # the pool's rows trained on; its candidates are the test set
 from esnet_tf.errors import UserError
 
 if TYPE_CHECKING:
@@ -32,14 +33,12 @@ ARRAY_KEYS = ("dos_up", "dos_down", "composition", "id", "formula", "chemsys", "
 #: what the outer (test) folds can be grouped by, each an array of `StudyData.is_`: the chemical system
 #: (the default), or the structure prototype (leave-prototype-out folds: the test fold's crystal
 #: structures are absent from training; the elements' fcc/bcc/hcp/... are ordinary groups), or POOL: no folds, an
-#: external test set (train on every demo row and the pool's elements and competitors, test on the pool's
-#: candidates: hypothetical ternaries in chemical systems no training row has)
+#: external test set (train on every demo row and the pool's elements, competitors and label-range rows, test on
+#: the pool's candidates: hypothetical ternaries in chemical systems no training row has)
 GROUPINGS = ("chemsys", "prototype", "pool")
 #: the grouping whose test set is the pool: one unit per seed, test fold POOL_TEST_FOLD of POOL_FOLDS (the training
 #: rows carry fold index POOL_FOLDS, outside 0..POOL_FOLDS-1, so that `Unit.train_idx` is exactly the training rows)
 POOL, POOL_FOLDS, POOL_TEST_FOLD = "pool", 1, 0
-#: the pool's rows of these roles are trained on; its candidates (every other role) are the test set
-POOL_TRAINING_ROLES = ("element", "competitor")
 
 
 def file_hash(*paths: str | Path) -> str:
@@ -184,9 +183,9 @@ class StudyData:
     With `pool` (the hypothetical pool's folder, grouping POOL): the pool snapshot's rows follow the demo's in
     `is_` and `rs` (`is_pool` marks them; both hashes then include POOL_SNAPSHOT). A pool row enters only with a
     relaxed formation energy and a chemical system no demo row has (`pool_left_out` names the others). Its
-    elements and competitors (POOL_TRAINING_ROLES) are trained on; its candidates (`is_pool_test`) are the test
-    set, which shares neither structures nor chemical systems with training (candidates are ternaries; the pool
-    holds no other row of their systems).
+    elements, competitors and label-range rows (POOL_TRAINING_ROLES) are trained on; its candidates
+    (`is_pool_test`) are the test set, which shares neither structures nor chemical systems with training
+    (candidates are ternaries; the pool holds no other row of their systems).
     """
 
     def __init__(self, out: Path, work: Path, demo: Path, pool: Path | None = None) -> None:

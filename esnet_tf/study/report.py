@@ -30,8 +30,8 @@ MARKERS = {"chemsys": (TABLE_START, TABLE_END),
 FOLD_CAPTION = {"chemsys": "grouped {folds}-fold CV by chemical system",
                 "prototype": "leave-prototype-out {folds}-fold CV (grouped by structure prototype; the IS-augmentation "
                              "variants follow their parent)",
-                "pool": "trained on the demo and the pool's elements and competitors, tested on the pool's "
-                        "candidates (one unit per seed)"}
+                "pool": "trained on the demo and the pool's elements, competitors and label-range rows, tested on "
+                        "the pool's candidates (one unit per seed)"}
 #: how the table names the comparator of the paired tests: the best `baseline` row by pooled MAE, whatever its
 #: inputs (composition only, the IS energy or the potential's energy)
 COMPARATOR = "best baseline"
@@ -323,7 +323,8 @@ def pool_table_markdown(result: Mapping[str, Any]) -> str:
     lines = [
         f"Units keyed by `{result['snapshot_hash']}` (the demo and pool snapshots). Training: every row of the demo "
         f"snapshot `{result['demo_snapshot_hash']}` (labels.csv) and the pool snapshot's "
-        f"{t.get('n_pool_training_rows', 0)} elements and competitors ({result['n_structures']} structures; "
+        f"{t.get('n_pool_training_rows', 0)} elements, competitors and label-range rows "
+        f"({result['n_structures']} structures; "
         f"{result['n_variants']} IS-augmentation variants of demo rows for augmented rows); test: the pool snapshot "
         f"`{t['pool_snapshot_hash']}`'s {t['n_structures']} structures "
         f"({', '.join(f'{n} {r}' for r, n in t['roles'].items())}), hypothetical ternaries of chemical systems "

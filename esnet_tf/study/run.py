@@ -159,7 +159,7 @@ def compute_unit(data: StudyData, config: StudyConfig, model: str, seed: int, k:
     pred, notes = run_model(model, unit)
     if (seed, k) not in refs_cache:
         refs_cache[(seed, k)] = training_references(
-            data, train_idx, "every demo row and the pool's elements and competitors (its candidates are the test "
+            data, train_idx, "every demo row and the pool's elements, competitors and label-range rows (its candidates are the test "
                              "set) + elements at 0 eV/atom"
             if config.grouping == POOL else f"training folds (fold {k}, seed {seed}) + elements at 0 eV/atom")
     metrics = unit_metrics(data, refs_cache[(seed, k)], test_idx, pred)
@@ -352,7 +352,7 @@ def pool_test_set(data: StudyData) -> dict[str, Any]:
             "roles": dict(sorted(roles.items())), "left_out": data.pool_left_out, "role_of": role_of,
             "n_pool_training_rows": int((data.is_pool & ~data.is_pool_test).sum()),
             "training": "every demo row of labels_snapshot.csv (the variants too, for augmented rows) and the pool "
-                        "snapshot's elements and competitors; no candidate is used for training, early stopping, "
+                        "snapshot's elements, competitors and label-range rows; no candidate is used for training, early stopping, "
                         "tuning or the gas references"}
 
 
