@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from dataclasses import replace
+
 from esnet_tf.dft import pool
+from esnet_tf.dft.settings import DFTSettings
 from esnet_tf.dft.prototypes import noncubic_structure, prototype_structure
 
 
@@ -53,30 +56,38 @@ def test_no_candidate_system_is_a_demo_system_and_ids_are_unique(plan):
             assert frozenset(el.symbol for el in p.task.structure.composition.elements) not in demo, p.task.id
 
 
-def test_cubic_candidates_come_first_and_hulls_complete_in_their_order(plan):
-    """Elements, then the EOS candidates (the out-of-sample set needs only elemental references),
-    then the competitors in the order of the candidates that need them, the optimizer candidates last
-    and after the competitors of their system."""
+def test_systems_complete_one_at_a_time_in_the_order_of_the_draw(plan):
+    """Elements, label-range compounds, then each system's cubic candidates followed by the competitors
+    no earlier system needed (its hull completes before the next system's first candidate), the optimizer
+    candidates last and after the competitors of their system."""
     def system(p):
         return frozenset(el.symbol for el in p.task.structure.composition.elements)
 
     phases = [0 if p.role == "element" else 1 if p.role == "label_range"
-              else 4 if p.role == "candidate" and p.task.relax == "optimizer"
-              else 2 if p.role == "candidate" else 3 for p in plan]
-    assert phases == sorted(phases) and set(phases) == {0, 1, 2, 3, 4}
-    candidates = [system(p) for p in plan if p.role == "candidate"]
-    competitors = [(k, system(p)) for k, p in enumerate(plan) if p.role == "competitor"]
-    checked = 0
-    for j, cand in enumerate(candidates):
-        # every competitor of the j-th candidate's system comes before every competitor that only
-        # later candidates need: the j-th hull completes no later than the (j+1)-th
-        mine = [k for k, els in competitors if els <= cand]
-        later = [k for k, els in competitors if not any(els <= c for c in candidates[: j + 1])]
-        if mine and later:
-            assert max(mine) < min(later), (j, sorted(cand))
-            checked += 1
-    assert checked > 300
+              else 3 if p.role == "candidate" and p.task.relax == "optimizer" else 2 for p in plan]
+    assert phases == sorted(phases) and set(phases) == {0, 1, 2, 3}
     position = {p.task.id: k for k, p in enumerate(plan)}
+    competitors = [(k, system(p)) for k, p in enumerate(plan) if p.role == "competitor"]
+    first_candidate: dict[frozenset, int] = {}
+    for k, p in enumerate(plan):
+        if p.role == "candidate" and p.task.relax == "eos":
+            first_candidate.setdefault(system(p), k)
+    # the draw's order of systems: Heusler and perovskite systems alternate
+    fams = [next(q.family for q in plan if q.role == "candidate" and system(q) == sys_) for sys_ in first_candidate]
+    assert fams[:4] == ["heusler", "perovskite", "heusler", "perovskite"]
+    checked = 0
+    starts = sorted(first_candidate.values())
+    for sys_, start in first_candidate.items():
+        later = [k for k in starts if k > start]
+        mine = [k for k, els in competitors if els <= sys_]
+        assert mine, sorted(sys_)
+        if later:  # every competitor of this system runs before the next system's first candidate
+            assert max(mine) < later[0], sorted(sys_)
+            checked += 1
+        # and this system's candidates run before the competitors it is the first to need
+        cands = [k for k, p in enumerate(plan) if p.role == "candidate" and p.task.relax == "eos" and system(p) == sys_]
+        assert max(cands) < max(mine) or all(k < start for k in mine)
+    assert checked > 140
     for p in plan:
         if p.role == "candidate" and p.task.relax == "optimizer":
             assert all(k < position[p.task.id] for k, els in competitors if els <= system(p)), p.task.id
@@ -93,6 +104,9 @@ def test_label_range_compounds_are_gas_element_pairs_trained_on_never_candidates
         els = frozenset(el.symbol for el in p.task.structure.composition.elements)
         assert len(els) == 2 and els <= set(pool.LABEL_RANGE_ELEMENTS) and els not in demo, p.task.id
         assert len(p.task.structure) == 2 and p.task.relax == "eos" and p.family == ""
+        # only the EOS search is longer; the physics settings are the pool's
+        assert p.task.settings.eos_max_extra == pool.LABEL_RANGE_EOS_MAX_EXTRA
+        assert replace(p.task.settings, eos_max_extra=4) == DFTSettings()
     assert "label_range" in pool.POOL_TRAINING_ROLES and "candidate" not in pool.POOL_TRAINING_ROLES
     assert set(pool.ROLES) == {p.role for p in plan}
     from esnet_tf.campaign import hypothetical

@@ -19,7 +19,8 @@ What the pool is (fixed before any result is seen; the rule is written into prov
   hcp (optimizer) for those whose ground state is hcp, alpha-Sn (diamond) and sc Bi.
 - Label range (role `label_range`, added 2026-12-07): every pair of the demo's gas elements
   (`LABEL_RANGE_ELEMENTS`: N, O, F, Cl, whose references are molecules) in the 2-atom cubic prototypes
-  rocksalt, B2 and zincblende (`LABEL_RANGE_PROTOTYPES`), EOS-relaxed like every cubic cell. Strongly
+  rocksalt, B2 and zincblende (`LABEL_RANGE_PROTOTYPES`), EOS-relaxed like every cubic cell but with
+  up to `LABEL_RANGE_EOS_MAX_EXTRA` extra scan points (the contact rule compresses them far more). Strongly
   unstable by construction (formation energies of several eV/atom against the molecules), so that the
   training data reaches past 3 eV/atom and a model has seen what a strongly unstable compound's IS-DOS
   looks like; they are trained on (`POOL_TRAINING_ROLES`), never candidates. Their chemical systems'
@@ -27,12 +28,11 @@ What the pool is (fixed before any result is seen; the rule is written into prov
   elements only.
 
 Order (`computing_order`): new elemental phases first; then the label-range compounds (18 cheap
-2-atom cells, added 2026-12-07 after 120 rows were done); then the candidates of the cubic families
-(their formation energies need only the elemental references: the out-of-sample test set grows
-first); then the competitors, one chemical system at a time in the candidates' order, so that hulls
-complete in that order; the layered family's optimizer relaxations (about 3 process-hours each) last,
-each after its system's competitors. The order changed on 2026-12-07 (before: each system's
-competitors before its candidates); it decides only when a task runs, never which tasks are planned.
+2-atom cells, added 2026-12-07 after 120 rows were done); then one chemical system at a time in the
+order of the draw, its cubic candidates followed by the competitors no earlier system needed, so that
+the out-of-sample set and the hull-complete set grow together; the layered family's optimizer
+relaxations (about 3 process-hours each) last, each after its system's competitors. The order decides
+only when a task runs, never which tasks are planned; it changed twice (the pool README lists how).
 Tasks the demo has already computed (same structure and settings, same cache key) are read from the
 demo's cache and not recomputed.
 """
@@ -74,6 +74,10 @@ ANION = "O"
 #: the label-range compounds: every pair of these elements in each of these prototypes
 LABEL_RANGE_ELEMENTS = ("N", "O", "F", "Cl")
 LABEL_RANGE_PROTOTYPES = ("rocksalt", "cscl", "zincblende")
+#: extra EOS points the label-range compounds may take (the contact rule starts these gas-element pairs so
+#: compressed that the default 4 extra points end with the energy still falling: NO rocksalt at 1.46 times
+#: the contact lattice constant, 2026-12-07)
+LABEL_RANGE_EOS_MAX_EXTRA = 14
 #: roles of the pool's rows; the pool's rows of POOL_TRAINING_ROLES are trained on, its candidates are the
 #: out-of-sample test set
 ROLES = ("candidate", "competitor", "element", "label_range")
@@ -158,7 +162,10 @@ def element_tasks(st: DFTSettings, timeout: float, optimizer_timeout: float) -> 
 
 def label_range_tasks(st: DFTSettings, timeout: float) -> list[Task]:
     """The label-range compounds: each pair of `LABEL_RANGE_ELEMENTS` in each of `LABEL_RANGE_PROTOTYPES`
-    (EOS)."""
+    (EOS, with up to `LABEL_RANGE_EOS_MAX_EXTRA` extra points; the physics settings are `st`'s)."""
+    from dataclasses import replace
+
+    st = replace(st, eos_max_extra=max(st.eos_max_extra, LABEL_RANGE_EOS_MAX_EXTRA))
     return [_eos(p, [a, b], st, timeout) for a, b in itertools.combinations(LABEL_RANGE_ELEMENTS, 2)
             for p in LABEL_RANGE_PROTOTYPES]
 
@@ -225,26 +232,38 @@ def pool_tasks(settings: DFTSettings | None = None, timeout: float = 1800.0,
 
 
 def computing_order(plan: list[PoolTask]) -> list[PoolTask]:
-    """`plan` reordered: elements; the label-range compounds; the candidates of the EOS families; the
-    competitors, each at the first candidate (in that order) whose system holds it, so that hulls
-    complete in the candidates' order; the optimizer candidates last. Stable within each part."""
+    """`plan` reordered: elements; the label-range compounds; then one chemical system at a time, in the
+    order the draw gives the candidates' systems: its EOS candidates, then the competitors no earlier system
+    needed, so that each system's hull completes before the next system starts; the optimizer candidates
+    last (their systems' competitors at the end of the previous part). Stable within each part."""
     def phase(p: PoolTask) -> int:
         if p.role == "element":
             return 0
         if p.role == "label_range":
             return 1
-        if p.role == "candidate":
-            return 4 if p.task.relax == "optimizer" else 2
-        return 3
+        if p.role == "candidate" and p.task.relax == "optimizer":
+            return 3
+        return 2
 
     ordered = sorted(plan, key=phase)
-    systems = [_system(p) for p in ordered if p.role == "candidate"]
+    systems: list[frozenset[str]] = []
+    for p in ordered:
+        if p.role == "candidate" and _system(p) not in systems:
+            systems.append(_system(p))
 
-    def first_needed(p: PoolTask) -> int:
+    def system_index(p: PoolTask) -> int:
+        if p.role == "candidate":
+            return systems.index(_system(p))
         els = _system(p)
         return next((k for k, sys_ in enumerate(systems) if els <= sys_), len(systems))
 
-    return sorted(ordered, key=lambda p: (phase(p), first_needed(p) if p.role == "competitor" else 0))
+    def key(p: PoolTask) -> tuple[int, int, int]:
+        ph = phase(p)
+        if ph != 2:
+            return ph, 0, 0
+        return ph, system_index(p), 0 if p.role == "candidate" else 1
+
+    return sorted(ordered, key=key)
 
 
 def _system(p: PoolTask) -> frozenset[str]:
