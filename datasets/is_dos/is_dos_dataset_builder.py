@@ -90,7 +90,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         IsDosConfig(name="pool", source="pool", text_columns=("role", "family", "hull_complete"),
                     description="Hypothetical screening pool (`esnet dft pool`, datasets/is_dos/pool): element "
                                 "substitution on ternary prototypes (`role` candidate) with the competing "
-                                "binaries and new elemental phases (`role` competitor / element); `family` "
+                                "binaries, new elemental phases and strongly unstable gas-element pairs "
+                                "(`role` competitor / element / label_range); `family` "
                                 "names the candidate's prototype family, `hull_complete` ('True'/'False') "
                                 "whether every competitor of its system is computed yet. Grows as the DFT "
                                 "job runs; the labels' sha256 is recorded with the build."),
