@@ -444,6 +444,12 @@ def test_uip_model_predicts_gpaw_calc_dirs_with_its_own_chgnet_references(uip_mo
     assert all(float(r[LOWER]) < float(r[PREDICTION_COLUMN]) < float(r[UPPER]) for r in rows)
     table = uip_model.predict(dirs, uip=csv_path)
     np.testing.assert_allclose(table[PREDICTION_COLUMN], mean, atol=1e-6)
+    # the Beam pipeline (DirectRunner) reads the same CSV and writes the same file
+    pytest.importorskip("apache_beam")
+    beam = tmp_path / "beam.csv"
+    assert main(["predict", UIP_MODEL, *dirs, "--uip", str(csv_path), "--out", str(beam), "--chunk-size", "1",
+                 "--beam-pipeline-options", "runner=DirectRunner"]) == 0
+    assert beam.read_text() == out.read_text()
 
 
 def _inputs_of(paths: list[str]) -> dict:
