@@ -798,7 +798,14 @@ def stream_predict(config, model, plan: Plan, *, on_failure: Callable[[str], Non
                     keep[np.flatnonzero(arrays["item"] == start)[:skip]] = False
                 for i in np.flatnonzero(keep):
                     if arrays["source"][i]:
-                        line = guard.admit(str(arrays["id"][i]), str(arrays["source"][i]))
+                        rid, source = str(arrays["id"][i]), str(arrays["source"][i])
+                        if uip is not None and rid in guard.first:
+                            # the row would be renamed by `finalize` after it was predicted with the CHGNet
+                            # energy of the id it has now, which belongs to the other input
+                            raise UserError(f"{source}: its id {rid!r} is also the id of {guard.first[rid]}, and "
+                                            "--uip matches CHGNet's rows by id: give each input its own id (rename "
+                                            "one of the folders)")
+                        line = guard.admit(rid, source)
                         if line is not None:
                             keep[i] = False
                             fails.append((int(arrays["item"][i]), line))

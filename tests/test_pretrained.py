@@ -491,3 +491,31 @@ def test_uip_model_refusals_are_one_line(uip_model, is_model, tmp_path, capsys):
             call()
         assert "\n" not in str(exc.value) and all(w in str(exc.value) for w in words), str(exc.value)
 
+
+
+def test_uip_streamed_inputs_with_colliding_path_ids_are_refused(uip_model, fixtures_dir, tmp_path, capsys):
+    """Two copies of a real vasprun.xml whose path-derived ids collide: the streaming reader would rename the
+    second after predicting it with the CHGNet row of the first's id; with --uip that is refused in one line
+    naming both files (exit 2, no CSV)."""
+    import shutil
+
+    from esnet_tf.featurize import default_id
+
+    paths = []
+    for folder in ("a/run1/vasprun.xml.gz", "b/run1/vasprun.xml.gz"):
+        dst = tmp_path / "in" / folder
+        dst.parent.mkdir(parents=True)
+        shutil.copy(fixtures_dir / "vasp" / "Al.vasprun.xml.gz", dst)
+        paths.append(str(dst))
+    rid = default_id(Path(paths[0]))
+    assert rid == default_id(Path(paths[1]))
+    uip_csv = _uip_csv(tmp_path / "uip.csv", ("Al_fcc",), id=rid, formula="Al")
+    refs = tmp_path / "refs.csv"
+    refs.write_text("element,energy_per_atom\nAl,-3.75\n")  # VASP inputs take their references from the user
+    out = tmp_path / "p.csv"
+    capsys.readouterr()
+    assert main(["predict", UIP_MODEL, *paths, "--uip", str(uip_csv), "--references", str(refs),
+                 "--out", str(out), "--chunk-size", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(w in err[0] for w in ("a/run1", "b/run1", "--uip", repr(rid))), err
+    assert not out.exists()
