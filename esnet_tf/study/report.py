@@ -247,7 +247,7 @@ def _spearman(pred: np.ndarray, truth: np.ndarray) -> float | None:
 def pool_summary(units: Units, seeds: Sequence[int], role_of: Mapping[str, str]) -> dict[str, Any]:
     """`summarise` of the pool test set's units (one per seed, fold 0 of 1) plus, per model: Spearman's rank
     correlation of predictions and truths (scipy, per seed; mean, min, max), the MAE per role of the test rows
-    (candidate, competitor, element, label_range; mean over seeds) and `vs_best_paired`: the per-structure paired bootstrap
+    (candidate, competitor, element; mean over seeds) and `vs_best_paired`: the per-structure paired bootstrap
     of |error| - |error of the best baseline| on the same structures (per seed, bounds averaged), in place of
     the per-fold test, which has one pair per seed here. `set_mean`: the MAE of predicting the test set's own
     mean (a reference no model can know), with its bootstrap interval. eV/atom."""
