@@ -70,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from esnet_tf.dft.pool import ROLES
 
         for role in ROLES:
-            sets[f"pool {role}s"] = _energies(Path(args.pool_dir) / "labels.csv", role)
+            name = "pool label-range compounds" if role == "label_range" else f"pool {role}s"
+            sets[name] = _energies(Path(args.pool_dir) / "labels.csv", role)
         out = Path(args.out)
         refuse_existing([out / name for name in OUTPUTS], args.overwrite)
     except UserError as exc:

@@ -131,7 +131,8 @@ def test_label_histogram_counts_the_label_range_and_refuses_an_existing_output(t
     demo.mkdir()
     pool.mkdir()
     (demo / "labels.csv").write_text("id,formation_energy_per_atom\na,-1.0\nb,0.7\nc,3.5\nd,\n")
-    (pool / "labels.csv").write_text("id,formation_energy_per_atom,role\ne,2.0,candidate\nf,0.0,element\n")
+    (pool / "labels.csv").write_text("id,formation_energy_per_atom,role\n"
+                                     "e,2.0,candidate\nf,0.0,element\ng,3.2,label_range\n")
     script = str(ROOT / "benchmarks" / "label_histogram.py")
     args = [sys.executable, script, "--demo-dir", str(demo), "--pool-dir", str(pool), "--out", str(tmp_path / "o")]
     res = subprocess.run(args, capture_output=True, text=True, timeout=300)
@@ -141,6 +142,7 @@ def test_label_histogram_counts_the_label_range_and_refuses_an_existing_output(t
         == (3, 2, 1, 1)  # the empty label is not a row
     assert sets["pool candidates"]["n_above_1"] == 1 and sets["pool elements"]["max"] == 0.0
     assert sets["pool competitors"] == {"n": 0} and (tmp_path / "o" / "histogram.png").stat().st_size > 0
+    assert sets["pool label-range compounds"]["n_above_3"] == 1
     res = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "exists" in res.stderr and "--overwrite" in res.stderr
     res = subprocess.run([*args[:2], "--demo-dir", str(tmp_path / "no")], capture_output=True, text=True, timeout=300)
