@@ -311,6 +311,14 @@ def _paired_bootstrap(a: Mapping[tuple[int, int], Mapping[str, Any]], b: Mapping
             "n_structures": v[0]["n_structures"], "per_seed": per_seed}
 
 
+def _training_roles_text(test_set: Mapping[str, Any]) -> str:
+    """The pool rows trained on, in words: `pool_training_roles` of the run (runs before 2026-12-07 record none:
+    they trained on the elements and competitors, the only roles then)."""
+    names = {"element": "elements", "competitor": "competitors", "label_range": "label-range compounds"}
+    words = [names.get(r, r) for r in test_set.get("pool_training_roles", ("element", "competitor"))]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
 def pool_table_markdown(result: Mapping[str, Any]) -> str:
     """The pool test set's table (markdown) with a caption line: rows in the registry's order, then the set mean."""
     s, t = result["summary"], result["test_set"]
@@ -323,8 +331,7 @@ def pool_table_markdown(result: Mapping[str, Any]) -> str:
     lines = [
         f"Units keyed by `{result['snapshot_hash']}` (the demo and pool snapshots). Training: every row of the demo "
         f"snapshot `{result['demo_snapshot_hash']}` (labels.csv) and the pool snapshot's "
-        f"{t.get('n_pool_training_rows', 0)} elements, competitors and label-range rows "
-        f"({result['n_structures']} structures; "
+        f"{t.get('n_pool_training_rows', 0)} {_training_roles_text(t)} ({result['n_structures']} structures; "
         f"{result['n_variants']} IS-augmentation variants of demo rows for augmented rows); test: the pool snapshot "
         f"`{t['pool_snapshot_hash']}`'s {t['n_structures']} structures "
         f"({', '.join(f'{n} {r}' for r, n in t['roles'].items())}), hypothetical ternaries of chemical systems "

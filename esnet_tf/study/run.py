@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from esnet_tf.dft.pool import POOL_TRAINING_ROLES
 from esnet_tf.errors import UserError
 from esnet_tf.study.data import AUG_SNAPSHOT, POOL, POOL_FOLDS, POOL_SNAPSHOT, SNAPSHOT, StudyData, check_grouping, \
     fold_sizes, take_pool_snapshot, take_snapshot
@@ -351,6 +352,7 @@ def pool_test_set(data: StudyData) -> dict[str, Any]:
     return {"pool_snapshot_hash": file_hash(data.pool_labels), "pool": str(data.pool), "n_structures": len(ids),
             "roles": dict(sorted(roles.items())), "left_out": data.pool_left_out, "role_of": role_of,
             "n_pool_training_rows": int((data.is_pool & ~data.is_pool_test).sum()),
+            "pool_training_roles": list(POOL_TRAINING_ROLES),
             "training": "every demo row of labels_snapshot.csv (the variants too, for augmented rows) and the pool "
                         "snapshot's elements, competitors and label-range rows; no candidate is used for training, early stopping, "
                         "tuning or the gas references"}
