@@ -344,8 +344,8 @@ def pool_table_markdown(result: Mapping[str, Any]) -> str:
         f"difference of |error| to the {COMPARATOR} on the pool ({best}), bootstrap over structures (no p value: "
         "the seeds repeat the training on one test set); MAE per role: mean over seeds. \"set mean\" predicts "
         "the test set's own mean (a reference no model can know; per role, that role's mean). Screening columns "
-        "are left out: most candidates' hulls are not complete yet (the pool's competitors run after its "
-        "candidates); the campaign scores stability on the complete ones.",
+        "are left out: most candidates' hulls are not complete yet (the pool's competitors are still being "
+        "computed); the campaign scores stability on the complete ones.",
         "",
         f"| model | seeds done (units) | MAE [95 % CI] | RMSE [95 % CI] | Spearman | ΔMAE vs {COMPARATOR} [95 % CI] "
         f"| MAE {' / '.join(roles)} | polymorph ranking |",
