@@ -42,7 +42,7 @@ import csv
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from esnet_tf.atomic import atomic_path, write_text
@@ -163,8 +163,6 @@ def element_tasks(st: DFTSettings, timeout: float, optimizer_timeout: float) -> 
 def label_range_tasks(st: DFTSettings, timeout: float) -> list[Task]:
     """The label-range compounds: each pair of `LABEL_RANGE_ELEMENTS` in each of `LABEL_RANGE_PROTOTYPES`
     (EOS, with up to `LABEL_RANGE_EOS_MAX_EXTRA` extra points; the physics settings are `st`'s)."""
-    from dataclasses import replace
-
     st = replace(st, eos_max_extra=max(st.eos_max_extra, LABEL_RANGE_EOS_MAX_EXTRA))
     return [_eos(p, [a, b], st, timeout) for a, b in itertools.combinations(LABEL_RANGE_ELEMENTS, 2)
             for p in LABEL_RANGE_PROTOTYPES]
@@ -246,14 +244,15 @@ def computing_order(plan: list[PoolTask]) -> list[PoolTask]:
         return 2
 
     ordered = sorted(plan, key=phase)
-    systems: list[frozenset[str]] = []
+    position: dict[frozenset[str], int] = {}
     for p in ordered:
-        if p.role == "candidate" and _system(p) not in systems:
-            systems.append(_system(p))
+        if p.role == "candidate":
+            position.setdefault(_system(p), len(position))
+    systems = list(position)
 
     def system_index(p: PoolTask) -> int:
         if p.role == "candidate":
-            return systems.index(_system(p))
+            return position[_system(p)]
         els = _system(p)
         return next((k for k, sys_ in enumerate(systems) if els <= sys_), len(systems))
 
