@@ -36,6 +36,7 @@ TUNE_SPACE = ROOT / "benchmarks" / "accuracy_search_space.json"  # esnet_is_tune
 
 def parse_args(argv: Sequence[str] | None):
     from esnet_tf.errors import UserError
+    from esnet_tf.dft.pool import POOL_TRAINING_ROLES
     from esnet_tf.study import MODELS, StudyConfig
     from esnet_tf.study.data import check_grouping
     from esnet_tf.study.run import default_folds, default_out
@@ -55,6 +56,9 @@ def parse_args(argv: Sequence[str] | None):
     ap.add_argument("--pool", default=None,
                     help="with --group-by pool: the pool dataset folder (labels.csv, calcs/, uip_chgnet.csv; default "
                          "datasets/is_dos/pool)")
+    ap.add_argument("--pool-training-roles", default=None, metavar="ROLES",
+                    help="with --group-by pool: the pool's roles trained on, comma-separated (default: all of "
+                         "element,competitor,label_range; fewer is an ablation: give it its own --out)")
     ap.add_argument("--demo", default=str(DEMO), help="the demo dataset folder (labels.csv, labels_augmented.csv)")
     ap.add_argument("--new-snapshot", action="store_true",
                     help="copy the current labels files into --out (default: reuse the snapshot there if any)")
@@ -78,11 +82,16 @@ def parse_args(argv: Sequence[str] | None):
         raise UserError("--pool goes with --group-by pool (the pool is a test set, not extra folds)")
     pool = (Path(args.pool) if args.pool else POOL) if grouping == "pool" else None
     folds = args.folds if args.folds is not None else default_folds(grouping)
+    if args.pool_training_roles is not None and grouping != "pool":
+        raise UserError("--pool-training-roles goes with --group-by pool (the pool's rows train only there)")
+    roles = (POOL_TRAINING_ROLES if args.pool_training_roles is None
+             else tuple(r.strip() for r in args.pool_training_roles.split(",") if r.strip()))
     config = StudyConfig(out=out, demo=Path(args.demo), folds=folds, seeds=seeds, epochs=args.epochs,
                          batch_size=args.batch_size, models=models,
                          new_snapshot=args.new_snapshot, summary_only=args.summary_only, units_only=args.units_only,
                          jobs=args.jobs, threads=args.threads, tune_space=TUNE_SPACE,
                          table_file=Path(args.doc) if args.doc else None, grouping=grouping, pool=pool,
+                         pool_training_roles=roles,
                          command="python benchmarks/accuracy.py " + " ".join(sys.argv[1:]))
     return config
 

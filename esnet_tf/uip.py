@@ -456,18 +456,21 @@ def fit_gas_references(train_ids: Iterable[str], energies: Mapping[str, float],
                        crystal_mu: Mapping[str, float], elements: Sequence[str] = GAS_ELEMENTS) -> dict[str, float]:
     """Chemical potentials (eV/atom) of `elements` fitted on TRAINING rows only.
 
-    For each training row r holding a fitted element and no element without a reference, the
-    potential's formation energy is E_r - sum_c x_rc mu_c - sum_g x_rg mu_g (c: crystalline
+    For each training row r holding a fitted element, at least one crystalline element and no element
+    without a reference, the potential's formation energy is E_r - sum_c x_rc mu_c - sum_g x_rg mu_g (c: crystalline
     references `crystal_mu`, g: fitted elements). The mu_g minimise the squared difference to the
     DFT formation energies `dft_formation[r]` (numpy lstsq). Only `dft_formation[id]` for ids in
     `train_ids` is ever read: pass a fold's training ids, never its test ids. An element that no
-    usable training row holds gets no mu (its rows' E_f stay NaN).
+    usable training row holds gets no mu (its rows' E_f stay NaN). A row of fitted elements only (the
+    pool's label-range solids NO, ClF, ...) is skipped: it fixes sums of the fitted potentials alone, and
+    there the potential's error is the compound's (compressed gas-element solids lie outside what it was
+    trained on), not the elements' (docs/study.md, "Training on the label-range compounds").
     """
     rows, targets = [], []
     for id_ in dict.fromkeys(train_ids):
         comp = compositions[id_]
         gas = [el for el in comp if el in elements]
-        if not gas or any(el not in crystal_mu and el not in elements for el in comp):
+        if not gas or len(gas) == len(comp) or any(el not in crystal_mu and el not in elements for el in comp):
             continue
         e = energies[id_]
         y = dft_formation[id_]

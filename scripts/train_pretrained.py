@@ -55,19 +55,24 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def snapshot(work: Path, with_pool: bool = False) -> tuple[Path, Path]:
-    """features.npz + labels.csv of the demo rows (and with `with_pool` the pool's elements and
-    competitors) as they are now (reused when present); labels.csv gains a `dataset` column."""
+def snapshot(work: Path, with_pool: bool = False, pool_roles: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """features.npz + labels.csv of the demo rows (and with `with_pool` the pool's rows of `pool_roles`) as
+    they are now (reused when present, if taken with the same roles); labels.csv gains a `dataset` column."""
     from esnet_tf import resources
     from esnet_tf.atomic import atomic_path, write_text
-    from esnet_tf.dft.pool import POOL_TRAINING_ROLES
     from esnet_tf.featurize import featurize, save_examples
     from esnet_tf.labels import read_labels
 
-    npz, labels = work / "features.npz", work / "labels.csv"
+    npz, labels, roles_file = work / "features.npz", work / "labels.csv", work / "pool_roles.txt"
+    roles = ",".join(pool_roles) if with_pool else ""
     if npz.is_file() and labels.is_file():
+        taken = roles_file.read_text().strip() if roles_file.is_file() else "element,competitor"  # before roles
+        if taken != roles:
+            raise SystemExit(f"{work}: its snapshot holds the pool roles '{taken}', this run asks for '{roles}': "
+                             "give another --work")
         return npz, labels
     work.mkdir(parents=True, exist_ok=True)
+    write_text(roles_file, roles + "\n")
     sources = {"demo": resources.demo_dir()} | ({"pool": resources.pool_dir()} if with_pool else {})
     header: list[str] = []
     table: list[dict] = []
@@ -78,7 +83,7 @@ def snapshot(work: Path, with_pool: bool = False) -> tuple[Path, Path]:
         with open(work / f"labels.{dataset}.source.csv", newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             header = header or list(reader.fieldnames or [])
-            kept = [r for r in reader if dataset == "demo" or r.get("role") in POOL_TRAINING_ROLES]
+            kept = [r for r in reader if dataset == "demo" or r.get("role") in pool_roles]
         clash = {r["id"] for r in kept} & {r["id"] for r in table}
         if clash:
             raise SystemExit(f"snapshot: ids in both datasets ({sorted(clash)[:3]}); ids must be unique")
@@ -108,16 +113,25 @@ class Recipe:
     patience: int
     lr_patience: int
     calibration: bool
-    with_pool: bool = False  # also the pool's non-candidate rows (`POOL_TRAINING_ROLES`)
+    with_pool: bool = False  # also the pool's rows of `pool_roles`
     uip: bool = False  # CHGNet's formation energy as an input (`uip_energies`)
+    pool_roles: tuple[str, ...] = ()  # with_pool: the pool's roles trained on (SHIPPED_POOL_ROLES)
+
+
+#: the pool's roles the shipped pool models train on: its elements and competitors. Not the label-range
+#: compounds (POOL_TRAINING_ROLES, which the study trains on): their relaxation energies (5 to 58 eV/atom,
+#: the IS of a compressed gas-element solid) are the is_relax target and swamp its squared loss; trained
+#: with them the IS-energy pool model scored 0.186 eV/atom on its 61 test rows against 0.131 without
+#: (2026-12-07, saved_models/README.md), and the study's ablation saw no gain on the candidates.
+SHIPPED_POOL_ROLES = ("element", "competitor")
 
 
 RECIPES = {
     "is_relax": Recipe("ESNet-GPAWDemo-2026.12-EFormPerAtomFromISEnergy", "is_relax", 16, 40, 20, 10, True),
     "is_relax_pool": Recipe("ESNet-GPAWDemoPool-2026.12-EFormPerAtomFromISEnergy", "is_relax", 16, 40, 20, 10, True,
-                            with_pool=True),
+                            with_pool=True, pool_roles=SHIPPED_POOL_ROLES),
     "uip_correction_pool": Recipe("ESNet-GPAWDemoPool-2026.12-EFormPerAtomFromUIP", "uip_correction", 16, 40, 20, 10,
-                                  True, with_pool=True, uip=True),
+                                  True, with_pool=True, uip=True, pool_roles=SHIPPED_POOL_ROLES),
     "eform": Recipe("ESNet-GPAWDemo-2026.12-EFormPerAtom", "small", 64, 120, 25, 10, False),
 }
 
@@ -232,12 +246,10 @@ def uip_energies(arrays: dict, recipe: Recipe, work: Path) -> tuple[np.ndarray, 
 
 def dataset_description(recipe: Recipe) -> str:
     """What a recipe trains on, for splits.json and model.json."""
-    from esnet_tf.dft.pool import POOL_TRAINING_ROLES
-
     text = "is_dos/demo (datasets/is_dos/demo/labels.csv)"
     if recipe.with_pool:
         text += (" + the non-candidate rows of is_dos/pool (datasets/is_dos/pool/labels.csv, roles "
-                 f"{', '.join(POOL_TRAINING_ROLES)}; never its candidates, the out-of-sample set)")
+                 f"{', '.join(recipe.pool_roles)}; never its candidates, the out-of-sample set)")
     if recipe.uip:
         text += (f"; CHGNet's relaxations of every row: uip_{UIP_MODEL_NAME}.csv of "
                  + ("both datasets" if recipe.with_pool else "the demo"))
@@ -470,6 +482,10 @@ def ship_ensemble(members: list[Path], npz: Path, labels: Path, out: Path, recip
     compared = {}
     for other in other_models(out, name, [r["id"] for r in splits["test"]]):
         om = ESNetModel(out / other)
+        lacking = [e for e in om.predictor.energy_inputs if e not in test]
+        if lacking:  # e.g. the UIP model beside a recipe without CHGNet energies: it ships the comparison itself
+            print(f"{other}: not compared on the test rows (needs {', '.join(lacking)}, which this recipe lacks)")
+            continue
         ot = om.predict_arrays(test)
         compared[other] = {**regression_metrics(truth, ot[PREDICTION_COLUMN]),
                            "f1": screening_metrics(ot, labels, 0.0)["f1"],
@@ -776,6 +792,8 @@ def rewrite_readme(folder: Path, out_of_sample: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from esnet_tf.dft.pool import POOL_TRAINING_ROLES
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="is_relax", help="what to train (see above)")
     ap.add_argument("--work", default=None, help="work directory (snapshot, members) [runs/pretrained_<recipe>]")
@@ -785,6 +803,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="max epochs per member [the recipe's]")
     ap.add_argument("--patience", type=int, default=None, help="early stopping patience (epochs, val_loss)")
     ap.add_argument("--lr-patience", type=int, default=None, help="ReduceLROnPlateau patience (epochs)")
+    ap.add_argument("--pool-roles", default=None, metavar="ROLES", help="the pool's roles trained on, "
+                    f"comma-separated [{','.join(SHIPPED_POOL_ROLES)}]; another choice needs its own --work")
     ap.add_argument("--stage", choices=("train", "ship", "all", "readme"), default="all", help="stop after "
                     "training, or only ship (members must be trained), or only rewrite the shipped model's README "
                     "(with --out-of-sample)")
@@ -793,15 +813,23 @@ def main(argv: list[str] | None = None) -> int:
                     "model.json (`out_of_sample`) and the README")
     args = ap.parse_args(argv)
     base = RECIPES[args.recipe]
+    pool_roles = base.pool_roles
+    if args.pool_roles is not None:
+        pool_roles = tuple(r.strip() for r in args.pool_roles.split(",") if r.strip())
+        bad = [r for r in pool_roles if r not in POOL_TRAINING_ROLES]
+        if bad or not base.with_pool:
+            raise SystemExit(f"--pool-roles {args.pool_roles}: a recipe with the pool takes roles from "
+                             f"{', '.join(POOL_TRAINING_ROLES)}"
+                             + ("" if base.with_pool else f"; {args.recipe} has no pool rows"))
     recipe = Recipe(args.name or base.name, base.config, base.batch_size, args.epochs or base.epochs,
                     base.patience if args.patience is None else args.patience,
                     base.lr_patience if args.lr_patience is None else args.lr_patience, base.calibration,
-                    base.with_pool, base.uip)
+                    base.with_pool, base.uip, pool_roles)
     if args.stage == "readme":
         rewrite_readme(Path(args.out) / recipe.name, Path(args.out_of_sample) if args.out_of_sample else None)
         return 0
     work = Path(args.work) if args.work else ROOT / "runs" / f"pretrained_{args.recipe}"
-    npz, labels = snapshot(work, recipe.with_pool)
+    npz, labels = snapshot(work, recipe.with_pool, recipe.pool_roles)
     t = time.time()
     if args.stage in ("train", "all"):
         members = train_members(npz, labels, work, args.members, recipe)
@@ -810,7 +838,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in ("ship", "all"):
         command = f"scripts/train_pretrained.py --recipe {args.recipe} --members {args.members}" + "".join(
             f" --{k} {v}" for k, v in (("epochs", recipe.epochs), ("patience", recipe.patience),
-                                       ("lr-patience", recipe.lr_patience)))
+                                       ("lr-patience", recipe.lr_patience))) + (
+            f" --pool-roles {','.join(recipe.pool_roles)}" if recipe.with_pool else "")
         result = ship_ensemble(members, npz, labels, Path(args.out), recipe, command=command,
                                settings={"members": args.members, "epochs": recipe.epochs, "patience": recipe.patience,
                                          "lr_patience": recipe.lr_patience, "batch_size": recipe.batch_size})

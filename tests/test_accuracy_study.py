@@ -947,6 +947,77 @@ def test_pool_units_have_their_own_names_folder_and_options():
         StudyConfig(out=Path("out"), demo=DEMO, folds=1, grouping="pool", pool=ROOT / "no_such_pool")
 
 
+def test_pool_training_roles_are_checked_and_reach_the_workers():
+    """`--pool-training-roles` takes the pool's training roles only (candidates are the test set), goes with
+    --group-by pool, and each worker process gets it."""
+    from esnet_tf.study import StudyConfig
+    from esnet_tf.study.run import worker_args
+
+    pool = ROOT / "datasets" / "is_dos" / "pool"
+    assert study_data.check_training_roles(["element", "competitor"]) == ("element", "competitor")
+    for bad in (("candidate",), ("element", "element"), ("elements",)):
+        with pytest.raises(UserError, match=r"^pool training role\(s\) .* from element, competitor, label_range"):
+            study_data.check_training_roles(bad)
+    config = StudyConfig(out=Path("out"), demo=DEMO, folds=1, models=("mean",), grouping="pool", pool=pool,
+                         pool_training_roles=("element", "competitor"))
+    worker = worker_args(config, 1)
+    assert worker[worker.index("--pool-training-roles") + 1] == "element,competitor"
+    with pytest.raises(UserError, match="^--pool-training-roles goes with --group-by pool"):
+        StudyConfig(out=Path("out"), demo=DEMO, models=("mean",), pool_training_roles=("element",))
+    with pytest.raises(UserError, match="candidates are the test set"):
+        StudyConfig(out=Path("out"), demo=DEMO, folds=1, models=("mean",), grouping="pool", pool=pool,
+                    pool_training_roles=("candidate",))
+
+
+POOL_ABLATION = ROOT / "benchmarks" / "results" / "accuracy_pool_no_label_range"
+
+
+def test_committed_pool_ablation_drops_exactly_the_roles_it_does_not_train_on():
+    """The label-range ablation shares the full pool study's snapshot and test candidates; its units train on
+    the full study's rows minus the label-range rows of the snapshot (with a relaxed energy, outside the demo's
+    systems), which results.json lists as left out; its cache is keyed apart from the full study's."""
+    import json
+
+    full = json.loads((POOL_STUDY / "results.json").read_text(encoding="utf-8"))
+    ablation = json.loads((POOL_ABLATION / "results.json").read_text(encoding="utf-8"))
+    for name in ("labels_snapshot.csv", "labels_augmented_snapshot.csv", "pool_labels_snapshot.csv"):
+        assert (POOL_ABLATION / name).read_bytes() == (POOL_STUDY / name).read_bytes()
+    assert ablation["test_set"]["pool_training_roles"] == ["element", "competitor"]
+    assert ablation["snapshot_hash"] == full["snapshot_hash"] + "-train-element+competitor"
+    pool = _snapshot_rows(POOL_STUDY / "pool_labels_snapshot.csv")
+    dropped = ablation["test_set"]["left_out"]["role_not_trained_on"]
+    demo_systems = {_chemsys(r["formula"]) for r in _snapshot_rows(POOL_STUDY / "labels_snapshot.csv").values()}
+    expected = sorted(i for i, r in pool.items() if r["role"] == "label_range" and r["formation_energy_per_atom"]
+                      and _chemsys(r["formula"]) not in demo_systems)
+    assert sorted(dropped) == expected and expected
+    assert ablation["n_structures"] == full["n_structures"] - len(expected)
+    for path in (POOL_ABLATION / "cache" / ablation["snapshot_hash"]).glob("*_bypool-candidates.json"):
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        twin = json.loads((POOL_STUDY / "cache" / full["snapshot_hash"] / path.name).read_text(encoding="utf-8"))
+        assert rec["test_ids"] == twin["test_ids"] and rec["truth"] == twin["truth"]
+        if "n_train" in rec["notes"]:
+            assert rec["notes"]["n_train"] == twin["notes"]["n_train"] - len(expected)
+
+
+def test_study_doc_pool_ablation_table_is_the_committed_comparison(tmp_path):
+    """docs/study.md's ablation table is what benchmarks/pool_ablation.py computes from the two committed
+    studies' units."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pool_ablation", ROOT / "benchmarks" / "pool_ablation.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    doc = tmp_path / "study.md"
+    doc.write_text("before\n" + "\n".join(script.MARKERS) + "\nafter\n")
+    assert script.main(["--ablation", str(POOL_ABLATION), "--full", str(POOL_STUDY), "--json",
+                        str(tmp_path / "c.json"), "--doc", str(doc)]) == 0
+    table = doc.read_text().split(script.MARKERS[0])[1].split(script.MARKERS[1])[0]
+    committed = (ROOT / "docs" / "study.md").read_text(encoding="utf-8")
+    assert table.strip() and committed.split(script.MARKERS[0])[1].split(script.MARKERS[1])[0] == table
+    assert doc.read_text().startswith("before\n") and doc.read_text().endswith("after\n")
+    assert script.main(["--ablation", str(tmp_path), "--full", str(POOL_STUDY)]) == 2  # no results.json there
+
+
 def test_study_doc_pool_table_is_the_summary_of_the_committed_pool_units():
     """docs/study.md's pool table is table.md of benchmarks/results/accuracy_pool, the table of its results.json;
     the rows of the reference and the best baseline (and the set mean) are recomputed here from

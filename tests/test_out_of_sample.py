@@ -166,3 +166,25 @@ def test_compare_with_study_pairs_per_structure_over_the_rows_seeds(tmp_path):
     assert r["n"] == 3 and r["mae_row"] == pytest.approx(0.1) and r["mae_model"] == pytest.approx(0.3)
     assert r["diff"] == pytest.approx(0.2) and r["ci_low"] <= 0.2 <= r["ci_high"] and r["n_model_lower"] == 1
     assert oos.compare_with_study(preds, tmp_path, exclude={"a", "b"})["rows"] == {}  # one pair is no comparison
+
+
+def test_compare_pool_studies_pairs_each_model_on_the_candidates_both_tested(tmp_path):
+    """An ablation against its full study: per model both computed, seed-averaged |error| paired per structure;
+    a model only one study has is no row."""
+    for name, roles, preds in (("abl", ["element"], {"gbr_uip": [[0.2, 1.0, 2.0], [0.4, 1.0, 2.0]],
+                                                      "uip": [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]}),
+                               ("full", ["element", "label_range"], {"gbr_uip": [[0.1, 1.1, 2.0], [0.1, 0.9, 2.0]]})):
+        cache = tmp_path / name / "cache" / "h"
+        cache.mkdir(parents=True)
+        (tmp_path / name / "results.json").write_text(json.dumps(
+            {"snapshot_hash": "h", "seeds": [0, 1], "models": sorted(preds), "n_structures": 10,
+             "test_set": {"pool_training_roles": roles}}))
+        for model, per_seed in preds.items():
+            for seed, p in enumerate(per_seed):
+                (cache / f"{model}_f0of1_s{seed}_e0_bypool-candidates.json").write_text(json.dumps(
+                    {"model": model, "seed": seed, "test_ids": ["a", "b", "c"], "pred": p, "truth": [0.0, 1.0, 2.0]}))
+    c = oos.compare_pool_studies(tmp_path / "abl", tmp_path / "full")
+    assert list(c["rows"]) == ["gbr_uip"] and c["trained_on"][str(tmp_path / "full")] == ["element", "label_range"]
+    r = c["rows"]["gbr_uip"]  # ablation |error| a 0.3, b 0, c 0; full: a 0.1, b 0.1, c 0
+    assert r["n"] == 3 and r["mae_model"] == pytest.approx(0.1) and r["mae_row"] == pytest.approx(0.2 / 3)
+    assert r["diff"] == pytest.approx(0.1 / 3) and r["n_model_lower"] == 1

@@ -130,6 +130,14 @@ def test_gas_references_are_fitted_on_training_rows_only():
     # the fold helper reads only the training labels too
     ef2 = table.fold_formation_energies(train, _TrainOnly(dft, test_ids))
     assert ef2["test_MgF2_b"] == pytest.approx(-3.1)
+    # a solid of fitted elements only (the pool's label-range OF) says nothing about O or F in compounds: the
+    # fit ignores it, however far off the potential is there (with it, least squares moves both potentials)
+    comps["OF"], dft["OF"], energies["OF"] = {"O": 0.5, "F": 0.5}, 1.7, 1.7 + 0.5 * (-4.9 - 1.9) - 3.0
+    assert uip.fit_gas_references(train + ["OF"], energies, comps, _TrainOnly(dft, test_ids), crystal) == mu
+    comps["MgOF"], dft["MgOF"] = {"Mg": 1 / 3, "O": 1 / 3, "F": 1 / 3}, -2.0
+    energies["MgOF"] = -2.0 + (-1.5 - 4.9 - 1.9) / 3 - 3.0  # one crystalline element: a row like any other
+    moved = uip.fit_gas_references(train + ["MgOF"], energies, comps, _TrainOnly(dft, test_ids), crystal)
+    assert moved["O"] != pytest.approx(mu["O"], abs=1e-3)
 
 
 def test_cross_fitted_prediction_never_sees_its_own_label():

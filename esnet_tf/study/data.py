@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -161,6 +161,18 @@ def stack_all(a: dict, b: dict, source: str) -> dict[str, np.ndarray]:
     return {k: np.concatenate([a[k], b[k]]) for k in a}
 
 
+def check_training_roles(roles: Sequence[str]) -> tuple[str, ...]:
+    """`roles` as a tuple if each is one of POOL_TRAINING_ROLES (the pool's rows a study may train on), else a
+    UserError naming the choices; the default trains on all of them, fewer is an ablation."""
+    roles = tuple(roles)
+    bad = [r for r in roles if r not in POOL_TRAINING_ROLES] + sorted({r for r in roles if roles.count(r) > 1})
+    if bad:
+        raise UserError(f"pool training role(s) {bad} unknown or repeated: choose from "
+                        f"{', '.join(POOL_TRAINING_ROLES)} (--pool-training-roles; "
+                        "candidates are the test set, never trained on)")
+    return roles
+
+
 def check_grouping(grouping: str) -> str:
     """`grouping` if it names one of GROUPINGS, else a one-line UserError."""
     if grouping not in GROUPINGS:
@@ -183,12 +195,15 @@ class StudyData:
     With `pool` (the hypothetical pool's folder, grouping POOL): the pool snapshot's rows follow the demo's in
     `is_` and `rs` (`is_pool` marks them; both hashes then include POOL_SNAPSHOT). A pool row enters only with a
     relaxed formation energy and a chemical system no demo row has (`pool_left_out` names the others). Its
-    elements, competitors and label-range rows (POOL_TRAINING_ROLES) are trained on; its candidates
+    elements, competitors and label-range rows (`pool_training_roles`, default POOL_TRAINING_ROLES; an ablation
+    names fewer and the others are left out, `pool_left_out["role_not_trained_on"]`, its hashes tagged) are
+    trained on; its candidates
     (`is_pool_test`) are the test set, which shares neither structures nor chemical systems with training
     (candidates are ternaries; the pool holds no other row of their systems).
     """
 
-    def __init__(self, out: Path, work: Path, demo: Path, pool: Path | None = None) -> None:
+    def __init__(self, out: Path, work: Path, demo: Path, pool: Path | None = None,
+                 pool_training_roles: Sequence[str] = POOL_TRAINING_ROLES) -> None:
         self.labels, self.aug_labels = out / SNAPSHOT, out / AUG_SNAPSHOT
         self.hash = file_hash(self.labels)
         self.aug_hash = file_hash(self.labels, self.aug_labels)
@@ -216,6 +231,7 @@ class StudyData:
         self.is_pool = np.zeros(len(self.is_["id"]), bool)
         self.is_pool_test = np.zeros(len(self.is_["id"]), bool)
         self.pool_left_out: dict[str, list[str]] = {}
+        self.pool_training_roles = check_training_roles(pool_training_roles)
         if pool is not None:
             self._add_pool(out, work, Path(pool))
             self.featurize_s = time.time() - t
@@ -243,10 +259,15 @@ class StudyData:
         in_demo = np.array([c in demo_systems for c in p_is["chemsys"].tolist()], bool)
         self.pool_left_out = {"no_relaxed_formation_energy": p_is["id"][no_energy].tolist(),
                               "chemical_system_in_the_demo": p_is["id"][in_demo & ~no_energy].tolist()}
-        keep = ~no_energy & ~in_demo
         with open(self.pool_labels, newline="", encoding="utf-8") as fh:
             role = {r["id"]: r.get("role") or "" for r in csv.DictReader(fh)}
-        test = np.array([role.get(i, "") not in POOL_TRAINING_ROLES for i in p_is["id"].tolist()], bool)
+        roles = [role.get(i, "") for i in p_is["id"].tolist()]
+        not_trained = set(POOL_TRAINING_ROLES) - set(self.pool_training_roles)  # an ablation's left-out roles
+        dropped = np.array([r in not_trained for r in roles], bool)
+        if not_trained:
+            self.pool_left_out["role_not_trained_on"] = p_is["id"][dropped & ~no_energy & ~in_demo].tolist()
+        keep = ~no_energy & ~in_demo & ~dropped
+        test = np.array([r not in POOL_TRAINING_ROLES for r in roles], bool)
         if not (keep & test).any():
             raise UserError(f"{self.pool_labels}: no pool candidate with a relaxed formation energy in a chemical "
                             "system absent from the demo: nothing to test on")
@@ -263,6 +284,9 @@ class StudyData:
         self.demo_hash = self.hash  # labels.csv's snapshot alone (what the training rows come from)
         self.hash = file_hash(self.labels, self.pool_labels)
         self.aug_hash = file_hash(self.labels, self.aug_labels, self.pool_labels)
+        if not_trained:  # an ablation's units never pass for the full training set's
+            tag = "-train-" + "+".join(self.pool_training_roles or ("demo",))
+            self.hash, self.aug_hash = self.hash + tag, self.aug_hash + tag
 
     @property
     def y(self) -> np.ndarray:

@@ -198,16 +198,10 @@ def screening_scores(predictions_csv: str | Path, labels_csv: str | Path, refere
     return out
 
 
-def compare_with_study(predictions_csv: str | Path, study_dir: str | Path,
-                       exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
-    """The model's |error| against each row of the study's pool test set (`--group-by pool` units in
-    `study_dir`, its results.json's snapshot), paired per structure on the rows both scored: per study row,
-    MAE of both, the mean difference (model − row; the row's |error| averaged over its seeds) with a
-    95 % bootstrap interval over structures and the Wilcoxon signed-rank p (eV/atom)."""
+def pool_study_errors(study_dir: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, float]], dict[str, float]]:
+    """(results.json, {model: {id: |error| averaged over the seeds}}, {id: truth}) of a `--group-by pool` study's
+    cached units of its results.json's snapshot and seeds (eV/atom)."""
     import json
-
-    from esnet_tf.pretrained import PREDICTION_COLUMN
-    from esnet_tf.study.stats import bootstrap_ci, paired_comparison
 
     study_dir = Path(study_dir)
     result = json.loads((study_dir / "results.json").read_text(encoding="utf-8"))
@@ -220,22 +214,59 @@ def compare_with_study(predictions_csv: str | Path, study_dir: str | Path,
         for i, p, t in zip(rec["test_ids"], rec["pred"], rec["truth"]):
             errors.setdefault(rec["model"], {}).setdefault(i, []).append(abs(p - t))
             truth[i] = t
+    return result, {m: {i: float(np.mean(v)) for i, v in per_id.items()} for m, per_id in errors.items()}, truth
+
+
+def paired_errors(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, Any] | None:
+    """|error| of `a` against `b` on the ids both hold: MAE of each, the mean difference (a − b) with a 95 %
+    bootstrap interval over structures, the Wilcoxon signed-rank p and how often a is lower (eV/atom); None
+    below two shared ids."""
+    from esnet_tf.study.stats import bootstrap_ci, paired_comparison
+
+    ids = sorted(set(a) & set(b))
+    if len(ids) < 2:
+        return None
+    x, y = np.array([a[i] for i in ids]), np.array([b[i] for i in ids])
+    diff, low, high = bootstrap_ci(x - y, lambda d: float(d.mean()))
+    return {"n": len(ids), "mae_model": float(x.mean()), "mae_row": float(y.mean()), "diff": diff, "ci_low": low,
+            "ci_high": high, "p_value": paired_comparison(x, y)["p_value"], "n_model_lower": int(np.sum(x < y))}
+
+
+def compare_with_study(predictions_csv: str | Path, study_dir: str | Path,
+                       exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The model's |error| against each row of the study's pool test set (`--group-by pool` units in
+    `study_dir`, its results.json's snapshot), paired per structure on the rows both scored: per study row,
+    MAE of both, the mean difference (model − row; the row's |error| averaged over its seeds) with a
+    95 % bootstrap interval over structures and the Wilcoxon signed-rank p (eV/atom)."""
+    from esnet_tf.pretrained import PREDICTION_COLUMN
+
+    result, errors, truth = pool_study_errors(study_dir)
     with open(predictions_csv, newline="", encoding="utf-8") as fh:
         ours = {r["id"]: abs(float(r[PREDICTION_COLUMN]) - truth[r["id"]]) for r in csv.DictReader(fh)
                 if r["id"] in truth and r["id"] not in exclude}
     out: dict[str, Any] = {"study": str(study_dir), "snapshot_hash": result["snapshot_hash"],
                            "seeds": result["seeds"], "rows": {}}
     for model, per_id in errors.items():
-        ids = sorted(set(per_id) & set(ours))
-        if len(ids) < 2:
-            continue
-        a = np.array([ours[i] for i in ids])
-        b = np.array([float(np.mean(per_id[i])) for i in ids])
-        diff, low, high = bootstrap_ci(a - b, lambda d: float(d.mean()))
-        out["rows"][model] = {"n": len(ids), "mae_model": float(a.mean()), "mae_row": float(b.mean()),
-                              "diff": diff, "ci_low": low, "ci_high": high,
-                              "p_value": paired_comparison(a, b)["p_value"], "n_model_lower": int(np.sum(a < b))}
+        paired = paired_errors(ours, per_id)
+        if paired is not None:
+            out["rows"][model] = paired
     return out
+
+
+def compare_pool_studies(study_dir: str | Path, other_dir: str | Path) -> dict[str, Any]:
+    """Each model of two `--group-by pool` studies (an ablation and its full run) on the test structures both
+    scored: `paired_errors` of `study_dir`'s row against `other_dir`'s (seed-averaged |error|, eV/atom), and
+    what each study trained on (results.json's test_set)."""
+    result, errors, _ = pool_study_errors(study_dir)
+    other, other_errors, _ = pool_study_errors(other_dir)
+    rows = {m: paired_errors(errors[m], other_errors[m]) for m in result["models"]
+            if m in errors and m in other_errors}
+    return {"study": str(study_dir), "other": str(other_dir),
+            "trained_on": {str(study_dir): result["test_set"].get("pool_training_roles"),
+                           str(other_dir): other["test_set"].get("pool_training_roles")},
+            "n_training": {str(study_dir): result["n_structures"], str(other_dir): other["n_structures"]},
+            "snapshot_hash": {str(study_dir): result["snapshot_hash"], str(other_dir): other["snapshot_hash"]},
+            "rows": {m: r for m, r in rows.items() if r is not None}}
 
 
 def risk_coverage_figure(result: Mapping[str, Any], path: Path, title: str) -> Path:

@@ -31,7 +31,7 @@ import numpy as np
 from esnet_tf.dft.pool import POOL_TRAINING_ROLES
 from esnet_tf.errors import UserError
 from esnet_tf.study.data import AUG_SNAPSHOT, POOL, POOL_FOLDS, POOL_SNAPSHOT, SNAPSHOT, StudyData, check_grouping, \
-    fold_sizes, take_pool_snapshot, take_snapshot
+    check_training_roles, fold_sizes, take_pool_snapshot, take_snapshot
 from esnet_tf.study.metrics import training_references, unit_metrics
 from esnet_tf.study.models import MODELS, Unit, run_model
 from esnet_tf.study.report import pool_summary, replace_table, study_figure, summarise, table_markdown
@@ -50,7 +50,8 @@ class StudyConfig:
     "chemsys", the chemical system; "prototype", leave-prototype-out; inner cross-fitting folds inside
     the training rows stay by chemical system; "pool": no outer folds, every demo row trains and the
     hypothetical pool at `pool` is the test set, one unit per seed, `folds` must be 1); pool: the pool
-    dataset folder (labels.csv, calcs/, uip_chgnet.csv; grouping "pool" only); epochs, batch_size: ESNet's
+    dataset folder (labels.csv, calcs/, uip_chgnet.csv; grouping "pool" only); pool_training_roles: the pool's
+    roles trained on (default all of POOL_TRAINING_ROLES; fewer: an ablation, rows of the others left out); epochs, batch_size: ESNet's
     maximum epochs and batch (examples); models: registry names (`esnet_tf.study.models.MODELS`);
     new_snapshot: copy the labels files again; summary_only: no training, summarise the cache;
     units_only: compute units, no summary; jobs: worker processes; threads: TensorFlow intra-op
@@ -76,9 +77,11 @@ class StudyConfig:
     command: str = ""
     grouping: str = "chemsys"
     pool: Path | None = None
+    pool_training_roles: tuple[str, ...] = POOL_TRAINING_ROLES
 
     def __post_init__(self) -> None:
         check_grouping(self.grouping)
+        check_training_roles(self.pool_training_roles)
         unknown = [m for m in self.models if m not in MODELS]
         if unknown or not self.models:
             raise UserError(f"unknown model(s) {unknown or '(none given)'}: choose from {', '.join(MODELS)}")
@@ -90,6 +93,8 @@ class StudyConfig:
                 raise UserError(f"{self.pool}: no pool labels.csv: give the pool dataset's folder (--pool DIR)")
         elif self.pool is not None:
             raise UserError("--pool goes with --group-by pool (the pool is a test set, not extra folds)")
+        elif tuple(self.pool_training_roles) != POOL_TRAINING_ROLES:
+            raise UserError("--pool-training-roles goes with --group-by pool (the pool's rows train only there)")
         elif self.folds < 2:
             raise UserError(f"--folds must be >= 2, got {self.folds}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -131,7 +136,8 @@ def worker_args(config: StudyConfig, threads: int) -> list[str]:
             "--seeds", ",".join(map(str, config.seeds)), "--epochs", str(config.epochs),
             "--batch-size", str(config.batch_size), "--models", ",".join(config.models), "--out", str(config.out),
             "--demo", str(config.demo), "--group-by", config.grouping] + (
-        ["--pool", str(config.pool)] if config.pool is not None else [])
+        ["--pool", str(config.pool), "--pool-training-roles", ",".join(config.pool_training_roles)]
+        if config.pool is not None else [])
 
 
 def unit_path(out: Path, snapshot_hash: str, model: str, k: int, folds: int, seed: int, epochs: int,
@@ -273,7 +279,7 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] = _say,
     pool = Path(config.pool) if config.grouping == POOL else None
     if pool is not None:
         copied = take_pool_snapshot(out, pool, config.new_snapshot) or copied
-    data = StudyData(out, out / "work", Path(config.demo), pool)
+    data = StudyData(out, out / "work", Path(config.demo), pool, config.pool_training_roles)
     log(f"snapshot {data.hash} (with the variants {data.aug_hash}; {'new copy' if copied else 'reused'}): "
         f"{len(data.y)} structures, {len(data.aug['id'])} variants ({data.n_orphan_variants} without a parent in "
         f"labels.csv left out); features {data.featurize_s:.0f} s")
@@ -352,9 +358,9 @@ def pool_test_set(data: StudyData) -> dict[str, Any]:
     return {"pool_snapshot_hash": file_hash(data.pool_labels), "pool": str(data.pool), "n_structures": len(ids),
             "roles": dict(sorted(roles.items())), "left_out": data.pool_left_out, "role_of": role_of,
             "n_pool_training_rows": int((data.is_pool & ~data.is_pool_test).sum()),
-            "pool_training_roles": list(POOL_TRAINING_ROLES),
+            "pool_training_roles": list(data.pool_training_roles),
             "training": "every demo row of labels_snapshot.csv (the variants too, for augmented rows) and the pool "
-                        "snapshot's elements, competitors and label-range rows; no candidate is used for training, early stopping, "
+                        f"snapshot's rows of the roles {', '.join(data.pool_training_roles) or '(none)'}; no candidate is used for training, early stopping, "
                         "tuning or the gas references"}
 
 
