@@ -122,7 +122,8 @@ class Recipe:
 #: compounds (POOL_TRAINING_ROLES, which the study trains on): their relaxation energies (5 to 58 eV/atom,
 #: the IS of a compressed gas-element solid) are the is_relax target and swamp its squared loss; trained
 #: with them the IS-energy pool model scored 0.186 eV/atom on its 61 test rows against 0.131 without
-#: (2026-12-07, saved_models/README.md), and the study's ablation saw no gain on the candidates.
+#: (2026-12-07; docs/study.md, "Training on the label-range compounds"), and the study's ablation saw no
+#: gain on the candidates.
 SHIPPED_POOL_ROLES = ("element", "competitor")
 
 
