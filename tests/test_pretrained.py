@@ -74,6 +74,25 @@ def test_reproduces_readme_test_mae(shipped, name):
     assert not systems["train"] & systems["test"] and not systems["validation"] & systems["test"]
 
 
+def test_pool_models_never_saw_a_candidate_or_a_label_range_row():
+    """Every pool row in a shipped model's splits (train, calibration, validation, test) is one of the pool's
+    elements or competitors (scripts/train_pretrained.py's SHIPPED_POOL_ROLES): the candidates are the
+    out-of-sample set, and the label-range compounds' 5-58 eV/atom relaxation energies are kept out of the
+    shipped recipes."""
+    import csv
+
+    with open(resources.pool_dir() / "labels.csv", newline="", encoding="utf-8") as fh:
+        role = {r["id"]: r["role"] for r in csv.DictReader(fh)}
+    seen_pool = 0
+    for m in SHIPPED:
+        splits = json.loads((m.path / "splits.json").read_text())["splits"]
+        rows = [r for part in splits.values() for r in part if r.get("dataset") == "pool"]
+        seen_pool += len(rows)
+        roles = {role.get(r["id"], "(not in the pool's labels.csv)") for r in rows}
+        assert roles <= {"element", "competitor"}, f"{m.name} trained or tested on pool rows of roles {roles}"
+    assert seen_pool, "no shipped model holds pool rows"
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_ensemble_savedmodel_has_mean_and_std(shipped, name):
     import tensorflow as tf
