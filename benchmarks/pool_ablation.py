@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from esnet_tf.atomic import write_text
     from esnet_tf.errors import UserError
     from esnet_tf.study.out_of_sample import compare_pool_studies
+    from esnet_tf.study.report import replace_between
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ablation", default=str(RESULTS / "accuracy_pool_no_label_range"),
@@ -75,12 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(table + f"wrote {out}")
         if args.doc:
             doc = Path(args.doc)
-            text = doc.read_text(encoding="utf-8")
-            start, end = MARKERS
-            if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
-                raise UserError(f"{doc}: needs one '{start}' before one '{end}' (where the table goes)")
-            head, rest = text.split(start)
-            write_text(doc, head + start + "\n" + table + end + rest.split(end, 1)[1])
+            write_text(doc, replace_between(doc.read_text(encoding="utf-8"), table, MARKERS, str(doc)))
             print(f"rewrote the ablation table in {doc}")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

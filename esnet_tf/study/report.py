@@ -226,7 +226,13 @@ def replace_table(text: str, table: str, source: str = "the document", grouping:
 
     UserError unless the text holds exactly one pair of those markers, in that order.
     """
-    start, end = MARKERS[check_grouping(grouping)]
+    return replace_between(text, table, MARKERS[check_grouping(grouping)], source)
+
+
+def replace_between(text: str, table: str, markers: tuple[str, str], source: str = "the document") -> str:
+    """`text` with the block between `markers` (start, end) replaced by `table`; UserError unless the text
+    holds exactly one pair of them, in that order."""
+    start, end = markers
     a, b = text.find(start), text.find(end)
     if a < 0 or b < 0 or b < a or text.count(start) != 1 or text.count(end) != 1:
         raise UserError(f"{source} needs exactly one {start} ... {end} pair (in that order)")
