@@ -793,7 +793,8 @@ def rewrite_readme(folder: Path, out_of_sample: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from esnet_tf.dft.pool import POOL_TRAINING_ROLES
+    from esnet_tf.errors import UserError
+    from esnet_tf.study.data import check_training_roles
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="is_relax", help="what to train (see above)")
@@ -816,12 +817,13 @@ def main(argv: list[str] | None = None) -> int:
     base = RECIPES[args.recipe]
     pool_roles = base.pool_roles
     if args.pool_roles is not None:
-        pool_roles = tuple(r.strip() for r in args.pool_roles.split(",") if r.strip())
-        bad = [r for r in pool_roles if r not in POOL_TRAINING_ROLES]
-        if bad or not base.with_pool:
-            raise SystemExit(f"--pool-roles {args.pool_roles}: a recipe with the pool takes roles from "
-                             f"{', '.join(POOL_TRAINING_ROLES)}"
-                             + ("" if base.with_pool else f"; {args.recipe} has no pool rows"))
+        if not base.with_pool:
+            raise SystemExit(f"--pool-roles: {args.recipe} has no pool rows")
+        try:
+            pool_roles = check_training_roles([r.strip() for r in args.pool_roles.split(",") if r.strip()],
+                                              "--pool-roles")
+        except UserError as e:
+            raise SystemExit(str(e)) from None
     recipe = Recipe(args.name or base.name, base.config, base.batch_size, args.epochs or base.epochs,
                     base.patience if args.patience is None else args.patience,
                     base.lr_patience if args.lr_patience is None else args.lr_patience, base.calibration,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -161,14 +161,14 @@ def stack_all(a: dict, b: dict, source: str) -> dict[str, np.ndarray]:
     return {k: np.concatenate([a[k], b[k]]) for k in a}
 
 
-def check_training_roles(roles: Sequence[str]) -> tuple[str, ...]:
+def check_training_roles(roles: Iterable[str], flag: str = "--pool-training-roles") -> tuple[str, ...]:
     """`roles` as a tuple if each is one of POOL_TRAINING_ROLES (the pool's rows a study may train on), else a
     UserError naming the choices; the default trains on all of them, fewer is an ablation."""
     roles = tuple(roles)
     bad = [r for r in roles if r not in POOL_TRAINING_ROLES] + sorted({r for r in roles if roles.count(r) > 1})
     if bad:
         raise UserError(f"pool training role(s) {bad} unknown or repeated: choose from "
-                        f"{', '.join(POOL_TRAINING_ROLES)} (--pool-training-roles; "
+                        f"{', '.join(POOL_TRAINING_ROLES)} ({flag}; "
                         "candidates are the test set, never trained on)")
     return roles
 

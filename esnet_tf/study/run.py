@@ -50,9 +50,9 @@ class StudyConfig:
     "chemsys", the chemical system; "prototype", leave-prototype-out; inner cross-fitting folds inside
     the training rows stay by chemical system; "pool": no outer folds, every demo row trains and the
     hypothetical pool at `pool` is the test set, one unit per seed, `folds` must be 1); pool: the pool
-    dataset folder (labels.csv, calcs/, uip_chgnet.csv; grouping "pool" only); pool_training_roles: the pool's
-    roles trained on (default all of POOL_TRAINING_ROLES; fewer: an ablation, rows of the others left out); epochs, batch_size: ESNet's
-    maximum epochs and batch (examples); models: registry names (`esnet_tf.study.models.MODELS`);
+    dataset folder (labels.csv, calcs/, uip_chgnet.csv; grouping "pool" only); pool_training_roles: the
+    pool's roles trained on (default all of POOL_TRAINING_ROLES; fewer: an ablation, rows of the others left
+    out); epochs, batch_size: ESNet's maximum epochs and batch (examples); models: registry names (`esnet_tf.study.models.MODELS`);
     new_snapshot: copy the labels files again; summary_only: no training, summarise the cache;
     units_only: compute units, no summary; jobs: worker processes; threads: TensorFlow intra-op
     threads (None: TensorFlow's choice); tune_space: KerasTuner search space of tuned variants;
@@ -360,8 +360,8 @@ def pool_test_set(data: StudyData) -> dict[str, Any]:
             "n_pool_training_rows": int((data.is_pool & ~data.is_pool_test).sum()),
             "pool_training_roles": list(data.pool_training_roles),
             "training": "every demo row of labels_snapshot.csv (the variants too, for augmented rows) and the pool "
-                        f"snapshot's rows of the roles {', '.join(data.pool_training_roles) or '(none)'}; no candidate is used for training, early stopping, "
-                        "tuning or the gas references"}
+                        f"snapshot's rows of the roles {', '.join(data.pool_training_roles) or '(none)'}; no "
+                        "candidate is used for training, early stopping, tuning or the gas references"}
 
 
 def imputed_properties(data: StudyData) -> dict[str, list[str]]:
