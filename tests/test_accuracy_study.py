@@ -463,11 +463,25 @@ def test_gbr_with_the_is_energy_reads_it():
     arrays = {"composition": data.is_["composition"], "formation_energy_per_atom": y}
     flat = baselines.gbr_magpie(arrays, unit.train_idx, unit.test_idx, 0)
     assert np.ptp(flat) < 1e-9
-    for name in ("gbr_magpie_is", "gbr_fraction_is"):
+    for name in ("gbr_magpie_is", "gbr_fraction_is", "gbr_magpie_is_relax"):
         pred, _ = study_models.run_model(name, unit)
         assert np.abs(pred - y[unit.test_idx]).mean() < 0.1 * np.abs(flat - y[unit.test_idx]).mean(), name
     with pytest.raises(ValueError, match="missing"):
         baselines.with_energies(np.zeros((2, 3)), np.array([0.0, np.nan]))
+
+
+def test_gbr_relaxation_energy_row_extrapolates_the_is_energy():
+    """Relaxation energy 0.3 everywhere; the test rows' IS energies (1 to 2 eV/atom) lie above every training
+    row's (-2 to 0): the relaxation-energy row predicts E_f(IS) - 0.3 there, the relaxed-E_f row cannot leave
+    the training labels' range (trees do not extrapolate)."""
+    is_ef = np.where(np.arange(40) % 2 == 0, np.linspace(-2, 0, 40), np.linspace(1, 2, 40))
+    y = is_ef - 0.3
+    _, unit = _energy_study(y, is_ef)
+    relax, _ = study_models.run_model("gbr_magpie_is_relax", unit)
+    np.testing.assert_allclose(relax, y[unit.test_idx], atol=1e-9)
+    direct, _ = study_models.run_model("gbr_magpie_is", unit)
+    assert direct.max() <= y[unit.train_idx].max() + 1e-9 < y[unit.test_idx].min()
+    assert study_models.candidate_needs("gbr_magpie_is_relax") == ("is_single_point",)
 
 
 def _uip_table(energies: dict, compositions: dict):

@@ -309,14 +309,20 @@ def _is_shift(unit: Unit) -> tuple[np.ndarray, dict]:
     return e[unit.test_idx] - shift, {"median_relaxation_energy": shift}
 
 
-def _gbr_with_is(features: Callable[[np.ndarray], np.ndarray]) -> ModelFn:
-    """Gradient boosting (GBR_PARAMS) on features(composition) + the IS formation energy."""
+def _gbr_with_is(features: Callable[[np.ndarray], np.ndarray], relaxation_energy: bool = False) -> ModelFn:
+    """Gradient boosting (GBR_PARAMS) on features(composition) + the IS formation energy. Its target is the
+    relaxed E_f (eV/atom), or with `relaxation_energy` the relaxation energy ΔE = E_f(IS) - E_f(RS), the
+    prediction then E_f(IS) - ΔE (the target of the `esnet_is_relax` rows)."""
     def fit_predict(unit: Unit) -> tuple[np.ndarray, dict]:
         from esnet_tf.baselines import fit_predict_gbr, with_energies
 
-        x = with_energies(features(unit.data.is_["composition"]), _is_energy(unit))
+        e = _is_energy(unit)
+        x = with_energies(features(unit.data.is_["composition"]), e)
         y = unit.data.y
-        return fit_predict_gbr(x[unit.train_idx], y[unit.train_idx], x[unit.test_idx], unit.seed), {}
+        tr, te = unit.train_idx, unit.test_idx
+        if not relaxation_energy:
+            return fit_predict_gbr(x[tr], y[tr], x[te], unit.seed), {}
+        return e[te] - fit_predict_gbr(x[tr], e[tr] - y[tr], x[te], unit.seed), {}
 
     return fit_predict
 
@@ -331,6 +337,8 @@ register("gbr_magpie_is", "gradient boosting on Magpie statistics + the IS forma
     _gbr_with_is(_magpie))
 register("gbr_fraction_is", "gradient boosting on the fractional composition + the IS formation energy",
          group="baseline")(_gbr_with_is(lambda composition: np.asarray(composition, float)))
+register("gbr_magpie_is_relax", "gradient boosting on Magpie statistics + the IS formation energy, predicting the "
+         "relaxation energy E_f(IS) - E_f(RS)", group="baseline")(_gbr_with_is(_magpie, relaxation_energy=True))
 
 
 def uip_test_energies(unit: Unit) -> tuple[np.ndarray, dict]:
@@ -394,6 +402,7 @@ def _gbr_uip(unit: Unit) -> tuple[np.ndarray, dict]:
 
 
 CANDIDATE_NEEDS.update({"is_shift": ("is_single_point",), "gbr_magpie_is": ("is_single_point",),
+                        "gbr_magpie_is_relax": ("is_single_point",),
                         "gbr_fraction_is": ("is_single_point",), "uip": ("uip_relaxation",),
                         "gbr_uip": ("uip_relaxation",)})
 
