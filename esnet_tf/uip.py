@@ -4,8 +4,9 @@
     results = relax_structures(demo_structures(), UIPConfig(workers=2), cache_dir="uip_cache")
     results[0].energy_per_atom, results[0].steps, results[0].converged   # eV/atom, -, -
 
-The potential is CHGNet (its pretrained weights ship in its wheel; no network), installed with the
-optional extra `esnet-tf[uip]` (torch, CPU build). Nothing else in esnet-tf imports torch or chgnet:
+The potential is CHGNet (`model="chgnet"`, the default) or SevenNet (`model="sevennet"`, its 7net-0
+weights); both ship their pretrained weights in their wheels (no network) and install with the optional
+extra `esnet-tf[uip]` (torch, CPU build). Nothing else in esnet-tf imports torch, chgnet or sevenn:
 this module imports them only inside the functions that relax, and `require_uip` turns a missing
 extra into one line.
 
@@ -53,25 +54,27 @@ from esnet_tf.threads import SINGLE_THREAD_ENV
 #: Elements whose reference is fitted (no crystalline elemental phase in the demo data).
 GAS_ELEMENTS: tuple[str, ...] = ("N", "O", "F", "Cl")
 #: Potentials this module knows: name -> (pip package, weight versions shipped in its wheel).
-MODELS: dict[str, tuple[str, tuple[str, ...]]] = {"chgnet": ("chgnet", ("0.3.0", "0.2.0", "r2scan"))}
+#: The first version of each is its default.
+MODELS: dict[str, tuple[str, tuple[str, ...]]] = {"chgnet": ("chgnet", ("0.3.0", "0.2.0", "r2scan")),
+                                                  "sevennet": ("sevenn", ("7net-0",))}
 #: Columns of the CSV `write_csv` writes (energies eV/atom, wall time s).
 CSV_COLUMNS = ("id", "formula", "uip_energy_per_atom", "uip_formation_energy_per_atom", "steps", "wall_time_s",
                "cpu_time_s", "converged", "stop_reason", "model", "model_version", "error")
 #: Bumped when the relaxation procedure changes, so that old cache files are not reused.
 RELAX_REVISION = 1
-INSTALL_HINT = "install esnet-tf[uip] (pip install 'esnet-tf[uip]'; CHGNet and a CPU build of torch)"
+INSTALL_HINT = "install esnet-tf[uip] (pip install 'esnet-tf[uip]'; CHGNet, SevenNet and a CPU build of torch)"
 
 
 @dataclass(frozen=True)
 class UIPConfig:
-    """How to relax. `model`: the potential ("chgnet"); `model_version`: its weights ("0.3.0", the
-    MPtrj model CHGNet loads by default); `fmax`: force threshold, eV/Å; `max_steps`: FIRE step
+    """How to relax. `model`: the potential ("chgnet" or "sevennet", `MODELS`); `model_version`: its weights
+    ('' = the model's default: CHGNet "0.3.0", the MPtrj model it loads by default; SevenNet "7net-0"); `fmax`: force threshold, eV/Å; `max_steps`: FIRE step
     limit per structure; `timeout_s`: wall-time limit per structure, s (checked after every step);
     `workers`: processes (each with one torch thread; 1 runs in this process); `relax_cell`:
     relax the cell too (FrechetCellFilter), else positions only."""
 
     model: str = "chgnet"
-    model_version: str = "0.3.0"
+    model_version: str = ""
     fmax: float = 0.05
     max_steps: int = 500
     timeout_s: float = 300.0
@@ -82,6 +85,8 @@ class UIPConfig:
         if self.model not in MODELS:
             raise UserError(f"uip model {self.model!r} unknown; choose one of {sorted(MODELS)}")
         versions = MODELS[self.model][1]
+        if not self.model_version:
+            object.__setattr__(self, "model_version", versions[0])
         if self.model_version not in versions:
             raise UserError(f"uip model version {self.model_version!r} unknown for {self.model}; "
                             f"choose one of {', '.join(versions)}")
@@ -254,9 +259,14 @@ def _load_model(config: UIPConfig) -> Any:
         import torch
 
         torch.set_num_threads(1)
-        from chgnet.model import CHGNet
+        if config.model == "sevennet":
+            from sevenn.calculator import SevenNetCalculator
 
-        _MODEL = CHGNet.load(model_name=config.model_version, use_device="cpu", verbose=False)
+            _MODEL = SevenNetCalculator(model=config.model_version, device="cpu")  # an ASE calculator
+        else:
+            from chgnet.model import CHGNet
+
+            _MODEL = CHGNet.load(model_name=config.model_version, use_device="cpu", verbose=False)
         _MODEL_ID = (config.model, config.model_version)
     return _MODEL
 
@@ -287,12 +297,16 @@ def _relax_one(id_: str, structure_dict: dict, config_dict: dict) -> dict:
             warnings.simplefilter("ignore")
             from ase.filters import FrechetCellFilter
             from ase.optimize import FIRE
-            from chgnet.model.dynamics import CHGNetCalculator
             from pymatgen.io.ase import AseAtomsAdaptor
 
             atoms = AseAtomsAdaptor.get_atoms(s)
-            with contextlib.redirect_stdout(io.StringIO()):  # it prints the device it runs on
-                atoms.calc = CHGNetCalculator(model=model, use_device="cpu", on_isolated_atoms="ignore")
+            if config.model == "sevennet":
+                atoms.calc = model
+            else:
+                from chgnet.model.dynamics import CHGNetCalculator
+
+                with contextlib.redirect_stdout(io.StringIO()):  # it prints the device it runs on
+                    atoms.calc = CHGNetCalculator(model=model, use_device="cpu", on_isolated_atoms="ignore")
             target = FrechetCellFilter(atoms) if config.relax_cell else atoms
             opt = FIRE(target, logfile=None)
 

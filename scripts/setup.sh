@@ -21,13 +21,13 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # serial GPAW build (no MPI headers needed), linked to libxc, FFTW and OpenBLAS
-# The `uip` extra (CHGNet + torch, ~0.8 GB, ~20 s from this machine's disk) only when asked:
+# The `uip` extra (CHGNet, SevenNet + torch, ~0.9 GB) only when asked:
 # ESNET_UIP=1, or in CI (CI=true) where tests/test_uip.py needs it; ESNET_UIP=0 turns it off.
 EXTRAS="all"
 if [ "${ESNET_UIP:-$([ "${CI:-}" = true ] && echo 1 || echo 0)}" = 1 ]; then EXTRAS="all,uip"; fi
 GPAW_CONFIG="$PWD/scripts/gpaw_siteconfig.py" .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
 if [ "$EXTRAS" = "all,uip" ]; then
-  .venv/bin/python -c "import torch, chgnet; print('setup: uip extra: torch', torch.__version__,
-    '(CUDA build)' if torch.version.cuda else '(CPU build)', '+ chgnet', chgnet.__version__)"
+  .venv/bin/python -c "import torch, chgnet, sevenn; print('setup: uip extra: torch', torch.__version__,
+    '(CUDA build)' if torch.version.cuda else '(CPU build)', '+ chgnet', chgnet.__version__, '+ sevenn', sevenn.__version__)"
 fi
 echo "setup: esnet-tf installed in $PWD/.venv (extras: $EXTRAS)"

@@ -435,7 +435,7 @@ def _energy_study(y, is_ef, chemsys=None, composition=None, uip_table=None, n_fo
     data = SimpleNamespace(
         y=np.asarray(y, float), is_formation_energy=np.asarray(is_ef, float), labels=Path("labels_snapshot.csv"),
         is_={"id": ids, "chemsys": np.asarray(chemsys if chemsys is not None else [f"Fe-O{i % 7}" for i in range(n)]),
-             "composition": comp}, uip_table=lambda: uip_table)
+             "composition": comp}, uip_table=lambda model="chgnet": {"chgnet": uip_table}[model])
     fold = np.arange(n) % n_folds
     return data, study_models.Unit(data, fold, 1, n_folds, 0, 1, 4, Path("unused"))
 
@@ -532,6 +532,32 @@ def test_gbr_uip_training_energies_are_cross_fitted():
     assert len(pred) == len(unit.test_idx) and notes["training_rows_not_cross_fitted"] == 0
 
 
+def test_gbr_on_two_potentials_reads_both_and_leaves_out_a_failed_relaxation():
+    """gbr_uip_both takes CHGNet's and SevenNet's E_f: the label is their mean, so neither alone fits it; a
+    training row SevenNet failed on (NaN energy) is left out of the fit and named in the notes."""
+    n = 40
+    x_o = np.linspace(0.2, 0.7, n)
+    comps = {f"s{i}": {"Fe": 1 - x_o[i], "O": x_o[i]} for i in range(n)}
+    rng = np.random.default_rng(1)
+    ef_a, ef_b = rng.uniform(-2, 0, n), rng.uniform(-2, 0, n)
+    y = (ef_a + ef_b) / 2
+    base = {f"s{i}": (1 - x_o[i]) * -8.0 + x_o[i] * -5.0 for i in range(n)}
+    tables = {"chgnet": _uip_table({k: v + ef_a[i] for i, (k, v) in enumerate(base.items())}, comps),
+              "sevennet": _uip_table({k: v + ef_b[i] for i, (k, v) in enumerate(base.items())}, comps)}
+    data, unit = _energy_study(y, y, chemsys=[f"Fe-O{i % 10}" for i in range(n)])
+    data.uip_table = lambda model="chgnet": tables[model]
+    both, notes = study_models.run_model("gbr_uip_both", unit)
+    one, _ = study_models.run_model("gbr_uip", unit)
+    truth = y[unit.test_idx]
+    assert np.abs(both - truth).mean() < 0.5 * np.abs(one - truth).mean()
+    assert set(notes) == {"chgnet", "sevennet"} and "training_rows_without_potential_energy" not in notes
+    failed = str(data.is_["id"][unit.train_idx[3]])
+    tables["sevennet"].energies[failed] = float("nan")
+    _, notes = study_models.run_model("gbr_uip_both", unit)
+    assert notes["training_rows_without_potential_energy"] == [failed]
+    assert study_models.candidate_needs("gbr_uip_both") == ("uip_relaxation", "sevennet_relaxation")
+
+
 def test_cpu_seconds_per_candidate(tmp_path):
     """Per-step means from the calculations' result.json (CPU time, else wall time) and the potential's CSV;
     a row's cell sums its steps."""
@@ -543,11 +569,13 @@ def test_cpu_seconds_per_candidate(tmp_path):
         (tmp_path / "calcs" / name / "result.json").write_text(json.dumps(doc))
     (tmp_path / "labels.csv").write_text("id,path\nA,calcs/a/is.npz\nB,calcs/b/is.npz\nC,calcs/c/is.npz\n")
     (tmp_path / "uip_chgnet.csv").write_text("id,cpu_time_s\nA,0.5\nB,1.5\nC,99\n")
+    (tmp_path / "uip_sevennet.csv").write_text("id,cpu_time_s\nA,2.0\nB,3.0\n")
     costs = study_data.candidate_cpu_seconds(tmp_path, ["A", "B"])  # C is not a study structure
     assert costs["is_single_point"] == {"mean_s": 20.0, "n": 2, "n_cpu_timed": 1}
     assert costs["dft_relaxation"]["mean_s"] == 75.0 and costs["uip_relaxation"]["mean_s"] == 1.0
     assert report._cpu_cell("gbr_magpie", costs) == "~0"
-    assert report._cpu_cell("uip", costs) == "1.0"
+    assert report._cpu_cell("uip", costs) == "1.0" and report._cpu_cell("uip_sevennet", costs) == "2.5"
+    assert report._cpu_cell("gbr_uip_both", costs) == "3.5"
     assert report._cpu_cell("gbr_magpie_is", costs) == report._cpu_cell("esnet_is", costs) == "20.0"
     assert report._cpu_cell("esnet_rs", costs) == "95.0"
     assert report._cpu_cell("esnet_is", {}) == "n/a"
@@ -584,7 +612,7 @@ def _energy_esnet_data(n: int = 24, n_variants: int = 2) -> Any:
                        {str(i): {"Fe": 0.5, "O": 0.5} for i in ids})
     return SimpleNamespace(is_=rows(n, ids, chemsys, y, is_ef), aug=aug, y=y, is_formation_energy=is_ef,
                            labels=Path("labels_snapshot.csv"), aug_labels=Path("labels_augmented_snapshot.csv"),
-                           uip_table=lambda: table)
+                           uip_table=lambda model="chgnet": {"chgnet": table}[model])
 
 
 class _Built(Exception):

@@ -18,6 +18,8 @@ from esnet_tf.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 needs_chgnet = pytest.mark.skipif(not uip.uip_available(), reason="chgnet/torch not installed: the extra "
                                   "esnet-tf[uip] (scripts/setup.sh installs it with ESNET_UIP=1 and in CI)")
+needs_sevennet = pytest.mark.skipif(not uip.uip_available("sevennet"), reason="sevenn/torch not installed: the "
+                                    "extra esnet-tf[uip] (scripts/setup.sh installs it with ESNET_UIP=1 and in CI)")
 
 
 def _al() -> Structure:
@@ -42,7 +44,7 @@ def test_core_never_imports_torch_or_chgnet():
             "            main(argv)\n"
             "        except SystemExit:\n"
             "            pass\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'chgnet')))\n")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'chgnet', 'sevenn', 'e3nn')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
@@ -76,6 +78,32 @@ def test_relax_tiny_structures_with_two_workers_then_from_the_cache(tmp_path):
                                  cache_dir=tmp_path, progress=False)
     assert all(r.cached for r in again)
     assert [r.energy_per_atom for r in again] == [r.energy_per_atom for r in res]
+
+
+def test_each_potential_has_its_default_weights_and_refuses_others():
+    assert uip.UIPConfig().model_version == "0.3.0"
+    assert uip.UIPConfig(model="sevennet").model_version == "7net-0"
+    assert uip.UIPConfig(model="sevennet").key() != uip.UIPConfig().key()
+    with pytest.raises(uip.UserError, match="unknown for sevennet"):
+        uip.UIPConfig(model="sevennet", model_version="0.3.0")
+    with pytest.raises(uip.UserError, match="choose one of"):
+        uip.UIPConfig(model="mace")
+
+
+@needs_sevennet
+def test_sevennet_relaxes_tiny_structures(tmp_path):
+    """SevenNet (7net-0, weights in the sevenn wheel) relaxes fcc Al and rocksalt NaCl toward their PBE lattice
+    constants, in this process; its cache entries never pass for CHGNet's."""
+    cfg = uip.UIPConfig(model="sevennet", max_steps=200)
+    res = uip.relax_structures([("Al", _al()), ("NaCl", _nacl())], cfg, cache_dir=tmp_path, progress=False)
+    assert not any(r.error for r in res), [r.error for r in res]
+    for r in res:
+        assert r.converged and r.model == "sevennet" and r.model_version == "7net-0" and r.package_version
+        assert -6.0 < r.energy_per_atom < -2.0
+    al, nacl = (Structure.from_dict(r.structure) for r in res)
+    assert 3.95 < al.lattice.a * 2 ** 0.5 < 4.15 and 5.4 < nacl.lattice.a * 2 ** 0.5 < 5.85
+    assert {r.key for r in res}.isdisjoint({uip.cache_key(s, uip.UIPConfig(), uip.package_version("chgnet"))
+                                            for s in (_al(), _nacl())})
 
 
 @needs_chgnet
@@ -180,18 +208,20 @@ def test_demo_initial_structures_are_the_tasks_structures():
         assert s.composition.reduced_formula == row.formula
 
 
-def test_committed_demo_column_covers_every_row():
-    """datasets/is_dos/demo/uip_chgnet.csv: one converged relaxation per labels row; references consistent."""
+@pytest.mark.parametrize("model", sorted(uip.MODELS))
+def test_committed_demo_column_covers_every_row(model):
+    """datasets/is_dos/demo/uip_<model>.csv: one converged relaxation per labels row; references consistent."""
     from esnet_tf.labels import read_labels
     from esnet_tf.resources import demo_labels
 
-    path = uip.demo_uip_csv()
+    path = uip.demo_uip_csv(model)
     rows = {r.id: r for r in read_labels(demo_labels())}
     with open(path, newline="") as fh:
         data = list(csv.DictReader(fh))
     assert [d["id"] for d in data] == list(rows) and all(not d["error"] for d in data)
-    table = uip.read_table()
-    assert table.meta["model"] == "chgnet" and table.meta["n_structures"] == len(rows)
+    table = uip.read_table(path)
+    assert table.meta["model"] == model and table.meta["n_structures"] == len(rows)
+    assert {d["model_version"] for d in data} == {uip.UIPConfig(model=model).model_version}
     ef = table.formation_energies()
     for ref in table.meta["elemental_references"].values():
         assert ef[ref["id"]] == pytest.approx(0.0, abs=1e-6)  # the reference phase itself

@@ -17,8 +17,10 @@ from esnet_tf.errors import UserError
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.description = ("Relax structures with a universal interatomic potential (CHGNet, pretrained weights "
-                     "shipped in its wheel; installed by the extra esnet-tf[uip]) and report the relaxed "
+    from esnet_tf import uip
+
+    p.description = ("Relax structures with a universal interatomic potential (CHGNet or SevenNet, pretrained "
+                     "weights shipped in their wheels; installed by the extra esnet-tf[uip]) and report the relaxed "
                      "energy (eV/atom) and formation energy (eV/atom) against the potential's own elemental "
                      "references, without DFT. Results are cached per structure + model version.")
     sub = p.add_subparsers(dest="uip_command", metavar="ACTION", required=True)
@@ -42,9 +44,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    "are tried again, the rest come from the cache)")
     q.add_argument("--cache", default=None, help="cache directory (one JSON per structure + model + settings; "
                    "default $XDG_CACHE_HOME/esnet-tf/uip or ~/.cache/esnet-tf/uip)")
-    q.add_argument("--model", default="chgnet", choices=["chgnet"], help="the potential")
-    q.add_argument("--model-version", default="0.3.0", help="weights shipped with the potential: 0.3.0 (MPtrj), "
-                   "0.2.0, r2scan")
+    q.add_argument("--model", default="chgnet", choices=sorted(uip.MODELS), help="the potential: CHGNet, or "
+                   "SevenNet (both in the extra uip)")
+    q.add_argument("--model-version", default="", help="weights shipped with the potential (default: its first): "
+                   + "; ".join(f"{m}: {', '.join(v)}" for m, (_, v) in sorted(uip.MODELS.items())))
     q.add_argument("--fmax", type=float, default=0.05, help="force (and cell-stress) convergence threshold, eV/Å")
     q.add_argument("--max-steps", type=int, default=500, help="FIRE step limit per structure")
     q.add_argument("--timeout", type=float, default=300.0, help="wall-time limit per structure, s")

@@ -414,7 +414,8 @@ def candidate_cpu_seconds(demo: Path, ids: list[str] | np.ndarray) -> dict[str, 
     `is_single_point`: the DFT IS single point (`is_cpu_time` of the calculation's result.json; where a result
     predates CPU timing, its `is_wall_time`: the engine runs serially, CPU / wall = 0.99 in the median where
     both are recorded); `dft_relaxation`: the DFT relaxation after it (`relax_cpu_time`, else
-    `relax_wall_time`); `uip_relaxation`: CHGNet's relaxation (`cpu_time_s` of `uip_chgnet.csv`). Each:
+    `relax_wall_time`); `uip_relaxation`: CHGNet's relaxation (`cpu_time_s` of `uip_chgnet.csv`);
+    `sevennet_relaxation`: SevenNet's (`uip_sevennet.csv`). Each:
     {"mean_s", "n", "n_cpu_timed"}; a step with no id found is left out.
     """
     import csv
@@ -424,7 +425,8 @@ def candidate_cpu_seconds(demo: Path, ids: list[str] | np.ndarray) -> dict[str, 
     from esnet_tf.readers.limits import read_bounded
 
     wanted = {str(i) for i in ids}
-    by_step: dict[str, list[tuple[float, bool]]] = {"is_single_point": [], "dft_relaxation": [], "uip_relaxation": []}
+    by_step: dict[str, list[tuple[float, bool]]] = {"is_single_point": [], "dft_relaxation": [], "uip_relaxation": [],
+                                                    "sevennet_relaxation": []}
     labels = demo / "labels.csv"
     if labels.is_file():
         with open_table(labels) as fh:
@@ -441,12 +443,13 @@ def candidate_cpu_seconds(demo: Path, ids: list[str] | np.ndarray) -> dict[str, 
                     value = cpu if cpu is not None else wall
                     if value is not None:
                         by_step[step].append((float(value), cpu is not None))
-    uip = demo / "uip_chgnet.csv"
-    if uip.is_file():
-        with open_table(uip) as fh:
-            for row in csv.DictReader(fh):
-                if row.get("id") in wanted and (row.get("cpu_time_s") or "").strip():
-                    by_step["uip_relaxation"].append((float(row["cpu_time_s"]), True))
+    for step, name in (("uip_relaxation", "uip_chgnet.csv"), ("sevennet_relaxation", "uip_sevennet.csv")):
+        uip = demo / name
+        if uip.is_file():
+            with open_table(uip) as fh:
+                for row in csv.DictReader(fh):
+                    if row.get("id") in wanted and (row.get("cpu_time_s") or "").strip():
+                        by_step[step].append((float(row["cpu_time_s"]), True))
     return {step: {"mean_s": float(np.mean([v for v, _ in got])), "n": len(got),
                    "n_cpu_timed": int(sum(c for _, c in got))}
             for step, got in by_step.items() if got}

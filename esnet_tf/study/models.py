@@ -273,7 +273,9 @@ def _esnet_rs(unit: Unit) -> tuple[np.ndarray, dict]:
 
 #: the per-candidate calculations a row can need (their CPU seconds: `report.candidate_cpu_seconds`):
 #: the DFT IS single point, the potential's relaxation, the DFT relaxation after the IS single point
-CANDIDATE_STEPS = ("is_single_point", "uip_relaxation", "dft_relaxation")
+CANDIDATE_STEPS = ("is_single_point", "uip_relaxation", "sevennet_relaxation", "dft_relaxation")
+#: the CANDIDATE_STEPS step of each potential's relaxation (`esnet_tf.uip.MODELS`)
+UIP_STEP = {"chgnet": "uip_relaxation", "sevennet": "sevennet_relaxation"}
 #: rows whose candidates need more (or other) than their group's default (`candidate_needs`)
 CANDIDATE_NEEDS: dict[str, tuple[str, ...]] = {"esnet_rs": ("is_single_point", "dft_relaxation")}
 
@@ -341,11 +343,12 @@ register("gbr_magpie_is_relax", "gradient boosting on Magpie statistics + the IS
          "relaxation energy E_f(IS) - E_f(RS)", group="baseline")(_gbr_with_is(_magpie, relaxation_energy=True))
 
 
-def uip_test_energies(unit: Unit) -> tuple[np.ndarray, dict]:
-    """The potential's formation energy (eV/atom) of the test rows, the gas references (N, O, F, Cl) fitted on
-    the training rows only (`UIPTable.fold_formation_energies`), and notes (references, potential)."""
+def uip_test_energies(unit: Unit, model: str = "chgnet") -> tuple[np.ndarray, dict]:
+    """The potential's (`model`, `esnet_tf.uip.MODELS`) formation energy (eV/atom) of the test rows, the gas
+    references (N, O, F, Cl) fitted on the training rows only (`UIPTable.fold_formation_energies`), and notes
+    (references, potential)."""
     d = unit.data
-    table = d.uip_table()
+    table = d.uip_table(model)
     ids = d.is_["id"]
     train = {str(ids[i]): float(d.y[i]) for i in unit.train_idx}  # only training labels are handed over
     mu_fit = table.fold_formation_energies(list(train), train)
@@ -367,7 +370,13 @@ def _uip(unit: Unit) -> tuple[np.ndarray, dict]:
     return uip_test_energies(unit)
 
 
-def uip_training_energies(unit: Unit) -> tuple[np.ndarray, int]:
+@register("uip_sevennet", "SevenNet's (7net-0) relaxed formation energy (gas references fitted on the training folds)",
+          group="baseline")
+def _uip_sevennet(unit: Unit) -> tuple[np.ndarray, dict]:
+    return uip_test_energies(unit, "sevennet")
+
+
+def uip_training_energies(unit: Unit, model: str = "chgnet") -> tuple[np.ndarray, int]:
     """The potential's formation energy (eV/atom) of each training row, cross-fitted: the gas references of a
     row come from the training rows of the other inner folds (grouped by chemical system, as the
     residual's), never from the row itself; a row whose cross-fitted value is missing (its gas element
@@ -376,7 +385,7 @@ def uip_training_energies(unit: Unit) -> tuple[np.ndarray, int]:
     from esnet_tf.uip import cross_fitted_formation_energies
 
     d = unit.data
-    table = d.uip_table()
+    table = d.uip_table(model)
     ids = [str(i) for i in d.is_["id"][unit.train_idx]]
     train = dict(zip(ids, d.y[unit.train_idx].tolist()))
     inner = kfold(d.is_["chemsys"][unit.train_idx], INNER_FOLDS, 1000 + unit.seed)
@@ -386,25 +395,47 @@ def uip_training_energies(unit: Unit) -> tuple[np.ndarray, int]:
     return out, int(sum(not np.isfinite(cross[i]) for i in ids))
 
 
-@register("gbr_uip", "gradient boosting on Magpie statistics + CHGNet's formation energy (training rows cross-fitted)",
-          group="baseline")
-def _gbr_uip(unit: Unit) -> tuple[np.ndarray, dict]:
-    from esnet_tf.baselines import fit_predict_gbr, magpie_features, with_energies
+def _gbr_uip(*models: str) -> ModelFn:
+    """Gradient boosting on Magpie statistics + each potential's formation energy (test rows: gas references
+    fitted on the training rows; training rows: cross-fitted, `uip_training_energies`). A training row whose
+    relaxation failed for a potential (no energy) is left out of the fit and counted in the notes
+    (`training_rows_without_potential_energy`)."""
+    def fit_predict(unit: Unit) -> tuple[np.ndarray, dict]:
+        from esnet_tf.baselines import fit_predict_gbr, magpie_features, with_energies
 
-    d = unit.data
-    e_test, notes = uip_test_energies(unit)
-    e_train, n_fallback = uip_training_energies(unit)
-    x = magpie_features(d.is_["composition"])
-    pred = fit_predict_gbr(with_energies(x[unit.train_idx], e_train), d.y[unit.train_idx],
-                           with_energies(x[unit.test_idx], e_test), unit.seed)
-    notes["training_rows_not_cross_fitted"] = n_fallback
-    return pred, notes
+        d = unit.data
+        tests, trains, notes = [], [], {}
+        for model in models:
+            e_test, notes[model] = uip_test_energies(unit, model)
+            e_train, notes[model]["training_rows_not_cross_fitted"] = uip_training_energies(unit, model)
+            tests.append(e_test)
+            trains.append(e_train)
+        keep = np.all(np.isfinite(np.vstack(trains)), axis=0)
+        x = magpie_features(d.is_["composition"])
+        pred = fit_predict_gbr(with_energies(x[unit.train_idx][keep], *(e[keep] for e in trains)),
+                               d.y[unit.train_idx][keep], with_energies(x[unit.test_idx], *tests), unit.seed)
+        out = notes[models[0]] if len(models) == 1 else notes
+        if not keep.all():
+            out["training_rows_without_potential_energy"] = d.is_["id"][unit.train_idx][~keep].tolist()
+        return pred, out
+
+    return fit_predict
+
+
+register("gbr_uip", "gradient boosting on Magpie statistics + CHGNet's formation energy (training rows cross-fitted)",
+         group="baseline")(_gbr_uip("chgnet"))
+register("gbr_uip_sevennet", "gradient boosting on Magpie statistics + SevenNet's formation energy (training rows "
+         "cross-fitted)", group="baseline")(_gbr_uip("sevennet"))
+register("gbr_uip_both", "gradient boosting on Magpie statistics + CHGNet's and SevenNet's formation energies "
+         "(training rows cross-fitted)", group="baseline")(_gbr_uip("chgnet", "sevennet"))
 
 
 CANDIDATE_NEEDS.update({"is_shift": ("is_single_point",), "gbr_magpie_is": ("is_single_point",),
                         "gbr_magpie_is_relax": ("is_single_point",),
                         "gbr_fraction_is": ("is_single_point",), "uip": ("uip_relaxation",),
-                        "gbr_uip": ("uip_relaxation",)})
+                        "gbr_uip": ("uip_relaxation",), "uip_sevennet": ("sevennet_relaxation",),
+                        "gbr_uip_sevennet": ("sevennet_relaxation",),
+                        "gbr_uip_both": ("uip_relaxation", "sevennet_relaxation")})
 
 
 # ---------------------------------------------------------------- ESNet with an energy input

@@ -411,7 +411,7 @@ def _cpu_cell(model: str, costs: Mapping[str, Any]) -> str:
 
 def _cost_caption(costs: Mapping[str, Any]) -> str:
     names = {"is_single_point": "DFT IS single point (GPAW)", "uip_relaxation": "CHGNet relaxation",
-             "dft_relaxation": "DFT relaxation after it"}
+             "sevennet_relaxation": "SevenNet relaxation", "dft_relaxation": "DFT relaxation after it"}
     got = [f"{names.get(k, k)} {v['mean_s']:.2f} s ({v['n_cpu_timed']} of {v['n']} CPU-timed, the rest wall)"
            if v["n_cpu_timed"] < v["n"] else f"{names.get(k, k)} {v['mean_s']:.2f} s"
            for k, v in costs.items()]
