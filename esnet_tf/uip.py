@@ -67,11 +67,12 @@ INSTALL_HINT = "install esnet-tf[uip] (pip install 'esnet-tf[uip]'; CHGNet, Seve
 
 @dataclass(frozen=True)
 class UIPConfig:
-    """How to relax. `model`: the potential ("chgnet" or "sevennet", `MODELS`); `model_version`: its weights
-    ('' = the model's default: CHGNet "0.3.0", the MPtrj model it loads by default; SevenNet "7net-0"); `fmax`: force threshold, eV/Å; `max_steps`: FIRE step
-    limit per structure; `timeout_s`: wall-time limit per structure, s (checked after every step);
-    `workers`: processes (each with one torch thread; 1 runs in this process); `relax_cell`:
-    relax the cell too (FrechetCellFilter), else positions only."""
+    """How to relax. `model`: the potential ("chgnet" or "sevennet", `MODELS`); `model_version`: its
+    weights ('' = the model's default: CHGNet "0.3.0", the MPtrj model it loads by default; SevenNet
+    "7net-0"); `fmax`: force threshold, eV/Å; `max_steps`: FIRE step limit per structure; `timeout_s`:
+    wall-time limit per structure, s (checked after every step); `workers`: processes (each with one
+    torch thread; 1 runs in this process); `relax_cell`: relax the cell too (FrechetCellFilter), else
+    positions only."""
 
     model: str = "chgnet"
     model_version: str = ""

@@ -35,8 +35,10 @@ def test_the_start_is_part_of_the_cache_key_and_the_is_start_keys_are_unchanged(
     assert task_hash(Task("Cu", prototype_structure("fcc", ["Cu"]), DFTSettings(), relax="eos")) == "3ebf882e31a4fdd8"
     start = uip_relax_start()
     assert start == "chgnet-0.3.0" and relax_start_config(start).model_version == "0.3.0"
-    keys = {task_hash(_mg_hcp(relax_start=s)) for s in ("is", start, "chgnet-0.2.0")}
-    assert len(keys) == 3
+    assert uip_relax_start("sevennet") == "sevennet-7net-0"  # each potential's own default weights
+    assert relax_start_config("sevennet-7net-0").model == "sevennet"
+    keys = {task_hash(_mg_hcp(relax_start=s)) for s in ("is", start, "chgnet-0.2.0", "sevennet-7net-0")}
+    assert len(keys) == 4
     t = _mg_hcp(relax_start=start)
     assert Task.from_dict(json.loads(json.dumps(t.to_dict()))) == t
     old = _mg_hcp().to_dict()

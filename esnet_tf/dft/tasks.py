@@ -79,10 +79,10 @@ def relax_start_config(relax_start: str) -> UIPConfig | None:
 
 def uip_relax_start(model: str = "chgnet", model_version: str | None = None) -> str:
     """`Task.relax_start` of a start from `model`'s relaxation (weights `model_version`, default
-    `UIPConfig`'s: "chgnet-0.3.0")."""
+    the model's in `UIPConfig`: "chgnet-0.3.0", "sevennet-7net-0")."""
     from esnet_tf.uip import UIPConfig
 
-    start = f"{model}-{model_version or UIPConfig().model_version}"
+    start = f"{model}-{model_version or UIPConfig(model=model).model_version}"
     relax_start_config(start)
     return start
 
