@@ -271,11 +271,9 @@ def _esnet_rs(unit: Unit) -> tuple[np.ndarray, dict]:
 # potential (CHGNet, `esnet_tf.uip`) relaxes the initial structure without DFT. These rows use
 # those numbers with no ESNet: what an energy-input ESNet has to beat.
 
-#: the per-candidate calculations a row can need (their CPU seconds: `report.candidate_cpu_seconds`):
-#: the DFT IS single point, the potential's relaxation, the DFT relaxation after the IS single point
+#: the per-candidate calculations a row can need (their CPU seconds: `data.candidate_cpu_seconds`): the DFT
+#: IS single point, CHGNet's relaxation, SevenNet's relaxation, the DFT relaxation after the IS single point
 CANDIDATE_STEPS = ("is_single_point", "uip_relaxation", "sevennet_relaxation", "dft_relaxation")
-#: the CANDIDATE_STEPS step of each potential's relaxation (`esnet_tf.uip.MODELS`)
-UIP_STEP = {"chgnet": "uip_relaxation", "sevennet": "sevennet_relaxation"}
 #: rows whose candidates need more (or other) than their group's default (`candidate_needs`)
 CANDIDATE_NEEDS: dict[str, tuple[str, ...]] = {"esnet_rs": ("is_single_point", "dft_relaxation")}
 
@@ -398,7 +396,7 @@ def uip_training_energies(unit: Unit, model: str = "chgnet") -> tuple[np.ndarray
 def _gbr_uip(*models: str) -> ModelFn:
     """Gradient boosting on Magpie statistics + each potential's formation energy (test rows: gas references
     fitted on the training rows; training rows: cross-fitted, `uip_training_energies`). A training row whose
-    relaxation failed for a potential (no energy) is left out of the fit and counted in the notes
+    relaxation failed for a potential (no energy) is left out of the fit and named in the notes
     (`training_rows_without_potential_energy`)."""
     def fit_predict(unit: Unit) -> tuple[np.ndarray, dict]:
         from esnet_tf.baselines import fit_predict_gbr, magpie_features, with_energies
