@@ -443,8 +443,8 @@ def candidate_cpu_seconds(demo: Path, ids: list[str] | np.ndarray) -> dict[str, 
                     value = cpu if cpu is not None else wall
                     if value is not None:
                         by_step[step].append((float(value), cpu is not None))
-    for step, name in (("uip_relaxation", "uip_chgnet.csv"), ("sevennet_relaxation", "uip_sevennet.csv")):
-        uip = demo / name
+    for step, model in (("uip_relaxation", "chgnet"), ("sevennet_relaxation", "sevennet")):
+        uip = demo / f"uip_{model}.csv"  # the file name `uip_table` reads
         if uip.is_file():
             with open_table(uip) as fh:
                 for row in csv.DictReader(fh):
